@@ -1,0 +1,36 @@
+//! detflow's shared vocabulary: every type that crosses a component boundary.
+//!
+//! Nothing here does I/O, reads a clock or draws OS randomness (DESIGN.md §4). The other
+//! crates build on these types:
+//!
+//! - [`ids`]: `Epoch`, `Position`, `PartitionId`, `NodeId`, `ClientId`, and [`Time`].
+//! - [`key`]: the order-preserving tuple encoding of keys.
+//! - [`footprint`]: the keys and prefixes a transaction may touch.
+//! - [`txn`]: transactions, batches, outcomes and abort reasons.
+//! - [`plan`]: what one partition executes in one epoch.
+//! - [`message`] and [`frame`]: messages between components and their wire framing.
+//! - [`rng`]: the seeded generator every component draws from.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod footprint;
+pub mod frame;
+pub mod ids;
+pub mod key;
+pub mod message;
+pub mod plan;
+pub mod rng;
+pub mod txn;
+
+pub use footprint::{Access, Footprint, KeySpec};
+pub use ids::{ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq, Time};
+pub use key::{Elem, Key};
+pub use plan::{Owner, Plan, Route, RoutedTxn};
+pub use rng::DetRng;
+pub use txn::{AbortReason, Batch, Outcome, Transaction, TxnResult, Value};
+
+/// The version of the log (batch) format this build writes and understands.
+pub const LOG_FORMAT_VERSION: u16 = 1;
+/// The version of the plan format this build writes and understands.
+pub const PLAN_FORMAT_VERSION: u16 = 1;

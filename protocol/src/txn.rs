@@ -1,0 +1,94 @@
+//! Transactions, batches, outcomes and deterministic abort reasons.
+
+use crate::footprint::Footprint;
+use crate::ids::{ClientId, Epoch, NodeId, Position, RequestSeq};
+use crate::key::Key;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A stored value: opaque bytes (procedures usually store MessagePack).
+pub type Value = Vec<u8>;
+
+/// A call as the sequencer orders it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The calling session.
+    pub client: ClientId,
+    /// The call's number within the session; `(client, seq)` is unique per call.
+    pub seq: RequestSeq,
+    /// The gateway the result goes back to.
+    pub gateway: NodeId,
+    /// The registered procedure name, e.g. `bank.transfer`.
+    pub procedure: String,
+    /// The MessagePack-encoded arguments.
+    #[serde(with = "crate::codec::bytes")]
+    pub args: Vec<u8>,
+    /// The keys it may touch, computed by the gateway from the arguments.
+    pub footprint: Footprint,
+}
+
+/// One epoch's ordered transactions: an entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The log format version ([`crate::LOG_FORMAT_VERSION`] when written by this build).
+    pub version: u16,
+    /// The epoch this batch closes.
+    pub epoch: Epoch,
+    /// The transactions in serial order.
+    pub txns: Vec<Arc<Transaction>>,
+}
+
+/// Why a transaction aborted. Every reason is deterministic: every replica of the
+/// computation reaches the same one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AbortReason {
+    /// The procedure arguments did not decode.
+    #[error("arguments do not decode: {0}")]
+    BadArgs(String),
+    /// The procedure read or wrote a key its footprint does not declare.
+    #[error("{} of {key} is outside the declared footprint", if *write { "write" } else { "read" })]
+    OutsideFootprint {
+        /// The key.
+        key: Key,
+        /// Whether the access was a write.
+        write: bool,
+    },
+    /// The procedure wrote a key of a replicated (read-only) table.
+    #[error("write to replicated table key {key}")]
+    ReplicatedWrite {
+        /// The key.
+        key: Key,
+    },
+    /// No procedure of that name is registered.
+    #[error("unknown procedure {0:?}")]
+    UnknownProcedure(String),
+    /// The footprint cannot be routed (e.g. a prefix spanning partitions).
+    #[error("footprint cannot be routed: {0}")]
+    Unroutable(String),
+    /// The procedure chose to abort.
+    #[error("aborted by procedure: {0}")]
+    User(String),
+}
+
+/// How a transaction ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Aborted deterministically; no write took effect.
+    Aborted(AbortReason),
+    /// Committed with the MessagePack-encoded procedure output.
+    Committed(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+}
+
+/// The result of one transaction, reported by its designated participant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    /// The calling session.
+    pub client: ClientId,
+    /// The call's number.
+    pub seq: RequestSeq,
+    /// Where it stands in the serial order.
+    pub position: Position,
+    /// Commit or abort.
+    pub outcome: Outcome,
+}
+
