@@ -1,1 +1,30 @@
-//! placeholder
+//! The partition executor and the API procedures are written against.
+//!
+//! - [`Procedure`] and [`Txn`]: a named, deterministic function over the keys of its
+//!   footprint. Every access outside the footprint is a deterministic abort.
+//! - [`Registry`]: procedures by name, type-erased over MessagePack arguments and outputs.
+//! - [`Store`] and [`MemStore`]: the ordered state of one partition.
+//! - [`Executor`]: the sans-IO machine that runs one partition's plans strictly in position
+//!   order, exchanging remote reads for multi-partition transactions (Calvin).
+//! - [`serial`]: the reference: the same transactions one by one on a single map.
+//!
+//! Driving an executor: feed it [`Input::Plan`] for each epoch (every epoch, even when the
+//! plan is empty) and [`Input::RemoteReads`] from its peers, in any interleaving; perform
+//! the [`Output`]s it emits. It never blocks: a transaction waiting for remote reads simply
+//! holds the plan's cursor until they arrive.
+
+#![forbid(unsafe_code)]
+
+mod executor;
+mod procedure;
+mod registry;
+pub mod serial;
+mod store;
+mod txn;
+
+pub use detflow_protocol::AbortReason as Abort;
+pub use executor::{Bugs, Executor, Input, Output};
+pub use procedure::Procedure;
+pub use registry::Registry;
+pub use store::{MemStore, Store};
+pub use txn::{ReadView, Txn, WriteSet};

@@ -45,6 +45,14 @@ pub enum AbortReason {
     /// The procedure arguments did not decode.
     #[error("arguments do not decode: {0}")]
     BadArgs(String),
+    /// A stored value did not decode as the type the procedure expected.
+    #[error("value of {key} does not decode: {error}")]
+    BadValue {
+        /// The key.
+        key: Key,
+        /// The decoder's message.
+        error: String,
+    },
     /// The procedure read or wrote a key its footprint does not declare.
     #[error("{} of {key} is outside the declared footprint", if *write { "write" } else { "read" })]
     OutsideFootprint {

@@ -1,0 +1,414 @@
+//! The partition executor machine.
+//!
+//! ```text
+//!  Plan(e) ───────────┐            ┌──▶ SendReads { to, reads }   (multi-partition)
+//!  RemoteReads(pos) ──┼─▶ Executor ├──▶ Result { gateway, result } (designated only)
+//!                     │  (store)   └──▶ EpochApplied(e)
+//! ```
+//!
+//! Plans run strictly in position order. For each transaction the executor reads the keys
+//! it owns and sends them to every other executing participant; an executing participant
+//! then waits for the reads of every other participant, runs the procedure on the whole
+//! read set, and applies only the writes to keys it owns. Every executing participant
+//! reaches the same outcome, so no commit protocol is needed (Calvin).
+
+use crate::registry::Registry;
+use crate::serial;
+use crate::store::Store;
+use crate::txn::ReadView;
+use detflow_protocol::message::RemoteReads;
+use detflow_protocol::{
+    Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PartitionId, Plan, Position, Route,
+    RoutedTxn, Time, TxnResult, Value,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// An input to the executor.
+#[derive(Debug)]
+pub enum Input {
+    /// The plan of one epoch for this partition.
+    Plan(Plan),
+    /// A peer's local reads of a multi-partition transaction.
+    RemoteReads(Arc<RemoteReads>),
+}
+
+/// An effect the driver performs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Every transaction of the epoch is applied.
+    EpochApplied(Epoch),
+    /// Report a transaction's result to the gateway that sent it.
+    Result {
+        /// The gateway.
+        gateway: NodeId,
+        /// The result.
+        result: TxnResult,
+    },
+    /// Send this partition's reads of a transaction to another executor.
+    SendReads {
+        /// The receiving partition.
+        to: PartitionId,
+        /// The reads.
+        reads: Arc<RemoteReads>,
+    },
+}
+
+/// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Swap adjacent pairs of single-partition transactions within a plan.
+    pub reorder: bool,
+    /// Apply every write of a multi-partition transaction, including other partitions' keys.
+    pub write_outside_partition: bool,
+}
+
+/// Counters of an executor's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Transactions this partition ran the procedure for.
+    pub executed: u64,
+    /// Results reported.
+    pub reported: u64,
+    /// Remote-read messages sent.
+    pub reads_sent: u64,
+    /// Remote-read messages dropped as duplicates or late.
+    pub reads_dropped: u64,
+}
+
+/// Runs one partition's plans in position order against its store.
+pub struct Executor<S: Store> {
+    partition: PartitionId,
+    registry: Arc<Registry>,
+    store: S,
+    plans: BTreeMap<Epoch, Plan>,
+    next_epoch: Epoch,
+    cursor: usize,
+    /// Whether this partition's reads of the transaction at `cursor` were sent.
+    sent_at_cursor: bool,
+    inbox: BTreeMap<Position, BTreeMap<PartitionId, Arc<RemoteReads>>>,
+    bugs: Bugs,
+    stats: Stats,
+}
+
+impl<S: Store> Executor<S> {
+    /// An executor of `partition` over `store`, resuming after the store's applied epoch.
+    pub fn new(partition: PartitionId, registry: Arc<Registry>, store: S) -> Executor<S> {
+        let next_epoch = store.applied_epoch().next();
+        Executor {
+            partition,
+            registry,
+            store,
+            plans: BTreeMap::new(),
+            next_epoch,
+            cursor: 0,
+            sent_at_cursor: false,
+            inbox: BTreeMap::new(),
+            bugs: Bugs::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Plants bugs (tests of the simulator's checkers only).
+    pub fn set_bugs(&mut self, bugs: Bugs) {
+        self.bugs = bugs;
+    }
+
+    /// The partition this executor owns.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (loading initial data before the first plan).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The next epoch to apply.
+    pub fn next_epoch(&self) -> Epoch {
+        self.next_epoch
+    }
+
+    /// Work counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Whether no plan and no remote read is waiting.
+    pub fn is_idle(&self) -> bool {
+        self.plans.is_empty() && self.inbox.is_empty()
+    }
+
+    fn on_plan(&mut self, plan: Plan, out: &mut Vec<Output>) {
+        assert_eq!(plan.partition, self.partition, "plan routed to the wrong executor");
+        if plan.epoch < self.next_epoch {
+            return; // Already applied: a re-sent plan.
+        }
+        let mut plan = plan;
+        if self.bugs.reorder {
+            swap_single_partition_pairs(&mut plan.txns);
+        }
+        self.plans.entry(plan.epoch).or_insert(plan);
+        self.drive(out);
+    }
+
+    fn on_remote_reads(&mut self, reads: Arc<RemoteReads>, out: &mut Vec<Output>) {
+        if self.is_done(reads.position) {
+            self.stats.reads_dropped += 1;
+            return;
+        }
+        let from = reads.from;
+        let slot = self.inbox.entry(reads.position).or_default();
+        if slot.insert(from, reads).is_some() {
+            self.stats.reads_dropped += 1;
+        }
+        self.drive(out);
+    }
+
+    /// Whether the transaction at `position` is already behind the cursor.
+    fn is_done(&self, position: Position) -> bool {
+        if position.epoch < self.next_epoch {
+            return true;
+        }
+        position.epoch == self.next_epoch
+            && self.plans.get(&self.next_epoch).is_some_and(|plan| {
+                plan.txns[..self.cursor].iter().any(|t| t.position == position)
+            })
+    }
+
+    /// Runs transactions until one must wait for remote reads or the plans run out.
+    fn drive(&mut self, out: &mut Vec<Output>) {
+        while let Some(plan) = self.plans.get(&self.next_epoch) {
+            let Some(txn) = plan.txns.get(self.cursor).cloned() else {
+                let epoch = self.next_epoch;
+                self.plans.remove(&epoch);
+                self.store.commit_epoch(epoch);
+                self.next_epoch = epoch.next();
+                self.cursor = 0;
+                out.push(Output::EpochApplied(epoch));
+                continue;
+            };
+            if !self.step(&txn, out) {
+                return;
+            }
+            self.cursor += 1;
+            self.sent_at_cursor = false;
+        }
+    }
+
+    /// Advances one transaction; false if it waits for remote reads.
+    fn step(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) -> bool {
+        if let Some(reason) = &txn.rejected {
+            if txn.designated() == self.partition {
+                self.report(txn, Outcome::Aborted(reason.clone()), out);
+            }
+            return true;
+        }
+        if txn.is_single_partition() {
+            self.execute_local(txn, out);
+            return true;
+        }
+        if !self.sent_at_cursor {
+            self.send_reads(txn, out);
+            self.sent_at_cursor = true;
+        }
+        if !txn.is_executor(self.partition) {
+            return true;
+        }
+        let others = txn.participants.iter().filter(|p| **p != self.partition);
+        let received = self.inbox.get(&txn.position);
+        let have_all = others
+            .clone()
+            .all(|p| received.is_some_and(|r| r.contains_key(p)));
+        if !have_all {
+            return false;
+        }
+        let remote = self.inbox.remove(&txn.position).unwrap_or_default();
+        self.execute_distributed(txn, &remote, out);
+        true
+    }
+
+    fn execute_local(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) {
+        self.stats.executed += 1;
+        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &StoreView(&self.store));
+        for (key, value) in writes.into_iter().flatten() {
+            self.apply(key, value);
+        }
+        self.report(txn, outcome, out);
+    }
+
+    fn execute_distributed(
+        &mut self,
+        txn: &RoutedTxn,
+        remote: &BTreeMap<PartitionId, Arc<RemoteReads>>,
+        out: &mut Vec<Output>,
+    ) {
+        self.stats.executed += 1;
+        let view = DistributedView {
+            store: &self.store,
+            me: self.partition,
+            routes: &txn.routes,
+            remote,
+        };
+        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &view);
+        for (key, value) in writes.into_iter().flatten() {
+            let owned = owner_of(&txn.routes, &key) == Some(Owner::Partition(self.partition));
+            if owned || self.bugs.write_outside_partition {
+                self.apply(key, value);
+            }
+        }
+        if txn.designated() == self.partition {
+            self.report(txn, outcome, out);
+        }
+    }
+
+    fn apply(&mut self, key: Key, value: Option<Value>) {
+        match value {
+            Some(v) => self.store.put(key, v),
+            None => self.store.delete(&key),
+        }
+    }
+
+    fn send_reads(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) {
+        let mut reads = RemoteReads {
+            position: txn.position,
+            from: self.partition,
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        let mine = txn
+            .routes
+            .iter()
+            .filter(|r| r.owner == Owner::Partition(self.partition));
+        for route in mine {
+            match &route.spec {
+                KeySpec::Exact(k) => reads.exact.push((k.clone(), self.store.get(k))),
+                KeySpec::Prefix(p) => reads.prefixes.push((p.clone(), self.store.scan_prefix(p))),
+            }
+        }
+        let reads = Arc::new(reads);
+        for to in txn.executors().iter().filter(|p| **p != self.partition) {
+            self.stats.reads_sent += 1;
+            out.push(Output::SendReads {
+                to: *to,
+                reads: reads.clone(),
+            });
+        }
+    }
+
+    fn report(&mut self, txn: &RoutedTxn, outcome: Outcome, out: &mut Vec<Output>) {
+        if txn.designated() != self.partition {
+            return;
+        }
+        self.stats.reported += 1;
+        out.push(Output::Result {
+            gateway: txn.txn.gateway,
+            result: TxnResult {
+                client: txn.txn.client,
+                seq: txn.txn.seq,
+                position: txn.position,
+                outcome,
+            },
+        });
+    }
+}
+
+impl<S: Store> Machine for Executor<S> {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Plan(plan) => self.on_plan(plan, out),
+            Input::RemoteReads(reads) => self.on_remote_reads(reads, out),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        None
+    }
+}
+
+/// The owner of the first route that may write `key`.
+fn owner_of(routes: &[Route], key: &Key) -> Option<Owner> {
+    routes
+        .iter()
+        .find(|r| r.access == detflow_protocol::Access::Write && r.spec.covers(key))
+        .map(|r| r.owner)
+}
+
+fn swap_single_partition_pairs(txns: &mut [Arc<RoutedTxn>]) {
+    let mut i = 0;
+    while i + 1 < txns.len() {
+        if txns[i].is_single_partition() && txns[i + 1].is_single_partition() {
+            txns.swap(i, i + 1);
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+struct StoreView<'a, S: Store>(&'a S);
+
+impl<S: Store> ReadView for StoreView<'_, S> {
+    fn get(&self, key: &Key) -> Option<Value> {
+        self.0.get(key)
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        self.0.scan_prefix(prefix)
+    }
+}
+
+/// Local keys from the store, other partitions' keys from their remote reads.
+struct DistributedView<'a, S: Store> {
+    store: &'a S,
+    me: PartitionId,
+    routes: &'a [Route],
+    remote: &'a BTreeMap<PartitionId, Arc<RemoteReads>>,
+}
+
+impl<S: Store> DistributedView<'_, S> {
+    /// The reads of the partition holding `key`, or `None` if it is local.
+    fn remote_for(&self, covers: impl Fn(&KeySpec) -> bool) -> Option<&RemoteReads> {
+        let owner = self.routes.iter().find(|r| covers(&r.spec))?.owner;
+        match owner {
+            Owner::Partition(p) if p != self.me => self.remote.get(&p).map(|r| &**r),
+            _ => None,
+        }
+    }
+}
+
+impl<S: Store> ReadView for DistributedView<'_, S> {
+    fn get(&self, key: &Key) -> Option<Value> {
+        let Some(reads) = self.remote_for(|spec| spec.covers(key)) else {
+            return self.store.get(key);
+        };
+        if let Some((_, v)) = reads.exact.iter().find(|(k, _)| k == key) {
+            return v.clone();
+        }
+        let (_, entries) = reads.prefixes.iter().find(|(p, _)| key.starts_with(p))?;
+        let at = entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(entries[at].1.clone())
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        let Some(reads) = self.remote_for(|spec| spec.covers_prefix(prefix)) else {
+            return self.store.scan_prefix(prefix);
+        };
+        reads
+            .prefixes
+            .iter()
+            .filter(|(p, _)| prefix.starts_with(p))
+            .flat_map(|(_, entries)| entries.iter())
+            .filter(|(k, _)| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}

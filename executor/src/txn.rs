@@ -1,0 +1,174 @@
+//! The API a procedure uses to read and write state.
+
+use crate::store::MemStore;
+use detflow_protocol::{AbortReason, Footprint, Key, Value, codec};
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// Buffered writes of one transaction: `None` deletes.
+pub type WriteSet = BTreeMap<Key, Option<Value>>;
+
+/// Committed state as a transaction sees it before its own writes.
+pub trait ReadView {
+    /// The value of `key`.
+    fn get(&self, key: &Key) -> Option<Value>;
+    /// Every key under `prefix` with its value, ascending.
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)>;
+}
+
+impl ReadView for BTreeMap<Key, Value> {
+    fn get(&self, key: &Key) -> Option<Value> {
+        BTreeMap::get(self, key).cloned()
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        crate::store::scan_prefix(self, prefix)
+    }
+}
+
+impl ReadView for MemStore {
+    fn get(&self, key: &Key) -> Option<Value> {
+        self.map().get(key).cloned()
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        crate::store::scan_prefix(self.map(), prefix)
+    }
+}
+
+/// One running transaction: reads through a view, buffers writes, and enforces the
+/// footprint. Every method returns a deterministic [`AbortReason`] instead of panicking.
+pub struct Txn<'a> {
+    footprint: &'a Footprint,
+    view: &'a dyn ReadView,
+    writes: WriteSet,
+}
+
+impl<'a> Txn<'a> {
+    /// A transaction over `view`, allowed to touch `footprint`.
+    pub fn new(footprint: &'a Footprint, view: &'a dyn ReadView) -> Txn<'a> {
+        Txn {
+            footprint,
+            view,
+            writes: WriteSet::new(),
+        }
+    }
+
+    /// The value of `key`, seeing this transaction's own writes.
+    pub fn get(&self, key: &Key) -> Result<Option<Value>, AbortReason> {
+        if !self.footprint.allows_read(key) {
+            return Err(outside(key, false));
+        }
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.view.get(key)),
+        }
+    }
+
+    /// The value of `key` decoded from MessagePack.
+    pub fn get_as<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, AbortReason> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| AbortReason::BadValue {
+                key: key.clone(),
+                error: e.0,
+            }),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Key, value: Value) -> Result<(), AbortReason> {
+        if !self.footprint.allows_write(&key) {
+            return Err(outside(&key, true));
+        }
+        self.writes.insert(key, Some(value));
+        Ok(())
+    }
+
+    /// Sets `key` to `value` encoded as MessagePack.
+    pub fn put_as<T: Serialize>(&mut self, key: Key, value: &T) -> Result<(), AbortReason> {
+        self.put(key, codec::encode(value))
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &Key) -> Result<(), AbortReason> {
+        if !self.footprint.allows_write(key) {
+            return Err(outside(key, true));
+        }
+        self.writes.insert(key.clone(), None);
+        Ok(())
+    }
+
+    /// Every key under `prefix` with its value, ascending, seeing this transaction's own
+    /// writes. The footprint must declare a prefix covering `prefix`.
+    pub fn scan_prefix(&self, prefix: &Key) -> Result<Vec<(Key, Value)>, AbortReason> {
+        if !self.footprint.allows_scan(prefix) {
+            return Err(outside(prefix, false));
+        }
+        let mut merged: BTreeMap<Key, Value> = self.view.scan_prefix(prefix).into_iter().collect();
+        let own = self
+            .writes
+            .range((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        for (k, v) in own {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// The buffered writes, in key order.
+    pub fn into_writes(self) -> WriteSet {
+        self.writes
+    }
+}
+
+fn outside(key: &Key, write: bool) -> AbortReason {
+    AbortReason::OutsideFootprint {
+        key: key.clone(),
+        write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforces_the_footprint_and_sees_own_writes() {
+        let a = Key::table("t").u64(1);
+        let b = Key::table("t").u64(2);
+        let fp = Footprint::new().write(a.clone()).read(b.clone()).write_prefix(Key::table("p"));
+        let mut state = BTreeMap::new();
+        state.insert(b.clone(), vec![7]);
+        state.insert(Key::table("p").u64(1), vec![1]);
+        let mut tx = Txn::new(&fp, &state);
+        assert_eq!(tx.get(&b), Ok(Some(vec![7])));
+        assert_eq!(tx.put(b.clone(), vec![1]), Err(outside(&b, true)));
+        let c = Key::table("t").u64(3);
+        assert_eq!(tx.get(&c), Err(outside(&c, false)));
+        tx.put(a.clone(), vec![9]).unwrap();
+        assert_eq!(tx.get(&a), Ok(Some(vec![9])));
+        tx.put(Key::table("p").u64(0), vec![0]).unwrap();
+        tx.delete(&Key::table("p").u64(1)).unwrap();
+        assert_eq!(
+            tx.scan_prefix(&Key::table("p")),
+            Ok(vec![(Key::table("p").u64(0), vec![0])])
+        );
+        assert!(tx.scan_prefix(&Key::table("t")).is_err());
+        assert_eq!(tx.into_writes().len(), 3);
+    }
+
+    #[test]
+    fn undecodable_values_abort() {
+        let a = Key::table("t").u64(1);
+        let fp = Footprint::new().read(a.clone());
+        let mut state = BTreeMap::new();
+        state.insert(a.clone(), vec![0xc1]);
+        let tx = Txn::new(&fp, &state);
+        assert!(matches!(tx.get_as::<u64>(&a), Err(AbortReason::BadValue { .. })));
+    }
+}
