@@ -412,3 +412,189 @@ impl<S: Store> ReadView for DistributedView<'_, S> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemStore, Procedure, Txn};
+    use detflow_protocol::{
+        AbortReason, Batch, ClientId, Footprint, LOG_FORMAT_VERSION, PartitionScheme, RequestSeq,
+        Transaction, codec,
+    };
+    use detflow_scheduler::{PartitionMap, schedule};
+
+    /// Moves one unit from one counter to another; aborts if the source is empty.
+    struct Move;
+
+    impl Procedure for Move {
+        const NAME: &'static str = "test.move";
+        type Args = (Key, Key);
+        type Output = u64;
+
+        fn footprint((from, to): &(Key, Key)) -> Footprint {
+            Footprint::new().write(from.clone()).write(to.clone())
+        }
+
+        fn execute(tx: &mut Txn<'_>, (from, to): (Key, Key)) -> Result<u64, AbortReason> {
+            let a: u64 = tx.get_as(&from)?.unwrap_or(0);
+            let b: u64 = tx.get_as(&to)?.unwrap_or(0);
+            if a == 0 {
+                return Err(AbortReason::User("source is empty".into()));
+            }
+            tx.put_as(from, &(a - 1))?;
+            tx.put_as(to, &(b + 1))?;
+            Ok(b + 1)
+        }
+    }
+
+    struct Fixture {
+        map: PartitionMap,
+        executors: Vec<Executor<MemStore>>,
+        a: Key,
+        b: Key,
+    }
+
+    /// Two partitions; counter `a` (value 5) on partition 0, counter `b` (0) on partition 1.
+    fn fixture() -> Fixture {
+        let map = PartitionMap::new(PartitionScheme::hashed(2)).unwrap();
+        let on = |p: u32| {
+            (0..)
+                .map(|i| Key::table("c").u64(i))
+                .find(|k| map.owner(k) == Ok(Owner::Partition(PartitionId(p))))
+                .unwrap()
+        };
+        let (a, b) = (on(0), on(1));
+        let mut registry = Registry::new();
+        registry.register::<Move>();
+        let registry = Arc::new(registry);
+        let mut executors: Vec<_> = (0..2)
+            .map(|p| Executor::new(PartitionId(p), registry.clone(), MemStore::new()))
+            .collect();
+        executors[0].store_mut().put(a.clone(), codec::encode(&5u64));
+        Fixture { map, executors, a, b }
+    }
+
+    fn plans(f: &Fixture, moves: &[(Key, Key)]) -> Vec<Plan> {
+        let txns = moves
+            .iter()
+            .enumerate()
+            .map(|(i, args)| {
+                Arc::new(Transaction {
+                    client: ClientId(1),
+                    seq: RequestSeq(i as u64 + 1),
+                    gateway: NodeId(3),
+                    procedure: Move::NAME.into(),
+                    args: codec::encode(args),
+                    footprint: Move::footprint(args),
+                })
+            })
+            .collect();
+        let batch = Batch {
+            version: LOG_FORMAT_VERSION,
+            epoch: Epoch(1),
+            txns,
+        };
+        schedule(&batch, &f.map).unwrap()
+    }
+
+    fn feed(e: &mut Executor<MemStore>, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        e.handle(Time::ZERO, input, &mut out);
+        out
+    }
+
+    fn counter(e: &Executor<MemStore>, key: &Key) -> Option<u64> {
+        Store::get(e.store(), key).map(|v| codec::decode(&v).unwrap())
+    }
+
+    #[test]
+    fn multi_partition_transaction_exchanges_reads_and_commits_on_both() {
+        let mut f = fixture();
+        let [p0, p1]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+
+        // Each active participant sends its reads to the other, then waits.
+        let out0 = feed(&mut f.executors[0], Input::Plan(p0));
+        let [Output::SendReads { to, reads: r0 }] = &out0[..] else {
+            panic!("expected one SendReads, got {out0:?}")
+        };
+        assert_eq!(*to, PartitionId(1));
+        assert_eq!(r0.exact, vec![(f.a.clone(), Some(codec::encode(&5u64)))]);
+        let out1 = feed(&mut f.executors[1], Input::Plan(p1));
+        let [Output::SendReads { to, reads: r1 }] = &out1[..] else {
+            panic!("expected one SendReads, got {out1:?}")
+        };
+        assert_eq!(*to, PartitionId(0));
+
+        // With the peer's reads both execute; only partition 0, the designated one, reports.
+        let out1 = feed(&mut f.executors[1], Input::RemoteReads(r0.clone()));
+        assert_eq!(out1, vec![Output::EpochApplied(Epoch(1))]);
+        let out0 = feed(&mut f.executors[0], Input::RemoteReads(r1.clone()));
+        assert_eq!(
+            out0,
+            vec![
+                Output::Result {
+                    gateway: NodeId(3),
+                    result: TxnResult {
+                        client: ClientId(1),
+                        seq: RequestSeq(1),
+                        position: Position::new(Epoch(1), 0),
+                        outcome: Outcome::Committed(codec::encode(&1u64)),
+                    },
+                },
+                Output::EpochApplied(Epoch(1)),
+            ]
+        );
+        // Each partition holds only its own key.
+        assert_eq!(counter(&f.executors[0], &f.a), Some(4));
+        assert_eq!(counter(&f.executors[0], &f.b), None);
+        assert_eq!(counter(&f.executors[1], &f.b), Some(1));
+        assert_eq!(counter(&f.executors[1], &f.a), None);
+        assert!(f.executors.iter().all(|e| e.is_idle()));
+    }
+
+    #[test]
+    fn early_reads_wait_for_the_plan_and_duplicates_are_dropped() {
+        let mut f = fixture();
+        let [p0, p1]: [Plan; 2] = plans(&f, &[(f.b.clone(), f.a.clone())]).try_into().unwrap();
+        let out1 = feed(&mut f.executors[1], Input::Plan(p1));
+        let [Output::SendReads { reads: r1, .. }] = &out1[..] else {
+            panic!("{out1:?}")
+        };
+        // Partition 1's reads reach partition 0 before its plan does.
+        assert!(feed(&mut f.executors[0], Input::RemoteReads(r1.clone())).is_empty());
+        assert!(feed(&mut f.executors[0], Input::RemoteReads(r1.clone())).is_empty());
+        assert_eq!(f.executors[0].stats().reads_dropped, 1);
+        let out0 = feed(&mut f.executors[0], Input::Plan(p0));
+        // b is empty: the procedure aborts on both partitions; nothing is written.
+        assert!(matches!(
+            &out0[..],
+            [Output::SendReads { .. }, Output::Result { result, .. }, Output::EpochApplied(_)]
+                if matches!(result.outcome, Outcome::Aborted(AbortReason::User(_)))
+        ));
+        assert_eq!(counter(&f.executors[0], &f.a), Some(5));
+    }
+
+    #[test]
+    fn planted_reorder_swaps_single_partition_neighbours() {
+        let mut f = fixture();
+        f.executors[0].set_bugs(Bugs {
+            reorder: true,
+            ..Bugs::default()
+        });
+        let a = f.a.clone();
+        let [p0, _]: [Plan; 2] = plans(&f, &[(a.clone(), a.clone()), (a.clone(), a.clone())])
+            .try_into()
+            .unwrap();
+        let first = p0.txns[0].position;
+        let out = feed(&mut f.executors[0], Input::Plan(p0));
+        let reported: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Result { result, .. } => Some(result.position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported.len(), 2);
+        assert_ne!(reported[0], first, "the planted bug runs the second transaction first");
+    }
+}
