@@ -145,7 +145,10 @@ impl<S: Store> Executor<S> {
     }
 
     fn on_plan(&mut self, plan: Plan, out: &mut Vec<Output>) {
-        assert_eq!(plan.partition, self.partition, "plan routed to the wrong executor");
+        assert_eq!(
+            plan.partition, self.partition,
+            "plan routed to the wrong executor"
+        );
         if plan.epoch < self.next_epoch {
             return; // Already applied: a re-sent plan.
         }
@@ -177,7 +180,9 @@ impl<S: Store> Executor<S> {
         }
         position.epoch == self.next_epoch
             && self.plans.get(&self.next_epoch).is_some_and(|plan| {
-                plan.txns[..self.cursor].iter().any(|t| t.position == position)
+                plan.txns[..self.cursor]
+                    .iter()
+                    .any(|t| t.position == position)
             })
     }
 
@@ -470,8 +475,15 @@ mod tests {
         let mut executors: Vec<_> = (0..2)
             .map(|p| Executor::new(PartitionId(p), registry.clone(), MemStore::new()))
             .collect();
-        executors[0].store_mut().put(a.clone(), codec::encode(&5u64));
-        Fixture { map, executors, a, b }
+        executors[0]
+            .store_mut()
+            .put(a.clone(), codec::encode(&5u64));
+        Fixture {
+            map,
+            executors,
+            a,
+            b,
+        }
     }
 
     fn plans(f: &Fixture, moves: &[(Key, Key)]) -> Vec<Plan> {
@@ -595,6 +607,9 @@ mod tests {
             })
             .collect();
         assert_eq!(reported.len(), 2);
-        assert_ne!(reported[0], first, "the planted bug runs the second transaction first");
+        assert_ne!(
+            reported[0], first,
+            "the planted bug runs the second transaction first"
+        );
     }
 }

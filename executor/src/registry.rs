@@ -60,7 +60,12 @@ impl Registry {
     }
 
     /// Runs a call; the output is MessagePack.
-    pub fn execute(&self, name: &str, tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
+    pub fn execute(
+        &self,
+        name: &str,
+        tx: &mut Txn<'_>,
+        args: &[u8],
+    ) -> Result<Vec<u8>, AbortReason> {
         let entry = self
             .procedures
             .get(name)

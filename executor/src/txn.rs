@@ -70,10 +70,12 @@ impl<'a> Txn<'a> {
     pub fn get_as<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, AbortReason> {
         match self.get(key)? {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| AbortReason::BadValue {
-                key: key.clone(),
-                error: e.0,
-            }),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| AbortReason::BadValue {
+                    key: key.clone(),
+                    error: e.0,
+                }),
         }
     }
 
@@ -141,7 +143,10 @@ mod tests {
     fn enforces_the_footprint_and_sees_own_writes() {
         let a = Key::table("t").u64(1);
         let b = Key::table("t").u64(2);
-        let fp = Footprint::new().write(a.clone()).read(b.clone()).write_prefix(Key::table("p"));
+        let fp = Footprint::new()
+            .write(a.clone())
+            .read(b.clone())
+            .write_prefix(Key::table("p"));
         let mut state = BTreeMap::new();
         state.insert(b.clone(), vec![7]);
         state.insert(Key::table("p").u64(1), vec![1]);
@@ -169,6 +174,9 @@ mod tests {
         let mut state = BTreeMap::new();
         state.insert(a.clone(), vec![0xc1]);
         let tx = Txn::new(&fp, &state);
-        assert!(matches!(tx.get_as::<u64>(&a), Err(AbortReason::BadValue { .. })));
+        assert!(matches!(
+            tx.get_as::<u64>(&a),
+            Err(AbortReason::BadValue { .. })
+        ));
     }
 }

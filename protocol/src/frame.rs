@@ -66,7 +66,7 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` if more bytes are needed, or the error that
     /// ends the stream (returned again on every later call).
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         if self.failed {
             return Err(FrameError::Malformed("stream already failed".into()));
         }
@@ -119,7 +119,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in wire.chunks(3) {
             dec.push(chunk);
-            while let Some(m) = dec.next::<Message>().unwrap() {
+            while let Some(m) = dec.next_frame::<Message>().unwrap() {
                 got.push(m);
             }
         }
@@ -132,8 +132,11 @@ mod tests {
         let mut dec = FrameDecoder::new(1024);
         dec.push(&u32::MAX.to_be_bytes());
         assert_eq!(
-            dec.next::<Message>(),
-            Err(FrameError::TooLarge { len: u32::MAX, max: 1024 })
+            dec.next_frame::<Message>(),
+            Err(FrameError::TooLarge {
+                len: u32::MAX,
+                max: 1024
+            })
         );
         assert!(encode(&call(), 4).is_err());
     }
@@ -142,8 +145,11 @@ mod tests {
     fn malformed_body_is_an_error_not_a_panic() {
         let mut dec = FrameDecoder::new(1024);
         dec.push(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1]);
-        assert!(matches!(dec.next::<Message>(), Err(FrameError::Malformed(_))));
-        assert!(dec.next::<Message>().is_err());
+        assert!(matches!(
+            dec.next_frame::<Message>(),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(dec.next_frame::<Message>().is_err());
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum KeyError {
 
 /// An encoded key: ordered bytes.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Key(#[serde(with = "crate::codec::bytes")] Vec<u8>);
+pub struct Key(#[serde(with = "crate::bin::bytes")] Vec<u8>);
 
 impl Key {
     /// A key whose first element is the table name `table`.
@@ -118,7 +118,8 @@ impl Key {
     /// Appends a signed integer element.
     pub fn i64(mut self, v: i64) -> Key {
         self.0.push(TAG_I64);
-        self.0.extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
+        self.0
+            .extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
         self
     }
 
@@ -324,8 +325,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(Key::from_bytes(vec![0x99]), Err(KeyError::UnknownTag { tag: 0x99, at: 0 }));
-        assert_eq!(Key::from_bytes(vec![TAG_U64, 1]), Err(KeyError::Truncated { at: 0 }));
-        assert_eq!(Key::from_bytes(vec![TAG_STR, b'a']), Err(KeyError::Truncated { at: 0 }));
+        assert_eq!(
+            Key::from_bytes(vec![0x99]),
+            Err(KeyError::UnknownTag { tag: 0x99, at: 0 })
+        );
+        assert_eq!(
+            Key::from_bytes(vec![TAG_U64, 1]),
+            Err(KeyError::Truncated { at: 0 })
+        );
+        assert_eq!(
+            Key::from_bytes(vec![TAG_STR, b'a']),
+            Err(KeyError::Truncated { at: 0 })
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bin;
 pub mod codec;
 pub mod footprint;
 pub mod frame;

@@ -19,7 +19,7 @@ pub struct Call {
     /// The procedure name.
     pub procedure: String,
     /// MessagePack-encoded arguments.
-    #[serde(with = "crate::codec::bytes")]
+    #[serde(with = "crate::bin::bytes")]
     pub args: Vec<u8>,
 }
 

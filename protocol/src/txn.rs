@@ -21,7 +21,7 @@ pub struct Transaction {
     /// The registered procedure name, e.g. `bank.transfer`.
     pub procedure: String,
     /// The MessagePack-encoded arguments.
-    #[serde(with = "crate::codec::bytes")]
+    #[serde(with = "crate::bin::bytes")]
     pub args: Vec<u8>,
     /// The keys it may touch, computed by the gateway from the arguments.
     pub footprint: Footprint,
@@ -84,7 +84,7 @@ pub enum Outcome {
     /// Aborted deterministically; no write took effect.
     Aborted(AbortReason),
     /// Committed with the MessagePack-encoded procedure output.
-    Committed(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+    Committed(#[serde(with = "crate::bin::bytes")] Vec<u8>),
 }
 
 /// The result of one transaction, reported by its designated participant.
@@ -99,4 +99,3 @@ pub struct TxnResult {
     /// Commit or abort.
     pub outcome: Outcome,
 }
-

@@ -150,7 +150,9 @@ mod tests {
             .table(
                 "r",
                 TableRule::Range {
-                    splits: (1..partitions).map(|i| Key::table("r").u64(100 * u64::from(i))).collect(),
+                    splits: (1..partitions)
+                        .map(|i| Key::table("r").u64(100 * u64::from(i)))
+                        .collect(),
                 },
             );
         PartitionMap::new(scheme).unwrap()
@@ -186,7 +188,10 @@ mod tests {
         let m = map(3);
         let writes_item = Footprint::new().write(Key::table("item").u64(1));
         let r = route(Position::default(), txn(writes_item), &m);
-        assert!(matches!(r.rejected, Some(AbortReason::ReplicatedWrite { .. })));
+        assert!(matches!(
+            r.rejected,
+            Some(AbortReason::ReplicatedWrite { .. })
+        ));
         assert_eq!(r.participants, vec![PartitionId(0)]);
         let spans = Footprint::new().read_prefix(Key::table("r"));
         let r = route(Position::default(), txn(spans), &m);
@@ -204,7 +209,10 @@ mod tests {
             txns: Vec::new(),
         };
         let err = schedule(&batch, &map(2)).unwrap_err();
-        assert_eq!(err.to_string(), "log format version 99 is not supported (this build reads version 1)");
+        assert_eq!(
+            err.to_string(),
+            "log format version 99 is not supported (this build reads version 1)"
+        );
     }
 
     proptest! {

@@ -116,12 +116,12 @@ impl PartitionMap {
     /// The owner of every key under `prefix`, if it is one partition.
     pub fn owner_of_prefix(&self, prefix: &Key) -> Result<Owner, RouteError> {
         let owner = self.owner(prefix)?;
-        if let TableRule::Range { splits } = self.rule(prefix) {
-            if splits.iter().any(|s| s > prefix && s.starts_with(prefix)) {
-                return Err(RouteError::PrefixSpans {
-                    prefix: prefix.clone(),
-                });
-            }
+        if let TableRule::Range { splits } = self.rule(prefix)
+            && splits.iter().any(|s| s > prefix && s.starts_with(prefix))
+        {
+            return Err(RouteError::PrefixSpans {
+                prefix: prefix.clone(),
+            });
         }
         Ok(owner)
     }
@@ -179,7 +179,9 @@ mod tests {
         // Pinned so that a change of hash (which would move data) is noticed.
         assert_eq!(
             m.owner(&Key::table("acct").u64(1)),
-            Ok(Owner::Partition(PartitionId((fnv1a(&Key::table("x").u64(1).as_bytes()[3..]) % 7) as u32)))
+            Ok(Owner::Partition(PartitionId(
+                (fnv1a(&Key::table("x").u64(1).as_bytes()[3..]) % 7) as u32
+            )))
         );
     }
 

@@ -234,7 +234,10 @@ mod tests {
             epoch: Epoch(1),
             txns: vec![txn(1, 1), txn(2, 1)],
         });
-        assert_eq!(run(&mut s, 5_100, Input::Tick), vec![Output::Persist(batch.clone())]);
+        assert_eq!(
+            run(&mut s, 5_100, Input::Tick),
+            vec![Output::Persist(batch.clone())]
+        );
         assert_eq!(s.next_deadline(), None);
         assert_eq!(
             run(&mut s, 5_300, Input::Persisted { up_to: Epoch(1) }),

@@ -55,8 +55,7 @@ impl SeedReport {
 
 /// Runs and checks one seed.
 pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
-    let (world, registry, initial) = world::World::new(config.clone())?;
-    let run = world.run(registry, initial);
+    let run = world::World::new(config.clone())?.run();
     let verdict = check::check_all(&run);
     let digest = digest(&run, &verdict.state);
     Ok(SeedReport {

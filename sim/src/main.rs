@@ -159,10 +159,11 @@ fn real_main() -> Result<bool> {
         last_digest = Some(report.digest);
     }
     println!("seeds: {passed} passed, {failed} failed");
-    if args.digest && count == 1 {
-        if let Some(d) = last_digest {
-            println!("digest: {d}");
-        }
+    if args.digest
+        && count == 1
+        && let Some(d) = last_digest
+    {
+        println!("digest: {d}");
     }
     std::io::stdout().flush()?;
     Ok(failed == 0)

@@ -9,8 +9,8 @@ use crate::gateway::{Gateway, GatewayOutput};
 use detflow_executor::{Bugs, Executor, MemStore, Registry, Store};
 use detflow_protocol::message::{Call, RemoteReads, Reply};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Machine, NodeId, Owner, PartitionId, Plan, RequestSeq, Time,
-    Transaction, TxnResult,
+    Batch, ClientId, DetRng, Epoch, Key, Machine, NodeId, Owner, PartitionId, Plan, RequestSeq,
+    Time, Transaction, TxnResult, Value,
 };
 use detflow_scheduler::PartitionMap;
 use detflow_sequencer::{self as sequencer, Sequencer};
@@ -134,9 +134,7 @@ struct Timing {
 }
 
 /// Everything a finished run leaves for the checkers.
-pub struct Outcome {
-    /// The run's settings.
-    pub config: SimConfig,
+pub(crate) struct Outcome {
     /// The committed log, in order.
     pub log: Vec<Arc<Batch>>,
     /// Every call by `(client, seq)`.
@@ -154,7 +152,7 @@ pub struct Outcome {
     /// The workload, for its invariant checker.
     pub workload: Box<dyn Workload>,
     /// The initial rows.
-    pub initial: Vec<(detflow_protocol::Key, detflow_protocol::Value)>,
+    pub initial: Vec<(Key, Value)>,
     /// Virtual time at the end.
     pub end: Time,
     /// Events processed.
@@ -164,9 +162,9 @@ pub struct Outcome {
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// No workload of that name.
-    #[error("unknown workload {0:?} (known: bank, ycsb, kv)")]
-    UnknownWorkload(String),
+    /// The workload cannot be built as asked.
+    #[error(transparent)]
+    Workload(#[from] detflow_workloads::WorkloadError),
     /// The workload's partition scheme is invalid.
     #[error("invalid partition scheme: {0}")]
     Scheme(#[from] detflow_scheduler::SchemeError),
@@ -202,17 +200,18 @@ pub(crate) struct World {
     issued: u64,
     config: SimConfig,
     events: u64,
+    registry: Arc<Registry>,
+    initial: Vec<(Key, Value)>,
 }
 
 impl World {
-    pub(crate) fn new(config: SimConfig) -> Result<(World, Arc<Registry>, Vec<(detflow_protocol::Key, detflow_protocol::Value)>), SetupError> {
+    pub(crate) fn new(config: SimConfig) -> Result<World, SetupError> {
         if config.partitions == 0 || config.clients == 0 || config.batch_txns_max == 0 {
             return Err(SetupError::Config(
                 "--partitions, --clients and the batch size must be at least 1".into(),
             ));
         }
-        let workload = detflow_workloads::by_name(&config.workload, config.partitions)
-            .ok_or_else(|| SetupError::UnknownWorkload(config.workload.clone()))?;
+        let workload = detflow_workloads::by_name(&config.workload, config.partitions)?;
         let mut scheme = workload.scheme();
         scheme.partitions = config.partitions;
         let map = PartitionMap::new(scheme)?;
@@ -240,13 +239,19 @@ impl World {
             .collect();
         for (key, value) in &initial {
             match map.owner(key) {
-                Ok(Owner::Partition(p)) => executors[p.0 as usize].store_mut().put(key.clone(), value.clone()),
+                Ok(Owner::Partition(p)) => executors[p.0 as usize]
+                    .store_mut()
+                    .put(key.clone(), value.clone()),
                 Ok(Owner::Replicated) => {
                     for e in &mut executors {
                         e.store_mut().put(key.clone(), value.clone());
                     }
                 }
-                Err(e) => return Err(SetupError::Config(format!("initial row cannot be placed: {e}"))),
+                Err(e) => {
+                    return Err(SetupError::Config(format!(
+                        "initial row cannot be placed: {e}"
+                    )));
+                }
             }
         }
 
@@ -266,6 +271,8 @@ impl World {
             sequencer_timer: None,
             last_persist: Time::ZERO,
             gateway: Gateway::new(GATEWAY_ID, registry.clone(), FOOTPRINT_ENTRIES_MAX),
+            registry,
+            initial,
             executors,
             map,
             workload,
@@ -276,10 +283,10 @@ impl World {
             config,
             events: 0,
         };
-        Ok((world, registry, initial))
+        Ok(world)
     }
 
-    pub(crate) fn run(mut self, registry: Arc<Registry>, initial: Vec<(detflow_protocol::Key, detflow_protocol::Value)>) -> Outcome {
+    pub(crate) fn run(mut self) -> Outcome {
         for c in 0..self.config.clients {
             let start = self.rng.below(1_000);
             self.schedule(Time(start), Event::ClientWake(c));
@@ -299,15 +306,18 @@ impl World {
             log: self.log,
             calls: self.calls,
             executor_epochs: self.executors.iter().map(|e| e.next_epoch()).collect(),
-            stores: self.executors.into_iter().map(|e| e.store().clone()).collect(),
+            stores: self
+                .executors
+                .into_iter()
+                .map(|e| e.store().clone())
+                .collect(),
             quiescent,
-            registry,
+            registry: self.registry,
             map: self.map,
             workload: self.workload,
-            initial,
+            initial: self.initial,
             end: self.now,
             events: self.events,
-            config: self.config,
         }
     }
 
@@ -336,7 +346,9 @@ impl World {
         match event {
             Event::ClientWake(c) => self.on_client_wake(c),
             Event::Deliver { to, msg } => self.deliver(to, msg),
-            Event::Persisted(epoch) => self.sequencer_input(sequencer::Input::Persisted { up_to: epoch }),
+            Event::Persisted(epoch) => {
+                self.sequencer_input(sequencer::Input::Persisted { up_to: epoch })
+            }
             Event::SequencerTimer => {
                 self.sequencer_timer = None;
                 self.sequencer_input(sequencer::Input::Tick);
@@ -346,7 +358,9 @@ impl World {
 
     fn deliver(&mut self, to: Addr, msg: Msg) {
         match (to, msg) {
-            (Addr::Client(c), Msg::Reply { client, seq, reply }) => self.on_reply(c, client, seq, reply),
+            (Addr::Client(c), Msg::Reply { client, seq, reply }) => {
+                self.on_reply(c, client, seq, reply)
+            }
             (Addr::Gateway, Msg::Call(call)) => {
                 let mut out = Vec::new();
                 self.gateway.on_call(call, &mut out);
@@ -357,8 +371,12 @@ impl World {
                 self.gateway.on_result(result, &mut out);
                 self.gateway_effects(out);
             }
-            (Addr::Sequencer, Msg::Submit(txn)) => self.sequencer_input(sequencer::Input::Submit(txn)),
-            (Addr::Executor(p), Msg::Plan(plan)) => self.executor_input(p, detflow_executor::Input::Plan(plan)),
+            (Addr::Sequencer, Msg::Submit(txn)) => {
+                self.sequencer_input(sequencer::Input::Submit(txn))
+            }
+            (Addr::Executor(p), Msg::Plan(plan)) => {
+                self.executor_input(p, detflow_executor::Input::Plan(plan))
+            }
             (Addr::Executor(p), Msg::Reads(reads)) => {
                 self.executor_input(p, detflow_executor::Input::RemoteReads(reads))
             }
@@ -394,12 +412,21 @@ impl World {
                 sent_at: self.now,
             },
         );
-        let call = Call { client, seq, procedure, args };
+        let call = Call {
+            client,
+            seq,
+            procedure,
+            args,
+        };
         self.send(Addr::Client(c), Addr::Gateway, Msg::Call(call));
     }
 
     fn on_reply(&mut self, c: u32, client: ClientId, seq: RequestSeq, reply: Reply) {
-        assert_eq!(client, ClientId(u64::from(c)), "reply delivered to the wrong client");
+        assert_eq!(
+            client,
+            ClientId(u64::from(c)),
+            "reply delivered to the wrong client"
+        );
         let first = match self.calls.get_mut(&(client, seq)) {
             Some(record) => {
                 record.replies.push(reply);
@@ -420,7 +447,11 @@ impl World {
             }
         };
         if first {
-            let think = if self.timing.think_max_us == 0 { 0 } else { self.rng.below(self.timing.think_max_us) };
+            let think = if self.timing.think_max_us == 0 {
+                0
+            } else {
+                self.rng.below(self.timing.think_max_us)
+            };
             self.schedule(self.now.plus_us(think), Event::ClientWake(c));
         }
     }
@@ -432,7 +463,9 @@ impl World {
                     let to = Addr::Client(client.0 as u32);
                     self.send(Addr::Gateway, to, Msg::Reply { client, seq, reply });
                 }
-                GatewayOutput::Submit(txn) => self.send(Addr::Gateway, Addr::Sequencer, Msg::Submit(txn)),
+                GatewayOutput::Submit(txn) => {
+                    self.send(Addr::Gateway, Addr::Sequencer, Msg::Submit(txn))
+                }
             }
         }
     }
@@ -443,7 +476,9 @@ impl World {
         for effect in out {
             match effect {
                 sequencer::Output::Persist(batch) => {
-                    let at = self.last_persist.max(self.now.plus_us(self.rng.below(self.timing.fsync_max_us)));
+                    let at = self
+                        .last_persist
+                        .max(self.now.plus_us(self.rng.below(self.timing.fsync_max_us)));
                     self.last_persist = at;
                     self.schedule(at, Event::Persisted(batch.epoch));
                 }

@@ -10,10 +10,15 @@
 //! executed log to [`Workload::check`].
 
 #![forbid(unsafe_code)]
+// Tests unwrap freely: a panic there is a failed test. (`allow-unwrap-in-tests` in the
+// workspace clippy.toml would make this unnecessary.)
 
 pub mod bank;
 pub mod kv;
+#[cfg(test)]
+mod testkit;
 pub mod ycsb;
+pub mod zipf;
 
 use detflow_executor::Registry;
 use detflow_protocol::{DetRng, Key, Outcome, PartitionScheme, Value};
@@ -68,25 +73,147 @@ pub trait Workload {
 
     /// Checks the invariants on the final state, given every executed transaction in log
     /// order (committed and aborted).
-    fn check(
-        &self,
-        state: &BTreeMap<Key, Value>,
-        log: &[Executed<'_>],
-    ) -> Result<(), Violation>;
+    fn check(&self, state: &BTreeMap<Key, Value>, log: &[Executed<'_>]) -> Result<(), Violation>;
 }
 
 /// The workload names [`by_name`] accepts.
 pub const NAMES: &[&str] = &["bank", "ycsb", "kv"];
 
+/// Why a workload cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    /// No workload of that name.
+    #[error("unknown workload {0:?} (known: bank, ycsb, kv)")]
+    Unknown(String),
+    /// The partition count does not suit the workload.
+    #[error("{workload} cannot run on {partitions} partitions: {why}")]
+    Partitions {
+        /// The workload.
+        workload: &'static str,
+        /// The partition count asked for.
+        partitions: u32,
+        /// Why not.
+        why: String,
+    },
+}
+
 /// The named workload at its default size for `partitions` partitions.
-pub fn by_name(name: &str, partitions: u32) -> Option<Box<dyn Workload>> {
-    match name {
-        "bank" => Some(Box::new(bank::Bank::new(bank::BankConfig::default()))),
-        "ycsb" => Some(Box::new(ycsb::Ycsb::new(ycsb::YcsbConfig {
-            partitions,
-            ..ycsb::YcsbConfig::default()
-        }))),
-        "kv" => Some(Box::new(kv::Kv::new(kv::KvConfig::default()))),
-        _ => None,
+pub fn by_name(name: &str, partitions: u32) -> Result<Box<dyn Workload>, WorkloadError> {
+    let workload = NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == name)
+        .ok_or_else(|| WorkloadError::Unknown(name.to_owned()))?;
+    let refuse = |why: String| WorkloadError::Partitions {
+        workload,
+        partitions,
+        why,
+    };
+    if partitions == 0 {
+        return Err(refuse("at least one partition is needed".into()));
     }
+    Ok(match workload {
+        "bank" => Box::new(bank::Bank::new(bank::BankConfig {
+            partitions,
+            ..bank::BankConfig::default()
+        })),
+        "ycsb" => {
+            let config = ycsb::YcsbConfig {
+                partitions,
+                ..ycsb::YcsbConfig::default()
+            };
+            if config.keys / u64::from(partitions) < config.ops as u64 {
+                return Err(refuse(format!(
+                    "each partition needs at least {} of the {} keys",
+                    config.ops, config.keys
+                )));
+            }
+            Box::new(ycsb::Ycsb::new(config))
+        }
+        _ => Box::new(kv::Kv::new(kv::KvConfig {
+            partitions,
+            ..kv::KvConfig::default()
+        })),
+    })
+}
+
+/// The problems a checker found, keeping the first few for the violation's detail.
+struct Findings {
+    workload: &'static str,
+    shown: Vec<String>,
+    total: usize,
+}
+
+impl Findings {
+    /// How many problems a violation spells out; the rest are counted.
+    const SHOWN_MAX: usize = 8;
+
+    fn new(workload: &'static str) -> Findings {
+        Findings {
+            workload,
+            shown: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Records a problem; `describe` runs only for the first few.
+    fn push(&mut self, describe: impl FnOnce() -> String) {
+        if self.shown.len() < Self::SHOWN_MAX {
+            self.shown.push(describe());
+        }
+        self.total += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// `Ok` when nothing was found, else one violation listing the problems.
+    fn finish(self) -> Result<(), Violation> {
+        if self.total == 0 {
+            return Ok(());
+        }
+        let mut detail = self.shown.join("; ");
+        if self.total > self.shown.len() {
+            detail.push_str(&format!("; and {} more", self.total - self.shown.len()));
+        }
+        Err(Violation {
+            workload: self.workload,
+            detail,
+        })
+    }
+}
+
+/// Every key of `table` in `state`, ascending.
+fn table_rows<'s>(
+    state: &'s BTreeMap<Key, Value>,
+    table: &str,
+) -> impl Iterator<Item = (&'s Key, &'s Value)> + 's {
+    let prefix = Key::table(table);
+    state
+        .range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+}
+
+/// A short, readable rendering of a stored value for violation details: printable ASCII
+/// as a quoted string, anything else as hex; long values are cut.
+fn show_bytes(value: &[u8]) -> String {
+    const SHOWN_MAX: usize = 24;
+    let cut = &value[..value.len().min(SHOWN_MAX)];
+    let more = if value.len() > SHOWN_MAX {
+        format!("..({} bytes)", value.len())
+    } else {
+        String::new()
+    };
+    if cut.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("{:?}{more}", String::from_utf8_lossy(cut))
+    } else {
+        let hex: String = cut.iter().map(|b| format!("{b:02x}")).collect();
+        format!("0x{hex}{more}")
+    }
+}
+
+/// [`show_bytes`] for a value that may be absent.
+fn show_opt(value: Option<&[u8]>) -> String {
+    value.map_or_else(|| "absent".to_owned(), show_bytes)
 }

@@ -9,7 +9,7 @@
 // Timing a benchmark needs the wall clock, which the determinism lints ban elsewhere.
 #![allow(clippy::disallowed_methods)]
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use detflow_executor::serial::SerialExecutor;
 use detflow_executor::{Executor, Input, MemStore, Output, Registry, Store};
@@ -57,8 +57,7 @@ struct Setup {
 }
 
 fn setup(args: &Args) -> Result<Setup> {
-    let mut workload = detflow_workloads::by_name(&args.workload, args.partitions)
-        .with_context(|| format!("unknown workload {:?}", args.workload))?;
+    let mut workload = detflow_workloads::by_name(&args.workload, args.partitions)?;
     let mut registry = Registry::new();
     workload.register(&mut registry);
     let mut scheme = workload.scheme();
@@ -201,7 +200,10 @@ fn main() -> Result<()> {
         let (p, state, results) = pipeline(&s, args.batch)?;
         pipeline_state = state;
         if results != args.txns as u64 {
-            bail!("pipeline reported {results} results for {} transactions", args.txns);
+            bail!(
+                "pipeline reported {results} results for {} transactions",
+                args.txns
+            );
         }
         println!(
             "round {round}: direct {:>10.0} txn/s   pipeline {:>10.0} txn/s",
@@ -217,6 +219,9 @@ fn main() -> Result<()> {
     let (d, p) = (rate(args.txns, best_direct), rate(args.txns, best_pipeline));
     println!("direct   (best): {d:>10.0} txn/s");
     println!("pipeline (best): {p:>10.0} txn/s");
-    println!("ratio pipeline/direct: {:.2} (target >= 0.50); final states equal", p / d);
+    println!(
+        "ratio pipeline/direct: {:.2} (target >= 0.50); final states equal",
+        p / d
+    );
     Ok(())
 }

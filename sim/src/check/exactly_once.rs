@@ -18,7 +18,10 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
         }
     }
     for ((client, seq), record) in &run.calls {
-        let call = format!("call (client {client}, seq {seq}) to {:?}", record.procedure);
+        let call = format!(
+            "call (client {client}, seq {seq}) to {:?}",
+            record.procedure
+        );
         let positions = in_log.remove(&(*client, *seq)).unwrap_or_default();
         match &record.replies[..] {
             [] => failures.push(format!("{call} was never answered")),

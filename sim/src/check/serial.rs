@@ -60,7 +60,8 @@ pub(crate) fn compare(
             }
         }
     }
-    let keys: std::collections::BTreeSet<&Key> = state.keys().chain(reference.state.keys()).collect();
+    let keys: std::collections::BTreeSet<&Key> =
+        state.keys().chain(reference.state.keys()).collect();
     for key in keys {
         let (got, want) = (state.get(key), reference.state.get(key));
         if got != want {
