@@ -587,6 +587,39 @@ mod tests {
     }
 
     #[test]
+    fn unknown_procedures_and_undecodable_arguments_abort_with_typed_reasons() {
+        let mut f = fixture();
+        let [mut p0, _]: [Plan; 2] = plans(
+            &f,
+            &[(f.a.clone(), f.a.clone()), (f.a.clone(), f.a.clone())],
+        )
+        .try_into()
+        .unwrap();
+        let mut unknown = (*p0.txns[0]).clone();
+        Arc::make_mut(&mut unknown.txn).procedure = "no.such".into();
+        let mut garbage = (*p0.txns[1]).clone();
+        Arc::make_mut(&mut garbage.txn).args = vec![0xc1];
+        p0.txns = vec![Arc::new(unknown), Arc::new(garbage)];
+        let outcomes: Vec<_> = feed(&mut f.executors[0], Input::Plan(p0))
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Result { result, .. } => Some(result.outcome),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!(
+            outcomes[0],
+            Outcome::Aborted(AbortReason::UnknownProcedure("no.such".into()))
+        );
+        assert!(matches!(
+            outcomes[1],
+            Outcome::Aborted(AbortReason::BadArgs(_))
+        ));
+        assert_eq!(counter(&f.executors[0], &f.a), Some(5));
+    }
+
+    #[test]
     fn planted_reorder_swaps_single_partition_neighbours() {
         let mut f = fixture();
         f.executors[0].set_bugs(Bugs {

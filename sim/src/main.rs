@@ -113,6 +113,7 @@ fn real_main() -> Result<bool> {
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
     };
     let (mut passed, mut failed) = (0u64, 0u64);
+    let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
     let mut last_digest = None;
     let progress_every = (count / 20).max(1);
     for seed in first..first.saturating_add(count) {
@@ -133,6 +134,14 @@ fn real_main() -> Result<bool> {
                     report.digest, again.digest
                 ));
             }
+        }
+        for (total, n) in totals.iter_mut().zip([
+            report.calls,
+            report.committed,
+            report.aborted,
+            report.epochs,
+        ]) {
+            *total += n;
         }
         if report.passed() {
             passed += 1;
@@ -158,6 +167,11 @@ fn real_main() -> Result<bool> {
         }
         last_digest = Some(report.digest);
     }
+    let [calls, committed, aborted, epochs] = totals;
+    println!(
+        "calls: {calls} ({committed} committed, {aborted} aborted, {} refused before ordering); epochs: {epochs}",
+        calls - committed - aborted
+    );
     println!("seeds: {passed} passed, {failed} failed");
     if args.digest
         && count == 1
