@@ -15,11 +15,12 @@
 use crate::registry::Registry;
 use crate::serial;
 use crate::store::Store;
+use crate::system::Bookkeeping;
 use crate::txn::ReadView;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
-    Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PartitionId, Plan, Position, Route,
-    RoutedTxn, Time, TxnResult, Value,
+    ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PartitionId, Plan, Position,
+    RequestSeq, Route, RoutedTxn, Time, TxnResult, Value,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +28,44 @@ use std::sync::Arc;
 /// An input to the executor.
 #[derive(Debug)]
 pub enum Input {
+    /// A peer acknowledges that it made every epoch up to `durable` durable: the reads sent
+    /// to it for those epochs need not be kept.
+    Ack {
+        /// The acknowledging partition.
+        from: PartitionId,
+        /// Its durable epoch.
+        durable: Epoch,
+    },
+    /// The connection to `peer` was (re)established: tell it where this partition stands.
+    Connected {
+        /// The peer.
+        peer: PartitionId,
+    },
+    /// The store made every epoch up to `up_to` durable.
+    Durable {
+        /// The last durable epoch.
+        up_to: Epoch,
+    },
+    /// A peer (re)connected: it is durable up to `durable` and lacks everything after.
+    Hello {
+        /// The peer.
+        from: PartitionId,
+        /// Its durable epoch.
+        durable: Epoch,
+    },
     /// The plan of one epoch for this partition.
     Plan(Plan),
     /// A peer's local reads of a multi-partition transaction.
     RemoteReads(Arc<RemoteReads>),
+    /// A gateway asks for the result of a call (a retry found it already in the log).
+    ResultQuery {
+        /// Where the answer goes.
+        gateway: NodeId,
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
 }
 
 /// An effect the driver performs.
@@ -38,12 +73,35 @@ pub enum Input {
 pub enum Output {
     /// Every transaction of the epoch is applied.
     EpochApplied(Epoch),
-    /// Report a transaction's result to the gateway that sent it.
+    /// Report a transaction's result to a gateway.
     Result {
         /// The gateway.
         gateway: NodeId,
         /// The result.
         result: TxnResult,
+    },
+    /// The result table holds no result for the queried call (yet).
+    ResultUnknown {
+        /// The gateway that asked.
+        gateway: NodeId,
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+    /// Tell a peer that this partition is durable up to `durable`.
+    SendAck {
+        /// The peer.
+        to: PartitionId,
+        /// This partition's durable epoch.
+        durable: Epoch,
+    },
+    /// Tell a peer where this partition stands after a (re)connect, so it resends.
+    SendHello {
+        /// The peer.
+        to: PartitionId,
+        /// This partition's durable epoch.
+        durable: Epoch,
     },
     /// Send this partition's reads of a transaction to another executor.
     SendReads {
@@ -74,11 +132,16 @@ pub struct Stats {
     pub reads_sent: u64,
     /// Remote-read messages dropped as duplicates or late.
     pub reads_dropped: u64,
+    /// Remote-read messages sent again after a peer's hello.
+    pub reads_resent: u64,
+    /// Result queries answered from the result table.
+    pub results_found: u64,
 }
 
 /// Runs one partition's plans in position order against its store.
 pub struct Executor<S: Store> {
     partition: PartitionId,
+    partitions: u32,
     registry: Arc<Registry>,
     store: S,
     plans: BTreeMap<Epoch, Plan>,
@@ -87,16 +150,32 @@ pub struct Executor<S: Store> {
     /// Whether this partition's reads of the transaction at `cursor` were sent.
     sent_at_cursor: bool,
     inbox: BTreeMap<Position, BTreeMap<PartitionId, Arc<RemoteReads>>>,
+    /// The result table and the reads not yet acknowledged, mirrored in the store.
+    book: Bookkeeping,
+    durable: Epoch,
     bugs: Bugs,
     stats: Stats,
 }
 
 impl<S: Store> Executor<S> {
-    /// An executor of `partition` over `store`, resuming after the store's applied epoch.
-    pub fn new(partition: PartitionId, registry: Arc<Registry>, store: S) -> Executor<S> {
+    /// An executor of `partition` (of `partitions`) over `store`, resuming after the
+    /// store's applied epoch, which it takes to be durable.
+    pub fn new(
+        partition: PartitionId,
+        partitions: u32,
+        registry: Arc<Registry>,
+        store: S,
+    ) -> Executor<S> {
+        assert!(
+            partition.0 < partitions,
+            "partition {partition} of {partitions}"
+        );
         let next_epoch = store.applied_epoch().next();
+        let book = Bookkeeping::load(&store);
+        let durable = store.applied_epoch();
         Executor {
             partition,
+            partitions,
             registry,
             store,
             plans: BTreeMap::new(),
@@ -104,6 +183,8 @@ impl<S: Store> Executor<S> {
             cursor: 0,
             sent_at_cursor: false,
             inbox: BTreeMap::new(),
+            book,
+            durable,
             bugs: Bugs::default(),
             stats: Stats::default(),
         }
@@ -142,6 +223,69 @@ impl<S: Store> Executor<S> {
     /// Whether no plan and no remote read is waiting.
     pub fn is_idle(&self) -> bool {
         self.plans.is_empty() && self.inbox.is_empty()
+    }
+
+    /// Read messages sent and not yet acknowledged.
+    pub fn outbox_len(&self) -> usize {
+        self.book.outbox_len()
+    }
+
+    /// Sets how many epochs of results the result table keeps.
+    pub fn set_result_epochs_retained(&mut self, epochs: u64) {
+        self.book.set_retained_epochs(epochs);
+    }
+
+    fn peers(&self) -> impl Iterator<Item = PartitionId> + use<S> {
+        let me = self.partition;
+        (0..self.partitions)
+            .map(PartitionId)
+            .filter(move |p| *p != me)
+    }
+
+    fn on_ack(&mut self, from: PartitionId, durable: Epoch) {
+        self.book.ack(&mut self.store, from, durable);
+    }
+
+    fn on_hello(&mut self, from: PartitionId, durable: Epoch, out: &mut Vec<Output>) {
+        self.on_ack(from, durable);
+        for reads in self.book.unacked(from) {
+            self.stats.reads_resent += 1;
+            out.push(Output::SendReads {
+                to: from,
+                reads: reads.clone(),
+            });
+        }
+    }
+
+    fn on_durable(&mut self, up_to: Epoch, out: &mut Vec<Output>) {
+        if up_to <= self.durable {
+            return;
+        }
+        assert!(up_to < self.next_epoch, "durable beyond the applied epoch");
+        self.durable = up_to;
+        for to in self.peers() {
+            out.push(Output::SendAck { to, durable: up_to });
+        }
+    }
+
+    fn on_result_query(
+        &mut self,
+        gateway: NodeId,
+        client: ClientId,
+        seq: RequestSeq,
+        out: &mut Vec<Output>,
+    ) {
+        match self.book.result(&self.store, client, seq) {
+            Some(result) => {
+                self.stats.results_found += 1;
+                out.push(Output::Result { gateway, result });
+            }
+            None => out.push(Output::ResultUnknown {
+                gateway,
+                client,
+                seq,
+            }),
+        }
     }
 
     fn on_plan(&mut self, plan: Plan, out: &mut Vec<Output>) {
@@ -192,6 +336,7 @@ impl<S: Store> Executor<S> {
             let Some(txn) = plan.txns.get(self.cursor).cloned() else {
                 let epoch = self.next_epoch;
                 self.plans.remove(&epoch);
+                self.book.flush(&mut self.store, epoch);
                 self.store.commit_epoch(epoch);
                 self.next_epoch = epoch.next();
                 self.cursor = 0;
@@ -299,6 +444,8 @@ impl<S: Store> Executor<S> {
         let reads = Arc::new(reads);
         for to in txn.executors().iter().filter(|p| **p != self.partition) {
             self.stats.reads_sent += 1;
+            self.book
+                .record_sent(*to, reads.position.epoch, reads.clone());
             out.push(Output::SendReads {
                 to: *to,
                 reads: reads.clone(),
@@ -311,14 +458,16 @@ impl<S: Store> Executor<S> {
             return;
         }
         self.stats.reported += 1;
+        let result = TxnResult {
+            client: txn.txn.client,
+            seq: txn.txn.seq,
+            position: txn.position,
+            outcome,
+        };
+        self.book.record_result(result.clone());
         out.push(Output::Result {
             gateway: txn.txn.gateway,
-            result: TxnResult {
-                client: txn.txn.client,
-                seq: txn.txn.seq,
-                position: txn.position,
-                outcome,
-            },
+            result,
         });
     }
 }
@@ -329,8 +478,20 @@ impl<S: Store> Machine for Executor<S> {
 
     fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
         match input {
+            Input::Ack { from, durable } => self.on_ack(from, durable),
+            Input::Connected { peer } => out.push(Output::SendHello {
+                to: peer,
+                durable: self.durable,
+            }),
+            Input::Durable { up_to } => self.on_durable(up_to, out),
+            Input::Hello { from, durable } => self.on_hello(from, durable, out),
             Input::Plan(plan) => self.on_plan(plan, out),
             Input::RemoteReads(reads) => self.on_remote_reads(reads, out),
+            Input::ResultQuery {
+                gateway,
+                client,
+                seq,
+            } => self.on_result_query(gateway, client, seq, out),
         }
     }
 
@@ -473,7 +634,7 @@ mod tests {
         registry.register::<Move>();
         let registry = Arc::new(registry);
         let mut executors: Vec<_> = (0..2)
-            .map(|p| Executor::new(PartitionId(p), registry.clone(), MemStore::new()))
+            .map(|p| Executor::new(PartitionId(p), 2, registry.clone(), MemStore::new()))
             .collect();
         executors[0]
             .store_mut()
@@ -556,12 +717,117 @@ mod tests {
                 Output::EpochApplied(Epoch(1)),
             ]
         );
-        // Each partition holds only its own key.
+        // Each partition holds only its own user key.
         assert_eq!(counter(&f.executors[0], &f.a), Some(4));
         assert_eq!(counter(&f.executors[0], &f.b), None);
         assert_eq!(counter(&f.executors[1], &f.b), Some(1));
         assert_eq!(counter(&f.executors[1], &f.a), None);
         assert!(f.executors.iter().all(|e| e.is_idle()));
+    }
+
+    #[test]
+    fn unacknowledged_reads_survive_a_restart_and_are_resent_on_hello() {
+        let mut f = fixture();
+        let [p0, p1]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+        let out = feed(&mut f.executors[0], Input::Plan(p0));
+        let [Output::SendReads { reads, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        let out = feed(&mut f.executors[1], Input::Plan(p1));
+        let [Output::SendReads { reads: r1, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        // The epoch completes; its unacknowledged reads are now in the store.
+        feed(&mut f.executors[0], Input::RemoteReads(r1.clone()));
+        assert_eq!(f.executors[0].next_epoch(), Epoch(2));
+        assert_eq!(f.executors[0].outbox_len(), 1);
+
+        // A restart from the same store finds the unacknowledged reads again.
+        let store = f.executors[0].store().clone();
+        let registry = f.executors[0].registry.clone();
+        let mut restarted = Executor::new(PartitionId(0), 2, registry, store);
+        assert_eq!(restarted.outbox_len(), 1);
+        assert_eq!(
+            feed(
+                &mut restarted,
+                Input::Hello {
+                    from: PartitionId(1),
+                    durable: Epoch(0)
+                }
+            ),
+            vec![Output::SendReads {
+                to: PartitionId(1),
+                reads: reads.clone()
+            }]
+        );
+        // Once the peer is durable past the epoch, the reads are forgotten, in the store too.
+        assert!(
+            feed(
+                &mut restarted,
+                Input::Ack {
+                    from: PartitionId(1),
+                    durable: Epoch(1)
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(restarted.outbox_len(), 0);
+        let again = Executor::new(
+            PartitionId(0),
+            2,
+            restarted.registry.clone(),
+            restarted.store().clone(),
+        );
+        assert_eq!(again.outbox_len(), 0);
+        assert_eq!(
+            feed(
+                &mut restarted,
+                Input::Connected {
+                    peer: PartitionId(1)
+                }
+            ),
+            vec![Output::SendHello {
+                to: PartitionId(1),
+                durable: Epoch(1)
+            }]
+        );
+    }
+
+    #[test]
+    fn result_table_answers_retried_calls() {
+        let mut f = fixture();
+        let [p0, _]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.a.clone())]).try_into().unwrap();
+        let out = feed(&mut f.executors[0], Input::Plan(p0));
+        let Some(Output::Result { result, .. }) = out.first() else {
+            panic!("{out:?}")
+        };
+        let query = |seq| Input::ResultQuery {
+            gateway: NodeId(9),
+            client: ClientId(1),
+            seq: RequestSeq(seq),
+        };
+        assert_eq!(
+            feed(&mut f.executors[0], query(1)),
+            vec![Output::Result {
+                gateway: NodeId(9),
+                result: result.clone()
+            }]
+        );
+        assert_eq!(
+            feed(&mut f.executors[0], query(2)),
+            vec![Output::ResultUnknown {
+                gateway: NodeId(9),
+                client: ClientId(1),
+                seq: RequestSeq(2)
+            }]
+        );
+        assert_eq!(
+            feed(&mut f.executors[0], Input::Durable { up_to: Epoch(1) }),
+            vec![Output::SendAck {
+                to: PartitionId(1),
+                durable: Epoch(1)
+            }]
+        );
     }
 
     #[test]

@@ -20,11 +20,14 @@ mod procedure;
 mod registry;
 pub mod serial;
 mod store;
+mod system;
 mod txn;
 
 pub use detflow_protocol::AbortReason as Abort;
+pub use detflow_protocol::SYSTEM_TABLE;
 pub use executor::{Bugs, Executor, Input, Output};
 pub use procedure::Procedure;
 pub use registry::Registry;
 pub use store::{MemStore, Store};
+pub use system::{RESULT_EPOCHS_RETAINED, is_system_key};
 pub use txn::{ReadView, Txn, WriteSet};

@@ -1,5 +1,6 @@
 //! The ordered state of one partition.
 
+use crate::system::is_system_key;
 use detflow_protocol::{Epoch, Key, Value};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -24,9 +25,13 @@ pub trait Store {
 }
 
 /// An in-memory ordered store.
+///
+/// The executor's bookkeeping (`_sys` keys: result table, outbox) lives in a map of its own,
+/// as it would in a separate keyspace on disk, so it never slows lookups of user data.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     map: BTreeMap<Key, Value>,
+    system: BTreeMap<Key, Value>,
     applied: Epoch,
 }
 
@@ -36,42 +41,63 @@ impl MemStore {
         MemStore::default()
     }
 
-    /// Every key and value, ascending.
+    /// Every user key and value, ascending (bookkeeping keys excluded).
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
         self.map.iter()
     }
 
-    /// The number of keys.
+    /// The number of user keys.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
-    /// Whether the store holds no key.
+    /// Whether the store holds no user key.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
-    /// The underlying map.
+    /// The user data.
     pub fn map(&self) -> &BTreeMap<Key, Value> {
         &self.map
+    }
+
+    /// The executor's bookkeeping keys.
+    pub fn system(&self) -> &BTreeMap<Key, Value> {
+        &self.system
+    }
+
+    fn space(&self, key: &Key) -> &BTreeMap<Key, Value> {
+        if is_system_key(key) {
+            &self.system
+        } else {
+            &self.map
+        }
+    }
+
+    fn space_mut(&mut self, key: &Key) -> &mut BTreeMap<Key, Value> {
+        if is_system_key(key) {
+            &mut self.system
+        } else {
+            &mut self.map
+        }
     }
 }
 
 impl Store for MemStore {
     fn get(&self, key: &Key) -> Option<Value> {
-        self.map.get(key).cloned()
+        self.space(key).get(key).cloned()
     }
 
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
-        scan_prefix(&self.map, prefix)
+        scan_prefix(self.space(prefix), prefix)
     }
 
     fn put(&mut self, key: Key, value: Value) {
-        self.map.insert(key, value);
+        self.space_mut(&key).insert(key, value);
     }
 
     fn delete(&mut self, key: &Key) {
-        self.map.remove(key);
+        self.space_mut(key).remove(key);
     }
 
     fn commit_epoch(&mut self, epoch: Epoch) {

@@ -20,6 +20,13 @@ const TAG_STR: u8 = 0x02;
 const TAG_I64: u8 = 0x14;
 const TAG_U64: u8 = 0x15;
 
+/// The table of the executor's own bookkeeping (result table, read outbox). Footprints may
+/// not name it.
+pub const SYSTEM_TABLE: &str = "_sys";
+
+/// The encoding of the one-element tuple `("_sys",)`, which starts every bookkeeping key.
+const SYSTEM_PREFIX: &[u8] = b"\x02_sys\x00";
+
 /// One element of a key tuple. The variant order is the encoding's order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Elem {
@@ -121,6 +128,11 @@ impl Key {
         self.0
             .extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
         self
+    }
+
+    /// Whether this key belongs to the executor's bookkeeping table, [`SYSTEM_TABLE`].
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with(SYSTEM_PREFIX)
     }
 
     /// The encoded bytes.
@@ -321,6 +333,14 @@ mod tests {
         let key = Key::table("acct").u64(7).i64(-3).str("x");
         assert_eq!(key.table_name(), Some("acct"));
         assert_eq!(key.to_string(), r#"("acct", 7, -3i, "x")"#);
+    }
+
+    #[test]
+    fn system_keys_are_recognised_by_prefix() {
+        assert_eq!(Key::table(SYSTEM_TABLE).as_bytes(), SYSTEM_PREFIX);
+        assert!(Key::table(SYSTEM_TABLE).str("result").is_system());
+        assert!(!Key::table("_sysx").is_system());
+        assert!(!Key::table("acct").u64(1).is_system());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod txn;
 
 pub use footprint::{Access, Footprint, KeySpec};
 pub use ids::{ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq, Time};
-pub use key::{Elem, Key};
+pub use key::{Elem, Key, SYSTEM_TABLE};
 pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};
 pub use plan::{Owner, Plan, Route, RoutedTxn};

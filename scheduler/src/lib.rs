@@ -17,8 +17,8 @@ mod map;
 pub use map::{PartitionMap, RouteError, SchemeError};
 
 use detflow_protocol::{
-    AbortReason, Access, Batch, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId, Plan,
-    Position, Route, RoutedTxn, Transaction,
+    AbortReason, Access, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId,
+    Plan, Position, Route, RoutedTxn, SYSTEM_TABLE, Transaction,
 };
 use std::sync::Arc;
 
@@ -70,6 +70,13 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
     let mut routes = Vec::with_capacity(txn.footprint.entries.len());
     let mut rejected = None;
     for (spec, access) in &txn.footprint.entries {
+        if spec.key().is_system() || Key::table(SYSTEM_TABLE).starts_with(spec.key()) {
+            rejected = Some(AbortReason::Unroutable(format!(
+                "{} names the reserved table {SYSTEM_TABLE:?}",
+                spec.key()
+            )));
+            break;
+        }
         match map.owner_of_spec(spec) {
             Ok(Owner::Replicated) if *access == Access::Write => {
                 rejected = Some(AbortReason::ReplicatedWrite {
@@ -195,6 +202,12 @@ mod tests {
         assert_eq!(r.participants, vec![PartitionId(0)]);
         let spans = Footprint::new().read_prefix(Key::table("r"));
         let r = route(Position::default(), txn(spans), &m);
+        assert!(matches!(r.rejected, Some(AbortReason::Unroutable(_))));
+        let reserved = Footprint::new().read(Key::table(SYSTEM_TABLE).str("result"));
+        let r = route(Position::default(), txn(reserved), &m);
+        assert!(matches!(r.rejected, Some(AbortReason::Unroutable(_))));
+        let everything = Footprint::new().read_prefix(Key::default());
+        let r = route(Position::default(), txn(everything), &m);
         assert!(matches!(r.rejected, Some(AbortReason::Unroutable(_))));
         let short = Footprint::new().read(Key::table("acct"));
         let r = route(Position::default(), txn(short), &m);

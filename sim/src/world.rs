@@ -30,6 +30,10 @@ pub(crate) enum Addr {
 
 #[derive(Debug)]
 enum Msg {
+    Ack {
+        from: PartitionId,
+        durable: Epoch,
+    },
     Call(Call),
     Plan(Plan),
     Reads(Arc<RemoteReads>),
@@ -232,7 +236,12 @@ impl World {
         let initial = workload.load();
         let mut executors: Vec<_> = (0..config.partitions)
             .map(|p| {
-                let mut e = Executor::new(PartitionId(p), registry.clone(), MemStore::new());
+                let mut e = Executor::new(
+                    PartitionId(p),
+                    config.partitions,
+                    registry.clone(),
+                    MemStore::new(),
+                );
                 e.set_bugs(config.bugs);
                 e
             })
@@ -377,6 +386,9 @@ impl World {
             (Addr::Executor(p), Msg::Plan(plan)) => {
                 self.executor_input(p, detflow_executor::Input::Plan(plan))
             }
+            (Addr::Executor(p), Msg::Ack { from, durable }) => {
+                self.executor_input(p, detflow_executor::Input::Ack { from, durable })
+            }
             (Addr::Executor(p), Msg::Reads(reads)) => {
                 self.executor_input(p, detflow_executor::Input::RemoteReads(reads))
             }
@@ -516,7 +528,19 @@ impl World {
                     assert_eq!(gateway, GATEWAY_ID, "result for an unknown gateway");
                     self.send(Addr::Executor(p), Addr::Gateway, Msg::Result(result));
                 }
-                detflow_executor::Output::EpochApplied(_) => {}
+                // The in-memory store is durable as soon as an epoch is applied.
+                detflow_executor::Output::EpochApplied(epoch) => {
+                    self.executor_input(p, detflow_executor::Input::Durable { up_to: epoch })
+                }
+                detflow_executor::Output::SendAck { to, durable } => {
+                    let ack = Msg::Ack {
+                        from: PartitionId(p),
+                        durable,
+                    };
+                    self.send(Addr::Executor(p), Addr::Executor(to.0), ack);
+                }
+                detflow_executor::Output::SendHello { .. }
+                | detflow_executor::Output::ResultUnknown { .. } => {}
             }
         }
     }

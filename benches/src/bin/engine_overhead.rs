@@ -12,7 +12,7 @@
 use anyhow::{Result, bail};
 use clap::Parser;
 use detflow_executor::serial::SerialExecutor;
-use detflow_executor::{Executor, Input, MemStore, Output, Registry, Store};
+use detflow_executor::{Executor, Input, MemStore, Output, Registry, Store, is_system_key};
 use detflow_protocol::{
     ClientId, DetRng, Key, Machine, NodeId, Owner, PartitionId, RequestSeq, Time, Transaction,
     Value,
@@ -100,7 +100,15 @@ fn direct(s: &Setup) -> (Duration, BTreeMap<Key, Value>) {
 /// The pipeline: sequencer batches, scheduler plans, executors run them, one thread.
 fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, u64)> {
     let mut executors: Vec<Executor<MemStore>> = (0..s.map.partitions())
-        .map(|p| Executor::new(PartitionId(p), s.registry.clone(), MemStore::new()))
+        .map(|p| {
+            let partitions = s.map.partitions();
+            Executor::new(
+                PartitionId(p),
+                partitions,
+                s.registry.clone(),
+                MemStore::new(),
+            )
+        })
         .collect();
     for (key, value) in &s.initial {
         match s.map.owner(key)? {
@@ -148,7 +156,19 @@ fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, 
                                         queue.push_back((to.0 as usize, Input::RemoteReads(reads)))
                                     }
                                     Output::Result { .. } => results += 1,
-                                    Output::EpochApplied(_) => {}
+                                    // The in-memory store is durable once the epoch is applied;
+                                    // peers' acknowledgements free the read outboxes.
+                                    Output::EpochApplied(epoch) => {
+                                        queue.push_back((p, Input::Durable { up_to: epoch }))
+                                    }
+                                    Output::SendAck { to, durable } => queue.push_back((
+                                        to.0 as usize,
+                                        Input::Ack {
+                                            from: PartitionId(p as u32),
+                                            durable,
+                                        },
+                                    )),
+                                    Output::SendHello { .. } | Output::ResultUnknown { .. } => {}
                                 }
                             }
                         }
@@ -163,7 +183,8 @@ fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, 
     let elapsed = start.elapsed();
     let mut state = BTreeMap::new();
     for e in &executors {
-        state.extend(e.store().iter().map(|(k, v)| (k.clone(), v.clone())));
+        let user = e.store().iter().filter(|(k, _)| !is_system_key(k));
+        state.extend(user.map(|(k, v)| (k.clone(), v.clone())));
     }
     Ok((elapsed, state, results))
 }

@@ -2,6 +2,7 @@
 //! merges the partitions into one state.
 
 use crate::world::Outcome;
+use detflow_executor::is_system_key;
 use detflow_protocol::{Key, Owner, PartitionId, Value};
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ pub(crate) fn merged_state(run: &Outcome) -> (BTreeMap<Key, Value>, Vec<String>)
     let mut state = BTreeMap::new();
     let mut replicated: BTreeMap<Key, (usize, Value)> = BTreeMap::new();
     for (p, store) in run.stores.iter().enumerate() {
-        for (key, value) in store.iter() {
+        for (key, value) in store.iter().filter(|(k, _)| !is_system_key(k)) {
             match run.map.owner(key) {
                 Ok(Owner::Partition(owner)) if owner == PartitionId(p as u32) => {
                     state.insert(key.clone(), value.clone());

@@ -1,0 +1,177 @@
+//! The executor's own durable bookkeeping, kept in the partition's store beside user data
+//! so it becomes durable atomically with the epoch that produced it:
+//!
+//! - the result table: one record per epoch, `("_sys", "results", epoch)` → the results
+//!   this partition reported in that epoch, so a retried call returns its original
+//!   result. Records older than the retention window are deleted (epoch-aged).
+//! - the outbox: one record per peer and epoch, `("_sys", "outbox", to, epoch)` → the reads
+//!   sent to that peer in that epoch and not yet acknowledged as durable there.
+//!
+//! Both are also indexed in memory; the index is rebuilt from the store on restart.
+//! Footprints may not name the `_sys` table (the scheduler rejects them).
+
+use crate::store::Store;
+use detflow_protocol::message::RemoteReads;
+use detflow_protocol::{
+    ClientId, Elem, Epoch, Key, PartitionId, RequestSeq, SYSTEM_TABLE, TxnResult, codec,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// How many epochs of results the result table keeps by default: about 100 s at the
+/// default 5 ms epoch, far longer than any client retries a call.
+pub const RESULT_EPOCHS_RETAINED: u64 = 20_000;
+
+/// Whether `key` belongs to the executor's bookkeeping rather than to user data.
+pub fn is_system_key(key: &Key) -> bool {
+    key.is_system()
+}
+
+fn results_key(epoch: Epoch) -> Key {
+    Key::table(SYSTEM_TABLE).str("results").u64(epoch.0)
+}
+
+fn outbox_key(to: PartitionId, epoch: Epoch) -> Key {
+    Key::table(SYSTEM_TABLE)
+        .str("outbox")
+        .u64(u64::from(to.0))
+        .u64(epoch.0)
+}
+
+/// The result table and the outbox of one partition.
+#[derive(Debug, Default)]
+pub(crate) struct Bookkeeping {
+    results: BTreeMap<(ClientId, RequestSeq), Epoch>,
+    result_epochs: VecDeque<(Epoch, Vec<(ClientId, RequestSeq)>)>,
+    pending_results: Vec<TxnResult>,
+    outbox: BTreeMap<(PartitionId, Epoch), Vec<Arc<RemoteReads>>>,
+    retained_epochs: u64,
+}
+
+impl Bookkeeping {
+    /// Rebuilds the in-memory index from `store`. A record that does not decode means the
+    /// store is corrupt, an environment failure: this panics naming the key.
+    pub(crate) fn load<S: Store>(store: &S) -> Bookkeeping {
+        let mut book = Bookkeeping {
+            retained_epochs: RESULT_EPOCHS_RETAINED,
+            ..Bookkeeping::default()
+        };
+        for (key, bytes) in store.scan_prefix(&Key::table(SYSTEM_TABLE).str("results")) {
+            let results: Vec<TxnResult> = decode_record(&key, &bytes);
+            let epoch = Epoch(key_field(&key, 2));
+            let calls: Vec<_> = results.iter().map(|r| (r.client, r.seq)).collect();
+            book.results.extend(calls.iter().map(|c| (*c, epoch)));
+            book.result_epochs.push_back((epoch, calls));
+        }
+        for (key, bytes) in store.scan_prefix(&Key::table(SYSTEM_TABLE).str("outbox")) {
+            let reads: Vec<RemoteReads> = decode_record(&key, &bytes);
+            let to = PartitionId(key_field(&key, 2) as u32);
+            let epoch = Epoch(key_field(&key, 3));
+            book.outbox
+                .insert((to, epoch), reads.into_iter().map(Arc::new).collect());
+        }
+        book
+    }
+
+    pub(crate) fn set_retained_epochs(&mut self, epochs: u64) {
+        self.retained_epochs = epochs;
+    }
+
+    /// Records a result reported in the current epoch.
+    pub(crate) fn record_result(&mut self, result: TxnResult) {
+        self.pending_results.push(result);
+    }
+
+    /// Records reads sent to `to` in `epoch`.
+    pub(crate) fn record_sent(&mut self, to: PartitionId, epoch: Epoch, reads: Arc<RemoteReads>) {
+        self.outbox.entry((to, epoch)).or_default().push(reads);
+    }
+
+    /// Writes the epoch's records, just before the store commits `epoch`, and ages out
+    /// results older than the retention window.
+    pub(crate) fn flush<S: Store>(&mut self, store: &mut S, epoch: Epoch) {
+        if !self.pending_results.is_empty() {
+            let results = std::mem::take(&mut self.pending_results);
+            store.put(results_key(epoch), codec::encode(&results));
+            let calls: Vec<_> = results.iter().map(|r| (r.client, r.seq)).collect();
+            self.results.extend(calls.iter().map(|c| (*c, epoch)));
+            self.result_epochs.push_back((epoch, calls));
+        }
+        let sent = self.outbox.iter().filter(|((_, e), _)| *e == epoch);
+        for ((to, _), reads) in sent {
+            let plain: Vec<&RemoteReads> = reads.iter().map(|r| &**r).collect();
+            store.put(outbox_key(*to, epoch), codec::encode(&plain));
+        }
+        while let Some((old, _)) = self.result_epochs.front() {
+            if old.0.saturating_add(self.retained_epochs) >= epoch.0 {
+                break;
+            }
+            let (old, calls) = self.result_epochs.pop_front().expect("front exists");
+            for call in calls {
+                if self.results.get(&call) == Some(&old) {
+                    self.results.remove(&call);
+                }
+            }
+            store.delete(&results_key(old));
+        }
+    }
+
+    /// The recorded result of a call, if the table still holds it.
+    pub(crate) fn result<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        seq: RequestSeq,
+    ) -> Option<TxnResult> {
+        let find = |results: &[TxnResult]| {
+            results
+                .iter()
+                .find(|r| r.client == client && r.seq == seq)
+                .cloned()
+        };
+        if let Some(r) = find(&self.pending_results) {
+            return Some(r);
+        }
+        let epoch = self.results.get(&(client, seq))?;
+        let key = results_key(*epoch);
+        let bytes = store.get(&key)?;
+        find(&decode_record::<Vec<TxnResult>>(&key, &bytes))
+    }
+
+    /// Forgets reads `from` has made durable.
+    pub(crate) fn ack<S: Store>(&mut self, store: &mut S, from: PartitionId, durable: Epoch) {
+        let acked: Vec<_> = self
+            .outbox
+            .range((from, Epoch(0))..=(from, durable))
+            .map(|(k, _)| *k)
+            .collect();
+        for (to, epoch) in acked {
+            self.outbox.remove(&(to, epoch));
+            store.delete(&outbox_key(to, epoch));
+        }
+    }
+
+    /// Every unacknowledged read for `to`, in position order.
+    pub(crate) fn unacked(&self, to: PartitionId) -> impl Iterator<Item = &Arc<RemoteReads>> {
+        self.outbox
+            .range((to, Epoch(0))..=(to, Epoch(u64::MAX)))
+            .flat_map(|(_, reads)| reads.iter())
+    }
+
+    /// Unacknowledged read messages.
+    pub(crate) fn outbox_len(&self) -> usize {
+        self.outbox.values().map(Vec::len).sum()
+    }
+}
+
+fn decode_record<T: serde::de::DeserializeOwned>(key: &Key, bytes: &[u8]) -> T {
+    codec::decode(bytes).unwrap_or_else(|e| panic!("corrupt bookkeeping record {key}: {e}"))
+}
+
+/// The `i`-th element of a bookkeeping key, which this module wrote as a `u64`.
+fn key_field(key: &Key, i: usize) -> u64 {
+    match key.elems().ok().and_then(|e| e.get(i).cloned()) {
+        Some(Elem::U64(v)) => v,
+        _ => panic!("corrupt bookkeeping key {key}"),
+    }
+}
