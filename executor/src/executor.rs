@@ -205,6 +205,11 @@ impl<S: Store> Executor<S> {
         &self.store
     }
 
+    /// Gives up the store (a crash in simulation keeps only what it made durable).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// The store, mutably (loading initial data before the first plan).
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store

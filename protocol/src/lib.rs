@@ -9,6 +9,7 @@
 //! - [`txn`]: transactions, batches, outcomes and abort reasons.
 //! - [`plan`]: what one partition executes in one epoch.
 //! - [`message`] and [`frame`]: messages between components and their wire framing.
+//! - [`replication`]: the log entries and messages the sequencer replicas exchange (Raft).
 //! - [`rng`]: the seeded generator every component draws from.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod machine;
 pub mod message;
 pub mod partition;
 pub mod plan;
+pub mod replication;
 pub mod rng;
 pub mod txn;
 
@@ -32,6 +34,7 @@ pub use key::{Elem, Key, SYSTEM_TABLE};
 pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};
 pub use plan::{Owner, Plan, Route, RoutedTxn};
+pub use replication::{ENTRIES_PER_MESSAGE_LIMIT, LogEntry, PeerMessage};
 pub use rng::DetRng;
 pub use txn::{AbortReason, Batch, Outcome, Transaction, TxnResult, Value};
 

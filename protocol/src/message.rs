@@ -54,6 +54,9 @@ pub enum Reply {
     },
     /// The call was refused before ordering; it will never execute.
     Rejected(Rejection),
+    /// Its fate is not known here yet (no leader, or ordered but not yet executed): retry
+    /// the same call, with the same sequence number, through any gateway.
+    Unavailable,
 }
 
 /// A participant's local reads of one transaction, sent to the other executors.

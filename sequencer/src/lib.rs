@@ -18,13 +18,17 @@
 
 #![forbid(unsafe_code)]
 
+mod batcher;
 mod dedup;
+pub mod replica;
 
 pub use dedup::DedupTable;
-
-use detflow_protocol::{
-    Batch, ClientId, Epoch, LOG_FORMAT_VERSION, Machine, RequestSeq, Time, Transaction,
+pub use replica::{
+    Durable, DurableError, LogWrite, Replica, ReplicaBugs, ReplicaConfig, ReplicaStats,
 };
+
+use batcher::Batcher;
+use detflow_protocol::{Batch, ClientId, Epoch, Machine, RequestSeq, Time, Transaction};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -89,9 +93,7 @@ pub struct Stats {
 
 /// Batches submissions into epochs; the single-replica sequencer.
 pub struct Sequencer {
-    config: Config,
-    open: Vec<Arc<Transaction>>,
-    open_deadline: Option<Time>,
+    batcher: Batcher,
     next_epoch: Epoch,
     /// Closed batches waiting for `Persisted`, in epoch order.
     unpersisted: VecDeque<Arc<Batch>>,
@@ -103,11 +105,8 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer whose log is empty.
     pub fn new(config: Config) -> Sequencer {
-        assert!(config.batch_txns_max > 0, "batch_txns_max must be positive");
         Sequencer {
-            config,
-            open: Vec::new(),
-            open_deadline: None,
+            batcher: Batcher::new(config),
             next_epoch: Epoch(1),
             unpersisted: VecDeque::new(),
             committed: Epoch(0),
@@ -128,7 +127,7 @@ impl Sequencer {
 
     /// Whether nothing is open or waiting to be persisted.
     pub fn is_idle(&self) -> bool {
-        self.open.is_empty() && self.unpersisted.is_empty()
+        self.batcher.is_empty() && self.unpersisted.is_empty()
     }
 
     fn on_submit(&mut self, now: Time, txn: Arc<Transaction>, out: &mut Vec<Output>) {
@@ -140,18 +139,15 @@ impl Sequencer {
             });
             return;
         }
-        if self.open.is_empty() {
-            self.open_deadline = Some(now.plus_us(self.config.epoch_duration_us));
-        }
-        self.open.push(txn);
+        self.batcher.push(now, txn);
         self.stats.sequenced += 1;
-        if self.open.len() >= self.config.batch_txns_max {
+        if self.batcher.is_full() {
             self.close_epoch(out);
         }
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
-        if self.open_deadline.is_some_and(|d| now >= d) {
+        if !self.batcher.is_empty() && self.batcher.is_due(now) {
             self.close_epoch(out);
         }
     }
@@ -169,12 +165,7 @@ impl Sequencer {
     }
 
     fn close_epoch(&mut self, out: &mut Vec<Output>) {
-        let batch = Arc::new(Batch {
-            version: LOG_FORMAT_VERSION,
-            epoch: self.next_epoch,
-            txns: std::mem::take(&mut self.open),
-        });
-        self.open_deadline = None;
+        let batch = self.batcher.close(self.next_epoch);
         self.next_epoch = self.next_epoch.next();
         self.stats.batches += 1;
         self.unpersisted.push_back(batch.clone());
@@ -195,14 +186,14 @@ impl Machine for Sequencer {
     }
 
     fn next_deadline(&self) -> Option<Time> {
-        self.open_deadline
+        self.batcher.deadline()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detflow_protocol::{Footprint, NodeId};
+    use detflow_protocol::{Footprint, LOG_FORMAT_VERSION, NodeId};
 
     fn txn(client: u64, seq: u64) -> Arc<Transaction> {
         Arc::new(Transaction {

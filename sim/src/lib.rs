@@ -1,15 +1,19 @@
 //! detflow's deterministic simulator.
 //!
-//! One seed derives a whole run: a sequencer, the scheduler, P executors, a gateway and
-//! many concurrent clients on an in-memory network with seeded delays, in virtual time, on
-//! one thread. The very same state machines run in production; only the driver differs.
-//! After the run, the checkers judge it:
+//! One seed derives a whole run: a replicated sequencer, the scheduler, P executors,
+//! gateways and many concurrent clients on an in-memory network with seeded delays, in
+//! virtual time, on one thread, with (optionally) crashes, torn writes, partitions, resets,
+//! delay spikes and duplicate deliveries. The very same state machines run in production;
+//! only the driver differs. After the run, the checkers judge it:
 //!
+//! - replica agreement: all sequencer replicas hold the same committed prefix;
 //! - serial equivalence: the final state and every result equal executing the committed
 //!   log one transaction at a time on a single map;
-//! - every call answered exactly once, at the position the log holds it;
+//! - exactly once: every answered call is in the log exactly once, at the position its
+//!   answer names, and every answer to it is the same; nothing executes twice;
 //! - every key only on its owner;
-//! - liveness: the run drained and every partition applied the whole log;
+//! - liveness: after healing, every call is answered and every partition applies the whole
+//!   log within a bounded virtual time;
 //! - the workload's own invariants.
 //!
 //! [`run_seed`] runs and checks one seed; the `detflow-sim` binary runs many.
@@ -17,10 +21,15 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod disk;
+mod faults;
 pub mod gateway;
+mod store;
 mod world;
 
 pub use detflow_executor::Bugs;
+pub use detflow_sequencer::replica::ReplicaBugs;
+pub use faults::{FaultConfig, FaultCounts};
 pub use world::{CallRecord, SetupError, SimConfig};
 
 use detflow_protocol::codec;
@@ -44,6 +53,8 @@ pub struct SeedReport {
     pub epochs: u64,
     /// Virtual time the run took, in microseconds.
     pub virtual_us: u64,
+    /// Faults injected.
+    pub faults: FaultCounts,
 }
 
 impl SeedReport {
@@ -67,6 +78,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
         aborted: verdict.aborted,
         epochs: run.log.len() as u64,
         virtual_us: run.end.0,
+        faults: run.faults,
     })
 }
 

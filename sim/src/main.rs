@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use detflow_sim::{Bugs, SimConfig, run_seed};
+use detflow_sim::{Bugs, FaultConfig, FaultCounts, ReplicaBugs, SimConfig, run_seed};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -52,6 +52,27 @@ enum Bug {
     Reorder,
     /// The executor applies writes to keys other partitions own.
     WriteOutsidePartition,
+    /// The leader commits a batch before a quorum made it durable.
+    AckBeforeQuorum,
+    /// A restarted replica forgets its term and vote.
+    ForgetVote,
+    /// A follower applies batches that are not committed.
+    CommitUncommitted,
+    /// The leader sequences duplicate submissions again.
+    DedupOff,
+}
+
+impl Bug {
+    fn flag(self) -> &'static str {
+        match self {
+            Bug::Reorder => "reorder",
+            Bug::WriteOutsidePartition => "write-outside-partition",
+            Bug::AckBeforeQuorum => "ack-before-quorum",
+            Bug::ForgetVote => "forget-vote",
+            Bug::CommitUncommitted => "commit-uncommitted",
+            Bug::DedupOff => "dedup-off",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -77,6 +98,13 @@ struct RunArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: u32,
+    /// Sequencer replicas (1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Faults to inject: `all` (every type, swarm mode), `none`, or a comma-separated list
+    /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, swarm.
+    #[arg(long, default_value = "none")]
+    faults: String,
     /// Epoch length in virtual microseconds.
     #[arg(long, default_value_t = 5_000)]
     epoch_us: u64,
@@ -112,6 +140,14 @@ fn real_main() -> Result<bool> {
         reorder: matches!(args.bug, Some(Bug::Reorder)),
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
     };
+    let replica_bugs = ReplicaBugs {
+        ack_before_quorum: matches!(args.bug, Some(Bug::AckBeforeQuorum)),
+        forget_vote_on_restart: matches!(args.bug, Some(Bug::ForgetVote)),
+        commit_uncommitted: matches!(args.bug, Some(Bug::CommitUncommitted)),
+        dedup_off: matches!(args.bug, Some(Bug::DedupOff)),
+    };
+    let fault_config = FaultConfig::parse(&args.faults).map_err(anyhow::Error::msg)?;
+    let mut faults = FaultCounts::default();
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
     let mut last_digest = None;
@@ -122,7 +158,10 @@ fn real_main() -> Result<bool> {
             txns: args.txns,
             clients: args.clients,
             epoch_duration_us: args.epoch_us,
+            replicas: args.replicas,
+            faults: fault_config,
             bugs,
+            replica_bugs,
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;
@@ -135,6 +174,7 @@ fn real_main() -> Result<bool> {
                 ));
             }
         }
+        faults.add(&report.faults);
         for (total, n) in totals.iter_mut().zip([
             report.calls,
             report.committed,
@@ -172,6 +212,9 @@ fn real_main() -> Result<bool> {
         "calls: {calls} ({committed} committed, {aborted} aborted, {} refused before ordering); epochs: {epochs}",
         calls - committed - aborted
     );
+    if fault_config.any() {
+        println!("{faults}");
+    }
     println!("seeds: {passed} passed, {failed} failed");
     if args.digest
         && count == 1
@@ -185,18 +228,18 @@ fn real_main() -> Result<bool> {
 
 fn replay_command(args: &RunArgs, seed: u64) -> String {
     let mut cmd = format!(
-        "cargo run --release -p detflow-sim -- run --workload {} --seed {seed} --partitions {} --txns {} --clients {} --epoch-us {}",
+        "cargo run --release -p detflow-sim -- run --workload {} --seed {seed} --partitions {} --replicas {} --txns {} --clients {} --epoch-us {} --faults {}",
         args.workload.name(),
         args.partitions,
+        args.replicas,
         args.txns,
         args.clients,
-        args.epoch_us
+        args.epoch_us,
+        args.faults
     );
     if let Some(bug) = args.bug {
-        cmd.push_str(match bug {
-            Bug::Reorder => " --bug reorder",
-            Bug::WriteOutsidePartition => " --bug write-outside-partition",
-        });
+        cmd.push_str(" --bug ");
+        cmd.push_str(bug.flag());
     }
     cmd
 }

@@ -1,22 +1,30 @@
-//! The simulated cluster: every component on one thread, in virtual time.
+//! The simulated cluster: every component on one thread, in virtual time, with faults.
 //!
 //! One seed derives the whole run: the network's latency profile, every message delay,
-//! fsync delays, the clients' think times and the workload's calls. Channels are FIFO
-//! (a message never overtakes an earlier one on the same (sender, receiver) channel) while
-//! messages on different channels interleave freely.
+//! fsync delays, the clients' think times, the workload's calls, and (with faults on) which
+//! fault types strike, how often, and where. Channels are FIFO per connection; messages on
+//! different connections interleave freely. A crash loses a node's memory and its disk's
+//! unsynced tail; a connection reset or a partition drops messages in flight.
+//!
+//! A run has two phases, as TigerBeetle's VOPR: faults strike while the clients issue
+//! calls; then everything heals (crashed nodes restart, partitions end) and the run must
+//! converge: every call answered, every partition caught up with the committed log.
 
+use crate::disk::Disk;
+use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
 use crate::gateway::{Gateway, GatewayOutput};
-use detflow_executor::{Bugs, Executor, MemStore, Registry, Store};
+use crate::store::SimStore;
+use detflow_executor::{Bugs, Executor, Registry};
 use detflow_protocol::message::{Call, RemoteReads, Reply};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Key, Machine, NodeId, Owner, PartitionId, Plan, RequestSeq,
-    Time, Transaction, TxnResult, Value,
+    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId,
+    PeerMessage, Plan, RequestSeq, Time, Transaction, TxnResult, Value, codec,
 };
 use detflow_scheduler::PartitionMap;
-use detflow_sequencer::{self as sequencer, Sequencer};
+use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
 use detflow_workloads::Workload;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 /// A simulated component's address.
@@ -24,34 +32,99 @@ use std::sync::Arc;
 pub(crate) enum Addr {
     Client(u32),
     Executor(u32),
-    Gateway,
-    Sequencer,
+    Gateway(u32),
+    Replica(u32),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Msg {
     Ack {
         from: PartitionId,
         durable: Epoch,
     },
     Call(Call),
-    Plan(Plan),
+    Duplicate {
+        client: ClientId,
+        seq: RequestSeq,
+    },
+    Hello {
+        from: PartitionId,
+        durable: Epoch,
+    },
+    NotLeader {
+        txn: Arc<Transaction>,
+        leader: Option<NodeId>,
+    },
+    Peer(PeerMessage),
+    Plan(Arc<Plan>),
+    Query {
+        client: ClientId,
+        seq: RequestSeq,
+    },
     Reads(Arc<RemoteReads>),
     Reply {
         client: ClientId,
         seq: RequestSeq,
         reply: Reply,
     },
-    Result(TxnResult),
+    Result {
+        result: TxnResult,
+        recovered: bool,
+    },
+    ResultUnknown {
+        client: ClientId,
+        seq: RequestSeq,
+    },
     Submit(Arc<Transaction>),
+    Subscribe {
+        partition: PartitionId,
+        from: Epoch,
+    },
 }
 
 #[derive(Debug)]
 enum Event {
+    ClientRetry {
+        c: u32,
+        seq: RequestSeq,
+        attempt: u32,
+    },
+    ClientTimeout {
+        c: u32,
+        seq: RequestSeq,
+        attempt: u32,
+    },
     ClientWake(u32),
-    Deliver { to: Addr, msg: Msg },
-    Persisted(Epoch),
-    SequencerTimer,
+    Deliver(Delivery),
+    ExecutorStallCheck {
+        p: u32,
+        incarnation: u64,
+    },
+    ExecutorSynced {
+        p: u32,
+        incarnation: u64,
+    },
+    FaultTick,
+    HealPartition(u64),
+    ReplicaSynced {
+        r: u32,
+        incarnation: u64,
+    },
+    ReplicaTimer {
+        r: u32,
+        incarnation: u64,
+    },
+    Restart(Addr),
+}
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    from: Addr,
+    to: Addr,
+    from_incarnation: u64,
+    to_incarnation: u64,
+    link_generation: u64,
+    msg: Msg,
 }
 
 struct Scheduled {
@@ -86,6 +159,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// Executor partitions.
     pub partitions: u32,
+    /// Sequencer replicas (1, 3 or 5).
+    pub replicas: u32,
+    /// Gateways.
+    pub gateways: u32,
     /// Calls the clients make in total.
     pub txns: u64,
     /// Concurrent clients, each with one call in flight.
@@ -94,22 +171,30 @@ pub struct SimConfig {
     pub epoch_duration_us: u64,
     /// The sequencer's batch size cap.
     pub batch_txns_max: usize,
+    /// Faults to inject.
+    pub faults: FaultConfig,
     /// Planted executor bugs (checker tests only).
     pub bugs: Bugs,
+    /// Planted replica bugs (checker tests only).
+    pub replica_bugs: ReplicaBugs,
 }
 
 impl SimConfig {
-    /// Defaults for `workload` and `seed`.
+    /// Defaults for `workload` and `seed`: no faults.
     pub fn new(workload: &str, seed: u64) -> SimConfig {
         SimConfig {
             workload: workload.to_owned(),
             seed,
             partitions: 4,
+            replicas: 3,
+            gateways: 2,
             txns: 400,
             clients: 16,
             epoch_duration_us: 5_000,
             batch_txns_max: 10_000,
+            faults: FaultConfig::none(),
             bugs: Bugs::default(),
+            replica_bugs: ReplicaBugs::default(),
         }
     }
 }
@@ -121,17 +206,17 @@ pub struct CallRecord {
     pub procedure: String,
     /// The encoded arguments.
     pub args: Vec<u8>,
-    /// Every reply received, in order (exactly one is correct).
+    /// Every final reply received (`Done` or `Rejected`), in order; later ones are
+    /// duplicates that must agree with the first.
     pub replies: Vec<Reply>,
-    /// When it was sent.
-    pub sent_at: Time,
+    /// Attempts made (1 plus retries).
+    pub attempts: u32,
 }
 
 /// Seeded network and disk timing, chosen per seed (swarm testing).
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     latency_max_us: u64,
-    spike_chance: f64,
     fsync_max_us: u64,
     think_max_us: u64,
     malformed_chance: f64,
@@ -139,28 +224,36 @@ struct Timing {
 
 /// Everything a finished run leaves for the checkers.
 pub(crate) struct Outcome {
-    /// The committed log, in order.
-    pub log: Vec<Arc<Batch>>,
+    /// The committed log, from the replica that committed most.
+    pub(crate) log: Vec<Arc<Batch>>,
     /// Every call by `(client, seq)`.
-    pub calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    pub(crate) calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
     /// Each executor's final store, by partition.
-    pub stores: Vec<MemStore>,
+    pub(crate) stores: Vec<detflow_executor::MemStore>,
     /// Each executor's next epoch to apply.
-    pub executor_epochs: Vec<Epoch>,
-    /// Whether every machine drained its work.
-    pub quiescent: bool,
+    pub(crate) executor_epochs: Vec<Epoch>,
+    /// Each replica's log and commit epoch at the end.
+    pub(crate) replica_logs: Vec<(Vec<LogEntry>, Epoch)>,
+    /// Failures the run noticed as it went (replicas committing different batches).
+    pub(crate) online_failures: Vec<String>,
+    /// Calls without a final answer at the end.
+    pub(crate) unanswered: u64,
     /// The registry the run used.
-    pub registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// The partition map the run used.
-    pub map: PartitionMap,
+    pub(crate) map: PartitionMap,
     /// The workload, for its invariant checker.
-    pub workload: Box<dyn Workload>,
+    pub(crate) workload: Box<dyn Workload>,
     /// The initial rows.
-    pub initial: Vec<(Key, Value)>,
+    pub(crate) initial: Vec<(Key, Value)>,
     /// Virtual time at the end.
-    pub end: Time,
+    pub(crate) end: Time,
+    /// When everything was healed.
+    pub(crate) healed_at: Time,
     /// Events processed.
-    pub events: u64,
+    pub(crate) events: u64,
+    /// Faults injected.
+    pub(crate) faults: FaultCounts,
 }
 
 /// Why a run could not start.
@@ -177,42 +270,109 @@ pub enum SetupError {
     Config(String),
 }
 
-/// Stops a run that does not quiesce: far beyond any healthy run's virtual time.
-const VIRTUAL_TIME_MAX_US: u64 = 3_600_000_000;
-
-const GATEWAY_ID: NodeId = NodeId(1);
+/// A call not answered within this time is retried through another gateway.
+const CALL_TIMEOUT_US: u64 = 1_000_000;
+/// Back-off before retrying a call answered `Unavailable`.
+const RETRY_BACKOFF_US: u64 = 50_000;
+/// After healing, every call must be answered within this much virtual time.
+pub(crate) const LIVENESS_US: u64 = 60_000_000;
+/// After the last answer, the run goes on this long so partitions catch up and disks sync.
+const QUIET_US: u64 = 3_000_000;
+/// Faults stop and everything heals by this time at the latest.
+const FAULT_WINDOW_US: u64 = 20_000_000;
+/// An executor that receives no plan for this long looks for another plan source.
+const STALL_CHECK_US: u64 = 250_000;
 const FOOTPRINT_ENTRIES_MAX: usize = 4096;
+/// Recently delivered messages remembered per connection, for duplicate delivery.
+const RECENT_PER_LINK: usize = 4;
+
+fn replica_id(r: u32) -> NodeId {
+    NodeId(100 + r)
+}
+
+fn gateway_id(g: u32) -> NodeId {
+    NodeId(200 + g)
+}
+
+struct ReplicaNode {
+    machine: Option<Replica>,
+    disk: Disk,
+    incarnation: u64,
+    timer_at: Option<Time>,
+    sync_scheduled: bool,
+    last_write: u64,
+    /// Plan subscriptions: partition → next epoch to send.
+    subscribers: BTreeMap<PartitionId, Epoch>,
+}
+
+struct ExecutorNode {
+    machine: Option<Executor<SimStore>>,
+    /// The store while the node is down (its disk survives the crash).
+    parked: Option<SimStore>,
+    incarnation: u64,
+    source: u32,
+    plans_seen: u64,
+    plans_at_last_check: u64,
+    sync_scheduled: bool,
+}
+
+struct GatewayNode {
+    machine: Option<Gateway>,
+    incarnation: u64,
+}
+
+struct ClientNode {
+    current: Option<(RequestSeq, u32)>,
+    next_seq: u64,
+}
 
 pub(crate) struct World {
     now: Time,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_seq: u64,
-    channels: BTreeMap<(Addr, Addr), Time>,
+    /// Per connection (unordered pair): last delivery time per direction, and generation.
+    last_delivery: BTreeMap<(Addr, Addr), Time>,
+    link_generation: BTreeMap<(Addr, Addr), u64>,
+    recent: BTreeMap<(Addr, Addr), VecDeque<Msg>>,
+    blocked: BTreeMap<u64, BTreeSet<(Addr, Addr)>>,
+    next_partition: u64,
     rng: DetRng,
     workload_rng: DetRng,
     timing: Timing,
-    sequencer: Sequencer,
-    sequencer_timer: Option<Time>,
-    last_persist: Time,
-    gateway: Gateway,
-    executors: Vec<Executor<MemStore>>,
+    plan: FaultPlan,
+    counts: FaultCounts,
+    healed: bool,
+    healed_at: Time,
+    replicas: Vec<ReplicaNode>,
+    executors: Vec<ExecutorNode>,
+    gateways: Vec<GatewayNode>,
+    clients: Vec<ClientNode>,
     map: PartitionMap,
     workload: Box<dyn Workload>,
-    log: Vec<Arc<Batch>>,
-    calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
-    client_next_seq: Vec<u64>,
-    issued: u64,
-    config: SimConfig,
-    events: u64,
     registry: Arc<Registry>,
     initial: Vec<(Key, Value)>,
+    committed: BTreeMap<Epoch, Arc<Batch>>,
+    plan_cache: BTreeMap<Epoch, (Arc<Batch>, Vec<Arc<Plan>>)>,
+    online_failures: Vec<String>,
+    calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    issued: u64,
+    answered: u64,
+    last_answer: Time,
+    config: SimConfig,
+    events: u64,
 }
 
 impl World {
     pub(crate) fn new(config: SimConfig) -> Result<World, SetupError> {
-        if config.partitions == 0 || config.clients == 0 || config.batch_txns_max == 0 {
+        if config.partitions == 0
+            || config.clients == 0
+            || config.batch_txns_max == 0
+            || config.gateways == 0
+            || config.replicas == 0
+        {
             return Err(SetupError::Config(
-                "--partitions, --clients and the batch size must be at least 1".into(),
+                "partitions, replicas, gateways, clients and the batch size must be at least 1"
+                    .into(),
             ));
         }
         let workload = detflow_workloads::by_name(&config.workload, config.partitions)?;
@@ -227,35 +387,23 @@ impl World {
         let workload_rng = rng.fork(1);
         let timing = Timing {
             latency_max_us: *rng.pick(&[20, 200, 1_000, 5_000]),
-            spike_chance: *rng.pick(&[0.0, 0.01, 0.05]),
             fsync_max_us: *rng.pick(&[100, 1_000, 10_000]),
             think_max_us: *rng.pick(&[0, 500, 5_000]),
             malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
         };
+        let plan = FaultPlan::draw(&config.faults, &mut rng);
 
         let initial = workload.load();
-        let mut executors: Vec<_> = (0..config.partitions)
-            .map(|p| {
-                let mut e = Executor::new(
-                    PartitionId(p),
-                    config.partitions,
-                    registry.clone(),
-                    MemStore::new(),
-                );
-                e.set_bugs(config.bugs);
-                e
-            })
-            .collect();
+        let mut per_partition: Vec<Vec<(Key, Value)>> =
+            vec![Vec::new(); config.partitions as usize];
         for (key, value) in &initial {
             match map.owner(key) {
-                Ok(Owner::Partition(p)) => executors[p.0 as usize]
-                    .store_mut()
-                    .put(key.clone(), value.clone()),
-                Ok(Owner::Replicated) => {
-                    for e in &mut executors {
-                        e.store_mut().put(key.clone(), value.clone());
-                    }
+                Ok(Owner::Partition(p)) => {
+                    per_partition[p.0 as usize].push((key.clone(), value.clone()))
                 }
+                Ok(Owner::Replicated) => per_partition
+                    .iter_mut()
+                    .for_each(|rows| rows.push((key.clone(), value.clone()))),
                 Err(e) => {
                     return Err(SetupError::Config(format!(
                         "initial row cannot be placed: {e}"
@@ -263,70 +411,164 @@ impl World {
                 }
             }
         }
-
-        let sequencer = Sequencer::new(sequencer::Config {
-            epoch_duration_us: config.epoch_duration_us,
-            batch_txns_max: config.batch_txns_max,
-        });
-        let world = World {
+        let executors = per_partition
+            .into_iter()
+            .enumerate()
+            .map(|(p, rows)| ExecutorNode {
+                machine: None,
+                parked: Some(SimStore::loaded(rows)),
+                incarnation: 0,
+                source: p as u32 % config.replicas,
+                plans_seen: 0,
+                plans_at_last_check: 0,
+                sync_scheduled: false,
+            })
+            .collect();
+        let replicas = (0..config.replicas)
+            .map(|_| ReplicaNode {
+                machine: None,
+                disk: Disk::default(),
+                incarnation: 0,
+                timer_at: None,
+                sync_scheduled: false,
+                last_write: 0,
+                subscribers: BTreeMap::new(),
+            })
+            .collect();
+        let gateways = (0..config.gateways)
+            .map(|_| GatewayNode {
+                machine: None,
+                incarnation: 0,
+            })
+            .collect();
+        let clients = (0..config.clients)
+            .map(|_| ClientNode {
+                current: None,
+                next_seq: 1,
+            })
+            .collect();
+        Ok(World {
             now: Time::ZERO,
             queue: BinaryHeap::new(),
             next_seq: 0,
-            channels: BTreeMap::new(),
+            last_delivery: BTreeMap::new(),
+            link_generation: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            next_partition: 0,
             rng,
             workload_rng,
             timing,
-            sequencer,
-            sequencer_timer: None,
-            last_persist: Time::ZERO,
-            gateway: Gateway::new(GATEWAY_ID, registry.clone(), FOOTPRINT_ENTRIES_MAX),
-            registry,
-            initial,
+            plan,
+            counts: FaultCounts::default(),
+            healed: !plan.any(),
+            healed_at: Time::ZERO,
+            replicas,
             executors,
+            gateways,
+            clients,
             map,
             workload,
-            log: Vec::new(),
+            registry,
+            initial,
+            committed: BTreeMap::new(),
+            plan_cache: BTreeMap::new(),
+            online_failures: Vec::new(),
             calls: BTreeMap::new(),
-            client_next_seq: vec![1; config.clients as usize],
             issued: 0,
+            answered: 0,
+            last_answer: Time::ZERO,
             config,
             events: 0,
-        };
-        Ok(world)
+        })
     }
 
     pub(crate) fn run(mut self) -> Outcome {
+        for r in 0..self.config.replicas {
+            self.start(Addr::Replica(r));
+        }
+        for p in 0..self.config.partitions {
+            self.start(Addr::Executor(p));
+        }
+        for g in 0..self.config.gateways {
+            self.start(Addr::Gateway(g));
+        }
         for c in 0..self.config.clients {
             let start = self.rng.below(1_000);
             self.schedule(Time(start), Event::ClientWake(c));
         }
+        if !self.healed {
+            self.schedule(Time(self.plan.interval_us), Event::FaultTick);
+        }
         while let Some(Reverse(next)) = self.queue.pop() {
-            if next.at.0 > VIRTUAL_TIME_MAX_US {
+            self.now = next.at;
+            if self.finished() {
                 break;
             }
-            self.now = next.at;
             self.events += 1;
             self.dispatch(next.event);
         }
-        let quiescent = self.queue.is_empty()
-            && self.sequencer.is_idle()
-            && self.executors.iter().all(|e| e.is_idle());
-        Outcome {
-            log: self.log,
-            calls: self.calls,
-            executor_epochs: self.executors.iter().map(|e| e.next_epoch()).collect(),
-            stores: self
-                .executors
-                .into_iter()
-                .map(|e| e.store().clone())
+        self.into_outcome()
+    }
+
+    fn finished(&self) -> bool {
+        let all_answered = self.answered == self.config.txns;
+        if all_answered && self.healed {
+            return self.now.since_us(self.last_answer.max(self.healed_at)) > QUIET_US;
+        }
+        self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
+    }
+
+    fn into_outcome(self) -> Outcome {
+        let best = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.machine.as_ref())
+            .max_by_key(|m| m.commit_epoch());
+        let log = match best {
+            Some(m) => m.log()[..m.commit_epoch().0 as usize]
+                .iter()
+                .map(|e| e.batch.clone())
                 .collect(),
-            quiescent,
+            None => Vec::new(),
+        };
+        let replica_logs = self
+            .replicas
+            .iter()
+            .map(|r| match &r.machine {
+                Some(m) => (m.log().to_vec(), m.commit_epoch()),
+                None => (Vec::new(), Epoch(0)),
+            })
+            .collect();
+        let executor_epochs = self
+            .executors
+            .iter()
+            .map(|e| e.machine.as_ref().map_or(Epoch(0), |m| m.next_epoch()))
+            .collect();
+        let stores = self
+            .executors
+            .iter()
+            .map(|e| match &e.machine {
+                Some(m) => m.store().mem().clone(),
+                None => detflow_executor::MemStore::new(),
+            })
+            .collect();
+        Outcome {
+            log,
+            unanswered: self.config.txns - self.answered,
+            calls: self.calls,
+            stores,
+            executor_epochs,
+            replica_logs,
+            online_failures: self.online_failures,
             registry: self.registry,
             map: self.map,
             workload: self.workload,
             initial: self.initial,
             end: self.now,
+            healed_at: self.healed_at,
             events: self.events,
+            faults: self.counts,
         }
     }
 
@@ -339,71 +581,440 @@ impl World {
         }));
     }
 
-    /// Sends over the FIFO channel `from → to` with a seeded delay.
-    fn send(&mut self, from: Addr, to: Addr, msg: Msg) {
-        let mut delay = 1 + self.rng.below(self.timing.latency_max_us);
-        if self.rng.chance(self.timing.spike_chance) {
-            delay += self.rng.range(1_000, 20_000);
+    fn incarnation(&self, addr: Addr) -> u64 {
+        match addr {
+            Addr::Client(_) => 0,
+            Addr::Executor(p) => self.executors[p as usize].incarnation,
+            Addr::Gateway(g) => self.gateways[g as usize].incarnation,
+            Addr::Replica(r) => self.replicas[r as usize].incarnation,
         }
-        let last = self.channels.entry((from, to)).or_insert(Time::ZERO);
+    }
+
+    fn is_up(&self, addr: Addr) -> bool {
+        match addr {
+            Addr::Client(_) => true,
+            Addr::Executor(p) => self.executors[p as usize].machine.is_some(),
+            Addr::Gateway(g) => self.gateways[g as usize].machine.is_some(),
+            Addr::Replica(r) => self.replicas[r as usize].machine.is_some(),
+        }
+    }
+
+    fn link(a: Addr, b: Addr) -> (Addr, Addr) {
+        if a <= b { (a, b) } else { (b, a) }
+    }
+
+    fn is_blocked(&self, from: Addr, to: Addr) -> bool {
+        self.blocked.values().any(|cut| cut.contains(&(from, to)))
+    }
+
+    /// Sends over the FIFO connection `from → to` with a seeded delay.
+    fn send(&mut self, from: Addr, to: Addr, msg: Msg) {
+        if !self.is_up(from) || !self.is_up(to) || self.is_blocked(from, to) {
+            return;
+        }
+        let mut delay = 1 + self.rng.below(self.timing.latency_max_us);
+        if self.rng.chance(self.plan.spike_chance) && !self.healed {
+            delay += self.rng.range(10_000, 200_000);
+            self.counts.delay_spikes += 1;
+        }
+        let last = self.last_delivery.entry((from, to)).or_insert(Time::ZERO);
         let at = (*last).max(self.now.plus_us(delay));
         *last = at;
-        self.schedule(at, Event::Deliver { to, msg });
+        let delivery = Delivery {
+            from,
+            to,
+            from_incarnation: self.incarnation(from),
+            to_incarnation: self.incarnation(to),
+            link_generation: self
+                .link_generation
+                .get(&Self::link(from, to))
+                .copied()
+                .unwrap_or(0),
+            msg,
+        };
+        self.schedule(at, Event::Deliver(delivery));
     }
 
     fn dispatch(&mut self, event: Event) {
         match event {
+            Event::ClientRetry { c, seq, attempt } => self.on_client_retry(c, seq, attempt),
+            Event::ClientTimeout { c, seq, attempt } => self.on_client_retry(c, seq, attempt),
             Event::ClientWake(c) => self.on_client_wake(c),
-            Event::Deliver { to, msg } => self.deliver(to, msg),
-            Event::Persisted(epoch) => {
-                self.sequencer_input(sequencer::Input::Persisted { up_to: epoch })
-            }
-            Event::SequencerTimer => {
-                self.sequencer_timer = None;
-                self.sequencer_input(sequencer::Input::Tick);
-            }
+            Event::Deliver(d) => self.on_deliver(d),
+            Event::ExecutorStallCheck { p, incarnation } => self.on_stall_check(p, incarnation),
+            Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
+            Event::FaultTick => self.on_fault_tick(),
+            Event::HealPartition(id) => self.heal_partition(id),
+            Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),
+            Event::ReplicaTimer { r, incarnation } => self.on_replica_timer(r, incarnation),
+            Event::Restart(addr) => self.start(addr),
         }
     }
 
-    fn deliver(&mut self, to: Addr, msg: Msg) {
+    fn on_deliver(&mut self, d: Delivery) {
+        let live = self.is_up(d.to)
+            && self.incarnation(d.to) == d.to_incarnation
+            && self.incarnation(d.from) == d.from_incarnation
+            && self
+                .link_generation
+                .get(&Self::link(d.from, d.to))
+                .copied()
+                .unwrap_or(0)
+                == d.link_generation
+            && !self.is_blocked(d.from, d.to);
+        if !live {
+            return;
+        }
+        if self.plan.duplicate_chance > 0.0 {
+            let recent = self.recent.entry((d.from, d.to)).or_default();
+            if recent.len() == RECENT_PER_LINK {
+                recent.pop_front();
+            }
+            recent.push_back(d.msg.clone());
+        }
+        self.deliver(d.from, d.to, d.msg);
+    }
+
+    fn deliver(&mut self, from: Addr, to: Addr, msg: Msg) {
         match (to, msg) {
             (Addr::Client(c), Msg::Reply { client, seq, reply }) => {
                 self.on_reply(c, client, seq, reply)
             }
-            (Addr::Gateway, Msg::Call(call)) => {
-                let mut out = Vec::new();
-                self.gateway.on_call(call, &mut out);
-                self.gateway_effects(out);
+            (Addr::Gateway(g), msg) => self.gateway_input(g, from, msg),
+            (Addr::Replica(r), Msg::Peer(msg)) => {
+                let Addr::Replica(from) = from else { return };
+                self.replica_input(
+                    r,
+                    replica::Input::Peer {
+                        from: replica_id(from),
+                        msg,
+                    },
+                );
             }
-            (Addr::Gateway, Msg::Result(result)) => {
-                let mut out = Vec::new();
-                self.gateway.on_result(result, &mut out);
-                self.gateway_effects(out);
+            (Addr::Replica(r), Msg::Submit(txn)) => {
+                self.replica_input(r, replica::Input::Submit(txn))
             }
-            (Addr::Sequencer, Msg::Submit(txn)) => {
-                self.sequencer_input(sequencer::Input::Submit(txn))
+            (Addr::Replica(r), Msg::Subscribe { partition, from }) => {
+                self.replicas[r as usize]
+                    .subscribers
+                    .insert(partition, from);
+                self.serve_plans(r);
             }
-            (Addr::Executor(p), Msg::Plan(plan)) => {
-                self.executor_input(p, detflow_executor::Input::Plan(plan))
-            }
-            (Addr::Executor(p), Msg::Ack { from, durable }) => {
-                self.executor_input(p, detflow_executor::Input::Ack { from, durable })
-            }
-            (Addr::Executor(p), Msg::Reads(reads)) => {
-                self.executor_input(p, detflow_executor::Input::RemoteReads(reads))
-            }
+            (Addr::Executor(p), msg) => self.executor_message(p, from, msg),
             (to, msg) => panic!("simulator routed {msg:?} to {to:?}"),
         }
     }
 
+    // ----- nodes starting, crashing, restarting -----
+
+    fn start(&mut self, addr: Addr) {
+        if self.is_up(addr) {
+            return;
+        }
+        match addr {
+            Addr::Client(_) => {}
+            Addr::Replica(r) => self.start_replica(r),
+            Addr::Executor(p) => self.start_executor(p),
+            Addr::Gateway(g) => {
+                let node = &mut self.gateways[g as usize];
+                node.incarnation += 1;
+                node.machine = Some(Gateway::new(
+                    gateway_id(g),
+                    self.registry.clone(),
+                    self.map.clone(),
+                    (0..self.config.replicas).map(replica_id).collect(),
+                    FOOTPRINT_ENTRIES_MAX,
+                ));
+            }
+        }
+        if self.now > Time::ZERO {
+            self.counts.restarts += 1;
+            self.reconnected(addr);
+        }
+    }
+
+    fn start_replica(&mut self, r: u32) {
+        let records = self.replicas[r as usize].disk.recover();
+        let mut durable = Durable::default();
+        for record in records {
+            let (id, hard_state, truncate_from, append): (u64, _, _, Vec<LogEntry>) =
+                codec::decode(&record).expect("the simulated disk returns only valid records");
+            durable.apply(&LogWrite {
+                id,
+                hard_state,
+                truncate_from,
+                append,
+            });
+        }
+        let mut config = ReplicaConfig::new(
+            replica_id(r),
+            (0..self.config.replicas).map(replica_id).collect(),
+        );
+        config.batching.epoch_duration_us = self.config.epoch_duration_us;
+        config.batching.batch_txns_max = self.config.batch_txns_max;
+        let rng = self.rng.fork(u64::from(r) + 1000);
+        let mut machine = Replica::new(config, durable, rng);
+        machine.set_bugs(self.config.replica_bugs);
+        let node = &mut self.replicas[r as usize];
+        node.machine = Some(machine);
+        node.incarnation += 1;
+        node.timer_at = None;
+        node.sync_scheduled = false;
+        node.last_write = 0;
+        node.subscribers.clear();
+        self.arm_replica_timer(r);
+    }
+
+    fn start_executor(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        let store = node.parked.take().expect("a down executor parks its store");
+        let mut machine = Executor::new(
+            PartitionId(p),
+            self.config.partitions,
+            self.registry.clone(),
+            store,
+        );
+        machine.set_bugs(self.config.bugs);
+        node.machine = Some(machine);
+        node.incarnation += 1;
+        node.sync_scheduled = false;
+        let incarnation = node.incarnation;
+        for peer in (0..self.config.partitions).filter(|q| *q != p) {
+            self.executor_input(
+                p,
+                detflow_executor::Input::Connected {
+                    peer: PartitionId(peer),
+                },
+            );
+        }
+        self.subscribe(p);
+        self.schedule(
+            self.now.plus_us(STALL_CHECK_US),
+            Event::ExecutorStallCheck { p, incarnation },
+        );
+    }
+
+    fn crash(&mut self, addr: Addr) {
+        if !self.is_up(addr) {
+            return;
+        }
+        self.counts.crashes += 1;
+        let tear = self.rng.chance(self.plan.tear_chance);
+        match addr {
+            Addr::Client(_) => {}
+            Addr::Replica(r) => {
+                let node = &mut self.replicas[r as usize];
+                node.machine = None;
+                let damage = node.disk.crash(&mut self.rng, tear);
+                if damage.torn {
+                    self.counts.torn_writes += 1;
+                }
+                // Executors fed by this replica look elsewhere.
+                let fed: Vec<u32> = (0..self.config.partitions)
+                    .filter(|p| self.executors[*p as usize].source == r)
+                    .collect();
+                for p in fed {
+                    self.subscribe_elsewhere(p);
+                }
+            }
+            Addr::Executor(p) => {
+                let node = &mut self.executors[p as usize];
+                let machine = node.machine.take().expect("checked up");
+                let mut store = machine.into_store();
+                let damage = store.crash_and_recover(&mut self.rng, tear);
+                if damage.torn {
+                    self.counts.torn_writes += 1;
+                }
+                node.parked = Some(store);
+            }
+            Addr::Gateway(g) => self.gateways[g as usize].machine = None,
+        }
+        let downtime = self.rng.range(20_000, 1_000_000);
+        self.schedule(self.now.plus_us(downtime), Event::Restart(addr));
+    }
+
+    /// A node's connection to `peer` was re-established after a reset, partition or
+    /// restart: the endpoints resume their replayable channels.
+    fn reconnected(&mut self, addr: Addr) {
+        let peers: Vec<Addr> = self.servers().into_iter().filter(|a| *a != addr).collect();
+        for peer in peers {
+            self.link_up(addr, peer);
+        }
+    }
+
+    fn link_up(&mut self, a: Addr, b: Addr) {
+        for (x, y) in [(a, b), (b, a)] {
+            match (x, y) {
+                (Addr::Executor(p), Addr::Executor(q)) if self.is_up(x) => {
+                    self.executor_input(
+                        p,
+                        detflow_executor::Input::Connected {
+                            peer: PartitionId(q),
+                        },
+                    );
+                }
+                (Addr::Executor(p), Addr::Replica(r)) if self.executors[p as usize].source == r => {
+                    self.subscribe(p);
+                }
+                _ => {}
+            }
+        }
+        if self.plan.duplicate_chance > 0.0 && self.rng.chance(self.plan.duplicate_chance) {
+            self.redeliver(a, b);
+        }
+    }
+
+    /// Delivers again what was recently delivered on a connection, as a sender that
+    /// re-sends after a reconnect would.
+    fn redeliver(&mut self, a: Addr, b: Addr) {
+        for (from, to) in [(a, b), (b, a)] {
+            let msgs: Vec<Msg> = self
+                .recent
+                .get(&(from, to))
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default();
+            for msg in msgs {
+                self.counts.duplicates += 1;
+                self.send(from, to, msg);
+            }
+        }
+    }
+
+    fn servers(&self) -> Vec<Addr> {
+        (0..self.config.replicas)
+            .map(Addr::Replica)
+            .chain((0..self.config.partitions).map(Addr::Executor))
+            .chain((0..self.config.gateways).map(Addr::Gateway))
+            .collect()
+    }
+
+    // ----- faults -----
+
+    fn on_fault_tick(&mut self) {
+        if self.healed {
+            return;
+        }
+        if self.issued >= self.config.txns || self.now.0 >= FAULT_WINDOW_US {
+            self.heal_all();
+            return;
+        }
+        let servers = self.servers();
+        if self.rng.chance(self.plan.crash_chance) {
+            let victim = *self.rng.pick(&servers);
+            self.crash(victim);
+        }
+        if self.rng.chance(self.plan.partition_chance) {
+            self.start_partition(&servers);
+        }
+        if self.rng.chance(self.plan.reset_chance) {
+            let a = *self.rng.pick(&servers);
+            let b = *self.rng.pick(&servers);
+            if a != b {
+                self.reset(a, b);
+            }
+        }
+        self.schedule(self.now.plus_us(self.plan.interval_us), Event::FaultTick);
+    }
+
+    fn reset(&mut self, a: Addr, b: Addr) {
+        self.counts.resets += 1;
+        *self.link_generation.entry(Self::link(a, b)).or_default() += 1;
+        if self.is_up(a) && self.is_up(b) {
+            self.link_up(a, b);
+        }
+    }
+
+    fn start_partition(&mut self, servers: &[Addr]) {
+        self.counts.partitions += 1;
+        let mut side: BTreeSet<Addr> = BTreeSet::new();
+        match self.rng.below(3) {
+            // Isolate one node.
+            0 => {
+                side.insert(*self.rng.pick(servers));
+            }
+            // A minority of replicas with some other nodes, against the rest.
+            1 => {
+                let minority = (self.config.replicas - 1) / 2;
+                for r in 0..minority.max(1) {
+                    side.insert(Addr::Replica(
+                        (r + self.rng.below(u64::from(self.config.replicas)) as u32)
+                            % self.config.replicas,
+                    ));
+                }
+                for s in servers.iter().filter(|s| !matches!(s, Addr::Replica(_))) {
+                    if self.rng.chance(0.5) {
+                        side.insert(*s);
+                    }
+                }
+            }
+            // A random split.
+            _ => {
+                for s in servers {
+                    if self.rng.chance(0.5) {
+                        side.insert(*s);
+                    }
+                }
+            }
+        }
+        let one_way = self.rng.chance(0.3);
+        let mut cut = BTreeSet::new();
+        for a in &side {
+            for b in servers.iter().filter(|b| !side.contains(b)) {
+                cut.insert((*a, *b));
+                if !one_way {
+                    cut.insert((*b, *a));
+                }
+            }
+        }
+        // Connections across the cut break; what was in flight is lost.
+        for (a, b) in &cut {
+            *self.link_generation.entry(Self::link(*a, *b)).or_default() += 1;
+        }
+        let id = self.next_partition;
+        self.next_partition += 1;
+        self.blocked.insert(id, cut);
+        let duration = self.rng.range(50_000, 2_000_000);
+        self.schedule(self.now.plus_us(duration), Event::HealPartition(id));
+    }
+
+    fn heal_partition(&mut self, id: u64) {
+        let Some(cut) = self.blocked.remove(&id) else {
+            return;
+        };
+        let links: BTreeSet<(Addr, Addr)> = cut.iter().map(|(a, b)| Self::link(*a, *b)).collect();
+        for (a, b) in links {
+            if self.is_up(a) && self.is_up(b) && !self.is_blocked(a, b) && !self.is_blocked(b, a) {
+                self.link_up(a, b);
+            }
+        }
+    }
+
+    fn heal_all(&mut self) {
+        self.healed = true;
+        self.healed_at = self.now;
+        let ids: Vec<u64> = self.blocked.keys().copied().collect();
+        for id in ids {
+            self.heal_partition(id);
+        }
+        for addr in self.servers() {
+            self.start(addr);
+        }
+    }
+
+    // ----- clients -----
+
+    fn gateway_for(&mut self) -> Addr {
+        Addr::Gateway(self.rng.below(u64::from(self.config.gateways)) as u32)
+    }
+
     fn on_client_wake(&mut self, c: u32) {
-        if self.issued >= self.config.txns {
+        if self.issued >= self.config.txns || self.clients[c as usize].current.is_some() {
             return;
         }
         self.issued += 1;
         let client = ClientId(u64::from(c));
-        let seq = RequestSeq(self.client_next_seq[c as usize]);
-        self.client_next_seq[c as usize] += 1;
+        let seq = RequestSeq(self.clients[c as usize].next_seq);
+        self.clients[c as usize].next_seq += 1;
         let request = self.workload.next_call(&mut self.workload_rng);
         let (procedure, args) = if self.rng.chance(self.timing.malformed_chance) {
             // Bad input a real client may send: it must be refused, never ordered.
@@ -418,19 +1029,40 @@ impl World {
         self.calls.insert(
             (client, seq),
             CallRecord {
-                procedure: procedure.clone(),
-                args: args.clone(),
+                procedure,
+                args,
                 replies: Vec::new(),
-                sent_at: self.now,
+                attempts: 0,
             },
         );
+        self.clients[c as usize].current = Some((seq, 0));
+        self.send_call(c, seq);
+    }
+
+    fn send_call(&mut self, c: u32, seq: RequestSeq) {
+        let client = ClientId(u64::from(c));
+        let record = self.calls.get_mut(&(client, seq)).expect("call recorded");
+        record.attempts += 1;
+        let attempt = record.attempts;
         let call = Call {
             client,
             seq,
-            procedure,
-            args,
+            procedure: record.procedure.clone(),
+            args: record.args.clone(),
         };
-        self.send(Addr::Client(c), Addr::Gateway, Msg::Call(call));
+        self.clients[c as usize].current = Some((seq, attempt));
+        let gateway = self.gateway_for();
+        self.send(Addr::Client(c), gateway, Msg::Call(call));
+        self.schedule(
+            self.now.plus_us(CALL_TIMEOUT_US),
+            Event::ClientTimeout { c, seq, attempt },
+        );
+    }
+
+    fn on_client_retry(&mut self, c: u32, seq: RequestSeq, attempt: u32) {
+        if self.clients[c as usize].current == Some((seq, attempt)) {
+            self.send_call(c, seq);
+        }
     }
 
     fn on_reply(&mut self, c: u32, client: ClientId, seq: RequestSeq, reply: Reply) {
@@ -439,26 +1071,31 @@ impl World {
             ClientId(u64::from(c)),
             "reply delivered to the wrong client"
         );
-        let first = match self.calls.get_mut(&(client, seq)) {
-            Some(record) => {
-                record.replies.push(reply);
-                record.replies.len() == 1
-            }
-            // A reply to a call never made is recorded so the checker reports it.
-            None => {
-                self.calls.insert(
-                    (client, seq),
-                    CallRecord {
-                        procedure: String::new(),
-                        args: Vec::new(),
-                        replies: vec![reply],
-                        sent_at: self.now,
-                    },
+        let current = self.clients[c as usize].current;
+        if reply == Reply::Unavailable {
+            if let Some((s, attempt)) = current.filter(|(s, _)| *s == seq) {
+                let backoff = RETRY_BACKOFF_US / 2 + self.rng.below(RETRY_BACKOFF_US);
+                self.schedule(
+                    self.now.plus_us(backoff),
+                    Event::ClientRetry { c, seq: s, attempt },
                 );
-                false
             }
-        };
-        if first {
+            return;
+        }
+        let record = self
+            .calls
+            .entry((client, seq))
+            .or_insert_with(|| CallRecord {
+                procedure: String::new(),
+                args: Vec::new(),
+                replies: Vec::new(),
+                attempts: 0,
+            });
+        record.replies.push(reply);
+        if current.is_some_and(|(s, _)| s == seq) {
+            self.clients[c as usize].current = None;
+            self.answered += 1;
+            self.last_answer = self.now;
             let think = if self.timing.think_max_us == 0 {
                 0
             } else {
@@ -468,80 +1105,336 @@ impl World {
         }
     }
 
-    fn gateway_effects(&mut self, out: Vec<GatewayOutput>) {
+    // ----- gateways -----
+
+    fn gateway_input(&mut self, g: u32, from: Addr, msg: Msg) {
+        let Some(gateway) = self.gateways[g as usize].machine.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        match msg {
+            Msg::Call(call) => gateway.on_call(call, &mut out),
+            Msg::NotLeader { txn, leader } => {
+                let Addr::Replica(r) = from else { return };
+                gateway.on_not_leader(replica_id(r), txn, leader, &mut out);
+            }
+            Msg::Duplicate { client, seq } => gateway.on_duplicate(client, seq, &mut out),
+            Msg::Result { result, recovered } => gateway.on_result(result, recovered, &mut out),
+            Msg::ResultUnknown { client, seq } => gateway.on_result_unknown(client, seq, &mut out),
+            other => panic!("gateway got {other:?}"),
+        }
         for effect in out {
             match effect {
+                GatewayOutput::Query { to, client, seq } => {
+                    self.send(
+                        Addr::Gateway(g),
+                        Addr::Executor(to.0),
+                        Msg::Query { client, seq },
+                    );
+                }
                 GatewayOutput::Reply { client, seq, reply } => {
                     let to = Addr::Client(client.0 as u32);
-                    self.send(Addr::Gateway, to, Msg::Reply { client, seq, reply });
+                    self.send(Addr::Gateway(g), to, Msg::Reply { client, seq, reply });
                 }
-                GatewayOutput::Submit(txn) => {
-                    self.send(Addr::Gateway, Addr::Sequencer, Msg::Submit(txn))
+                GatewayOutput::Submit { to, txn } => {
+                    self.send(
+                        Addr::Gateway(g),
+                        Addr::Replica(to.0 - 100),
+                        Msg::Submit(txn),
+                    );
                 }
             }
         }
     }
 
-    fn sequencer_input(&mut self, input: sequencer::Input) {
+    // ----- sequencer replicas -----
+
+    fn replica_input(&mut self, r: u32, input: replica::Input) {
+        let Some(machine) = self.replicas[r as usize].machine.as_mut() else {
+            return;
+        };
         let mut out = Vec::new();
-        self.sequencer.handle(self.now, input, &mut out);
+        machine.handle(self.now, input, &mut out);
         for effect in out {
             match effect {
-                sequencer::Output::Persist(batch) => {
-                    let at = self
-                        .last_persist
-                        .max(self.now.plus_us(self.rng.below(self.timing.fsync_max_us)));
-                    self.last_persist = at;
-                    self.schedule(at, Event::Persisted(batch.epoch));
+                replica::Output::Committed(batch) => self.on_committed(r, batch),
+                replica::Output::Duplicate {
+                    client,
+                    seq,
+                    gateway,
+                } => {
+                    let to = Addr::Gateway(gateway.0 - 200);
+                    self.send(Addr::Replica(r), to, Msg::Duplicate { client, seq });
                 }
-                sequencer::Output::Committed(batch) => self.on_committed(batch),
-                // Counted by the sequencer; the call's missing reply is what the checker sees.
-                sequencer::Output::Duplicate { .. } => {}
+                replica::Output::NotLeader { txn, leader } => {
+                    let to = Addr::Gateway(txn.gateway.0 - 200);
+                    self.send(Addr::Replica(r), to, Msg::NotLeader { txn, leader });
+                }
+                replica::Output::Persist(write) => self.persist(r, write),
+                replica::Output::Send { to, msg } => {
+                    self.send(Addr::Replica(r), Addr::Replica(to.0 - 100), Msg::Peer(msg));
+                }
             }
         }
-        let deadline = self.sequencer.next_deadline();
-        if deadline.is_some() && deadline != self.sequencer_timer {
-            self.sequencer_timer = deadline;
-            self.schedule(deadline.unwrap_or(self.now), Event::SequencerTimer);
+        self.arm_replica_timer(r);
+    }
+
+    fn arm_replica_timer(&mut self, r: u32) {
+        let node = &mut self.replicas[r as usize];
+        let Some(machine) = &node.machine else { return };
+        let deadline = machine.next_deadline();
+        if deadline.is_some() && deadline != node.timer_at {
+            node.timer_at = deadline;
+            let incarnation = node.incarnation;
+            let at = deadline.unwrap_or(self.now).max(self.now);
+            self.schedule(at, Event::ReplicaTimer { r, incarnation });
         }
     }
 
-    fn on_committed(&mut self, batch: Arc<Batch>) {
-        self.log.push(batch.clone());
-        let plans = detflow_scheduler::schedule(&batch, &self.map)
-            .unwrap_or_else(|e| panic!("the sequencer wrote a batch the scheduler refuses: {e}"));
-        for plan in plans {
-            let to = Addr::Executor(plan.partition.0);
-            self.send(Addr::Sequencer, to, Msg::Plan(plan));
+    fn on_replica_timer(&mut self, r: u32, incarnation: u64) {
+        let node = &mut self.replicas[r as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
         }
+        if node.timer_at.is_some_and(|t| t <= self.now) {
+            node.timer_at = None;
+            self.replica_input(r, replica::Input::Tick);
+        }
+    }
+
+    fn persist(&mut self, r: u32, write: LogWrite) {
+        let record = codec::encode(&(
+            write.id,
+            write.hard_state,
+            write.truncate_from,
+            &write.append,
+        ));
+        let node = &mut self.replicas[r as usize];
+        node.disk.append(&record);
+        node.last_write = write.id;
+        if !node.sync_scheduled {
+            node.sync_scheduled = true;
+            let incarnation = node.incarnation;
+            let delay = self.rng.below(self.timing.fsync_max_us);
+            self.schedule(
+                self.now.plus_us(delay),
+                Event::ReplicaSynced { r, incarnation },
+            );
+        }
+    }
+
+    fn on_replica_synced(&mut self, r: u32, incarnation: u64) {
+        let node = &mut self.replicas[r as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        node.sync_scheduled = false;
+        node.disk.sync();
+        let write = node.last_write;
+        self.replica_input(r, replica::Input::Persisted { write });
+    }
+
+    fn on_committed(&mut self, r: u32, batch: Arc<Batch>) {
+        match self.committed.get(&batch.epoch) {
+            Some(first) if !Arc::ptr_eq(first, &batch) && **first != *batch => {
+                self.online_failures.push(format!(
+                    "replica {} committed a different batch at epoch {} than another replica did",
+                    replica_id(r),
+                    batch.epoch
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.committed.insert(batch.epoch, batch.clone());
+            }
+        }
+        self.serve_plans(r);
+    }
+
+    /// Sends each subscribed partition the plans of the epochs this replica has committed.
+    fn serve_plans(&mut self, r: u32) {
+        let node = &self.replicas[r as usize];
+        let Some(machine) = &node.machine else { return };
+        let commit = machine.commit_epoch();
+        let mut sends = Vec::new();
+        for (p, next) in &node.subscribers {
+            let mut epoch = *next;
+            while epoch <= commit {
+                sends.push((*p, epoch, machine.log()[epoch.0 as usize - 1].batch.clone()));
+                epoch = epoch.next();
+            }
+        }
+        for (p, epoch, batch) in sends {
+            let plan = self.plan_for(epoch, &batch, p);
+            self.replicas[r as usize]
+                .subscribers
+                .insert(p, epoch.next());
+            self.send(Addr::Replica(r), Addr::Executor(p.0), Msg::Plan(plan));
+        }
+    }
+
+    fn plan_for(&mut self, epoch: Epoch, batch: &Arc<Batch>, p: PartitionId) -> Arc<Plan> {
+        if let Some((cached, plans)) = self.plan_cache.get(&epoch) {
+            if Arc::ptr_eq(cached, batch) || **cached == **batch {
+                return plans[p.0 as usize].clone();
+            }
+        }
+        let plans: Vec<Arc<Plan>> = detflow_scheduler::schedule(batch, &self.map)
+            .unwrap_or_else(|e| panic!("a replica committed a batch the scheduler refuses: {e}"))
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let plan = plans[p.0 as usize].clone();
+        self.plan_cache.insert(epoch, (batch.clone(), plans));
+        plan
+    }
+
+    // ----- executors -----
+
+    fn subscribe(&mut self, p: u32) {
+        let Some(machine) = &self.executors[p as usize].machine else {
+            return;
+        };
+        let from = machine.next_epoch();
+        let source = self.executors[p as usize].source;
+        let msg = Msg::Subscribe {
+            partition: PartitionId(p),
+            from,
+        };
+        self.send(Addr::Executor(p), Addr::Replica(source), msg);
+    }
+
+    fn subscribe_elsewhere(&mut self, p: u32) {
+        let replicas = u64::from(self.config.replicas);
+        let node = &mut self.executors[p as usize];
+        node.source = ((u64::from(node.source) + 1 + self.rng.below(replicas)) % replicas) as u32;
+        self.subscribe(p);
+    }
+
+    fn on_stall_check(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        if node.plans_seen == node.plans_at_last_check {
+            self.subscribe_elsewhere(p);
+        }
+        let node = &mut self.executors[p as usize];
+        node.plans_at_last_check = node.plans_seen;
+        self.schedule(
+            self.now.plus_us(STALL_CHECK_US),
+            Event::ExecutorStallCheck { p, incarnation },
+        );
+    }
+
+    fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
+        use detflow_executor::Input;
+        let input = match msg {
+            Msg::Ack { from, durable } => Input::Ack { from, durable },
+            Msg::Hello { from, durable } => Input::Hello { from, durable },
+            Msg::Plan(plan) => {
+                self.executors[p as usize].plans_seen += 1;
+                Input::Plan((*plan).clone())
+            }
+            Msg::Query { client, seq } => {
+                let Addr::Gateway(g) = from else { return };
+                Input::ResultQuery {
+                    gateway: gateway_id(g),
+                    client,
+                    seq,
+                }
+            }
+            Msg::Reads(reads) => Input::RemoteReads(reads),
+            other => panic!("executor got {other:?}"),
+        };
+        self.executor_input(p, input);
     }
 
     fn executor_input(&mut self, p: u32, input: detflow_executor::Input) {
+        use detflow_executor::Output;
+        let Some(machine) = self.executors[p as usize].machine.as_mut() else {
+            return;
+        };
+        let querying = matches!(input, detflow_executor::Input::ResultQuery { .. });
         let mut out = Vec::new();
-        self.executors[p as usize].handle(self.now, input, &mut out);
+        machine.handle(self.now, input, &mut out);
+        let me = Addr::Executor(p);
         for effect in out {
             match effect {
-                detflow_executor::Output::SendReads { to, reads } => {
-                    self.send(Addr::Executor(p), Addr::Executor(to.0), Msg::Reads(reads));
-                }
-                detflow_executor::Output::Result { gateway, result } => {
-                    assert_eq!(gateway, GATEWAY_ID, "result for an unknown gateway");
-                    self.send(Addr::Executor(p), Addr::Gateway, Msg::Result(result));
-                }
-                // The in-memory store is durable as soon as an epoch is applied.
-                detflow_executor::Output::EpochApplied(epoch) => {
-                    self.executor_input(p, detflow_executor::Input::Durable { up_to: epoch })
-                }
-                detflow_executor::Output::SendAck { to, durable } => {
-                    let ack = Msg::Ack {
-                        from: PartitionId(p),
-                        durable,
+                Output::EpochApplied(_) => self.schedule_executor_sync(p),
+                Output::Result { gateway, result } => {
+                    let msg = Msg::Result {
+                        result,
+                        recovered: querying,
                     };
-                    self.send(Addr::Executor(p), Addr::Executor(to.0), ack);
+                    self.send(me, Addr::Gateway(gateway.0 - 200), msg);
                 }
-                detflow_executor::Output::SendHello { .. }
-                | detflow_executor::Output::ResultUnknown { .. } => {}
+                Output::ResultUnknown {
+                    gateway,
+                    client,
+                    seq,
+                } => {
+                    self.send(
+                        me,
+                        Addr::Gateway(gateway.0 - 200),
+                        Msg::ResultUnknown { client, seq },
+                    );
+                }
+                Output::SendAck { to, durable } => {
+                    self.send(
+                        me,
+                        Addr::Executor(to.0),
+                        Msg::Ack {
+                            from: PartitionId(p),
+                            durable,
+                        },
+                    );
+                }
+                Output::SendHello { to, durable } => {
+                    self.send(
+                        me,
+                        Addr::Executor(to.0),
+                        Msg::Hello {
+                            from: PartitionId(p),
+                            durable,
+                        },
+                    );
+                }
+                Output::SendReads { to, reads } => {
+                    self.send(me, Addr::Executor(to.0), Msg::Reads(reads))
+                }
             }
         }
+    }
+
+    fn schedule_executor_sync(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        if node.sync_scheduled {
+            return;
+        }
+        node.sync_scheduled = true;
+        let incarnation = node.incarnation;
+        let delay = self.rng.below(self.timing.fsync_max_us);
+        self.schedule(
+            self.now.plus_us(delay),
+            Event::ExecutorSynced { p, incarnation },
+        );
+    }
+
+    fn on_executor_synced(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation {
+            return;
+        }
+        let Some(machine) = node.machine.as_mut() else {
+            return;
+        };
+        node.sync_scheduled = false;
+        let store = machine.store_mut();
+        if !store.has_unsynced() {
+            return;
+        }
+        let up_to = store.sync();
+        self.executor_input(p, detflow_executor::Input::Durable { up_to });
     }
 }

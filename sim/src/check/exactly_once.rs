@@ -23,26 +23,39 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
             record.procedure
         );
         let positions = in_log.remove(&(*client, *seq)).unwrap_or_default();
-        match &record.replies[..] {
-            [] => failures.push(format!("{call} was never answered")),
-            [Reply::Done { position, .. }] => {
+        if positions.len() > 1 {
+            failures.push(format!(
+                "{call} is in the log {} times, at {positions:?}: it executed more than once",
+                positions.len()
+            ));
+        }
+        // A retried call may be answered more than once; every answer must be the same.
+        if let Some(first) = record.replies.first()
+            && let Some(other) = record.replies.iter().find(|r| *r != first)
+        {
+            failures.push(format!(
+                "{call} got differing answers: {first:?} and {other:?}"
+            ));
+        }
+        match record.replies.first() {
+            // Unanswered calls are the liveness checker's; one never answered may be in the
+            // log at most once (checked above).
+            None => {}
+            Some(Reply::Done { position, .. }) => {
                 if positions != [*position] {
                     failures.push(format!(
                         "{call} was answered for position {position} but the log holds it at {positions:?}"
                     ));
                 }
             }
-            [Reply::Rejected(reason)] => {
+            Some(Reply::Rejected(reason)) => {
                 if !positions.is_empty() {
                     failures.push(format!(
                         "{call} was refused ({reason}) yet ordered at {positions:?}"
                     ));
                 }
             }
-            replies => failures.push(format!("{call} was answered {} times", replies.len())),
-        }
-        if record.replies.is_empty() && positions.len() > 1 {
-            failures.push(format!("{call} is in the log {} times", positions.len()));
+            Some(Reply::Unavailable) => failures.push(format!("{call} ended Unavailable")),
         }
     }
     for ((client, seq), positions) in in_log {

@@ -1,21 +1,25 @@
-//! Liveness: the run drained, and every executor applied the whole log.
+//! Liveness: after healing, every call is answered and every partition applies the whole
+//! committed log.
 
-use crate::world::Outcome;
-use detflow_protocol::Epoch;
+use crate::world::{LIVENESS_US, Outcome};
 
 pub(crate) fn check(run: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
-    if !run.quiescent {
+    if run.unanswered > 0 {
         failures.push(format!(
-            "the run did not quiesce by virtual time {} ({} events)",
-            run.end, run.events
+            "{} call(s) still unanswered {:.1}s (virtual) after healing at {} (bound {}s, {} events)",
+            run.unanswered,
+            run.end.since_us(run.healed_at) as f64 / 1e6,
+            run.healed_at,
+            LIVENESS_US / 1_000_000,
+            run.events
         ));
     }
-    let last = run.log.last().map_or(Epoch(0), |b| b.epoch);
+    let last = run.log.len() as u64;
     for (p, next) in run.executor_epochs.iter().enumerate() {
-        if *next != last.next() {
+        if next.0 != last + 1 {
             failures.push(format!(
-                "partition {p} stopped before epoch {next}, the log ends at epoch {last}"
+                "partition {p} stopped before epoch {next}, the committed log ends at epoch {last}"
             ));
         }
     }

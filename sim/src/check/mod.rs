@@ -3,6 +3,7 @@
 //! Each returns the failures it found as sentences naming the calls, positions and keys
 //! involved. A seed passes only when every checker returns none.
 
+pub(crate) mod agreement;
 pub(crate) mod exactly_once;
 pub(crate) mod liveness;
 pub(crate) mod placement;
@@ -25,6 +26,7 @@ pub(crate) struct Verdict {
 /// Runs every checker over `run`.
 pub(crate) fn check_all(run: &Outcome) -> Verdict {
     let mut failures = Vec::new();
+    failures.extend(agreement::check(run));
     failures.extend(liveness::check(run));
     failures.extend(exactly_once::check(run));
     let (state, placement_failures) = placement::merged_state(run);

@@ -1,0 +1,168 @@
+//! Which faults a run injects, and how many it injected.
+
+use detflow_protocol::DetRng;
+use std::fmt;
+
+/// The fault types a run may inject. With `swarm`, each seed enables a random subset of
+/// the enabled types at random rates (swarm testing), so that rare combinations get runs of
+/// their own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// Crash and restart sequencer replicas, executors and gateways, losing unsynced writes.
+    pub crashes: bool,
+    /// A crash may leave a torn last write on disk.
+    pub torn_writes: bool,
+    /// Network partitions: one-way, isolated nodes, minority/majority splits.
+    pub partitions: bool,
+    /// Connection resets that drop messages in flight.
+    pub resets: bool,
+    /// Rare long delays on single messages.
+    pub delay_spikes: bool,
+    /// Re-delivery of recently delivered messages after a reconnect.
+    pub duplicates: bool,
+    /// Pick a random subset of the above and random rates per seed.
+    pub swarm: bool,
+}
+
+impl FaultConfig {
+    /// No faults: only seeded delays.
+    pub fn none() -> FaultConfig {
+        FaultConfig::default()
+    }
+
+    /// Every fault type, in swarm mode.
+    pub fn all() -> FaultConfig {
+        FaultConfig {
+            crashes: true,
+            torn_writes: true,
+            partitions: true,
+            resets: true,
+            delay_spikes: true,
+            duplicates: true,
+            swarm: true,
+        }
+    }
+
+    /// Whether any fault type is on.
+    pub fn any(&self) -> bool {
+        self.crashes
+            || self.torn_writes
+            || self.partitions
+            || self.resets
+            || self.delay_spikes
+            || self.duplicates
+    }
+
+    /// Parses a comma-separated list: `all`, `none`, or fault names
+    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,swarm`).
+    pub fn parse(list: &str) -> Result<FaultConfig, String> {
+        let mut config = FaultConfig::none();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "all" => config = FaultConfig::all(),
+                "none" => config = FaultConfig::none(),
+                "crashes" => config.crashes = true,
+                "torn-writes" => config.torn_writes = true,
+                "partitions" => config.partitions = true,
+                "resets" => config.resets = true,
+                "delay-spikes" => config.delay_spikes = true,
+                "duplicates" => config.duplicates = true,
+                "swarm" => config.swarm = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (known: all, none, crashes, torn-writes, \
+                         partitions, resets, delay-spikes, duplicates, swarm)"
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Per-seed fault rates, drawn from the seed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FaultPlan {
+    pub(crate) crash_chance: f64,
+    pub(crate) tear_chance: f64,
+    pub(crate) partition_chance: f64,
+    pub(crate) reset_chance: f64,
+    pub(crate) spike_chance: f64,
+    pub(crate) duplicate_chance: f64,
+    /// Virtual time between fault opportunities.
+    pub(crate) interval_us: u64,
+}
+
+impl FaultPlan {
+    pub(crate) fn draw(config: &FaultConfig, rng: &mut DetRng) -> FaultPlan {
+        let mut on = |enabled: bool, rates: &[f64]| -> f64 {
+            let picked = *rng.pick(rates);
+            let kept = !config.swarm || rng.chance(0.75);
+            if enabled && kept { picked } else { 0.0 }
+        };
+        FaultPlan {
+            crash_chance: on(config.crashes, &[0.05, 0.1, 0.2]),
+            tear_chance: on(config.torn_writes, &[0.3, 0.7, 1.0]),
+            partition_chance: on(config.partitions, &[0.03, 0.08, 0.15]),
+            reset_chance: on(config.resets, &[0.05, 0.15, 0.3]),
+            spike_chance: on(config.delay_spikes, &[0.005, 0.02, 0.05]),
+            duplicate_chance: on(config.duplicates, &[0.3, 0.6, 1.0]),
+            interval_us: *rng.pick(&[10_000, 30_000, 100_000]),
+        }
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        self.crash_chance > 0.0
+            || self.partition_chance > 0.0
+            || self.reset_chance > 0.0
+            || self.duplicate_chance > 0.0
+    }
+}
+
+/// How many faults of each type a run injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Nodes restarted.
+    pub restarts: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Connections reset.
+    pub resets: u64,
+    /// Crashes that tore a write.
+    pub torn_writes: u64,
+    /// Messages delivered twice.
+    pub duplicates: u64,
+    /// Messages delayed by a spike.
+    pub delay_spikes: u64,
+}
+
+impl FaultCounts {
+    /// Adds `other` into this.
+    pub fn add(&mut self, other: &FaultCounts) {
+        self.crashes += other.crashes;
+        self.restarts += other.restarts;
+        self.partitions += other.partitions;
+        self.resets += other.resets;
+        self.torn_writes += other.torn_writes;
+        self.duplicates += other.duplicates;
+        self.delay_spikes += other.delay_spikes;
+    }
+}
+
+impl fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={}",
+            self.crashes,
+            self.restarts,
+            self.partitions,
+            self.resets,
+            self.torn_writes,
+            self.duplicates,
+            self.delay_spikes
+        )
+    }
+}
