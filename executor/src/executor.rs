@@ -119,6 +119,8 @@ pub struct Bugs {
     pub reorder: bool,
     /// Apply every write of a multi-partition transaction, including other partitions' keys.
     pub write_outside_partition: bool,
+    /// After a restart, resume one epoch past the right one (skipping an epoch's plan).
+    pub replay_from_wrong_epoch: bool,
 }
 
 /// Counters of an executor's work.
@@ -193,6 +195,9 @@ impl<S: Store> Executor<S> {
     /// Plants bugs (tests of the simulator's checkers only).
     pub fn set_bugs(&mut self, bugs: Bugs) {
         self.bugs = bugs;
+        if bugs.replay_from_wrong_epoch && self.store.applied_epoch() > Epoch(0) {
+            self.next_epoch = self.next_epoch.next();
+        }
     }
 
     /// The partition this executor owns.

@@ -378,10 +378,9 @@ struct Progress {
     /// Whether the leader is still finding where the logs agree (one message at a time,
     /// `next` unchanged until an answer) rather than streaming.
     probing: bool,
-    /// The last epoch covered by each unacknowledged AppendEntries, ascending.
-    inflight: VecDeque<Epoch>,
-    /// Whether the follower acknowledged anything since the last heartbeat.
-    progressed: bool,
+    /// The last epoch covered by each unacknowledged AppendEntries and when it was sent,
+    /// ascending.
+    inflight: VecDeque<(Epoch, Time)>,
 }
 
 #[derive(Clone, Debug)]
@@ -651,6 +650,13 @@ impl Replica {
             self.config.id,
             msg.leader
         );
+        assert!(
+            self.leader.is_none_or(|l| l == msg.leader),
+            "two leaders in term {}: {:?} and {}",
+            self.term,
+            self.leader,
+            msg.leader
+        );
         self.role = Role::Follower;
         self.leader = Some(msg.leader);
         self.election_deadline = Some(self.election_timeout(now));
@@ -734,11 +740,7 @@ impl Replica {
                 self.stats.malformed += 1;
                 return;
             }
-            let before = p.inflight.len();
-            p.inflight.retain(|e| *e > match_epoch);
-            if match_epoch > p.matched || p.inflight.len() < before {
-                p.progressed = true;
-            }
+            p.inflight.retain(|(e, _)| *e > match_epoch);
             p.matched = p.matched.max(match_epoch);
             p.probing = false;
             p.next = p.next.max(p.matched.next());
@@ -755,7 +757,7 @@ impl Replica {
             p.probing = true;
             p.inflight.clear();
         }
-        self.send_append_entries(from, false);
+        self.send_append_entries(now, from, false);
     }
 
     fn on_request_vote(
@@ -949,7 +951,6 @@ impl Replica {
                     matched: Epoch(0),
                     probing: true,
                     inflight: VecDeque::new(),
-                    progressed: false,
                 };
                 (p, progress)
             })
@@ -968,7 +969,7 @@ impl Replica {
             epoch: next,
             txns: Vec::new(),
         });
-        self.append_as_leader(batch, out);
+        self.append_as_leader(now, batch, out);
     }
 
     /// Adopts a higher `term` (forgetting the vote) and, if leading or campaigning, becomes
@@ -1034,11 +1035,11 @@ impl Replica {
         {
             let batch = self.batcher.close(self.last_epoch().next());
             self.stats.batches += 1;
-            self.append_as_leader(batch, out);
+            self.append_as_leader(now, batch, out);
         }
     }
 
-    fn append_as_leader(&mut self, batch: Arc<Batch>, out: &mut Vec<Output>) {
+    fn append_as_leader(&mut self, now: Time, batch: Arc<Batch>, out: &mut Vec<Output>) {
         assert!(self.is_leader(), "only the leader appends batches");
         self.append(LogEntry {
             term: self.term,
@@ -1048,7 +1049,7 @@ impl Replica {
             self.emit_committed(self.last_epoch(), out);
         }
         for peer in self.peers() {
-            self.send_append_entries(peer, false);
+            self.send_append_entries(now, peer, false);
         }
     }
 
@@ -1079,23 +1080,23 @@ impl Replica {
         };
         leader.heartbeat_deadline = now.plus_us(heartbeat_us);
         for p in leader.followers.values_mut() {
-            if !p.progressed && !p.inflight.is_empty() {
-                // Nothing acknowledged for a whole heartbeat: assume the messages were lost.
+            let oldest = p.inflight.front().map(|(_, sent)| *sent);
+            if oldest.is_some_and(|sent| now.since_us(sent) >= heartbeat_us) {
+                // Unanswered for a whole heartbeat: presume it (and what followed) lost.
                 p.inflight.clear();
                 if !p.probing {
                     p.next = p.matched.next();
                 }
             }
-            p.progressed = false;
         }
         for peer in self.peers() {
-            self.send_append_entries(peer, true);
+            self.send_append_entries(now, peer, true);
         }
     }
 
     /// Sends `peer` the entries it needs next if its window allows, or else, when
     /// `heartbeat`, an empty AppendEntries at a point the follower is known to hold.
-    fn send_append_entries(&mut self, peer: NodeId, heartbeat: bool) {
+    fn send_append_entries(&mut self, now: Time, peer: NodeId, heartbeat: bool) {
         let last = self.last_epoch();
         let per_message = if self.rng.buggify() {
             1
@@ -1113,7 +1114,7 @@ impl Replica {
         let (prev_epoch, count) = if has_room && (p.next <= last || p.probing) {
             let count = (last.0 + 1 - p.next.0).min(per_message as u64);
             let covered = Epoch(p.next.0 - 1 + count);
-            p.inflight.push_back(covered);
+            p.inflight.push_back((covered, now));
             let prev = Epoch(p.next.0 - 1);
             if !p.probing {
                 p.next = covered.next();
@@ -1343,4 +1344,854 @@ fn entries_are_well_formed(
 /// An epoch or count as an index; epochs of an in-memory log always fit.
 fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::Footprint;
+
+    const N1: NodeId = NodeId(1);
+    const N2: NodeId = NodeId(2);
+    const N3: NodeId = NodeId(3);
+
+    fn txn(client: u64, seq: u64) -> Arc<Transaction> {
+        Arc::new(Transaction {
+            client: ClientId(client),
+            seq: RequestSeq(seq),
+            gateway: NodeId(9),
+            procedure: "p".into(),
+            args: Vec::new(),
+            footprint: Footprint::new(),
+        })
+    }
+
+    fn config(id: NodeId, n: u32) -> ReplicaConfig {
+        let mut config = ReplicaConfig::new(id, (1..=n).map(NodeId).collect());
+        config.batching = Config {
+            epoch_duration_us: 5_000,
+            batch_txns_max: 100,
+        };
+        config
+    }
+
+    fn replica(id: NodeId, n: u32) -> Replica {
+        Replica::new(
+            config(id, n),
+            Durable::default(),
+            DetRng::new(u64::from(id.0)),
+        )
+    }
+
+    fn recovered(id: NodeId, n: u32, durable: Durable) -> Replica {
+        Replica::new(config(id, n), durable, DetRng::new(u64::from(id.0)))
+    }
+
+    fn run(r: &mut Replica, now: u64, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        r.handle(Time(now), input, &mut out);
+        out
+    }
+
+    fn batch(epoch: u64, txns: Vec<Arc<Transaction>>) -> Arc<Batch> {
+        Arc::new(Batch {
+            version: LOG_FORMAT_VERSION,
+            epoch: Epoch(epoch),
+            txns,
+        })
+    }
+
+    fn entry(term: u64, epoch: u64, txns: Vec<Arc<Transaction>>) -> LogEntry {
+        LogEntry {
+            term,
+            batch: batch(epoch, txns),
+        }
+    }
+
+    fn persist(
+        id: u64,
+        hard_state: Option<(u64, Option<NodeId>)>,
+        truncate_from: Option<u64>,
+        append: Vec<LogEntry>,
+    ) -> Output {
+        Output::Persist(LogWrite {
+            id,
+            hard_state,
+            truncate_from: truncate_from.map(Epoch),
+            append,
+        })
+    }
+
+    fn send(to: NodeId, msg: PeerMessage) -> Output {
+        Output::Send { to, msg }
+    }
+
+    fn peer(from: NodeId, msg: PeerMessage) -> Input {
+        Input::Peer { from, msg }
+    }
+
+    fn append_entries(
+        term: u64,
+        leader: NodeId,
+        prev: (u64, u64),
+        entries: Vec<LogEntry>,
+        commit: u64,
+    ) -> PeerMessage {
+        PeerMessage::AppendEntries {
+            term,
+            leader,
+            prev_epoch: Epoch(prev.0),
+            prev_term: prev.1,
+            entries,
+            leader_commit: Epoch(commit),
+        }
+    }
+
+    fn reply(
+        term: u64,
+        success: bool,
+        match_epoch: u64,
+        conflict_term: Option<u64>,
+    ) -> PeerMessage {
+        PeerMessage::AppendReply {
+            term,
+            success,
+            match_epoch: Epoch(match_epoch),
+            conflict_term,
+        }
+    }
+
+    fn request_vote(term: u64, candidate: NodeId, last: (u64, u64)) -> PeerMessage {
+        PeerMessage::RequestVote {
+            term,
+            candidate,
+            last_epoch: Epoch(last.0),
+            last_term: last.1,
+        }
+    }
+
+    fn vote(term: u64, granted: bool) -> PeerMessage {
+        PeerMessage::Vote { term, granted }
+    }
+
+    fn deadline(r: &Replica) -> u64 {
+        r.next_deadline().unwrap().0
+    }
+
+    /// Runs the election of node 1 in a group of three, delivering everything at once,
+    /// up to the commit of its empty batch on node 1 and node 2. Node 3 hears nothing.
+    /// Returns the time reached.
+    fn elect_n1(r1: &mut Replica, r2: &mut Replica) -> u64 {
+        run(r1, 0, Input::Tick);
+        run(r2, 0, Input::Tick);
+        let t = deadline(r1);
+        assert!(t < deadline(r2), "node 1 times out first with these seeds");
+        run(r1, t, Input::Tick);
+        run(r1, t, Input::Persisted { write: 1 });
+        run(r2, t, peer(N1, request_vote(1, N1, (0, 0))));
+        run(r2, t, Input::Persisted { write: 1 });
+        run(r1, t, peer(N2, vote(1, true)));
+        run(
+            r2,
+            t,
+            peer(
+                N1,
+                append_entries(1, N1, (0, 0), vec![entry(1, 1, vec![])], 0),
+            ),
+        );
+        run(r2, t, Input::Persisted { write: 2 });
+        run(r1, t, peer(N2, reply(1, true, 1, None)));
+        let out = run(r1, t, Input::Persisted { write: 2 });
+        assert_eq!(out, vec![Output::Committed(batch(1, vec![]))]);
+        assert!(r1.is_leader() && r1.commit_epoch() == Epoch(1));
+        t
+    }
+
+    #[test]
+    fn single_replica_elects_itself_and_commits_after_persisted() {
+        let mut r = replica(N1, 1);
+        assert_eq!(
+            r.next_deadline(),
+            Some(Time::ZERO),
+            "wants its first tick at once"
+        );
+        // A group of one campaigns at its first input; its vote counts once durable.
+        assert_eq!(
+            run(&mut r, 0, Input::Tick),
+            vec![persist(1, Some((1, Some(N1))), None, vec![])]
+        );
+        assert!(!r.is_leader());
+        // Leading, it appends an empty batch of its term at once.
+        assert_eq!(
+            run(&mut r, 100, Input::Persisted { write: 1 }),
+            vec![persist(2, None, None, vec![entry(1, 1, vec![])])]
+        );
+        assert!(r.is_leader() && r.leader() == Some(N1) && r.term() == 1);
+        assert_eq!(
+            run(&mut r, 200, Input::Persisted { write: 2 }),
+            vec![Output::Committed(batch(1, vec![]))]
+        );
+        assert!(run(&mut r, 1_000, Input::Submit(txn(7, 1))).is_empty());
+        assert!(run(&mut r, 1_001, Input::Submit(txn(8, 1))).is_empty());
+        assert_eq!(
+            r.next_deadline(),
+            Some(Time(6_000)),
+            "the epoch closes first"
+        );
+        assert!(run(&mut r, 5_999, Input::Tick).is_empty());
+        let closed = entry(1, 2, vec![txn(7, 1), txn(8, 1)]);
+        assert_eq!(
+            run(&mut r, 6_000, Input::Tick),
+            vec![persist(3, None, None, vec![closed.clone()])]
+        );
+        // Not committed until durable.
+        assert_eq!(r.commit_epoch(), Epoch(1));
+        assert_eq!(
+            run(&mut r, 6_100, Input::Persisted { write: 3 }),
+            vec![Output::Committed(closed.batch)]
+        );
+        assert_eq!(r.commit_epoch(), Epoch(2));
+        assert_eq!(r.log().len(), 2);
+        let stats = r.stats();
+        assert_eq!((stats.sequenced, stats.batches, stats.terms_led), (2, 1, 1));
+    }
+
+    #[test]
+    fn three_replicas_elect_and_commit_only_durable_votes_and_entries() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        assert!(
+            run(&mut r1, 0, Input::Tick).is_empty(),
+            "the first input starts timers"
+        );
+        let t = deadline(&r1);
+        assert!((150_000..=300_000).contains(&t));
+        // The candidate asks for votes only once its own vote is durable.
+        assert_eq!(
+            run(&mut r1, t, Input::Tick),
+            vec![persist(1, Some((1, Some(N1))), None, vec![])]
+        );
+        assert_eq!(
+            run(&mut r1, t + 10, Input::Persisted { write: 1 }),
+            vec![
+                send(N2, request_vote(1, N1, (0, 0))),
+                send(N3, request_vote(1, N1, (0, 0))),
+            ]
+        );
+        // The voter records its vote; the Vote leaves only once that is durable.
+        assert_eq!(
+            run(&mut r2, t + 20, peer(N1, request_vote(1, N1, (0, 0)))),
+            vec![persist(1, Some((1, Some(N1))), None, vec![])]
+        );
+        assert_eq!(
+            run(&mut r2, t + 30, Input::Persisted { write: 1 }),
+            vec![send(N1, vote(1, true))]
+        );
+        // A majority: lead, append the term's empty batch, probe both followers.
+        let noop = entry(1, 1, vec![]);
+        let probe = append_entries(1, N1, (0, 0), vec![noop.clone()], 0);
+        assert_eq!(
+            run(&mut r1, t + 40, peer(N2, vote(1, true))),
+            vec![
+                persist(2, None, None, vec![noop.clone()]),
+                send(N2, probe.clone()),
+                send(N3, probe.clone()),
+            ]
+        );
+        assert!(r1.is_leader());
+        // The follower's success waits for its write.
+        assert_eq!(
+            run(&mut r2, t + 50, peer(N1, probe)),
+            vec![persist(2, None, None, vec![noop.clone()])]
+        );
+        assert_eq!(r2.leader(), Some(N1));
+        assert_eq!(
+            run(&mut r2, t + 60, Input::Persisted { write: 2 }),
+            vec![send(N1, reply(1, true, 1, None))]
+        );
+        // One follower has it, but the leader's own copy is not yet durable: no quorum.
+        assert!(run(&mut r1, t + 70, peer(N2, reply(1, true, 1, None))).is_empty());
+        assert_eq!(r1.commit_epoch(), Epoch(0));
+        assert_eq!(
+            run(&mut r1, t + 80, Input::Persisted { write: 2 }),
+            vec![Output::Committed(noop.batch.clone())]
+        );
+
+        // A batch: replicated to the follower that answered (node 3 still has its probe
+        // outstanding, so it gets nothing more until it answers or a heartbeat passes).
+        assert!(run(&mut r1, t + 100, Input::Submit(txn(5, 1))).is_empty());
+        let e2 = entry(1, 2, vec![txn(5, 1)]);
+        assert_eq!(
+            run(&mut r1, t + 5_100, Input::Tick),
+            vec![
+                persist(3, None, None, vec![e2.clone()]),
+                send(N2, append_entries(1, N1, (1, 1), vec![e2.clone()], 1)),
+            ]
+        );
+        assert!(run(&mut r1, t + 5_200, Input::Persisted { write: 3 }).is_empty());
+        // The follower learns the commit of epoch 1 with the new entry.
+        assert_eq!(
+            run(
+                &mut r2,
+                t + 5_300,
+                peer(N1, append_entries(1, N1, (1, 1), vec![e2.clone()], 1))
+            ),
+            vec![
+                Output::Committed(noop.batch),
+                persist(3, None, None, vec![e2.clone()]),
+            ]
+        );
+        assert_eq!(
+            run(&mut r2, t + 5_400, Input::Persisted { write: 3 }),
+            vec![send(N1, reply(1, true, 2, None))]
+        );
+        assert_eq!(
+            run(&mut r1, t + 5_500, peer(N2, reply(1, true, 2, None))),
+            vec![Output::Committed(e2.batch.clone())]
+        );
+        // The next heartbeat tells the follower, which then emits it too.
+        let heartbeat = append_entries(1, N1, (2, 1), vec![], 2);
+        assert_eq!(
+            run(&mut r2, t + 30_000, peer(N1, heartbeat)),
+            vec![
+                Output::Committed(e2.batch),
+                send(N1, reply(1, true, 2, None))
+            ]
+        );
+        assert_eq!(r2.commit_epoch(), Epoch(2));
+    }
+
+    #[test]
+    fn a_durable_vote_survives_a_restart() {
+        let durable = Durable {
+            term: 1,
+            voted_for: Some(N1),
+            log: Vec::new(),
+        };
+        let mut r2 = recovered(N2, 3, durable);
+        assert_eq!(
+            run(&mut r2, 0, peer(N3, request_vote(1, N3, (0, 0)))),
+            vec![send(N3, vote(1, false))]
+        );
+        // Asking again for the same candidate is answered again, without a new write.
+        assert_eq!(
+            run(&mut r2, 1, peer(N1, request_vote(1, N1, (0, 0)))),
+            vec![send(N1, vote(1, true))]
+        );
+        // A later term frees the vote.
+        assert_eq!(
+            run(&mut r2, 2, peer(N3, request_vote(2, N3, (0, 0)))),
+            vec![persist(1, Some((2, Some(N3))), None, vec![])]
+        );
+    }
+
+    #[test]
+    fn votes_go_only_to_candidates_whose_log_is_as_up_to_date() {
+        let durable = Durable {
+            term: 2,
+            voted_for: None,
+            log: vec![entry(1, 1, vec![]), entry(2, 2, vec![])],
+        };
+        let mut r = recovered(N2, 3, durable);
+        // Shorter log with the same last term: refused (the term is still adopted).
+        run(&mut r, 0, peer(N1, request_vote(3, N1, (1, 2))));
+        assert_eq!(
+            run(&mut r, 1, Input::Persisted { write: 1 }),
+            vec![send(N1, vote(3, false))]
+        );
+        // Longer log of an older last term: refused.
+        assert_eq!(
+            run(&mut r, 2, peer(N3, request_vote(3, N3, (9, 1)))),
+            vec![send(N3, vote(3, false))]
+        );
+        // The same log: granted.
+        assert_eq!(
+            run(&mut r, 3, peer(N3, request_vote(3, N3, (2, 2)))),
+            vec![persist(2, Some((3, Some(N3))), None, vec![])]
+        );
+    }
+
+    #[test]
+    fn followers_and_candidates_redirect_submissions() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        let t = elect_n1(&mut r1, &mut r2);
+        let call = txn(4, 1);
+        assert_eq!(
+            run(&mut r2, t + 1, Input::Submit(call.clone())),
+            vec![Output::NotLeader {
+                txn: call.clone(),
+                leader: Some(N1)
+            }]
+        );
+        let mut r3 = replica(N3, 3);
+        assert_eq!(
+            run(&mut r3, 0, Input::Submit(call.clone())),
+            vec![Output::NotLeader {
+                txn: call,
+                leader: None
+            }]
+        );
+        assert_eq!(r2.stats().not_leader, 1);
+    }
+
+    #[test]
+    fn duplicate_submissions_are_refused_from_the_open_epoch_and_the_log() {
+        let mut r = replica(N1, 1);
+        run(&mut r, 0, Input::Tick);
+        run(&mut r, 0, Input::Persisted { write: 1 });
+        run(&mut r, 0, Input::Persisted { write: 2 });
+        assert!(run(&mut r, 10, Input::Submit(txn(3, 1))).is_empty());
+        let duplicate = Output::Duplicate {
+            client: ClientId(3),
+            seq: RequestSeq(1),
+            gateway: NodeId(9),
+        };
+        assert_eq!(
+            run(&mut r, 11, Input::Submit(txn(3, 1))),
+            vec![duplicate.clone()]
+        );
+        run(&mut r, 5_010, Input::Tick);
+        // Still refused once in the log (committed or not).
+        assert_eq!(
+            run(&mut r, 5_011, Input::Submit(txn(3, 1))),
+            vec![duplicate.clone()]
+        );
+        run(&mut r, 5_012, Input::Persisted { write: 3 });
+        assert_eq!(
+            run(&mut r, 5_013, Input::Submit(txn(3, 1))),
+            vec![duplicate.clone()]
+        );
+        assert_eq!(r.stats().duplicates, 3);
+        assert_eq!(r.stats().sequenced, 1);
+
+        // After a restart the table is rebuilt from the durable log.
+        let durable = Durable {
+            term: 1,
+            voted_for: Some(N1),
+            log: r.log().to_vec(),
+        };
+        let mut again = recovered(N1, 1, durable);
+        run(&mut again, 0, Input::Tick);
+        run(&mut again, 0, Input::Persisted { write: 1 });
+        assert!(again.is_leader() && again.term() == 2);
+        assert_eq!(
+            run(&mut again, 1, Input::Submit(txn(3, 1))),
+            vec![duplicate]
+        );
+        assert!(run(&mut again, 2, Input::Submit(txn(3, 2))).is_empty());
+    }
+
+    #[test]
+    fn a_higher_term_makes_the_leader_step_down_and_hand_back_its_open_epoch() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        let t = elect_n1(&mut r1, &mut r2);
+        run(&mut r1, t + 1, Input::Submit(txn(1, 1)));
+        run(&mut r1, t + 2, Input::Submit(txn(2, 1)));
+        assert_eq!(
+            run(&mut r1, t + 3, peer(N3, request_vote(5, N3, (1, 1)))),
+            vec![
+                Output::NotLeader {
+                    txn: txn(1, 1),
+                    leader: None
+                },
+                Output::NotLeader {
+                    txn: txn(2, 1),
+                    leader: None
+                },
+                persist(3, Some((5, Some(N3))), None, vec![]),
+            ]
+        );
+        assert!(!r1.is_leader() && r1.term() == 5 && r1.leader().is_none());
+        assert_eq!(
+            run(&mut r1, t + 4, Input::Persisted { write: 3 }),
+            vec![send(N3, vote(5, true))]
+        );
+        // The handed-back calls left the dedup table: a new leader may take them.
+        assert_eq!(r1.stats().step_downs, 1);
+
+        // A stale leader is told the newer term and steps down.
+        // A new leader of term 6; the reply waits for the new term to be durable.
+        assert_eq!(
+            run(
+                &mut r2,
+                t + 5,
+                peer(N3, append_entries(6, N3, (1, 1), vec![], 1))
+            ),
+            vec![
+                Output::Committed(batch(1, vec![])),
+                persist(3, Some((6, None)), None, vec![]),
+            ]
+        );
+        assert_eq!(r2.leader(), Some(N3));
+        // A stale leader is told the newer term.
+        let stale = append_entries(1, N1, (1, 1), vec![], 1);
+        run(&mut r2, t + 6, Input::Persisted { write: 3 });
+        assert_eq!(
+            run(&mut r2, t + 7, peer(N1, stale)),
+            vec![send(N1, reply(6, false, 1, None))]
+        );
+    }
+
+    #[test]
+    fn a_leader_steps_down_on_a_higher_term_reply() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        let t = elect_n1(&mut r1, &mut r2);
+        run(&mut r1, t + 1, Input::Submit(txn(1, 1)));
+        let out = run(&mut r1, t + 2, peer(N3, reply(4, false, 0, None)));
+        assert_eq!(
+            out,
+            vec![
+                Output::NotLeader {
+                    txn: txn(1, 1),
+                    leader: None
+                },
+                persist(3, Some((4, None)), None, vec![]),
+            ]
+        );
+        assert!(!r1.is_leader());
+        // The call can be sequenced again by whoever leads next, including this replica.
+        assert_eq!(
+            run(&mut r1, t + 3, Input::Submit(txn(1, 1))),
+            vec![Output::NotLeader {
+                txn: txn(1, 1),
+                leader: None
+            }]
+        );
+    }
+
+    #[test]
+    fn conflicting_entries_are_truncated_and_rewritten() {
+        let durable = Durable {
+            term: 2,
+            voted_for: None,
+            log: vec![
+                entry(1, 1, vec![]),
+                entry(1, 2, vec![txn(1, 1)]),
+                entry(2, 3, vec![txn(1, 2)]),
+                entry(2, 4, vec![txn(1, 3)]),
+            ],
+        };
+        let mut r = recovered(N2, 3, durable);
+        // The leader of term 3 has a different epoch 3.
+        let e3 = entry(3, 3, vec![txn(2, 1)]);
+        let out = run(
+            &mut r,
+            0,
+            peer(N1, append_entries(3, N1, (2, 1), vec![e3.clone()], 2)),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Output::Committed(batch(1, vec![])),
+                Output::Committed(batch(2, vec![txn(1, 1)])),
+                persist(1, Some((3, None)), Some(3), vec![e3.clone()]),
+            ]
+        );
+        assert_eq!(r.log().len(), 3);
+        assert_eq!(r.log()[2], e3);
+        assert_eq!(r.stats().entries_truncated, 2);
+        assert_eq!(
+            run(&mut r, 1, Input::Persisted { write: 1 }),
+            vec![send(N1, reply(3, true, 3, None))]
+        );
+        // The truncated calls left the dedup table with their entries.
+        assert!(!r.dedup.contains(ClientId(1), RequestSeq(2)));
+        assert!(r.dedup.contains(ClientId(2), RequestSeq(1)));
+        // A durable copy applies the same write.
+        let mut disk = Durable {
+            term: 2,
+            voted_for: None,
+            log: r.log()[..2].to_vec(),
+        };
+        disk.log.push(entry(2, 3, vec![]));
+        disk.apply(&LogWrite {
+            id: 1,
+            hard_state: Some((3, None)),
+            truncate_from: Some(Epoch(3)),
+            append: vec![e3],
+        });
+        assert_eq!((disk.term, disk.log.as_slice()), (3, r.log()));
+    }
+
+    #[test]
+    fn a_mismatch_answers_with_a_hint_where_to_retry() {
+        let durable = Durable {
+            term: 2,
+            voted_for: None,
+            log: vec![
+                entry(1, 1, vec![]),
+                entry(2, 2, vec![]),
+                entry(2, 3, vec![]),
+                entry(2, 4, vec![]),
+            ],
+        };
+        let mut r = recovered(N2, 3, durable);
+        // Term 2 at epoch 4 is not the leader's term 3: skip the whole run of term 2.
+        run(
+            &mut r,
+            0,
+            peer(N1, append_entries(3, N1, (4, 3), vec![], 0)),
+        );
+        assert_eq!(
+            run(&mut r, 1, Input::Persisted { write: 1 }),
+            vec![send(N1, reply(3, false, 1, Some(2)))]
+        );
+        // Too short: retry from my last epoch.
+        assert_eq!(
+            run(
+                &mut r,
+                2,
+                peer(N1, append_entries(3, N1, (9, 3), vec![], 0))
+            ),
+            vec![send(N1, reply(3, false, 4, None))]
+        );
+    }
+
+    #[test]
+    fn the_leader_backs_up_to_a_lagging_follower_in_bounded_messages() {
+        let mut c1 = config(N1, 3);
+        c1.entries_per_message_max = 2;
+        let log: Vec<LogEntry> = (1..=5).map(|e| entry(1, e, vec![txn(1, e)])).collect();
+        let durable = Durable {
+            term: 1,
+            voted_for: Some(N1),
+            log: log.clone(),
+        };
+        let mut r1 = Replica::new(c1, durable, DetRng::new(1));
+        run(&mut r1, 0, Input::Tick);
+        let timeout = deadline(&r1);
+        run(&mut r1, timeout, Input::Tick);
+        let t = deadline(&r1);
+        run(&mut r1, t, Input::Persisted { write: 1 });
+        let out = run(&mut r1, t, peer(N2, vote(2, true)));
+        let noop = entry(2, 6, vec![]);
+        assert_eq!(
+            out[1],
+            send(N2, append_entries(2, N1, (5, 1), vec![noop.clone()], 0))
+        );
+        // Node 2 has only epochs 1 and 2.
+        let out = run(&mut r1, t + 1, peer(N2, reply(2, false, 2, None)));
+        assert_eq!(
+            out,
+            vec![send(
+                N2,
+                append_entries(2, N1, (2, 1), log[2..4].to_vec(), 0)
+            )]
+        );
+        // Success: stream the rest, at most two entries a message.
+        let out = run(&mut r1, t + 2, peer(N2, reply(2, true, 4, None)));
+        assert_eq!(
+            out,
+            vec![send(
+                N2,
+                append_entries(2, N1, (4, 1), vec![log[4].clone(), noop], 0)
+            )]
+        );
+        run(&mut r1, t + 3, Input::Persisted { write: 2 });
+        // Epoch 6 is of this term and on a majority: epochs 1..=6 commit together.
+        let out = run(&mut r1, t + 4, peer(N2, reply(2, true, 6, None)));
+        assert_eq!(out.len(), 6);
+        assert_eq!(r1.commit_epoch(), Epoch(6));
+    }
+
+    #[test]
+    fn lost_append_entries_are_retransmitted_on_the_heartbeat() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        let t = elect_n1(&mut r1, &mut r2);
+        run(&mut r1, t + 1, Input::Submit(txn(1, 1)));
+        let e2 = entry(1, 2, vec![txn(1, 1)]);
+        let out = run(&mut r1, t + 5_001, Input::Tick);
+        let lost = send(N2, append_entries(1, N1, (1, 1), vec![e2.clone()], 1));
+        assert_eq!(out[1], lost);
+        // That message is lost. At the first heartbeat it is 25 ms old, not yet presumed
+        // lost: node 2 gets a plain heartbeat. Node 3 never answered the probe sent at
+        // election time, so it is probed again, with everything it may lack.
+        let heartbeat_at = deadline(&r1);
+        assert_eq!(heartbeat_at, t + 30_000);
+        let probe = append_entries(1, N1, (0, 0), vec![entry(1, 1, vec![]), e2.clone()], 1);
+        assert_eq!(
+            run(&mut r1, heartbeat_at, Input::Tick),
+            vec![
+                send(N2, append_entries(1, N1, (1, 1), vec![], 1)),
+                send(N3, probe.clone()),
+            ]
+        );
+        // A heartbeat later both are presumed lost and sent again.
+        assert_eq!(
+            run(&mut r1, heartbeat_at + 30_000, Input::Tick),
+            vec![lost, send(N3, probe)]
+        );
+    }
+
+    #[test]
+    fn a_leader_without_a_quorum_steps_down() {
+        let (mut r1, mut r2) = (replica(N1, 3), replica(N2, 3));
+        let t = elect_n1(&mut r1, &mut r2);
+        run(&mut r1, t + 1, Input::Submit(txn(1, 1)));
+        // Node 2 answered during the first period: still leading after it.
+        let mut now = t;
+        while now < t + 300_000 {
+            now = deadline(&r1);
+            run(&mut r1, now, Input::Tick);
+        }
+        assert!(r1.is_leader());
+        // Nobody answers for a whole election timeout: step down, hand back calls.
+        run(&mut r1, now + 1, Input::Submit(txn(1, 2)));
+        let mut handed_back = Vec::new();
+        while r1.is_leader() {
+            now = deadline(&r1);
+            handed_back.extend(run(&mut r1, now, Input::Tick));
+        }
+        assert!(now <= t + 600_000);
+        assert!(
+            handed_back
+                .iter()
+                .all(|o| !matches!(o, Output::Committed(_)))
+        );
+        assert_eq!(r1.stats().step_downs, 1);
+        assert_eq!(r1.term(), 1);
+    }
+
+    #[test]
+    fn a_restarted_replica_emits_committed_batches_again_from_epoch_one() {
+        let log = vec![entry(1, 1, vec![]), entry(1, 2, vec![txn(1, 1)])];
+        let durable = Durable {
+            term: 1,
+            voted_for: Some(N1),
+            log: log.clone(),
+        };
+        let mut r2 = recovered(N2, 3, durable);
+        assert_eq!(r2.commit_epoch(), Epoch(0), "the commit epoch is volatile");
+        let out = run(
+            &mut r2,
+            0,
+            peer(N1, append_entries(1, N1, (2, 1), vec![], 2)),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Output::Committed(log[0].batch.clone()),
+                Output::Committed(log[1].batch.clone()),
+                send(N1, reply(1, true, 2, None)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_pipeline_keeps_the_epoch_open_and_pushes_back() {
+        let mut c = config(N1, 1);
+        c.batching.batch_txns_max = 1;
+        c.uncommitted_epochs_max = 1;
+        let mut r = Replica::new(c, Durable::default(), DetRng::new(1));
+        run(&mut r, 0, Input::Tick);
+        run(&mut r, 0, Input::Persisted { write: 1 });
+        run(&mut r, 0, Input::Persisted { write: 2 });
+        let e2 = entry(1, 2, vec![txn(1, 1)]);
+        assert_eq!(
+            run(&mut r, 1, Input::Submit(txn(1, 1))),
+            vec![persist(3, None, None, vec![e2.clone()])]
+        );
+        // Epoch 2 is uncommitted: epoch 3 fills but cannot close.
+        assert!(run(&mut r, 2, Input::Submit(txn(1, 2))).is_empty());
+        assert_eq!(
+            run(&mut r, 3, Input::Submit(txn(1, 3))),
+            vec![Output::NotLeader {
+                txn: txn(1, 3),
+                leader: Some(N1)
+            }]
+        );
+        assert!(
+            r.next_deadline().unwrap() > Time(3),
+            "no tick storm for the held epoch"
+        );
+        assert_eq!(
+            run(&mut r, 4, Input::Persisted { write: 3 }),
+            vec![
+                Output::Committed(e2.batch),
+                persist(4, None, None, vec![entry(1, 3, vec![txn(1, 2)])]),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_peer_messages_are_dropped_and_counted() {
+        let mut r = replica(N2, 3);
+        let gap = append_entries(1, N1, (0, 0), vec![entry(1, 2, vec![])], 0);
+        assert!(run(&mut r, 0, peer(N1, gap)).is_empty());
+        let future_term = append_entries(1, N1, (0, 0), vec![entry(2, 1, vec![])], 0);
+        assert!(run(&mut r, 0, peer(N1, future_term)).is_empty());
+        let impostor = append_entries(1, N3, (0, 0), vec![], 0);
+        assert!(run(&mut r, 0, peer(N1, impostor)).is_empty());
+        let stranger = request_vote(1, NodeId(7), (0, 0));
+        assert!(run(&mut r, 0, peer(NodeId(7), stranger)).is_empty());
+        let mut old = entry(1, 1, vec![]);
+        Arc::make_mut(&mut old.batch).version = LOG_FORMAT_VERSION + 1;
+        assert!(
+            run(
+                &mut r,
+                0,
+                peer(N1, append_entries(1, N1, (0, 0), vec![old], 0))
+            )
+            .is_empty()
+        );
+        assert_eq!(r.stats().malformed, 5);
+        assert_eq!(r.term(), 0);
+    }
+
+    #[test]
+    fn durable_state_in_an_unknown_log_format_is_refused() {
+        let mut e = entry(1, 1, vec![]);
+        Arc::make_mut(&mut e.batch).version = 7;
+        let durable = Durable {
+            term: 1,
+            voted_for: None,
+            log: vec![e],
+        };
+        let error = durable.validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "log entry 1 is in log format version 7; this build understands version \
+                 {LOG_FORMAT_VERSION}"
+            )
+        );
+        let gap = Durable {
+            term: 1,
+            voted_for: None,
+            log: vec![entry(1, 2, vec![])],
+        };
+        assert!(matches!(gap.validate(), Err(DurableError::Epoch { .. })));
+        let ahead = Durable {
+            term: 1,
+            voted_for: None,
+            log: vec![entry(2, 1, vec![])],
+        };
+        assert!(matches!(ahead.validate(), Err(DurableError::Term { .. })));
+    }
+
+    #[test]
+    #[should_panic(expected = "refusing the durable state of replica 1")]
+    fn new_refuses_an_unreadable_log() {
+        let mut e = entry(1, 1, vec![]);
+        Arc::make_mut(&mut e.batch).version = 7;
+        let durable = Durable {
+            term: 1,
+            voted_for: None,
+            log: vec![e],
+        };
+        recovered(N1, 1, durable);
+    }
+
+    #[test]
+    fn persisted_may_skip_ids_and_repeat() {
+        let mut r = replica(N1, 1);
+        run(&mut r, 0, Input::Tick);
+        run(&mut r, 0, Input::Persisted { write: 1 });
+        run(&mut r, 1, Input::Submit(txn(1, 1)));
+        run(&mut r, 5_001, Input::Tick);
+        // Writes 2 (the empty batch) and 3 become durable together.
+        let out = run(&mut r, 5_002, Input::Persisted { write: 3 });
+        assert_eq!(out.len(), 2);
+        assert!(run(&mut r, 5_003, Input::Persisted { write: 2 }).is_empty());
+        assert_eq!(r.commit_epoch(), Epoch(2));
+    }
 }

@@ -84,6 +84,10 @@ impl FaultConfig {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FaultPlan {
     pub(crate) crash_chance: f64,
+    /// Chance of crashing a replica right around the sync of a write recording its vote.
+    pub(crate) crash_after_vote_chance: f64,
+    /// Chance of crashing a replica right around the sync of appended entries.
+    pub(crate) crash_after_append_chance: f64,
     pub(crate) tear_chance: f64,
     pub(crate) partition_chance: f64,
     pub(crate) reset_chance: f64,
@@ -91,6 +95,8 @@ pub(crate) struct FaultPlan {
     pub(crate) duplicate_chance: f64,
     /// Virtual time between fault opportunities.
     pub(crate) interval_us: u64,
+    /// The longest a crashed node stays down before it restarts.
+    pub(crate) downtime_max_us: u64,
 }
 
 impl FaultPlan {
@@ -102,17 +108,22 @@ impl FaultPlan {
         };
         FaultPlan {
             crash_chance: on(config.crashes, &[0.05, 0.1, 0.2]),
+            crash_after_vote_chance: on(config.crashes, &[0.05, 0.2, 0.5]),
+            crash_after_append_chance: on(config.crashes, &[0.001, 0.01, 0.03]),
             tear_chance: on(config.torn_writes, &[0.3, 0.7, 1.0]),
             partition_chance: on(config.partitions, &[0.03, 0.08, 0.15]),
             reset_chance: on(config.resets, &[0.05, 0.15, 0.3]),
             spike_chance: on(config.delay_spikes, &[0.005, 0.02, 0.05]),
             duplicate_chance: on(config.duplicates, &[0.3, 0.6, 1.0]),
             interval_us: *rng.pick(&[10_000, 30_000, 100_000]),
+            downtime_max_us: *rng.pick(&[50_000, 300_000, 1_000_000]),
         }
     }
 
     pub(crate) fn any(&self) -> bool {
         self.crash_chance > 0.0
+            || self.crash_after_vote_chance > 0.0
+            || self.crash_after_append_chance > 0.0
             || self.partition_chance > 0.0
             || self.reset_chance > 0.0
             || self.duplicate_chance > 0.0

@@ -64,9 +64,31 @@ impl SeedReport {
     }
 }
 
-/// Runs and checks one seed.
+/// Runs and checks one seed. A panic inside a machine (a broken assertion) is a failure of
+/// the seed, reported with its message, not the end of the sweep.
 pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
-    let run = world::World::new(config.clone())?.run();
+    let world = world::World::new(config.clone())?;
+    let run = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run())) {
+        Ok(run) => run,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            return Ok(SeedReport {
+                seed: config.seed,
+                failures: vec![format!("panicked: {message}")],
+                digest: String::new(),
+                calls: 0,
+                committed: 0,
+                aborted: 0,
+                epochs: 0,
+                virtual_us: 0,
+                faults: FaultCounts::default(),
+            });
+        }
+    };
     let verdict = check::check_all(&run);
     let digest = digest(&run, &verdict.state);
     Ok(SeedReport {

@@ -52,6 +52,8 @@ enum Bug {
     Reorder,
     /// The executor applies writes to keys other partitions own.
     WriteOutsidePartition,
+    /// A restarted executor resumes one epoch too late.
+    ReplayFromWrongEpoch,
     /// The leader commits a batch before a quorum made it durable.
     AckBeforeQuorum,
     /// A restarted replica forgets its term and vote.
@@ -67,6 +69,7 @@ impl Bug {
         match self {
             Bug::Reorder => "reorder",
             Bug::WriteOutsidePartition => "write-outside-partition",
+            Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
             Bug::ForgetVote => "forget-vote",
             Bug::CommitUncommitted => "commit-uncommitted",
@@ -132,6 +135,14 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<bool> {
     let Command::Run(args) = Cli::parse().command;
+    // A panicking seed is reported as a failure with its message; keep stderr to one line.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("panic{at}");
+    }));
     let (first, count) = match args.seed {
         Some(s) => (s, 1),
         None => (args.first_seed, args.seeds),
@@ -139,6 +150,7 @@ fn real_main() -> Result<bool> {
     let bugs = Bugs {
         reorder: matches!(args.bug, Some(Bug::Reorder)),
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
+        replay_from_wrong_epoch: matches!(args.bug, Some(Bug::ReplayFromWrongEpoch)),
     };
     let replica_bugs = ReplicaBugs {
         ack_before_quorum: matches!(args.bug, Some(Bug::AckBeforeQuorum)),

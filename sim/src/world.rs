@@ -115,6 +115,12 @@ enum Event {
         incarnation: u64,
     },
     Restart(Addr),
+    /// A crash aimed at a particular step of a replica (around the sync of a write that
+    /// records its vote, or of entries it appended).
+    StepCrash {
+        r: u32,
+        incarnation: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +222,9 @@ pub struct CallRecord {
 /// Seeded network and disk timing, chosen per seed (swarm testing).
 #[derive(Clone, Copy, Debug)]
 struct Timing {
+    /// The replicas' election timeout range and heartbeat: tight profiles make elections,
+    /// split votes and stale leaders common.
+    election_us: (u64, u64, u64),
     latency_max_us: u64,
     fsync_max_us: u64,
     think_max_us: u64,
@@ -303,6 +312,9 @@ struct ReplicaNode {
     last_write: u64,
     /// Plan subscriptions: partition → next epoch to send.
     subscribers: BTreeMap<PartitionId, Epoch>,
+    /// The batches this incarnation reported committed, in order: the plan server trusts
+    /// `Committed` outputs, as a production driver must.
+    committed: Vec<Arc<Batch>>,
 }
 
 struct ExecutorNode {
@@ -386,6 +398,11 @@ impl World {
         let mut rng = DetRng::new(config.seed);
         let workload_rng = rng.fork(1);
         let timing = Timing {
+            election_us: *rng.pick(&[
+                (150_000, 300_000, 30_000),
+                (40_000, 80_000, 10_000),
+                (15_000, 30_000, 4_000),
+            ]),
             latency_max_us: *rng.pick(&[20, 200, 1_000, 5_000]),
             fsync_max_us: *rng.pick(&[100, 1_000, 10_000]),
             think_max_us: *rng.pick(&[0, 500, 5_000]),
@@ -433,6 +450,7 @@ impl World {
                 sync_scheduled: false,
                 last_write: 0,
                 subscribers: BTreeMap::new(),
+                committed: Vec::new(),
             })
             .collect();
         let gateways = (0..config.gateways)
@@ -648,6 +666,13 @@ impl World {
             Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),
             Event::ReplicaTimer { r, incarnation } => self.on_replica_timer(r, incarnation),
             Event::Restart(addr) => self.start(addr),
+            Event::StepCrash { r, incarnation } => {
+                if self.replicas[r as usize].incarnation == incarnation && !self.healed {
+                    // Back within the same election, to meet the messages of that term.
+                    let downtime = self.rng.range(100, 10_000);
+                    self.crash(Addr::Replica(r), downtime);
+                }
+            }
         }
     }
 
@@ -752,6 +777,11 @@ impl World {
         );
         config.batching.epoch_duration_us = self.config.epoch_duration_us;
         config.batching.batch_txns_max = self.config.batch_txns_max;
+        (
+            config.election_timeout_min_us,
+            config.election_timeout_max_us,
+            config.heartbeat_us,
+        ) = self.timing.election_us;
         let rng = self.rng.fork(u64::from(r) + 1000);
         let mut machine = Replica::new(config, durable, rng);
         machine.set_bugs(self.config.replica_bugs);
@@ -762,6 +792,7 @@ impl World {
         node.sync_scheduled = false;
         node.last_write = 0;
         node.subscribers.clear();
+        node.committed.clear();
         self.arm_replica_timer(r);
     }
 
@@ -794,7 +825,7 @@ impl World {
         );
     }
 
-    fn crash(&mut self, addr: Addr) {
+    fn crash(&mut self, addr: Addr, downtime_us: u64) {
         if !self.is_up(addr) {
             return;
         }
@@ -829,8 +860,7 @@ impl World {
             }
             Addr::Gateway(g) => self.gateways[g as usize].machine = None,
         }
-        let downtime = self.rng.range(20_000, 1_000_000);
-        self.schedule(self.now.plus_us(downtime), Event::Restart(addr));
+        self.schedule(self.now.plus_us(downtime_us), Event::Restart(addr));
     }
 
     /// A node's connection to `peer` was re-established after a reset, partition or
@@ -900,8 +930,14 @@ impl World {
         }
         let servers = self.servers();
         if self.rng.chance(self.plan.crash_chance) {
-            let victim = *self.rng.pick(&servers);
-            self.crash(victim);
+            // Replicas are where ordering is decided: they take half the crashes.
+            let victim = if self.rng.chance(0.5) {
+                Addr::Replica(self.rng.below(u64::from(self.config.replicas)) as u32)
+            } else {
+                *self.rng.pick(&servers)
+            };
+            let downtime = self.rng.range(1_000, self.plan.downtime_max_us);
+            self.crash(victim, downtime);
         }
         if self.rng.chance(self.plan.partition_chance) {
             self.start_partition(&servers);
@@ -926,43 +962,61 @@ impl World {
 
     fn start_partition(&mut self, servers: &[Addr]) {
         self.counts.partitions += 1;
-        let mut side: BTreeSet<Addr> = BTreeSet::new();
-        match self.rng.below(3) {
-            // Isolate one node.
-            0 => {
-                side.insert(*self.rng.pick(servers));
-            }
-            // A minority of replicas with some other nodes, against the rest.
-            1 => {
-                let minority = (self.config.replicas - 1) / 2;
-                for r in 0..minority.max(1) {
-                    side.insert(Addr::Replica(
-                        (r + self.rng.below(u64::from(self.config.replicas)) as u32)
-                            % self.config.replicas,
-                    ));
-                }
-                for s in servers.iter().filter(|s| !matches!(s, Addr::Replica(_))) {
-                    if self.rng.chance(0.5) {
-                        side.insert(*s);
-                    }
-                }
-            }
-            // A random split.
-            _ => {
-                for s in servers {
-                    if self.rng.chance(0.5) {
-                        side.insert(*s);
-                    }
-                }
-            }
-        }
-        let one_way = self.rng.chance(0.3);
         let mut cut = BTreeSet::new();
-        for a in &side {
-            for b in servers.iter().filter(|b| !side.contains(b)) {
-                cut.insert((*a, *b));
-                if !one_way {
-                    cut.insert((*b, *a));
+        let one_way = self.rng.chance(0.3);
+        let block = |a: Addr, b: Addr, cut: &mut BTreeSet<(Addr, Addr)>| {
+            cut.insert((a, b));
+            if !one_way {
+                cut.insert((b, a));
+            }
+        };
+        let kind = self.rng.below(4);
+        if kind == 0 {
+            // A partial partition: one link fails while both ends still reach everyone else
+            // (Jepsen's "bridge" family). Half the time between two replicas.
+            let (a, b) = if self.rng.chance(0.5) && self.config.replicas > 1 {
+                let a = self.rng.below(u64::from(self.config.replicas)) as u32;
+                let b = (a + 1 + self.rng.below(u64::from(self.config.replicas) - 1) as u32)
+                    % self.config.replicas;
+                (Addr::Replica(a), Addr::Replica(b))
+            } else {
+                (*self.rng.pick(servers), *self.rng.pick(servers))
+            };
+            if a != b {
+                block(a, b, &mut cut);
+            }
+        } else {
+            let mut side: BTreeSet<Addr> = BTreeSet::new();
+            match kind {
+                // Isolate one node.
+                1 => {
+                    side.insert(*self.rng.pick(servers));
+                }
+                // A minority of replicas with some other nodes, against the rest.
+                2 => {
+                    let minority = ((self.config.replicas - 1) / 2).max(1);
+                    let first = self.rng.below(u64::from(self.config.replicas)) as u32;
+                    for r in 0..minority {
+                        side.insert(Addr::Replica((first + r) % self.config.replicas));
+                    }
+                    for s in servers.iter().filter(|s| !matches!(s, Addr::Replica(_))) {
+                        if self.rng.chance(0.5) {
+                            side.insert(*s);
+                        }
+                    }
+                }
+                // A random split.
+                _ => {
+                    for s in servers {
+                        if self.rng.chance(0.5) {
+                            side.insert(*s);
+                        }
+                    }
+                }
+            }
+            for a in &side {
+                for b in servers.iter().filter(|b| !side.contains(b)) {
+                    block(*a, *b, &mut cut);
                 }
             }
         }
@@ -1203,6 +1257,20 @@ impl World {
     }
 
     fn persist(&mut self, r: u32, write: LogWrite) {
+        let aimed = if write.hard_state.is_some() {
+            self.plan.crash_after_vote_chance
+        } else if !write.append.is_empty() {
+            self.plan.crash_after_append_chance
+        } else {
+            0.0
+        };
+        if !self.healed && aimed > 0.0 && self.rng.chance(aimed) {
+            let incarnation = self.replicas[r as usize].incarnation;
+            let at = self
+                .now
+                .plus_us(1 + self.rng.below(self.timing.fsync_max_us * 2));
+            self.schedule(at, Event::StepCrash { r, incarnation });
+        }
         let record = codec::encode(&(
             write.id,
             write.hard_state,
@@ -1248,20 +1316,27 @@ impl World {
                 self.committed.insert(batch.epoch, batch.clone());
             }
         }
+        let node = &mut self.replicas[r as usize];
+        assert_eq!(
+            batch.epoch.0,
+            node.committed.len() as u64 + 1,
+            "replica {r} reported epoch {} out of order",
+            batch.epoch
+        );
+        node.committed.push(batch);
         self.serve_plans(r);
     }
 
     /// Sends each subscribed partition the plans of the epochs this replica has committed.
     fn serve_plans(&mut self, r: u32) {
         let node = &self.replicas[r as usize];
-        let Some(machine) = &node.machine else { return };
-        let commit = machine.commit_epoch();
+        if node.machine.is_none() {
+            return;
+        }
         let mut sends = Vec::new();
         for (p, next) in &node.subscribers {
-            let mut epoch = *next;
-            while epoch <= commit {
-                sends.push((*p, epoch, machine.log()[epoch.0 as usize - 1].batch.clone()));
-                epoch = epoch.next();
+            for batch in node.committed.iter().skip(next.0 as usize - 1) {
+                sends.push((*p, batch.epoch, batch.clone()));
             }
         }
         for (p, epoch, batch) in sends {
