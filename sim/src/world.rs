@@ -1349,10 +1349,10 @@ impl World {
     }
 
     fn plan_for(&mut self, epoch: Epoch, batch: &Arc<Batch>, p: PartitionId) -> Arc<Plan> {
-        if let Some((cached, plans)) = self.plan_cache.get(&epoch) {
-            if Arc::ptr_eq(cached, batch) || **cached == **batch {
-                return plans[p.0 as usize].clone();
-            }
+        if let Some((cached, plans)) = self.plan_cache.get(&epoch)
+            && (Arc::ptr_eq(cached, batch) || **cached == **batch)
+        {
+            return plans[p.0 as usize].clone();
         }
         let plans: Vec<Arc<Plan>> = detflow_scheduler::schedule(batch, &self.map)
             .unwrap_or_else(|e| panic!("a replica committed a batch the scheduler refuses: {e}"))

@@ -40,22 +40,18 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
         match record.replies.first() {
             // Unanswered calls are the liveness checker's; one never answered may be in the
             // log at most once (checked above).
-            None => {}
-            Some(Reply::Done { position, .. }) => {
-                if positions != [*position] {
-                    failures.push(format!(
-                        "{call} was answered for position {position} but the log holds it at {positions:?}"
-                    ));
-                }
+            Some(Reply::Done { position, .. }) if positions != [*position] => {
+                failures.push(format!(
+                    "{call} was answered for position {position} but the log holds it at {positions:?}"
+                ));
             }
-            Some(Reply::Rejected(reason)) => {
-                if !positions.is_empty() {
-                    failures.push(format!(
-                        "{call} was refused ({reason}) yet ordered at {positions:?}"
-                    ));
-                }
+            Some(Reply::Rejected(reason)) if !positions.is_empty() => {
+                failures.push(format!(
+                    "{call} was refused ({reason}) yet ordered at {positions:?}"
+                ));
             }
             Some(Reply::Unavailable) => failures.push(format!("{call} ended Unavailable")),
+            None | Some(Reply::Done { .. }) | Some(Reply::Rejected(_)) => {}
         }
     }
     for ((client, seq), positions) in in_log {
