@@ -1,5 +1,14 @@
 //! The sequencer: orders submitted transactions into epochs and appends them to the log.
 //!
+//! Two machines share one batching rule and one de-duplication table:
+//!
+//! - [`Sequencer`]: a single replica whose log is durable once the local disk says so.
+//! - [`Replica`] (module [`replica`]): one member of a replicated group running Raft over
+//!   the log of batches, for which "committed" means durable on a majority. See that
+//!   module for its contract and the order in which a driver calls it.
+//!
+//! The single-replica sequencer:
+//!
 //! ```text
 //!  Submit(txn) ──┐                 ┌──▶ Persist(batch)     the driver makes it durable …
 //!  Tick ─────────┼─▶ Sequencer ────┼──▶ Committed(batch)   … and once it says Persisted,
@@ -10,8 +19,7 @@
 //! `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions. Closing
 //! emits [`Output::Persist`]; the log append is committed only when the driver answers
 //! [`Input::Persisted`], in epoch order. With one replica "durable" means fsynced
-//! locally; replication slots in between `Persist` and `Persisted` later without changing
-//! this shape.
+//! locally.
 //!
 //! A submission `(client, seq)` already in the log, or in a batch on its way there, is
 //! not appended again: it yields [`Output::Duplicate`].

@@ -660,26 +660,8 @@ impl Replica {
         self.role = Role::Follower;
         self.leader = Some(msg.leader);
         self.election_deadline = Some(self.election_timeout(now));
-
-        if msg.prev_epoch > self.last_epoch() {
-            self.send_append_reply(msg.leader, false, self.last_epoch(), None);
-            return;
-        }
-        let term_there = self.term_at(msg.prev_epoch);
-        if term_there != msg.prev_term {
-            assert!(
-                msg.prev_epoch > self.commit,
-                "leader {} disagrees with committed epoch {}",
-                msg.leader,
-                msg.prev_epoch
-            );
-            // Skip the whole run of the conflicting term; committed entries match anyway.
-            let mut first = msg.prev_epoch;
-            while first.0 > 1 && self.term_at(Epoch(first.0 - 1)) == term_there {
-                first = Epoch(first.0 - 1);
-            }
-            let hint = Epoch(first.0 - 1).max(self.commit);
-            self.send_append_reply(msg.leader, false, hint, Some(term_there));
+        if msg.prev_epoch > self.last_epoch() || self.term_at(msg.prev_epoch) != msg.prev_term {
+            self.reject_append(msg.leader, msg.prev_epoch);
             return;
         }
         if !msg.entries.is_empty() && self.pending_writes.len() >= PENDING_WRITES_MAX {
@@ -687,17 +669,7 @@ impl Replica {
             return;
         }
         let match_epoch = Epoch(msg.prev_epoch.0 + msg.entries.len() as u64);
-        for entry in msg.entries {
-            let epoch = entry.epoch();
-            if epoch <= self.last_epoch() {
-                if self.term_at(epoch) == entry.term {
-                    continue;
-                }
-                self.truncate(epoch);
-            }
-            self.append(entry);
-            self.stats.entries_received += 1;
-        }
+        self.accept_entries(msg.entries);
         let commit = msg.leader_commit.min(match_epoch);
         if commit > self.commit {
             self.commit = commit;
@@ -709,6 +681,43 @@ impl Replica {
         };
         self.emit_committed(upto, out);
         self.send_append_reply(msg.leader, true, match_epoch, None);
+    }
+
+    /// Answers an AppendEntries whose `prev_epoch` this log lacks or holds with another
+    /// term, with a hint where the leader should retry.
+    fn reject_append(&mut self, leader: NodeId, prev_epoch: Epoch) {
+        if prev_epoch > self.last_epoch() {
+            self.send_append_reply(leader, false, self.last_epoch(), None);
+            return;
+        }
+        assert!(
+            prev_epoch > self.commit,
+            "leader {leader} disagrees with committed epoch {prev_epoch}"
+        );
+        // Skip the whole run of the conflicting term; committed entries match anyway.
+        let term_there = self.term_at(prev_epoch);
+        let mut first = prev_epoch;
+        while first.0 > 1 && self.term_at(Epoch(first.0 - 1)) == term_there {
+            first = Epoch(first.0 - 1);
+        }
+        let hint = Epoch(first.0 - 1).max(self.commit);
+        self.send_append_reply(leader, false, hint, Some(term_there));
+    }
+
+    /// Appends the leader's entries that follow a matching point, dropping any of ours that
+    /// conflict with them (Raft: never truncate on a mere duplicate or shorter message).
+    fn accept_entries(&mut self, entries: Vec<LogEntry>) {
+        for entry in entries {
+            let epoch = entry.epoch();
+            if epoch <= self.last_epoch() {
+                if self.term_at(epoch) == entry.term {
+                    continue;
+                }
+                self.truncate(epoch);
+            }
+            self.append(entry);
+            self.stats.entries_received += 1;
+        }
     }
 
     fn on_append_reply(
@@ -934,8 +943,8 @@ impl Replica {
             return;
         };
         // Our own vote counts only once it is durable.
-        let own = usize::from(self.persisted_write >= *write);
-        if own + votes.len() >= self.majority() && own == 1 {
+        let own_vote_durable = self.persisted_write >= *write;
+        if own_vote_durable && votes.len() + 1 >= self.majority() {
             self.become_leader(now, out);
         }
     }

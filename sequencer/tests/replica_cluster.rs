@@ -881,6 +881,7 @@ fn safe_and_live_across_seeds() {
     assert!(total.truncated > 0, "{total:?}");
     assert!(total.duplicates > 0, "{total:?}");
     assert!(total.not_leader > 0, "{total:?}");
+    assert!(total.split_terms > 50, "{total:?}");
     assert!(total.committed_calls > 10_000, "{total:?}");
 }
 

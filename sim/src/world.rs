@@ -397,14 +397,20 @@ impl World {
 
         let mut rng = DetRng::new(config.seed);
         let workload_rng = rng.fork(1);
+        let latency_max_us = *rng.pick(&[20, 200, 1_000, 5_000]);
+        let fsync_max_us = *rng.pick(&[100, 1_000, 10_000]);
+        // Tight election timeouts make elections, split votes and stale leaders common, but
+        // a spread below an election round trip (two hops, two fsyncs) can livelock.
+        let round_trip_us = 2 * (latency_max_us + fsync_max_us);
+        let election_min_us = (*rng.pick(&[150_000, 40_000, 15_000])).max(4 * round_trip_us);
         let timing = Timing {
-            election_us: *rng.pick(&[
-                (150_000, 300_000, 30_000),
-                (40_000, 80_000, 10_000),
-                (15_000, 30_000, 4_000),
-            ]),
-            latency_max_us: *rng.pick(&[20, 200, 1_000, 5_000]),
-            fsync_max_us: *rng.pick(&[100, 1_000, 10_000]),
+            election_us: (
+                election_min_us,
+                2 * election_min_us,
+                (election_min_us / 5).max(1_000),
+            ),
+            latency_max_us,
+            fsync_max_us,
             think_max_us: *rng.pick(&[0, 500, 5_000]),
             malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
         };
