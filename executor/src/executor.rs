@@ -20,7 +20,7 @@ use crate::txn::ReadView;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
     ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PartitionId, Plan, Position,
-    RequestSeq, Route, RoutedTxn, Time, TxnResult, Value,
+    RequestSeq, RoutedTxn, Time, TxnResult, Value,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -412,12 +412,12 @@ impl<S: Store> Executor<S> {
         let view = DistributedView {
             store: &self.store,
             me: self.partition,
-            routes: &txn.routes,
+            txn,
             remote,
         };
         let (outcome, writes) = serial::run(&self.registry, &txn.txn, &view);
         for (key, value) in writes.into_iter().flatten() {
-            let owned = owner_of(&txn.routes, &key) == Some(Owner::Partition(self.partition));
+            let owned = owner_of(txn, &key) == Some(Owner::Partition(self.partition));
             if owned || self.bugs.write_outside_partition {
                 self.apply(key, value);
             }
@@ -441,12 +441,9 @@ impl<S: Store> Executor<S> {
             exact: Vec::new(),
             prefixes: Vec::new(),
         };
-        let mine = txn
-            .routes
-            .iter()
-            .filter(|r| r.owner == Owner::Partition(self.partition));
-        for route in mine {
-            match &route.spec {
+        let me = Owner::Partition(self.partition);
+        for (spec, _, _) in txn.routes().filter(|(_, _, owner)| *owner == me) {
+            match spec {
                 KeySpec::Exact(k) => reads.exact.push((k.clone(), self.store.get(k))),
                 KeySpec::Prefix(p) => reads.prefixes.push((p.clone(), self.store.scan_prefix(p))),
             }
@@ -510,12 +507,11 @@ impl<S: Store> Machine for Executor<S> {
     }
 }
 
-/// The owner of the first route that may write `key`.
-fn owner_of(routes: &[Route], key: &Key) -> Option<Owner> {
-    routes
-        .iter()
-        .find(|r| r.access == detflow_protocol::Access::Write && r.spec.covers(key))
-        .map(|r| r.owner)
+/// The owner of the first footprint entry that may write `key`.
+fn owner_of(txn: &RoutedTxn, key: &Key) -> Option<Owner> {
+    txn.routes()
+        .find(|(spec, access, _)| *access == detflow_protocol::Access::Write && spec.covers(key))
+        .map(|(_, _, owner)| owner)
 }
 
 fn swap_single_partition_pairs(txns: &mut [Arc<RoutedTxn>]) {
@@ -546,14 +542,14 @@ impl<S: Store> ReadView for StoreView<'_, S> {
 struct DistributedView<'a, S: Store> {
     store: &'a S,
     me: PartitionId,
-    routes: &'a [Route],
+    txn: &'a RoutedTxn,
     remote: &'a BTreeMap<PartitionId, Arc<RemoteReads>>,
 }
 
 impl<S: Store> DistributedView<'_, S> {
     /// The reads of the partition holding `key`, or `None` if it is local.
     fn remote_for(&self, covers: impl Fn(&KeySpec) -> bool) -> Option<&RemoteReads> {
-        let owner = self.routes.iter().find(|r| covers(&r.spec))?.owner;
+        let (_, _, owner) = self.txn.routes().find(|(spec, _, _)| covers(spec))?;
         match owner {
             Owner::Partition(p) if p != self.me => self.remote.get(&p).map(|r| &**r),
             _ => None,

@@ -33,7 +33,7 @@ pub use ids::{ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq, Time};
 pub use key::{Elem, Key, SYSTEM_TABLE};
 pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};
-pub use plan::{Owner, Plan, Route, RoutedTxn};
+pub use plan::{Owner, Plan, RoutedTxn};
 pub use replication::{ENTRIES_PER_MESSAGE_LIMIT, LogEntry, PeerMessage};
 pub use rng::DetRng;
 pub use txn::{AbortReason, Batch, Outcome, Transaction, TxnResult, Value};

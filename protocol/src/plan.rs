@@ -18,17 +18,6 @@ pub enum Owner {
     Replicated,
 }
 
-/// One footprint entry with its owner.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// The key or prefix.
-    pub spec: KeySpec,
-    /// Read, or read and write.
-    pub access: Access,
-    /// Who holds it.
-    pub owner: Owner,
-}
-
 /// A transaction with its place in the order and its routing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutedTxn {
@@ -36,8 +25,9 @@ pub struct RoutedTxn {
     pub position: Position,
     /// The transaction as sequenced.
     pub txn: Arc<Transaction>,
-    /// Its footprint entries, each with an owner.
-    pub routes: Vec<Route>,
+    /// The owner of each footprint entry, in footprint order (empty when rejected). Kept
+    /// apart from the entries so routing copies no key.
+    pub owners: Vec<Owner>,
     /// Partitions owning a key of the footprint, ascending. Never empty: a transaction that
     /// touches nothing (or cannot be routed) goes to partition 0, which reports its result.
     pub participants: Vec<PartitionId>,
@@ -48,6 +38,16 @@ pub struct RoutedTxn {
 }
 
 impl RoutedTxn {
+    /// Each footprint entry with its access and owner, in footprint order.
+    pub fn routes(&self) -> impl Iterator<Item = (&KeySpec, Access, Owner)> + '_ {
+        self.txn
+            .footprint
+            .entries
+            .iter()
+            .zip(&self.owners)
+            .map(|((spec, access), owner)| (spec, *access, *owner))
+    }
+
     /// The partitions that run the procedure: the active participants, or for a read-only
     /// transaction the lowest participant alone.
     pub fn executors(&self) -> &[PartitionId] {

@@ -18,7 +18,7 @@ pub use map::{PartitionMap, RouteError, SchemeError};
 
 use detflow_protocol::{
     AbortReason, Access, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId,
-    Plan, Position, Route, RoutedTxn, SYSTEM_TABLE, Transaction,
+    Plan, Position, RoutedTxn, SYSTEM_TABLE, Transaction,
 };
 use std::sync::Arc;
 
@@ -67,7 +67,7 @@ pub fn schedule(batch: &Batch, map: &PartitionMap) -> Result<Vec<Plan>, Schedule
 /// spanning partitions, a write to a replicated table) is not dropped: it goes to
 /// partition 0 with `rejected` set, and aborts there deterministically.
 pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> RoutedTxn {
-    let mut routes = Vec::with_capacity(txn.footprint.entries.len());
+    let mut owners = Vec::with_capacity(txn.footprint.entries.len());
     let mut rejected = None;
     for (spec, access) in &txn.footprint.entries {
         if spec.key().is_system() || Key::table(SYSTEM_TABLE).starts_with(spec.key()) {
@@ -84,11 +84,7 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
                 });
                 break;
             }
-            Ok(owner) => routes.push(Route {
-                spec: spec.clone(),
-                access: *access,
-                owner,
-            }),
+            Ok(owner) => owners.push(owner),
             Err(e) => {
                 rejected = Some(AbortReason::Unroutable(e.to_string()));
                 break;
@@ -99,7 +95,7 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
         return RoutedTxn {
             position,
             txn,
-            routes: Vec::new(),
+            owners: Vec::new(),
             participants: vec![PartitionId(0)],
             active: Vec::new(),
             rejected,
@@ -107,10 +103,10 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
     }
     let mut participants = Vec::new();
     let mut active = Vec::new();
-    for route in &routes {
-        if let Owner::Partition(p) = route.owner {
+    for (owner, (_, access)) in owners.iter().zip(&txn.footprint.entries) {
+        if let Owner::Partition(p) = *owner {
             participants.push(p);
-            if route.access == Access::Write {
+            if *access == Access::Write {
                 active.push(p);
             }
         }
@@ -125,7 +121,7 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
     RoutedTxn {
         position,
         txn,
-        routes,
+        owners,
         participants,
         active,
         rejected: None,
@@ -176,7 +172,7 @@ mod tests {
         assert_eq!(r.participants, vec![PartitionId(0), PartitionId(1)]);
         assert_eq!(r.active, vec![PartitionId(1)]);
         assert_eq!(r.designated(), PartitionId(1));
-        assert_eq!(r.routes[2].owner, Owner::Replicated);
+        assert_eq!(r.owners[2], Owner::Replicated);
         assert!(r.rejected.is_none());
     }
 
@@ -264,9 +260,9 @@ mod tests {
                     .map(|plan| plan.partition).collect();
                 let routed = plans.iter().flat_map(|p| &p.txns).find(|t| t.position == pos).unwrap();
                 prop_assert_eq!(&holders, &routed.participants);
-                for r in &routed.routes {
-                    if let Owner::Partition(o) = r.owner {
-                        prop_assert_eq!(Ok(Owner::Partition(o)), m.owner(r.spec.key()));
+                for (spec, _, owner) in routed.routes() {
+                    if let Owner::Partition(o) = owner {
+                        prop_assert_eq!(Ok(Owner::Partition(o)), m.owner(spec.key()));
                     }
                 }
             }
