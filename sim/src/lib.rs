@@ -23,7 +23,6 @@
 mod check;
 mod disk;
 mod faults;
-pub mod gateway;
 mod store;
 mod world;
 

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use detflow_sim::{Bugs, FaultConfig, FaultCounts, ReplicaBugs, SimConfig, run_seed};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -164,6 +164,8 @@ fn real_main() -> Result<bool> {
     let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
     let mut last_digest = None;
     let progress_every = (count / 20).max(1);
+    // Progress goes to a terminal only; logs and CI get the summary.
+    let show_progress = count >= 20 && std::io::stderr().is_terminal();
     for seed in first..first.saturating_add(count) {
         let config = SimConfig {
             partitions: args.partitions,
@@ -208,7 +210,7 @@ fn real_main() -> Result<bool> {
         if args.digest && count > 1 {
             println!("seed {seed} digest {}", report.digest);
         }
-        if count >= 20 && (seed - first + 1) % progress_every == 0 {
+        if show_progress && (seed - first + 1) % progress_every == 0 {
             eprintln!(
                 "[{}/{count}] {passed} passed, {failed} failed (last: {} calls, {} epochs, {:.3}s virtual)",
                 seed - first + 1,

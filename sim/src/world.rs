@@ -12,9 +12,9 @@
 
 use crate::disk::Disk;
 use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
-use crate::gateway::{Gateway, GatewayOutput};
 use crate::store::SimStore;
 use detflow_executor::{Bugs, Executor, Registry};
+use detflow_gateway::{Gateway, GatewayOutput};
 use detflow_protocol::message::{Call, RemoteReads, Reply};
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId,

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
-//! retry elsewhere.
+//! retry elsewhere. The simulator and the `node` runtime drive the same machine.
+
+#![forbid(unsafe_code)]
 
 use detflow_executor::Registry;
 use detflow_protocol::message::{Call, Rejection, Reply};

@@ -1,0 +1,1 @@
+//! The detflow client library.
