@@ -1,1 +1,259 @@
-//! The detflow client library.
+//! The detflow client library: typed calls over QUIC with mutual TLS, exactly once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use detflow_client::{Client, Tls};
+//! use detflow_workloads::bank::{Transfer, TransferArgs};
+//!
+//! let tls = Tls::from_dir("certs".as_ref(), "client")?;
+//! let client = Client::connect(vec!["127.0.0.1:7001".parse()?], tls).await?;
+//! let out = client
+//!     .call::<Transfer>(&TransferArgs { from: 1, to: 2, amount_cents: 500 })
+//!     .await?;
+//! println!("payer now has {} cents", out.from_balance_cents);
+//! # Ok(()) }
+//! ```
+//!
+//! A client is one session: it numbers its calls and, when a gateway is unavailable or a
+//! call times out, retries the same call (same number) through the next gateway with
+//! backoff. The cluster executes a call at most once and answers a retry with the
+//! original result, so a call that returns `Ok` executed exactly once.
+
+mod kv;
+
+pub use detflow_net::{Tls, TransportError};
+pub use kv::KvBuilder;
+
+use detflow_executor::Procedure;
+use detflow_net::{Connection, Endpoint, Limits};
+use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply};
+use detflow_protocol::{AbortReason, ClientId, Outcome, RequestSeq, codec};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Why a call did not return an output.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call executed and aborted deterministically; nothing it wrote took effect.
+    #[error("aborted: {0}")]
+    Aborted(AbortReason),
+    /// The call was refused before it was ordered; it never executes.
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    /// No gateway could take the call within the retry budget; it may or may not execute
+    /// later (retrying the same call with the same client is safe).
+    #[error("unavailable: no gateway answered after {attempts} attempts ({last})")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error seen.
+        last: String,
+    },
+    /// The output did not decode as the procedure's output type.
+    #[error("output does not decode: {0}")]
+    BadOutput(String),
+}
+
+/// How a client retries.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// How long one attempt may take.
+    pub attempt_timeout: Duration,
+    /// The first back-off; it doubles up to `backoff_max`.
+    pub backoff: Duration,
+    /// The longest back-off.
+    pub backoff_max: Duration,
+    /// Attempts before giving up with `Unavailable`.
+    pub attempts_max: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempt_timeout: Duration::from_secs(3),
+            backoff: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            attempts_max: 60,
+        }
+    }
+}
+
+/// Why a client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No gateway address was given.
+    #[error("no gateway addresses")]
+    NoGateways,
+    /// The local QUIC endpoint could not be created.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A session with a detflow cluster.
+pub struct Client {
+    endpoint: Endpoint,
+    gateways: Vec<SocketAddr>,
+    connections: Mutex<Vec<Option<Connection>>>,
+    next_gateway: AtomicU64,
+    session: ClientId,
+    next_seq: AtomicU64,
+    policy: RetryPolicy,
+}
+
+impl Client {
+    /// A new session that talks to `gateways`. Connections open lazily, on first use.
+    pub async fn connect(gateways: Vec<SocketAddr>, tls: Tls) -> Result<Client, ConnectError> {
+        if gateways.is_empty() {
+            return Err(ConnectError::NoGateways);
+        }
+        let local: SocketAddr = if gateways[0].is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = Endpoint::bind(local, &tls, Limits::default())?;
+        Ok(Client {
+            endpoint,
+            connections: Mutex::new(vec![None; gateways.len()]),
+            next_gateway: AtomicU64::new(session_seed() % gateways.len() as u64),
+            gateways,
+            session: ClientId(session_seed()),
+            next_seq: AtomicU64::new(1),
+            policy: RetryPolicy::default(),
+        })
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Client {
+        self.policy = policy;
+        self
+    }
+
+    /// This session's id.
+    pub fn session(&self) -> ClientId {
+        self.session
+    }
+
+    /// Calls procedure `P` with `args`; exactly once.
+    pub async fn call<P: Procedure>(&self, args: &P::Args) -> Result<P::Output, CallError> {
+        let output = self.call_raw(P::NAME, codec::encode(args)).await?;
+        codec::decode(&output).map_err(|e| CallError::BadOutput(e.0))
+    }
+
+    /// Calls a procedure by name with MessagePack arguments; returns its MessagePack output.
+    pub async fn call_raw(&self, procedure: &str, args: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let seq = RequestSeq(self.next_seq.fetch_add(1, Ordering::Relaxed));
+        let call = Call {
+            client: self.session,
+            seq,
+            procedure: procedure.to_owned(),
+            args,
+        };
+        let mut backoff = self.policy.backoff;
+        let mut last = String::from("no attempt made");
+        for attempt in 1..=self.policy.attempts_max {
+            let gateway =
+                self.next_gateway.fetch_add(1, Ordering::Relaxed) as usize % self.gateways.len();
+            let answer =
+                tokio::time::timeout(self.policy.attempt_timeout, self.attempt(gateway, &call))
+                    .await;
+            match answer {
+                Ok(Ok(Reply::Done { outcome, .. })) => {
+                    return match outcome {
+                        Outcome::Committed(output) => Ok(output),
+                        Outcome::Aborted(reason) => Err(CallError::Aborted(reason)),
+                    };
+                }
+                Ok(Ok(Reply::Rejected(reason))) => return Err(CallError::Rejected(reason)),
+                Ok(Ok(Reply::Unavailable)) => {
+                    last = format!("gateway {} unavailable", self.gateways[gateway])
+                }
+                Ok(Err(e)) => {
+                    last = format!("gateway {}: {e}", self.gateways[gateway]);
+                    self.connections.lock().await[gateway] = None;
+                }
+                Err(_) => last = format!("gateway {} timed out", self.gateways[gateway]),
+            }
+            tracing::debug!(attempt, %last, "retrying call");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.policy.backoff_max);
+        }
+        Err(CallError::Unavailable {
+            attempts: self.policy.attempts_max,
+            last,
+        })
+    }
+
+    async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
+        let mut conns = self.connections.lock().await;
+        if let Some(conn) = &conns[gateway] {
+            return Ok(conn.clone());
+        }
+        let conn = self.endpoint.connect(self.gateways[gateway]).await?;
+        conns[gateway] = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn attempt(&self, gateway: usize, call: &Call) -> Result<Reply, TransportError> {
+        let answer = self.request(gateway, &Message::Call(call.clone())).await?;
+        match answer {
+            Message::Reply { reply, .. } => Ok(reply),
+            other => Err(TransportError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn request(&self, gateway: usize, msg: &Message) -> Result<Message, TransportError> {
+        let conn = self.connection(gateway).await?;
+        let (mut writer, mut reader) = conn.open_bi().await?;
+        writer.send(msg).await?;
+        writer.finish()?;
+        reader
+            .recv::<Message>()
+            .await?
+            .ok_or_else(|| TransportError::Protocol("the gateway closed the stream".into()))
+    }
+
+    /// The status of the node behind each gateway address (`None` where unreachable).
+    pub async fn status(&self) -> Vec<(SocketAddr, Result<NodeStatus, String>)> {
+        let mut out = Vec::new();
+        for (i, addr) in self.gateways.iter().enumerate() {
+            let answer = tokio::time::timeout(
+                self.policy.attempt_timeout,
+                self.request(i, &Message::Status),
+            )
+            .await;
+            let status = match answer {
+                Ok(Ok(Message::StatusReply(s))) => Ok(s),
+                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".into()),
+            };
+            out.push((*addr, status));
+        }
+        out
+    }
+
+    /// A builder for an ad-hoc `kv.txn` transaction.
+    pub fn kv(&self) -> KvBuilder<'_> {
+        KvBuilder::new(self)
+    }
+
+    /// Closes the session's connections.
+    pub fn close(&self) {
+        self.endpoint.close();
+    }
+}
+
+/// A session id: random per client, so sessions never collide.
+fn session_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's RandomState is seeded from the OS; a client may use OS randomness.
+    #[allow(clippy::disallowed_types)]
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish() | 1
+}

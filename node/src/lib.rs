@@ -1,6 +1,17 @@
 //! detflow's production runtime: the same state machines as the simulator, driven by
 //! tokio, talking QUIC with mutual TLS, storing their logs and state in fjall.
+//!
+//! - [`config`]: the TOML node configuration.
+//! - [`runtime`]: one task per machine, the router, links and listeners.
+//! - [`transport`]: QUIC endpoints with mutual TLS and length-prefixed frames.
+//! - [`storage`]: the replica log and the partition state in fjall.
+//! - [`certs`]: a development CA and certificates.
+//! - [`metrics`]: the Prometheus endpoint.
 
 pub mod certs;
+pub mod config;
+pub mod drive;
+pub mod metrics;
+pub mod runtime;
 pub mod storage;
-pub mod transport;
+pub use detflow_net as transport;

@@ -1,6 +1,528 @@
-//! `detflow`: run nodes, a local demo cluster, calls and benchmarks.
+//! `detflow`: run nodes, a local demo cluster, single calls, status and benchmarks.
 
-fn main() {
-    eprintln!("detflow: not yet implemented");
-    std::process::exit(2);
+// The command line owns the clock (timing, deadlines) and spawns processes.
+#![allow(clippy::disallowed_methods)]
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use detflow_client::{Client, Tls};
+use detflow_node::config::{Config, NodeSpec, TlsPaths};
+use detflow_node::drive::{self, DriveConfig};
+use detflow_node::{certs, runtime};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "detflow",
+    version,
+    about = "Deterministic, Calvin-style ACID transactions over QUIC",
+    long_about = "detflow orders multi-key transactions into epochs with a replicated sequencer \
+                  and executes them deterministically on partitioned executors. Start with \
+                  `detflow demo`, which runs a local cluster and a workload."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a development CA with node and client certificates.
+    Certs {
+        /// Where to write the PEM files.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many node certificates (node-1 … node-N).
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Replace an existing CA in `--out`.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one node with the roles its configuration gives it.
+    Node {
+        /// The node's TOML configuration (see README).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override `metrics_listen`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Start a local cluster as separate processes, drive a workload, report, shut down.
+    Demo(DemoArgs),
+    /// Measure throughput and latency against a local (default) or existing cluster.
+    Bench(BenchArgs),
+    /// Make one call and print its output as JSON.
+    Call {
+        /// The procedure, e.g. bank.balance.
+        name: String,
+        /// The arguments as JSON, e.g. '{"account": 3}'.
+        #[arg(long, default_value = "null")]
+        args: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Show each node's view: leader, committed epoch, partitions' applied epochs.
+    Status {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// Gateway addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    connect: Vec<SocketAddr>,
+    /// The folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+struct DemoArgs {
+    /// Sequencer replicas, one per node process (1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Executor partitions, spread over the nodes.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// The workload to drive (bank, ycsb or kv).
+    #[arg(long, default_value = "bank")]
+    workload: String,
+    /// How long to drive it, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 32)]
+    clients: u32,
+    /// Keep the cluster's folder (certificates, configs, logs, data) instead of deleting it.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The workload (bank, ycsb or kv).
+    workload: String,
+    /// How long to measure, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 32)]
+    clients: u32,
+    /// Measure an existing cluster at these gateways instead of an embedded local one.
+    #[arg(long, value_delimiter = ',')]
+    connect: Vec<SocketAddr>,
+    /// With --connect: the folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// With --connect: the cluster's partition count.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("detflow: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("detflow: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Certs { out, nodes, force } => {
+            let paths = if force {
+                certs::regenerate(&out, nodes)?
+            } else {
+                certs::generate(&out, nodes)?
+            };
+            println!(
+                "wrote a development CA, {} node certificates and a client certificate to {}",
+                paths.nodes.len(),
+                paths.dir.display()
+            );
+            Ok(true)
+        }
+        Cmd::Node {
+            config,
+            listen,
+            data_dir,
+            metrics_listen,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            if metrics_listen.is_some() {
+                config.metrics_listen = metrics_listen;
+            }
+            let node = runtime::Node::start(config).await?;
+            wait_for_shutdown().await;
+            node.shutdown().await;
+            Ok(true)
+        }
+        Cmd::Demo(args) => demo(args).await,
+        Cmd::Bench(args) => bench(args).await,
+        Cmd::Call {
+            name,
+            args,
+            connect,
+        } => call(&name, &args, &connect).await,
+        Cmd::Status { connect } => status(&connect).await,
+    }
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// A local cluster of node processes in a folder of its own.
+struct LocalCluster {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    children: Vec<Child>,
+    gateways: Vec<SocketAddr>,
+}
+
+impl LocalCluster {
+    fn start(
+        replicas: u32,
+        partitions: u32,
+        workload: &str,
+        keep: Option<PathBuf>,
+    ) -> Result<LocalCluster> {
+        if ![1, 3, 5].contains(&replicas) {
+            bail!("--replicas must be 1, 3 or 5");
+        }
+        if partitions == 0 {
+            bail!("--partitions must be at least 1");
+        }
+        detflow_workloads::by_name(workload, partitions)?;
+        let (dir, temp) = match keep {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                (dir, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("detflow-demo-").tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let paths = certs::regenerate(&dir.join("certs"), replicas)?;
+        let ports = free_ports(replicas as usize)?;
+        let cluster: Vec<NodeSpec> = (0..replicas)
+            .map(|i| NodeSpec {
+                id: i + 1,
+                addr: SocketAddr::from(([127, 0, 0, 1], ports[i as usize])),
+                replica: true,
+                gateway: true,
+                partitions: (0..partitions).filter(|p| p % replicas == i).collect(),
+            })
+            .collect();
+        let exe = std::env::current_exe().context("locating the detflow binary")?;
+        let mut children = Vec::new();
+        for spec in &cluster {
+            let identity = &paths.nodes[spec.id as usize - 1];
+            let config = Config {
+                id: spec.id,
+                listen: spec.addr,
+                data_dir: dir.join(format!("node-{}", spec.id)),
+                workload: workload.to_owned(),
+                epoch_us: 5_000,
+                metrics_listen: None,
+                tls: TlsPaths {
+                    ca: paths.ca.cert.clone(),
+                    cert: identity.cert.clone(),
+                    key: identity.key.clone(),
+                },
+                cluster: cluster.clone(),
+            };
+            let path = dir.join(format!("node-{}.toml", spec.id));
+            std::fs::write(&path, config.to_toml())?;
+            let log = std::fs::File::create(dir.join(format!("node-{}.log", spec.id)))?;
+            let child = Command::new(&exe)
+                .arg("node")
+                .arg("--config")
+                .arg(&path)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting node {}", spec.id))?;
+            children.push(child);
+        }
+        Ok(LocalCluster {
+            dir,
+            _temp: temp,
+            children,
+            gateways: cluster.iter().map(|n| n.addr).collect(),
+        })
+    }
+
+    fn tls(&self) -> Result<Tls> {
+        Ok(Tls::from_dir(&self.dir.join("certs"), "client")?)
+    }
+
+    /// Waits until every node answers and a leader is elected.
+    async fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let client = Client::connect(self.gateways.clone(), self.tls()?).await?;
+        let start = Instant::now();
+        loop {
+            for (i, child) in self.children.iter_mut().enumerate() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "node {} exited ({status}); see {}",
+                        i + 1,
+                        self.dir.join(format!("node-{}.log", i + 1)).display()
+                    );
+                }
+            }
+            let statuses = client.status().await;
+            let up = statuses.iter().filter(|(_, s)| s.is_ok()).count();
+            let leader = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .any(|s| s.replica.is_some_and(|(_, leader, _)| leader.is_some()));
+            if up == statuses.len() && leader {
+                client.close();
+                return Ok(());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "the cluster was not ready within {within:?} ({up} of {} nodes answer)",
+                    statuses.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        for child in &self.children {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        for mut child in self.children.drain(..) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+async fn demo(args: DemoArgs) -> Result<bool> {
+    println!(
+        "starting a local cluster: {} node processes (each a sequencer replica and a gateway), {} partitions, workload {}",
+        args.replicas, args.partitions, args.workload
+    );
+    let mut cluster = LocalCluster::start(
+        args.replicas,
+        args.partitions,
+        &args.workload,
+        args.keep.clone(),
+    )?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    println!(
+        "cluster ready; driving {} sessions for {:?}",
+        args.clients, args.duration
+    );
+    let report = drive::drive(
+        cluster.gateways.clone(),
+        cluster.tls()?,
+        DriveConfig {
+            workload: args.workload.clone(),
+            partitions: args.partitions,
+            clients: args.clients,
+            duration: args.duration,
+            progress: true,
+        },
+    )
+    .await?;
+    drive::print(&report);
+    cluster.stop();
+    println!("cluster stopped");
+    Ok(report.invariants.is_ok())
+}
+
+async fn bench(args: BenchArgs) -> Result<bool> {
+    let config = DriveConfig {
+        workload: args.workload.clone(),
+        partitions: args.partitions,
+        clients: args.clients,
+        duration: args.duration,
+        progress: !args.json,
+    };
+    let report = if args.connect.is_empty() {
+        let mut cluster = LocalCluster::start(3, args.partitions, &args.workload, None)?;
+        cluster.wait_ready(Duration::from_secs(30)).await?;
+        let report = drive::drive(cluster.gateways.clone(), cluster.tls()?, config).await?;
+        cluster.stop();
+        report
+    } else {
+        let tls = Tls::from_dir(&args.certs, "client")?;
+        drive::drive(args.connect.clone(), tls, config).await?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        drive::print(&report);
+    }
+    Ok(report.invariants.is_ok())
+}
+
+async fn call(name: &str, args: &str, connect: &ConnectArgs) -> Result<bool> {
+    let json: serde_json::Value =
+        serde_json::from_str(args).with_context(|| format!("--args is not JSON: {args}"))?;
+    let encoded = rmp_serde::to_vec_named(&json)?;
+    let client = Client::connect(
+        connect.connect.clone(),
+        Tls::from_dir(&connect.certs, "client")?,
+    )
+    .await?;
+    let result = client.call_raw(name, encoded).await;
+    client.close();
+    match result {
+        Ok(output) => {
+            let value: serde_json::Value = rmp_serde::from_slice(&output)
+                .with_context(|| "the output is not MessagePack".to_string())?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("detflow: {e}");
+            Ok(false)
+        }
+    }
+}
+
+async fn status(connect: &ConnectArgs) -> Result<bool> {
+    let client = Client::connect(
+        connect.connect.clone(),
+        Tls::from_dir(&connect.certs, "client")?,
+    )
+    .await?;
+    let mut all_up = true;
+    for (addr, status) in client.status().await {
+        match status {
+            Ok(s) => {
+                let replica = match s.replica {
+                    Some((term, leader, commit)) => format!(
+                        "replica term {term}, leader {}, committed epoch {commit}",
+                        leader.map_or("none".to_owned(), |l| format!("node {l}"))
+                    ),
+                    None => "no replica".to_owned(),
+                };
+                println!(
+                    "node {} at {addr}: {replica}; {} calls answered in {:.0} s ({:.0}/s)",
+                    s.node,
+                    s.calls_answered,
+                    s.uptime_us as f64 / 1e6,
+                    s.calls_answered as f64 / (s.uptime_us as f64 / 1e6).max(1e-9)
+                );
+                for (p, next, durable) in s.partitions {
+                    println!(
+                        "  partition {p}: applied through epoch {}, durable through {durable}",
+                        next.0.saturating_sub(1)
+                    );
+                }
+            }
+            Err(e) => {
+                all_up = false;
+                println!("{addr}: unreachable ({e})");
+            }
+        }
+    }
+    client.close();
+    Ok(all_up)
 }

@@ -1,1 +1,840 @@
-//! Durable storage.
+//! Durable storage in fjall: the log of a sequencer replica ([`LogStore`]) and the state of
+//! an executor partition ([`FjallStore`]), each one fjall database in a directory of its own.
+//!
+//! # The sequencer log
+//!
+//! ```text
+//!  LogStore::open(dir) ──▶ (store, Durable)    recovered exactly as written, validated
+//!  Output::Persist(w) ───▶ store.append(&w)     one atomic fjall batch, not fsynced
+//!  … more appends …
+//!  store.sync() ─────────▶ Input::Persisted { write: id of the last append }
+//! ```
+//!
+//! A driver appends every [`LogWrite`] in id order as the replica emits it, then makes a
+//! group of them durable with one [`LogStore::sync`] and answers `Persisted` with the id of
+//! the last write of the group (group commit). An append is atomic: after a crash the log
+//! holds a prefix of the appends, each whole; only synced ones are guaranteed.
+//!
+//! # The executor state
+//!
+//! ```text
+//!  FjallStore::open(dir) ──▶ store        applied_epoch(): the last commit that reached disk
+//!  store.load(rows) ───────▶ epoch 0      once per store, synced
+//!  Store::{get, scan_prefix, put, delete}  reads see the epoch in progress (overlay)
+//!  Store::commit_epoch(e) ─▶ one batch    the epoch's writes + applied epoch, not fsynced
+//!  store.sync() ───────────▶ Ok(durable)  every committed epoch is on disk
+//! ```
+//!
+//! Writes of the epoch in progress stay in memory until [`Store::commit_epoch`], which
+//! writes them and the applied epoch in one atomic batch, so a reopened store holds exactly
+//! the state after some committed epoch, never part of one (DESIGN.md §8). Writes made
+//! between epochs join the next commit. The [`Store`] trait cannot return errors: an I/O
+//! error there is an environment failure and panics naming the store's directory (the node
+//! stops; recovery is restart and replay).
+//!
+//! # Layout
+//!
+//! Both stores keep a `meta` keyspace holding the storage format version
+//! ([`STORAGE_FORMAT_VERSION`], written at creation and checked at every open) and the kind
+//! of store. The log keeps its entries in keyspace `log`, keyed by the big-endian epoch and
+//! encoded with [`detflow_protocol::codec`], and its hard state in `meta`. The executor
+//! state keeps user rows in keyspace `user`, the executor's bookkeeping (`_sys` keys) in
+//! `system`, and its applied epoch and load marker in `meta`.
+
+use detflow_executor::Store;
+use detflow_protocol::{Epoch, Key, LogEntry, NodeId, Value, codec};
+use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+/// The storage format version this build writes and understands: the layout of keys and
+/// records in both stores. A store in another version is refused at open.
+pub const STORAGE_FORMAT_VERSION: u32 = 1;
+
+const META: &str = "meta";
+const LOG: &str = "log";
+const USER: &str = "user";
+const SYSTEM: &str = "system";
+
+const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+const KIND_KEY: &[u8] = b"kind";
+const HARD_STATE_KEY: &[u8] = b"hard_state";
+const APPLIED_EPOCH_KEY: &[u8] = b"applied_epoch";
+const LOADED_KEY: &[u8] = b"loaded";
+
+/// Rows per batch while bulk-loading, so a large initial load never sits in one batch.
+const LOAD_CHUNK_ROWS: usize = 10_000;
+
+/// Which store a directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A sequencer replica's log ([`LogStore`]).
+    Log,
+    /// An executor partition's state ([`FjallStore`]).
+    State,
+}
+
+impl StoreKind {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            StoreKind::Log => b"log",
+            StoreKind::State => b"state",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreKind::Log => f.write_str("a sequencer log"),
+            StoreKind::State => f.write_str("an executor state"),
+        }
+    }
+}
+
+/// Why a store cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A record does not decode: the store is damaged or was written by something else.
+    #[error("store at {}: corrupt {what}: {detail}", .path.display())]
+    Corrupt {
+        /// The store's directory.
+        path: PathBuf,
+        /// The record.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The recovered log is not one this build can recover from (see [`Durable::validate`]).
+    #[error("the log at {} cannot be recovered: {source}", .path.display())]
+    Durable {
+        /// The store's directory.
+        path: PathBuf,
+        /// What is wrong with the log.
+        source: DurableError,
+    },
+    /// fjall failed (I/O error, poisoned database, lock held by another process, …).
+    #[error("fjall failed at {} while {doing}: {source}", .path.display())]
+    Fjall {
+        /// The store's directory.
+        path: PathBuf,
+        /// What the store was doing.
+        doing: &'static str,
+        /// fjall's error.
+        source: fjall::Error,
+    },
+    /// The directory holds another kind of store.
+    #[error("store at {} holds {found:?}, not {expected}", .path.display())]
+    Kind {
+        /// The store's directory.
+        path: PathBuf,
+        /// The kind recorded in the store.
+        found: String,
+        /// The kind the caller opened.
+        expected: StoreKind,
+    },
+    /// The store is in a storage format version this build does not understand.
+    #[error(
+        "store at {} is in storage format version {found}; this build understands version \
+         {supported}",
+        .path.display()
+    )]
+    Version {
+        /// The store's directory.
+        path: PathBuf,
+        /// The version recorded in the store.
+        found: u32,
+        /// The version this build reads and writes ([`STORAGE_FORMAT_VERSION`]).
+        supported: u32,
+    },
+}
+
+/// The durable log of one sequencer replica: hard state and entries.
+pub struct LogStore {
+    path: PathBuf,
+    db: Database,
+    meta: Keyspace,
+    log: Keyspace,
+    /// The last epoch in the log as written (synced or not); 0 when empty.
+    last_epoch: u64,
+    /// Whether a write was appended since the last sync.
+    unsynced: bool,
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, creating an empty one if the directory holds none, and
+    /// recovers the replica's durable state exactly as written.
+    ///
+    /// Refuses a store in another storage format version, a store of another kind, a record
+    /// that does not decode, and a log that fails [`Durable::validate`].
+    pub fn open(dir: &Path) -> Result<(LogStore, Durable), StorageError> {
+        let (db, meta, mut spaces) = open_database(dir, StoreKind::Log, &[LOG])?;
+        let log = spaces.remove(0);
+        let mut store = LogStore {
+            path: dir.to_path_buf(),
+            db,
+            meta,
+            log,
+            last_epoch: 0,
+            unsynced: false,
+        };
+        let durable = store.recover()?;
+        store.last_epoch = durable.log.len() as u64;
+        Ok((store, durable))
+    }
+
+    /// Applies one write atomically, as [`Durable::apply`] does: the hard state, then the
+    /// truncation of every entry with epoch `>= truncate_from`, then the appended entries.
+    ///
+    /// The write reaches the operating system (it survives a crash of the process) but is
+    /// not fsynced: call [`LogStore::sync`] before confirming it. Panics, as
+    /// [`Durable::apply`] does, on a truncation from epoch 0 or a non-consecutive append:
+    /// both are bugs of the caller. An error means the write may or may not be on disk;
+    /// fjall refuses further writes, and the node must stop.
+    pub fn append(&mut self, write: &LogWrite) -> Result<(), StorageError> {
+        let mut last = self.last_epoch;
+        let mut removed = None;
+        if let Some(from) = write.truncate_from {
+            assert!(from.0 >= 1, "truncation from epoch 0");
+            if from.0 <= last {
+                removed = Some(from.0..=last);
+                last = from.0 - 1;
+            }
+        }
+        for entry in &write.append {
+            assert_eq!(
+                entry.epoch().0,
+                last + 1,
+                "a write appends a non-consecutive epoch"
+            );
+            last += 1;
+        }
+
+        let mut batch = self.db.batch();
+        if let Some((term, voted_for)) = write.hard_state {
+            batch.insert(
+                &self.meta,
+                HARD_STATE_KEY,
+                codec::encode(&(term, voted_for)),
+            );
+        }
+        // One batch shares one sequence number, so it must name each key once: an epoch
+        // that is truncated and appended again is only inserted.
+        let appended = write.append.first().map_or(u64::MAX, |e| e.epoch().0)..=last;
+        if let Some(removed) = removed {
+            for epoch in removed.filter(|e| !appended.contains(e)) {
+                batch.remove(&self.log, epoch.to_be_bytes());
+            }
+        }
+        for entry in &write.append {
+            batch.insert(
+                &self.log,
+                entry.epoch().0.to_be_bytes(),
+                codec::encode(entry),
+            );
+        }
+        batch
+            .commit()
+            .map_err(fjall_error(&self.path, "appending to the log"))?;
+        self.last_epoch = last;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes every append so far durable (fsync); returns at once if nothing was appended
+    /// since the last sync.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(fjall_error(&self.path, "syncing the log"))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last epoch in the log, synced or not (0 when the log is empty).
+    pub fn last_epoch(&self) -> Epoch {
+        Epoch(self.last_epoch)
+    }
+
+    fn recover(&self) -> Result<Durable, StorageError> {
+        let mut durable = Durable::default();
+        let hard_state = self
+            .meta
+            .get(HARD_STATE_KEY)
+            .map_err(fjall_error(&self.path, "reading the hard state"))?;
+        if let Some(bytes) = hard_state {
+            let (term, voted_for): (u64, Option<NodeId>) = codec::decode(&bytes)
+                .map_err(|e| corrupt(&self.path, "hard state".into(), e.to_string()))?;
+            durable.term = term;
+            durable.voted_for = voted_for;
+        }
+        for guard in self.log.iter() {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(fjall_error(&self.path, "reading the log"))?;
+            let epoch = decode_u64(&self.path, "log key", &key)?;
+            let entry: LogEntry = codec::decode(&value)
+                .map_err(|e| corrupt(&self.path, format!("log entry {epoch}"), e.to_string()))?;
+            if entry.epoch().0 != epoch {
+                return Err(corrupt(
+                    &self.path,
+                    format!("log entry {epoch}"),
+                    format!("holds the batch of epoch {}", entry.epoch()),
+                ));
+            }
+            durable.log.push(entry);
+        }
+        durable.validate().map_err(|source| StorageError::Durable {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(durable)
+    }
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .field("last_epoch", &self.last_epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of one executor partition in fjall, implementing [`Store`].
+///
+/// User rows and the executor's bookkeeping (`_sys` keys) live in separate keyspaces. The
+/// epoch in progress lives in an in-memory overlay until [`Store::commit_epoch`].
+pub struct FjallStore {
+    path: PathBuf,
+    db: Database,
+    meta: Keyspace,
+    user: Space,
+    system: Space,
+    /// The last epoch committed (written to fjall, perhaps not synced).
+    applied: Epoch,
+    /// The last epoch committed before the last sync.
+    durable: Epoch,
+    /// Whether the initial load has completed.
+    loaded: bool,
+    /// Whether anything was written to fjall since the last sync.
+    unsynced: bool,
+}
+
+/// One keyspace and the writes of the epoch in progress to it (`None`: deleted).
+struct Space {
+    tree: Keyspace,
+    overlay: BTreeMap<Key, Option<Value>>,
+}
+
+impl FjallStore {
+    /// Opens the state in `dir`, creating an empty one (applied epoch 0) if the directory
+    /// holds none. After a crash, [`Store::applied_epoch`] is the last epoch whose commit
+    /// reached the disk, and the rows are exactly those after that epoch.
+    ///
+    /// Refuses a store in another storage format version or of another kind.
+    pub fn open(dir: &Path) -> Result<FjallStore, StorageError> {
+        let (db, meta, mut spaces) = open_database(dir, StoreKind::State, &[USER, SYSTEM])?;
+        let system = spaces.remove(1);
+        let user = spaces.remove(0);
+        let path = dir.to_path_buf();
+        let applied = match meta
+            .get(APPLIED_EPOCH_KEY)
+            .map_err(fjall_error(&path, "reading the applied epoch"))?
+        {
+            Some(bytes) => Epoch(decode_u64(&path, "applied epoch", &bytes)?),
+            None => Epoch(0),
+        };
+        let loaded = meta
+            .contains_key(LOADED_KEY)
+            .map_err(fjall_error(&path, "reading the load marker"))?;
+        Ok(FjallStore {
+            path,
+            db,
+            meta,
+            user: Space::new(user),
+            system: Space::new(system),
+            applied,
+            // fjall fsyncs the journal it recovers before it opens, so what it recovered
+            // is durable.
+            durable: applied,
+            loaded,
+            unsynced: false,
+        })
+    }
+
+    /// Writes the initial rows as the state before epoch 1, then syncs; returns whether it
+    /// loaded them.
+    ///
+    /// Idempotent across restarts: it loads only into a store that has not been loaded and
+    /// has committed no epoch, and records a marker atomically with the last rows. A load
+    /// interrupted by a crash is simply done again (it writes the same rows). Rows are
+    /// written in chunks, so a large load never sits in one batch.
+    ///
+    /// Panics if writes of an epoch in progress are pending: load before executing.
+    pub fn load(
+        &mut self,
+        rows: impl IntoIterator<Item = (Key, Value)>,
+    ) -> Result<bool, StorageError> {
+        assert!(
+            self.user.overlay.is_empty() && self.system.overlay.is_empty(),
+            "load runs before any write"
+        );
+        if self.loaded || self.applied > Epoch(0) {
+            return Ok(false);
+        }
+        // One batch shares one sequence number, so it must name each key once: a chunk
+        // keeps the last row of each key; a later chunk overrides an earlier one.
+        let mut chunk = BTreeMap::new();
+        for (key, value) in rows {
+            chunk.insert(key, value);
+            if chunk.len() >= LOAD_CHUNK_ROWS {
+                self.load_batch(std::mem::take(&mut chunk))
+                    .commit()
+                    .map_err(fjall_error(&self.path, "loading rows"))?;
+            }
+        }
+        let mut batch = self.load_batch(chunk);
+        batch.insert(&self.meta, LOADED_KEY, b"1".as_slice());
+        batch
+            .commit()
+            .map_err(fjall_error(&self.path, "loading rows"))?;
+        self.loaded = true;
+        self.unsynced = true;
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// Makes every committed epoch durable (fsync); returns the durable epoch, the last one
+    /// committed before this call. Writes of an epoch in progress are not included. Returns
+    /// at once if nothing was committed since the last sync.
+    pub fn sync(&mut self) -> Result<Epoch, StorageError> {
+        if self.unsynced {
+            self.db
+                .persist(PersistMode::SyncAll)
+                .map_err(fjall_error(&self.path, "syncing the state"))?;
+            self.unsynced = false;
+        }
+        self.durable = self.applied;
+        Ok(self.durable)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last epoch known durable: committed before the last [`FjallStore::sync`], or
+    /// recovered at open.
+    pub fn durable_epoch(&self) -> Epoch {
+        self.durable
+    }
+
+    /// Whether the initial load has completed.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// Every user row (bookkeeping excluded), ascending, including writes of the epoch in
+    /// progress: for checkers.
+    pub fn user_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
+        self.try_scan(&self.user, &Key::default())
+    }
+
+    /// Every bookkeeping row (`_sys` keys), ascending, including writes of the epoch in
+    /// progress.
+    pub fn system_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
+        self.try_scan(&self.system, &Key::default())
+    }
+
+    fn load_batch(&self, rows: BTreeMap<Key, Value>) -> OwnedWriteBatch {
+        let mut batch = self.db.batch();
+        for (key, value) in rows {
+            batch.insert(&self.space(&key).tree, key.as_bytes(), value);
+        }
+        batch
+    }
+
+    fn space(&self, key: &Key) -> &Space {
+        if key.is_system() {
+            &self.system
+        } else {
+            &self.user
+        }
+    }
+
+    fn space_mut(&mut self, key: &Key) -> &mut Space {
+        if key.is_system() {
+            &mut self.system
+        } else {
+            &mut self.user
+        }
+    }
+
+    fn try_get(&self, key: &Key) -> Result<Option<Value>, StorageError> {
+        let space = self.space(key);
+        if let Some(pending) = space.overlay.get(key) {
+            return Ok(pending.clone());
+        }
+        let value = space
+            .tree
+            .get(key.as_bytes())
+            .map_err(fjall_error(&self.path, "reading a key"))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    /// Every row of `space` under `prefix`, ascending: fjall's rows merged with the
+    /// overlay, which wins on equal keys and hides deleted ones.
+    fn try_scan(&self, space: &Space, prefix: &Key) -> Result<Vec<(Key, Value)>, StorageError> {
+        let mut rows = Vec::new();
+        let mut pending = space
+            .overlay
+            .range::<Key, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        for guard in space.tree.prefix(prefix.as_bytes()) {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(fjall_error(&self.path, "scanning"))?;
+            while let Some((k, v)) = pending.next_if(|(k, _)| k.as_bytes() < &*key) {
+                if let Some(v) = v {
+                    rows.push((k.clone(), v.clone()));
+                }
+            }
+            match pending.next_if(|(k, _)| k.as_bytes() == &*key) {
+                Some((k, Some(v))) => rows.push((k.clone(), v.clone())),
+                Some((_, None)) => {}
+                None => {
+                    let key = Key::from_bytes(key.to_vec())
+                        .map_err(|e| corrupt(&self.path, "key".into(), e.to_string()))?;
+                    rows.push((key, value.to_vec()));
+                }
+            }
+        }
+        rows.extend(pending.filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone()))));
+        Ok(rows)
+    }
+
+    fn try_commit(&mut self, epoch: Epoch) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for space in [&mut self.user, &mut self.system] {
+            write_overlay(&mut batch, space);
+        }
+        batch.insert(&self.meta, APPLIED_EPOCH_KEY, epoch.0.to_be_bytes());
+        batch
+            .commit()
+            .map_err(fjall_error(&self.path, "committing an epoch"))
+    }
+
+    /// Stops the node on an environment failure inside a [`Store`] method, which cannot
+    /// return errors (STYLE.md: log with context and stop; recovery is restart + replay).
+    #[cold]
+    fn fail(&self, error: StorageError) -> ! {
+        tracing::error!(path = %self.path.display(), "storage failure: {error}");
+        panic!("executor store failed, stopping: {error}");
+    }
+}
+
+impl Space {
+    fn new(tree: Keyspace) -> Space {
+        Space {
+            tree,
+            overlay: BTreeMap::new(),
+        }
+    }
+}
+
+fn write_overlay(batch: &mut OwnedWriteBatch, space: &mut Space) {
+    for (key, value) in std::mem::take(&mut space.overlay) {
+        match value {
+            Some(v) => batch.insert(&space.tree, key.as_bytes(), v),
+            None => batch.remove(&space.tree, key.as_bytes()),
+        }
+    }
+}
+
+impl Store for FjallStore {
+    fn get(&self, key: &Key) -> Option<Value> {
+        self.try_get(key).unwrap_or_else(|e| self.fail(e))
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        self.try_scan(self.space(prefix), prefix)
+            .unwrap_or_else(|e| self.fail(e))
+    }
+
+    fn put(&mut self, key: Key, value: Value) {
+        self.space_mut(&key).overlay.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: &Key) {
+        self.space_mut(key).overlay.insert(key.clone(), None);
+    }
+
+    fn commit_epoch(&mut self, epoch: Epoch) {
+        assert!(epoch > self.applied, "epochs commit in increasing order");
+        // Set first: a failed commit may have reached the journal partly.
+        self.unsynced = true;
+        if let Err(e) = self.try_commit(epoch) {
+            self.fail(e);
+        }
+        self.applied = epoch;
+    }
+
+    fn applied_epoch(&self) -> Epoch {
+        self.applied
+    }
+}
+
+impl fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("path", &self.path)
+            .field("applied", &self.applied)
+            .field("durable", &self.durable)
+            .field("loaded", &self.loaded)
+            .field("pending_user_writes", &self.user.overlay.len())
+            .field("pending_system_writes", &self.system.overlay.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the database in `dir` and its `meta` keyspace, checks (or, for a new store,
+/// writes) the format version and kind, then opens the `data` keyspaces in order.
+fn open_database(
+    dir: &Path,
+    kind: StoreKind,
+    data: &[&str],
+) -> Result<(Database, Keyspace, Vec<Keyspace>), StorageError> {
+    let db = Database::builder(dir)
+        .open()
+        .map_err(fjall_error(dir, "opening the database"))?;
+    // The header is checked before the data keyspaces are opened, so opening a store of
+    // another version or kind creates nothing in it.
+    let others = db.keyspace_count();
+    let meta = db
+        .keyspace(META, KeyspaceCreateOptions::default)
+        .map_err(fjall_error(dir, "opening the meta keyspace"))?;
+    let version = meta
+        .get(FORMAT_VERSION_KEY)
+        .map_err(fjall_error(dir, "reading the format version"))?;
+    match version {
+        Some(bytes) => check_header(dir, &meta, kind, &bytes)?,
+        None => {
+            let meta_empty = meta
+                .is_empty()
+                .map_err(fjall_error(dir, "reading the meta keyspace"))?;
+            if others > 0 || !meta_empty {
+                return Err(corrupt(
+                    dir,
+                    "header".into(),
+                    "the database holds data but no storage format version".into(),
+                ));
+            }
+            let mut batch = db.batch();
+            batch.insert(
+                &meta,
+                FORMAT_VERSION_KEY,
+                STORAGE_FORMAT_VERSION.to_be_bytes(),
+            );
+            batch.insert(&meta, KIND_KEY, kind.tag());
+            batch
+                .commit()
+                .map_err(fjall_error(dir, "writing the header"))?;
+            db.persist(PersistMode::SyncAll)
+                .map_err(fjall_error(dir, "syncing the header"))?;
+        }
+    }
+    let spaces = data
+        .iter()
+        .map(|name| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(fjall_error(dir, "opening a keyspace"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((db, meta, spaces))
+}
+
+/// Checks the version first: a future version may record the kind differently.
+fn check_header(
+    dir: &Path,
+    meta: &Keyspace,
+    kind: StoreKind,
+    version: &[u8],
+) -> Result<(), StorageError> {
+    let found = <[u8; 4]>::try_from(version)
+        .map(u32::from_be_bytes)
+        .map_err(|_| {
+            corrupt(
+                dir,
+                "format version".into(),
+                format!("{} bytes, expected 4", version.len()),
+            )
+        })?;
+    if found != STORAGE_FORMAT_VERSION {
+        return Err(StorageError::Version {
+            path: dir.to_path_buf(),
+            found,
+            supported: STORAGE_FORMAT_VERSION,
+        });
+    }
+    let tag = meta
+        .get(KIND_KEY)
+        .map_err(fjall_error(dir, "reading the store kind"))?;
+    if tag.as_deref() != Some(kind.tag()) {
+        return Err(StorageError::Kind {
+            path: dir.to_path_buf(),
+            found: tag.map_or_else(
+                || "no kind".to_string(),
+                |t| String::from_utf8_lossy(&t).into_owned(),
+            ),
+            expected: kind,
+        });
+    }
+    Ok(())
+}
+
+fn decode_u64(path: &Path, what: &str, bytes: &[u8]) -> Result<u64, StorageError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| {
+            corrupt(
+                path,
+                what.to_string(),
+                format!("{} bytes, expected 8", bytes.len()),
+            )
+        })
+}
+
+fn corrupt(path: &Path, what: String, detail: String) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        detail,
+    }
+}
+
+fn fjall_error(path: &Path, doing: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Fjall {
+        path,
+        doing,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_meta(dir: &Path, key: &[u8], value: &[u8]) {
+        let db = Database::builder(dir).open().unwrap();
+        let meta = db.keyspace(META, KeyspaceCreateOptions::default).unwrap();
+        meta.insert(key, value).unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+
+    #[test]
+    fn log_store_refuses_another_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(dir.path()).unwrap());
+        set_meta(dir.path(), FORMAT_VERSION_KEY, &7u32.to_be_bytes());
+        let err = LogStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Version {
+                    found: 7,
+                    supported: STORAGE_FORMAT_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("version 7") && message.contains("version 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn fjall_store_refuses_another_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(FjallStore::open(dir.path()).unwrap());
+        set_meta(dir.path(), FORMAT_VERSION_KEY, &2u32.to_be_bytes());
+        let err = FjallStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Version { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stores_refuse_each_other() {
+        let log = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        drop(LogStore::open(log.path()).unwrap());
+        drop(FjallStore::open(state.path()).unwrap());
+        let err = FjallStore::open(log.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Kind {
+                    expected: StoreKind::State,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = LogStore::open(state.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Kind {
+                    expected: StoreKind::Log,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let other = db
+                .keyspace("other", KeyspaceCreateOptions::default)
+                .unwrap();
+            other.insert("a", "b").unwrap();
+        }
+        let err = FjallStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_log_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(dir.path()).unwrap());
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let log = db.keyspace(LOG, KeyspaceCreateOptions::default).unwrap();
+            log.insert(1u64.to_be_bytes(), b"\xc1".as_slice()).unwrap();
+        }
+        let err = LogStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+}

@@ -140,9 +140,14 @@ impl Key {
         &self.0
     }
 
-    /// Whether this key starts with (or equals) `prefix`.
+    /// Whether this key's tuple starts with (or equals) `prefix`'s tuple.
+    ///
+    /// A byte prefix is not enough: `("t", "a")` is a byte prefix of `("t", "a\0")`, whose
+    /// escaped NUL continues the string (`0x00 0xFF`) rather than starting a new element.
+    /// Element tags are never `0xFF`, so the byte after the prefix tells which it is; and
+    /// since `0xFF` sorts after every tag, the keys under a prefix stay contiguous.
     pub fn starts_with(&self, prefix: &Key) -> bool {
-        self.0.starts_with(&prefix.0)
+        self.0.starts_with(&prefix.0) && self.0.get(prefix.0.len()) != Some(&0xFF)
     }
 
     /// The decoded tuple.
@@ -314,6 +319,12 @@ mod tests {
         }
 
         #[test]
+        fn starts_with_is_tuple_prefix(a in tuple(), b in tuple()) {
+            let (ka, kb) = (Key::from_elems(&a), Key::from_elems(&b));
+            prop_assert_eq!(ka.starts_with(&kb), a.starts_with(&b));
+        }
+
+        #[test]
         fn prefix_encoding_is_byte_prefix(a in tuple(), n in 0usize..6) {
             let key = Key::from_elems(&a);
             let n = n.min(a.len());
@@ -333,6 +344,18 @@ mod tests {
         let key = Key::table("acct").u64(7).i64(-3).str("x");
         assert_eq!(key.table_name(), Some("acct"));
         assert_eq!(key.to_string(), r#"("acct", 7, -3i, "x")"#);
+    }
+
+    #[test]
+    fn tuple_prefix_is_not_a_string_prefix() {
+        let prefix = Key::table("t").str("a");
+        assert!(Key::table("t").str("a").u64(1).starts_with(&prefix));
+        assert!(prefix.starts_with(&prefix));
+        assert!(!Key::table("t").str("a\0").starts_with(&prefix));
+        assert!(!Key::table("t").str("ab").starts_with(&prefix));
+        // Keys under the prefix sort before the escaped look-alikes, so a range scan that
+        // stops at the first key not under the prefix sees every one of them.
+        assert!(Key::table("t").str("a").u64(u64::MAX) < Key::table("t").str("a\0"));
     }
 
     #[test]

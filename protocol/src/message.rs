@@ -3,11 +3,13 @@
 //! Variant names are the wire tags (rmp-serde writes enum variants by name): a variant is
 //! never renamed, and a retired name is never reused.
 
-use crate::ids::{ClientId, PartitionId, Position, RequestSeq};
+use crate::ids::{ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq};
 use crate::key::Key;
 use crate::plan::Plan;
+use crate::replication::PeerMessage;
 use crate::txn::{Outcome, Transaction, TxnResult, Value};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A client's call as it reaches a gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,15 +74,88 @@ pub struct RemoteReads {
     pub prefixes: Vec<(Key, Vec<(Key, Value)>)>,
 }
 
-/// Every message that travels between components.
+/// A cluster-wide status summary, for `detflow status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its replica's view: (term, leader, commit epoch), if it runs a replica.
+    pub replica: Option<(u64, Option<NodeId>, Epoch)>,
+    /// Each partition it executes, with its next epoch to apply and its durable epoch.
+    pub partitions: Vec<(PartitionId, Epoch, Epoch)>,
+    /// Calls its gateway answered since it started.
+    pub calls_answered: u64,
+    /// Microseconds since the node started.
+    pub uptime_us: u64,
+}
+
+/// Every message that travels between components. Variant names are wire tags.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// Executor → executor: the sender made every epoch up to `durable` durable.
+    Ack {
+        /// The sending partition.
+        from: PartitionId,
+        /// The receiving partition.
+        to: PartitionId,
+        /// The sender's durable epoch.
+        durable: Epoch,
+    },
     /// Client → gateway.
     Call(Call),
-    /// Scheduler → executor: one epoch's plan.
-    Plan(Plan),
+    /// Replica → gateway: the call is already in the leader's log.
+    Duplicate {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+    /// Executor → executor after a (re)connect: the sender is durable up to `durable` and
+    /// lacks everything after.
+    Hello {
+        /// The sending partition.
+        from: PartitionId,
+        /// The receiving partition.
+        to: PartitionId,
+        /// The sender's durable epoch.
+        durable: Epoch,
+    },
+    /// Replica → gateway: not the leader; retry at `leader`.
+    NotLeader {
+        /// The refusing replica.
+        from: NodeId,
+        /// The transaction handed back.
+        txn: Arc<Transaction>,
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Replica → replica.
+    Peer {
+        /// The sending replica.
+        from: NodeId,
+        /// The replication message.
+        msg: PeerMessage,
+    },
+    /// Replica → executor: one epoch's plan.
+    Plan(Arc<Plan>),
+    /// Gateway → executor: the result of a call, from the result table.
+    Query {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+        /// The designated partition of the call.
+        partition: PartitionId,
+        /// The asking gateway.
+        gateway: NodeId,
+    },
     /// Executor → executor.
-    RemoteReads(RemoteReads),
+    RemoteReads {
+        /// The receiving partition.
+        to: PartitionId,
+        /// The reads.
+        reads: Arc<RemoteReads>,
+    },
     /// Gateway → client.
     Reply {
         /// The session.
@@ -91,7 +166,30 @@ pub enum Message {
         reply: Reply,
     },
     /// Executor → gateway.
-    Result(TxnResult),
-    /// Gateway → sequencer.
-    Submit(Transaction),
+    Result {
+        /// The result.
+        result: TxnResult,
+        /// Whether it came from the result table (a retried call).
+        recovered: bool,
+    },
+    /// Executor → gateway: the result table does not hold the call (yet).
+    ResultUnknown {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+    /// Anyone → node: report status.
+    Status,
+    /// Node → asker.
+    StatusReply(NodeStatus),
+    /// Gateway → replica.
+    Submit(Arc<Transaction>),
+    /// Executor → replica: send the plans of this partition from epoch `from` on.
+    Subscribe {
+        /// The partition.
+        partition: PartitionId,
+        /// The first epoch wanted.
+        from: Epoch,
+    },
 }

@@ -55,7 +55,7 @@ pub struct Violation {
 }
 
 /// A workload: its schema, data, call mix and invariants.
-pub trait Workload {
+pub trait Workload: Send {
     /// The workload's name (`bank`, `ycsb`, `kv`).
     fn name(&self) -> &'static str;
 

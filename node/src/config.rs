@@ -1,0 +1,270 @@
+//! A node's configuration: a TOML file, with command-line flags that override it.
+//!
+//! ```toml
+//! id = 1                          # this node
+//! listen = "127.0.0.1:7001"       # QUIC, for nodes and clients
+//! data_dir = "data/node-1"
+//! workload = "bank"               # the procedures and partition scheme the cluster runs
+//! epoch_us = 5000
+//! metrics_listen = "127.0.0.1:9001"   # optional Prometheus endpoint
+//!
+//! [tls]
+//! ca = "certs/ca.pem"
+//! cert = "certs/node-1.pem"
+//! key = "certs/node-1.key"
+//!
+//! [[cluster]]                     # every node, this one included
+//! id = 1
+//! addr = "127.0.0.1:7001"
+//! replica = true
+//! gateway = true
+//! partitions = [0, 1]
+//! ```
+
+use detflow_protocol::{NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Paths of the node's TLS material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPaths {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// One node of the cluster, as every node's configuration lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Its id (at least 1).
+    pub id: u32,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Whether it runs a sequencer replica.
+    #[serde(default)]
+    pub replica: bool,
+    /// Whether it runs a gateway.
+    #[serde(default)]
+    pub gateway: bool,
+    /// The partitions it executes.
+    #[serde(default)]
+    pub partitions: Vec<u32>,
+}
+
+/// A node's whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// This node's id.
+    pub id: u32,
+    /// Where it listens for QUIC.
+    pub listen: SocketAddr,
+    /// Where it keeps its log and state.
+    pub data_dir: PathBuf,
+    /// The workload whose procedures and partition scheme the cluster runs.
+    pub workload: String,
+    /// The sequencer's epoch length.
+    #[serde(default = "default_epoch_us")]
+    pub epoch_us: u64,
+    /// Where to serve Prometheus metrics, if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Every node of the cluster.
+    pub cluster: Vec<NodeSpec>,
+}
+
+fn default_epoch_us() -> u64 {
+    5_000
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node configuration.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| panic!("a config always serializes: {e}"))
+    }
+
+    /// Checks that the cluster description is consistent and names this node.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        if !self.cluster.iter().any(|n| n.id == self.id) {
+            return invalid(format!("node {} is not in [[cluster]]", self.id));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for n in &self.cluster {
+            if n.id == 0 || !ids.insert(n.id) {
+                return invalid(format!(
+                    "node ids must be unique and at least 1 (got {})",
+                    n.id
+                ));
+            }
+        }
+        let replicas = self.cluster.iter().filter(|n| n.replica).count();
+        if ![1, 3, 5].contains(&replicas) {
+            return invalid(format!(
+                "the cluster needs 1, 3 or 5 replicas, not {replicas}"
+            ));
+        }
+        if !self.cluster.iter().any(|n| n.gateway) {
+            return invalid("the cluster needs at least one gateway".into());
+        }
+        let mut owners = BTreeMap::new();
+        for n in &self.cluster {
+            for p in &n.partitions {
+                if let Some(other) = owners.insert(*p, n.id) {
+                    return invalid(format!("partition {p} is on nodes {other} and {}", n.id));
+                }
+            }
+        }
+        let count = owners.len() as u32;
+        if count == 0 || owners.keys().copied().ne(0..count) {
+            return invalid(format!(
+                "partitions must be numbered 0..N without gaps, got {:?}",
+                owners.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.epoch_us == 0 {
+            return invalid("epoch_us must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// This node's entry.
+    pub fn me(&self) -> &NodeSpec {
+        self.cluster
+            .iter()
+            .find(|n| n.id == self.id)
+            .unwrap_or_else(|| panic!("validated: node {} is in the cluster", self.id))
+    }
+
+    /// The number of partitions in the cluster.
+    pub fn partitions(&self) -> u32 {
+        self.cluster.iter().map(|n| n.partitions.len() as u32).sum()
+    }
+
+    /// The replica node ids, ascending.
+    pub fn replicas(&self) -> Vec<NodeId> {
+        self.cluster
+            .iter()
+            .filter(|n| n.replica)
+            .map(|n| NodeId(n.id))
+            .collect()
+    }
+
+    /// Which node executes each partition.
+    pub fn placement(&self) -> BTreeMap<PartitionId, NodeId> {
+        self.cluster
+            .iter()
+            .flat_map(|n| {
+                n.partitions
+                    .iter()
+                    .map(move |p| (PartitionId(*p), NodeId(n.id)))
+            })
+            .collect()
+    }
+
+    /// The address of node `id`.
+    pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.cluster.iter().find(|n| n.id == id.0).map(|n| n.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            id: 1,
+            listen: "127.0.0.1:7001".parse().unwrap(),
+            data_dir: "d".into(),
+            workload: "bank".into(),
+            epoch_us: 5_000,
+            metrics_listen: None,
+            tls: TlsPaths {
+                ca: "ca.pem".into(),
+                cert: "n.pem".into(),
+                key: "n.key".into(),
+            },
+            cluster: vec![NodeSpec {
+                id: 1,
+                addr: "127.0.0.1:7001".parse().unwrap(),
+                replica: true,
+                gateway: true,
+                partitions: vec![0, 1],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = config();
+        let text = c.to_toml();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.partitions(), 2);
+    }
+
+    #[test]
+    fn inconsistent_clusters_are_refused_with_a_reason() {
+        let mut c = config();
+        c.cluster[0].partitions = vec![0, 2];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("without gaps")
+        );
+        let mut c = config();
+        c.id = 9;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not in [[cluster]]")
+        );
+    }
+}

@@ -1,0 +1,871 @@
+//! The node runtime: one tokio task per state machine, fed by an inbox, driving effects.
+//!
+//! ```text
+//!   QUIC channels ──▶ dispatch ──▶ replica task   (Replica + LogStore + plan server)
+//!                            ├──▶ executor tasks (Executor<FjallStore>, one per partition)
+//!                            └──▶ gateway task   (Gateway + waiting clients)
+//!   every task ──▶ Router ──▶ local inbox, or the link task of the destination node
+//! ```
+//!
+//! Each task owns its machine (never shared behind a lock): it waits for an inbox event or
+//! the machine's deadline, calls `handle`, performs the outputs, and makes writes durable
+//! once per batch of inputs (group commit) before telling the machine `Persisted`.
+
+// The runtime is the driver: it owns the clock and the disk, which the machines may not.
+#![allow(clippy::disallowed_methods)]
+
+use crate::config::Config;
+use crate::storage::{FjallStore, LogStore};
+use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls};
+use anyhow::{Context, Result};
+use detflow_executor::{Executor, Registry, Store};
+use detflow_gateway::{Gateway, GatewayOutput};
+use detflow_protocol::message::{Call, Message, NodeStatus, Reply};
+use detflow_protocol::{
+    Batch, ClientId, DetRng, Epoch, Machine, NodeId, Owner, PartitionId, Plan, RequestSeq, Time,
+};
+use detflow_scheduler::PartitionMap;
+use detflow_sequencer::replica::{self, Replica, ReplicaConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Which component a channel connects, so each (sender, receiver, channel) gets its own
+/// QUIC stream and FIFO order without head-of-line blocking across channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ChannelHeader {
+    /// Replica → replica.
+    Replication,
+    /// Gateway → replica (and back).
+    Submissions,
+    /// Replica → executor `p`.
+    Plans(u32),
+    /// Executor → executor `p` (reads, acks, hellos).
+    Reads(u32),
+    /// Executor → replica (subscriptions).
+    Subscriptions,
+    /// Executor ↔ gateway (results, queries).
+    Results,
+}
+
+fn channel_of(msg: &Message) -> ChannelHeader {
+    match msg {
+        Message::Peer { .. } => ChannelHeader::Replication,
+        Message::Submit(_) | Message::NotLeader { .. } | Message::Duplicate { .. } => {
+            ChannelHeader::Submissions
+        }
+        Message::Plan(plan) => ChannelHeader::Plans(plan.partition.0),
+        Message::RemoteReads { to, .. } | Message::Ack { to, .. } | Message::Hello { to, .. } => {
+            ChannelHeader::Reads(to.0)
+        }
+        Message::Subscribe { .. } => ChannelHeader::Subscriptions,
+        _ => ChannelHeader::Results,
+    }
+}
+
+/// An inbox event of a component task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message for this component.
+    Msg(Message),
+    /// The link to a node was (re)established.
+    LinkUp(NodeId),
+    /// A client's call, answered through `reply`.
+    Client {
+        call: Call,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+type Inbox = mpsc::UnboundedSender<Event>;
+
+/// Live counters, read by `status` and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Current term of the local replica.
+    pub term: AtomicU64,
+    /// Leader the local replica believes in (0: none).
+    pub leader: AtomicU64,
+    /// Commit epoch of the local replica.
+    pub commit: AtomicU64,
+    /// Calls the gateway answered.
+    pub calls_answered: AtomicU64,
+    /// Calls answered with a committed outcome.
+    pub commits: AtomicU64,
+    /// Calls answered with an abort.
+    pub aborts: AtomicU64,
+    /// Frames dropped because they could not be routed.
+    pub unroutable: AtomicU64,
+    /// Per partition: (next epoch to apply, durable epoch).
+    pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
+}
+
+/// Routes messages to local inboxes or to the link of the node that hosts the receiver.
+pub(crate) struct Router {
+    me: NodeId,
+    placement: BTreeMap<PartitionId, NodeId>,
+    replica: Option<Inbox>,
+    gateway: Option<Inbox>,
+    executors: BTreeMap<PartitionId, Inbox>,
+    links: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
+    stats: Arc<NodeStats>,
+}
+
+impl Router {
+    fn to_node(&self, node: NodeId, msg: Message) {
+        if node == self.me {
+            self.dispatch(msg);
+        } else if let Some(link) = self.links.get(&node) {
+            // A closed link means the node is shutting down; the message is lost, which
+            // every channel tolerates (replays and retries recover it).
+            let _ = link.send(msg);
+        }
+    }
+
+    fn to_replica(&self, replica: NodeId, msg: Message) {
+        self.to_node(replica, msg);
+    }
+
+    fn to_executor(&self, partition: PartitionId, msg: Message) {
+        match self.placement.get(&partition) {
+            Some(node) => self.to_node(*node, msg),
+            None => {
+                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn to_gateway(&self, gateway: NodeId, msg: Message) {
+        self.to_node(gateway, msg);
+    }
+
+    /// Hands a message that arrived for this node to the component it is for.
+    fn dispatch(&self, msg: Message) {
+        let inbox = match &msg {
+            Message::Peer { .. } | Message::Submit(_) | Message::Subscribe { .. } => {
+                self.replica.as_ref()
+            }
+            Message::Plan(plan) => self.executors.get(&plan.partition),
+            Message::RemoteReads { to, .. }
+            | Message::Ack { to, .. }
+            | Message::Hello { to, .. } => self.executors.get(to),
+            Message::Query { partition, .. } => self.executors.get(partition),
+            Message::Duplicate { .. }
+            | Message::NotLeader { .. }
+            | Message::Result { .. }
+            | Message::ResultUnknown { .. } => self.gateway.as_ref(),
+            _ => None,
+        };
+        match inbox {
+            Some(inbox) => {
+                let _ = inbox.send(Event::Msg(msg));
+            }
+            None => {
+                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn link_up(&self, node: NodeId) {
+        for inbox in self
+            .executors
+            .values()
+            .chain(&self.replica)
+            .chain(&self.gateway)
+        {
+            let _ = inbox.send(Event::LinkUp(node));
+        }
+    }
+}
+
+/// Spawns one component task once the router exists.
+type Starter = Box<dyn FnOnce(Arc<Router>) -> tokio::task::JoinHandle<()> + Send>;
+
+/// Time since the node started, as the machines see it.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> Time {
+        Time(self.0.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_micros(t.0))
+    }
+}
+
+/// A running node.
+pub struct Node {
+    stats: Arc<NodeStats>,
+    endpoint: Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts every role of `config`'s node: opens its stores (recovering them), binds its
+    /// QUIC endpoint, and spawns the component, link and listener tasks.
+    pub async fn start(config: Config) -> Result<Node> {
+        let clock = Clock(Instant::now());
+        let me = NodeId(config.id);
+        let spec = config.me().clone();
+        let workload = detflow_workloads::by_name(&config.workload, config.partitions())?;
+        let mut scheme = workload.scheme();
+        scheme.partitions = config.partitions();
+        let map = PartitionMap::new(scheme)?;
+        // Every node knows every built-in procedure (so `kv.txn` is always there); the
+        // configured workload decides the partition scheme and the initial data.
+        let mut registry = Registry::new();
+        for name in detflow_workloads::NAMES {
+            detflow_workloads::by_name(name, config.partitions())?.register(&mut registry);
+        }
+        let registry = Arc::new(registry);
+        let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
+            .with_context(|| format!("loading TLS material for node {me}"))?;
+        let endpoint = Endpoint::bind(config.listen, &tls, Limits::default())
+            .with_context(|| format!("binding {}", config.listen))?;
+        let stats = Arc::new(NodeStats::default());
+
+        let mut router = Router {
+            me,
+            placement: config.placement(),
+            replica: None,
+            gateway: None,
+            executors: BTreeMap::new(),
+            links: BTreeMap::new(),
+            stats: stats.clone(),
+        };
+        let mut starts: Vec<Starter> = Vec::new();
+
+        if spec.replica {
+            let (tx, rx) = mpsc::unbounded_channel();
+            router.replica = Some(tx);
+            let dir = config.data_dir.join("log");
+            let (log, durable) = LogStore::open(&dir)
+                .with_context(|| format!("opening the log at {}", dir.display()))?;
+            let mut rc = ReplicaConfig::new(me, config.replicas());
+            rc.batching.epoch_duration_us = config.epoch_us;
+            let seed =
+                u64::from(me.0) ^ clock.0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+            let replica = Replica::new(rc, durable, DetRng::new(seed));
+            let map = map.clone();
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                tokio::spawn(replica_task(replica, log, rx, router, map, stats, clock))
+            }));
+        }
+        for p in &spec.partitions {
+            let partition = PartitionId(*p);
+            let (tx, rx) = mpsc::unbounded_channel();
+            router.executors.insert(partition, tx);
+            let dir = config.data_dir.join(format!("partition-{p}"));
+            let mut store = FjallStore::open(&dir)
+                .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
+            let rows = workload.load().into_iter().filter(|(k, _)| {
+                matches!(map.owner(k), Ok(Owner::Partition(o)) if o == partition)
+                    || matches!(map.owner(k), Ok(Owner::Replicated))
+            });
+            store.load(rows)?;
+            let executor = Executor::new(partition, config.partitions(), registry.clone(), store);
+            let replicas = config.replicas();
+            let peers: Vec<(PartitionId, NodeId)> = config
+                .placement()
+                .into_iter()
+                .filter(|(q, _)| *q != partition)
+                .collect();
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                tokio::spawn(executor_task(
+                    executor, rx, router, replicas, peers, stats, clock,
+                ))
+            }));
+        }
+        if spec.gateway {
+            let (tx, rx) = mpsc::unbounded_channel();
+            router.gateway = Some(tx);
+            let gateway = Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                tokio::spawn(gateway_task(gateway, rx, router, stats))
+            }));
+        }
+        let mut links = Vec::new();
+        for node in config.cluster.iter().filter(|n| n.id != config.id) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            router.links.insert(NodeId(node.id), tx);
+            links.push((NodeId(node.id), node.addr, rx));
+        }
+        let router = Arc::new(router);
+        let mut tasks: Vec<_> = starts
+            .into_iter()
+            .map(|start| start(router.clone()))
+            .collect();
+        for (node, addr, rx) in links {
+            tasks.push(tokio::spawn(link_task(
+                endpoint.clone(),
+                node,
+                addr,
+                rx,
+                router.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(accept_task(
+            endpoint.clone(),
+            router.clone(),
+            stats.clone(),
+            me,
+            clock,
+        )));
+        if let Some(addr) = config.metrics_listen {
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                addr,
+                stats.clone(),
+                endpoint.metrics(),
+            )));
+        }
+        tracing::info!(node = %me, listen = %config.listen, "node started");
+        Ok(Node {
+            stats,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
+    }
+
+    /// Stops every task and closes the endpoint.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.endpoint.close();
+    }
+}
+
+/// Keeps a connection to one node and writes every message for it, one stream per channel.
+async fn link_task(
+    endpoint: Endpoint,
+    node: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    router: Arc<Router>,
+) {
+    let mut pending: Option<Message> = None;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let conn = match endpoint.connect(addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%node, %addr, error = %e, "connect failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        tracing::info!(%node, %addr, "link up");
+        router.link_up(node);
+        let mut writers: BTreeMap<ChannelHeader, FrameWriter> = BTreeMap::new();
+        loop {
+            let msg = match pending.take() {
+                Some(msg) => msg,
+                None => match rx.recv().await {
+                    Some(msg) => msg,
+                    None => return,
+                },
+            };
+            let header = channel_of(&msg);
+            let writer = match writers.entry(header) {
+                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    match conn.open_channel(&header).await {
+                        Ok(w) => slot.insert(w),
+                        Err(e) => {
+                            tracing::info!(%node, error = %e, "link down");
+                            pending = Some(msg);
+                            break;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = writer.send(&msg).await {
+                tracing::info!(%node, error = %e, "link down");
+                break;
+            }
+        }
+        // What was written but not delivered is lost; the channels replay it.
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Accepts connections: nodes open channels, clients open a stream per call.
+async fn accept_task(
+    endpoint: Endpoint,
+    router: Arc<Router>,
+    stats: Arc<NodeStats>,
+    me: NodeId,
+    clock: Clock,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let conn = match incoming {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection");
+                continue;
+            }
+        };
+        let router = router.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            match conn.role() {
+                PeerRole::Node => serve_node(conn, router).await,
+                PeerRole::Client => serve_client(conn, router, stats, me, clock).await,
+            }
+        });
+    }
+}
+
+async fn serve_node(conn: Connection, router: Arc<Router>) {
+    loop {
+        let (header, mut reader) = match conn.accept_channel::<ChannelHeader>().await {
+            Ok(channel) => channel,
+            Err(_) => return,
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            loop {
+                match reader.recv::<Message>().await {
+                    Ok(Some(msg)) => router.dispatch(msg),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(?header, error = %e, "closed a channel with bad input");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_client(
+    conn: Connection,
+    router: Arc<Router>,
+    stats: Arc<NodeStats>,
+    me: NodeId,
+    clock: Clock,
+) {
+    loop {
+        let (mut writer, mut reader) = match conn.accept_bi().await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        };
+        let router = router.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let answer = match reader.recv::<Message>().await {
+                Ok(Some(Message::Call(call))) => {
+                    let Some(gateway) = &router.gateway else {
+                        return;
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    let (client, seq) = (call.client, call.seq);
+                    let _ = gateway.send(Event::Client { call, reply: tx });
+                    let reply = rx.await.unwrap_or(Reply::Unavailable);
+                    Message::Reply { client, seq, reply }
+                }
+                Ok(Some(Message::Status)) => Message::StatusReply(status(&stats, me, clock)),
+                Ok(Some(_)) | Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closed a client stream with bad input");
+                    return;
+                }
+            };
+            let _ = writer.send(&answer).await;
+            let _ = writer.finish();
+        });
+    }
+}
+
+fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus {
+    let term = stats.term.load(Ordering::Relaxed);
+    let leader = stats.leader.load(Ordering::Relaxed);
+    let partitions = stats
+        .partitions
+        .lock()
+        .map(|p| {
+            p.iter()
+                .map(|(id, (next, durable))| (*id, Epoch(*next), Epoch(*durable)))
+                .collect()
+        })
+        .unwrap_or_default();
+    NodeStatus {
+        node: me,
+        replica: (term > 0).then(|| {
+            let leader = (leader > 0).then_some(NodeId(leader as u32));
+            (term, leader, Epoch(stats.commit.load(Ordering::Relaxed)))
+        }),
+        partitions,
+        calls_answered: stats.calls_answered.load(Ordering::Relaxed),
+        uptime_us: clock.now().0,
+    }
+}
+
+/// Serves the plans of committed batches to subscribed partitions.
+#[derive(Default)]
+struct PlanServer {
+    committed: Vec<Arc<Batch>>,
+    plans: BTreeMap<Epoch, Vec<Arc<Plan>>>,
+    subscribers: BTreeMap<PartitionId, Epoch>,
+}
+
+impl PlanServer {
+    fn serve(&mut self, map: &PartitionMap, router: &Router) {
+        for (p, next) in self.subscribers.iter_mut() {
+            while (next.0 as usize) <= self.committed.len() {
+                let epoch = *next;
+                let plans = self.plans.entry(epoch).or_insert_with(|| {
+                    let batch = &self.committed[epoch.0 as usize - 1];
+                    detflow_scheduler::schedule(batch, map)
+                        .unwrap_or_else(|e| panic!("the log holds a batch this build refuses: {e}"))
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect()
+                });
+                router.to_executor(*p, Message::Plan(plans[p.0 as usize].clone()));
+                *next = epoch.next();
+            }
+        }
+        // Keep only recent plans; older subscribers are re-planned from the batches.
+        while self.plans.len() > 1_024 {
+            self.plans.pop_first();
+        }
+    }
+}
+
+async fn replica_task(
+    mut replica: Replica,
+    mut log: LogStore,
+    mut inbox: mpsc::UnboundedReceiver<Event>,
+    router: Arc<Router>,
+    map: PartitionMap,
+    stats: Arc<NodeStats>,
+    clock: Clock,
+) {
+    let mut server = PlanServer::default();
+    let mut out = Vec::new();
+    loop {
+        let deadline = replica.next_deadline().map(|t| clock.instant(t));
+        let first = tokio::select! {
+            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
+            _ = sleep_until(deadline) => None,
+        };
+        let mut inputs = Vec::new();
+        match first {
+            Some(ev) => inputs.push(ev),
+            None => {
+                replica.handle(clock.now(), replica::Input::Tick, &mut out);
+            }
+        }
+        while inputs.len() < 512 {
+            match inbox.try_recv() {
+                Ok(ev) => inputs.push(ev),
+                Err(_) => break,
+            }
+        }
+        for ev in inputs {
+            let input = match ev {
+                Event::Msg(Message::Peer { from, msg }) => replica::Input::Peer { from, msg },
+                Event::Msg(Message::Submit(txn)) => replica::Input::Submit(txn),
+                Event::Msg(Message::Subscribe { partition, from }) => {
+                    server.subscribers.insert(partition, from);
+                    server.serve(&map, &router);
+                    continue;
+                }
+                _ => continue,
+            };
+            replica.handle(clock.now(), input, &mut out);
+        }
+        // Perform effects; one fsync covers every write of this round (group commit).
+        loop {
+            let mut last_write = None;
+            for effect in out.drain(..) {
+                match effect {
+                    replica::Output::Committed(batch) => {
+                        server.committed.push(batch);
+                    }
+                    replica::Output::Duplicate {
+                        client,
+                        seq,
+                        gateway,
+                    } => {
+                        router.to_gateway(gateway, Message::Duplicate { client, seq });
+                    }
+                    replica::Output::NotLeader { txn, leader } => {
+                        let gateway = txn.gateway;
+                        let from = replica.id();
+                        router.to_gateway(gateway, Message::NotLeader { from, txn, leader });
+                    }
+                    replica::Output::Persist(write) => {
+                        if let Err(e) = log.append(&write) {
+                            panic!("cannot append to the log: {e}");
+                        }
+                        last_write = Some(write.id);
+                    }
+                    replica::Output::Send { to, msg } => {
+                        router.to_replica(
+                            to,
+                            Message::Peer {
+                                from: replica.id(),
+                                msg,
+                            },
+                        );
+                    }
+                }
+            }
+            let Some(write) = last_write else { break };
+            if let Err(e) = tokio::task::block_in_place(|| log.sync()) {
+                panic!("cannot fsync the log: {e}");
+            }
+            replica.handle(clock.now(), replica::Input::Persisted { write }, &mut out);
+        }
+        server.serve(&map, &router);
+        stats.term.store(replica.term(), Ordering::Relaxed);
+        stats.leader.store(
+            replica.leader().map_or(0, |l| u64::from(l.0)),
+            Ordering::Relaxed,
+        );
+        stats
+            .commit
+            .store(replica.commit_epoch().0, Ordering::Relaxed);
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An executor that hears no plan for this long asks another replica.
+const STALL_US: u64 = 500_000;
+
+async fn executor_task(
+    mut executor: Executor<FjallStore>,
+    mut inbox: mpsc::UnboundedReceiver<Event>,
+    router: Arc<Router>,
+    replicas: Vec<NodeId>,
+    peers: Vec<(PartitionId, NodeId)>,
+    stats: Arc<NodeStats>,
+    clock: Clock,
+) {
+    use detflow_executor::{Input, Output};
+    let me = executor.partition();
+    let mut source = (me.0 as usize) % replicas.len();
+    let subscribe = |executor: &Executor<FjallStore>, source: usize| {
+        let msg = Message::Subscribe {
+            partition: me,
+            from: executor.next_epoch(),
+        };
+        router.to_replica(replicas[source], msg);
+    };
+    subscribe(&executor, source);
+    let mut out = Vec::new();
+    for (peer, _) in &peers {
+        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
+    }
+    let mut last_plan = clock.now();
+    let mut stall = tokio::time::interval(Duration::from_micros(STALL_US));
+    loop {
+        let first = tokio::select! {
+            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
+            _ = stall.tick() => None,
+        };
+        let mut events = Vec::new();
+        match first {
+            Some(ev) => events.push(ev),
+            None => {
+                if clock.now().since_us(last_plan) > STALL_US {
+                    source = (source + 1) % replicas.len();
+                    subscribe(&executor, source);
+                    last_plan = clock.now();
+                }
+            }
+        }
+        while events.len() < 512 {
+            match inbox.try_recv() {
+                Ok(ev) => events.push(ev),
+                Err(_) => break,
+            }
+        }
+        for ev in events {
+            let input = match ev {
+                Event::Msg(Message::Plan(plan)) => {
+                    last_plan = clock.now();
+                    Input::Plan((*plan).clone())
+                }
+                Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
+                Event::Msg(Message::Ack { from, durable, .. }) => Input::Ack { from, durable },
+                Event::Msg(Message::Hello { from, durable, .. }) => Input::Hello { from, durable },
+                Event::Msg(Message::Query {
+                    client,
+                    seq,
+                    gateway,
+                    ..
+                }) => Input::ResultQuery {
+                    gateway,
+                    client,
+                    seq,
+                },
+                Event::LinkUp(node) => {
+                    if replicas[source] == node {
+                        subscribe(&executor, source);
+                    }
+                    for (peer, _) in peers.iter().filter(|(_, n)| *n == node) {
+                        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            executor.handle(clock.now(), input, &mut out);
+        }
+        let mut applied = false;
+        for effect in out.drain(..) {
+            match effect {
+                Output::EpochApplied(_) => applied = true,
+                Output::Result { gateway, result } => {
+                    router.to_gateway(
+                        gateway,
+                        Message::Result {
+                            result,
+                            recovered: false,
+                        },
+                    );
+                }
+                Output::ResultUnknown {
+                    gateway,
+                    client,
+                    seq,
+                } => {
+                    router.to_gateway(gateway, Message::ResultUnknown { client, seq });
+                }
+                Output::SendAck { to, durable } => {
+                    router.to_executor(
+                        to,
+                        Message::Ack {
+                            from: me,
+                            to,
+                            durable,
+                        },
+                    );
+                }
+                Output::SendHello { to, durable } => {
+                    router.to_executor(
+                        to,
+                        Message::Hello {
+                            from: me,
+                            to,
+                            durable,
+                        },
+                    );
+                }
+                Output::SendReads { to, reads } => {
+                    router.to_executor(to, Message::RemoteReads { to, reads });
+                }
+            }
+        }
+        if applied {
+            let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
+                Ok(epoch) => epoch,
+                Err(e) => panic!("cannot fsync partition {me}: {e}"),
+            };
+            executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
+            for effect in out.drain(..) {
+                if let Output::SendAck { to, durable } = effect {
+                    router.to_executor(
+                        to,
+                        Message::Ack {
+                            from: me,
+                            to,
+                            durable,
+                        },
+                    );
+                }
+            }
+        }
+        if let Ok(mut parts) = stats.partitions.lock() {
+            let durable = executor.store().applied_epoch().0;
+            parts.insert(me, (executor.next_epoch().0, durable));
+        }
+    }
+}
+
+async fn gateway_task(
+    mut gateway: Gateway,
+    mut inbox: mpsc::UnboundedReceiver<Event>,
+    router: Arc<Router>,
+    stats: Arc<NodeStats>,
+) {
+    let mut waiting: BTreeMap<(ClientId, RequestSeq), Vec<oneshot::Sender<Reply>>> =
+        BTreeMap::new();
+    let mut out = Vec::new();
+    while let Some(ev) = inbox.recv().await {
+        match ev {
+            Event::Client { call, reply } => {
+                waiting
+                    .entry((call.client, call.seq))
+                    .or_default()
+                    .push(reply);
+                gateway.on_call(call, &mut out);
+            }
+            Event::Msg(Message::NotLeader { from, txn, leader }) => {
+                gateway.on_not_leader(from, txn, leader, &mut out)
+            }
+            Event::Msg(Message::Duplicate { client, seq }) => {
+                gateway.on_duplicate(client, seq, &mut out)
+            }
+            Event::Msg(Message::Result { result, recovered }) => {
+                gateway.on_result(result, recovered, &mut out)
+            }
+            Event::Msg(Message::ResultUnknown { client, seq }) => {
+                gateway.on_result_unknown(client, seq, &mut out)
+            }
+            _ => {}
+        }
+        for effect in out.drain(..) {
+            match effect {
+                GatewayOutput::Submit { to, txn } => router.to_replica(to, Message::Submit(txn)),
+                GatewayOutput::Query { to, client, seq } => {
+                    let msg = Message::Query {
+                        client,
+                        seq,
+                        partition: to,
+                        gateway: router.me,
+                    };
+                    router.to_executor(to, msg);
+                }
+                GatewayOutput::Reply { client, seq, reply } => {
+                    stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+                    if let Reply::Done { outcome, .. } = &reply {
+                        let counter = match outcome {
+                            detflow_protocol::Outcome::Committed(_) => &stats.commits,
+                            detflow_protocol::Outcome::Aborted(_) => &stats.aborts,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for waiter in waiting.remove(&(client, seq)).unwrap_or_default() {
+                        let _ = waiter.send(reply.clone());
+                    }
+                }
+            }
+        }
+    }
+}

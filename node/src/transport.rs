@@ -1,1 +1,0 @@
-//! QUIC transport.
