@@ -15,10 +15,10 @@ use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
 use crate::store::SimStore;
 use detflow_executor::{Bugs, Executor, Registry};
 use detflow_gateway::{Gateway, GatewayOutput};
-use detflow_protocol::message::{Call, RemoteReads, Reply};
+use detflow_protocol::message::{Call, Message, Reply};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId,
-    PeerMessage, Plan, RequestSeq, Time, Transaction, TxnResult, Value, codec,
+    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, Plan,
+    RequestSeq, Time, Value, codec,
 };
 use detflow_scheduler::PartitionMap;
 use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
@@ -36,51 +36,8 @@ pub(crate) enum Addr {
     Replica(u32),
 }
 
-#[derive(Clone, Debug)]
-enum Msg {
-    Ack {
-        from: PartitionId,
-        durable: Epoch,
-    },
-    Call(Call),
-    Duplicate {
-        client: ClientId,
-        seq: RequestSeq,
-    },
-    Hello {
-        from: PartitionId,
-        durable: Epoch,
-    },
-    NotLeader {
-        txn: Arc<Transaction>,
-        leader: Option<NodeId>,
-    },
-    Peer(PeerMessage),
-    Plan(Arc<Plan>),
-    Query {
-        client: ClientId,
-        seq: RequestSeq,
-    },
-    Reads(Arc<RemoteReads>),
-    Reply {
-        client: ClientId,
-        seq: RequestSeq,
-        reply: Reply,
-    },
-    Result {
-        result: TxnResult,
-        recovered: bool,
-    },
-    ResultUnknown {
-        client: ClientId,
-        seq: RequestSeq,
-    },
-    Submit(Arc<Transaction>),
-    Subscribe {
-        partition: PartitionId,
-        from: Epoch,
-    },
-}
+/// Every simulated message is a production wire message.
+type Msg = Message;
 
 #[derive(Debug)]
 enum Event {
@@ -229,6 +186,9 @@ struct Timing {
     fsync_max_us: u64,
     think_max_us: u64,
     malformed_chance: f64,
+    /// Whether every message goes through the wire encoding (framing and MessagePack) and
+    /// back, as it does between processes.
+    wire: bool,
 }
 
 /// Everything a finished run leaves for the checkers.
@@ -294,6 +254,19 @@ const STALL_CHECK_US: u64 = 250_000;
 const FOOTPRINT_ENTRIES_MAX: usize = 4096;
 /// Recently delivered messages remembered per connection, for duplicate delivery.
 const RECENT_PER_LINK: usize = 4;
+
+/// The message as the receiving process would decode it from a frame.
+fn through_the_wire(msg: &Msg) -> Msg {
+    use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder};
+    let bytes = frame::encode(msg, DEFAULT_MAX_FRAME_BYTES)
+        .unwrap_or_else(|e| panic!("a message does not encode: {e}: {msg:?}"));
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    decoder.push(&bytes);
+    match decoder.next_frame::<Msg>() {
+        Ok(Some(decoded)) => decoded,
+        other => panic!("a message does not survive the wire: {other:?}: {msg:?}"),
+    }
+}
 
 fn replica_id(r: u32) -> NodeId {
     NodeId(100 + r)
@@ -413,6 +386,7 @@ impl World {
             fsync_max_us,
             think_max_us: *rng.pick(&[0, 500, 5_000]),
             malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
+            wire: rng.chance(0.25),
         };
         let plan = FaultPlan::draw(&config.faults, &mut rng);
 
@@ -636,6 +610,11 @@ impl World {
         if !self.is_up(from) || !self.is_up(to) || self.is_blocked(from, to) {
             return;
         }
+        let msg = if self.timing.wire {
+            through_the_wire(&msg)
+        } else {
+            msg
+        };
         let mut delay = 1 + self.rng.below(self.timing.latency_max_us);
         if self.rng.chance(self.plan.spike_chance) && !self.healed {
             delay += self.rng.range(10_000, 200_000);
@@ -712,8 +691,10 @@ impl World {
                 self.on_reply(c, client, seq, reply)
             }
             (Addr::Gateway(g), msg) => self.gateway_input(g, from, msg),
-            (Addr::Replica(r), Msg::Peer(msg)) => {
+            (Addr::Replica(r), Msg::Peer { from: sender, msg }) => {
+                // The connection, not the message, says who sent it.
                 let Addr::Replica(from) = from else { return };
+                assert_eq!(sender, replica_id(from), "a replica misnamed itself");
                 self.replica_input(
                     r,
                     replica::Input::Peer {
@@ -1174,7 +1155,7 @@ impl World {
         let mut out = Vec::new();
         match msg {
             Msg::Call(call) => gateway.on_call(call, &mut out),
-            Msg::NotLeader { txn, leader } => {
+            Msg::NotLeader { txn, leader, .. } => {
                 let Addr::Replica(r) = from else { return };
                 gateway.on_not_leader(replica_id(r), txn, leader, &mut out);
             }
@@ -1189,7 +1170,12 @@ impl World {
                     self.send(
                         Addr::Gateway(g),
                         Addr::Executor(to.0),
-                        Msg::Query { client, seq },
+                        Msg::Query {
+                            client,
+                            seq,
+                            partition: to,
+                            gateway: gateway_id(g),
+                        },
                     );
                 }
                 GatewayOutput::Reply { client, seq, reply } => {
@@ -1228,11 +1214,17 @@ impl World {
                 }
                 replica::Output::NotLeader { txn, leader } => {
                     let to = Addr::Gateway(txn.gateway.0 - 200);
-                    self.send(Addr::Replica(r), to, Msg::NotLeader { txn, leader });
+                    let from = replica_id(r);
+                    self.send(Addr::Replica(r), to, Msg::NotLeader { from, txn, leader });
                 }
                 replica::Output::Persist(write) => self.persist(r, write),
                 replica::Output::Send { to, msg } => {
-                    self.send(Addr::Replica(r), Addr::Replica(to.0 - 100), Msg::Peer(msg));
+                    let from = replica_id(r);
+                    self.send(
+                        Addr::Replica(r),
+                        Addr::Replica(to.0 - 100),
+                        Msg::Peer { from, msg },
+                    );
                 }
             }
         }
@@ -1411,13 +1403,13 @@ impl World {
     fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
         use detflow_executor::Input;
         let input = match msg {
-            Msg::Ack { from, durable } => Input::Ack { from, durable },
-            Msg::Hello { from, durable } => Input::Hello { from, durable },
+            Msg::Ack { from, durable, .. } => Input::Ack { from, durable },
+            Msg::Hello { from, durable, .. } => Input::Hello { from, durable },
             Msg::Plan(plan) => {
                 self.executors[p as usize].plans_seen += 1;
                 Input::Plan((*plan).clone())
             }
-            Msg::Query { client, seq } => {
+            Msg::Query { client, seq, .. } => {
                 let Addr::Gateway(g) = from else { return };
                 Input::ResultQuery {
                     gateway: gateway_id(g),
@@ -1425,7 +1417,7 @@ impl World {
                     seq,
                 }
             }
-            Msg::Reads(reads) => Input::RemoteReads(reads),
+            Msg::RemoteReads { reads, .. } => Input::RemoteReads(reads),
             other => panic!("executor got {other:?}"),
         };
         self.executor_input(p, input);
@@ -1467,6 +1459,7 @@ impl World {
                         Addr::Executor(to.0),
                         Msg::Ack {
                             from: PartitionId(p),
+                            to,
                             durable,
                         },
                     );
@@ -1477,12 +1470,13 @@ impl World {
                         Addr::Executor(to.0),
                         Msg::Hello {
                             from: PartitionId(p),
+                            to,
                             durable,
                         },
                     );
                 }
                 Output::SendReads { to, reads } => {
-                    self.send(me, Addr::Executor(to.0), Msg::Reads(reads))
+                    self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
                 }
             }
         }
