@@ -77,7 +77,8 @@ impl Registry {
 fn execute_erased<P: Procedure>(tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
     let args = codec::decode::<P::Args>(args).map_err(|e| AbortReason::BadArgs(e.0))?;
     let output = P::execute(tx, args)?;
-    Ok(codec::encode(&output))
+    // Outputs name their fields: `detflow call` prints them as JSON objects.
+    Ok(codec::encode_named(&output))
 }
 
 fn footprint_erased<P: Procedure>(args: &[u8]) -> Result<Footprint, codec::DecodeError> {

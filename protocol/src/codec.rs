@@ -16,6 +16,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("MessagePack encoding into a Vec cannot fail for our types")
 }
 
+/// Encodes `value` as MessagePack with struct fields named (maps, not arrays), so a reader
+/// that does not know the type (`detflow call`, a log inspector) still sees field names.
+/// Either form decodes into the struct.
+pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    #[allow(clippy::expect_used)]
+    rmp_serde::to_vec_named(value)
+        .expect("MessagePack encoding into a Vec cannot fail for our types")
+}
+
 /// Decodes MessagePack bytes as `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     rmp_serde::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))

@@ -431,7 +431,7 @@ mod tests {
             from_balance_cents: 7_500,
             to_balance_cents: 12_500,
         };
-        assert_eq!(ok, Outcome::Committed(codec::encode(&expected)));
+        assert_eq!(ok, Outcome::Committed(codec::encode_named(&expected)));
 
         let before = serial.state().clone();
         let outcome = call::<Transfer>(
@@ -513,9 +513,9 @@ mod tests {
         let balance = DepositOutput {
             balance_cents: 10_001,
         };
-        assert_eq!(deposit, Outcome::Committed(codec::encode(&balance)));
+        assert_eq!(deposit, Outcome::Committed(codec::encode_named(&balance)));
         let read = call::<Balance>(&mut serial, &registry, &BalanceArgs { account: 2 });
-        assert_eq!(read, Outcome::Committed(codec::encode(&balance)));
+        assert_eq!(read, Outcome::Committed(codec::encode_named(&balance)));
     }
 
     #[test]

@@ -844,7 +844,7 @@ mod tests {
         };
         let mut out: KvOutput = codec::decode(out).unwrap();
         out.reads[0] = KvRead::Value(None);
-        log[at].2 = Outcome::Committed(codec::encode(&out));
+        log[at].2 = Outcome::Committed(codec::encode_named(&out));
         let stale = testkit::Run {
             state: run.state.clone(),
             log,

@@ -545,7 +545,7 @@ mod tests {
         };
         assert_eq!(
             serial.execute(&txn, None),
-            Outcome::Committed(codec::encode(&counters))
+            Outcome::Committed(codec::encode_named(&counters))
         );
         let record: YcsbRecord = codec::decode(&serial.state()[&record_key(3)]).unwrap();
         assert_eq!(record.counter, 2);
