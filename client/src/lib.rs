@@ -187,13 +187,17 @@ impl Client {
     }
 
     async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
-        let mut conns = self.connections.lock().await;
-        if let Some(conn) = &conns[gateway] {
+        if let Some(conn) = &self.connections.lock().await[gateway] {
             return Ok(conn.clone());
         }
+        // Connect without holding the lock: a handshake with a gateway that is down lasts
+        // until the attempt times out, and held every other call of this session (through
+        // any gateway) up behind it. Should two calls connect at once, the first one kept
+        // wins and the other connection is dropped.
         let conn = self.endpoint.connect(self.gateways[gateway]).await?;
-        conns[gateway] = Some(conn.clone());
-        Ok(conn)
+        Ok(self.connections.lock().await[gateway]
+            .get_or_insert(conn)
+            .clone())
     }
 
     async fn attempt(&self, gateway: usize, call: &Call) -> Result<Reply, TransportError> {
@@ -229,7 +233,13 @@ impl Client {
             let status = match answer {
                 Ok(Ok(Message::StatusReply(s))) => Ok(s),
                 Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => {
+                    // Drop the failed connection, as `call_raw` does: a cached connection
+                    // to a node that died stays dead, so without this every later status
+                    // would report a restarted node unreachable.
+                    self.connections.lock().await[i] = None;
+                    Err(e.to_string())
+                }
                 Err(_) => Err("timed out".into()),
             };
             out.push((*addr, status));

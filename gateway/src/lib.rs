@@ -72,7 +72,8 @@ pub struct Gateway {
     replicas: Vec<NodeId>,
     leader_hint: usize,
     footprint_entries_max: usize,
-    pending: BTreeMap<(ClientId, RequestSeq), Arc<Transaction>>,
+    /// Calls in flight: the transaction and the replica it was last submitted to.
+    pending: BTreeMap<(ClientId, RequestSeq), (Arc<Transaction>, NodeId)>,
     stats: GatewayStats,
 }
 
@@ -108,6 +109,15 @@ impl Gateway {
         self.replicas[self.leader_hint]
     }
 
+    /// Adopts `leader` as the replica to submit to, if it is one of ours. For a driver that
+    /// knows better than the hints this gateway collects, e.g. the node runtime, whose
+    /// co-located replica follows elections as they happen.
+    pub fn observe_leader(&mut self, leader: NodeId) {
+        if let Some(i) = self.replicas.iter().position(|r| *r == leader) {
+            self.leader_hint = i;
+        }
+    }
+
     /// A client's call (or its retry).
     pub fn on_call(&mut self, call: Call, out: &mut Vec<GatewayOutput>) {
         let footprint = self
@@ -125,6 +135,17 @@ impl Gateway {
             });
         match footprint {
             Ok(footprint) => {
+                let key = (call.client, call.seq);
+                // A retry of a call still in flight here: its last submission got no
+                // answer, so the replica it went to may be dead (a gateway hears of a new
+                // leader only from a live replica). Never send the retry to the same one:
+                // the next replica either leads or answers NotLeader with the leader.
+                if let Some((_, silent)) = self.pending.get(&key)
+                    && *silent == self.leader()
+                    && self.replicas.len() > 1
+                {
+                    self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
+                }
                 let txn = Arc::new(Transaction {
                     client: call.client,
                     seq: call.seq,
@@ -133,11 +154,9 @@ impl Gateway {
                     args: call.args,
                     footprint,
                 });
-                self.pending.insert((call.client, call.seq), txn.clone());
-                out.push(GatewayOutput::Submit {
-                    to: self.leader(),
-                    txn,
-                });
+                let to = self.leader();
+                self.pending.insert(key, (txn.clone(), to));
+                out.push(GatewayOutput::Submit { to, txn });
             }
             Err(rejection) => {
                 self.stats.rejected += 1;
@@ -159,13 +178,14 @@ impl Gateway {
         out: &mut Vec<GatewayOutput>,
     ) {
         let key = (txn.client, txn.seq);
-        if !self.pending.contains_key(&key) {
+        let Some(pending) = self.pending.get_mut(&key) else {
             return;
-        }
+        };
         match leader.and_then(|l| self.replicas.iter().position(|r| *r == l)) {
             Some(i) if self.replicas[i] != from => {
                 self.leader_hint = i;
                 self.stats.redirects += 1;
+                pending.1 = self.replicas[i];
                 out.push(GatewayOutput::Submit {
                     to: self.leader(),
                     txn,
@@ -192,7 +212,7 @@ impl Gateway {
         seq: RequestSeq,
         out: &mut Vec<GatewayOutput>,
     ) {
-        let Some(txn) = self.pending.get(&(client, seq)) else {
+        let Some((txn, _)) = self.pending.get(&(client, seq)) else {
             return;
         };
         let routed = detflow_scheduler::route(Position::default(), txn.clone(), &self.map);
@@ -237,5 +257,88 @@ impl Gateway {
                 reply: Reply::Unavailable,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_executor::{Abort, Procedure, Txn};
+    use detflow_protocol::{Footprint, Key, PartitionScheme, codec};
+
+    struct Touch;
+
+    impl Procedure for Touch {
+        const NAME: &'static str = "test.touch";
+        type Args = u64;
+        type Output = ();
+
+        fn footprint(k: &u64) -> Footprint {
+            Footprint::new().write(Key::table("t").u64(*k))
+        }
+
+        fn execute(_: &mut Txn<'_>, _: u64) -> Result<(), Abort> {
+            Ok(())
+        }
+    }
+
+    fn gateway() -> Gateway {
+        let mut registry = Registry::new();
+        registry.register::<Touch>();
+        let map = PartitionMap::new(PartitionScheme::hashed(1)).unwrap();
+        let replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        Gateway::new(NodeId(9), Arc::new(registry), map, replicas, 16)
+    }
+
+    fn call(seq: u64) -> Call {
+        Call {
+            client: ClientId(1),
+            seq: RequestSeq(seq),
+            procedure: Touch::NAME.into(),
+            args: codec::encode(&7u64),
+        }
+    }
+
+    /// Where the outputs submitted to, draining them.
+    fn submitted(out: &mut Vec<GatewayOutput>) -> Vec<NodeId> {
+        out.drain(..)
+            .map(|o| match o {
+                GatewayOutput::Submit { to, .. } => to,
+                other => panic!("expected a submission, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retry_of_an_unanswered_call_never_goes_to_the_silent_replica() {
+        let mut g = gateway();
+        let mut out = Vec::new();
+        g.on_call(call(1), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1)]);
+        // Node 1 never answered (its node died): the retry tries the next replica, and
+        // later calls follow.
+        g.on_call(call(1), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(2)]);
+        g.on_call(call(2), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(2)]);
+        // A redirect records where the call went: a retry after it avoids that replica.
+        let txn = g.pending[&(ClientId(1), RequestSeq(2))].0.clone();
+        g.on_not_leader(NodeId(2), txn, Some(NodeId(3)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(3)]);
+        g.on_call(call(2), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1)]);
+    }
+
+    #[test]
+    fn a_driver_may_name_the_leader() {
+        let mut g = gateway();
+        let mut out = Vec::new();
+        g.observe_leader(NodeId(3));
+        g.on_call(call(1), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(3)]);
+        // Not a replica of ours: ignored.
+        g.observe_leader(NodeId(42));
+        g.on_call(call(2), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(3)]);
     }
 }

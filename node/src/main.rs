@@ -56,6 +56,11 @@ enum Cmd {
         /// Override `metrics_listen`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Also shut down when standard input reaches end of file. For supervisors and
+        /// tests: a node started with a pipe on stdin then dies with its parent, even when
+        /// the parent itself is SIGKILLed and cannot clean up.
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
     },
     /// Start a local cluster as separate processes, drive a workload, report, shut down.
     Demo(DemoArgs),
@@ -201,6 +206,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             listen,
             data_dir,
             metrics_listen,
+            exit_on_stdin_eof,
         } => {
             let mut config = Config::load(&config)?;
             if let Some(l) = listen {
@@ -213,7 +219,14 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 config.metrics_listen = metrics_listen;
             }
             let node = runtime::Node::start(config).await?;
-            wait_for_shutdown().await;
+            if exit_on_stdin_eof {
+                tokio::select! {
+                    _ = wait_for_shutdown() => {}
+                    _ = stdin_eof() => {}
+                }
+            } else {
+                wait_for_shutdown().await;
+            }
             node.shutdown().await;
             Ok(true)
         }
@@ -240,6 +253,22 @@ async fn wait_for_shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Resolves once standard input reaches end of file (or fails).
+///
+/// A plain thread does the blocking read: tokio's `stdin` reads on its blocking pool, and a
+/// read that never returns would hold up the runtime's shutdown after SIGTERM.
+async fn stdin_eof() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 /// A local cluster of node processes in a folder of its own.

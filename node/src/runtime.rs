@@ -16,7 +16,7 @@
 
 use crate::config::Config;
 use crate::storage::{FjallStore, LogStore};
-use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls};
+use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls, TransportError};
 use anyhow::{Context, Result};
 use detflow_executor::{Executor, Registry, Store};
 use detflow_gateway::{Gateway, GatewayOutput};
@@ -444,8 +444,14 @@ async fn serve_node(conn: Connection, router: Arc<Router>) {
                 match reader.recv::<Message>().await {
                     Ok(Some(msg)) => router.dispatch(msg),
                     Ok(None) => return,
-                    Err(e) => {
+                    // Only a refused frame is bad input; a lost connection (a peer that
+                    // restarted, say) is routine and was logged as bad input on every restart.
+                    Err(e @ TransportError::Frame(_)) => {
                         tracing::warn!(?header, error = %e, "closed a channel with bad input");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(?header, error = %e, "channel ended");
                         return;
                     }
                 }
@@ -482,8 +488,14 @@ async fn serve_client(
                 }
                 Ok(Some(Message::Status)) => Message::StatusReply(status(&stats, me, clock)),
                 Ok(Some(_)) | Ok(None) => return,
-                Err(e) => {
+                // As for channels: a client that gave up on a call resets its stream, which
+                // is not bad input.
+                Err(e @ TransportError::Frame(_)) => {
                     tracing::warn!(error = %e, "closed a client stream with bad input");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client stream ended");
                     return;
                 }
             };
@@ -682,6 +694,7 @@ async fn executor_task(
         executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
     }
     let mut last_plan = clock.now();
+    let mut last_progress = clock.now();
     let mut stall = tokio::time::interval(Duration::from_micros(STALL_US));
     loop {
         let first = tokio::select! {
@@ -696,6 +709,18 @@ async fn executor_task(
                     source = (source + 1) % replicas.len();
                     subscribe(&executor, source);
                     last_plan = clock.now();
+                }
+                // Peers re-send their unacknowledged reads only when this partition says
+                // Hello, which it does when its own link to them comes up. Reads they sent
+                // on a connection that had died without either side noticing yet (this
+                // node restarted; their link learns of it only at the idle timeout) are
+                // lost, and this partition would wait for them forever. Work waiting with
+                // no progress for a while: say Hello again (re-sent reads are de-duplicated).
+                if !executor.is_idle() && clock.now().since_us(last_progress) > STALL_US {
+                    for (peer, _) in &peers {
+                        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
+                    }
+                    last_progress = clock.now();
                 }
             }
         }
@@ -783,6 +808,7 @@ async fn executor_task(
             }
         }
         if applied {
+            last_progress = clock.now();
             let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
                 Ok(epoch) => epoch,
                 Err(e) => panic!("cannot fsync partition {me}: {e}"),
@@ -824,6 +850,14 @@ async fn gateway_task(
                     .entry((call.client, call.seq))
                     .or_default()
                     .push(reply);
+                // The gateway learns of a new leader only when a live replica refuses a
+                // submission; after the leader's node dies, nothing answers, and every call
+                // went to the dead node until it came back. A co-located replica follows
+                // elections as they happen: submit where it says the leader is.
+                let local_leader = stats.leader.load(Ordering::Relaxed);
+                if local_leader != 0 {
+                    gateway.observe_leader(NodeId(local_leader as u32));
+                }
                 gateway.on_call(call, &mut out);
             }
             Event::Msg(Message::NotLeader { from, txn, leader }) => {

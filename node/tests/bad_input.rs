@@ -1,0 +1,585 @@
+//! Bad input over the wire against a running single-node cluster (a `detflow` process on
+//! 127.0.0.1: one replica, a gateway, two partitions), DESIGN.md §9–§10.
+//!
+//! - `bad_frames_are_refused_counted_and_harmless`: malformed MessagePack, a length prefix
+//!   over the 16 MiB limit, an unknown message type and a frame cut short, as a client on
+//!   request streams and as a node on channels. Each stream is stopped with
+//!   `MALFORMED_FRAME` or `FRAME_TOO_LARGE` and counted in the metrics; the connection, the
+//!   node and its data are unharmed.
+//! - `bad_calls_are_rejected_with_a_reason`: an unknown procedure, arguments that do not
+//!   decode and a footprint over the limit are typed rejections, and never ordered.
+//!
+//! Every test stops by itself (deadlines on every step, a budget on the whole), and the node
+//! process dies with the test (SIGKILL from a guard's `Drop`, and `--exit-on-stdin-eof`
+//! should the test process itself be killed). On failure the folder (config, certificates,
+//! data, node log) is kept and its path printed, with the tail of the log.
+
+// The tests own the clock.
+#![allow(clippy::disallowed_methods)]
+
+use detflow_client::{CallError, Client, RetryPolicy, Tls};
+use detflow_node::certs::{self, CertPaths};
+use detflow_node::config::{Config, NodeSpec, TlsPaths};
+use detflow_node::runtime::ChannelHeader;
+use detflow_node::transport::{Connection, Endpoint, FRAME_TOO_LARGE, Limits, MALFORMED_FRAME};
+use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES};
+use detflow_protocol::message::{Message, Rejection};
+use detflow_protocol::{AbortReason, codec};
+use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, DepositArgs};
+use detflow_workloads::kv::{self, KvTxn};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MALFORMED: &str = "detflow_transport_frames_rejected_malformed_total";
+const TOO_LARGE: &str = "detflow_transport_frames_rejected_too_large_total";
+
+/// The budget of one step that should be quick.
+const STEP: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------
+// A single-node cluster in a folder of its own.
+// ---------------------------------------------------------------------------------------
+
+/// One `detflow node` process: replica, gateway and two partitions. Dropping it SIGKILLs
+/// the process; if the test is failing it keeps the folder and prints the log.
+struct SingleNode {
+    temp: Option<tempfile::TempDir>,
+    certs: CertPaths,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    log: std::path::PathBuf,
+    child: Child,
+}
+
+impl SingleNode {
+    fn start() -> SingleNode {
+        let temp = tempfile::Builder::new()
+            .prefix("detflow-bad-input-test-")
+            .tempdir()
+            .expect("create a temporary folder");
+        let root = temp.path().to_owned();
+        // Two node certificates: node-2's lets the tests speak as a (rogue) cluster node.
+        let certs = certs::generate(&root.join("certs"), 2).expect("make certificates");
+        let addr = {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+            socket.local_addr().expect("local address")
+        };
+        let metrics = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+            listener.local_addr().expect("local address")
+        };
+        let identity = certs.node(1).expect("node-1's certificate");
+        let config = Config {
+            id: 1,
+            listen: addr,
+            data_dir: root.join("node-1"),
+            workload: "bank".into(),
+            epoch_us: 5_000,
+            metrics_listen: Some(metrics),
+            tls: TlsPaths {
+                ca: certs.ca.cert.clone(),
+                cert: identity.cert.clone(),
+                key: identity.key.clone(),
+            },
+            cluster: vec![NodeSpec {
+                id: 1,
+                addr,
+                replica: true,
+                gateway: true,
+                partitions: vec![0, 1],
+            }],
+        };
+        config.validate().expect("a valid config");
+        let path = root.join("node-1.toml");
+        std::fs::write(&path, config.to_toml()).expect("write the config");
+        let log_path = root.join("node-1.log");
+        let log = std::fs::File::create(&log_path).expect("create the log");
+        let child = Command::new(env!("CARGO_BIN_EXE_detflow"))
+            .arg("node")
+            .arg("--config")
+            .arg(&path)
+            .arg("--exit-on-stdin-eof")
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            // The node exits when this pipe closes: when the test drops the child, or dies.
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start the node");
+        SingleNode {
+            temp: Some(temp),
+            certs,
+            addr,
+            metrics,
+            log: log_path,
+            child,
+        }
+    }
+
+    /// Panics if the node process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll the node") {
+            panic!("the node exited ({status})");
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let tls = Tls::from_dir(&self.certs.dir, "client").expect("load the client certificate");
+        Client::connect(vec![self.addr], tls)
+            .await
+            .expect("start a client")
+            .with_policy(RetryPolicy {
+                attempt_timeout: Duration::from_secs(2),
+                backoff: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(200),
+                attempts_max: 20,
+            })
+    }
+
+    /// A raw transport connection with the certificate `name` of the cluster's CA.
+    async fn connect_as(&self, name: &str) -> (Endpoint, Connection) {
+        let tls = Tls::from_dir(&self.certs.dir, name).expect("load a certificate");
+        let endpoint = Endpoint::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &tls,
+            Limits::default(),
+        )
+        .expect("bind a test endpoint");
+        let conn = within("connect", endpoint.connect(self.addr))
+            .await
+            .expect("connect to the node");
+        (endpoint, conn)
+    }
+
+    /// Waits until the node answers a status request and its replica leads.
+    async fn wait_ready(&mut self, client: &Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.assert_running();
+            let leads = client.status().await.into_iter().all(|(_, s)| {
+                s.is_ok_and(|s| s.replica.is_some_and(|(_, leader, _)| leader.is_some()))
+            });
+            if leads {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node was not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn commit_epoch(&self, client: &Client) -> u64 {
+        let (_, status) = client.status().await.remove(0);
+        let status = status.expect("the node answers a status request");
+        status.replica.expect("the node runs a replica").2.0
+    }
+}
+
+impl Drop for SingleNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            eprintln!("----- {}, last lines -----", self.log.display());
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+            if let Some(temp) = self.temp.take() {
+                eprintln!("kept the node's folder: {}", temp.keep().display());
+            }
+        }
+    }
+}
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(STEP, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Starts a node and runs `scenario` against it within `budget`. The node outlives the
+/// scenario, so that a timeout still fails the test while the node can show its log.
+fn run(budget: Duration, scenario: impl AsyncFnOnce(&mut SingleNode)) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let mut node = SingleNode::start();
+        if tokio::time::timeout(budget, scenario(&mut node))
+            .await
+            .is_err()
+        {
+            panic!("the scenario did not finish within its budget of {budget:?}");
+        }
+    });
+}
+
+/// Reads one counter from the node's Prometheus endpoint (plain HTTP over a TcpStream).
+async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = within("GET /metrics", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("GET http://{addr}/metrics: {e}"));
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in the metrics: {text}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Polls a counter until it reaches `at_least`.
+async fn wait_metric(addr: SocketAddr, name: &str, at_least: u64) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let value = metric(addr, name).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {value}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad frames.
+// ---------------------------------------------------------------------------------------
+
+/// A frame as the wire carries it: a 4-byte big-endian length, then the body.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Bad bytes, and how the node must refuse them.
+struct Case {
+    what: &'static str,
+    bytes: Vec<u8>,
+    code: quinn::VarInt,
+    counter: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    // A valid MessagePack map whose key is no message type: {"Launch": 1}.
+    let unknown = rmp_serde::to_vec(&BTreeMap::from([("Launch", 1u8)])).expect("encode");
+    // A known message type with a body of the wrong shape: {"Call": "now"}.
+    let misshapen = rmp_serde::to_vec(&BTreeMap::from([("Call", "now")])).expect("encode");
+    let mut oversized = (DEFAULT_MAX_FRAME_BYTES + 1).to_be_bytes().to_vec();
+    oversized.extend_from_slice(b"and a little more");
+    vec![
+        Case {
+            what: "malformed MessagePack",
+            // 0xc1 is the one byte MessagePack never uses.
+            bytes: framed(&[0xc1, 0xc1, 0xc1]),
+            code: MALFORMED_FRAME,
+            counter: MALFORMED,
+        },
+        Case {
+            what: "a length prefix over the limit",
+            bytes: oversized,
+            code: FRAME_TOO_LARGE,
+            counter: TOO_LARGE,
+        },
+        Case {
+            what: "a length prefix of 4 GiB",
+            bytes: u32::MAX.to_be_bytes().to_vec(),
+            code: FRAME_TOO_LARGE,
+            counter: TOO_LARGE,
+        },
+        Case {
+            what: "an unknown message type",
+            bytes: framed(&unknown),
+            code: MALFORMED_FRAME,
+            counter: MALFORMED,
+        },
+        Case {
+            what: "a known message type of the wrong shape",
+            bytes: framed(&misshapen),
+            code: MALFORMED_FRAME,
+            counter: MALFORMED,
+        },
+    ]
+}
+
+/// Writes `bytes` on `send` without finishing it (so that only the node's STOP_SENDING can
+/// end the wait) and returns the code the node stopped the stream with.
+async fn stop_code(what: &str, send: &mut quinn::SendStream, bytes: &[u8]) -> quinn::VarInt {
+    within(what, send.write_all(bytes))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: writing failed: {e}"));
+    match within(what, send.stopped()).await {
+        Ok(Some(code)) => code,
+        other => panic!("{what}: the node did not stop the stream: {other:?}"),
+    }
+}
+
+/// The connection still carries requests: a status request on a fresh stream.
+async fn still_serves(what: &str, conn: &Connection) {
+    let answer = within(what, async {
+        let (mut writer, mut reader) = conn.open_bi().await?;
+        writer.send(&Message::Status).await?;
+        writer.finish()?;
+        reader.recv::<Message>().await
+    })
+    .await;
+    assert!(
+        matches!(answer, Ok(Some(Message::StatusReply(_)))),
+        "after {what}, a status request on the same connection got {answer:?}"
+    );
+}
+
+#[test]
+fn bad_frames_are_refused_counted_and_harmless() {
+    run(Duration::from_secs(60), async |node| {
+        let client = node.client().await;
+        node.wait_ready(&client).await;
+        // Data written before the bad input must survive it.
+        let account = 3;
+        let deposit = DepositArgs {
+            account,
+            amount_cents: 555,
+        };
+        client
+            .call::<Deposit>(&deposit)
+            .await
+            .expect("a deposit before the bad input");
+        let expected = BankConfig::default().initial_balance_cents + deposit.amount_cents;
+        let initial = [
+            (MALFORMED, metric(node.metrics, MALFORMED).await),
+            (TOO_LARGE, metric(node.metrics, TOO_LARGE).await),
+        ];
+        let mut refused: BTreeMap<&str, u64> = initial.into_iter().collect();
+
+        // As a client, on request (bidirectional) streams.
+        let (endpoint, conn) = node.connect_as("client").await;
+        for case in cases() {
+            let what = format!("{} on a client stream", case.what);
+            let (mut send, mut recv) = conn.quic().open_bi().await.expect("open a stream");
+            let code = stop_code(&what, &mut send, &case.bytes).await;
+            assert_eq!(code, case.code, "{what}: stop code");
+            // The node answers nothing on that stream: it ends, empty.
+            let answer = within(&what, recv.read_to_end(1024)).await;
+            assert!(
+                answer.as_ref().is_ok_and(Vec::is_empty) || answer.is_err(),
+                "{what}: the node answered {answer:?}"
+            );
+            *refused.get_mut(case.counter).expect("a known counter") += 1;
+            wait_metric(node.metrics, case.counter, refused[case.counter]).await;
+            still_serves(&what, &conn).await;
+            node.assert_running();
+            println!(
+                "{what}: stopped with code {code}, counted in {}",
+                case.counter
+            );
+        }
+
+        // A frame cut short by the end of the stream: refused as malformed. (Finishing the
+        // stream lets the node acknowledge it before it stops the stream, so the stop code
+        // may or may not reach us; the counter is what tells.)
+        let what = "a frame cut short on a client stream";
+        let (mut send, _recv) = conn.quic().open_bi().await.expect("open a stream");
+        let mut short = 100u32.to_be_bytes().to_vec();
+        short.extend_from_slice(&[0x90; 10]);
+        within(what, send.write_all(&short)).await.expect("write");
+        send.finish().expect("finish");
+        *refused.get_mut(MALFORMED).expect("a known counter") += 1;
+        wait_metric(node.metrics, MALFORMED, refused[MALFORMED]).await;
+        still_serves(what, &conn).await;
+        println!("{what}: counted in {MALFORMED}");
+        conn.close();
+        endpoint.close();
+
+        // As a node, on channels (unidirectional streams): a bad channel header, and bad
+        // frames after a good header.
+        let (endpoint, conn) = node.connect_as("node-2").await;
+        for case in cases() {
+            let what = format!("{} as a channel header", case.what);
+            let mut send = conn.quic().open_uni().await.expect("open a channel");
+            let code = stop_code(&what, &mut send, &case.bytes).await;
+            assert_eq!(code, case.code, "{what}: stop code");
+            *refused.get_mut(case.counter).expect("a known counter") += 1;
+            wait_metric(node.metrics, case.counter, refused[case.counter]).await;
+            println!(
+                "{what}: stopped with code {code}, counted in {}",
+                case.counter
+            );
+
+            let what = format!("{} on a channel", case.what);
+            let mut send = conn.quic().open_uni().await.expect("open a channel");
+            let header = frame::encode(&ChannelHeader::Results, DEFAULT_MAX_FRAME_BYTES)
+                .expect("encode a header");
+            let mut bytes = header;
+            bytes.extend_from_slice(&case.bytes);
+            let code = stop_code(&what, &mut send, &bytes).await;
+            assert_eq!(code, case.code, "{what}: stop code");
+            *refused.get_mut(case.counter).expect("a known counter") += 1;
+            wait_metric(node.metrics, case.counter, refused[case.counter]).await;
+            node.assert_running();
+            println!(
+                "{what}: stopped with code {code}, counted in {}",
+                case.counter
+            );
+        }
+        conn.close();
+        endpoint.close();
+
+        // Counted exactly once each, and nothing else was.
+        for (counter, count) in &refused {
+            assert_eq!(
+                metric(node.metrics, counter).await,
+                *count,
+                "{counter}: every refusal counted once"
+            );
+        }
+        // The node is up, serves, and lost nothing.
+        node.assert_running();
+        let balance = client
+            .call::<Balance>(&BalanceArgs { account })
+            .await
+            .expect("a balance read after the bad input");
+        assert_eq!(
+            balance.balance_cents, expected,
+            "the deposit made before the bad input"
+        );
+        client.close();
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad calls.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bad_calls_are_rejected_with_a_reason() {
+    run(Duration::from_secs(60), async |node| {
+        let client = node.client().await;
+        node.wait_ready(&client).await;
+        let account = 5;
+        let deposit = DepositArgs {
+            account,
+            amount_cents: 777,
+        };
+        client
+            .call::<Deposit>(&deposit)
+            .await
+            .expect("a deposit before the bad calls");
+        let expected = BankConfig::default().initial_balance_cents + deposit.amount_cents;
+
+        let mut too_many = KvTxn::new();
+        for i in 0..4_097 {
+            too_many = too_many.get(kv::key(i));
+        }
+        let unknown =
+            |r: &Rejection| matches!(r, Rejection::UnknownProcedure(n) if n == "bank.embezzle");
+        let bad_args = |r: &Rejection| matches!(r, Rejection::BadArgs(_));
+        let too_large = |r: &Rejection| {
+            matches!(
+                r,
+                Rejection::FootprintTooLarge {
+                    entries: 4_097,
+                    max: 4_096
+                }
+            )
+        };
+        type Expect = fn(&Rejection) -> bool;
+        let calls: Vec<(&str, &str, Vec<u8>, Expect)> = vec![
+            (
+                "an unknown procedure",
+                "bank.embezzle",
+                codec::encode(&DepositArgs {
+                    account: 1,
+                    amount_cents: 1,
+                }),
+                unknown,
+            ),
+            (
+                "arguments that are not MessagePack",
+                "bank.deposit",
+                vec![0xc1],
+                bad_args,
+            ),
+            (
+                "arguments of the wrong type",
+                "bank.transfer",
+                codec::encode(&"all of it"),
+                bad_args,
+            ),
+            ("no arguments at all", "bank.balance", Vec::new(), bad_args),
+            (
+                "a footprint over the limit",
+                "kv.txn",
+                codec::encode(&too_many),
+                too_large,
+            ),
+        ];
+        for (what, procedure, args, expect) in calls {
+            let before = node.commit_epoch(&client).await;
+            let result = client.call_raw(procedure, args).await;
+            assert!(
+                matches!(&result, Err(CallError::Rejected(r)) if expect(r)),
+                "{what}: expected a typed rejection, got {result:?}"
+            );
+            // A rejected call is never ordered: nothing else runs, so no epoch closes.
+            let after = node.commit_epoch(&client).await;
+            assert_eq!(before, after, "{what}: a rejected call was ordered");
+            node.assert_running();
+            println!(
+                "{what}: {}",
+                result.err().map(|e| e.to_string()).unwrap_or_default()
+            );
+        }
+
+        // For contrast: arguments that decode but that the procedure refuses are ordered
+        // and abort deterministically, changing nothing.
+        let result = client
+            .call::<Deposit>(&DepositArgs {
+                account,
+                amount_cents: -5,
+            })
+            .await;
+        assert!(
+            matches!(&result, Err(CallError::Aborted(AbortReason::User(_)))),
+            "a negative deposit: {result:?}"
+        );
+        println!(
+            "a negative deposit: {}",
+            result.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+
+        // The node is up and lost nothing.
+        let balance = client
+            .call::<Balance>(&BalanceArgs { account })
+            .await
+            .expect("a balance read after the bad calls");
+        assert_eq!(balance.balance_cents, expected);
+        node.assert_running();
+        client.close();
+    });
+}

@@ -1,0 +1,1139 @@
+//! Process-level tests (DESIGN.md §12.4): real `detflow` node processes on 127.0.0.1.
+//!
+//! - `kill_and_restart_under_load`: a 3-node, 3-replica, 4-partition bank cluster under
+//!   bank and `kv.txn` load from several client sessions. Round 1: the leader's node and
+//!   another node are SIGKILLed together (no quorum left) and restarted from their configs
+//!   and data dirs; calls must be answered again. Round 2: the new leader's node is
+//!   SIGKILLed alone; the two survivors must elect a leader and go on ordering fresh calls
+//!   (which execute once the dead node's partitions are back), then it is restarted.
+//!   Afterwards every acknowledged deposit is in the bank's total and every acknowledged
+//!   list append is in its list exactly once.
+//! - `refuses_peers_with_bad_credentials`: a node certificate from another CA, a client
+//!   certificate from another CA, a client with no certificate and a certificate without a
+//!   detflow role are all refused and counted, and good clients are still served.
+//!
+//! Every test stops by itself: each step polls with a deadline, each scenario has a
+//! budget, and node processes die with the test (SIGKILL from a guard's `Drop`, and
+//! `--exit-on-stdin-eof` should the test process itself be killed). The tests of this file
+//! run one at a time, so that two clusters never share the machine's cores.
+//!
+//! On failure the cluster's folder (configs, certificates, data, node logs) is kept and
+//! its path printed, with the tail of every node's log.
+
+// The tests own the clock.
+#![allow(clippy::disallowed_methods)]
+
+use detflow_client::{CallError, Client, RetryPolicy, Tls};
+use detflow_node::certs::{self, CertKind, CertPaths};
+use detflow_node::config::{Config, NodeSpec, TlsPaths};
+use detflow_node::transport::{Endpoint, Limits};
+use detflow_protocol::message::NodeStatus;
+use detflow_protocol::{AbortReason, DetRng, NodeId};
+use detflow_workloads::bank::{
+    Balance, BalanceArgs, BankConfig, Deposit, DepositArgs, Transfer, TransferArgs,
+};
+use detflow_workloads::kv::{self, KvRead, KvTxn};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// A cluster of node processes in a folder of its own.
+// ---------------------------------------------------------------------------------------
+
+/// One node process (or its place while it is down).
+struct NodeProc {
+    id: u32,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    partitions: Vec<u32>,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A local cluster: certificates, one config per node, node processes. Dropping it
+/// SIGKILLs every node; if the test is failing it keeps the folder and prints the logs.
+struct Cluster {
+    root: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    certs: CertPaths,
+    nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    /// Writes certificates and configs for `nodes` nodes, each a replica and a gateway,
+    /// partitions spread round-robin, and starts every node.
+    fn start(nodes: u32, partitions: u32, workload: &str) -> Cluster {
+        let temp = tempfile::Builder::new()
+            .prefix("detflow-cluster-test-")
+            .tempdir()
+            .expect("create a temporary folder");
+        let root = temp.path().to_owned();
+        let certs = certs::generate(&root.join("certs"), nodes).expect("make certificates");
+        let quic = free_udp_ports(nodes as usize);
+        let http = free_tcp_ports(nodes as usize);
+        let specs: Vec<NodeSpec> = (0..nodes)
+            .map(|i| NodeSpec {
+                id: i + 1,
+                addr: SocketAddr::from(([127, 0, 0, 1], quic[i as usize])),
+                replica: true,
+                gateway: true,
+                partitions: (0..partitions).filter(|p| p % nodes == i).collect(),
+            })
+            .collect();
+        let mut procs = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let identity = certs.node(spec.id).expect("a certificate per node");
+            let metrics = SocketAddr::from(([127, 0, 0, 1], http[i]));
+            let config = Config {
+                id: spec.id,
+                listen: spec.addr,
+                data_dir: root.join(format!("node-{}", spec.id)),
+                workload: workload.to_owned(),
+                epoch_us: 5_000,
+                metrics_listen: Some(metrics),
+                tls: TlsPaths {
+                    ca: certs.ca.cert.clone(),
+                    cert: identity.cert.clone(),
+                    key: identity.key.clone(),
+                },
+                cluster: specs.clone(),
+            };
+            config.validate().expect("a valid config");
+            let path = root.join(format!("node-{}.toml", spec.id));
+            std::fs::write(&path, config.to_toml()).expect("write a node config");
+            procs.push(NodeProc {
+                id: spec.id,
+                addr: spec.addr,
+                metrics,
+                partitions: spec.partitions.clone(),
+                config: path,
+                log: root.join(format!("node-{}.log", spec.id)),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            root,
+            temp: Some(temp),
+            certs,
+            nodes: procs,
+        };
+        for id in 1..=nodes {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn node(&self, id: u32) -> &NodeProc {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Starts node `id` from its config and data dir; its output is appended to its log.
+    fn spawn(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize - 1];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open the node's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_detflow"))
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--exit-on-stdin-eof")
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            // The node exits when this pipe closes: when the test drops the child, or dies.
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        node.child = Some(child);
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    fn kill(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.child.take().expect("the node runs");
+        // `Child::kill` is SIGKILL on Unix: no shutdown code runs in the node.
+        child.kill().expect("SIGKILL the node");
+        child.wait().expect("reap the node");
+    }
+
+    /// Panics (with the logs) if a node that should run has exited.
+    fn assert_running(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = &mut node.child
+                && let Some(status) = child.try_wait().expect("poll the node")
+            {
+                panic!("node {} exited unexpectedly ({status})", node.id);
+            }
+        }
+    }
+
+    fn gateways(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    fn client_tls(&self) -> Tls {
+        Tls::from_dir(&self.certs.dir, "client").expect("load the client certificate")
+    }
+
+    /// A client session over every gateway.
+    async fn client(&self, policy: RetryPolicy) -> Client {
+        Client::connect(self.gateways(), self.client_tls())
+            .await
+            .expect("start a client")
+            .with_policy(policy)
+    }
+
+    fn tail_of_logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!(
+                "----- node {} ({}), last {} lines -----\n",
+                node.id,
+                node.log.display(),
+                all.len() - from
+            ));
+            for line in &all[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.tail_of_logs(40));
+            if let Some(temp) = self.temp.take() {
+                let kept = temp.keep();
+                eprintln!("kept the cluster's folder: {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Ports that were free a moment ago (bound together, so distinct, then released).
+fn free_udp_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address").port())
+        .collect()
+}
+
+fn free_tcp_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// Runs `scenario` with the cluster alive outside it, so that a timeout still fails the
+/// test while the cluster can print its logs.
+async fn with_budget<F: Future<Output = ()>>(budget: Duration, scenario: F) {
+    if tokio::time::timeout(budget, scenario).await.is_err() {
+        panic!("the scenario did not finish within its budget of {budget:?}");
+    }
+}
+
+/// Tests of this file run one at a time (each starts a whole cluster on a 2-core machine).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------
+// Status and metrics.
+// ---------------------------------------------------------------------------------------
+
+/// A policy for status polls and checks: quick to give up on a dead node.
+fn quick_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: Duration::from_secs(1),
+        backoff: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        attempts_max: 30,
+    }
+}
+
+/// Every node's status, by node id, through `status` (a client over every gateway).
+async fn statuses(cluster: &Cluster, status: &Client) -> BTreeMap<u32, Result<NodeStatus, String>> {
+    let by_addr: BTreeMap<SocketAddr, u32> = cluster.nodes.iter().map(|n| (n.addr, n.id)).collect();
+    status
+        .status()
+        .await
+        .into_iter()
+        .map(|(addr, s)| (by_addr[&addr], s))
+        .collect()
+}
+
+/// Waits until every node of `up` answers and all agree on one leader among them; returns
+/// (term, leader).
+async fn wait_for_leader(
+    cluster: &mut Cluster,
+    status: &Client,
+    up: &[u32],
+    within: Duration,
+) -> (u64, u32) {
+    let deadline = Instant::now() + within;
+    loop {
+        cluster.assert_running();
+        let views = statuses(cluster, status).await;
+        let agreed: BTreeSet<Option<(u64, Option<NodeId>)>> = up
+            .iter()
+            .map(|id| match &views[id] {
+                Ok(s) => s.replica.map(|(term, leader, _)| (term, leader)),
+                Err(_) => None,
+            })
+            .collect();
+        if let [Some((term, Some(leader)))] = agreed.into_iter().collect::<Vec<_>>()[..]
+            && up.contains(&leader.0)
+        {
+            return (term, leader.0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes {up:?} did not agree on a leader within {within:?}; last views: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The highest commit epoch any node reports.
+async fn commit_epoch(cluster: &Cluster, status: &Client) -> u64 {
+    statuses(cluster, status)
+        .await
+        .values()
+        .filter_map(|s| s.as_ref().ok()?.replica.map(|(_, _, commit)| commit.0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the highest commit epoch any node reports is `epochs` past `from`; returns it.
+async fn wait_committing(
+    cluster: &mut Cluster,
+    status: &Client,
+    from: u64,
+    epochs: u64,
+    within: Duration,
+) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        cluster.assert_running();
+        let now = commit_epoch(cluster, status).await;
+        if now >= from + epochs {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit epoch went from {from} only to {now} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every partition, on every node, has applied every epoch up to `epoch`.
+async fn wait_applied(cluster: &mut Cluster, status: &Client, epoch: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        cluster.assert_running();
+        let views = statuses(cluster, status).await;
+        let mut behind = Vec::new();
+        for node in &cluster.nodes {
+            match &views[&node.id] {
+                Ok(s) => {
+                    for p in &node.partitions {
+                        let next = s
+                            .partitions
+                            .iter()
+                            .find(|(id, _, _)| id.0 == *p)
+                            .map_or(0, |(_, next, _)| next.0);
+                        if next <= epoch {
+                            behind.push(format!("partition {p} at epoch {next}"));
+                        }
+                    }
+                }
+                Err(e) => behind.push(format!("node {} unreachable: {e}", node.id)),
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every partition applied epoch {epoch} within {within:?}: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads one counter from a node's Prometheus endpoint (plain HTTP over a TcpStream).
+async fn metric(addr: SocketAddr, name: &str) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .map_err(|_| format!("GET http://{addr}/metrics timed out"))?
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .ok_or_else(|| format!("no {name} in the metrics of {addr}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// Polls a counter until it exceeds `above`; returns its value.
+async fn wait_metric_above(addr: SocketAddr, name: &str, above: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = metric(addr, name).await;
+        if let Ok(v) = value
+            && v > above
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} at {addr} did not rise above {above} within {within:?} (last: {value:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Test 1: kill and restart under load.
+// ---------------------------------------------------------------------------------------
+
+/// Concurrent client sessions.
+const SESSIONS: u32 = 6;
+/// List keys `("kv", 0..KV_KEYS)`.
+const KV_KEYS: u64 = 8;
+/// Answers to wait for before the first fault.
+const WARMUP: u64 = 300;
+/// Answers to wait for after each recovery.
+const PROGRESS: u64 = 150;
+/// Fresh deposits made while a node is down.
+const PROBES: u64 = 5;
+
+/// A policy for the load: patient enough to ride out a restart, bounded so that a broken
+/// cluster fails the test instead of hanging it.
+fn load_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: Duration::from_secs(2),
+        backoff: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+        attempts_max: 30,
+    }
+}
+
+/// What the sessions share with the conductor.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    /// Calls answered (committed or deterministically aborted), all sessions.
+    answered: AtomicU64,
+}
+
+impl Load {
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` calls beyond `from` were answered.
+    async fn wait_answered(
+        &self,
+        cluster: &mut Cluster,
+        status: &Client,
+        from: u64,
+        more: u64,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
+        while self.answered() < from + more {
+            cluster.assert_running();
+            if Instant::now() > deadline {
+                let views = statuses(cluster, status).await;
+                panic!(
+                    "only {} of {more} more calls answered within {within:?}; the nodes \
+                     say: {views:#?}",
+                    self.answered() - from
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    /// Committed (acknowledged).
+    acked: u64,
+    /// Deterministically aborted (acknowledged, no effect).
+    aborted: u64,
+    /// Gave up with `Unavailable`: executed once or not at all, unknown which.
+    unknown: u64,
+}
+
+/// One acknowledged `kv.txn` of appends: (key, value, the list the append returned).
+type AckedAppends = Vec<(u64, Vec<u8>, Vec<Vec<u8>>)>;
+
+#[derive(Default)]
+struct SessionReport {
+    transfers: Tally,
+    deposits: Tally,
+    balances: Tally,
+    appends: Tally,
+    /// The sum of acknowledged deposits.
+    deposited_cents: i64,
+    /// The sum of deposits whose fate is unknown.
+    unknown_deposit_cents: i64,
+    /// Acknowledged append transactions, in the order the session made them.
+    acked_appends: Vec<AckedAppends>,
+    /// Append transactions whose fate is unknown: (key, value) pairs.
+    unknown_appends: Vec<Vec<(u64, Vec<u8>)>>,
+    /// Answers that no correct cluster gives.
+    unexpected: Vec<String>,
+}
+
+/// One client session: one call at a time until told to stop.
+async fn session(index: u32, client: Client, load: Arc<Load>) -> SessionReport {
+    let mut rng = DetRng::new(0xc1a5_7e12 + u64::from(index));
+    let accounts = BankConfig::default().accounts;
+    let mut report = SessionReport::default();
+    let mut appended = 0u64;
+    while !load.stop.load(Ordering::Relaxed) {
+        let roll = rng.below(100);
+        if roll < 35 {
+            let from = rng.below(accounts);
+            let to = (from + 1 + rng.below(accounts - 1)) % accounts;
+            let amount_cents = rng.range(1, 2_000) as i64;
+            let args = TransferArgs {
+                from,
+                to,
+                amount_cents,
+            };
+            match client.call::<Transfer>(&args).await {
+                Ok(_) => report.transfers.acked += 1,
+                Err(CallError::Aborted(AbortReason::User(why)))
+                    if why.contains("insufficient funds") =>
+                {
+                    report.transfers.aborted += 1
+                }
+                Err(CallError::Unavailable { .. }) => report.transfers.unknown += 1,
+                Err(e) => report.unexpected.push(format!("transfer {args:?}: {e}")),
+            }
+        } else if roll < 60 {
+            let account = rng.below(accounts);
+            let amount_cents = rng.range(1, 1_000) as i64;
+            let args = DepositArgs {
+                account,
+                amount_cents,
+            };
+            match client.call::<Deposit>(&args).await {
+                Ok(out) => {
+                    report.deposits.acked += 1;
+                    report.deposited_cents += amount_cents;
+                    if out.balance_cents < amount_cents {
+                        report
+                            .unexpected
+                            .push(format!("deposit {args:?} left {out:?}"));
+                    }
+                }
+                Err(CallError::Unavailable { .. }) => {
+                    report.deposits.unknown += 1;
+                    report.unknown_deposit_cents += amount_cents;
+                }
+                Err(e) => report.unexpected.push(format!("deposit {args:?}: {e}")),
+            }
+        } else if roll < 70 {
+            let account = rng.below(accounts);
+            match client.call::<Balance>(&BalanceArgs { account }).await {
+                Ok(out) if out.balance_cents >= 0 => report.balances.acked += 1,
+                Ok(out) => report
+                    .unexpected
+                    .push(format!("account {account} is negative: {out:?}")),
+                Err(CallError::Unavailable { .. }) => report.balances.unknown += 1,
+                Err(e) => report.unexpected.push(format!("balance {account}: {e}")),
+            }
+        } else {
+            // One list, or two in one transaction (usually on two partitions).
+            let first = rng.below(KV_KEYS);
+            let mut keys = vec![first];
+            if rng.below(3) == 0 {
+                keys.push((first + 1 + rng.below(KV_KEYS - 1)) % KV_KEYS);
+            }
+            let ops: Vec<(u64, Vec<u8>)> = keys
+                .into_iter()
+                .map(|k| {
+                    appended += 1;
+                    (k, format!("s{index}-{appended}").into_bytes())
+                })
+                .collect();
+            let mut builder = client.kv();
+            for (k, value) in &ops {
+                builder = builder.append(kv::key(*k), value.clone());
+            }
+            match builder.commit().await {
+                Ok(out) => {
+                    report.appends.acked += 1;
+                    let mut acked = Vec::new();
+                    for ((k, value), read) in ops.iter().zip(&out.reads) {
+                        match read {
+                            KvRead::List(list) if list.last() == Some(value) => {
+                                acked.push((*k, value.clone(), list.clone()))
+                            }
+                            other => report.unexpected.push(format!(
+                                "append of {} to key {k} returned {other:?}",
+                                String::from_utf8_lossy(value)
+                            )),
+                        }
+                    }
+                    if out.reads.len() != ops.len() {
+                        report.unexpected.push(format!(
+                            "{} reads for {} appends",
+                            out.reads.len(),
+                            ops.len()
+                        ));
+                    }
+                    report.acked_appends.push(acked);
+                }
+                Err(CallError::Unavailable { .. }) => {
+                    report.appends.unknown += 1;
+                    report.unknown_appends.push(ops);
+                }
+                Err(e) => report.unexpected.push(format!("append {ops:?}: {e}")),
+            }
+        }
+        load.answered.fetch_add(1, Ordering::Relaxed);
+    }
+    client.close();
+    report
+}
+
+/// Checks the bank: total == initial + acknowledged deposits (+ at most the unknown ones).
+async fn check_bank(client: &Client, reports: &[SessionReport]) -> String {
+    let bank = BankConfig::default();
+    let mut total: i64 = 0;
+    for account in 0..bank.accounts {
+        let out = client
+            .call::<Balance>(&BalanceArgs { account })
+            .await
+            .unwrap_or_else(|e| panic!("reading account {account}: {e}"));
+        assert!(
+            out.balance_cents >= 0,
+            "account {account} is negative: {}",
+            out.balance_cents
+        );
+        total += out.balance_cents;
+    }
+    let deposited: i64 = reports.iter().map(|r| r.deposited_cents).sum();
+    let unknown: i64 = reports.iter().map(|r| r.unknown_deposit_cents).sum();
+    let initial = bank.accounts as i64 * bank.initial_balance_cents;
+    let expected = initial + deposited;
+    assert!(
+        (expected..=expected + unknown).contains(&total),
+        "the bank holds {total} cents; expected {expected} (initial {initial} + acknowledged \
+         deposits {deposited}), plus at most {unknown} of deposits whose fate is unknown; \
+         off by {}",
+        total - expected
+    );
+    format!(
+        "bank total {total} cents = initial {initial} + acknowledged deposits {deposited} + {} \
+         of {unknown} cents of unknown fate",
+        total - expected
+    )
+}
+
+/// Checks the lists: every acknowledged append is in its list exactly once, at a place
+/// consistent with what it returned and with its session's order; appends of unknown fate
+/// are all-or-nothing; nothing appears that no session appended, and nothing twice.
+async fn check_lists(client: &Client, reports: &[SessionReport]) -> String {
+    // One transaction reads every list: a consistent snapshot.
+    let mut txn = KvTxn::new();
+    for k in 0..KV_KEYS {
+        txn = txn.get(kv::key(k));
+    }
+    let out = client
+        .call::<kv::AdHoc>(&txn)
+        .await
+        .unwrap_or_else(|e| panic!("reading the lists: {e}"));
+    let mut lists: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (k, read) in (0..KV_KEYS).zip(&out.reads) {
+        let list = match read {
+            KvRead::Value(None) => Vec::new(),
+            KvRead::Value(Some(bytes)) => {
+                kv::decode_list(bytes).unwrap_or_else(|e| panic!("list {k} does not decode: {e}"))
+            }
+            other => panic!("a get of list {k} returned {other:?}"),
+        };
+        lists.insert(k, list);
+    }
+    // Where each value is; no value twice.
+    let mut place: BTreeMap<&[u8], (u64, usize)> = BTreeMap::new();
+    for (k, list) in &lists {
+        for (i, value) in list.iter().enumerate() {
+            if let Some(earlier) = place.insert(value, (*k, i)) {
+                panic!(
+                    "{} appears twice: list {k} index {i}, and list {} index {}",
+                    String::from_utf8_lossy(value),
+                    earlier.0,
+                    earlier.1
+                );
+            }
+        }
+    }
+    let mut issued: BTreeSet<&[u8]> = BTreeSet::new();
+    let (mut acked, mut unknown_found, mut unknown_lost) = (0, 0, 0);
+    for report in reports {
+        let mut last_index: BTreeMap<u64, usize> = BTreeMap::new();
+        for txn in &report.acked_appends {
+            for (k, value, returned) in txn {
+                acked += 1;
+                issued.insert(value);
+                let Some(&(key, index)) = place.get(value.as_slice()) else {
+                    panic!(
+                        "acknowledged append of {} to list {k} is lost",
+                        String::from_utf8_lossy(value)
+                    );
+                };
+                assert_eq!(
+                    key,
+                    *k,
+                    "{} is in the wrong list",
+                    String::from_utf8_lossy(value)
+                );
+                // Lists only grow: what the append returned is a prefix of the final list.
+                assert!(
+                    lists[k].starts_with(returned),
+                    "append of {} to list {k} returned a list that is not a prefix of the \
+                     final one",
+                    String::from_utf8_lossy(value)
+                );
+                // One session's appends to one list land in the order it made them.
+                if let Some(previous) = last_index.insert(*k, index) {
+                    assert!(
+                        previous < index,
+                        "session appends to list {k} out of order at {}",
+                        String::from_utf8_lossy(value)
+                    );
+                }
+            }
+        }
+        for txn in &report.unknown_appends {
+            let found = txn
+                .iter()
+                .filter(|(k, value)| {
+                    issued.insert(value);
+                    place.get(value.as_slice()).is_some_and(|(key, _)| key == k)
+                })
+                .count();
+            assert!(
+                found == 0 || found == txn.len(),
+                "a transaction of unknown fate is half applied: {txn:?}"
+            );
+            if found == 0 {
+                unknown_lost += 1;
+            } else {
+                unknown_found += 1;
+            }
+        }
+    }
+    for value in place.keys() {
+        assert!(
+            issued.contains(value),
+            "{} is in a list but no session appended it",
+            String::from_utf8_lossy(value)
+        );
+    }
+    let total: usize = lists.values().map(Vec::len).sum();
+    format!(
+        "{total} list entries in {KV_KEYS} lists: {acked} acknowledged appends each exactly \
+         once; transactions of unknown fate: {unknown_found} applied, {unknown_lost} not"
+    )
+}
+
+#[test]
+fn kill_and_restart_under_load() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(3, 4, "bank");
+        with_budget(Duration::from_secs(90), kill_and_restart(&mut cluster)).await;
+    });
+}
+
+async fn kill_and_restart(cluster: &mut Cluster) {
+    let began = Instant::now();
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    let (term, first_leader) =
+        wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    println!(
+        "[{:>5.1}s] cluster up: nodes {all:?}, leader node {first_leader} (term {term})",
+        began.elapsed().as_secs_f64()
+    );
+
+    let load = Arc::new(Load::default());
+    let mut sessions = Vec::new();
+    for index in 0..SESSIONS {
+        let client = cluster.client(load_policy()).await;
+        sessions.push(tokio::spawn(session(index, client, load.clone())));
+    }
+    load.wait_answered(cluster, &status, 0, WARMUP, Duration::from_secs(30))
+        .await;
+
+    // Round 1: the leader's node and another node (both host partitions) die together;
+    // no quorum is left until they come back.
+    let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
+    let other = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader && !n.partitions.is_empty())
+        .max_by_key(|n| (n.partitions.len(), std::cmp::Reverse(n.id)))
+        .map(|n| n.id)
+        .expect("another node hosts partitions");
+    let before = load.answered();
+    cluster.kill(leader);
+    cluster.kill(other);
+    println!(
+        "[{:>5.1}s] SIGKILLed node {leader} (leader, partitions {:?}) and node {other} \
+         (partitions {:?}) after {before} answers",
+        began.elapsed().as_secs_f64(),
+        cluster.node(leader).partitions,
+        cluster.node(other).partitions,
+    );
+    // Deliberate downtime, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.spawn(leader);
+    cluster.spawn(other);
+    let restarted = load.answered();
+    let (term, second_leader) =
+        wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    load.wait_answered(
+        cluster,
+        &status,
+        restarted,
+        PROGRESS,
+        Duration::from_secs(40),
+    )
+    .await;
+    println!(
+        "[{:>5.1}s] restarted both; leader node {second_leader} (term {term}); {} answers \
+         since the restart",
+        began.elapsed().as_secs_f64(),
+        load.answered() - restarted
+    );
+
+    // Round 2: the leader's node dies alone. The other two replicas elect a leader and
+    // keep committing epochs; calls wait, because the dead node's partitions are not
+    // replicated (DESIGN.md §8: a partition recovers by replaying the log when it returns).
+    let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
+    cluster.kill(leader);
+    let killed = load.answered();
+    let survivors: Vec<u32> = all.iter().copied().filter(|id| *id != leader).collect();
+    println!(
+        "[{:>5.1}s] SIGKILLed node {leader} (leader, partitions {:?}) alone after {killed} \
+         answers",
+        began.elapsed().as_secs_f64(),
+        cluster.node(leader).partitions,
+    );
+    let (term, third_leader) =
+        wait_for_leader(cluster, &status, &survivors, Duration::from_secs(30)).await;
+    // The sessions' calls in flight are ordered already and wait for the dead partitions;
+    // fresh calls show that the survivors go on ordering. They execute once it is back.
+    let from = commit_epoch(cluster, &status).await;
+    let probe = Arc::new(cluster.client(load_policy()).await);
+    let mut probes = Vec::new();
+    for i in 0..PROBES {
+        let probe = probe.clone();
+        let args = DepositArgs {
+            account: i * 7 % BankConfig::default().accounts,
+            amount_cents: 100 + i as i64,
+        };
+        probes.push(tokio::spawn(async move {
+            (args.amount_cents, probe.call::<Deposit>(&args).await)
+        }));
+        // Pacing, so that the probes land in different epochs.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let commit = wait_committing(cluster, &status, from, 3, Duration::from_secs(20)).await;
+    println!(
+        "[{:>5.1}s] nodes {survivors:?} elected node {third_leader} (term {term}) and \
+         committed epochs {from}..={commit} while node {leader} was down",
+        began.elapsed().as_secs_f64(),
+    );
+    cluster.spawn(leader);
+    let restarted = load.answered();
+    let (term, final_leader) =
+        wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    load.wait_answered(
+        cluster,
+        &status,
+        restarted,
+        PROGRESS,
+        Duration::from_secs(40),
+    )
+    .await;
+    println!(
+        "[{:>5.1}s] restarted node {leader}; leader node {final_leader} (term {term}); {} \
+         answers since",
+        began.elapsed().as_secs_f64(),
+        load.answered() - restarted
+    );
+
+    // Stop the load; every session finishes its call in flight.
+    load.stop.store(true, Ordering::Relaxed);
+    let mut reports = Vec::new();
+    for (i, s) in sessions.into_iter().enumerate() {
+        let report = tokio::time::timeout(Duration::from_secs(40), s)
+            .await
+            .unwrap_or_else(|_| panic!("session {i} did not finish its last call"))
+            .unwrap_or_else(|e| panic!("session {i} failed: {e}"));
+        reports.push(report);
+    }
+
+    // Let every partition (the restarted ones included) apply everything committed so far.
+    let committed = commit_epoch(cluster, &status).await;
+    wait_applied(cluster, &status, committed, Duration::from_secs(30)).await;
+    println!(
+        "[{:>5.1}s] load stopped; every partition applied epoch {committed}",
+        began.elapsed().as_secs_f64()
+    );
+
+    // The probes, too, must have executed exactly once.
+    let mut probed = SessionReport::default();
+    for p in probes {
+        let (amount, result) = tokio::time::timeout(Duration::from_secs(30), p)
+            .await
+            .expect("a probe deposit finished")
+            .expect("a probe deposit did not panic");
+        match result {
+            Ok(_) => {
+                probed.deposits.acked += 1;
+                probed.deposited_cents += amount;
+            }
+            Err(CallError::Unavailable { .. }) => {
+                probed.deposits.unknown += 1;
+                probed.unknown_deposit_cents += amount;
+            }
+            Err(e) => probed.unexpected.push(format!("probe deposit: {e}")),
+        }
+    }
+    probe.close();
+    println!(
+        "probe deposits made while node {leader} was down: {:?}",
+        probed.deposits
+    );
+    reports.push(probed);
+
+    let unexpected: Vec<&String> = reports.iter().flat_map(|r| &r.unexpected).collect();
+    assert!(unexpected.is_empty(), "unexpected answers: {unexpected:#?}");
+    let sum = |f: fn(&SessionReport) -> &Tally| {
+        reports.iter().fold(Tally::default(), |mut t, r| {
+            let x = f(r);
+            t.acked += x.acked;
+            t.aborted += x.aborted;
+            t.unknown += x.unknown;
+            t
+        })
+    };
+    println!("transfers: {:?}", sum(|r| &r.transfers));
+    println!("deposits:  {:?}", sum(|r| &r.deposits));
+    println!("balances:  {:?}", sum(|r| &r.balances));
+    println!("appends:   {:?}", sum(|r| &r.appends));
+
+    let checker = cluster.client(quick_policy()).await;
+    println!("{}", check_bank(&checker, &reports).await);
+    println!("{}", check_lists(&checker, &reports).await);
+    checker.close();
+    status.close();
+    println!(
+        "[{:>5.1}s] leaders: {first_leader} at start, {second_leader} after the double \
+         restart, {third_leader} while node {leader} was down, {final_leader} at the end",
+        began.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Test 2: bad credentials are refused and counted.
+// ---------------------------------------------------------------------------------------
+
+const REFUSED: &str = "detflow_transport_handshakes_refused_total";
+
+/// Connects to `addr` with `tls` as a raw transport peer and waits until the node refuses
+/// us: either the handshake fails, or (TLS 1.3 lets the client finish first) the node
+/// closes the connection right after it. Returns how it ended, for the log.
+async fn expect_refused(tls: &Tls, addr: SocketAddr) -> String {
+    let endpoint = Endpoint::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls,
+        Limits::default(),
+    )
+    .expect("bind a test endpoint");
+    let outcome = match tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr)).await {
+        Err(_) => panic!("the handshake with {addr} neither completed nor failed"),
+        Ok(Err(e)) => format!("handshake failed: {e}"),
+        Ok(Ok(conn)) => {
+            // Whatever we would do as a node or a client must not get through.
+            let why = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .unwrap_or_else(|_| panic!("{addr} accepted a peer it must refuse"));
+            format!("connected, then closed: {why}")
+        }
+    };
+    endpoint.close();
+    outcome
+}
+
+#[test]
+fn refuses_peers_with_bad_credentials() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(60), bad_credentials(&mut cluster)).await;
+    });
+}
+
+async fn bad_credentials(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let good = cluster.client(quick_policy()).await;
+    let deposit = DepositArgs {
+        account: 7,
+        amount_cents: 4_321,
+    };
+    good.call::<Deposit>(&deposit)
+        .await
+        .expect("a good client is served");
+
+    // Another CA, with a node and a client certificate of its own.
+    let other = cluster.root.join("other-ca");
+    certs::generate_ca_only(&other, false).expect("make another CA");
+    let rogue_node = certs::issue(&other, "node-1", CertKind::Node).expect("issue");
+    let rogue_client = certs::issue(&other, "client", CertKind::Client).expect("issue");
+    // A certificate from the right CA that names no detflow role.
+    let no_role = certs::issue(
+        &cluster.certs.dir,
+        "no-role",
+        CertKind::Custom(vec!["localhost".into()]),
+    )
+    .expect("issue");
+    // The rogues trust the cluster's CA, so only their own certificate is wrong.
+    let ca = &cluster.certs.ca.cert;
+    let peers = [
+        (
+            "a node certificate from another CA",
+            Tls::load(ca, &rogue_node.cert, &rogue_node.key).expect("load"),
+        ),
+        (
+            "a client certificate from another CA",
+            Tls::load(ca, &rogue_client.cert, &rogue_client.key).expect("load"),
+        ),
+        (
+            "no client certificate",
+            Tls::no_client_cert(ca).expect("load"),
+        ),
+        (
+            "a certificate naming no role",
+            Tls::load(ca, &no_role.cert, &no_role.key).expect("load"),
+        ),
+    ];
+    let target = cluster.node(1);
+    let (addr, metrics) = (target.addr, target.metrics);
+    for (what, tls) in &peers {
+        let before = metric(metrics, REFUSED).await.expect("read the metrics");
+        let how = expect_refused(tls, addr).await;
+        let after = wait_metric_above(metrics, REFUSED, before, Duration::from_secs(5)).await;
+        println!("{what}: refused ({how}); {REFUSED} {before} -> {after}");
+    }
+
+    // Through the client library, the credential-less client only ever hears Unavailable.
+    let before = metric(metrics, REFUSED).await.expect("read the metrics");
+    let anonymous = Client::connect(vec![addr], Tls::no_client_cert(ca).expect("load"))
+        .await
+        .expect("start a client")
+        .with_policy(RetryPolicy {
+            attempt_timeout: Duration::from_secs(2),
+            backoff: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(50),
+            attempts_max: 2,
+        });
+    match anonymous.call::<Balance>(&BalanceArgs { account: 7 }).await {
+        Err(CallError::Unavailable { last, .. }) => {
+            println!("a client without credentials: unavailable ({last})")
+        }
+        other => panic!("a client without credentials got {other:?}"),
+    }
+    anonymous.close();
+    wait_metric_above(metrics, REFUSED, before, Duration::from_secs(5)).await;
+
+    // The cluster still serves good clients, and lost nothing.
+    let balance = good
+        .call::<Balance>(&BalanceArgs { account: 7 })
+        .await
+        .expect("a good client is still served");
+    assert_eq!(
+        balance.balance_cents,
+        BankConfig::default().initial_balance_cents + deposit.amount_cents
+    );
+    let views = statuses(cluster, &status).await;
+    assert!(
+        views.values().all(Result::is_ok),
+        "every node still answers: {views:?}"
+    );
+    cluster.assert_running();
+    good.close();
+    status.close();
+}
