@@ -1,6 +1,6 @@
 //! A Prometheus text endpoint: `GET /metrics` on the configured address.
 
-use crate::runtime::NodeStats;
+use crate::runtime::{LATENCY_BOUNDS_US, LatencyHistogram, NodeStats};
 use crate::transport::Metrics as TransportMetrics;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -59,8 +59,66 @@ pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
             );
         }
     }
+    if let Ok(by) = stats.aborts_by_reason.lock() {
+        let _ = writeln!(
+            out,
+            "# HELP detflow_aborts_by_reason_total Deterministic aborts by reason."
+        );
+        let _ = writeln!(out, "# TYPE detflow_aborts_by_reason_total counter");
+        for (reason, n) in by.iter() {
+            let _ = writeln!(
+                out,
+                "detflow_aborts_by_reason_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    histogram(
+        &mut out,
+        "call_latency_seconds",
+        "Gateway call latency, from arrival to reply.",
+        &stats.call_latency,
+    );
+    histogram(
+        &mut out,
+        "epoch_commit_latency_seconds",
+        "Leader epoch latency, from closing a batch to its quorum commit.",
+        &stats.epoch_latency,
+    );
+    if let Ok(backlogs) = stats.backlogs.lock() {
+        let _ = writeln!(
+            out,
+            "# HELP detflow_channel_backlog_messages Messages queued for a peer node."
+        );
+        let _ = writeln!(out, "# TYPE detflow_channel_backlog_messages gauge");
+        for (node, n) in backlogs.iter() {
+            let _ = writeln!(
+                out,
+                "detflow_channel_backlog_messages{{peer=\"{node}\"}} {n}"
+            );
+        }
+    }
     transport.render_prometheus(&mut out);
     out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
+    let _ = writeln!(out, "# HELP detflow_{name} {help}");
+    let _ = writeln!(out, "# TYPE detflow_{name} histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
+        cumulative += h.buckets[i].load(Ordering::Relaxed);
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "detflow_{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += h.buckets[LATENCY_BOUNDS_US.len()].load(Ordering::Relaxed);
+    let _ = writeln!(out, "detflow_{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "detflow_{name}_sum {sum}");
+    let _ = writeln!(
+        out,
+        "detflow_{name}_count {}",
+        h.count.load(Ordering::Relaxed)
+    );
 }
 
 /// Serves `render` over plain HTTP until the task is aborted.
@@ -86,5 +144,35 @@ pub async fn serve(addr: SocketAddr, stats: Arc<NodeStats>, transport: Arc<Trans
             );
             let _ = socket.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::NodeId;
+
+    #[test]
+    fn renders_counters_reasons_histograms_and_backlogs() {
+        let stats = NodeStats::default();
+        stats.calls_answered.store(3, Ordering::Relaxed);
+        stats.call_latency.observe(1_500);
+        stats.call_latency.observe(30_000_000);
+        stats.epoch_latency.observe(4_000);
+        stats.aborts_by_reason.lock().unwrap().insert("user", 2);
+        stats.backlogs.lock().unwrap().insert(NodeId(2), 7);
+        let text = render(&stats, &TransportMetrics::default());
+        for line in [
+            "detflow_calls_total 3",
+            "detflow_aborts_by_reason_total{reason=\"user\"} 2",
+            "detflow_call_latency_seconds_bucket{le=\"0.001\"} 0",
+            "detflow_call_latency_seconds_bucket{le=\"0.002\"} 1",
+            "detflow_call_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "detflow_call_latency_seconds_count 2",
+            "detflow_epoch_commit_latency_seconds_bucket{le=\"0.005\"} 1",
+            "detflow_channel_backlog_messages{peer=\"2\"} 7",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -102,6 +102,58 @@ pub struct NodeStats {
     pub unroutable: AtomicU64,
     /// Per partition: (next epoch to apply, durable epoch).
     pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
+    /// Aborts by reason (`user`, `outside_footprint`, …).
+    pub aborts_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Call latency at the gateway, from the call's arrival to its reply.
+    pub call_latency: LatencyHistogram,
+    /// Epoch commit latency at the leader, from closing the batch to its quorum commit.
+    pub epoch_latency: LatencyHistogram,
+    /// Messages queued for each peer node and not yet written.
+    pub backlogs: Mutex<BTreeMap<NodeId, u64>>,
+}
+
+/// A Prometheus-style histogram of latencies with fixed bucket bounds.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket; the last one is +Inf.
+    pub buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    /// Sum of observations in microseconds.
+    pub sum_us: AtomicU64,
+    /// Number of observations.
+    pub count: AtomicU64,
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 12] = [
+    1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000,
+];
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, us: u64) {
+        let bucket = LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The metric label of an abort reason.
+fn reason_label(reason: &detflow_protocol::AbortReason) -> &'static str {
+    use detflow_protocol::AbortReason as A;
+    match reason {
+        A::BadArgs(_) => "bad_args",
+        A::BadValue { .. } => "bad_value",
+        A::OutsideFootprint { .. } => "outside_footprint",
+        A::ReplicatedWrite { .. } => "replicated_write",
+        A::UnknownProcedure(_) => "unknown_procedure",
+        A::Unroutable(_) => "unroutable",
+        A::User(_) => "user",
+    }
 }
 
 /// Routes messages to local inboxes or to the link of the node that hosts the receiver.
@@ -381,6 +433,9 @@ async fn link_task(
                     None => return,
                 },
             };
+            if let Ok(mut backlogs) = router.stats.backlogs.lock() {
+                backlogs.insert(node, rx.len() as u64);
+            }
             let header = channel_of(&msg);
             let writer = match writers.entry(header) {
                 std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
@@ -572,6 +627,8 @@ async fn replica_task(
 ) {
     let mut server = PlanServer::default();
     let mut out = Vec::new();
+    // When this replica, leading, wrote each epoch: for the epoch commit latency.
+    let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
     loop {
         let deadline = replica.next_deadline().map(|t| clock.instant(t));
         let first = tokio::select! {
@@ -610,6 +667,11 @@ async fn replica_task(
             for effect in out.drain(..) {
                 match effect {
                     replica::Output::Committed(batch) => {
+                        if let Some(closed) = closed_at.remove(&batch.epoch) {
+                            stats
+                                .epoch_latency
+                                .observe(closed.elapsed().as_micros() as u64);
+                        }
                         server.committed.push(batch);
                     }
                     replica::Output::Duplicate {
@@ -625,6 +687,11 @@ async fn replica_task(
                         router.to_gateway(gateway, Message::NotLeader { from, txn, leader });
                     }
                     replica::Output::Persist(write) => {
+                        if replica.is_leader() {
+                            for entry in &write.append {
+                                closed_at.insert(entry.epoch(), Instant::now());
+                            }
+                        }
                         if let Err(e) = log.append(&write) {
                             panic!("cannot append to the log: {e}");
                         }
@@ -834,21 +901,24 @@ async fn executor_task(
     }
 }
 
+/// Clients waiting for a call's reply, and when the call first arrived.
+type Waiting = (Instant, Vec<oneshot::Sender<Reply>>);
+
 async fn gateway_task(
     mut gateway: Gateway,
     mut inbox: mpsc::UnboundedReceiver<Event>,
     router: Arc<Router>,
     stats: Arc<NodeStats>,
 ) {
-    let mut waiting: BTreeMap<(ClientId, RequestSeq), Vec<oneshot::Sender<Reply>>> =
-        BTreeMap::new();
+    let mut waiting: BTreeMap<(ClientId, RequestSeq), Waiting> = BTreeMap::new();
     let mut out = Vec::new();
     while let Some(ev) = inbox.recv().await {
         match ev {
             Event::Client { call, reply } => {
                 waiting
                     .entry((call.client, call.seq))
-                    .or_default()
+                    .or_insert_with(|| (Instant::now(), Vec::new()))
+                    .1
                     .push(reply);
                 // The gateway learns of a new leader only when a live replica refuses a
                 // submission; after the leader's node dies, nothing answers, and every call
@@ -889,14 +959,25 @@ async fn gateway_task(
                 GatewayOutput::Reply { client, seq, reply } => {
                     stats.calls_answered.fetch_add(1, Ordering::Relaxed);
                     if let Reply::Done { outcome, .. } = &reply {
-                        let counter = match outcome {
-                            detflow_protocol::Outcome::Committed(_) => &stats.commits,
-                            detflow_protocol::Outcome::Aborted(_) => &stats.aborts,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
+                        match outcome {
+                            detflow_protocol::Outcome::Committed(_) => {
+                                stats.commits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            detflow_protocol::Outcome::Aborted(reason) => {
+                                stats.aborts.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut by) = stats.aborts_by_reason.lock() {
+                                    *by.entry(reason_label(reason)).or_default() += 1;
+                                }
+                            }
+                        }
                     }
-                    for waiter in waiting.remove(&(client, seq)).unwrap_or_default() {
-                        let _ = waiter.send(reply.clone());
+                    if let Some((since, waiters)) = waiting.remove(&(client, seq)) {
+                        stats
+                            .call_latency
+                            .observe(since.elapsed().as_micros() as u64);
+                        for waiter in waiters {
+                            let _ = waiter.send(reply.clone());
+                        }
                     }
                 }
             }
