@@ -522,9 +522,25 @@ async fn status(connect: &ConnectArgs) -> Result<bool> {
     )
     .await?;
     let mut all_up = true;
+    // Two samples a second apart give each gateway's recent throughput.
+    let first: std::collections::BTreeMap<SocketAddr, (u64, u64)> = client
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|(addr, s)| s.ok().map(|s| (addr, (s.calls_answered, s.uptime_us))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for (addr, status) in client.status().await {
         match status {
             Ok(s) => {
+                let recent = match first.get(&addr) {
+                    Some((calls, at)) if s.uptime_us > *at => format!(
+                        "{:.0} calls/s over the last second",
+                        (s.calls_answered.saturating_sub(*calls)) as f64
+                            / ((s.uptime_us - at) as f64 / 1e6)
+                    ),
+                    _ => "recent throughput unknown (restarted?)".to_owned(),
+                };
                 let replica = match s.replica {
                     Some((term, leader, commit)) => format!(
                         "replica term {term}, leader {}, committed epoch {commit}",
@@ -533,11 +549,10 @@ async fn status(connect: &ConnectArgs) -> Result<bool> {
                     None => "no replica".to_owned(),
                 };
                 println!(
-                    "node {} at {addr}: {replica}; {} calls answered in {:.0} s ({:.0}/s)",
+                    "node {} at {addr}: {replica}; {} calls answered in {:.0} s, {recent}",
                     s.node,
                     s.calls_answered,
                     s.uptime_us as f64 / 1e6,
-                    s.calls_answered as f64 / (s.uptime_us as f64 / 1e6).max(1e-9)
                 );
                 for (p, next, durable) in s.partitions {
                     println!(
