@@ -642,12 +642,7 @@ async fn replica_task(
                 replica.handle(clock.now(), replica::Input::Tick, &mut out);
             }
         }
-        while inputs.len() < 512 {
-            match inbox.try_recv() {
-                Ok(ev) => inputs.push(ev),
-                Err(_) => break,
-            }
-        }
+        drain(&mut inbox, &mut inputs);
         for ev in inputs {
             let input = match ev {
                 Event::Msg(Message::Peer { from, msg }) => replica::Input::Peer { from, msg },
@@ -726,6 +721,17 @@ async fn replica_task(
     }
 }
 
+/// Takes what else is already waiting, up to a bound, so one round (and one fsync) serves
+/// a batch of inputs.
+fn drain(inbox: &mut mpsc::UnboundedReceiver<Event>, events: &mut Vec<Event>) {
+    while events.len() < 512 {
+        match inbox.try_recv() {
+            Ok(ev) => events.push(ev),
+            Err(_) => break,
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -791,12 +797,7 @@ async fn executor_task(
                 }
             }
         }
-        while events.len() < 512 {
-            match inbox.try_recv() {
-                Ok(ev) => events.push(ev),
-                Err(_) => break,
-            }
-        }
+        drain(&mut inbox, &mut events);
         for ev in events {
             let input = match ev {
                 Event::Msg(Message::Plan(plan)) => {

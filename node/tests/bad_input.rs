@@ -17,6 +17,8 @@
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertPaths};
 use detflow_node::config::{Config, NodeSpec, TlsPaths};
@@ -30,7 +32,7 @@ use detflow_workloads::kv::{self, KvTxn};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const MALFORMED: &str = "detflow_transport_frames_rejected_malformed_total";
@@ -96,23 +98,7 @@ impl SingleNode {
         let path = root.join("node-1.toml");
         std::fs::write(&path, config.to_toml()).expect("write the config");
         let log_path = root.join("node-1.log");
-        let log = std::fs::File::create(&log_path).expect("create the log");
-        let child = Command::new(env!("CARGO_BIN_EXE_detflow"))
-            .arg("node")
-            .arg("--config")
-            .arg(&path)
-            .arg("--exit-on-stdin-eof")
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // The node exits when this pipe closes: when the test drops the child, or dies.
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start the node");
+        let child = common::spawn_node(&path, &log_path).expect("start the node");
         SingleNode {
             temp: Some(temp),
             certs,
@@ -228,27 +214,11 @@ fn run(budget: Duration, scenario: impl AsyncFnOnce(&mut SingleNode)) {
     });
 }
 
-/// Reads one counter from the node's Prometheus endpoint (plain HTTP over a TcpStream).
+/// Reads one counter from the node's Prometheus endpoint.
 async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let text = within("GET /metrics", async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("GET http://{addr}/metrics: {e}"));
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {name} in the metrics: {text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    common::metric(addr, name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls a counter until it reaches `at_least`.

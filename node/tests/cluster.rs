@@ -23,6 +23,8 @@
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind, CertPaths};
 use detflow_node::config::{Config, NodeSpec, TlsPaths};
@@ -37,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -142,26 +144,7 @@ impl Cluster {
     fn spawn(&mut self, id: u32) {
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("open the node's log");
-        let child = Command::new(env!("CARGO_BIN_EXE_detflow"))
-            .arg("node")
-            .arg("--config")
-            .arg(&node.config)
-            .arg("--exit-on-stdin-eof")
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // The node exits when this pipe closes: when the test drops the child, or dies.
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
+        let child = common::spawn_node(&node.config, &node.log)
             .unwrap_or_else(|e| panic!("start node {id}: {e}"));
         node.child = Some(child);
     }
@@ -409,36 +392,11 @@ async fn wait_applied(cluster: &mut Cluster, status: &Client, epoch: u64, within
     }
 }
 
-/// Reads one counter from a node's Prometheus endpoint (plain HTTP over a TcpStream).
-async fn metric(addr: SocketAddr, name: &str) -> Result<u64, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(2), fetch)
-        .await
-        .map_err(|_| format!("GET http://{addr}/metrics timed out"))?
-        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .ok_or_else(|| format!("no {name} in the metrics of {addr}"))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{name}: {e}"))
-}
-
 /// Polls a counter until it exceeds `above`; returns its value.
 async fn wait_metric_above(addr: SocketAddr, name: &str, above: u64, within: Duration) -> u64 {
     let deadline = Instant::now() + within;
     loop {
-        let value = metric(addr, name).await;
+        let value = common::metric(addr, name).await;
         if let Ok(v) = value
             && v > above
         {
@@ -1093,14 +1051,18 @@ async fn bad_credentials(cluster: &mut Cluster) {
     let target = cluster.node(1);
     let (addr, metrics) = (target.addr, target.metrics);
     for (what, tls) in &peers {
-        let before = metric(metrics, REFUSED).await.expect("read the metrics");
+        let before = common::metric(metrics, REFUSED)
+            .await
+            .expect("read the metrics");
         let how = expect_refused(tls, addr).await;
         let after = wait_metric_above(metrics, REFUSED, before, Duration::from_secs(5)).await;
         println!("{what}: refused ({how}); {REFUSED} {before} -> {after}");
     }
 
     // Through the client library, the credential-less client only ever hears Unavailable.
-    let before = metric(metrics, REFUSED).await.expect("read the metrics");
+    let before = common::metric(metrics, REFUSED)
+        .await
+        .expect("read the metrics");
     let anonymous = Client::connect(vec![addr], Tls::no_client_cert(ca).expect("load"))
         .await
         .expect("start a client")
