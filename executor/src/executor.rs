@@ -536,6 +536,10 @@ impl<S: Store> ReadView for StoreView<'_, S> {
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
         self.0.scan_prefix(prefix)
     }
+
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        self.0.first_in(prefix)
+    }
 }
 
 /// Local keys from the store, other partitions' keys from their remote reads.
@@ -574,6 +578,7 @@ impl<S: Store> ReadView for DistributedView<'_, S> {
         let Some(reads) = self.remote_for(|spec| spec.covers_prefix(prefix)) else {
             return self.store.scan_prefix(prefix);
         };
+        // Remote prefixes arrive whole; the default `first_in` takes the first of them.
         reads
             .prefixes
             .iter()

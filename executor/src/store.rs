@@ -14,6 +14,10 @@ pub trait Store {
     fn get(&self, key: &Key) -> Option<Value>;
     /// Every key under `prefix` with its value, ascending.
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)>;
+    /// The first key under `prefix` with its value.
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        self.scan_prefix(prefix).into_iter().next()
+    }
     /// Sets `key` to `value`.
     fn put(&mut self, key: Key, value: Value);
     /// Removes `key`.
@@ -92,6 +96,10 @@ impl Store for MemStore {
         scan_prefix(self.space(prefix), prefix)
     }
 
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        first_in(self.space(prefix), prefix)
+    }
+
     fn put(&mut self, key: Key, value: Value) {
         self.space_mut(&key).insert(key, value);
     }
@@ -108,6 +116,14 @@ impl Store for MemStore {
     fn applied_epoch(&self) -> Epoch {
         self.applied
     }
+}
+
+/// The first entry of `map` under `prefix`.
+pub(crate) fn first_in(map: &BTreeMap<Key, Value>, prefix: &Key) -> Option<(Key, Value)> {
+    map.range((Bound::Included(prefix), Bound::Unbounded))
+        .next()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
 }
 
 /// Every entry of `map` under `prefix`, ascending.

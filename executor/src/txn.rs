@@ -15,6 +15,10 @@ pub trait ReadView {
     fn get(&self, key: &Key) -> Option<Value>;
     /// Every key under `prefix` with its value, ascending.
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)>;
+    /// The first key under `prefix` with its value.
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        self.scan_prefix(prefix).into_iter().next()
+    }
 }
 
 impl ReadView for BTreeMap<Key, Value> {
@@ -25,6 +29,10 @@ impl ReadView for BTreeMap<Key, Value> {
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
         crate::store::scan_prefix(self, prefix)
     }
+
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        crate::store::first_in(self, prefix)
+    }
 }
 
 impl ReadView for MemStore {
@@ -34,6 +42,10 @@ impl ReadView for MemStore {
 
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
         crate::store::scan_prefix(self.map(), prefix)
+    }
+
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        crate::store::first_in(self.map(), prefix)
     }
 }
 
@@ -120,6 +132,24 @@ impl<'a> Txn<'a> {
             };
         }
         Ok(merged.into_iter().collect())
+    }
+
+    /// The first key under `prefix` with its value, seeing this transaction's own writes
+    /// (TPC-C Delivery's oldest new order). The footprint must declare a prefix covering
+    /// `prefix`.
+    pub fn first_in(&self, prefix: &Key) -> Result<Option<(Key, Value)>, AbortReason> {
+        if !self.footprint.allows_scan(prefix) {
+            return Err(outside(prefix, false));
+        }
+        let mut own = self
+            .writes
+            .range((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        if own.next().is_some() {
+            // Rare (a transaction scanning what it wrote): merge in full.
+            return Ok(self.scan_prefix(prefix)?.into_iter().next());
+        }
+        Ok(self.view.first_in(prefix))
     }
 
     /// The buffered writes, in key order.

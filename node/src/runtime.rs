@@ -153,6 +153,7 @@ fn reason_label(reason: &detflow_protocol::AbortReason) -> &'static str {
         A::UnknownProcedure(_) => "unknown_procedure",
         A::Unroutable(_) => "unroutable",
         A::User(_) => "user",
+        A::FootprintChanged(_) => "footprint_changed",
     }
 }
 

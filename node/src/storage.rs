@@ -449,13 +449,13 @@ impl FjallStore {
     /// Every user row (bookkeeping excluded), ascending, including writes of the epoch in
     /// progress: for checkers.
     pub fn user_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
-        self.try_scan(&self.user, &Key::default())
+        self.try_scan(&self.user, &Key::default(), usize::MAX)
     }
 
     /// Every bookkeeping row (`_sys` keys), ascending, including writes of the epoch in
     /// progress.
     pub fn system_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
-        self.try_scan(&self.system, &Key::default())
+        self.try_scan(&self.system, &Key::default(), usize::MAX)
     }
 
     fn load_batch(&self, rows: BTreeMap<Key, Value>) -> OwnedWriteBatch {
@@ -496,7 +496,13 @@ impl FjallStore {
 
     /// Every row of `space` under `prefix`, ascending: fjall's rows merged with the
     /// overlay, which wins on equal keys and hides deleted ones.
-    fn try_scan(&self, space: &Space, prefix: &Key) -> Result<Vec<(Key, Value)>, StorageError> {
+    /// The first `limit` rows under `prefix`, merging the epoch overlay over the tree.
+    fn try_scan(
+        &self,
+        space: &Space,
+        prefix: &Key,
+        limit: usize,
+    ) -> Result<Vec<(Key, Value)>, StorageError> {
         let mut rows = Vec::new();
         let mut pending = space
             .overlay
@@ -504,6 +510,9 @@ impl FjallStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
         for guard in space.tree.prefix(prefix.as_bytes()) {
+            if rows.len() >= limit {
+                break;
+            }
             let (key, value) = guard
                 .into_inner()
                 .map_err(fjall_error(&self.path, "scanning"))?;
@@ -523,6 +532,7 @@ impl FjallStore {
             }
         }
         rows.extend(pending.filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone()))));
+        rows.truncate(limit);
         Ok(rows)
     }
 
@@ -570,8 +580,15 @@ impl Store for FjallStore {
     }
 
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
-        self.try_scan(self.space(prefix), prefix)
+        self.try_scan(self.space(prefix), prefix, usize::MAX)
             .unwrap_or_else(|e| self.fail(e))
+    }
+
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        self.try_scan(self.space(prefix), prefix, 1)
+            .unwrap_or_else(|e| self.fail(e))
+            .into_iter()
+            .next()
     }
 
     fn put(&mut self, key: Key, value: Value) {

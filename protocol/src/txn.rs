@@ -76,6 +76,10 @@ pub enum AbortReason {
     /// The procedure chose to abort.
     #[error("aborted by procedure: {0}")]
     User(String),
+    /// What the call's footprint was computed from (a reconnaissance read) no longer
+    /// holds; the client computes the footprint afresh and retries (DESIGN.md §6).
+    #[error("footprint changed since reconnaissance: {0}")]
+    FootprintChanged(String),
 }
 
 /// How a transaction ended.

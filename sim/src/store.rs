@@ -92,6 +92,10 @@ impl Store for SimStore {
         self.mem.scan_prefix(prefix)
     }
 
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        self.mem.first_in(prefix)
+    }
+
     fn put(&mut self, key: Key, value: Value) {
         self.epoch_writes.push((key.clone(), Some(value.clone())));
         self.mem.put(key, value);

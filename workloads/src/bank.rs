@@ -226,10 +226,7 @@ impl Workload for Bank {
 }
 
 fn request<P: Procedure>(args: &P::Args) -> Request {
-    Request {
-        procedure: P::NAME,
-        args: codec::encode(args),
-    }
+    Request::new(P::NAME, codec::encode(args))
 }
 
 /// The balance of `id`, aborting if the account does not exist.

@@ -414,10 +414,7 @@ impl Workload for Kv {
         let txn = KvTxn {
             ops: (0..ops).map(|_| self.next_op(rng)).collect(),
         };
-        Request {
-            procedure: AdHoc::NAME,
-            args: codec::encode(&txn),
-        }
+        Request::new(AdHoc::NAME, codec::encode(&txn))
     }
 
     /// Walks the committed `kv.txn` transactions in log order against a model of every

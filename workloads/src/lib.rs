@@ -17,11 +17,12 @@ pub mod bank;
 pub mod kv;
 #[cfg(test)]
 mod testkit;
+pub mod tpcc;
 pub mod ycsb;
 pub mod zipf;
 
 use detflow_executor::Registry;
-use detflow_protocol::{DetRng, Key, Outcome, PartitionScheme, Value};
+use detflow_protocol::{AbortReason, DetRng, Key, Outcome, PartitionScheme, Value};
 use std::collections::BTreeMap;
 
 /// A call a generator produced: a procedure name and MessagePack arguments.
@@ -31,6 +32,60 @@ pub struct Request {
     pub procedure: &'static str,
     /// The encoded arguments.
     pub args: Vec<u8>,
+    /// Workload-private state handed back to [`Workload::follow_up`] and never sent, e.g.
+    /// the call a reconnaissance read prepares. Empty for single-call transactions.
+    pub context: Vec<u8>,
+}
+
+impl Request {
+    /// A call of `procedure` with `args` and no follow-up context.
+    pub fn new(procedure: &'static str, args: Vec<u8>) -> Request {
+        Request {
+            procedure,
+            args,
+            context: Vec::new(),
+        }
+    }
+}
+
+/// How a call ended, as the calling session saw it.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer<'a> {
+    /// Committed with this MessagePack output.
+    Committed(&'a [u8]),
+    /// Aborted deterministically.
+    Aborted(&'a AbortReason),
+    /// Refused, or its fate unknown after the client gave up.
+    Failed,
+}
+
+/// Ratios a workload measures over a run, by name: (hits, total). Sessions keep their own
+/// and a driver adds them up with [`Audit::merge`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit(pub BTreeMap<&'static str, (u64, u64)>);
+
+impl Audit {
+    /// Counts `total` more observations of `name`, `hits` of which had the property.
+    pub fn count(&mut self, name: &'static str, hits: u64, total: u64) {
+        let entry = self.0.entry(name).or_default();
+        entry.0 += hits;
+        entry.1 += total;
+    }
+
+    /// Adds another session's counts.
+    pub fn merge(&mut self, other: &Audit) {
+        for (name, (hits, total)) in &other.0 {
+            self.count(name, *hits, *total);
+        }
+    }
+
+    /// `hits / total` of `name`, if anything was counted.
+    pub fn ratio(&self, name: &str) -> Option<f64> {
+        self.0
+            .get(name)
+            .filter(|(_, total)| *total > 0)
+            .map(|(hits, total)| *hits as f64 / *total as f64)
+    }
 }
 
 /// One executed transaction of the log, for checkers.
@@ -68,8 +123,29 @@ pub trait Workload: Send {
     /// The initial rows, ascending by key.
     fn load(&self) -> Vec<(Key, Value)>;
 
-    /// The next call, drawn from `rng`.
+    /// The first call of the next logical transaction, drawn from `rng`.
     fn next_call(&mut self, rng: &mut DetRng) -> Request;
+
+    /// The next call of the same logical transaction, given how `request` ended, or `None`
+    /// when the transaction is complete. This is where a reconnaissance read turns into the
+    /// call it prepared, and where a call aborted with
+    /// [`AbortReason::FootprintChanged`] is reconnoitred again (a bounded number of times).
+    /// Sessions call it after every answer, so workloads also count what they audit here.
+    fn follow_up(&mut self, request: &Request, answer: Answer<'_>) -> Option<Request> {
+        let _ = (request, answer);
+        None
+    }
+
+    /// What this session measured (see [`Audit`]).
+    fn audit(&self) -> Audit {
+        Audit::default()
+    }
+
+    /// Checks what must hold right after loading, on the loaded state.
+    fn check_initial(&self, state: &BTreeMap<Key, Value>) -> Result<(), Violation> {
+        let _ = state;
+        Ok(())
+    }
 
     /// Checks the invariants on the final state, given every executed transaction in log
     /// order (committed and aborted).
@@ -77,13 +153,25 @@ pub trait Workload: Send {
 }
 
 /// The workload names [`by_name`] accepts.
-pub const NAMES: &[&str] = &["bank", "ycsb", "kv"];
+pub const NAMES: &[&str] = &["bank", "ycsb", "kv", "tpcc"];
+
+/// Sizes and mixes a driver may choose instead of a workload's defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Options {
+    /// TPC-C warehouses (default: one per partition).
+    pub warehouses: Option<u32>,
+    /// TPC-C population divided by this factor (default 1 = full size through
+    /// [`by_name_with`], 100 through [`by_name`], which the simulator uses).
+    pub scale_down: Option<u32>,
+    /// TPC-C mix (default standard).
+    pub mix: Option<tpcc::Mix>,
+}
 
 /// Why a workload cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WorkloadError {
     /// No workload of that name.
-    #[error("unknown workload {0:?} (known: bank, ycsb, kv)")]
+    #[error("unknown workload {0:?} (known: bank, ycsb, kv, tpcc)")]
     Unknown(String),
     /// The partition count does not suit the workload.
     #[error("{workload} cannot run on {partitions} partitions: {why}")]
@@ -97,8 +185,22 @@ pub enum WorkloadError {
     },
 }
 
-/// The named workload at its default size for `partitions` partitions.
+/// The named workload at its default size for `partitions` partitions (TPC-C: one
+/// warehouse per partition, scaled down 100 times).
 pub fn by_name(name: &str, partitions: u32) -> Result<Box<dyn Workload>, WorkloadError> {
+    let options = Options {
+        scale_down: Some(100),
+        ..Options::default()
+    };
+    by_name_with(name, partitions, &options)
+}
+
+/// The named workload for `partitions` partitions, sized by `options`.
+pub fn by_name_with(
+    name: &str,
+    partitions: u32,
+    options: &Options,
+) -> Result<Box<dyn Workload>, WorkloadError> {
     let workload = NAMES
         .iter()
         .copied()
@@ -129,6 +231,20 @@ pub fn by_name(name: &str, partitions: u32) -> Result<Box<dyn Workload>, Workloa
                 )));
             }
             Box::new(ycsb::Ycsb::new(config))
+        }
+        "tpcc" => {
+            let warehouses = options.warehouses.unwrap_or(partitions);
+            if warehouses < partitions {
+                return Err(refuse(format!(
+                    "TPC-C needs at least one warehouse per partition, got {warehouses} warehouses"
+                )));
+            }
+            Box::new(tpcc::Tpcc::new(tpcc::TpccConfig {
+                warehouses,
+                partitions,
+                shape: tpcc::Shape::scaled_down(options.scale_down.unwrap_or(1)),
+                mix: options.mix.unwrap_or(tpcc::Mix::Standard),
+            }))
         }
         _ => Box::new(kv::Kv::new(kv::KvConfig {
             partitions,

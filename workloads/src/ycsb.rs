@@ -248,15 +248,9 @@ impl Workload for Ycsb {
         }
         let keys: Vec<u64> = chosen.into_iter().collect();
         if read_only {
-            Request {
-                procedure: Read::NAME,
-                args: codec::encode(&ReadArgs { keys }),
-            }
+            Request::new(Read::NAME, codec::encode(&ReadArgs { keys }))
         } else {
-            Request {
-                procedure: Rmw::NAME,
-                args: codec::encode(&RmwArgs { keys }),
-            }
+            Request::new(Rmw::NAME, codec::encode(&RmwArgs { keys }))
         }
     }
 

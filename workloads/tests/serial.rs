@@ -9,7 +9,7 @@ use detflow_protocol::{
     ClientId, DetRng, Key, NodeId, Outcome, RequestSeq, Transaction, Value, codec,
 };
 use detflow_workloads::kv::{self, KvOp, KvTxn};
-use detflow_workloads::{Executed, NAMES, Request, Workload, by_name};
+use detflow_workloads::{Answer, Executed, NAMES, Request, Workload, by_name};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -25,19 +25,60 @@ fn execute(
     let mut serial = SerialExecutor::new(&registry, workload.load().into_iter().collect());
     let mut log = Vec::new();
     for (seq, request) in (1..).zip(requests) {
-        let footprint = registry
-            .footprint(request.procedure, &request.args)
-            .unwrap();
-        let txn = Transaction {
-            client: ClientId(1),
-            seq: RequestSeq(seq),
-            gateway: NodeId(0),
-            procedure: request.procedure.to_owned(),
-            args: request.args,
-            footprint,
-        };
-        let outcome = serial.execute(&txn, None);
-        log.push((txn.procedure, txn.args, outcome));
+        log.push(run(&registry, &mut serial, seq, request));
+    }
+    (serial.into_state(), log)
+}
+
+fn run(
+    registry: &Registry,
+    serial: &mut SerialExecutor<'_>,
+    seq: u64,
+    request: Request,
+) -> (String, Vec<u8>, Outcome) {
+    let footprint = registry
+        .footprint(request.procedure, &request.args)
+        .unwrap();
+    let txn = Transaction {
+        client: ClientId(1),
+        seq: RequestSeq(seq),
+        gateway: NodeId(0),
+        procedure: request.procedure.to_owned(),
+        args: request.args,
+        footprint,
+    };
+    let outcome = serial.execute(&txn, None);
+    (txn.procedure, txn.args, outcome)
+}
+
+/// Runs `sessions` logical transactions drawn from the workload's generator, each through
+/// its follow-ups (reconnaissance, retries), on the loaded state.
+fn execute_sessions(
+    workload: &mut dyn Workload,
+    rng: &mut DetRng,
+    sessions: usize,
+) -> (BTreeMap<Key, Value>, Log) {
+    let mut registry = Registry::new();
+    workload.register(&mut registry);
+    let mut serial = SerialExecutor::new(&registry, workload.load().into_iter().collect());
+    let mut log = Vec::new();
+    let mut seq = 0;
+    for _ in 0..sessions {
+        let mut request = workload.next_call(rng);
+        loop {
+            seq += 1;
+            let (procedure, args, outcome) = run(&registry, &mut serial, seq, request.clone());
+            let answer = match &outcome {
+                Outcome::Committed(out) => Answer::Committed(out),
+                Outcome::Aborted(reason) => Answer::Aborted(reason),
+            };
+            let next = workload.follow_up(&request, answer);
+            log.push((procedure, args, outcome));
+            match next {
+                Some(next) => request = next,
+                None => break,
+            }
+        }
     }
     (serial.into_state(), log)
 }
@@ -85,9 +126,10 @@ proptest! {
             prop_assert_eq!(workload.scheme().partitions, partitions);
             let load = workload.load();
             prop_assert!(load.windows(2).all(|w| w[0].0 < w[1].0), "{} load not ascending", name);
+            let state: BTreeMap<Key, Value> = load.into_iter().collect();
+            prop_assert_eq!(workload.check_initial(&state), Ok(()));
             let mut rng = DetRng::new(seed);
-            let requests: Vec<Request> = (0..150).map(|_| workload.next_call(&mut rng)).collect();
-            let (state, log) = execute(workload.as_ref(), requests);
+            let (state, log) = execute_sessions(workload.as_mut(), &mut rng, 150);
             prop_assert_eq!(workload.check(&state, &executed(&log)), Ok(()));
         }
     }
@@ -102,10 +144,7 @@ proptest! {
         txns in proptest::collection::vec(proptest::collection::vec(kv_op(), 0..5), 1..40),
     ) {
         let workload = by_name("kv", 1).unwrap();
-        let requests = txns.into_iter().map(|ops| Request {
-            procedure: "kv.txn",
-            args: codec::encode(&KvTxn { ops }),
-        });
+        let requests = txns.into_iter().map(|ops| Request::new("kv.txn", codec::encode(&KvTxn { ops })));
         let (state, log) = execute(workload.as_ref(), requests);
         prop_assert_eq!(workload.check(&state, &executed(&log)), Ok(()));
     }
