@@ -154,7 +154,7 @@ proptest! {
 fn unknown_names_and_bad_partition_counts_are_errors() {
     assert_eq!(
         by_name("tpcd", 1).err().map(|e| e.to_string()),
-        Some("unknown workload \"tpcd\" (known: bank, ycsb, kv)".to_owned())
+        Some("unknown workload \"tpcd\" (known: bank, ycsb, kv, tpcc)".to_owned())
     );
     assert!(by_name("bank", 0).is_err());
     assert!(by_name("ycsb", 5_000).is_err());
