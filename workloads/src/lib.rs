@@ -123,6 +123,14 @@ pub trait Workload: Send {
     /// The initial rows, ascending by key.
     fn load(&self) -> Vec<(Key, Value)>;
 
+    /// The initial rows `wanted` accepts, ascending: what one node or partition loads.
+    /// Workloads that can generate a part without the whole (TPC-C, by warehouse) do so.
+    fn load_where(&self, wanted: &dyn Fn(&Key) -> bool) -> Vec<(Key, Value)> {
+        let mut rows = self.load();
+        rows.retain(|(k, _)| wanted(k));
+        rows
+    }
+
     /// The first call of the next logical transaction, drawn from `rng`.
     fn next_call(&mut self, rng: &mut DetRng) -> Request;
 

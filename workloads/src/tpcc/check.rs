@@ -131,7 +131,10 @@ pub fn check_warehouse(
     let mut orders: BTreeMap<(u32, u32), Order> = BTreeMap::new();
     for (key, value) in scan(&keys::of_warehouse(ORDERS, w))? {
         let f = keys::fields(&key);
-        let (d, o) = (f.get(1).copied().unwrap_or(0), f.get(2).copied().unwrap_or(0));
+        let (d, o) = (
+            f.get(1).copied().unwrap_or(0),
+            f.get(2).copied().unwrap_or(0),
+        );
         orders.insert((d as u32, o as u32), decode(&key, &value)?);
         out.rows += 1;
     }
@@ -357,7 +360,9 @@ impl Procedure for Check {
     }
 
     fn execute(tx: &mut Txn<'_>, a: CheckArgs) -> Result<WarehouseCheck, Abort> {
-        check_warehouse(a.w, &a.shape, a.initial, &mut |prefix| tx.scan_prefix(prefix))
+        check_warehouse(a.w, &a.shape, a.initial, &mut |prefix| {
+            tx.scan_prefix(prefix)
+        })
     }
 }
 

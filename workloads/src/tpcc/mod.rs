@@ -19,9 +19,9 @@ use check::{Check, CheckArgs, WarehouseCheck, check_warehouse, combine};
 use detflow_executor::{Abort, Procedure, Registry};
 use detflow_protocol::{DetRng, Key, PartitionScheme, TableRule, Value, codec};
 use procs::{
-    CustomerByLast, CustomerByLastArgs, CustomerByLastOutput, CustomerRef, Delivery,
-    DeliveryArgs, DeliveryOutput, NewOrder, NewOrderArgs, NewOrderLine, OrderStatus,
-    OrderStatusArgs, Payment, PaymentArgs, StockLevel, StockLevelArgs,
+    CustomerByLast, CustomerByLastArgs, CustomerByLastOutput, CustomerRef, Delivery, DeliveryArgs,
+    DeliveryOutput, NewOrder, NewOrderArgs, NewOrderLine, OrderStatus, OrderStatusArgs, Payment,
+    PaymentArgs, StockLevel, StockLevelArgs,
 };
 use rows::{Customer, District, History, Item, Order, OrderLine, Stock, Warehouse};
 use serde::{Deserialize, Serialize};
@@ -215,19 +215,33 @@ pub struct AuditLine {
 /// The audit percentages of `audit` against TPC-C's bands (TPCC.md).
 pub fn audit_lines(audit: &Audit, warehouses: u32, mix: Mix) -> Vec<AuditLine> {
     let pct = |name| audit.ratio(name).map(|r| 100.0 * r);
-    let line = |name: &'static str, measured: Option<f64>, band: (f64, f64), applies: bool| {
-        AuditLine {
+    let line =
+        |name: &'static str, measured: Option<f64>, band: (f64, f64), applies: bool| AuditLine {
             name,
             measured,
             band,
             ok: !applies || measured.is_none_or(|m| m >= band.0 && m <= band.1),
-        }
-    };
+        };
     let remote = warehouses > 1;
     let mut lines = vec![
-        line(audit::REMOTE_LINES, pct(audit::REMOTE_LINES), (0.95, 1.05), remote),
-        line(audit::REMOTE_PAYMENTS, pct(audit::REMOTE_PAYMENTS), (14.0, 16.0), remote),
-        line(audit::BY_LAST_NAME, pct(audit::BY_LAST_NAME), (57.0, 63.0), true),
+        line(
+            audit::REMOTE_LINES,
+            pct(audit::REMOTE_LINES),
+            (0.95, 1.05),
+            remote,
+        ),
+        line(
+            audit::REMOTE_PAYMENTS,
+            pct(audit::REMOTE_PAYMENTS),
+            (14.0, 16.0),
+            remote,
+        ),
+        line(
+            audit::BY_LAST_NAME,
+            pct(audit::BY_LAST_NAME),
+            (57.0, 63.0),
+            true,
+        ),
         line(audit::ROLLBACKS, pct(audit::ROLLBACKS), (0.9, 1.1), true),
         line(
             audit::LINES_PER_ORDER,
@@ -326,7 +340,10 @@ impl Tpcc {
                     last_name(nurand(&mut rng, 255, 0, 999, C_LAST_LOAD) as u32)
                 };
                 let first = astring(&mut rng, 8, 16);
-                rows.push((keys::customer_last(w, d, &last, &first, c), codec::encode(&())));
+                rows.push((
+                    keys::customer_last(w, d, &last, &first, c),
+                    codec::encode(&()),
+                ));
                 rows.push((
                     keys::customer(w, d, c),
                     codec::encode(&Customer {
@@ -446,12 +463,13 @@ impl Tpcc {
         };
         let mut checks = Vec::new();
         for w in 1..=self.config.warehouses {
-            let check = check_warehouse(w, &self.config.shape, initial, &mut scan).map_err(|e| {
-                Violation {
-                    workload: "tpcc",
-                    detail: format!("warehouse {w} cannot be checked: {e}"),
-                }
-            })?;
+            let check =
+                check_warehouse(w, &self.config.shape, initial, &mut scan).map_err(|e| {
+                    Violation {
+                        workload: "tpcc",
+                        detail: format!("warehouse {w} cannot be checked: {e}"),
+                    }
+                })?;
             checks.push(check);
         }
         combine(&checks).map(|_| ()).map_err(|detail| Violation {
@@ -585,7 +603,8 @@ impl Tpcc {
     fn count_customer_call(&mut self, by_last: bool, remote: Option<bool>) {
         self.audit.count(audit::BY_LAST_NAME, u64::from(by_last), 1);
         if let Some(remote) = remote {
-            self.audit.count(audit::REMOTE_PAYMENTS, u64::from(remote), 1);
+            self.audit
+                .count(audit::REMOTE_PAYMENTS, u64::from(remote), 1);
         }
     }
 }
@@ -635,8 +654,16 @@ impl Workload for Tpcc {
                 .collect()
         };
         keys::BY_WAREHOUSE.iter().fold(
-            PartitionScheme::hashed(self.config.partitions).table(keys::ITEM, TableRule::Replicated),
-            |scheme, table| scheme.table(table, TableRule::Range { splits: splits(table) }),
+            PartitionScheme::hashed(self.config.partitions)
+                .table(keys::ITEM, TableRule::Replicated),
+            |scheme, table| {
+                scheme.table(
+                    table,
+                    TableRule::Range {
+                        splits: splits(table),
+                    },
+                )
+            },
         )
     }
 
@@ -646,6 +673,23 @@ impl Workload for Tpcc {
         for w in 1..=self.config.warehouses {
             self.load_warehouse(w, &mut rows);
         }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Generates only the warehouses whose row `wanted` accepts (each warehouse's rows live
+    /// together), and the items if it accepts them.
+    fn load_where(&self, wanted: &dyn Fn(&Key) -> bool) -> Vec<(Key, Value)> {
+        let mut rows = Vec::new();
+        if wanted(&keys::item(1)) {
+            self.load_items(&mut rows);
+        }
+        for w in 1..=self.config.warehouses {
+            if wanted(&keys::warehouse(w)) {
+                self.load_warehouse(w, &mut rows);
+            }
+        }
+        rows.retain(|(k, _)| wanted(k));
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -665,7 +709,11 @@ impl Workload for Tpcc {
                 let w = self.warehouse(rng);
                 let carrier_id = rng.range(1, 10) as u32;
                 let date = self.tick();
-                request::<Delivery>(&DeliveryArgs { w, carrier_id, date })
+                request::<Delivery>(&DeliveryArgs {
+                    w,
+                    carrier_id,
+                    date,
+                })
             }
             Kind::StockLevel => {
                 let w = self.warehouse(rng);
@@ -722,7 +770,8 @@ impl Workload for Tpcc {
                 }
                 if let Answer::Committed(_) = answer {
                     let by_last = pending.is_some();
-                    self.audit.count(audit::RECON_RETRIES, 0, u64::from(by_last));
+                    self.audit
+                        .count(audit::RECON_RETRIES, 0, u64::from(by_last));
                     let remote = if request.procedure == Payment::NAME {
                         codec::decode::<PaymentArgs>(&request.args)
                             .ok()
@@ -743,7 +792,8 @@ impl Workload for Tpcc {
                 if let Ok(a) = codec::decode::<NewOrderArgs>(&request.args) {
                     let lines = a.lines.len() as u64;
                     let remote = a.lines.iter().filter(|l| l.supply_w_id != a.w).count();
-                    self.audit.count(audit::ROLLBACKS, u64::from(rolled_back), 1);
+                    self.audit
+                        .count(audit::ROLLBACKS, u64::from(rolled_back), 1);
                     self.audit.count(audit::LINES_PER_ORDER, lines, 1);
                     self.audit.count(audit::REMOTE_LINES, remote as u64, lines);
                 }

@@ -159,7 +159,10 @@ impl Procedure for NewOrder {
         for (n, line) in (1..).zip(&a.lines) {
             let Some(item) = tx.get_as::<Item>(&keys::item(line.i_id))? else {
                 // Clause 2.4.2.3: an unused item id rolls the whole order back.
-                return Err(Abort::User(format!("item number {} is not valid", line.i_id)));
+                return Err(Abort::User(format!(
+                    "item number {} is not valid",
+                    line.i_id
+                )));
             };
             let stock_key = keys::stock(line.supply_w_id, line.i_id);
             let mut stock: Stock = row(tx, &stock_key)?;

@@ -124,7 +124,10 @@ fn generated_runs_stay_consistent() {
         tpcc.check(&state, &[]).unwrap();
         assert!(committed[NewOrder::NAME] > 500, "{committed:?}");
         assert!(committed[Payment::NAME] > 500, "{committed:?}");
-        assert!(!committed.contains_key(CustomerByLast::NAME), "{committed:?}");
+        assert!(
+            !committed.contains_key(CustomerByLast::NAME),
+            "{committed:?}"
+        );
         if mix == Mix::Standard {
             for p in [OrderStatus::NAME, Delivery::NAME, StockLevel::NAME] {
                 assert!(committed[p] > 20, "{p}: {committed:?}");
@@ -166,7 +169,10 @@ fn new_order_with_an_unused_item_rolls_back() {
         matches!(outcome, Outcome::Aborted(Abort::User(ref why)) if why.contains("not valid")),
         "{outcome:?}"
     );
-    assert!(runner.serial.state() == &before, "a rolled-back order left changes");
+    assert!(
+        runner.serial.state() == &before,
+        "a rolled-back order left changes"
+    );
     let mut tpcc = tpcc;
     let request = request::<NewOrder>(&args);
     assert_eq!(tpcc.follow_up(&request, answer(&outcome)), None);
@@ -227,7 +233,11 @@ fn payment_is_atomic_and_stale_reconnaissance_is_retried() {
         matches!(outcome, Outcome::Aborted(Abort::FootprintChanged(_))),
         "{outcome:?}"
     );
-    assert_eq!(snapshot(&runner), before, "a rolled-back payment left changes");
+    assert_eq!(
+        snapshot(&runner),
+        before,
+        "a rolled-back payment left changes"
+    );
 
     // The session reconnoitres again and then pays the right customer.
     let mut stale = stale;
@@ -290,23 +300,35 @@ fn the_checker_finds_broken_conditions() {
         w.ytd_cents += 1;
         s.insert(key, codec::encode(&w));
     });
-    assert!(detail.contains("1: W_YTD") && detail.contains("8: W_YTD"), "{detail}");
+    assert!(
+        detail.contains("1: W_YTD") && detail.contains("8: W_YTD"),
+        "{detail}"
+    );
     let first_new = tpcc.config.shape.orders - tpcc.config.shape.new_orders + 1;
     let detail = break_with(&|s| {
         s.remove(&keys::new_order(1, 3, first_new + 1));
     });
-    assert!(detail.contains("3: district (1, 3)") && detail.contains("5: order"), "{detail}");
+    assert!(
+        detail.contains("3: district (1, 3)") && detail.contains("5: order"),
+        "{detail}"
+    );
     let detail = break_with(&|s| {
         let key = keys::customer(1, 4, 5);
         let mut c: Customer = codec::decode(&s[&key]).unwrap();
         c.balance_cents -= 7;
         s.insert(key, codec::encode(&c));
     });
-    assert!(detail.contains("12: customer (1, 4, 5)") && detail.contains("10: customer (1, 4, 5)"), "{detail}");
+    assert!(
+        detail.contains("12: customer (1, 4, 5)") && detail.contains("10: customer (1, 4, 5)"),
+        "{detail}"
+    );
     let detail = break_with(&|s| {
         s.remove(&keys::order_line(2, 1, 1, 1));
     });
-    assert!(detail.contains("4: district (2, 1)") && detail.contains("6: order (2, 1, 1)"), "{detail}");
+    assert!(
+        detail.contains("4: district (2, 1)") && detail.contains("6: order (2, 1, 1)"),
+        "{detail}"
+    );
     // Condition 11 holds only right after loading: a delivery breaks it.
     let registry = registry(&tpcc);
     let mut runner = Runner::new(&registry, &tpcc);
@@ -318,7 +340,10 @@ fn the_checker_finds_broken_conditions() {
     let outcome = runner.run(&request::<Delivery>(&delivery));
     assert!(matches!(outcome, Outcome::Committed(_)), "{outcome:?}");
     tpcc.check(runner.serial.state(), &[]).unwrap();
-    let detail = tpcc.check_initial(runner.serial.state()).unwrap_err().detail;
+    let detail = tpcc
+        .check_initial(runner.serial.state())
+        .unwrap_err()
+        .detail;
     assert!(detail.contains("11: district (1, 1)"), "{detail}");
 }
 
@@ -377,4 +402,23 @@ fn nurand_stays_in_range_and_scales() {
     }
     assert_eq!(last_name(0), "BARBARBAR");
     assert_eq!(last_name(371), "PRICALLYOUGHT");
+}
+
+#[test]
+fn loading_a_part_equals_filtering_the_whole() {
+    let tpcc = small(3, 3, Mix::Standard);
+    let map = detflow_scheduler::PartitionMap::new(tpcc.scheme()).unwrap();
+    let whole = tpcc.load();
+    for p in 0..3 {
+        let mine = |k: &Key| {
+            matches!(map.owner(k), Ok(detflow_protocol::Owner::Replicated))
+                || map.owner(k)
+                    == Ok(detflow_protocol::Owner::Partition(
+                        detflow_protocol::PartitionId(p),
+                    ))
+        };
+        let part = tpcc.load_where(&mine);
+        let filtered: Vec<_> = whole.iter().filter(|(k, _)| mine(k)).cloned().collect();
+        assert_eq!(part, filtered, "partition {p}");
+    }
 }
