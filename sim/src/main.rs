@@ -34,6 +34,8 @@ enum Workload {
     Bank,
     Ycsb,
     Kv,
+    /// TPC-C scaled down 100 times (one warehouse per partition), standard mix.
+    Tpcc,
 }
 
 impl Workload {
@@ -42,6 +44,7 @@ impl Workload {
             Workload::Bank => "bank",
             Workload::Ycsb => "ycsb",
             Workload::Kv => "kv",
+            Workload::Tpcc => "tpcc",
         }
     }
 }

@@ -22,7 +22,7 @@ use detflow_protocol::{
 };
 use detflow_scheduler::PartitionMap;
 use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
-use detflow_workloads::Workload;
+use detflow_workloads::{Answer, Request, Workload};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
@@ -309,6 +309,10 @@ struct GatewayNode {
 struct ClientNode {
     current: Option<(RequestSeq, u32)>,
     next_seq: u64,
+    /// The call in flight as the workload made it, for [`Workload::follow_up`].
+    request: Option<Request>,
+    /// The next call of the same logical transaction, sent at the next wake.
+    follow: Option<Request>,
 }
 
 pub(crate) struct World {
@@ -391,6 +395,11 @@ impl World {
         let plan = FaultPlan::draw(&config.faults, &mut rng);
 
         let initial = workload.load();
+        let loaded: BTreeMap<Key, Value> = initial.iter().cloned().collect();
+        workload
+            .check_initial(&loaded)
+            .map_err(|v| SetupError::Config(format!("the loaded state is wrong: {v}")))?;
+        drop(loaded);
         let mut per_partition: Vec<Vec<(Key, Value)>> =
             vec![Vec::new(); config.partitions as usize];
         for (key, value) in &initial {
@@ -443,6 +452,8 @@ impl World {
             .map(|_| ClientNode {
                 current: None,
                 next_seq: 1,
+                request: None,
+                follow: None,
             })
             .collect();
         Ok(World {
@@ -1048,15 +1059,24 @@ impl World {
         Addr::Gateway(self.rng.below(u64::from(self.config.gateways)) as u32)
     }
 
+    /// Sends the client's next call: the rest of its logical transaction, or (while the
+    /// run wants more) the first call of a new one. `txns` counts logical transactions.
     fn on_client_wake(&mut self, c: u32) {
-        if self.issued >= self.config.txns || self.clients[c as usize].current.is_some() {
+        if self.clients[c as usize].current.is_some() {
             return;
         }
-        self.issued += 1;
+        let request = match self.clients[c as usize].follow.take() {
+            Some(next) => next,
+            None if self.issued >= self.config.txns => return,
+            None => {
+                self.issued += 1;
+                self.workload.next_call(&mut self.workload_rng)
+            }
+        };
         let client = ClientId(u64::from(c));
         let seq = RequestSeq(self.clients[c as usize].next_seq);
         self.clients[c as usize].next_seq += 1;
-        let request = self.workload.next_call(&mut self.workload_rng);
+        self.clients[c as usize].request = Some(request.clone());
         let (procedure, args) = if self.rng.chance(self.timing.malformed_chance) {
             // Bad input a real client may send: it must be refused, never ordered.
             if self.rng.chance(0.5) {
@@ -1132,11 +1152,31 @@ impl World {
                 replies: Vec::new(),
                 attempts: 0,
             });
-        record.replies.push(reply);
+        record.replies.push(reply.clone());
         if current.is_some_and(|(s, _)| s == seq) {
             self.clients[c as usize].current = None;
-            self.answered += 1;
             self.last_answer = self.now;
+            let answer = match &reply {
+                Reply::Done {
+                    outcome: detflow_protocol::Outcome::Committed(out),
+                    ..
+                } => Answer::Committed(out),
+                Reply::Done {
+                    outcome: detflow_protocol::Outcome::Aborted(reason),
+                    ..
+                } => Answer::Aborted(reason),
+                _ => Answer::Failed,
+            };
+            let request = self.clients[c as usize]
+                .request
+                .take()
+                .expect("a call in flight has its request");
+            if let Some(next) = self.workload.follow_up(&request, answer) {
+                self.clients[c as usize].follow = Some(next);
+                self.schedule(self.now, Event::ClientWake(c));
+                return;
+            }
+            self.answered += 1;
             let think = if self.timing.think_max_us == 0 {
                 0
             } else {
