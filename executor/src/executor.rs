@@ -442,7 +442,11 @@ impl<S: Store> Executor<S> {
             prefixes: Vec::new(),
         };
         let me = Owner::Partition(self.partition);
-        for (spec, _, _) in txn.routes().filter(|(_, _, owner)| *owner == me) {
+        // Inserted-into prefixes are never read, so their rows stay home.
+        let mine = txn
+            .routes()
+            .filter(|(_, access, owner)| *owner == me && access.reads());
+        for (spec, _, _) in mine {
             match spec {
                 KeySpec::Exact(k) => reads.exact.push((k.clone(), self.store.get(k))),
                 KeySpec::Prefix(p) => reads.prefixes.push((p.clone(), self.store.scan_prefix(p))),
@@ -510,7 +514,7 @@ impl<S: Store> Machine for Executor<S> {
 /// The owner of the first footprint entry that may write `key`.
 fn owner_of(txn: &RoutedTxn, key: &Key) -> Option<Owner> {
     txn.routes()
-        .find(|(spec, access, _)| *access == detflow_protocol::Access::Write && spec.covers(key))
+        .find(|(spec, access, _)| access.writes() && spec.covers(key))
         .map(|(_, _, owner)| owner)
 }
 
@@ -734,6 +738,64 @@ mod tests {
         assert_eq!(counter(&f.executors[1], &f.b), Some(1));
         assert_eq!(counter(&f.executors[1], &f.a), None);
         assert!(f.executors.iter().all(|e| e.is_idle()));
+    }
+
+    /// Moves a unit from counter `.0` into a new row under prefix `.1`, at index `.2`.
+    struct Spill;
+
+    impl Procedure for Spill {
+        const NAME: &'static str = "test.spill";
+        type Args = (Key, Key, u64);
+        type Output = ();
+
+        fn footprint((from, log, _): &(Key, Key, u64)) -> Footprint {
+            Footprint::new()
+                .write(from.clone())
+                .insert_prefix(log.clone())
+        }
+
+        fn execute(tx: &mut Txn<'_>, (from, log, i): (Key, Key, u64)) -> Result<(), AbortReason> {
+            let a: u64 = tx.get_as(&from)?.unwrap_or(0);
+            tx.put_as(from, &(a - 1))?;
+            tx.put_as(log.u64(i), &a)
+        }
+    }
+
+    #[test]
+    fn inserted_into_prefixes_are_not_shipped() {
+        let f = fixture();
+        // A prefix of partition 1 that already holds rows.
+        let log = (0..)
+            .map(|i| Key::table("log").u64(i))
+            .find(|k| f.map.owner(k) == Ok(Owner::Partition(PartitionId(1))))
+            .unwrap();
+        let mut registry = Registry::new();
+        registry.register::<Spill>();
+        let registry = Arc::new(registry);
+        let mut e1 = Executor::new(PartitionId(1), 2, registry.clone(), MemStore::new());
+        e1.store_mut().put(log.clone().u64(0), vec![1]);
+        let args = (f.a.clone(), log.clone(), 1u64);
+        let batch = Batch {
+            version: LOG_FORMAT_VERSION,
+            epoch: Epoch(1),
+            txns: vec![Arc::new(Transaction {
+                client: ClientId(1),
+                seq: RequestSeq(1),
+                gateway: NodeId(3),
+                procedure: Spill::NAME.into(),
+                args: codec::encode(&args),
+                footprint: Spill::footprint(&args),
+            })],
+        };
+        let [_, p1]: [Plan; 2] = schedule(&batch, &f.map).unwrap().try_into().unwrap();
+        let out = feed(&mut e1, Input::Plan(p1));
+        let [Output::SendReads { reads, .. }] = &out[..] else {
+            panic!("expected one SendReads, got {out:?}")
+        };
+        assert!(
+            reads.exact.is_empty() && reads.prefixes.is_empty(),
+            "{reads:?}"
+        );
     }
 
     #[test]

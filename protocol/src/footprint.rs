@@ -47,6 +47,27 @@ pub enum Access {
     Read,
     /// Read and write.
     Write,
+    /// Write (put, delete) without reading: inserts whose keys the transaction computes,
+    /// such as TPC-C's new orders under `(orders, w, d)`. Other participants never need
+    /// the entry's current rows, so none are shipped to them.
+    Insert,
+}
+
+impl Access {
+    /// Whether keys under the entry may be read.
+    pub fn reads(self) -> bool {
+        self != Access::Insert
+    }
+
+    /// Whether keys under the entry may be written.
+    pub fn writes(self) -> bool {
+        self != Access::Read
+    }
+
+    /// What declaring both `self` and `other` allows.
+    pub fn join(self, other: Access) -> Access {
+        if self == other { self } else { Access::Write }
+    }
 }
 
 /// The declared read and write set of a transaction.
@@ -86,29 +107,38 @@ impl Footprint {
         self
     }
 
-    /// Adds an entry, upgrading an existing one from read to write.
+    /// Declares that keys under `prefix` may be written but not read (see
+    /// [`Access::Insert`]).
+    pub fn insert_prefix(mut self, prefix: Key) -> Footprint {
+        self.add(KeySpec::Prefix(prefix), Access::Insert);
+        self
+    }
+
+    /// Adds an entry, joining the access of an existing one (read + insert = write).
     pub fn add(&mut self, spec: KeySpec, access: Access) {
         match self.entries.iter_mut().find(|(s, _)| *s == spec) {
-            Some((_, a)) => *a = (*a).max(access),
+            Some((_, a)) => *a = (*a).join(access),
             None => self.entries.push((spec, access)),
         }
     }
 
     /// Whether the footprint allows reading `key`.
     pub fn allows_read(&self, key: &Key) -> bool {
-        self.entries.iter().any(|(s, _)| s.covers(key))
+        self.entries.iter().any(|(s, a)| a.reads() && s.covers(key))
     }
 
     /// Whether the footprint allows writing `key`.
     pub fn allows_write(&self, key: &Key) -> bool {
         self.entries
             .iter()
-            .any(|(s, a)| *a == Access::Write && s.covers(key))
+            .any(|(s, a)| a.writes() && s.covers(key))
     }
 
     /// Whether the footprint allows scanning every key under `prefix`.
     pub fn allows_scan(&self, prefix: &Key) -> bool {
-        self.entries.iter().any(|(s, _)| s.covers_prefix(prefix))
+        self.entries
+            .iter()
+            .any(|(s, a)| a.reads() && s.covers_prefix(prefix))
     }
 
     /// The number of entries.
@@ -125,6 +155,24 @@ impl Footprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_writes_without_reading_and_joins_with_read_to_write() {
+        let p = Key::table("o").u64(1);
+        let k = p.clone().u64(7);
+        let fp = Footprint::new().insert_prefix(p.clone());
+        assert!(fp.allows_write(&k));
+        assert!(!fp.allows_read(&k));
+        assert!(!fp.allows_scan(&p));
+        let fp = fp.read_prefix(p.clone());
+        assert_eq!(
+            fp.entries,
+            vec![(KeySpec::Prefix(p.clone()), Access::Write)]
+        );
+        assert!(fp.allows_read(&k) && fp.allows_write(&k) && fp.allows_scan(&p));
+        assert_eq!(Access::Insert.join(Access::Insert), Access::Insert);
+        assert_eq!(Access::Write.join(Access::Insert), Access::Write);
+    }
 
     #[test]
     fn write_includes_read_and_upgrades() {

@@ -17,8 +17,8 @@ mod map;
 pub use map::{PartitionMap, RouteError, SchemeError};
 
 use detflow_protocol::{
-    AbortReason, Access, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId,
-    Plan, Position, RoutedTxn, SYSTEM_TABLE, Transaction,
+    AbortReason, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId, Plan,
+    Position, RoutedTxn, SYSTEM_TABLE, Transaction,
 };
 use std::sync::Arc;
 
@@ -78,7 +78,7 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
             break;
         }
         match map.owner_of_spec(spec) {
-            Ok(Owner::Replicated) if *access == Access::Write => {
+            Ok(Owner::Replicated) if access.writes() => {
                 rejected = Some(AbortReason::ReplicatedWrite {
                     key: spec.key().clone(),
                 });
@@ -106,7 +106,7 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
     for (owner, (_, access)) in owners.iter().zip(&txn.footprint.entries) {
         if let Owner::Partition(p) = *owner {
             participants.push(p);
-            if *access == Access::Write {
+            if access.writes() {
                 active.push(p);
             }
         }

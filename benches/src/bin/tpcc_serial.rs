@@ -69,7 +69,10 @@ fn main() -> Result<()> {
     eprintln!("loading {} warehouses…", args.warehouses);
     let state: BTreeMap<_, _> = tpcc.load().into_iter().collect();
     let rows = state.len();
-    eprintln!("loaded {rows} rows in {:.1} s", began.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {rows} rows in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
     let mut serial = SerialExecutor::new(&registry, state);
 
     let mut rng = DetRng::new(args.seed);

@@ -121,10 +121,10 @@ impl Procedure for NewOrder {
             .read(keys::warehouse(a.w))
             .write(keys::district(a.w, a.d))
             .read(keys::customer(a.w, a.d, a.c))
-            .write_prefix(keys::of_district(ORDERS, a.w, a.d))
-            .write_prefix(keys::of_district(NEW_ORDER, a.w, a.d))
-            .write_prefix(keys::orders_of_customer(a.w, a.d, a.c))
-            .write_prefix(keys::of_district(ORDER_LINE, a.w, a.d));
+            .insert_prefix(keys::of_district(ORDERS, a.w, a.d))
+            .insert_prefix(keys::of_district(NEW_ORDER, a.w, a.d))
+            .insert_prefix(keys::orders_of_customer(a.w, a.d, a.c))
+            .insert_prefix(keys::of_district(ORDER_LINE, a.w, a.d));
         let mut seen = BTreeSet::new();
         for line in &a.lines {
             if seen.insert((line.supply_w_id, line.i_id)) {
@@ -246,7 +246,7 @@ impl Procedure for Payment {
         let fp = Footprint::new()
             .write(keys::warehouse(a.w))
             .write(keys::district(a.w, a.d))
-            .write_prefix(keys::of_district(keys::HISTORY, a.w, a.d))
+            .insert_prefix(keys::of_district(keys::HISTORY, a.w, a.d))
             .write(keys::customer(a.c_w, a.c_d, a.customer.c_id()));
         customer_footprint(fp, a.c_w, a.c_d, &a.customer)
     }
