@@ -6,6 +6,10 @@
 //! data_dir = "data/node-1"
 //! workload = "bank"               # the procedures and partition scheme the cluster runs
 //! epoch_us = 5000
+//! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
+//! # warehouses = 8                # default: one per partition; at least one per partition
+//! # scale_down = 1                # population divided by this; 1 = full size (default),
+//! #                               # 100 = 1,000 items and 30 customers per district
 //! metrics_listen = "127.0.0.1:9001"   # optional Prometheus endpoint
 //!
 //! [tls]
@@ -20,6 +24,10 @@
 //! gateway = true
 //! partitions = [0, 1]
 //! ```
+//!
+//! A TPC-C node generates only the warehouses of the partitions it executes (plus the
+//! replicated `item` table), warehouse by warehouse, logging each one; a full-size
+//! warehouse is about 500,000 rows. A node restarted on a loaded data dir loads nothing.
 
 use detflow_protocol::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
@@ -67,6 +75,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The workload whose procedures and partition scheme the cluster runs.
     pub workload: String,
+    /// TPC-C warehouses (default: one per partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouses: Option<u32>,
+    /// TPC-C population divided by this factor (default 1: full size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<u32>,
     /// The sequencer's epoch length.
     #[serde(default = "default_epoch_us")]
     pub epoch_us: u64,
@@ -169,7 +183,25 @@ impl Config {
         if self.epoch_us == 0 {
             return invalid("epoch_us must be positive".into());
         }
+        if self.scale_down == Some(0) {
+            return invalid("scale_down must be at least 1".into());
+        }
+        if let Err(e) =
+            detflow_workloads::by_name_with(&self.workload, count, &self.workload_options())
+        {
+            return invalid(e.to_string());
+        }
         Ok(())
+    }
+
+    /// The sizes the workload is built with (TPC-C: warehouses and scale-down; the mix is
+    /// the clients' business).
+    pub fn workload_options(&self) -> detflow_workloads::Options {
+        detflow_workloads::Options {
+            warehouses: self.warehouses,
+            scale_down: self.scale_down,
+            mix: None,
+        }
     }
 
     /// This node's entry.
@@ -222,6 +254,8 @@ mod tests {
             listen: "127.0.0.1:7001".parse().unwrap(),
             data_dir: "d".into(),
             workload: "bank".into(),
+            warehouses: None,
+            scale_down: None,
             epoch_us: 5_000,
             metrics_listen: None,
             tls: TlsPaths {
@@ -246,6 +280,29 @@ mod tests {
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
         assert!(c.validate().is_ok());
         assert_eq!(c.partitions(), 2);
+    }
+
+    #[test]
+    fn tpcc_sizing_round_trips_and_is_checked() {
+        let mut c = config();
+        c.workload = "tpcc".into();
+        c.warehouses = Some(4);
+        c.scale_down = Some(100);
+        let text = c.to_toml();
+        assert!(text.contains("warehouses = 4"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        assert!(c.validate().is_ok());
+        c.warehouses = Some(1);
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("at least one warehouse per partition"),
+            "{refused}"
+        );
+        c.warehouses = None;
+        c.scale_down = Some(0);
+        assert!(c.validate().is_err());
+        // Configurations written before TPC-C sizing existed still load.
+        assert!(!config().to_toml().contains("warehouses"));
     }
 
     #[test]

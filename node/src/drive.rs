@@ -1,6 +1,11 @@
 //! The load driver behind `detflow demo` and `detflow bench`: concurrent client sessions
-//! drawing calls from a workload's generator, latency histograms, live progress, and an
-//! end-to-end invariant check through the client library.
+//! drawing logical transactions from a workload's generator, latency histograms, live
+//! progress, and an end-to-end invariant check through the client library.
+//!
+//! A logical transaction is the generator's first call plus the calls
+//! [`Workload::follow_up`] makes of it (a reconnaissance read, then the call it prepared;
+//! a retry after a `FootprintChanged` abort). Each is counted once, under its final call's
+//! procedure, and timed from its first call to its last answer.
 
 // Benchmarks time with the wall clock and seed their generators from it.
 #![allow(clippy::disallowed_methods)]
@@ -8,8 +13,8 @@
 use anyhow::Result;
 use detflow_client::{CallError, Client, Tls};
 use detflow_executor::Procedure;
-use detflow_protocol::{DetRng, codec};
-use detflow_workloads::{bank, ycsb};
+use detflow_protocol::{AbortReason, DetRng, codec};
+use detflow_workloads::{Answer, Audit, Options, Workload, bank, ycsb};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -25,6 +30,8 @@ pub struct DriveConfig {
     pub workload: String,
     /// Partitions of the cluster (the generator needs them for YCSB).
     pub partitions: u32,
+    /// Sizes and mix (TPC-C); they must match the cluster's.
+    pub options: Options,
     /// Concurrent sessions, each with one call in flight.
     pub clients: u32,
     /// How long to drive.
@@ -33,16 +40,24 @@ pub struct DriveConfig {
     pub progress: bool,
 }
 
-/// Per-procedure outcome counts and latencies.
+/// Outcome counts and latencies of one type of logical transaction.
 #[derive(Debug, Serialize)]
-pub struct ProcedureReport {
-    /// Calls that committed.
+pub struct TxnReport {
+    /// Transactions whose final call committed.
     pub committed: u64,
-    /// Calls that aborted deterministically.
+    /// Transactions the procedure itself rolled back (a user abort, e.g. TPC-C's
+    /// New-Orders with an unused item): answered, and expected.
+    pub rolled_back: u64,
+    /// Transactions whose final call aborted for another reason (e.g. a footprint that
+    /// kept changing after every retry).
     pub aborted: u64,
-    /// Calls that failed otherwise (unavailable, rejected).
+    /// Transactions whose final call failed (unavailable, rejected).
     pub failed: u64,
-    /// Latency percentiles in microseconds: p50, p90, p99, max.
+    /// Calls made again after an abort (TPC-C: reconnaissance after `FootprintChanged`).
+    pub retries: u64,
+    /// Calls made, follow-ups included.
+    pub calls: u64,
+    /// Latency percentiles of the whole transaction in microseconds: p50, p90, p99, max.
     pub latency_us: [u64; 4],
 }
 
@@ -55,14 +70,19 @@ pub struct Report {
     pub clients: u32,
     /// Seconds driven.
     pub seconds: f64,
-    /// Calls answered per second (committed or aborted).
+    /// Logical transactions answered per second (committed or rolled back).
     pub throughput: f64,
-    /// Committed calls per second.
+    /// Committed logical transactions per second.
     pub commits_per_second: f64,
-    /// Latency percentiles over all calls, microseconds: p50, p90, p99, max.
+    /// Calls per second, follow-ups included.
+    pub calls_per_second: f64,
+    /// Latency percentiles over all transactions, microseconds: p50, p90, p99, max.
     pub latency_us: [u64; 4],
-    /// Per procedure.
-    pub procedures: BTreeMap<String, ProcedureReport>,
+    /// Per type of logical transaction: its final call's procedure.
+    pub transactions: BTreeMap<String, TxnReport>,
+    /// What the sessions' generators measured, added up.
+    #[serde(skip)]
+    pub audit: Audit,
     /// The end-to-end invariant check, or why it failed.
     pub invariants: Result<String, String>,
 }
@@ -70,8 +90,11 @@ pub struct Report {
 struct Tally {
     histogram: Histogram<u64>,
     committed: u64,
+    rolled_back: u64,
     aborted: u64,
     failed: u64,
+    retries: u64,
+    calls: u64,
 }
 
 impl Tally {
@@ -80,10 +103,51 @@ impl Tally {
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3)
                 .unwrap_or_else(|e| panic!("valid histogram bounds: {e}")),
             committed: 0,
+            rolled_back: 0,
             aborted: 0,
             failed: 0,
+            retries: 0,
+            calls: 0,
         }
     }
+
+    fn add(&mut self, other: &Tally) {
+        let _ = self.histogram.add(&other.histogram);
+        self.committed += other.committed;
+        self.rolled_back += other.rolled_back;
+        self.aborted += other.aborted;
+        self.failed += other.failed;
+        self.retries += other.retries;
+        self.calls += other.calls;
+    }
+
+    fn report(&self) -> TxnReport {
+        TxnReport {
+            committed: self.committed,
+            rolled_back: self.rolled_back,
+            aborted: self.aborted,
+            failed: self.failed,
+            retries: self.retries,
+            calls: self.calls,
+            latency_us: percentiles(&self.histogram),
+        }
+    }
+}
+
+/// How a call, and so a logical transaction, ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Committed,
+    RolledBack,
+    Aborted,
+    Failed,
+}
+
+/// What one session measured.
+struct SessionReport {
+    tallies: BTreeMap<&'static str, Tally>,
+    ledger: Ledger,
+    audit: Audit,
 }
 
 /// What the sessions learned that the invariant check needs.
@@ -110,44 +174,25 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     let mut sessions = Vec::new();
     for c in 0..config.clients {
         let client = Client::connect(gateways.clone(), tls.clone()).await?;
-        let mut workload = detflow_workloads::by_name(&config.workload, config.partitions)?;
-        let done = done.clone();
-        let answered = answered.clone();
+        let workload =
+            detflow_workloads::by_name_with(&config.workload, config.partitions, &config.options)?;
         let seed = start.elapsed().as_nanos() as u64 ^ (u64::from(c) << 32);
-        sessions.push(tokio::spawn(async move {
-            let mut rng = DetRng::new(seed);
-            let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
-            let mut ledger = Ledger::default();
-            while !done.load(Ordering::Relaxed) {
-                let request = workload.next_call(&mut rng);
-                let began = Instant::now();
-                let result = client
-                    .call_raw(request.procedure, request.args.clone())
-                    .await;
-                let micros = began.elapsed().as_micros() as u64;
-                let tally = tallies.entry(request.procedure).or_insert_with(Tally::new);
-                let _ = tally.histogram.record(micros.max(1));
-                match result {
-                    Ok(_) => {
-                        tally.committed += 1;
-                        note_commit(&mut ledger, request.procedure, &request.args);
-                    }
-                    Err(CallError::Aborted(_)) => tally.aborted += 1,
-                    Err(_) => tally.failed += 1,
-                }
-                answered.fetch_add(1, Ordering::Relaxed);
-            }
-            client.close();
-            (tallies, ledger)
-        }));
+        sessions.push(tokio::spawn(session(
+            client,
+            workload,
+            DetRng::new(seed),
+            done.clone(),
+            answered.clone(),
+        )));
     }
     let mut last = 0;
     while start.elapsed() < config.duration {
-        tokio::time::sleep(Duration::from_secs(1).min(config.duration)).await;
+        let left = config.duration.saturating_sub(start.elapsed());
+        tokio::time::sleep(Duration::from_secs(1).min(left)).await;
         if config.progress {
             let now = answered.load(Ordering::Relaxed);
             eprintln!(
-                "[{:>3.0}s] {now} calls answered, {} txn/s",
+                "[{:>3.0}s] {now} transactions answered, {} txn/s",
                 start.elapsed().as_secs_f64(),
                 now - last
             );
@@ -155,28 +200,27 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
         }
     }
     done.store(true, Ordering::Relaxed);
-    let seconds = start.elapsed().as_secs_f64();
     let mut all = Tally::new();
-    let mut procedures: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut transactions: BTreeMap<String, Tally> = BTreeMap::new();
     let mut ledger = Ledger::default();
+    let mut audit = Audit::default();
     for session in sessions {
-        let (tallies, l) = session.await?;
-        ledger.deposits_cents += l.deposits_cents;
-        for (k, v) in l.increments {
+        let report = session.await?;
+        ledger.deposits_cents += report.ledger.deposits_cents;
+        for (k, v) in report.ledger.increments {
             *ledger.increments.entry(k).or_default() += v;
         }
-        for (name, t) in tallies {
-            let _ = all.histogram.add(&t.histogram);
-            all.committed += t.committed;
-            all.aborted += t.aborted;
-            all.failed += t.failed;
-            let p = procedures.entry(name.to_owned()).or_insert_with(Tally::new);
-            let _ = p.histogram.add(&t.histogram);
-            p.committed += t.committed;
-            p.aborted += t.aborted;
-            p.failed += t.failed;
+        audit.merge(&report.audit);
+        for (name, t) in report.tallies {
+            all.add(&t);
+            transactions
+                .entry(name.to_owned())
+                .or_insert_with(Tally::new)
+                .add(&t);
         }
     }
+    // Sessions finish the transaction they are in, so the run lasts until the last one.
+    let seconds = start.elapsed().as_secs_f64();
     let checker = Client::connect(gateways, tls).await?;
     let invariants = check(&checker, &config, &ledger).await;
     checker.close();
@@ -184,23 +228,79 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
         workload: config.workload.clone(),
         clients: config.clients,
         seconds,
-        throughput: (all.committed + all.aborted) as f64 / seconds,
+        throughput: (all.committed + all.rolled_back) as f64 / seconds,
         commits_per_second: all.committed as f64 / seconds,
+        calls_per_second: all.calls as f64 / seconds,
         latency_us: percentiles(&all.histogram),
-        procedures: procedures
+        transactions: transactions
             .into_iter()
-            .map(|(name, t)| {
-                let report = ProcedureReport {
-                    committed: t.committed,
-                    aborted: t.aborted,
-                    failed: t.failed,
-                    latency_us: percentiles(&t.histogram),
-                };
-                (name, report)
-            })
+            .map(|(name, t)| (name, t.report()))
             .collect(),
+        audit,
         invariants,
     })
+}
+
+/// One session: logical transactions, one call at a time, until `done`.
+async fn session(
+    client: Client,
+    mut workload: Box<dyn Workload>,
+    mut rng: DetRng,
+    done: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> SessionReport {
+    let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
+    let mut ledger = Ledger::default();
+    while !done.load(Ordering::Relaxed) {
+        let mut request = workload.next_call(&mut rng);
+        let began = Instant::now();
+        let (mut calls, mut retries) = (0, 0);
+        let ending = loop {
+            let result = client
+                .call_raw(request.procedure, request.args.clone())
+                .await;
+            calls += 1;
+            let (ending, answer) = match &result {
+                Ok(output) => (Ending::Committed, Answer::Committed(output)),
+                Err(CallError::Aborted(reason)) => {
+                    let ending = match reason {
+                        AbortReason::User(_) => Ending::RolledBack,
+                        _ => Ending::Aborted,
+                    };
+                    (ending, Answer::Aborted(reason))
+                }
+                Err(_) => (Ending::Failed, Answer::Failed),
+            };
+            if ending == Ending::Committed {
+                note_commit(&mut ledger, request.procedure, &request.args);
+            }
+            match workload.follow_up(&request, answer) {
+                Some(next) => {
+                    retries += u64::from(ending != Ending::Committed);
+                    request = next;
+                }
+                None => break ending,
+            }
+        };
+        let micros = began.elapsed().as_micros() as u64;
+        let tally = tallies.entry(request.procedure).or_insert_with(Tally::new);
+        let _ = tally.histogram.record(micros.max(1));
+        tally.calls += calls;
+        tally.retries += retries;
+        match ending {
+            Ending::Committed => tally.committed += 1,
+            Ending::RolledBack => tally.rolled_back += 1,
+            Ending::Aborted => tally.aborted += 1,
+            Ending::Failed => tally.failed += 1,
+        }
+        answered.fetch_add(1, Ordering::Relaxed);
+    }
+    client.close();
+    SessionReport {
+        tallies,
+        ledger,
+        audit: workload.audit(),
+    }
 }
 
 fn note_commit(ledger: &mut Ledger, procedure: &str, args: &[u8]) {
@@ -278,21 +378,43 @@ async fn check(client: &Client, config: &DriveConfig, ledger: &Ledger) -> Result
                 "every one of {keys} counters equals its acknowledged read-modify-writes"
             ))
         }
+        "tpcc" => {
+            let tpcc = crate::tpcc::workload(config.partitions, &config.options);
+            crate::tpcc::consistency(client, &tpcc, false).await
+        }
         other => Ok(format!("no end-to-end check for {other}")),
     }
 }
 
 /// Prints a report for people.
 pub fn print(report: &Report) {
-    let [p50, p90, p99, max] = report.latency_us;
     println!(
-        "{}: {} clients, {:.1} s, {:.0} txn/s ({:.0} commits/s)",
+        "{}: {} clients, {:.1} s, {:.0} txn/s ({:.0} commits/s, {:.0} calls/s)",
         report.workload,
         report.clients,
         report.seconds,
         report.throughput,
-        report.commits_per_second
+        report.commits_per_second,
+        report.calls_per_second,
     );
+    print_latency_and_types(report);
+    match &report.invariants {
+        Ok(s) => println!("invariants hold: {s}"),
+        Err(s) => println!("INVARIANTS BROKEN: {s}"),
+    }
+}
+
+/// Prints the overall latency and one line per type of transaction.
+fn print_latency_and_types(report: &Report) {
+    print_latency(report.latency_us);
+    let prefix = format!("{}.", report.workload);
+    for (name, t) in &report.transactions {
+        print_type(name.strip_prefix(&prefix).unwrap_or(name), t);
+    }
+}
+
+/// Prints latency percentiles: p50, p90, p99, max in microseconds.
+pub fn print_latency([p50, p90, p99, max]: [u64; 4]) {
     println!(
         "latency: p50 {} p90 {} p99 {} max {}",
         ms(p50),
@@ -300,24 +422,26 @@ pub fn print(report: &Report) {
         ms(p99),
         ms(max)
     );
-    for (name, p) in &report.procedures {
-        let [p50, _, p99, max] = p.latency_us;
-        println!(
-            "  {name:<16} committed {:>8}  aborted {:>6}  failed {:>4}  p50 {}  p99 {}  max {}",
-            p.committed,
-            p.aborted,
-            p.failed,
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
-    }
-    match &report.invariants {
-        Ok(s) => println!("invariants hold: {s}"),
-        Err(s) => println!("INVARIANTS BROKEN: {s}"),
-    }
 }
 
-fn ms(us: u64) -> String {
+/// Prints one type of transaction's line.
+pub fn print_type(name: &str, t: &TxnReport) {
+    let [p50, p90, p99, max] = t.latency_us;
+    println!(
+        "  {name:<14} committed {:>8}  rolled back {:>5}  aborted {:>4}  failed {:>4}  retries {:>4}  p50 {}  p90 {}  p99 {}  max {}",
+        t.committed,
+        t.rolled_back,
+        t.aborted,
+        t.failed,
+        t.retries,
+        ms(p50),
+        ms(p90),
+        ms(p99),
+        ms(max)
+    );
+}
+
+/// Microseconds as milliseconds with one decimal.
+pub fn ms(us: u64) -> String {
     format!("{:.1}ms", us as f64 / 1000.0)
 }

@@ -5,13 +5,17 @@
 //! - [`runtime`]: one task per machine, the router, links and listeners.
 //! - [`transport`]: QUIC endpoints with mutual TLS and length-prefixed frames.
 //! - [`storage`]: the replica log and the partition state in fjall.
+//! - [`load`]: a partition's initial rows, a part at a time.
+//! - [`drive`]: the load driver of `demo` and `bench`; [`tpcc`]: its TPC-C report and checks.
 //! - [`certs`]: a development CA and certificates.
 //! - [`metrics`]: the Prometheus endpoint.
 
 pub mod certs;
 pub mod config;
 pub mod drive;
+pub mod load;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;
+pub mod tpcc;
 pub use detflow_net as transport;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use detflow_client::{Client, Tls};
 use detflow_node::config::{Config, NodeSpec, TlsPaths};
 use detflow_node::drive::{self, DriveConfig};
-use detflow_node::{certs, runtime};
+use detflow_node::tpcc::TpccReport;
+use detflow_node::{certs, load, runtime};
+use detflow_workloads::Options;
+use detflow_workloads::tpcc::Mix;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
@@ -101,7 +105,7 @@ struct DemoArgs {
     /// Executor partitions, spread over the nodes.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// The workload to drive (bank, ycsb or kv).
+    /// The workload to drive (bank, ycsb, kv or tpcc).
     #[arg(long, default_value = "bank")]
     workload: String,
     /// How long to drive it, e.g. 30s, 2m.
@@ -113,11 +117,42 @@ struct DemoArgs {
     /// Keep the cluster's folder (certificates, configs, logs, data) instead of deleting it.
     #[arg(long)]
     keep: Option<PathBuf>,
+    #[command(flatten)]
+    tpcc: TpccArgs,
+}
+
+/// TPC-C's knobs, shared by `demo` and `bench`.
+#[derive(clap::Args, Clone)]
+struct TpccArgs {
+    /// TPC-C: warehouses (default: one per partition).
+    #[arg(long)]
+    warehouses: Option<u32>,
+    /// TPC-C: divide the population (items, customers, orders) by this factor; 1 is full
+    /// size, about 500,000 rows per warehouse (default: 1 for bench, 100 for demo).
+    #[arg(long)]
+    scale_down: Option<u32>,
+    /// TPC-C: the transaction mix, standard or new-order-payment (50/50).
+    #[arg(long, default_value = "standard", value_parser = parse_mix)]
+    mix: Mix,
+}
+
+impl TpccArgs {
+    fn options(&self, scale_down_default: u32) -> Options {
+        Options {
+            warehouses: self.warehouses,
+            scale_down: Some(self.scale_down.unwrap_or(scale_down_default)),
+            mix: Some(self.mix),
+        }
+    }
+}
+
+fn parse_mix(s: &str) -> Result<Mix, String> {
+    Mix::parse(s).ok_or_else(|| format!("{s:?} is not a mix (standard or new-order-payment)"))
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// The workload (bank, ycsb or kv).
+    /// The workload (bank, ycsb, kv or tpcc).
     workload: String,
     /// How long to measure, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -131,12 +166,15 @@ struct BenchArgs {
     /// With --connect: the folder holding ca.pem, client.pem and client.key.
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
-    /// With --connect: the cluster's partition count.
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Print the report as JSON.
+    /// Partitions of the embedded cluster (default 4; TPC-C: as many as warehouses, up to
+    /// 4). With --connect, the cluster's (default: asked from the nodes).
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Print the report as one line of JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tpcc: TpccArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -160,6 +198,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -284,6 +323,7 @@ impl LocalCluster {
         replicas: u32,
         partitions: u32,
         workload: &str,
+        options: &Options,
         keep: Option<PathBuf>,
     ) -> Result<LocalCluster> {
         if ![1, 3, 5].contains(&replicas) {
@@ -292,7 +332,7 @@ impl LocalCluster {
         if partitions == 0 {
             bail!("--partitions must be at least 1");
         }
-        detflow_workloads::by_name(workload, partitions)?;
+        detflow_workloads::by_name_with(workload, partitions, options)?;
         let (dir, temp) = match keep {
             Some(dir) => {
                 std::fs::create_dir_all(&dir)?;
@@ -323,6 +363,8 @@ impl LocalCluster {
                 listen: spec.addr,
                 data_dir: dir.join(format!("node-{}", spec.id)),
                 workload: workload.to_owned(),
+                warehouses: options.warehouses,
+                scale_down: options.scale_down,
                 epoch_us: 5_000,
                 metrics_listen: None,
                 tls: TlsPaths {
@@ -361,10 +403,39 @@ impl LocalCluster {
         Ok(Tls::from_dir(&self.dir.join("certs"), "client")?)
     }
 
-    /// Waits until every node answers and a leader is elected.
-    async fn wait_ready(&mut self, within: Duration) -> Result<()> {
-        let client = Client::connect(self.gateways.clone(), self.tls()?).await?;
+    /// Waits until every node answers and a leader is elected. With `loading`, shows on
+    /// stderr how far the nodes are with loading TPC-C's warehouses (from their logs).
+    async fn wait_ready(&mut self, within: Duration, loading: Option<Loading>) -> Result<()> {
+        // Quick attempts: a node still loading takes connections but answers nothing.
+        let policy = detflow_client::RetryPolicy {
+            attempt_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let client = Client::connect(self.gateways.clone(), self.tls()?)
+            .await?
+            .with_policy(policy);
         let start = Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress = loading.map(|loading| {
+            let logs = self.logs();
+            let stop = stop.clone();
+            tokio::spawn(async move { loading.show(&logs, start, &stop).await })
+        });
+        let ready = self.poll_ready(&client, start, within).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(progress) = progress {
+            let _ = progress.await;
+        }
+        client.close();
+        ready
+    }
+
+    async fn poll_ready(
+        &mut self,
+        client: &Client,
+        start: Instant,
+        within: Duration,
+    ) -> Result<()> {
         loop {
             for (i, child) in self.children.iter_mut().enumerate() {
                 if let Some(status) = child.try_wait()? {
@@ -382,17 +453,23 @@ impl LocalCluster {
                 .filter_map(|(_, s)| s.as_ref().ok())
                 .any(|s| s.replica.is_some_and(|(_, leader, _)| leader.is_some()));
             if up == statuses.len() && leader {
-                client.close();
                 return Ok(());
             }
             if start.elapsed() > within {
                 bail!(
-                    "the cluster was not ready within {within:?} ({up} of {} nodes answer)",
-                    statuses.len()
+                    "the cluster was not ready within {within:?} ({up} of {} nodes answer); see the node logs in {}",
+                    statuses.len(),
+                    self.dir.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        (1..=self.children.len())
+            .map(|i| self.dir.join(format!("node-{i}.log")))
+            .collect()
     }
 
     fn stop(&mut self) {
@@ -423,6 +500,77 @@ impl Drop for LocalCluster {
     }
 }
 
+/// What the nodes of a local TPC-C cluster load, for progress reports.
+struct Loading {
+    warehouses: u32,
+    rows: u64,
+}
+
+impl Loading {
+    /// Shows progress on stderr until `stop`: a bar redrawn in place on a terminal, a line
+    /// every few seconds otherwise.
+    async fn show(&self, logs: &[PathBuf], start: Instant, stop: &std::sync::atomic::AtomicBool) {
+        let terminal = std::io::stderr().is_terminal();
+        let mut shown = f64::NEG_INFINITY;
+        loop {
+            let finished = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let (warehouses, rows) = loaded(logs);
+            let secs = start.elapsed().as_secs_f64();
+            let line = format!(
+                "loading {warehouses}/{} warehouses, {:.2}M of about {:.2}M rows, {secs:.0} s",
+                self.warehouses,
+                rows as f64 / 1e6,
+                self.rows as f64 / 1e6
+            );
+            if terminal {
+                let width = 30;
+                let filled =
+                    (width * warehouses as usize / self.warehouses.max(1) as usize).min(width);
+                eprint!(
+                    "\r[{}{}] {line}  ",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled)
+                );
+                if finished {
+                    eprintln!();
+                }
+            } else if finished || secs - shown >= 5.0 {
+                eprintln!("{line}");
+                shown = secs;
+            }
+            if finished {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Warehouses the nodes logged as loaded, and their rows.
+fn loaded(logs: &[PathBuf]) -> (u32, u64) {
+    let mut warehouses = 0;
+    let mut rows = 0;
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            // "loaded warehouse W of partition P: N rows in …"
+            let Some(at) = line.find(load::WAREHOUSE_LOADED) else {
+                continue;
+            };
+            warehouses += 1;
+            let rest = &line[at..];
+            if let Some(n) = rest
+                .split_once(": ")
+                .and_then(|(_, r)| r.split_once(' '))
+                .and_then(|(n, _)| n.parse::<u64>().ok())
+            {
+                rows += n;
+            }
+        }
+    }
+    (warehouses, rows)
+}
+
 fn free_ports(n: usize) -> Result<Vec<u16>> {
     let sockets: Vec<std::net::UdpSocket> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
@@ -431,63 +579,218 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
 }
 
 async fn demo(args: DemoArgs) -> Result<bool> {
+    let tpcc = args.workload == "tpcc";
+    let options = args.tpcc.options(100);
     println!(
         "starting a local cluster: {} node processes (each a sequencer replica and a gateway), {} partitions, workload {}",
         args.replicas, args.partitions, args.workload
     );
-    let mut cluster = LocalCluster::start(
+    let local = Local::start(
         args.replicas,
         args.partitions,
         &args.workload,
+        options.clone(),
         args.keep.clone(),
-    )?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
-    println!(
-        "cluster ready; driving {} sessions for {:?}",
-        args.clients, args.duration
-    );
-    let report = drive::drive(
-        cluster.gateways.clone(),
-        cluster.tls()?,
-        DriveConfig {
-            workload: args.workload.clone(),
-            partitions: args.partitions,
-            clients: args.clients,
-            duration: args.duration,
-            progress: true,
-        },
     )
     .await?;
-    drive::print(&report);
-    cluster.stop();
-    println!("cluster stopped");
-    Ok(report.invariants.is_ok())
-}
-
-async fn bench(args: BenchArgs) -> Result<bool> {
+    if tpcc {
+        println!("cluster ready");
+    } else {
+        println!(
+            "cluster ready; driving {} sessions for {:?}",
+            args.clients, args.duration
+        );
+    }
     let config = DriveConfig {
         workload: args.workload.clone(),
         partitions: args.partitions,
+        options,
         clients: args.clients,
         duration: args.duration,
-        progress: !args.json,
+        progress: true,
     };
-    let report = if args.connect.is_empty() {
-        let mut cluster = LocalCluster::start(3, args.partitions, &args.workload, None)?;
-        cluster.wait_ready(Duration::from_secs(30)).await?;
-        let report = drive::drive(cluster.gateways.clone(), cluster.tls()?, config).await?;
-        cluster.stop();
-        report
+    let ok = if tpcc {
+        let report = run_tpcc(&local.gateways(), &local.tls()?, config, local.load_seconds).await?;
+        report.print();
+        report.consistent()
     } else {
-        let tls = Tls::from_dir(&args.certs, "client")?;
-        drive::drive(args.connect.clone(), tls, config).await?
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+        let report = drive::drive(local.gateways(), local.tls()?, config).await?;
         drive::print(&report);
+        report.invariants.is_ok()
+    };
+    local.stop();
+    println!("cluster stopped");
+    Ok(ok)
+}
+
+/// An embedded local cluster, or nothing when measuring an existing one.
+struct Local {
+    cluster: LocalCluster,
+    load_seconds: Option<f64>,
+}
+
+impl Local {
+    /// Starts a cluster and waits until it is loaded and has a leader.
+    async fn start(
+        replicas: u32,
+        partitions: u32,
+        workload: &str,
+        options: Options,
+        keep: Option<PathBuf>,
+    ) -> Result<Local> {
+        let mut cluster = LocalCluster::start(replicas, partitions, workload, &options, keep)?;
+        let began = Instant::now();
+        let (loading, within) = if workload == "tpcc" {
+            let tpcc = detflow_node::tpcc::workload(partitions, &options);
+            let rows = detflow_node::tpcc::rows_expected(&tpcc);
+            let loading = Loading {
+                warehouses: tpcc.config().warehouses,
+                rows,
+            };
+            // Generous: a full-size warehouse loads in seconds on a laptop.
+            (Some(loading), Duration::from_secs(60 + rows / 5_000))
+        } else {
+            (None, Duration::from_secs(30))
+        };
+        cluster.wait_ready(within, loading).await?;
+        let load_seconds = (workload == "tpcc").then(|| began.elapsed().as_secs_f64());
+        Ok(Local {
+            cluster,
+            load_seconds,
+        })
     }
-    Ok(report.invariants.is_ok())
+
+    fn gateways(&self) -> Vec<SocketAddr> {
+        self.cluster.gateways.clone()
+    }
+
+    fn tls(&self) -> Result<Tls> {
+        self.cluster.tls()
+    }
+
+    fn stop(mut self) {
+        self.cluster.stop();
+    }
+}
+
+/// A TPC-C run: the consistency check right after loading, the drive (with the final check
+/// as its invariants), the report.
+async fn run_tpcc(
+    gateways: &[SocketAddr],
+    tls: &Tls,
+    config: DriveConfig,
+    load_seconds: Option<f64>,
+) -> Result<TpccReport> {
+    let tpcc = detflow_node::tpcc::workload(config.partitions, &config.options);
+    let client = Client::connect(gateways.to_vec(), tls.clone()).await?;
+    let began = Instant::now();
+    eprintln!(
+        "checking the consistency conditions on {} warehouses (condition 11 too)",
+        tpcc.config().warehouses
+    );
+    let initial = detflow_node::tpcc::consistency(&client, &tpcc, true).await;
+    client.close();
+    match &initial {
+        Ok(s) => eprintln!(
+            "initial consistency: {s} ({:.1} s)",
+            began.elapsed().as_secs_f64()
+        ),
+        Err(s) => eprintln!("INITIAL CONSISTENCY BROKEN: {s}"),
+    }
+    eprintln!(
+        "driving {} sessions, {} mix, for {:?}",
+        config.clients,
+        config.options.mix.unwrap_or(Mix::Standard).name(),
+        config.duration
+    );
+    let scale_down = config.options.scale_down.unwrap_or(1);
+    let run = drive::drive(gateways.to_vec(), tls.clone(), config).await?;
+    Ok(TpccReport::new(
+        &tpcc,
+        scale_down,
+        run,
+        load_seconds,
+        initial,
+    ))
+}
+
+async fn bench(args: BenchArgs) -> Result<bool> {
+    let tpcc = args.workload == "tpcc";
+    let options = args.tpcc.options(1);
+    let local = if args.connect.is_empty() {
+        let partitions = args.partitions.unwrap_or(if tpcc {
+            options.warehouses.unwrap_or(4).min(4)
+        } else {
+            4
+        });
+        eprintln!(
+            "starting a local cluster: 3 node processes, {partitions} partitions, workload {}",
+            args.workload
+        );
+        Some((
+            Local::start(3, partitions, &args.workload, options.clone(), None).await?,
+            partitions,
+        ))
+    } else {
+        None
+    };
+    let (gateways, tls, partitions) = match &local {
+        Some((local, partitions)) => (local.gateways(), local.tls()?, *partitions),
+        None => {
+            let tls = Tls::from_dir(&args.certs, "client")?;
+            let partitions = match args.partitions {
+                Some(p) => p,
+                None => partitions_of(&args.connect, &tls).await?,
+            };
+            (args.connect.clone(), tls, partitions)
+        }
+    };
+    let config = DriveConfig {
+        workload: args.workload.clone(),
+        partitions,
+        options,
+        clients: args.clients,
+        duration: args.duration,
+        progress: true,
+    };
+    let load_seconds = local.as_ref().and_then(|(l, _)| l.load_seconds);
+    let ok = if tpcc {
+        let report = run_tpcc(&gateways, &tls, config, load_seconds).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            report.print();
+        }
+        report.consistent()
+    } else {
+        let report = drive::drive(gateways, tls, config).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            drive::print(&report);
+        }
+        report.invariants.is_ok()
+    };
+    if let Some((local, _)) = local {
+        local.stop();
+    }
+    Ok(ok)
+}
+
+/// The partition count of the cluster at `gateways`, from the nodes' status.
+async fn partitions_of(gateways: &[SocketAddr], tls: &Tls) -> Result<u32> {
+    let client = Client::connect(gateways.to_vec(), tls.clone()).await?;
+    let statuses = client.status().await;
+    client.close();
+    let partitions: std::collections::BTreeSet<u32> = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .flat_map(|s| s.partitions.iter().map(|(p, _, _)| p.0))
+        .collect();
+    if partitions.is_empty() {
+        bail!("no node at {gateways:?} reported its partitions; pass --partitions");
+    }
+    Ok(partitions.len() as u32)
 }
 
 async fn call(name: &str, args: &str, connect: &ConnectArgs) -> Result<bool> {

@@ -22,7 +22,7 @@ use detflow_executor::{Executor, Registry, Store};
 use detflow_gateway::{Gateway, GatewayOutput};
 use detflow_protocol::message::{Call, Message, NodeStatus, Reply};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Machine, NodeId, Owner, PartitionId, Plan, RequestSeq, Time,
+    Batch, ClientId, DetRng, Epoch, Machine, NodeId, PartitionId, Plan, RequestSeq, Time,
 };
 use detflow_scheduler::PartitionMap;
 use detflow_sequencer::replica::{self, Replica, ReplicaConfig};
@@ -266,7 +266,9 @@ impl Node {
         let clock = Clock(Instant::now());
         let me = NodeId(config.id);
         let spec = config.me().clone();
-        let workload = detflow_workloads::by_name(&config.workload, config.partitions())?;
+        let options = config.workload_options();
+        let workload =
+            detflow_workloads::by_name_with(&config.workload, config.partitions(), &options)?;
         let mut scheme = workload.scheme();
         scheme.partitions = config.partitions();
         let map = PartitionMap::new(scheme)?;
@@ -318,11 +320,14 @@ impl Node {
             let dir = config.data_dir.join(format!("partition-{p}"));
             let mut store = FjallStore::open(&dir)
                 .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
-            let rows = workload.load().into_iter().filter(|(k, _)| {
-                matches!(map.owner(k), Ok(Owner::Partition(o)) if o == partition)
-                    || matches!(map.owner(k), Ok(Owner::Replicated))
-            });
-            store.load(rows)?;
+            if store.load(crate::load::initial_rows(
+                workload.as_ref(),
+                &options,
+                &map,
+                partition,
+            ))? {
+                tracing::info!(partition = p, "initial rows loaded and synced");
+            }
             let executor = Executor::new(partition, config.partitions(), registry.clone(), store);
             let replicas = config.replicas();
             let peers: Vec<(PartitionId, NodeId)> = config

@@ -79,6 +79,8 @@ impl SingleNode {
             listen: addr,
             data_dir: root.join("node-1"),
             workload: "bank".into(),
+            warehouses: None,
+            scale_down: None,
             epoch_us: 5_000,
             metrics_listen: Some(metrics),
             tls: TlsPaths {

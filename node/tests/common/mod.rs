@@ -1,4 +1,9 @@
-//! Helpers the process-level tests share: starting a node process, reading its metrics.
+//! Helpers the process-level tests share: starting a node process, reading its metrics,
+//! a whole cluster of them ([`cluster`]).
+
+// Each test binary uses its own part of the helpers.
+#[allow(dead_code)]
+pub(crate) mod cluster;
 
 use std::net::SocketAddr;
 use std::path::Path;
