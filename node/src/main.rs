@@ -511,7 +511,7 @@ impl Loading {
     /// every few seconds otherwise.
     async fn show(&self, logs: &[PathBuf], start: Instant, stop: &std::sync::atomic::AtomicBool) {
         let terminal = std::io::stderr().is_terminal();
-        let mut shown = f64::NEG_INFINITY;
+        let mut shown = (f64::NEG_INFINITY, String::new());
         loop {
             let finished = stop.load(std::sync::atomic::Ordering::Relaxed);
             let (warehouses, rows) = loaded(logs);
@@ -534,9 +534,11 @@ impl Loading {
                 if finished {
                     eprintln!();
                 }
-            } else if finished || secs - shown >= 5.0 {
+            } else if secs - shown.0 >= 5.0 || finished && !line.starts_with(&shown.1) {
                 eprintln!("{line}");
-                shown = secs;
+                // Without the elapsed time: the last line is not repeated unless it moved.
+                let progress = line.rsplit_once(", ").map_or(&*line, |(p, _)| p);
+                shown = (secs, progress.to_owned());
             }
             if finished {
                 return;
