@@ -137,7 +137,11 @@ struct TpccArgs {
 }
 
 impl TpccArgs {
-    fn options(&self, scale_down_default: u32) -> Options {
+    /// The sizes `workload` runs with: TPC-C's knobs for TPC-C, the defaults otherwise.
+    fn options(&self, workload: &str, scale_down_default: u32) -> Options {
+        if workload != "tpcc" {
+            return Options::default();
+        }
         Options {
             warehouses: self.warehouses,
             scale_down: Some(self.scale_down.unwrap_or(scale_down_default)),
@@ -582,7 +586,7 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 async fn demo(args: DemoArgs) -> Result<bool> {
     let tpcc = args.workload == "tpcc";
-    let options = args.tpcc.options(100);
+    let options = args.tpcc.options(&args.workload, 100);
     println!(
         "starting a local cluster: {} node processes (each a sequencer replica and a gateway), {} partitions, workload {}",
         args.replicas, args.partitions, args.workload
@@ -718,7 +722,7 @@ async fn run_tpcc(
 
 async fn bench(args: BenchArgs) -> Result<bool> {
     let tpcc = args.workload == "tpcc";
-    let options = args.tpcc.options(1);
+    let options = args.tpcc.options(&args.workload, 1);
     let local = if args.connect.is_empty() {
         let partitions = args.partitions.unwrap_or(if tpcc {
             options.warehouses.unwrap_or(4).min(4)

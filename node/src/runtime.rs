@@ -320,13 +320,17 @@ impl Node {
             let dir = config.data_dir.join(format!("partition-{p}"));
             let mut store = FjallStore::open(&dir)
                 .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
+            let began = Instant::now();
             if store.load(crate::load::initial_rows(
                 workload.as_ref(),
                 &options,
                 &map,
                 partition,
             ))? {
-                tracing::info!(partition = p, "initial rows loaded and synced");
+                tracing::info!(
+                    "partition {p}: initial rows loaded, synced and compacted in {:.1} s",
+                    began.elapsed().as_secs_f64()
+                );
             }
             let executor = Executor::new(partition, config.partitions(), registry.clone(), store);
             let replicas = config.replicas();
