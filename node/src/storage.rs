@@ -331,6 +331,9 @@ pub struct FjallStore {
     meta: Keyspace,
     user: Space,
     system: Space,
+    /// Every user row as of the latest write, epoch in progress included: procedures read
+    /// from memory, fjall only makes the state durable (see docs/decisions.md).
+    mirror: BTreeMap<Key, Value>,
     /// The last epoch committed (written to fjall, perhaps not synced).
     applied: Epoch,
     /// The last epoch committed before the last sync.
@@ -368,10 +371,20 @@ impl FjallStore {
         let loaded = meta
             .contains_key(LOADED_KEY)
             .map_err(fjall_error(&path, "reading the load marker"))?;
+        let mut mirror = BTreeMap::new();
+        for guard in user.iter() {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(fjall_error(&path, "reading the state into memory"))?;
+            let key = Key::from_bytes(key.to_vec())
+                .map_err(|e| corrupt(&path, "key".into(), e.to_string()))?;
+            mirror.insert(key, value.to_vec());
+        }
         Ok(FjallStore {
             path,
             db,
             meta,
+            mirror,
             user: Space::new(user),
             system: Space::new(system),
             applied,
@@ -407,6 +420,9 @@ impl FjallStore {
         // keeps the last row of each key; a later chunk overrides an earlier one.
         let mut chunk = BTreeMap::new();
         for (key, value) in rows {
+            if !key.is_system() {
+                self.mirror.insert(key.clone(), value.clone());
+            }
             chunk.insert(key, value);
             if chunk.len() >= LOAD_CHUNK_ROWS {
                 self.load_batch(std::mem::take(&mut chunk))
@@ -459,7 +475,11 @@ impl FjallStore {
     /// Every user row (bookkeeping excluded), ascending, including writes of the epoch in
     /// progress: for checkers.
     pub fn user_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
-        self.try_scan(&self.user, &Key::default(), usize::MAX)
+        Ok(self
+            .mirror
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     /// Every bookkeeping row (`_sys` keys), ascending, including writes of the epoch in
@@ -482,6 +502,14 @@ impl FjallStore {
             .tree
             .major_compact()
             .map_err(fjall_error(&self.path, "compacting the loaded rows"))
+    }
+
+    /// The in-memory user rows under `prefix`, ascending.
+    fn mirror_rows<'a>(&'a self, prefix: &'a Key) -> impl Iterator<Item = (Key, Value)> + 'a {
+        self.mirror
+            .range::<Key, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
     }
 
     fn load_batch(&self, rows: BTreeMap<Key, Value>) -> OwnedWriteBatch {
@@ -509,6 +537,9 @@ impl FjallStore {
     }
 
     fn try_get(&self, key: &Key) -> Result<Option<Value>, StorageError> {
+        if !key.is_system() {
+            return Ok(self.mirror.get(key).cloned());
+        }
         let space = self.space(key);
         if let Some(pending) = space.overlay.get(key) {
             return Ok(pending.clone());
@@ -606,11 +637,17 @@ impl Store for FjallStore {
     }
 
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        if !prefix.is_system() {
+            return self.mirror_rows(prefix).collect();
+        }
         self.try_scan(self.space(prefix), prefix, usize::MAX)
             .unwrap_or_else(|e| self.fail(e))
     }
 
     fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        if !prefix.is_system() {
+            return self.mirror_rows(prefix).next();
+        }
         self.try_scan(self.space(prefix), prefix, 1)
             .unwrap_or_else(|e| self.fail(e))
             .into_iter()
@@ -618,10 +655,16 @@ impl Store for FjallStore {
     }
 
     fn put(&mut self, key: Key, value: Value) {
+        if !key.is_system() {
+            self.mirror.insert(key.clone(), value.clone());
+        }
         self.space_mut(&key).overlay.insert(key, Some(value));
     }
 
     fn delete(&mut self, key: &Key) {
+        if !key.is_system() {
+            self.mirror.remove(key);
+        }
         self.space_mut(key).overlay.insert(key.clone(), None);
     }
 
