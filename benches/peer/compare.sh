@@ -3,7 +3,7 @@
 # See benches/peer/README.md.
 #
 #   bash benches/peer/compare.sh [--warehouses 8] [--duration 60] [--clients 64]
-#                                [--skip-detflow] [--out FILE]
+#                                [--warmup 30] [--skip-detflow] [--out FILE]
 #
 # Progress goes to stderr; the report (machine, table, PostgreSQL details) to stdout and,
 # with --out, to FILE.
@@ -15,13 +15,14 @@ ROOT=$(cd "$HERE/../.." && pwd)
 W=8
 D=60
 C=64
+WARMUP=30
 SKIP_DETFLOW=0
 OUT=""
 # Retries per transaction: 0 = until it commits (pgbench allows that with -T).
 MAX_TRIES=${MAX_TRIES:-0}
 
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -32,6 +33,8 @@ while [ $# -gt 0 ]; do
     --duration=*) D=${1#*=}; D=${D%s}; shift ;;
     --clients) C=$2; shift 2 ;;
     --clients=*) C=${1#*=}; shift ;;
+    --warmup) WARMUP=${2%s}; shift 2 ;;
+    --warmup=*) WARMUP=${1#*=}; WARMUP=${WARMUP%s}; shift ;;
     --skip-detflow) SKIP_DETFLOW=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --out=*) OUT=${1#*=}; shift ;;
@@ -42,6 +45,7 @@ done
 for v in "$W" "$D" "$C"; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: warehouses, duration and clients must be positive integers" >&2; exit 2; }
 done
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || { echo "compare.sh: --warmup takes seconds (0 for none)" >&2; exit 2; }
 if [ -n "$OUT" ]; then
   OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
 fi
@@ -66,10 +70,20 @@ json_field() { # json_field FIELD < json
   if command -v python3 >/dev/null 2>&1; then
     printf '%s' "$input" | python3 -c '
 import json, sys
-try:
-    v = json.loads(sys.stdin.read()).get(sys.argv[1])
-except Exception:
-    v = None
+text = sys.stdin.read()
+v = None
+# The output should be one JSON object; tolerate other lines around it.
+decoder = json.JSONDecoder()
+start = text.find("{")
+while start >= 0:
+    try:
+        obj, _ = decoder.raw_decode(text[start:])
+        if isinstance(obj, dict) and sys.argv[1] in obj:
+            v = obj[sys.argv[1]]
+            break
+    except ValueError:
+        pass
+    start = text.find("{", start + 1)
 print("n/a" if v is None else v)' "$field"
   elif command -v jq >/dev/null 2>&1; then
     printf '%s' "$input" | jq -r --arg f "$field" '.[$f] // "n/a"' 2>/dev/null || echo n/a
@@ -82,7 +96,7 @@ print("n/a" if v is None else v)' "$field"
 is_num() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
 fmt() { if is_num "$1"; then awk -v x="$1" 'BEGIN { printf "%.0f", x }'; else echo n/a; fi; }
 ratio() { if is_num "$1" && is_num "$2" && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; else echo n/a; fi; }
-times() { if is_num "$1"; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a * b }'; else echo n/a; fi; }
+mul() { if is_num "$1"; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a * b }'; else echo n/a; fi; }
 
 # ---------------------------------------------------------------- PostgreSQL binaries
 find_pgbin() {
@@ -210,6 +224,16 @@ run_postgres() {
   DB_SIZE=$("${PSQL[@]}" -d tpcc -Atc "SELECT pg_size_pretty(pg_database_size('tpcc'))")
   log "loaded in ${LOAD_SECONDS}s, database size $DB_SIZE"
 
+  # Warm-up, not measured: the first run on a freshly loaded cluster was measured ~3x slower
+  # than later ones (cause not pinned down: new WAL segments, first writes to pages, ...).
+  if [ "$WARMUP" -gt 0 ]; then
+    log "warm-up: full mix for ${WARMUP}s (not measured)"
+    "$PGBENCH" -h 127.0.0.1 -p "$PORT" -U postgres -n -c "$C" -j 2 -T "$WARMUP" -M prepared \
+      --max-tries="$MAX_TRIES" -D W="$W" -f "$HERE/new_order.pgbench@45" -f "$HERE/payment.pgbench@43" \
+      -f "$HERE/order_status.pgbench@4" -f "$HERE/delivery.pgbench@4" -f "$HERE/stock_level.pgbench@4" \
+      tpcc >"$TMP/pgbench_warmup.out" 2>&1 || log "warm-up pgbench exited with an error (see below)"
+    sed -n 's/^tps = /    warm-up tps = /p' "$TMP/pgbench_warmup.out" >&2
+  fi
   pg_run mix50 "$HERE/new_order.pgbench@50" "$HERE/payment.pgbench@50"
   pg_run full "$HERE/new_order.pgbench@45" "$HERE/payment.pgbench@43" \
     "$HERE/order_status.pgbench@4" "$HERE/delivery.pgbench@4" "$HERE/stock_level.pgbench@4"
@@ -260,7 +284,7 @@ pg_jiffies() {
 # CPU seconds of this shell's finished children (user + system), from `times`. Must run in
 # the main shell (not in $(...), a fresh process whose children times start at zero).
 children_seconds() { # children_seconds VAR
-  times >"$TMP/times"
+  builtin times >"$TMP/times"
   printf -v "$1" '%s' "$(sed -n 2p "$TMP/times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] } print t }')"
 }
 
@@ -332,7 +356,7 @@ run_json() { # run_json LABEL CMD... : prints the command's JSON object, or noth
     log "$label failed (status $rc): $(tail -3 "$TMP/$label.err" | tr '\n' ' ')"
     return 0
   fi
-  printf '%s' "$out" | grep -E '^[[:space:]]*\{' | tail -1
+  printf '%s\n' "$out"
 }
 
 run_detflow() {
@@ -393,11 +417,11 @@ report() {
     v=DF_$mix; df=${!v}
     v=PG_TPS_$mix; pg=${!v}
     v=SER_$mix; ser=${!v}
-    serx=$(times "$ser" "$NPROC")
+    serx=$(mul "$ser" "$NPROC")
     echo "| $label | $(fmt "$df") | $(fmt "$pg") | $(fmt "$ser") | $serx | $(ratio "$df" "$pg") | $(ratio "$df" "$serx") |"
   done
   echo
-  echo "PostgreSQL (pgbench -c $C -j 2 -T $D -M prepared --max-tries=$MAX_TRIES; txn/s counts committed transactions, New-Orders rolled back for an unused item included; load $W warehouses in ${LOAD_SECONDS}s, $DB_SIZE):"
+  echo "PostgreSQL (pgbench -c $C -j 2 -T $D -M prepared --max-tries=$MAX_TRIES after a ${WARMUP}s unmeasured warm-up; txn/s counts committed transactions, New-Orders rolled back for an unused item included; load $W warehouses in ${LOAD_SECONDS}s, $DB_SIZE):"
   echo
   echo "| mix | committed | failed | retried txns | total retries | latency avg ms | p50 ms | p99 ms | per script txn/s | CPU use over the run (of $NPROC cores) |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"

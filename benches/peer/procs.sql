@@ -97,11 +97,13 @@ END $$;
 
 -- Payment (clause 2.5). p_c_id = 0 selects the customer by last name p_last.
 -- Returns the customer's new balance.
--- The rows are written in the order customer, district, warehouse (clause 2.5.2.2 lists
--- warehouse first): same reads, same writes, same result, but the hottest row (W_YTD, one per
--- warehouse, updated by every Payment) is locked last, so its lock is held for little more
--- than the commit's WAL flush. Under SERIALIZABLE a transaction waiting for that lock fails
--- when the holder commits, so a long hold costs PostgreSQL retries; this order favours it.
+-- Rows are written in the clause's order: warehouse, district, customer, history. The
+-- per-warehouse W_YTD row is the benchmark's hottest row. Locking it first is also what suits
+-- PostgreSQL best: under SERIALIZABLE a transaction that finds the row updated by a
+-- transaction committed after its snapshot fails, so an early update fails (or waits, asleep)
+-- before doing any work. The reverse order (warehouse last) measured about 1.5x slower here
+-- (W=8, 64 clients, 50/50 mix: ~1,065 against ~1,500-1,650 txn/s): conflicts were found
+-- only after the whole execution had been done.
 CREATE OR REPLACE FUNCTION payment(p_w int, p_d int, p_c_w int, p_c_d int, p_c_id int,
                                    p_last text, p_amount numeric)
 RETURNS numeric LANGUAGE plpgsql AS $$
@@ -111,6 +113,9 @@ DECLARE
   v_c       int := p_c_id;
   v_balance numeric;
 BEGIN
+  UPDATE warehouse SET w_ytd = w_ytd + p_amount WHERE w_id = p_w RETURNING w_name INTO v_w_name;
+  UPDATE district SET d_ytd = d_ytd + p_amount
+   WHERE d_w_id = p_w AND d_id = p_d RETURNING d_name INTO v_d_name;
   IF v_c = 0 THEN
     v_c := tpcc_customer_by_last(p_c_w, p_c_d, p_last);
     IF v_c IS NULL THEN
@@ -127,9 +132,6 @@ BEGIN
                        ELSE c_data END
    WHERE c_w_id = p_c_w AND c_d_id = p_c_d AND c_id = v_c
   RETURNING c_balance INTO v_balance;
-  UPDATE district SET d_ytd = d_ytd + p_amount
-   WHERE d_w_id = p_w AND d_id = p_d RETURNING d_name INTO v_d_name;
-  UPDATE warehouse SET w_ytd = w_ytd + p_amount WHERE w_id = p_w RETURNING w_name INTO v_w_name;
   INSERT INTO history (h_c_id, h_c_d_id, h_c_w_id, h_d_id, h_w_id, h_date, h_amount, h_data)
   VALUES (v_c, p_c_d, p_c_w, p_d, p_w, current_timestamp, p_amount, v_w_name || '    ' || v_d_name);
   RETURN v_balance;
