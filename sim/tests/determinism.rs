@@ -31,6 +31,6 @@ fn unknown_workload_is_a_clear_error() {
     let err = run_seed(&SimConfig::new("tpcd", 1)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown workload \"tpcd\" (known: bank, ycsb, kv)"
+        "unknown workload \"tpcd\" (known: bank, ycsb, kv, tpcc)"
     );
 }
