@@ -11,7 +11,7 @@
 
 use detflow_protocol::{Key, Owner, PartitionId, Value};
 use detflow_scheduler::PartitionMap;
-use detflow_workloads::tpcc::keys;
+use detflow_workloads::tpcc::{TpccConfig, keys};
 use detflow_workloads::{Options, Workload};
 use std::time::Instant;
 
@@ -45,8 +45,7 @@ pub fn initial_rows<'a>(
             rows
         }));
     }
-    // The same default as `detflow_workloads::by_name_with`: one warehouse per partition.
-    let warehouses = options.warehouses.unwrap_or(map.partitions());
+    let warehouses = TpccConfig::from_options(map.partitions(), options).warehouses;
     let mine: Vec<u32> = (1..=warehouses)
         .filter(|w| owned(&keys::warehouse(*w)))
         .collect();

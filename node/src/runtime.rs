@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::storage::{FjallStore, LogStore};
 use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls, TransportError};
 use anyhow::{Context, Result};
-use detflow_executor::{Executor, Registry, Store};
+use detflow_executor::{Executor, Input, Output, Registry, Store};
 use detflow_gateway::{Gateway, GatewayOutput};
 use detflow_protocol::message::{Call, Message, NodeStatus, Reply};
 use detflow_protocol::{
@@ -752,6 +752,48 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// An executor that hears no plan for this long asks another replica.
 const STALL_US: u64 = 500_000;
 
+/// Sends one of partition `me`'s outputs where it goes; true if it reports an applied
+/// epoch (which the caller makes durable).
+fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
+    match effect {
+        Output::EpochApplied(_) => return true,
+        Output::Result { gateway, result } => {
+            router.to_gateway(
+                gateway,
+                Message::Result {
+                    result,
+                    recovered: false,
+                },
+            );
+        }
+        Output::ResultUnknown {
+            gateway,
+            client,
+            seq,
+        } => router.to_gateway(gateway, Message::ResultUnknown { client, seq }),
+        Output::SendAck { to, durable } => router.to_executor(
+            to,
+            Message::Ack {
+                from: me,
+                to,
+                durable,
+            },
+        ),
+        Output::SendHello { to, durable } => router.to_executor(
+            to,
+            Message::Hello {
+                from: me,
+                to,
+                durable,
+            },
+        ),
+        Output::SendReads { to, reads } => {
+            router.to_executor(to, Message::RemoteReads { to, reads });
+        }
+    }
+    false
+}
+
 async fn executor_task(
     mut executor: Executor<FjallStore>,
     mut inbox: mpsc::UnboundedReceiver<Event>,
@@ -761,7 +803,6 @@ async fn executor_task(
     stats: Arc<NodeStats>,
     clock: Clock,
 ) {
-    use detflow_executor::{Input, Output};
     let me = executor.partition();
     let mut source = (me.0 as usize) % replicas.len();
     let subscribe = |executor: &Executor<FjallStore>, source: usize| {
@@ -842,48 +883,7 @@ async fn executor_task(
         }
         let mut applied = false;
         for effect in out.drain(..) {
-            match effect {
-                Output::EpochApplied(_) => applied = true,
-                Output::Result { gateway, result } => {
-                    router.to_gateway(
-                        gateway,
-                        Message::Result {
-                            result,
-                            recovered: false,
-                        },
-                    );
-                }
-                Output::ResultUnknown {
-                    gateway,
-                    client,
-                    seq,
-                } => {
-                    router.to_gateway(gateway, Message::ResultUnknown { client, seq });
-                }
-                Output::SendAck { to, durable } => {
-                    router.to_executor(
-                        to,
-                        Message::Ack {
-                            from: me,
-                            to,
-                            durable,
-                        },
-                    );
-                }
-                Output::SendHello { to, durable } => {
-                    router.to_executor(
-                        to,
-                        Message::Hello {
-                            from: me,
-                            to,
-                            durable,
-                        },
-                    );
-                }
-                Output::SendReads { to, reads } => {
-                    router.to_executor(to, Message::RemoteReads { to, reads });
-                }
-            }
+            applied |= route_output(&router, me, effect);
         }
         if applied {
             last_progress = clock.now();
@@ -893,16 +893,7 @@ async fn executor_task(
             };
             executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
             for effect in out.drain(..) {
-                if let Output::SendAck { to, durable } = effect {
-                    router.to_executor(
-                        to,
-                        Message::Ack {
-                            from: me,
-                            to,
-                            durable,
-                        },
-                    );
-                }
+                route_output(&router, me, effect);
             }
         }
         if let Ok(mut parts) = stats.partitions.lock() {

@@ -14,19 +14,13 @@ use detflow_protocol::codec;
 use detflow_workloads::Options;
 use detflow_workloads::tpcc::check::WarehouseCheck;
 use detflow_workloads::tpcc::procs::NewOrder;
-use detflow_workloads::tpcc::{self, AuditLine, Mix, Shape, Tpcc, TpccConfig};
+use detflow_workloads::tpcc::{self, AuditLine, Tpcc, TpccConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// TPC-C as `detflow_workloads::by_name_with("tpcc", partitions, options)` builds it (the
-/// same defaults: one warehouse per partition, full size, standard mix), typed.
+/// TPC-C as `detflow_workloads::by_name_with("tpcc", partitions, options)` builds it, typed.
 pub fn workload(partitions: u32, options: &Options) -> Tpcc {
-    Tpcc::new(TpccConfig {
-        warehouses: options.warehouses.unwrap_or(partitions),
-        partitions,
-        shape: Shape::scaled_down(options.scale_down.unwrap_or(1)),
-        mix: options.mix.unwrap_or(Mix::Standard),
-    })
+    Tpcc::new(TpccConfig::from_options(partitions, options))
 }
 
 /// Rows of all warehouses after loading, about (the replicated items not counted).

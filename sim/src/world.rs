@@ -1143,19 +1143,9 @@ impl World {
             }
             return;
         }
-        let record = self
-            .calls
-            .entry((client, seq))
-            .or_insert_with(|| CallRecord {
-                procedure: String::new(),
-                args: Vec::new(),
-                replies: Vec::new(),
-                attempts: 0,
-            });
-        record.replies.push(reply.clone());
-        if current.is_some_and(|(s, _)| s == seq) {
-            self.clients[c as usize].current = None;
-            self.last_answer = self.now;
+        // The client's own call ends here (a late duplicate reply only gets recorded):
+        // the workload decides whether the logical transaction goes on.
+        let follow = current.filter(|(s, _)| *s == seq).map(|_| {
             let answer = match &reply {
                 Reply::Done {
                     outcome: detflow_protocol::Outcome::Committed(out),
@@ -1171,19 +1161,33 @@ impl World {
                 .request
                 .take()
                 .expect("a call in flight has its request");
-            if let Some(next) = self.workload.follow_up(&request, answer) {
-                self.clients[c as usize].follow = Some(next);
-                self.schedule(self.now, Event::ClientWake(c));
-                return;
-            }
-            self.answered += 1;
-            let think = if self.timing.think_max_us == 0 {
-                0
-            } else {
-                self.rng.below(self.timing.think_max_us)
-            };
-            self.schedule(self.now.plus_us(think), Event::ClientWake(c));
+            self.workload.follow_up(&request, answer)
+        });
+        self.calls
+            .entry((client, seq))
+            .or_insert_with(|| CallRecord {
+                procedure: String::new(),
+                args: Vec::new(),
+                replies: Vec::new(),
+                attempts: 0,
+            })
+            .replies
+            .push(reply);
+        let Some(follow) = follow else { return };
+        self.clients[c as usize].current = None;
+        self.last_answer = self.now;
+        if let Some(next) = follow {
+            self.clients[c as usize].follow = Some(next);
+            self.schedule(self.now, Event::ClientWake(c));
+            return;
         }
+        self.answered += 1;
+        let think = if self.timing.think_max_us == 0 {
+            0
+        } else {
+            self.rng.below(self.timing.think_max_us)
+        };
+        self.schedule(self.now.plus_us(think), Event::ClientWake(c));
     }
 
     // ----- gateways -----

@@ -241,18 +241,14 @@ pub fn by_name_with(
             Box::new(ycsb::Ycsb::new(config))
         }
         "tpcc" => {
-            let warehouses = options.warehouses.unwrap_or(partitions);
-            if warehouses < partitions {
+            let config = tpcc::TpccConfig::from_options(partitions, options);
+            if config.warehouses < partitions {
                 return Err(refuse(format!(
-                    "TPC-C needs at least one warehouse per partition, got {warehouses} warehouses"
+                    "TPC-C needs at least one warehouse per partition, got {} warehouses",
+                    config.warehouses
                 )));
             }
-            Box::new(tpcc::Tpcc::new(tpcc::TpccConfig {
-                warehouses,
-                partitions,
-                shape: tpcc::Shape::scaled_down(options.scale_down.unwrap_or(1)),
-                mix: options.mix.unwrap_or(tpcc::Mix::Standard),
-            }))
+            Box::new(tpcc::Tpcc::new(config))
         }
         _ => Box::new(kv::Kv::new(kv::KvConfig {
             partitions,

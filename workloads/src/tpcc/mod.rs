@@ -164,6 +164,19 @@ pub struct TpccConfig {
     pub mix: Mix,
 }
 
+impl TpccConfig {
+    /// TPC-C for `partitions` partitions as `options` size it: one warehouse per partition,
+    /// full size and the standard mix unless they say otherwise.
+    pub fn from_options(partitions: u32, options: &crate::Options) -> TpccConfig {
+        TpccConfig {
+            warehouses: options.warehouses.unwrap_or(partitions),
+            partitions,
+            shape: Shape::scaled_down(options.scale_down.unwrap_or(1)),
+            mix: options.mix.unwrap_or(Mix::Standard),
+        }
+    }
+}
+
 /// The TPC-C workload: loader, generator and checker.
 #[derive(Clone, Debug)]
 pub struct Tpcc {
@@ -613,13 +626,56 @@ fn request<P: Procedure>(args: &P::Args) -> Request {
     Request::new(P::NAME, codec::encode(args))
 }
 
+impl Pending {
+    /// Which reconnaissance this is, from 1.
+    fn attempt(&self) -> u32 {
+        match self {
+            Pending::Payment(_, n) | Pending::OrderStatus(_, n) => *n,
+        }
+    }
+
+    /// The next attempt after a `FootprintChanged` abort.
+    fn retried(self) -> Pending {
+        match self {
+            Pending::Payment(a, n) => Pending::Payment(a, n + 1),
+            Pending::OrderStatus(a, n) => Pending::OrderStatus(a, n + 1),
+        }
+    }
+
+    /// The customer's district and how it is named.
+    fn customer(&self) -> (u32, u32, &CustomerRef) {
+        match self {
+            Pending::Payment(a, _) => (a.c_w, a.c_d, &a.customer),
+            Pending::OrderStatus(a, _) => (a.w, a.d, &a.customer),
+        }
+    }
+
+    /// The call, naming the customer reconnaissance found, with `self` as its context.
+    fn resolved(self, found: u32) -> Request {
+        let context = codec::encode(&self);
+        let resolve = |customer: &mut CustomerRef| {
+            if let CustomerRef::Last { c_id, .. } = customer {
+                *c_id = found;
+            }
+        };
+        let mut call = match self {
+            Pending::Payment(mut a, _) => {
+                resolve(&mut a.customer);
+                request::<Payment>(&a)
+            }
+            Pending::OrderStatus(mut a, _) => {
+                resolve(&mut a.customer);
+                request::<OrderStatus>(&a)
+            }
+        };
+        call.context = context;
+        call
+    }
+}
+
 /// The reconnaissance read for `pending`.
 fn reconnoitre(pending: Pending) -> Request {
-    let (w, d, last) = match &pending {
-        Pending::Payment(a, _) => (a.c_w, a.c_d, &a.customer),
-        Pending::OrderStatus(a, _) => (a.w, a.d, &a.customer),
-    };
-    let CustomerRef::Last { last, .. } = last else {
+    let (w, d, CustomerRef::Last { last, .. }) = pending.customer() else {
         unreachable!("only by-last-name calls are reconnoitred")
     };
     let mut request = request::<CustomerByLast>(&CustomerByLastArgs {
@@ -733,39 +789,16 @@ impl Workload for Tpcc {
                 };
                 let found: CustomerByLastOutput = codec::decode(output).ok()?;
                 // A name the generator draws always exists; nothing to do otherwise.
-                let c_id = found.c_id?;
-                let resolve = |customer: &mut CustomerRef| {
-                    if let CustomerRef::Last { c_id: c, .. } = customer {
-                        *c = c_id;
-                    }
-                };
-                let mut next = match pending.clone() {
-                    Pending::Payment(mut a, _) => {
-                        resolve(&mut a.customer);
-                        self::request::<Payment>(&a)
-                    }
-                    Pending::OrderStatus(mut a, _) => {
-                        resolve(&mut a.customer);
-                        self::request::<OrderStatus>(&a)
-                    }
-                };
-                next.context = codec::encode(&pending);
-                Some(next)
+                Some(pending.resolved(found.c_id?))
             }
             Payment::NAME | OrderStatus::NAME => {
                 let pending = codec::decode::<Pending>(&request.context).ok();
                 if let (Answer::Aborted(Abort::FootprintChanged(_)), Some(pending)) =
                     (answer, &pending)
                 {
-                    let attempt = match pending {
-                        Pending::Payment(_, n) | Pending::OrderStatus(_, n) => *n,
-                    };
                     self.audit.count(audit::RECON_RETRIES, 1, 0);
-                    if attempt < RECON_ATTEMPTS_MAX {
-                        return Some(reconnoitre(match pending.clone() {
-                            Pending::Payment(a, n) => Pending::Payment(a, n + 1),
-                            Pending::OrderStatus(a, n) => Pending::OrderStatus(a, n + 1),
-                        }));
+                    if pending.attempt() < RECON_ATTEMPTS_MAX {
+                        return Some(reconnoitre(pending.clone().retried()));
                     }
                 }
                 if let Answer::Committed(_) = answer {
