@@ -13,19 +13,62 @@
 //!
 //! Variant names are the wire tags (rmp-serde writes enum variants by name) and fields are
 //! encoded in declaration order: a variant is never renamed, a retired name is never reused,
-//! and fields are never reordered or removed (a test pins one encoding). Every message fits
-//! one frame: an
-//! `AppendEntries` carries at most the sender's configured `entries_per_message_max`
-//! entries, and a receiver drops one that carries more than [`ENTRIES_PER_MESSAGE_LIMIT`].
+//! and fields are never reordered or removed (a test pins one encoding).
+//!
+//! Every message fits one frame. An `AppendEntries` carries at most the sender's configured
+//! `entries_per_message_max` entries, and a receiver drops one that carries more than
+//! [`ENTRIES_PER_MESSAGE_LIMIT`]. It is also cut by bytes: the sender adds entries while
+//! [`APPEND_ENTRIES_OVERHEAD_BYTES_MAX`] plus the [`LogEntry::encoded_bytes_max`] of its
+//! entries stays within its `append_bytes_max` (but always sends at least one), and a
+//! batch closes once the [`txn_encoded_bytes_max`] of its transactions reaches the
+//! leader's `batch_bytes_max`. These are cheap upper bounds on the MessagePack encoding,
+//! computed from lengths, never by encoding.
 
+use crate::footprint::Footprint;
 use crate::ids::{Epoch, NodeId};
-use crate::txn::Batch;
+use crate::txn::{Batch, Transaction};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The most entries any `AppendEntries` may carry; a receiver drops a larger one as
 /// malformed. Senders are configured at or below it.
 pub const ENTRIES_PER_MESSAGE_LIMIT: usize = 1_024;
+
+/// An upper bound on the bytes an `AppendEntries` adds around its entries: the variant
+/// tag, the fixed fields at their widest, the entries' array header, and room for the
+/// envelope it travels in (`Message::Peer { from, msg }`).
+pub const APPEND_ENTRIES_OVERHEAD_BYTES_MAX: usize = 128;
+
+/// An upper bound on the bytes a [`LogEntry`] adds around its transactions: its term, the
+/// batch's version and epoch (each at their widest) and the array headers.
+const ENTRY_OVERHEAD_BYTES_MAX: usize = 32;
+
+/// An upper bound on the bytes a transaction's encoding adds beyond its procedure name,
+/// arguments and footprint entries: the session, call number and gateway at their widest
+/// (9, 9 and 5 bytes), the string, binary and array headers (5 bytes each at most) and the
+/// struct headers.
+const TXN_OVERHEAD_BYTES_MAX: usize = 64;
+
+/// An upper bound on the bytes one footprint entry adds beyond its key: the tuple header,
+/// the `KeySpec` and `Access` variant tags (a map header and the variant's name) and the
+/// key's binary header.
+const FOOTPRINT_ENTRY_OVERHEAD_BYTES_MAX: usize = 32;
+
+/// An upper bound on the MessagePack encoding of `txn`, computed from its lengths: what a
+/// batch or an `AppendEntries` grows by when it carries `txn`.
+pub fn txn_encoded_bytes_max(txn: &Transaction) -> usize {
+    TXN_OVERHEAD_BYTES_MAX
+        .saturating_add(txn.procedure.len())
+        .saturating_add(txn.args.len())
+        .saturating_add(footprint_encoded_bytes_max(&txn.footprint))
+}
+
+fn footprint_encoded_bytes_max(footprint: &Footprint) -> usize {
+    footprint.entries.iter().fold(0usize, |sum, (spec, _)| {
+        sum.saturating_add(FOOTPRINT_ENTRY_OVERHEAD_BYTES_MAX)
+            .saturating_add(spec.key().as_bytes().len())
+    })
+}
 
 /// One entry of the replicated log: a batch and the term of the leader that created it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +83,17 @@ impl LogEntry {
     /// The entry's index in the log, which is its batch's epoch.
     pub fn epoch(&self) -> Epoch {
         self.batch.epoch
+    }
+
+    /// An upper bound on this entry's MessagePack encoding (see [`txn_encoded_bytes_max`]);
+    /// linear in the batch's transactions, so senders compute it once per entry.
+    pub fn encoded_bytes_max(&self) -> usize {
+        self.batch
+            .txns
+            .iter()
+            .fold(ENTRY_OVERHEAD_BYTES_MAX, |sum, txn| {
+                sum.saturating_add(txn_encoded_bytes_max(txn))
+            })
     }
 }
 
@@ -117,6 +171,150 @@ mod tests {
     use super::*;
     use crate::LOG_FORMAT_VERSION;
     use crate::codec::{decode, encode};
+    use crate::footprint::{Access, KeySpec};
+    use crate::ids::{ClientId, RequestSeq};
+    use crate::key::Key;
+    use crate::message::Message;
+    use proptest::prelude::*;
+
+    fn txn(
+        ids: (u64, u64, u32),
+        procedure: String,
+        args: Vec<u8>,
+        keys: Vec<(Vec<u8>, bool, Access)>,
+    ) -> Arc<Transaction> {
+        let mut footprint = Footprint::new();
+        for (bytes, prefix, access) in keys {
+            let key = Key::table("t").bytes(&bytes);
+            let spec = if prefix {
+                KeySpec::Prefix(key)
+            } else {
+                KeySpec::Exact(key)
+            };
+            // Pushed, not `add`ed: a test builds footprints of 70,000 entries.
+            footprint.entries.push((spec, access));
+        }
+        Arc::new(Transaction {
+            client: ClientId(ids.0),
+            seq: RequestSeq(ids.1),
+            gateway: NodeId(ids.2),
+            procedure,
+            args,
+            footprint,
+        })
+    }
+
+    /// The encoded size of the envelope an `AppendEntries` of `entries` travels in.
+    fn envelope_bytes(entries: Vec<LogEntry>) -> usize {
+        encode(&Message::Peer {
+            from: NodeId(u32::MAX),
+            msg: PeerMessage::AppendEntries {
+                term: u64::MAX,
+                leader: NodeId(u32::MAX),
+                prev_epoch: Epoch(u64::MAX),
+                prev_term: u64::MAX,
+                entries,
+                leader_commit: Epoch(u64::MAX),
+            },
+        })
+        .len()
+    }
+
+    fn assert_bounded(entries: Vec<LogEntry>) {
+        let bound = entries
+            .iter()
+            .fold(APPEND_ENTRIES_OVERHEAD_BYTES_MAX, |sum, e| {
+                sum + e.encoded_bytes_max()
+            });
+        for e in &entries {
+            let bytes = encode(e).len();
+            assert!(
+                bytes <= e.encoded_bytes_max(),
+                "{bytes} > {}",
+                e.encoded_bytes_max()
+            );
+        }
+        let bytes = envelope_bytes(entries);
+        assert!(bytes <= bound, "{bytes} > {bound}");
+    }
+
+    #[test]
+    fn size_bounds_hold_at_the_widest_headers() {
+        // Lengths over 65,535 take the widest string, binary and array headers.
+        let wide = 70_000;
+        let keys = (0..3)
+            .map(|i| (vec![i; wide], i % 2 == 0, Access::Insert))
+            .collect();
+        let big = txn(
+            (u64::MAX, u64::MAX, u32::MAX),
+            "p".repeat(wide),
+            vec![7; wide],
+            keys,
+        );
+        let many_keys = (0..70_000u32)
+            .map(|i| (i.to_be_bytes().to_vec(), false, Access::Write))
+            .collect();
+        let wide_footprint = txn((1, 1, 1), String::new(), Vec::new(), many_keys);
+        let many_txns = (0..70_000).map(|i| txn((i, i, 0), "p".into(), vec![], vec![]));
+        let entry = |epoch: u64, txns: Vec<Arc<Transaction>>| LogEntry {
+            term: u64::MAX,
+            batch: Arc::new(Batch {
+                version: u16::MAX,
+                epoch: Epoch(epoch),
+                txns,
+            }),
+        };
+        assert_bounded(vec![
+            entry(u64::MAX, vec![big, wide_footprint]),
+            entry(u64::MAX, many_txns.collect()),
+            entry(u64::MAX, Vec::new()),
+        ]);
+    }
+
+    fn access() -> impl Strategy<Value = Access> {
+        prop_oneof![
+            Just(Access::Read),
+            Just(Access::Write),
+            Just(Access::Insert)
+        ]
+    }
+
+    fn arb_txn() -> impl Strategy<Value = Arc<Transaction>> {
+        let keys = proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..40),
+                any::<bool>(),
+                access(),
+            ),
+            0..6,
+        );
+        (
+            (any::<u64>(), any::<u64>(), any::<u32>()),
+            "\\PC{0,40}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            keys,
+        )
+            .prop_map(|(ids, procedure, args, keys)| txn(ids, procedure, args, keys))
+    }
+
+    proptest! {
+        #[test]
+        fn size_bounds_hold_for_any_entries(
+            batches in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), proptest::collection::vec(arb_txn(), 0..8)),
+                0..4,
+            ),
+        ) {
+            let entries = batches
+                .into_iter()
+                .map(|(term, epoch, txns)| LogEntry {
+                    term,
+                    batch: Arc::new(Batch { version: LOG_FORMAT_VERSION, epoch: Epoch(epoch), txns }),
+                })
+                .collect();
+            assert_bounded(entries);
+        }
+    }
 
     #[test]
     fn append_entries_round_trips() {

@@ -1,9 +1,13 @@
 //! The open epoch: the batching rule shared by [`crate::Sequencer`] and [`crate::Replica`].
 //!
 //! An epoch opens when the first transaction arrives while none is open, and is due to
-//! close `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions.
+//! close `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions or
+//! `batch_bytes_max` bytes of them (by [`txn_encoded_bytes_max`]). Both caps are checked
+//! after a push, so a batch exceeds the byte cap by at most one transaction: that keeps
+//! a transaction larger than the cap sequenceable, alone in its batch.
 
 use crate::Config;
+use detflow_protocol::replication::txn_encoded_bytes_max;
 use detflow_protocol::{Batch, Epoch, LOG_FORMAT_VERSION, Time, Transaction};
 use std::sync::Arc;
 
@@ -12,15 +16,22 @@ use std::sync::Arc;
 pub(crate) struct Batcher {
     config: Config,
     open: Vec<Arc<Transaction>>,
+    /// The sum of `txn_encoded_bytes_max` over `open`.
+    open_bytes: usize,
     deadline: Option<Time>,
 }
 
 impl Batcher {
     pub(crate) fn new(config: Config) -> Batcher {
         assert!(config.batch_txns_max > 0, "batch_txns_max must be positive");
+        assert!(
+            config.batch_bytes_max > 0,
+            "batch_bytes_max must be positive"
+        );
         Batcher {
             config,
             open: Vec::new(),
+            open_bytes: 0,
             deadline: None,
         }
     }
@@ -32,6 +43,7 @@ impl Batcher {
         if self.open.is_empty() {
             self.deadline = Some(now.plus_us(self.config.epoch_duration_us));
         }
+        self.open_bytes = self.open_bytes.saturating_add(txn_encoded_bytes_max(&txn));
         self.open.push(txn);
     }
 
@@ -39,6 +51,7 @@ impl Batcher {
     pub(crate) fn close(&mut self, epoch: Epoch) -> Arc<Batch> {
         assert!(!self.open.is_empty(), "closing an empty epoch");
         self.deadline = None;
+        self.open_bytes = 0;
         Arc::new(Batch {
             version: LOG_FORMAT_VERSION,
             epoch,
@@ -49,12 +62,15 @@ impl Batcher {
     /// Abandons the open epoch, handing back its transactions in arrival order.
     pub(crate) fn abandon(&mut self) -> Vec<Arc<Transaction>> {
         self.deadline = None;
+        self.open_bytes = 0;
         std::mem::take(&mut self.open)
     }
 
-    /// Whether the open epoch holds `batch_txns_max` transactions.
+    /// Whether the open epoch holds `batch_txns_max` transactions or `batch_bytes_max`
+    /// bytes of them.
     pub(crate) fn is_full(&self) -> bool {
         self.open.len() >= self.config.batch_txns_max
+            || self.open_bytes >= self.config.batch_bytes_max
     }
 
     /// Whether the open epoch should close at `now`: it is full or its time is up.
@@ -75,5 +91,44 @@ impl Batcher {
     /// The open epoch's transactions in arrival order.
     pub(crate) fn txns(&self) -> &[Arc<Transaction>] {
         &self.open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::{ClientId, Footprint, NodeId, RequestSeq};
+
+    fn txn(seq: u64, args_bytes: usize) -> Arc<Transaction> {
+        Arc::new(Transaction {
+            client: ClientId(1),
+            seq: RequestSeq(seq),
+            gateway: NodeId(0),
+            procedure: "p".into(),
+            args: vec![0; args_bytes],
+            footprint: Footprint::new(),
+        })
+    }
+
+    #[test]
+    fn an_epoch_is_full_once_its_bytes_reach_the_cap() {
+        let one = txn_encoded_bytes_max(&txn(1, 1_000));
+        let mut b = Batcher::new(Config {
+            batch_bytes_max: 3 * one,
+            ..Config::default()
+        });
+        b.push(Time(0), txn(1, 1_000));
+        b.push(Time(0), txn(2, 1_000));
+        assert!(!b.is_full() && !b.is_due(Time(0)));
+        b.push(Time(0), txn(3, 1_000));
+        assert!(b.is_full() && b.is_due(Time(0)));
+        assert_eq!(b.close(Epoch(1)).txns.len(), 3);
+        // The count restarts with the next epoch; a transaction over the cap fills one
+        // alone.
+        assert!(!b.is_full());
+        b.push(Time(1), txn(4, 4 * one));
+        assert!(b.is_full());
+        assert_eq!(b.abandon().len(), 1);
+        assert!(!b.is_full());
     }
 }

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! An epoch opens when the first transaction arrives while none is open, and closes
-//! `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions. Closing
+//! `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions or
+//! `batch_bytes_max` bytes of them. Closing
 //! emits [`Output::Persist`]; the log append is committed only when the driver answers
 //! [`Input::Persisted`], in epoch order. With one replica "durable" means fsynced
 //! locally.
@@ -32,7 +33,8 @@ pub mod replica;
 
 pub use dedup::DedupTable;
 pub use replica::{
-    Durable, DurableError, LogWrite, Replica, ReplicaBugs, ReplicaConfig, ReplicaStats,
+    Durable, DurableError, LogWrite, PeerDrop, PeerDrops, Replica, ReplicaBugs, ReplicaConfig,
+    ReplicaStats,
 };
 
 use batcher::Batcher;
@@ -40,13 +42,19 @@ use detflow_protocol::{Batch, ClientId, Epoch, Machine, RequestSeq, Time, Transa
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Sequencer settings.
+/// Sequencer settings. Construct with `..Config::default()` so that new fields keep their
+/// defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How long an epoch stays open after its first transaction arrives.
     pub epoch_duration_us: u64,
     /// An epoch closes as soon as it holds this many transactions.
     pub batch_txns_max: usize,
+    /// An epoch closes as soon as its transactions' encoded size (the upper bound
+    /// [`detflow_protocol::replication::txn_encoded_bytes_max`]) reaches this many bytes, so
+    /// a batch exceeds it by at most one transaction. Default 4 MiB: with transactions of
+    /// at most 1 MiB (the gateway's limit) every batch stays well under the 16 MiB frame.
+    pub batch_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -54,6 +62,7 @@ impl Default for Config {
         Config {
             epoch_duration_us: 5_000,
             batch_txns_max: 10_000,
+            batch_bytes_max: 4 << 20,
         }
     }
 }
@@ -251,6 +260,7 @@ mod tests {
         let mut s = Sequencer::new(Config {
             epoch_duration_us: 5_000,
             batch_txns_max: 2,
+            ..Config::default()
         });
         run(&mut s, 0, Input::Submit(txn(1, 1)));
         let first = run(&mut s, 0, Input::Submit(txn(1, 2)));

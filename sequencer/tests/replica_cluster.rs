@@ -308,6 +308,7 @@ impl Sim {
         config.batching = Config {
             epoch_duration_us: 5_000,
             batch_txns_max: 8,
+            ..Config::default()
         };
         config.entries_per_message_max = 16;
         config.election_timeout_max_us =
