@@ -1,10 +1,24 @@
 //! Footprints: the keys and key prefixes a transaction may read and write.
 //!
 //! A footprint is declared before a transaction is ordered (Calvin), so the scheduler can
-//! route the transaction and each executor can reject any access outside it.
+//! route the transaction and each executor can reject any access outside it. Footprints are
+//! computed from client arguments, so a gateway checks them ([`Footprint::validate`])
+//! before it orders a call.
 
-use crate::key::Key;
+use crate::key::{Key, KeyError};
 use serde::{Deserialize, Serialize};
+
+/// A footprint entry whose key or prefix is not a valid key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("footprint entry {index} ({kind}): {error}")]
+pub struct BadEntry {
+    /// The entry's index in the footprint.
+    pub index: usize,
+    /// `"key"` or `"prefix"`.
+    pub kind: &'static str,
+    /// What is wrong with it.
+    pub error: KeyError,
+}
 
 /// An exact key or every key under a prefix.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -37,6 +51,12 @@ impl KeySpec {
         match self {
             KeySpec::Exact(k) | KeySpec::Prefix(k) => k,
         }
+    }
+
+    /// Checks the key or prefix with [`Key::validate`]: a prefix, too, is a key made of
+    /// whole elements, table name first.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        self.key().validate()
     }
 }
 
@@ -150,6 +170,21 @@ impl Footprint {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Checks every key and prefix (see [`KeySpec::validate`]); the first bad entry.
+    pub fn validate(&self) -> Result<(), BadEntry> {
+        for (index, (spec, _)) in self.entries.iter().enumerate() {
+            spec.validate().map_err(|error| BadEntry {
+                index,
+                kind: match spec {
+                    KeySpec::Exact(_) => "key",
+                    KeySpec::Prefix(_) => "prefix",
+                },
+                error,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +215,30 @@ mod tests {
         let fp = Footprint::new().read(a.clone()).write(a.clone());
         assert_eq!(fp.len(), 1);
         assert!(fp.allows_read(&a) && fp.allows_write(&a));
+    }
+
+    #[test]
+    fn validation_names_the_first_bad_entry() {
+        let good = Key::table("t").u64(1);
+        assert_eq!(
+            Footprint::new()
+                .write(good.clone())
+                .read_prefix(Key::table("t"))
+                .validate(),
+            Ok(())
+        );
+        let mut trailing = good.as_bytes().to_vec();
+        trailing.push(0x77);
+        let bad = Footprint {
+            entries: vec![
+                (KeySpec::Exact(good.clone()), Access::Read),
+                (KeySpec::Prefix(Key::default()), Access::Read),
+            ],
+        };
+        let err = bad.validate().unwrap_err();
+        assert_eq!((err.index, err.kind), (1, "prefix"));
+        assert_eq!(err.error, KeyError::NoTable);
+        assert!(Key::from_bytes_checked(trailing).is_err());
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //!
 //! Every element is self-delimiting, so the encoding of a tuple's first `n` elements is a
 //! byte prefix of the whole; partitioners route on such prefixes without decoding.
+//!
+//! Keys arrive from clients (footprints, `kv.txn` arguments) as raw bytes, so they are
+//! checked where they enter: [`Key::validate`] accepts exactly the keys a node stores,
+//! which every restart must decode again ([`Key::from_bytes`]). A key that decodes but was
+//! stored before these checks (no table name, too long) still loads.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -26,6 +31,10 @@ pub const SYSTEM_TABLE: &str = "_sys";
 
 /// The encoding of the one-element tuple `("_sys",)`, which starts every bookkeeping key.
 const SYSTEM_PREFIX: &[u8] = b"\x02_sys\x00";
+
+/// The longest valid key, in encoded bytes. Keys are copied into every plan, remote read
+/// and result of the transactions that name them, so they stay small; values carry data.
+pub const KEY_BYTES_MAX: usize = 4096;
 
 /// One element of a key tuple. The variant order is the encoding's order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,6 +72,17 @@ pub enum KeyError {
         /// Where the element starts.
         at: usize,
     },
+    /// The first element is not a table name: a string without NUL bytes.
+    #[error("a key starts with its table name (a string without NUL bytes)")]
+    NoTable,
+    /// The key is longer than [`KEY_BYTES_MAX`].
+    #[error("key of {bytes} bytes exceeds the maximum of {max}")]
+    TooLong {
+        /// The key's length.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// An encoded key: ordered bytes.
@@ -84,11 +104,49 @@ impl Key {
         key
     }
 
-    /// Wraps bytes that are already a key, checking that they decode.
+    /// Wraps bytes that are already a key, checking that they decode: what a store checks
+    /// when it loads keys it wrote. New keys from outside go through
+    /// [`Key::from_bytes_checked`].
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Key, KeyError> {
         let key = Key(bytes);
         key.elems()?;
         Ok(key)
+    }
+
+    /// Wraps bytes that must form a valid key (see [`Key::validate`]).
+    pub fn from_bytes_checked(bytes: Vec<u8>) -> Result<Key, KeyError> {
+        let key = Key(bytes);
+        key.validate()?;
+        Ok(key)
+    }
+
+    /// Checks that this is a key a node may store: a well-formed tuple encoding with
+    /// nothing trailing, whose first element is a table name (a string without NUL), and
+    /// at most [`KEY_BYTES_MAX`] bytes long. Every valid key decodes
+    /// ([`Key::from_bytes`] accepts it), so a store that holds only valid keys always loads.
+    ///
+    /// Also checks key prefixes (footprint prefixes, scans): a valid prefix is a key made
+    /// of whole elements. Runs in time linear in the length and allocates nothing for keys
+    /// without escaped NULs.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        if self.0.len() > KEY_BYTES_MAX {
+            return Err(KeyError::TooLong {
+                bytes: self.0.len(),
+                max: KEY_BYTES_MAX,
+            });
+        }
+        if self.table_name().is_none() {
+            // Tell a malformed first element apart from a well-formed non-table one.
+            if !self.0.is_empty() {
+                check_elem(&self.0, 0)?;
+            }
+            return Err(KeyError::NoTable);
+        }
+        let mut at = 0;
+        while at < self.0.len() {
+            at = check_elem(&self.0, at)?;
+        }
+        Ok(())
     }
 
     /// Appends one element.
@@ -254,6 +312,31 @@ fn skip_elem(bytes: &[u8], at: usize) -> Result<usize, KeyError> {
     }
 }
 
+/// Checks the element starting at `at` as [`decode_elem`] would, without building it;
+/// returns the offset just past it.
+fn check_elem(bytes: &[u8], at: usize) -> Result<usize, KeyError> {
+    let next = skip_elem(bytes, at)?;
+    if bytes[at] == TAG_STR {
+        let raw = &bytes[at + 1..next - 1];
+        let utf8 = if raw.contains(&0) {
+            // Escaped NULs (`0x00 0xFF`) are one NUL each: check the unescaped content.
+            let mut content = Vec::with_capacity(raw.len());
+            let mut i = 0;
+            while i < raw.len() {
+                content.push(raw[i]);
+                i += if raw[i] == 0 { 2 } else { 1 };
+            }
+            std::str::from_utf8(&content).is_ok()
+        } else {
+            std::str::from_utf8(raw).is_ok()
+        };
+        if !utf8 {
+            return Err(KeyError::NotUtf8 { at });
+        }
+    }
+    Ok(next)
+}
+
 fn decode_elem(bytes: &[u8], at: usize) -> Result<(Elem, usize), KeyError> {
     let next = skip_elem(bytes, at)?;
     let elem = match bytes[at] {
@@ -337,6 +420,87 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
             let _ = Key::from_bytes(bytes);
         }
+
+        /// Valid means storable: a valid key decodes, re-encodes to the same bytes, and
+        /// names its table.
+        #[test]
+        fn valid_keys_decode_canonically(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(TAG_STR), Just(TAG_U64), Just(0u8), Just(0xFFu8), any::<u8>()],
+                0..24,
+            )
+        ) {
+            let key = Key(bytes);
+            if key.validate().is_ok() {
+                let elems = Key::from_bytes(key.0.clone()).unwrap().elems().unwrap();
+                prop_assert_eq!(Key::from_elems(&elems), key.clone());
+                prop_assert!(key.table_name().is_some());
+            }
+        }
+
+        #[test]
+        fn built_keys_with_a_table_are_valid(table in "[a-z_]{1,8}", rest in tuple()) {
+            let mut elems = vec![Elem::Str(table)];
+            elems.extend(rest);
+            let key = Key::from_elems(&elems);
+            prop_assert_eq!(key.validate(), Ok(()));
+            prop_assert_eq!(Key::from_bytes_checked(key.0.clone()), Ok(key));
+        }
+    }
+
+    #[test]
+    fn validation_rejects_trailing_bytes_missing_tables_and_long_keys() {
+        // The case that once stopped a node for good: a stray byte after a valid key.
+        let mut bytes = Key::table("kv").u64(5).as_bytes().to_vec();
+        bytes.push(0x77);
+        let at = bytes.len() - 1;
+        assert_eq!(
+            Key::from_bytes_checked(bytes.clone()),
+            Err(KeyError::UnknownTag { tag: 0x77, at })
+        );
+        assert!(
+            Key::from_bytes(bytes).is_err(),
+            "the store could not load it"
+        );
+        // A cut-off element: a prefix must be made of whole elements.
+        let whole = Key::table("kv").u64(5);
+        let cut = whole.as_bytes()[..whole.as_bytes().len() - 3].to_vec();
+        assert!(matches!(
+            Key::from_bytes_checked(cut),
+            Err(KeyError::Truncated { .. })
+        ));
+        assert_eq!(Key::default().validate(), Err(KeyError::NoTable));
+        assert_eq!(
+            Key::from_elems(&[Elem::U64(1), Elem::Str("t".into())]).validate(),
+            Err(KeyError::NoTable)
+        );
+        assert_eq!(Key::table("a\0b").validate(), Err(KeyError::NoTable));
+        assert_eq!(
+            Key::from_bytes_checked(vec![TAG_STR, 0xFF, 0]),
+            Err(KeyError::NotUtf8 { at: 0 })
+        );
+        // Not UTF-8 once the escaped NUL is undone: 0xC3 0x00.
+        let mut escaped = Key::table("t").as_bytes().to_vec();
+        escaped.extend([TAG_STR, 0xC3, 0x00, 0xFF, 0x00]);
+        assert_eq!(
+            Key::from_bytes_checked(escaped.clone()),
+            Err(KeyError::NotUtf8 { at: 3 })
+        );
+        assert!(Key::from_bytes(escaped).is_err());
+
+        let long = Key::table("t").bytes(&vec![7; KEY_BYTES_MAX]);
+        assert_eq!(
+            long.validate(),
+            Err(KeyError::TooLong {
+                bytes: long.as_bytes().len(),
+                max: KEY_BYTES_MAX
+            })
+        );
+        // ("t",) takes 3 bytes, a bytes element 2 more than its content.
+        let fits = Key::table("t").bytes(&vec![7; KEY_BYTES_MAX - 5]);
+        assert_eq!(fits.as_bytes().len(), KEY_BYTES_MAX);
+        assert_eq!(fits.validate(), Ok(()));
+        assert_eq!(Key::table(SYSTEM_TABLE).str("results").validate(), Ok(()));
     }
 
     #[test]
