@@ -11,16 +11,27 @@
 //! then waits for the reads of every other participant, runs the procedure on the whole
 //! read set, and applies only the writes to keys it owns. Every executing participant
 //! reaches the same outcome, so no commit protocol is needed (Calvin).
+//!
+//! One participant's reads of one transaction may take several messages, each bounded in
+//! bytes (see [`READS_BYTES_MAX_DEFAULT`](crate::READS_BYTES_MAX_DEFAULT)); a receiver waits
+//! for all of them.
+//!
+//! Plans, remote reads, acks and hellos come from peers. Input that contradicts the
+//! protocol (a plan for another partition or one no scheduler would write, reads from a
+//! partition that does not take part in the transaction) is dropped and counted in
+//! [`ExecutorStats`], never a panic; the executor's assertions guard only states it reached
+//! by itself.
 
+use crate::chunk::{Chunker, READS_BYTES_MAX_DEFAULT, READS_BYTES_MIN};
 use crate::registry::Registry;
 use crate::serial;
 use crate::store::Store;
 use crate::system::Bookkeeping;
-use crate::txn::ReadView;
+use crate::txn::{ReadView, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
-    ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PartitionId, Plan, Position,
-    RequestSeq, RoutedTxn, Time, TxnResult, Value,
+    ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PLAN_FORMAT_VERSION,
+    PartitionId, Plan, Position, RequestSeq, RoutedTxn, Time, TxnResult, Value,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,19 +136,50 @@ pub struct Bugs {
 
 /// Counters of an executor's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
+pub struct ExecutorStats {
     /// Transactions this partition ran the procedure for.
     pub executed: u64,
+    /// Acks and hellos dropped because they name no peer (this partition itself, or a
+    /// partition that does not exist).
+    pub peer_inputs_dropped: u64,
+    /// Plans refused: for another partition, of another format version, or not as a
+    /// scheduler writes them (positions out of order or of another epoch, participants
+    /// that leave this partition out, owners that are not participants).
+    pub plans_dropped: u64,
+    /// Plans received again for an epoch already applied or already waiting (re-sent
+    /// after a re-subscription).
+    pub plans_repeated: u64,
     /// Results reported.
     pub reported: u64,
-    /// Remote-read messages sent.
+    /// Remote-read messages sent (each chunk counts).
     pub reads_sent: u64,
     /// Remote-read messages dropped as duplicates or late.
     pub reads_dropped: u64,
+    /// Remote-read messages refused: from a partition that is not a peer or not a
+    /// participant of the transaction, for a position the plan does not hold or that this
+    /// partition does not execute, or numbered inconsistently.
+    pub reads_refused: u64,
     /// Remote-read messages sent again after a peer's hello.
     pub reads_resent: u64,
+    /// Transactions whose local reads this partition split into several messages.
+    pub reads_split: u64,
     /// Result queries answered from the result table.
     pub results_found: u64,
+}
+
+/// The chunks of one sender's reads of one transaction, as they arrive.
+#[derive(Debug)]
+struct Received {
+    /// How many chunks the sender announced.
+    chunks: u32,
+    /// The chunks so far, by index.
+    parts: BTreeMap<u32, Arc<RemoteReads>>,
+}
+
+impl Received {
+    fn is_complete(&self) -> bool {
+        self.parts.len() as u64 == u64::from(self.chunks)
+    }
 }
 
 /// Runs one partition's plans in position order against its store.
@@ -151,12 +193,17 @@ pub struct Executor<S: Store> {
     cursor: usize,
     /// Whether this partition's reads of the transaction at `cursor` were sent.
     sent_at_cursor: bool,
-    inbox: BTreeMap<Position, BTreeMap<PartitionId, Arc<RemoteReads>>>,
+    /// Remote reads received for transactions not run yet, by sender.
+    inbox: BTreeMap<Position, BTreeMap<PartitionId, Received>>,
     /// The result table and the reads not yet acknowledged, mirrored in the store.
     book: Bookkeeping,
     durable: Epoch,
+    /// The largest value a transaction may write.
+    value_bytes_max: usize,
+    /// The bound on one remote-read message, in encoded bytes.
+    reads_bytes_max: usize,
     bugs: Bugs,
-    stats: Stats,
+    stats: ExecutorStats,
 }
 
 impl<S: Store> Executor<S> {
@@ -187,9 +234,38 @@ impl<S: Store> Executor<S> {
             inbox: BTreeMap::new(),
             book,
             durable,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            reads_bytes_max: READS_BYTES_MAX_DEFAULT,
             bugs: Bugs::default(),
-            stats: Stats::default(),
+            stats: ExecutorStats::default(),
         }
+    }
+
+    /// Sets the largest value a transaction may write, in bytes (default
+    /// [`VALUE_BYTES_MAX_DEFAULT`]); a larger write aborts the transaction with
+    /// [`AbortReason::ValueTooLarge`](detflow_protocol::AbortReason::ValueTooLarge). The
+    /// limit decides outcomes, so every executor of a cluster must use the same one, and it
+    /// must keep one row under the frame limit (see
+    /// [`set_reads_bytes_max`](Executor::set_reads_bytes_max)).
+    pub fn set_value_bytes_max(&mut self, bytes: usize) {
+        self.value_bytes_max = bytes;
+    }
+
+    /// Sets the bound on one remote-read message, in encoded bytes (default
+    /// [`READS_BYTES_MAX_DEFAULT`]). Reads that do not fit are split into several messages;
+    /// a single row larger than the bound travels alone, so the frame limit must exceed
+    /// this bound plus one maximal row (4 KiB key, value of `value_bytes_max` written as up
+    /// to twice its size).
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is below 512, too small for a message's own overhead.
+    pub fn set_reads_bytes_max(&mut self, bytes: usize) {
+        assert!(
+            bytes >= READS_BYTES_MIN,
+            "reads_bytes_max {bytes} is below {READS_BYTES_MIN}"
+        );
+        self.reads_bytes_max = bytes;
     }
 
     /// Plants bugs (tests of the simulator's checkers only).
@@ -226,7 +302,7 @@ impl<S: Store> Executor<S> {
     }
 
     /// Work counters.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> ExecutorStats {
         self.stats
     }
 
@@ -252,12 +328,25 @@ impl<S: Store> Executor<S> {
             .filter(move |p| *p != me)
     }
 
+    /// Whether `p` is another partition of the cluster.
+    fn is_peer(&self, p: PartitionId) -> bool {
+        p != self.partition && p.0 < self.partitions
+    }
+
     fn on_ack(&mut self, from: PartitionId, durable: Epoch) {
+        if !self.is_peer(from) {
+            self.stats.peer_inputs_dropped += 1;
+            return;
+        }
         self.book.ack(&mut self.store, from, durable);
     }
 
     fn on_hello(&mut self, from: PartitionId, durable: Epoch, out: &mut Vec<Output>) {
-        self.on_ack(from, durable);
+        if !self.is_peer(from) {
+            self.stats.peer_inputs_dropped += 1;
+            return;
+        }
+        self.book.ack(&mut self.store, from, durable);
         for reads in self.book.unacked(from) {
             self.stats.reads_resent += 1;
             out.push(Output::SendReads {
@@ -299,31 +388,116 @@ impl<S: Store> Executor<S> {
     }
 
     fn on_plan(&mut self, plan: Plan, out: &mut Vec<Output>) {
-        assert_eq!(
-            plan.partition, self.partition,
-            "plan routed to the wrong executor"
-        );
-        if plan.epoch < self.next_epoch {
-            return; // Already applied: a re-sent plan.
+        if plan.partition != self.partition {
+            self.stats.plans_dropped += 1;
+            return;
+        }
+        // Plans of later epochs wait here: the plan stream runs ahead of execution.
+        if plan.epoch < self.next_epoch || self.plans.contains_key(&plan.epoch) {
+            self.stats.plans_repeated += 1;
+            return;
+        }
+        if !self.is_well_formed(&plan) {
+            self.stats.plans_dropped += 1;
+            return;
+        }
+        // Reads that came before the plan can be judged now.
+        let early: Vec<Position> = self
+            .inbox
+            .range(Position::new(plan.epoch, 0)..Position::new(plan.epoch.next(), 0))
+            .map(|(position, _)| *position)
+            .collect();
+        for position in early {
+            let Some(mut senders) = self.inbox.remove(&position) else {
+                continue;
+            };
+            senders.retain(|from, received| {
+                let expected = expects_reads(&plan, self.partition, position, *from);
+                if !expected {
+                    self.stats.reads_refused += received.parts.len() as u64;
+                }
+                expected
+            });
+            if !senders.is_empty() {
+                self.inbox.insert(position, senders);
+            }
         }
         let mut plan = plan;
         if self.bugs.reorder {
             swap_single_partition_pairs(&mut plan.txns);
         }
-        self.plans.entry(plan.epoch).or_insert(plan);
+        self.plans.insert(plan.epoch, plan);
         self.drive(out);
     }
 
+    /// Whether `plan` is one a scheduler could have written for this partition: its
+    /// version, positions of its epoch in ascending order, and for every transaction
+    /// participants in ascending order that include this partition, active participants
+    /// among them, and (unless rejected) an owner per footprint entry, each a participant.
+    /// Execution relies on all of it; a forged plan must not reach it.
+    fn is_well_formed(&self, plan: &Plan) -> bool {
+        let ascending = |ps: &[PartitionId]| ps.windows(2).all(|w| w[0] < w[1]);
+        let positions_ascend = plan.txns.windows(2).all(|w| w[0].position < w[1].position);
+        plan.version == PLAN_FORMAT_VERSION
+            && positions_ascend
+            && plan.txns.iter().all(|txn| {
+                let participants = &txn.participants;
+                let routed = txn.rejected.is_some()
+                    || (txn.owners.len() == txn.txn.footprint.entries.len()
+                        && txn.owners.iter().all(|owner| match owner {
+                            Owner::Partition(p) => participants.binary_search(p).is_ok(),
+                            Owner::Replicated => true,
+                        }));
+                txn.position.epoch == plan.epoch
+                    && ascending(participants)
+                    && participants.binary_search(&self.partition).is_ok()
+                    && participants.last().is_some_and(|p| p.0 < self.partitions)
+                    && ascending(&txn.active)
+                    && txn
+                        .active
+                        .iter()
+                        .all(|p| participants.binary_search(p).is_ok())
+                    && routed
+            })
+    }
+
     fn on_remote_reads(&mut self, reads: Arc<RemoteReads>, out: &mut Vec<Output>) {
-        if self.is_done(reads.position) {
+        let (position, from) = (reads.position, reads.from);
+        // Senders that predate chunking say 0 of 0: one whole message.
+        let chunks = reads.chunks.max(1);
+        if !self.is_peer(from) || reads.chunk >= chunks {
+            self.stats.reads_refused += 1;
+            return;
+        }
+        if self.is_done(position) {
             self.stats.reads_dropped += 1;
             return;
         }
-        let from = reads.from;
-        let slot = self.inbox.entry(reads.position).or_default();
-        if slot.insert(from, reads).is_some() {
-            self.stats.reads_dropped += 1;
+        if let Some(plan) = self.plans.get(&position.epoch)
+            && !expects_reads(plan, self.partition, position, from)
+        {
+            self.stats.reads_refused += 1;
+            return;
         }
+        let received = self
+            .inbox
+            .entry(position)
+            .or_default()
+            .entry(from)
+            .or_insert_with(|| Received {
+                chunks,
+                parts: BTreeMap::new(),
+            });
+        if received.chunks != chunks {
+            self.stats.reads_refused += 1;
+            return;
+        }
+        if received.parts.contains_key(&reads.chunk) {
+            // A chunk sent again after a reconnect or a restart.
+            self.stats.reads_dropped += 1;
+            return;
+        }
+        received.parts.insert(reads.chunk, reads);
         self.drive(out);
     }
 
@@ -333,11 +507,11 @@ impl<S: Store> Executor<S> {
             return true;
         }
         position.epoch == self.next_epoch
-            && self.plans.get(&self.next_epoch).is_some_and(|plan| {
-                plan.txns[..self.cursor]
-                    .iter()
-                    .any(|t| t.position == position)
-            })
+            && self
+                .plans
+                .get(&self.next_epoch)
+                .and_then(|plan| index_of(plan, position))
+                .is_some_and(|i| i < self.cursor)
     }
 
     /// Runs transactions until one must wait for remote reads or the plans run out.
@@ -350,6 +524,7 @@ impl<S: Store> Executor<S> {
                 self.store.commit_epoch(epoch);
                 self.next_epoch = epoch.next();
                 self.cursor = 0;
+                self.drop_stale_reads();
                 out.push(Output::EpochApplied(epoch));
                 continue;
             };
@@ -358,6 +533,18 @@ impl<S: Store> Executor<S> {
             }
             self.cursor += 1;
             self.sent_at_cursor = false;
+        }
+    }
+
+    /// Forgets reads for epochs already applied. Reads the plan expected were consumed, so
+    /// these are what no plan asked for; nothing else would ever remove them.
+    fn drop_stale_reads(&mut self) {
+        let current = Position::new(self.next_epoch, 0);
+        while let Some(entry) = self.inbox.first_entry()
+            && *entry.key() < current
+        {
+            let parts: usize = entry.remove().values().map(|r| r.parts.len()).sum();
+            self.stats.reads_dropped += parts as u64;
         }
     }
 
@@ -380,22 +567,35 @@ impl<S: Store> Executor<S> {
         if !txn.is_executor(self.partition) {
             return true;
         }
-        let others = txn.participants.iter().filter(|p| **p != self.partition);
+        let mut others = txn.participants.iter().filter(|p| **p != self.partition);
         let received = self.inbox.get(&txn.position);
-        let have_all = others
-            .clone()
-            .all(|p| received.is_some_and(|r| r.contains_key(p)));
+        let have_all = others.all(|p| {
+            received
+                .and_then(|r| r.get(p))
+                .is_some_and(Received::is_complete)
+        });
         if !have_all {
             return false;
         }
-        let remote = self.inbox.remove(&txn.position).unwrap_or_default();
+        let remote: BTreeMap<PartitionId, Vec<Arc<RemoteReads>>> = self
+            .inbox
+            .remove(&txn.position)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, received)| (p, received.parts.into_values().collect()))
+            .collect();
         self.execute_distributed(txn, &remote, out);
         true
     }
 
     fn execute_local(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) {
         self.stats.executed += 1;
-        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &StoreView(&self.store));
+        let (outcome, writes) = serial::run(
+            &self.registry,
+            &txn.txn,
+            &StoreView(&self.store),
+            self.value_bytes_max,
+        );
         for (key, value) in writes.into_iter().flatten() {
             self.apply(key, value);
         }
@@ -405,7 +605,7 @@ impl<S: Store> Executor<S> {
     fn execute_distributed(
         &mut self,
         txn: &RoutedTxn,
-        remote: &BTreeMap<PartitionId, Arc<RemoteReads>>,
+        remote: &BTreeMap<PartitionId, Vec<Arc<RemoteReads>>>,
         out: &mut Vec<Output>,
     ) {
         self.stats.executed += 1;
@@ -415,7 +615,7 @@ impl<S: Store> Executor<S> {
             txn,
             remote,
         };
-        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &view);
+        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &view, self.value_bytes_max);
         for (key, value) in writes.into_iter().flatten() {
             let owned = owner_of(txn, &key) == Some(Owner::Partition(self.partition));
             if owned || self.bugs.write_outside_partition {
@@ -435,12 +635,7 @@ impl<S: Store> Executor<S> {
     }
 
     fn send_reads(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) {
-        let mut reads = RemoteReads {
-            position: txn.position,
-            from: self.partition,
-            exact: Vec::new(),
-            prefixes: Vec::new(),
-        };
+        let mut chunker = Chunker::new(txn.position, self.partition, self.reads_bytes_max);
         let me = Owner::Partition(self.partition);
         // Inserted-into prefixes are never read, so their rows stay home.
         let mine = txn
@@ -448,19 +643,24 @@ impl<S: Store> Executor<S> {
             .filter(|(_, access, owner)| *owner == me && access.reads());
         for (spec, _, _) in mine {
             match spec {
-                KeySpec::Exact(k) => reads.exact.push((k.clone(), self.store.get(k))),
-                KeySpec::Prefix(p) => reads.prefixes.push((p.clone(), self.store.scan_prefix(p))),
+                KeySpec::Exact(k) => chunker.exact(k.clone(), self.store.get(k)),
+                KeySpec::Prefix(p) => chunker.prefix(p.clone(), self.store.scan_prefix(p)),
             }
         }
-        let reads = Arc::new(reads);
+        let chunks: Vec<Arc<RemoteReads>> = chunker.finish().into_iter().map(Arc::new).collect();
+        if chunks.len() > 1 {
+            self.stats.reads_split += 1;
+        }
         for to in txn.executors().iter().filter(|p| **p != self.partition) {
-            self.stats.reads_sent += 1;
-            self.book
-                .record_sent(*to, reads.position.epoch, reads.clone());
-            out.push(Output::SendReads {
-                to: *to,
-                reads: reads.clone(),
-            });
+            for reads in &chunks {
+                self.stats.reads_sent += 1;
+                self.book
+                    .record_sent(*to, txn.position.epoch, reads.clone());
+                out.push(Output::SendReads {
+                    to: *to,
+                    reads: reads.clone(),
+                });
+            }
         }
     }
 
@@ -511,6 +711,26 @@ impl<S: Store> Machine for Executor<S> {
     }
 }
 
+/// The index of the transaction at `position` in `plan`, whose positions ascend.
+fn index_of(plan: &Plan, position: Position) -> Option<usize> {
+    plan.txns
+        .binary_search_by_key(&position, |t| t.position)
+        .ok()
+}
+
+/// Whether `plan` has `me` wait for reads `from` for the transaction at `position`: the
+/// transaction is there, multi-partition, run by `me`, and `from` takes part in it.
+fn expects_reads(plan: &Plan, me: PartitionId, position: Position, from: PartitionId) -> bool {
+    index_of(plan, position).is_some_and(|i| {
+        let txn = &plan.txns[i];
+        txn.rejected.is_none()
+            && !txn.is_single_partition()
+            && txn.is_executor(me)
+            && from != me
+            && txn.participants.binary_search(&from).is_ok()
+    })
+}
+
 /// The owner of the first footprint entry that may write `key`.
 fn owner_of(txn: &RoutedTxn, key: &Key) -> Option<Owner> {
     txn.routes()
@@ -551,46 +771,71 @@ struct DistributedView<'a, S: Store> {
     store: &'a S,
     me: PartitionId,
     txn: &'a RoutedTxn,
-    remote: &'a BTreeMap<PartitionId, Arc<RemoteReads>>,
+    /// Each other participant's reads, its chunks in order.
+    remote: &'a BTreeMap<PartitionId, Vec<Arc<RemoteReads>>>,
 }
 
 impl<S: Store> DistributedView<'_, S> {
-    /// The reads of the partition holding `key`, or `None` if it is local.
-    fn remote_for(&self, covers: impl Fn(&KeySpec) -> bool) -> Option<&RemoteReads> {
+    /// The reads of the partition holding what `covers` accepts, or `None` if it is local.
+    fn remote_for(&self, covers: impl Fn(&KeySpec) -> bool) -> Option<&[Arc<RemoteReads>]> {
         let (_, _, owner) = self.txn.routes().find(|(spec, _, _)| covers(spec))?;
         match owner {
-            Owner::Partition(p) if p != self.me => self.remote.get(&p).map(|r| &**r),
+            Owner::Partition(p) if p != self.me => self.remote.get(&p).map(Vec::as_slice),
             _ => None,
         }
+    }
+
+    /// The rows under `prefix` in `chunks`, ascending. They come from the first shipped
+    /// prefix covering it, whose rows may continue over several chunks; an overlapping
+    /// prefix of the footprint holds the same rows again and is not added twice.
+    fn remote_rows<'c>(
+        chunks: &'c [Arc<RemoteReads>],
+        prefix: &'c Key,
+    ) -> impl Iterator<Item = &'c (Key, Value)> + 'c {
+        let pieces = || chunks.iter().flat_map(|c| c.prefixes.iter());
+        let shipped = pieces().map(|(p, _)| p).find(|p| prefix.starts_with(p));
+        pieces()
+            .filter(move |(p, _)| Some(p) == shipped)
+            .flat_map(|(_, rows)| rows.iter())
+            .filter(move |(k, _)| k.starts_with(prefix))
     }
 }
 
 impl<S: Store> ReadView for DistributedView<'_, S> {
     fn get(&self, key: &Key) -> Option<Value> {
-        let Some(reads) = self.remote_for(|spec| spec.covers(key)) else {
+        let Some(chunks) = self.remote_for(|spec| spec.covers(key)) else {
             return self.store.get(key);
         };
-        if let Some((_, v)) = reads.exact.iter().find(|(k, _)| k == key) {
+        let exact = chunks
+            .iter()
+            .flat_map(|c| c.exact.iter())
+            .find(|(k, _)| k == key);
+        if let Some((_, v)) = exact {
             return v.clone();
         }
-        let (_, entries) = reads.prefixes.iter().find(|(p, _)| key.starts_with(p))?;
-        let at = entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
-        Some(entries[at].1.clone())
+        // Each chunk's rows under a prefix ascend: search each piece.
+        chunks
+            .iter()
+            .flat_map(|c| c.prefixes.iter())
+            .filter(|(p, _)| key.starts_with(p))
+            .find_map(|(_, rows)| {
+                let at = rows.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+                Some(rows[at].1.clone())
+            })
     }
 
     fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
-        let Some(reads) = self.remote_for(|spec| spec.covers_prefix(prefix)) else {
+        let Some(chunks) = self.remote_for(|spec| spec.covers_prefix(prefix)) else {
             return self.store.scan_prefix(prefix);
         };
-        // Remote prefixes arrive whole; the default `first_in` takes the first of them.
-        reads
-            .prefixes
-            .iter()
-            .filter(|(p, _)| prefix.starts_with(p))
-            .flat_map(|(_, entries)| entries.iter())
-            .filter(|(k, _)| k.starts_with(prefix))
-            .cloned()
-            .collect()
+        Self::remote_rows(chunks, prefix).cloned().collect()
+    }
+
+    fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
+        let Some(chunks) = self.remote_for(|spec| spec.covers_prefix(prefix)) else {
+            return self.store.first_in(prefix);
+        };
+        Self::remote_rows(chunks, prefix).next().cloned()
     }
 }
 

@@ -12,9 +12,16 @@
 //! plan is empty) and [`Input::RemoteReads`] from its peers, in any interleaving; perform
 //! the [`Output`]s it emits. It never blocks: a transaction waiting for remote reads simply
 //! holds the plan's cursor until they arrive.
+//!
+//! Procedures are user code, and the executor contains their failures deterministically:
+//! a panic aborts the transaction with [`Abort::Panicked`] on every replica (the driver's
+//! panic hook tells such panics from the engine's with [`in_procedure`]); a malformed key
+//! or an oversized value aborts the write; procedures use [`OrOverflow`] to turn
+//! arithmetic overflow into [`Abort::Overflow`].
 
 #![forbid(unsafe_code)]
 
+mod chunk;
 mod executor;
 mod procedure;
 mod registry;
@@ -22,12 +29,15 @@ pub mod serial;
 mod store;
 mod system;
 mod txn;
+mod unwind;
 
+pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
-pub use executor::{Bugs, Executor, Input, Output};
-pub use procedure::Procedure;
+pub use executor::{Bugs, Executor, ExecutorStats, Input, Output};
+pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;
 pub use store::{MemStore, Store};
 pub use system::{RESULT_EPOCHS_RETAINED, is_system_key};
-pub use txn::{ReadView, Txn, WriteSet};
+pub use txn::{ReadView, Txn, VALUE_BYTES_MAX_DEFAULT, WriteSet};
+pub use unwind::{PANIC_MESSAGE_BYTES_MAX, in_procedure};

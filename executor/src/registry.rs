@@ -2,6 +2,7 @@
 
 use crate::procedure::Procedure;
 use crate::txn::Txn;
+use crate::unwind;
 use detflow_protocol::codec;
 use detflow_protocol::message::Rejection;
 use detflow_protocol::{AbortReason, Footprint};
@@ -50,16 +51,21 @@ impl Registry {
         self.procedures.keys().copied()
     }
 
-    /// The footprint of a call, as a gateway computes it before ordering.
+    /// The footprint of a call, as a gateway computes it before ordering. A footprint
+    /// function that panics on these arguments refuses the call as
+    /// [`Rejection::BadArgs`] instead of taking the gateway down.
     pub fn footprint(&self, name: &str, args: &[u8]) -> Result<Footprint, Rejection> {
         let entry = self
             .procedures
             .get(name)
             .ok_or_else(|| Rejection::UnknownProcedure(name.to_owned()))?;
-        (entry.footprint)(args).map_err(|e| Rejection::BadArgs(e.0))
+        unwind::run_procedure(|| (entry.footprint)(args))
+            .map_err(|panic| Rejection::BadArgs(format!("footprint panicked: {panic}")))?
+            .map_err(|e| Rejection::BadArgs(e.0))
     }
 
-    /// Runs a call; the output is MessagePack.
+    /// Runs a call; the output is MessagePack. A procedure that panics aborts with
+    /// [`AbortReason::Panicked`]; whatever it wrote to `tx` must then be discarded.
     pub fn execute(
         &self,
         name: &str,
@@ -70,7 +76,8 @@ impl Registry {
             .procedures
             .get(name)
             .ok_or_else(|| AbortReason::UnknownProcedure(name.to_owned()))?;
-        (entry.execute)(tx, args)
+        unwind::run_procedure(|| (entry.execute)(tx, args))
+            .unwrap_or_else(|panic| Err(AbortReason::Panicked(panic)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The API a procedure uses to read and write state.
 
 use crate::store::MemStore;
+use crate::unwind;
 use detflow_protocol::{AbortReason, Footprint, Key, Value, codec};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
@@ -8,6 +9,11 @@ use std::ops::Bound;
 
 /// Buffered writes of one transaction: `None` deletes.
 pub type WriteSet = BTreeMap<Key, Option<Value>>;
+
+/// The largest value a transaction may write by default, in bytes: 4 MiB. With keys of at
+/// most [`KEY_BYTES_MAX`](detflow_protocol::key::KEY_BYTES_MAX) bytes, a single row always
+/// fits in a remote-read message under the 16 MiB frame limit.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 4 << 20;
 
 /// Committed state as a transaction sees it before its own writes.
 pub trait ReadView {
@@ -50,21 +56,32 @@ impl ReadView for MemStore {
 }
 
 /// One running transaction: reads through a view, buffers writes, and enforces the
-/// footprint. Every method returns a deterministic [`AbortReason`] instead of panicking.
+/// footprint, the key format and the value size. Every method returns a deterministic
+/// [`AbortReason`] instead of panicking.
 pub struct Txn<'a> {
     footprint: &'a Footprint,
     view: &'a dyn ReadView,
     writes: WriteSet,
+    value_bytes_max: usize,
 }
 
 impl<'a> Txn<'a> {
-    /// A transaction over `view`, allowed to touch `footprint`.
+    /// A transaction over `view`, allowed to touch `footprint`, writing values of at most
+    /// [`VALUE_BYTES_MAX_DEFAULT`] bytes.
     pub fn new(footprint: &'a Footprint, view: &'a dyn ReadView) -> Txn<'a> {
         Txn {
             footprint,
             view,
             writes: WriteSet::new(),
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
         }
+    }
+
+    /// Sets the largest value [`Txn::put`] accepts, in bytes. Every replica of a
+    /// partition must use the same limit: it decides outcomes.
+    pub fn with_value_bytes_max(mut self, value_bytes_max: usize) -> Txn<'a> {
+        self.value_bytes_max = value_bytes_max;
+        self
     }
 
     /// The value of `key`, seeing this transaction's own writes.
@@ -74,7 +91,7 @@ impl<'a> Txn<'a> {
         }
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self.view.get(key)),
+            None => Ok(unwind::engine(|| self.view.get(key))),
         }
     }
 
@@ -92,9 +109,21 @@ impl<'a> Txn<'a> {
     }
 
     /// Sets `key` to `value`.
+    ///
+    /// Aborts with [`AbortReason::BadKey`] if `key` is not a valid key (the node could not
+    /// load it again after a restart) and with [`AbortReason::ValueTooLarge`] if `value`
+    /// is over the limit.
     pub fn put(&mut self, key: Key, value: Value) -> Result<(), AbortReason> {
         if !self.footprint.allows_write(&key) {
             return Err(outside(&key, true));
+        }
+        check_key(&key)?;
+        if value.len() > self.value_bytes_max {
+            return Err(AbortReason::ValueTooLarge {
+                key,
+                bytes: value.len(),
+                max: self.value_bytes_max,
+            });
         }
         self.writes.insert(key, Some(value));
         Ok(())
@@ -110,6 +139,9 @@ impl<'a> Txn<'a> {
         if !self.footprint.allows_write(key) {
             return Err(outside(key, true));
         }
+        // A malformed key is never stored, so deleting one would change nothing; refusing
+        // it keeps every key in a write set valid.
+        check_key(key)?;
         self.writes.insert(key.clone(), None);
         Ok(())
     }
@@ -120,7 +152,9 @@ impl<'a> Txn<'a> {
         if !self.footprint.allows_scan(prefix) {
             return Err(outside(prefix, false));
         }
-        let mut merged: BTreeMap<Key, Value> = self.view.scan_prefix(prefix).into_iter().collect();
+        let mut merged: BTreeMap<Key, Value> = unwind::engine(|| self.view.scan_prefix(prefix))
+            .into_iter()
+            .collect();
         let own = self
             .writes
             .range((Bound::Included(prefix), Bound::Unbounded))
@@ -149,13 +183,25 @@ impl<'a> Txn<'a> {
             // Rare (a transaction scanning what it wrote): merge in full.
             return Ok(self.scan_prefix(prefix)?.into_iter().next());
         }
-        Ok(self.view.first_in(prefix))
+        Ok(unwind::engine(|| self.view.first_in(prefix)))
     }
 
     /// The buffered writes, in key order.
     pub fn into_writes(self) -> WriteSet {
         self.writes
     }
+}
+
+/// [`Key::validate`] as an abort. The message names the key in its readable form when it
+/// decodes, and otherwise by its first bytes only: a malformed key may be long.
+fn check_key(key: &Key) -> Result<(), AbortReason> {
+    key.validate().map_err(|e| {
+        let shown = key.as_bytes().len().min(32);
+        AbortReason::BadKey(format!(
+            "{e} (key starts {:02x?})",
+            &key.as_bytes()[..shown]
+        ))
+    })
 }
 
 fn outside(key: &Key, write: bool) -> AbortReason {
@@ -195,6 +241,43 @@ mod tests {
         );
         assert!(tx.scan_prefix(&Key::table("t")).is_err());
         assert_eq!(tx.into_writes().len(), 3);
+    }
+
+    #[test]
+    fn malformed_keys_and_large_values_abort_the_write() {
+        let table = Key::table("t");
+        let fp = Footprint::new().write_prefix(table.clone());
+        let state = BTreeMap::new();
+        let mut tx = Txn::new(&fp, &state).with_value_bytes_max(4);
+        // Covered by the prefix, but a stray byte follows the last element.
+        let mut bytes = table.clone().u64(5).as_bytes().to_vec();
+        bytes.push(0x77);
+        let stray = Key::from_bytes(bytes).unwrap_err();
+        assert!(matches!(
+            stray,
+            detflow_protocol::key::KeyError::UnknownTag { .. }
+        ));
+        // Build it the only way a client can: by deserializing raw bytes.
+        let mut raw = table.clone().u64(5).as_bytes().to_vec();
+        raw.push(0x77);
+        let forged: Key =
+            codec::decode(&codec::encode(&detflow_protocol::bin::Blob(&raw))).unwrap();
+        assert!(matches!(
+            tx.put(forged.clone(), vec![1]),
+            Err(AbortReason::BadKey(_))
+        ));
+        assert!(matches!(tx.delete(&forged), Err(AbortReason::BadKey(_))));
+        let key = table.u64(1);
+        assert_eq!(
+            tx.put(key.clone(), vec![0; 5]),
+            Err(AbortReason::ValueTooLarge {
+                key: key.clone(),
+                bytes: 5,
+                max: 4
+            })
+        );
+        tx.put(key.clone(), vec![0; 4]).unwrap();
+        assert_eq!(tx.into_writes().len(), 1);
     }
 
     #[test]
