@@ -11,13 +11,19 @@
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
 //! retry elsewhere. The simulator and the `node` runtime drive the same machine.
+//!
+//! Calls come from clients, so a gateway checks them before they are ordered: a call over
+//! [`CALL_BYTES_MAX_DEFAULT`] (or the configured limit), arguments that do not decode, a
+//! footprint over its entry limit, or a footprint key or prefix that is not a valid key
+//! (one a node could not load again after storing it) is refused with a typed
+//! [`Rejection`] and never reaches the log.
 
 #![forbid(unsafe_code)]
 
 use detflow_executor::Registry;
 use detflow_protocol::message::{Call, Rejection, Reply};
 use detflow_protocol::{
-    ClientId, NodeId, PartitionId, Position, RequestSeq, Transaction, TxnResult,
+    ClientId, Footprint, NodeId, PartitionId, Position, RequestSeq, Transaction, TxnResult,
 };
 use detflow_scheduler::PartitionMap;
 use std::collections::BTreeMap;
@@ -53,6 +59,10 @@ pub enum GatewayOutput {
     },
 }
 
+/// The largest call a gateway accepts by default, procedure name and arguments together:
+/// 1 MiB. Every call is copied into the log, its replicas and the plans of its participants.
+pub const CALL_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
 /// Counters of a gateway's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
@@ -72,6 +82,7 @@ pub struct Gateway {
     replicas: Vec<NodeId>,
     leader_hint: usize,
     footprint_entries_max: usize,
+    call_bytes_max: usize,
     /// Calls in flight: the transaction and the replica it was last submitted to.
     pending: BTreeMap<(ClientId, RequestSeq), (Arc<Transaction>, NodeId)>,
     stats: GatewayStats,
@@ -95,9 +106,16 @@ impl Gateway {
             replicas,
             leader_hint: 0,
             footprint_entries_max,
+            call_bytes_max: CALL_BYTES_MAX_DEFAULT,
             pending: BTreeMap::new(),
             stats: GatewayStats::default(),
         }
+    }
+
+    /// Sets the largest call accepted, procedure name and arguments together, in bytes
+    /// (default [`CALL_BYTES_MAX_DEFAULT`]).
+    pub fn set_call_bytes_max(&mut self, bytes: usize) {
+        self.call_bytes_max = bytes;
     }
 
     /// Work counters.
@@ -118,22 +136,32 @@ impl Gateway {
         }
     }
 
+    /// Checks a call and computes its footprint, cheapest check first: the size before
+    /// decoding anything, the keys last.
+    fn footprint(&self, call: &Call) -> Result<Footprint, Rejection> {
+        let bytes = call.procedure.len().saturating_add(call.args.len());
+        if bytes > self.call_bytes_max {
+            return Err(Rejection::CallTooLarge {
+                bytes,
+                max: self.call_bytes_max,
+            });
+        }
+        let footprint = self.registry.footprint(&call.procedure, &call.args)?;
+        if footprint.len() > self.footprint_entries_max {
+            return Err(Rejection::FootprintTooLarge {
+                entries: footprint.len(),
+                max: self.footprint_entries_max,
+            });
+        }
+        footprint
+            .validate()
+            .map_err(|e| Rejection::BadKey(e.to_string()))?;
+        Ok(footprint)
+    }
+
     /// A client's call (or its retry).
     pub fn on_call(&mut self, call: Call, out: &mut Vec<GatewayOutput>) {
-        let footprint = self
-            .registry
-            .footprint(&call.procedure, &call.args)
-            .and_then(|fp| {
-                if fp.len() > self.footprint_entries_max {
-                    Err(Rejection::FootprintTooLarge {
-                        entries: fp.len(),
-                        max: self.footprint_entries_max,
-                    })
-                } else {
-                    Ok(fp)
-                }
-            });
-        match footprint {
+        match self.footprint(&call) {
             Ok(footprint) => {
                 let key = (call.client, call.seq);
                 // A retry of a call still in flight here: its last submission got no
@@ -264,7 +292,7 @@ impl Gateway {
 mod tests {
     use super::*;
     use detflow_executor::{Abort, Procedure, Txn};
-    use detflow_protocol::{Footprint, Key, PartitionScheme, codec};
+    use detflow_protocol::{Key, PartitionScheme, codec};
 
     struct Touch;
 
@@ -282,9 +310,53 @@ mod tests {
         }
     }
 
+    /// Touches the keys it is given, whatever their bytes.
+    struct TouchRaw;
+
+    impl Procedure for TouchRaw {
+        const NAME: &'static str = "test.touch_raw";
+        type Args = (Vec<Key>, Option<Key>);
+        type Output = ();
+
+        fn footprint((keys, prefix): &(Vec<Key>, Option<Key>)) -> Footprint {
+            let fp = keys
+                .iter()
+                .fold(Footprint::new(), |fp, k| fp.write(k.clone()));
+            match prefix {
+                Some(p) => fp.read_prefix(p.clone()),
+                None => fp,
+            }
+        }
+
+        fn execute(_: &mut Txn<'_>, _: (Vec<Key>, Option<Key>)) -> Result<(), Abort> {
+            Ok(())
+        }
+    }
+
+    /// Panics computing its footprint for argument 13.
+    struct Fussy;
+
+    impl Procedure for Fussy {
+        const NAME: &'static str = "test.fussy";
+        type Args = u64;
+        type Output = ();
+
+        fn footprint(k: &u64) -> Footprint {
+            assert_ne!(*k, 13, "unlucky");
+            Footprint::new().write(Key::table("t").u64(*k))
+        }
+
+        fn execute(_: &mut Txn<'_>, _: u64) -> Result<(), Abort> {
+            Ok(())
+        }
+    }
+
     fn gateway() -> Gateway {
         let mut registry = Registry::new();
-        registry.register::<Touch>();
+        registry
+            .register::<Touch>()
+            .register::<TouchRaw>()
+            .register::<Fussy>();
         let map = PartitionMap::new(PartitionScheme::hashed(1)).unwrap();
         let replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
         Gateway::new(NodeId(9), Arc::new(registry), map, replicas, 16)
@@ -340,5 +412,113 @@ mod tests {
         g.observe_leader(NodeId(42));
         g.on_call(call(2), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(3)]);
+    }
+
+    /// A key as a hostile client can send it: raw bytes where a key is expected.
+    fn raw_key(bytes: &[u8]) -> Key {
+        codec::decode(&codec::encode(&detflow_protocol::bin::Blob(bytes))).unwrap()
+    }
+
+    fn rejection(g: &mut Gateway, procedure: &str, args: Vec<u8>) -> Option<Rejection> {
+        let mut out = Vec::new();
+        g.on_call(
+            Call {
+                client: ClientId(2),
+                seq: RequestSeq(1),
+                procedure: procedure.into(),
+                args,
+            },
+            &mut out,
+        );
+        match out.as_slice() {
+            [
+                GatewayOutput::Reply {
+                    reply: Reply::Rejected(r),
+                    ..
+                },
+            ] => Some(r.clone()),
+            [GatewayOutput::Submit { .. }] => None,
+            other => panic!("unexpected outputs {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_keys_and_prefixes_are_rejected_before_ordering() {
+        let mut g = gateway();
+        let good = Key::table("kv").u64(5);
+        let mut stray = good.as_bytes().to_vec();
+        stray.push(0x77);
+        let stray = raw_key(&stray);
+        let bad_key = |r: Option<Rejection>| matches!(r, Some(Rejection::BadKey(_)));
+        let args = |keys: Vec<Key>, prefix: Option<Key>| codec::encode(&(keys, prefix));
+
+        assert!(bad_key(rejection(
+            &mut g,
+            TouchRaw::NAME,
+            args(vec![good.clone(), stray], None)
+        )));
+        // A prefix cut inside an element, one with no table name, and an empty one.
+        let cut = raw_key(&good.as_bytes()[..good.as_bytes().len() - 2]);
+        for prefix in [
+            cut,
+            Key::from_elems(&[detflow_protocol::Elem::U64(1)]),
+            Key::default(),
+        ] {
+            assert!(bad_key(rejection(
+                &mut g,
+                TouchRaw::NAME,
+                args(vec![good.clone()], Some(prefix))
+            )));
+        }
+        let long = Key::table("kv").bytes(&[1; detflow_protocol::key::KEY_BYTES_MAX]);
+        let Some(Rejection::BadKey(why)) =
+            rejection(&mut g, TouchRaw::NAME, args(vec![long], None))
+        else {
+            panic!("a key over the limit is refused")
+        };
+        assert!(why.contains("exceeds the maximum"), "{why}");
+        assert_eq!(g.stats().rejected, 5);
+        // Well-formed keys and whole-element prefixes go through.
+        assert_eq!(
+            rejection(
+                &mut g,
+                TouchRaw::NAME,
+                args(vec![good], Some(Key::table("kv")))
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn calls_over_the_size_limit_are_rejected_before_decoding() {
+        let mut g = gateway();
+        g.set_call_bytes_max(64);
+        let name = Touch::NAME;
+        // Not even valid arguments: the size is checked first.
+        assert_eq!(
+            rejection(&mut g, name, vec![0xc1; 64 - name.len() + 1]),
+            Some(Rejection::CallTooLarge { bytes: 65, max: 64 })
+        );
+        assert!(matches!(
+            rejection(&mut g, name, vec![0xc1; 64 - name.len()]),
+            Some(Rejection::BadArgs(_))
+        ));
+        assert_eq!(rejection(&mut g, name, codec::encode(&7u64)), None);
+        assert_eq!(CALL_BYTES_MAX_DEFAULT, 1 << 20);
+    }
+
+    #[test]
+    fn a_footprint_that_panics_is_a_rejection() {
+        let mut g = gateway();
+        let Some(Rejection::BadArgs(why)) = rejection(&mut g, Fussy::NAME, codec::encode(&13u64))
+        else {
+            panic!("the panic is a rejection")
+        };
+        assert!(
+            why.starts_with("footprint panicked: ") && why.contains("unlucky"),
+            "{why}"
+        );
+        assert!(!detflow_executor::in_procedure());
+        assert_eq!(rejection(&mut g, Fussy::NAME, codec::encode(&12u64)), None);
     }
 }
