@@ -8,7 +8,7 @@
 //! total equals the initial total plus the committed deposits (transfers conserve money).
 
 use crate::{Executed, Findings, Request, Violation, Workload, table_rows};
-use detflow_executor::{Abort, Procedure, Registry, Txn};
+use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
 };
@@ -298,10 +298,12 @@ impl Procedure for Transfer {
                 to_balance_cents: to,
             });
         }
-        let from_after = from - args.amount_cents;
+        let from_after = from
+            .checked_sub(args.amount_cents)
+            .or_overflow(format_args!("balance of account {}", args.from))?;
         let to_after = to
             .checked_add(args.amount_cents)
-            .ok_or_else(|| Abort::User(format!("balance of account {} overflows", args.to)))?;
+            .or_overflow(format_args!("balance of account {}", args.to))?;
         tx.put_as(account_key(args.from), &from_after)?;
         tx.put_as(account_key(args.to), &to_after)?;
         Ok(TransferOutput {
@@ -345,7 +347,7 @@ impl Procedure for Deposit {
         let balance = balance_of(tx, args.account)?;
         let after = balance
             .checked_add(args.amount_cents)
-            .ok_or_else(|| Abort::User(format!("balance of account {} overflows", args.account)))?;
+            .or_overflow(format_args!("balance of account {}", args.account))?;
         tx.put_as(account_key(args.account), &after)?;
         Ok(DepositOutput {
             balance_cents: after,

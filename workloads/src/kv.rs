@@ -17,6 +17,14 @@
 //! An append treats the stored value as a list of byte strings (MessagePack array of
 //! `bin`, see [`encode_list`]), creating it when the key is absent.
 //!
+//! Keys come from the client as raw bytes. Each becomes a footprint entry, so a gateway
+//! refuses a call naming a malformed key ([`Rejection::BadKey`]); should one reach
+//! execution anyway (a log written before that check), a write to it aborts with
+//! [`Abort::BadKey`] and a value over the executor's limit with [`Abort::ValueTooLarge`]
+//! (an append included). Nothing malformed is ever stored.
+//!
+//! [`Rejection::BadKey`]: detflow_protocol::message::Rejection::BadKey
+//!
 //! The generated workload uses keys `("kv", i)` for `i` in `0..keys`: the first
 //! `keys - register_keys` are *lists*, which only ever see appends and gets, and the last
 //! `register_keys` are *registers*, which see puts, compare-and-sets, deletes and gets.

@@ -18,7 +18,7 @@
 
 use crate::zipf::Zipf;
 use crate::{Executed, Findings, Request, Violation, Workload, table_rows};
-use detflow_executor::{Abort, Procedure, Registry, Txn};
+use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
 };
@@ -377,7 +377,7 @@ impl Procedure for Rmw {
             record.counter = record
                 .counter
                 .checked_add(1)
-                .ok_or_else(|| Abort::User(format!("counter of record {i} overflows")))?;
+                .or_overflow(format_args!("counter of record {i}"))?;
             counters.push(record.counter);
             tx.put_as(record_key(i), &record)?;
         }

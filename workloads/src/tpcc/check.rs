@@ -10,7 +10,7 @@
 use super::keys::{self, CUSTOMER, DISTRICT, HISTORY, NEW_ORDER, ORDER_LINE, ORDERS};
 use super::rows::{Customer, District, History, Order, OrderLine, Warehouse};
 use super::{DISTRICTS, Shape};
-use detflow_executor::{Abort, Procedure, Txn};
+use detflow_executor::{Abort, OrOverflow, Procedure, Txn};
 use detflow_protocol::{Footprint, Key, Value, codec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,13 @@ impl WarehouseCheck {
 /// Reads every row under a prefix.
 pub type Scan<'a> = dyn FnMut(&Key) -> Result<Vec<(Key, Value)>, Abort> + 'a;
 
+/// Adds `amount` to `total`. Sums of stored amounts can overflow on hostile rows; the check
+/// (a procedure too) then aborts rather than panic or wrap.
+fn add(total: &mut i64, amount: i64, what: &str) -> Result<(), Abort> {
+    *total = total.checked_add(amount).or_overflow(what)?;
+    Ok(())
+}
+
 fn decode<T: DeserializeOwned>(key: &Key, value: &[u8]) -> Result<T, Abort> {
     codec::decode(value).map_err(|e| Abort::BadValue {
         key: key.clone(),
@@ -80,7 +87,10 @@ pub fn check_warehouse(
         out.problem(|| format!("warehouse {w} has {} districts", districts.len()));
     }
     // 1. W_YTD = sum(D_YTD).
-    let d_ytd: i64 = districts.values().map(|d| d.ytd_cents).sum();
+    let mut d_ytd: i64 = 0;
+    for district in districts.values() {
+        add(&mut d_ytd, district.ytd_cents, "sum(D_YTD)")?;
+    }
     if warehouse.ytd_cents != d_ytd {
         out.problem(|| {
             format!(
@@ -97,16 +107,28 @@ pub fn check_warehouse(
     for (key, value) in scan(&keys::of_warehouse(HISTORY, w))? {
         let d = keys::fields(&key).get(1).copied().unwrap_or(0) as u32;
         let h: History = decode(&key, &value)?;
-        *h_by_district.entry(d).or_default() += h.amount_cents;
+        add(
+            h_by_district.entry(d).or_default(),
+            h.amount_cents,
+            "sum(H_AMOUNT)",
+        )?;
         let (c, c_d, c_w) = h.customer;
         if c_w == w {
-            *h_local.entry((c_d, c)).or_default() += h.amount_cents;
+            add(
+                h_local.entry((c_d, c)).or_default(),
+                h.amount_cents,
+                "sum(H_AMOUNT)",
+            )?;
         } else {
-            *h_remote.entry((c_w, c_d, c)).or_default() += h.amount_cents;
+            let remote = h_remote.entry((c_w, c_d, c)).or_default();
+            add(remote, h.amount_cents, "sum(H_AMOUNT)")?;
         }
         out.rows += 1;
     }
-    let h_total: i64 = h_by_district.values().sum();
+    let mut h_total: i64 = 0;
+    for h in h_by_district.values() {
+        add(&mut h_total, *h, "sum(H_AMOUNT)")?;
+    }
     if warehouse.ytd_cents != h_total {
         out.problem(|| {
             format!(
@@ -174,7 +196,8 @@ pub fn check_warehouse(
             });
         }
         if line.delivery_d.is_some() {
-            *delivered.entry((d, order.c_id)).or_default() += line.amount_cents;
+            let sum = delivered.entry((d, order.c_id)).or_default();
+            add(sum, line.amount_cents, "sum(OL_AMOUNT)")?;
         }
     }
 
@@ -186,9 +209,11 @@ pub fn check_warehouse(
             .filter(|k| of_d(k))
             .map(|&(_, o)| o)
             .collect();
-        // 2. D_NEXT_O_ID − 1 = max(O_ID) = max(NO_O_ID).
-        if max_o != Some(district.next_o_id - 1)
-            || no.last().is_some_and(|&m| m != district.next_o_id - 1)
+        // 2. D_NEXT_O_ID − 1 = max(O_ID) = max(NO_O_ID). In i64, so a D_NEXT_O_ID of 0 is
+        // a violation rather than an underflow.
+        let last_o = i64::from(district.next_o_id) - 1;
+        if max_o.map(i64::from) != Some(last_o)
+            || no.last().is_some_and(|&m| i64::from(m) != last_o)
         {
             out.problem(|| {
                 format!(
@@ -200,7 +225,7 @@ pub fn check_warehouse(
         }
         // 3. max(NO_O_ID) − min(NO_O_ID) + 1 = count(NEW-ORDER).
         if let (Some(&min), Some(&max)) = (no.first(), no.last())
-            && (max - min + 1) as usize != no.len()
+            && u64::from(max - min) + 1 != no.len() as u64
         {
             out.problem(|| {
                 format!(
@@ -223,8 +248,10 @@ pub fn check_warehouse(
         }
         // 11. count(ORDER) − count(NEW-ORDER) = 2100 (scaled), right after loading.
         let count = orders.keys().filter(|k| of_d(k)).count();
-        let expected = (shape.orders - shape.new_orders) as usize;
-        if initial && count.checked_sub(no.len()) != Some(expected) {
+        // In i64: the shape comes with the call, and a nonsensical one (more new orders
+        // than orders) is a violation, not an underflow.
+        let expected = i64::from(shape.orders) - i64::from(shape.new_orders);
+        if initial && count as i64 - no.len() as i64 != expected {
             out.problem(|| {
                 format!(
                     "11: district ({w}, {d}): {count} orders, {} new orders; expected a difference of {expected}",
@@ -271,7 +298,9 @@ pub fn check_warehouse(
         let customer: Customer = decode(&key, &value)?;
         out.rows += 1;
         let delivered = delivered.get(&(d, c)).copied().unwrap_or(0);
-        if customer.balance_cents + customer.ytd_payment_cents != delivered {
+        let paid_or_owed =
+            i128::from(customer.balance_cents) + i128::from(customer.ytd_payment_cents);
+        if paid_or_owed != i128::from(delivered) {
             out.problem(|| {
                 format!(
                     "12: customer ({w}, {d}, {c}): C_BALANCE {} + C_YTD_PAYMENT {} != delivered {delivered}",
@@ -279,8 +308,11 @@ pub fn check_warehouse(
                 )
             });
         }
-        let residual =
-            customer.balance_cents - delivered + h_local.get(&(d, c)).copied().unwrap_or(0);
+        let residual = customer
+            .balance_cents
+            .checked_sub(delivered)
+            .and_then(|r| r.checked_add(h_local.get(&(d, c)).copied().unwrap_or(0)))
+            .or_overflow("C_BALANCE residual")?;
         if residual != 0 {
             out.residuals.push(((w, d, c), residual));
         }
@@ -295,16 +327,17 @@ pub fn combine(checks: &[WarehouseCheck]) -> Result<String, String> {
     let mut problems: Vec<String> = Vec::new();
     let mut total: u64 = 0;
     let mut rows: u64 = 0;
-    let mut balance: BTreeMap<CustomerId, i64> = BTreeMap::new();
+    // Summed in i128: the residuals of many warehouses cannot overflow it.
+    let mut balance: BTreeMap<CustomerId, i128> = BTreeMap::new();
     for check in checks {
         problems.extend(check.problems.iter().cloned());
-        total += check.problem_count;
-        rows += check.rows;
+        total = total.saturating_add(check.problem_count);
+        rows = rows.saturating_add(check.rows);
         for (c, r) in &check.residuals {
-            *balance.entry(*c).or_default() += r;
+            *balance.entry(*c).or_default() += i128::from(*r);
         }
         for (c, h) in &check.remote_payments {
-            *balance.entry(*c).or_default() += h;
+            *balance.entry(*c).or_default() += i128::from(*h);
         }
     }
     // 10. C_BALANCE = delivered − all H_AMOUNT of the customer, wherever it was paid.

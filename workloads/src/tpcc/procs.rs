@@ -1,10 +1,14 @@
 //! The five TPC-C transactions, the by-last-name reconnaissance read and the consistency
 //! check, as detflow procedures.
+//!
+//! Arguments and stored rows are untrusted: arithmetic on them is checked and aborts with
+//! [`Abort::Overflow`], and ids read back from keys that do not fit their column abort too.
+//! A procedure never panics on its input.
 
 use super::DISTRICTS;
 use super::keys::{self, CUSTOMER, NEW_ORDER, ORDER_LINE, ORDERS, STOCK};
 use super::rows::{Customer, District, History, Item, Order, OrderLine, Stock, Warehouse};
-use detflow_executor::{Abort, Procedure, Txn};
+use detflow_executor::{Abort, OrOverflow, Procedure, Txn};
 use detflow_protocol::{Footprint, Key, codec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -41,14 +45,36 @@ fn row<T: DeserializeOwned>(tx: &Txn<'_>, key: &Key) -> Result<T, Abort> {
         .ok_or_else(|| Abort::User(format!("{key} does not exist")))
 }
 
+/// The last integer field of `key` (a customer or order id), if it has one; aborts if it
+/// does not fit a `u32`, as no id this workload writes does.
+fn last_id(key: &Key) -> Result<Option<u32>, Abort> {
+    keys::fields(key)
+        .last()
+        .map(|id| u32::try_from(*id).or_overflow(format_args!("id field of {key}")))
+        .transpose()
+}
+
+/// Cuts `s` to at most `bytes_max` bytes, at a char boundary (`String::truncate` panics
+/// inside a char).
+fn truncate_at_char(s: &mut String, bytes_max: usize) {
+    if s.len() <= bytes_max {
+        return;
+    }
+    let mut end = bytes_max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+}
+
 /// The middle customer (ceil(n/2)-th, ordered by first name) of `(w, d)` named `last`.
 fn middle_customer(tx: &Txn<'_>, w: u32, d: u32, last: &str) -> Result<Option<u32>, Abort> {
     let named = tx.scan_prefix(&keys::customers_named(w, d, last))?;
-    if named.is_empty() {
+    // An empty scan has no middle customer.
+    let Some((key, _)) = named.get(named.len().saturating_sub(1) / 2) else {
         return Ok(None);
-    }
-    let (key, _) = &named[(named.len() - 1) / 2];
-    Ok(keys::fields(key).last().map(|c| *c as u32))
+    };
+    last_id(key)
 }
 
 /// Resolves `customer` at execution time: by id as given, by last name only if the middle
@@ -141,7 +167,7 @@ impl Procedure for NewOrder {
         let district_key = keys::district(a.w, a.d);
         let mut district: District = row(tx, &district_key)?;
         let o_id = district.next_o_id;
-        district.next_o_id += 1;
+        district.next_o_id = o_id.checked_add(1).or_overflow("D_NEXT_O_ID")?;
         tx.put_as(district_key, &district)?;
         let customer: Customer = row(tx, &keys::customer(a.w, a.d, a.c))?;
         let all_local = a.lines.iter().all(|l| l.supply_w_id == a.w);
@@ -149,14 +175,16 @@ impl Procedure for NewOrder {
             c_id: a.c,
             entry_d: a.entry_d,
             carrier_id: None,
-            ol_cnt: a.lines.len() as u32,
+            ol_cnt: u32::try_from(a.lines.len()).or_overflow("O_OL_CNT")?,
             all_local,
         };
         tx.put_as(keys::order(a.w, a.d, o_id), &order)?;
         tx.put_as(keys::new_order(a.w, a.d, o_id), &())?;
         tx.put_as(keys::order_customer(a.w, a.d, a.c, o_id), &())?;
         let mut sum: i64 = 0;
-        for (n, line) in (1..).zip(&a.lines) {
+        for (i, line) in a.lines.iter().enumerate() {
+            // Fits: there are at most `O_OL_CNT` (a u32) lines.
+            let n = u32::try_from(i + 1).or_overflow("OL_NUMBER")?;
             let Some(item) = tx.get_as::<Item>(&keys::item(line.i_id))? else {
                 // Clause 2.4.2.3: an unused item id rolls the whole order back.
                 return Err(Abort::User(format!(
@@ -166,25 +194,40 @@ impl Procedure for NewOrder {
             };
             let stock_key = keys::stock(line.supply_w_id, line.i_id);
             let mut stock: Stock = row(tx, &stock_key)?;
-            let quantity = line.quantity as i32;
-            stock.quantity = if stock.quantity >= quantity + 10 {
-                stock.quantity - quantity
+            let quantity = i32::try_from(line.quantity).or_overflow("OL_QUANTITY")?;
+            let left = stock
+                .quantity
+                .checked_sub(quantity)
+                .or_overflow("S_QUANTITY")?;
+            // Clause 2.4.2.2: restock by 91 when fewer than 10 would be left.
+            stock.quantity = if left >= 10 {
+                left
             } else {
-                stock.quantity - quantity + 91
+                left.checked_add(91).or_overflow("S_QUANTITY")?
             };
-            stock.ytd += u64::from(line.quantity);
-            stock.order_cnt += 1;
+            stock.ytd = stock
+                .ytd
+                .checked_add(u64::from(line.quantity))
+                .or_overflow("S_YTD")?;
+            stock.order_cnt = stock.order_cnt.checked_add(1).or_overflow("S_ORDER_CNT")?;
             if line.supply_w_id != a.w {
-                stock.remote_cnt += 1;
+                stock.remote_cnt = stock
+                    .remote_cnt
+                    .checked_add(1)
+                    .or_overflow("S_REMOTE_CNT")?;
             }
-            let dist_info = stock
-                .dist
-                .get(a.d as usize - 1)
+            // S_DIST_xx for district `d` (1-based); none for a district number out of range.
+            let dist_info = usize::try_from(a.d)
+                .ok()
+                .and_then(|d| d.checked_sub(1))
+                .and_then(|i| stock.dist.get(i))
                 .cloned()
                 .unwrap_or_default();
             tx.put_as(stock_key, &stock)?;
-            let amount_cents = i64::from(line.quantity) * item.price_cents;
-            sum += amount_cents;
+            let amount_cents = i64::from(line.quantity)
+                .checked_mul(item.price_cents)
+                .or_overflow("OL_AMOUNT")?;
+            sum = sum.checked_add(amount_cents).or_overflow("order total")?;
             let line_row = OrderLine {
                 i_id: line.i_id,
                 supply_w_id: line.supply_w_id,
@@ -195,16 +238,24 @@ impl Procedure for NewOrder {
             };
             tx.put_as(keys::order_line(a.w, a.d, o_id, n), &line_row)?;
         }
+        // In i128 the rates cannot overflow (each is a u32); the products still can, on
+        // absurd stored rates.
+        let discount = 10_000 - i128::from(customer.discount_bp);
+        let tax = 10_000 + i128::from(warehouse.tax_bp) + i128::from(district.tax_bp);
         let total = i128::from(sum)
-            * i128::from(10_000 - customer.discount_bp)
-            * i128::from(10_000 + warehouse.tax_bp + district.tax_bp)
+            .checked_mul(discount)
+            .and_then(|t| t.checked_mul(tax))
+            .or_overflow("order total")?
             / 100_000_000;
         Ok(NewOrderOutput {
             o_id,
-            total_cents: total as i64,
+            total_cents: i64::try_from(total).or_overflow("order total")?,
         })
     }
 }
+
+/// The longest C_DATA Payment writes, in bytes.
+const C_DATA_BYTES_MAX: usize = 500;
 
 /// Payment's arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,28 +305,44 @@ impl Procedure for Payment {
     fn execute(tx: &mut Txn<'_>, a: PaymentArgs) -> Result<PaymentOutput, Abort> {
         let warehouse_key = keys::warehouse(a.w);
         let mut warehouse: Warehouse = row(tx, &warehouse_key)?;
-        warehouse.ytd_cents += a.amount_cents;
+        warehouse.ytd_cents = warehouse
+            .ytd_cents
+            .checked_add(a.amount_cents)
+            .or_overflow("W_YTD")?;
         tx.put_as(warehouse_key, &warehouse)?;
         let district_key = keys::district(a.w, a.d);
         let mut district: District = row(tx, &district_key)?;
-        district.ytd_cents += a.amount_cents;
+        district.ytd_cents = district
+            .ytd_cents
+            .checked_add(a.amount_cents)
+            .or_overflow("D_YTD")?;
         let h_id = district.next_h_id;
-        district.next_h_id += 1;
+        district.next_h_id = h_id.checked_add(1).or_overflow("the next history id")?;
         tx.put_as(district_key, &district)?;
         // Resolved after the warehouse and district writes, so a stale reconnaissance
         // rolls those back: the atomicity test of TPCC.md relies on it.
         let c = resolve(tx, a.c_w, a.c_d, &a.customer)?;
         let customer_key = keys::customer(a.c_w, a.c_d, c);
         let mut customer: Customer = row(tx, &customer_key)?;
-        customer.balance_cents -= a.amount_cents;
-        customer.ytd_payment_cents += a.amount_cents;
-        customer.payment_cnt += 1;
+        customer.balance_cents = customer
+            .balance_cents
+            .checked_sub(a.amount_cents)
+            .or_overflow("C_BALANCE")?;
+        customer.ytd_payment_cents = customer
+            .ytd_payment_cents
+            .checked_add(a.amount_cents)
+            .or_overflow("C_YTD_PAYMENT")?;
+        customer.payment_cnt = customer
+            .payment_cnt
+            .checked_add(1)
+            .or_overflow("C_PAYMENT_CNT")?;
         if customer.credit == "BC" {
             let mut data = format!(
                 "{c} {} {} {} {} {}|{}",
                 a.c_d, a.c_w, a.d, a.w, a.amount_cents, customer.data
             );
-            data.truncate(500);
+            // C_DATA keeps 500 characters; stored data need not be ASCII.
+            truncate_at_char(&mut data, C_DATA_BYTES_MAX);
             customer.data = data;
         }
         let balance_cents = customer.balance_cents;
@@ -356,10 +423,13 @@ impl Procedure for OrderStatus {
     fn execute(tx: &mut Txn<'_>, a: OrderStatusArgs) -> Result<OrderStatusOutput, Abort> {
         let c = resolve(tx, a.w, a.d, &a.customer)?;
         let customer: Customer = row(tx, &keys::customer(a.w, a.d, c))?;
-        let latest = tx
+        let latest = match tx
             .scan_prefix(&keys::orders_of_customer(a.w, a.d, c))?
             .last()
-            .and_then(|(key, _)| keys::fields(key).last().map(|o| *o as u32));
+        {
+            Some((key, _)) => last_id(key)?,
+            None => None,
+        };
         let mut output = OrderStatusOutput {
             c_id: c,
             balance_cents: customer.balance_cents,
@@ -427,9 +497,10 @@ impl Procedure for Delivery {
             skipped: 0,
         };
         for d in 1..=DISTRICTS {
-            let oldest = tx
-                .first_in(&keys::of_district(NEW_ORDER, a.w, d))?
-                .and_then(|(key, _)| keys::fields(&key).last().map(|o| *o as u32));
+            let oldest = match tx.first_in(&keys::of_district(NEW_ORDER, a.w, d))? {
+                Some((key, _)) => last_id(&key)?,
+                None => None,
+            };
             let Some(o) = oldest else {
                 output.skipped += 1;
                 continue;
@@ -444,13 +515,21 @@ impl Procedure for Delivery {
             for (key, value) in tx.scan_prefix(&keys::order_lines(a.w, d, o))? {
                 let mut line: OrderLine = decode(&key, &value)?;
                 line.delivery_d = Some(a.date);
-                amount += line.amount_cents;
+                amount = amount
+                    .checked_add(line.amount_cents)
+                    .or_overflow("sum(OL_AMOUNT)")?;
                 tx.put_as(key, &line)?;
             }
             let customer_key = keys::customer(a.w, d, c);
             let mut customer: Customer = row(tx, &customer_key)?;
-            customer.balance_cents += amount;
-            customer.delivery_cnt += 1;
+            customer.balance_cents = customer
+                .balance_cents
+                .checked_add(amount)
+                .or_overflow("C_BALANCE")?;
+            customer.delivery_cnt = customer
+                .delivery_cnt
+                .checked_add(1)
+                .or_overflow("C_DELIVERY_CNT")?;
             tx.put_as(customer_key, &customer)?;
             output.delivered.push((d, o));
         }
@@ -500,12 +579,12 @@ impl Procedure for StockLevel {
                 items.insert(line.i_id);
             }
         }
-        let mut low_stock = 0;
+        let mut low_stock: u32 = 0;
         for i in items {
             if let Some(stock) = tx.get_as::<Stock>(&keys::stock(a.w, i))?
                 && stock.quantity < a.threshold
             {
-                low_stock += 1;
+                low_stock = low_stock.checked_add(1).or_overflow("low stock count")?;
             }
         }
         Ok(StockLevelOutput { low_stock })
