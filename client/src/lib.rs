@@ -18,6 +18,10 @@
 //! call times out, retries the same call (same number) through the next gateway with
 //! backoff. The cluster executes a call at most once and answers a retry with the
 //! original result, so a call that returns `Ok` executed exactly once.
+//!
+//! The session is opened by the first gateway the client reaches, which returns a session
+//! id and a token binding it to this client's certificate; every gateway of the cluster
+//! accepts the token, and no other client can use the session.
 
 mod kv;
 
@@ -26,7 +30,7 @@ pub use kv::KvBuilder;
 
 use detflow_executor::Procedure;
 use detflow_net::{Connection, Endpoint, Limits};
-use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply};
+use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply, SessionToken};
 use detflow_protocol::{AbortReason, ClientId, Outcome, RequestSeq, codec};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +101,8 @@ pub struct Client {
     gateways: Vec<SocketAddr>,
     connections: Mutex<Vec<Option<Connection>>>,
     next_gateway: AtomicU64,
-    session: ClientId,
+    /// Opened on first use by whichever gateway answers first.
+    session: tokio::sync::OnceCell<(ClientId, SessionToken)>,
     next_seq: AtomicU64,
     policy: RetryPolicy,
 }
@@ -117,9 +122,9 @@ impl Client {
         Ok(Client {
             endpoint,
             connections: Mutex::new(vec![None; gateways.len()]),
-            next_gateway: AtomicU64::new(session_seed() % gateways.len() as u64),
+            next_gateway: AtomicU64::new(random_seed() % gateways.len() as u64),
             gateways,
-            session: ClientId(session_seed()),
+            session: tokio::sync::OnceCell::new(),
             next_seq: AtomicU64::new(1),
             policy: RetryPolicy::default(),
         })
@@ -131,9 +136,9 @@ impl Client {
         self
     }
 
-    /// This session's id.
-    pub fn session(&self) -> ClientId {
-        self.session
+    /// This session's id, once a gateway has opened it (on the first call).
+    pub fn session(&self) -> Option<ClientId> {
+        self.session.get().map(|(id, _)| *id)
     }
 
     /// Calls procedure `P` with `args`; exactly once.
@@ -145,8 +150,8 @@ impl Client {
     /// Calls a procedure by name with MessagePack arguments; returns its MessagePack output.
     pub async fn call_raw(&self, procedure: &str, args: Vec<u8>) -> Result<Vec<u8>, CallError> {
         let seq = RequestSeq(self.next_seq.fetch_add(1, Ordering::Relaxed));
-        let call = Call {
-            client: self.session,
+        let mut call = Call {
+            client: ClientId(0),
             seq,
             procedure: procedure.to_owned(),
             args,
@@ -156,9 +161,12 @@ impl Client {
         for attempt in 1..=self.policy.attempts_max {
             let gateway =
                 self.next_gateway.fetch_add(1, Ordering::Relaxed) as usize % self.gateways.len();
-            let answer =
-                tokio::time::timeout(self.policy.attempt_timeout, self.attempt(gateway, &call))
-                    .await;
+            let answer = tokio::time::timeout(self.policy.attempt_timeout, async {
+                let (client, token) = self.open_session(gateway).await?;
+                call.client = client;
+                self.attempt(gateway, token, &call).await
+            })
+            .await;
             match answer {
                 Ok(Ok(Reply::Done { outcome, .. })) => {
                     return match outcome {
@@ -200,8 +208,36 @@ impl Client {
             .clone())
     }
 
-    async fn attempt(&self, gateway: usize, call: &Call) -> Result<Reply, TransportError> {
-        let answer = self.request(gateway, &Message::Call(call.clone())).await?;
+    /// The session, opened through `gateway` if no gateway has opened it yet.
+    async fn open_session(
+        &self,
+        gateway: usize,
+    ) -> Result<(ClientId, SessionToken), TransportError> {
+        let session = self
+            .session
+            .get_or_try_init(|| async {
+                match self.request(gateway, &Message::OpenSession).await? {
+                    Message::SessionOpened { client, token } => Ok((client, token)),
+                    other => Err(TransportError::Protocol(format!(
+                        "unexpected answer to opening a session: {other:?}"
+                    ))),
+                }
+            })
+            .await?;
+        Ok(*session)
+    }
+
+    async fn attempt(
+        &self,
+        gateway: usize,
+        token: SessionToken,
+        call: &Call,
+    ) -> Result<Reply, TransportError> {
+        let msg = Message::SessionCall {
+            token,
+            call: call.clone(),
+        };
+        let answer = self.request(gateway, &msg).await?;
         match answer {
             Message::Reply { reply, .. } => Ok(reply),
             other => Err(TransportError::Protocol(format!(
@@ -258,8 +294,8 @@ impl Client {
     }
 }
 
-/// A session id: random per client, so sessions never collide.
-fn session_seed() -> u64 {
+/// A random starting point for spreading clients over gateways.
+fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // std's RandomState is seeded from the OS; a client may use OS randomness.
     #[allow(clippy::disallowed_types)]

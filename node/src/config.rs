@@ -12,10 +12,20 @@
 //! #                               # 100 = 1,000 items and 30 customers per district
 //! metrics_listen = "127.0.0.1:9001"   # optional Prometheus endpoint
 //!
-//! [tls]
-//! ca = "certs/ca.pem"
-//! cert = "certs/node-1.pem"
-//! key = "certs/node-1.key"
+//! [tls]                           # `detflow certs --out certs` writes these
+//! ca = "certs/node/ca.pem"
+//! cert = "certs/node/node-1.pem"
+//! key = "certs/node/node-1.key"
+//! # session_key = "certs/node/session.key"   # default: session.key beside `cert`
+//!
+//! [access]                        # optional: what clients may do
+//! kv_txn_tables = ["kv"]          # tables ad-hoc kv.txn may touch; default none (refused)
+//!
+//! [limits]                        # optional; the defaults suit most clusters
+//! call_deadline_ms = 10000        # a call not answered by then gets Unavailable
+//! calls_in_flight_max = 16384     # client calls waiting in this node at once
+//! inbox_events_max = 65536        # events queued per component task before shedding
+//! link_messages_max = 65536       # messages queued per peer link before shedding
 //!
 //! [[cluster]]                     # every node, this one included
 //! id = 1
@@ -44,6 +54,59 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// The cluster's session key (every node has the same one): it signs the tokens that
+    /// bind a client session to the client that opened it. Default: `session.key` in the
+    /// folder of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// The session key file: as configured, or `session.key` beside the certificate.
+    pub fn session_key(&self) -> PathBuf {
+        self.session_key.clone().unwrap_or_else(|| {
+            self.cert
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("session.key")
+        })
+    }
+}
+
+/// What clients may do beyond calling the workloads' procedures (DESIGN.md §10c).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// The tables ad-hoc `kv.txn` may read and write. Empty (the default): `kv.txn` is
+    /// refused, since it would let any client write any key of any table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_txn_tables: Vec<String>,
+}
+
+/// Bounds on what a node holds for its clients and peers (DESIGN.md §10c).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeLimits {
+    /// How long a client call may wait for its answer before the node answers
+    /// `Unavailable` (the client retries; the call is still executed at most once).
+    pub call_deadline_ms: u64,
+    /// Client calls waiting in this node at once; more are answered `Overloaded`.
+    pub calls_in_flight_max: usize,
+    /// Events queued for one component task (replica, executor, gateway); beyond it new
+    /// events are shed and counted, as a lossy network would drop them.
+    pub inbox_events_max: usize,
+    /// Messages queued for one peer node; beyond it new messages are shed and counted.
+    pub link_messages_max: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> NodeLimits {
+        NodeLimits {
+            call_deadline_ms: 10_000,
+            calls_in_flight_max: 16_384,
+            inbox_events_max: 65_536,
+            link_messages_max: 65_536,
+        }
+    }
 }
 
 /// One node of the cluster, as every node's configuration lists it.
@@ -89,8 +152,18 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// TLS material.
     pub tls: TlsPaths,
+    /// What clients may do.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub access: Access,
+    /// Bounds on queues and waits.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: NodeLimits,
     /// Every node of the cluster.
     pub cluster: Vec<NodeSpec>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_epoch_us() -> u64 {
@@ -186,6 +259,25 @@ impl Config {
         if self.scale_down == Some(0) {
             return invalid("scale_down must be at least 1".into());
         }
+        let limits = &self.limits;
+        if limits.call_deadline_ms == 0
+            || limits.calls_in_flight_max == 0
+            || limits.inbox_events_max == 0
+            || limits.link_messages_max == 0
+        {
+            return invalid(format!("every [limits] value must be positive: {limits:?}"));
+        }
+        if let Some(table) = self
+            .access
+            .kv_txn_tables
+            .iter()
+            .find(|t| t.as_str() == detflow_protocol::SYSTEM_TABLE || t.is_empty())
+        {
+            return invalid(format!(
+                "[access] kv_txn_tables may not name {table:?}: the system table is never \
+                 writable by clients"
+            ));
+        }
         if let Err(e) =
             detflow_workloads::by_name_with(&self.workload, count, &self.workload_options())
         {
@@ -262,7 +354,10 @@ mod tests {
                 ca: "ca.pem".into(),
                 cert: "n.pem".into(),
                 key: "n.key".into(),
+                session_key: None,
             },
+            access: Access::default(),
+            limits: NodeLimits::default(),
             cluster: vec![NodeSpec {
                 id: 1,
                 addr: "127.0.0.1:7001".parse().unwrap(),

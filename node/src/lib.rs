@@ -8,14 +8,20 @@
 //! - [`load`]: a partition's initial rows, a part at a time.
 //! - [`drive`]: the load driver of `demo` and `bench`; [`tpcc`]: its TPC-C report and checks.
 //! - [`certs`]: a development CA and certificates.
+//! - [`session`]: client sessions bound to the client that opened them; [`access`]: what a
+//!   client may call.
+//! - [`failstop`]: stopping the node on storage errors and panics.
 //! - [`metrics`]: the Prometheus endpoint.
 
+pub mod access;
 pub mod certs;
 pub mod config;
 pub mod drive;
+pub mod failstop;
 pub mod load;
 pub mod metrics;
 pub mod runtime;
+pub mod session;
 pub mod storage;
 pub mod tpcc;
 pub use detflow_net as transport;

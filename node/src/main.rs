@@ -187,22 +187,25 @@ struct BenchArgs {
     tpcc: TpccArgs,
 }
 
+/// The longest `--duration` accepted: long enough for any soak, short enough that adding
+/// it to a clock cannot overflow.
+const DURATION_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    // A bare number is seconds, as it always was here.
+    let parsed = match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s),
     };
-    Ok(Duration::from_secs_f64(secs))
+    let duration =
+        parsed.map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 1h30m: {e}"))?;
+    if duration > DURATION_MAX {
+        return Err(format!("{s:?} is longer than the maximum of 366 days"));
+    }
+    if duration.is_zero() {
+        return Err(format!("{s:?}: a duration must be positive"));
+    }
+    Ok(duration)
 }
 
 fn main() -> ExitCode {
@@ -267,14 +270,19 @@ async fn run(cmd: Cmd) -> Result<bool> {
             if metrics_listen.is_some() {
                 config.metrics_listen = metrics_listen;
             }
-            let node = runtime::Node::start(config).await?;
-            if exit_on_stdin_eof {
-                tokio::select! {
-                    _ = wait_for_shutdown() => {}
-                    _ = stdin_eof() => {}
+            detflow_node::failstop::install_panic_hook();
+            let mut node = runtime::Node::start(config).await?;
+            let stdin_closed = async {
+                if exit_on_stdin_eof {
+                    stdin_eof().await
+                } else {
+                    std::future::pending().await
                 }
-            } else {
-                wait_for_shutdown().await;
+            };
+            tokio::select! {
+                _ = wait_for_shutdown() => {}
+                _ = stdin_closed => {}
+                reason = node.failed() => detflow_node::failstop::fatal(reason),
             }
             node.shutdown().await;
             Ok(true)
@@ -381,7 +389,17 @@ impl LocalCluster {
                     ca: paths.ca.cert.clone(),
                     cert: identity.cert.clone(),
                     key: identity.key.clone(),
+                    session_key: None,
                 },
+                // The kv workload is ad-hoc kv.txn on its own table; no other needs it.
+                access: detflow_node::config::Access {
+                    kv_txn_tables: if workload == "kv" {
+                        vec![detflow_workloads::kv::TABLE.into()]
+                    } else {
+                        Vec::new()
+                    },
+                },
+                limits: Default::default(),
                 cluster: cluster.clone(),
             };
             let path = dir.join(format!("node-{}.toml", spec.id));
@@ -884,4 +902,28 @@ async fn status(connect: &ConnectArgs) -> Result<bool> {
     }
     client.close();
     Ok(all_up)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_huge_ones_are_refused_not_panicked_on() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "99999999999999999999s",
+            "18446744073709551615h",
+            "400days",
+            "0s",
+            "fast",
+            "",
+            "-1s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

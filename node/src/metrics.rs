@@ -3,9 +3,9 @@
 use crate::runtime::{LATENCY_BOUNDS_US, LatencyHistogram, NodeStats};
 use crate::transport::Metrics as TransportMetrics;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Renders every counter in the Prometheus text format.
@@ -35,6 +35,31 @@ pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
         "unroutable_messages_total",
         "Messages for a component this node does not run.",
         stats.unroutable.load(Ordering::Relaxed),
+    );
+    counter(
+        "peer_messages_rejected_total",
+        "Messages from peer nodes refused: they contradict the sender's certificate or roles.",
+        stats.peer_rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        "shed_total",
+        "Events and messages shed because a bounded inbox or link queue was full.",
+        stats.shed.load(Ordering::Relaxed),
+    );
+    counter(
+        "encode_failures_total",
+        "Outgoing messages dropped because they do not encode within the frame limit.",
+        stats.encode_failures.load(Ordering::Relaxed),
+    );
+    counter(
+        "calls_timed_out_total",
+        "Client calls answered Unavailable because no answer came within the call deadline.",
+        stats.calls_timed_out.load(Ordering::Relaxed),
+    );
+    counter(
+        "calls_refused_total",
+        "Client calls refused before ordering: foreign sessions, unauthorized, overloaded.",
+        stats.calls_refused.load(Ordering::Relaxed),
     );
     let _ = writeln!(
         out,
@@ -121,28 +146,48 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
     );
 }
 
+/// How long a metrics client has to send its request and take the answer.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Metrics connections served at once; more wait in the listen backlog.
+const CONNECTIONS_MAX: usize = 16;
+
 /// Serves `render` over plain HTTP until the task is aborted.
-pub async fn serve(addr: SocketAddr, stats: Arc<NodeStats>, transport: Arc<TransportMetrics>) {
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot serve metrics");
-            return;
-        }
-    };
+///
+/// Scrapers are not authenticated, so every exchange is bounded: a client that connects and
+/// sends nothing (or reads nothing) is cut off after a timeout, few are served at once, and
+/// an accept error (out of file descriptors, say) is waited out instead of spun on.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    stats: Arc<NodeStats>,
+    transport: Arc<TransportMetrics>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
+        let (mut socket, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint cannot accept; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
         let body = render(&stats, &transport);
         tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let _ = socket.read(&mut request).await;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
+            let exchange = async {
+                let mut request = [0u8; 1024];
+                socket.read(&mut request).await?;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(response.as_bytes()).await
+            };
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
+            drop(slot);
         });
     }
 }

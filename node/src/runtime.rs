@@ -14,13 +14,15 @@
 // The runtime is the driver: it owns the clock and the disk, which the machines may not.
 #![allow(clippy::disallowed_methods)]
 
-use crate::config::Config;
+use crate::config::{Access, Config, NodeLimits, NodeSpec};
+use crate::failstop::fatal;
+use crate::session::SessionKey;
 use crate::storage::{FjallStore, LogStore};
 use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls, TransportError};
 use anyhow::{Context, Result};
 use detflow_executor::{Executor, Input, Output, Registry, Store};
 use detflow_gateway::{Gateway, GatewayOutput};
-use detflow_protocol::message::{Call, Message, NodeStatus, Reply};
+use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply};
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Machine, NodeId, PartitionId, Plan, RequestSeq, Time,
 };
@@ -32,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Which component a channel connects, so each (sender, receiver, channel) gets its own
 /// QUIC stream and FIFO order without head-of-line blocking across channels.
@@ -81,7 +83,7 @@ pub(crate) enum Event {
     },
 }
 
-type Inbox = mpsc::UnboundedSender<Event>;
+type Inbox = mpsc::Sender<Event>;
 
 /// Live counters, read by `status` and the metrics endpoint.
 #[derive(Debug, Default)]
@@ -100,6 +102,19 @@ pub struct NodeStats {
     pub aborts: AtomicU64,
     /// Frames dropped because they could not be routed.
     pub unroutable: AtomicU64,
+    /// Messages from peer nodes refused because they contradict the sender's identity or
+    /// role (a node speaking for another node, a partition it does not host, …).
+    pub peer_rejected: AtomicU64,
+    /// Events and messages shed because a bounded inbox or link queue was full.
+    pub shed: AtomicU64,
+    /// Outgoing messages dropped because they do not encode within the frame limit (a
+    /// bug or a misconfigured limit; the link stays up).
+    pub encode_failures: AtomicU64,
+    /// Client calls answered `Unavailable` because no answer came within the deadline.
+    pub calls_timed_out: AtomicU64,
+    /// Client calls refused before reaching the gateway: foreign sessions, unauthorized
+    /// procedures, overload.
+    pub calls_refused: AtomicU64,
     /// Per partition: (next epoch to apply, durable epoch).
     pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
     /// Aborts by reason (`user`, `outside_footprint`, …).
@@ -154,17 +169,23 @@ fn reason_label(reason: &detflow_protocol::AbortReason) -> &'static str {
         A::Unroutable(_) => "unroutable",
         A::User(_) => "user",
         A::FootprintChanged(_) => "footprint_changed",
+        A::Panicked(_) => "panicked",
+        A::Overflow(_) => "overflow",
+        A::BadKey(_) => "bad_key",
+        A::ValueTooLarge { .. } => "value_too_large",
     }
 }
 
 /// Routes messages to local inboxes or to the link of the node that hosts the receiver.
 pub(crate) struct Router {
     me: NodeId,
+    /// Every node's roles, for checking what a peer may send.
+    nodes: BTreeMap<NodeId, NodeSpec>,
     placement: BTreeMap<PartitionId, NodeId>,
     replica: Option<Inbox>,
     gateway: Option<Inbox>,
     executors: BTreeMap<PartitionId, Inbox>,
-    links: BTreeMap<NodeId, mpsc::UnboundedSender<Message>>,
+    links: BTreeMap<NodeId, mpsc::Sender<Message>>,
     stats: Arc<NodeStats>,
 }
 
@@ -173,9 +194,12 @@ impl Router {
         if node == self.me {
             self.dispatch(msg);
         } else if let Some(link) = self.links.get(&node) {
-            // A closed link means the node is shutting down; the message is lost, which
-            // every channel tolerates (replays and retries recover it).
-            let _ = link.send(msg);
+            // A full queue sheds (counted): the peer is not keeping up, and every channel
+            // tolerates loss (replays and retries recover it), as it tolerates a network
+            // that drops. A closed link means the node is shutting down.
+            if let Err(mpsc::error::TrySendError::Full(_)) = link.try_send(msg) {
+                self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -214,12 +238,86 @@ impl Router {
             _ => None,
         };
         match inbox {
-            Some(inbox) => {
-                let _ = inbox.send(Event::Msg(msg));
-            }
+            Some(inbox) => self.deliver(inbox, Event::Msg(msg)),
             None => {
                 self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Queues an event for a local task, shedding (counted) if its inbox is full.
+    fn deliver(&self, inbox: &Inbox, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = inbox.try_send(event) {
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands a message from peer node `sender` (as its certificate says) to its component,
+    /// unless it contradicts what `sender` is (DESIGN.md §10c): a node speaks only for
+    /// itself, for the partitions it hosts and in the roles it has.
+    fn dispatch_from(&self, sender: NodeId, msg: Message) {
+        match self.admit(sender, &msg) {
+            Ok(()) => self.dispatch(msg),
+            Err(reason) => {
+                self.stats.peer_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%sender, reason, "refused a message from a peer");
+            }
+        }
+    }
+
+    fn admit(&self, sender: NodeId, msg: &Message) -> Result<(), &'static str> {
+        let spec = self
+            .nodes
+            .get(&sender)
+            .ok_or("not a node of this cluster")?;
+        let hosts = |p: &PartitionId| self.placement.get(p) == Some(&sender);
+        let mine = |p: &PartitionId| self.placement.get(p) == Some(&self.me);
+        let check = |ok: bool, reason| if ok { Ok(()) } else { Err(reason) };
+        match msg {
+            Message::Peer { from, .. } => check(
+                *from == sender && spec.replica,
+                "replication from another node",
+            ),
+            Message::Submit(txn) => check(
+                spec.gateway && txn.gateway == sender,
+                "a submission for another gateway",
+            ),
+            Message::NotLeader { from, txn, .. } => check(
+                *from == sender && spec.replica && txn.gateway == self.me,
+                "a refusal on behalf of another replica",
+            ),
+            Message::Duplicate { .. } => check(spec.replica, "a duplicate from a non-replica"),
+            Message::Subscribe { partition, .. } => check(
+                hosts(partition),
+                "a subscription for a partition it does not host",
+            ),
+            Message::Plan(plan) => check(
+                spec.replica && mine(&plan.partition),
+                "a plan from a non-replica or for a partition not here",
+            ),
+            Message::RemoteReads { to, reads } => check(
+                hosts(&reads.from) && mine(to),
+                "reads of a partition it does not host",
+            ),
+            Message::Ack { from, to, .. } | Message::Hello { from, to, .. } => check(
+                hosts(from) && mine(to),
+                "an ack or hello for a partition it does not host",
+            ),
+            Message::Query { gateway, .. } => check(
+                spec.gateway && *gateway == sender,
+                "a query on behalf of another gateway",
+            ),
+            Message::Result { .. } | Message::ResultUnknown { .. } => check(
+                !spec.partitions.is_empty(),
+                "a result from a node without partitions",
+            ),
+            Message::Call(_)
+            | Message::OpenSession
+            | Message::Reply { .. }
+            | Message::SessionCall { .. }
+            | Message::SessionOpened { .. }
+            | Message::Status
+            | Message::StatusReply(_) => Err("a client message on a node channel"),
         }
     }
 
@@ -230,13 +328,16 @@ impl Router {
             .chain(&self.replica)
             .chain(&self.gateway)
         {
-            let _ = inbox.send(Event::LinkUp(node));
+            self.deliver(inbox, Event::LinkUp(node));
         }
     }
 }
 
-/// Spawns one component task once the router exists.
-type Starter = Box<dyn FnOnce(Arc<Router>) -> tokio::task::JoinHandle<()> + Send>;
+/// A component task, made once the router exists.
+type Starter = Box<
+    dyn FnOnce(Arc<Router>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
 
 /// Time since the node started, as the machines see it.
 #[derive(Clone, Copy)]
@@ -256,7 +357,20 @@ impl Clock {
 pub struct Node {
     stats: Arc<NodeStats>,
     endpoint: Endpoint,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// What serving a client needs: who may do what, and the bounds.
+struct ClientService {
+    router: Arc<Router>,
+    stats: Arc<NodeStats>,
+    me: NodeId,
+    clock: Clock,
+    sessions: SessionKey,
+    access: Access,
+    registry: Arc<Registry>,
+    call_deadline: Duration,
+    in_flight: Semaphore,
 }
 
 impl Node {
@@ -281,12 +395,19 @@ impl Node {
         let registry = Arc::new(registry);
         let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
             .with_context(|| format!("loading TLS material for node {me}"))?;
+        let sessions = SessionKey::load(&config.tls.session_key())?;
+        let limits: NodeLimits = config.limits.clone();
         let endpoint = Endpoint::bind(config.listen, &tls, Limits::default())
             .with_context(|| format!("binding {}", config.listen))?;
         let stats = Arc::new(NodeStats::default());
 
         let mut router = Router {
             me,
+            nodes: config
+                .cluster
+                .iter()
+                .map(|n| (NodeId(n.id), n.clone()))
+                .collect(),
             placement: config.placement(),
             replica: None,
             gateway: None,
@@ -297,7 +418,7 @@ impl Node {
         let mut starts: Vec<Starter> = Vec::new();
 
         if spec.replica {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
             router.replica = Some(tx);
             let dir = config.data_dir.join("log");
             let (log, durable) = LogStore::open(&dir)
@@ -310,12 +431,12 @@ impl Node {
             let map = map.clone();
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                tokio::spawn(replica_task(replica, log, rx, router, map, stats, clock))
+                Box::pin(replica_task(replica, log, rx, router, map, stats, clock))
             }));
         }
         for p in &spec.partitions {
             let partition = PartitionId(*p);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
             router.executors.insert(partition, tx);
             let dir = config.data_dir.join(format!("partition-{p}"));
             let mut store = FjallStore::open(&dir)
@@ -341,53 +462,55 @@ impl Node {
                 .collect();
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                tokio::spawn(executor_task(
+                Box::pin(executor_task(
                     executor, rx, router, replicas, peers, stats, clock,
                 ))
             }));
         }
         if spec.gateway {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
             router.gateway = Some(tx);
             let gateway = Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                tokio::spawn(gateway_task(gateway, rx, router, stats))
+                Box::pin(gateway_task(gateway, rx, router, stats))
             }));
         }
         let mut links = Vec::new();
         for node in config.cluster.iter().filter(|n| n.id != config.id) {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(limits.link_messages_max);
             router.links.insert(NodeId(node.id), tx);
             links.push((NodeId(node.id), node.addr, rx));
         }
         let router = Arc::new(router);
-        let mut tasks: Vec<_> = starts
-            .into_iter()
-            .map(|start| start(router.clone()))
-            .collect();
-        for (node, addr, rx) in links {
-            tasks.push(tokio::spawn(link_task(
-                endpoint.clone(),
-                node,
-                addr,
-                rx,
-                router.clone(),
-            )));
+        let mut tasks = tokio::task::JoinSet::new();
+        for start in starts {
+            tasks.spawn(start(router.clone()));
         }
-        tasks.push(tokio::spawn(accept_task(
-            endpoint.clone(),
-            router.clone(),
-            stats.clone(),
+        for (node, addr, rx) in links {
+            tasks.spawn(link_task(endpoint.clone(), node, addr, rx, router.clone()));
+        }
+        let clients = Arc::new(ClientService {
+            router: router.clone(),
+            stats: stats.clone(),
             me,
             clock,
-        )));
+            sessions,
+            access: config.access.clone(),
+            registry,
+            call_deadline: Duration::from_millis(limits.call_deadline_ms),
+            in_flight: Semaphore::new(limits.calls_in_flight_max),
+        });
+        tasks.spawn(accept_task(endpoint.clone(), router.clone(), clients));
         if let Some(addr) = config.metrics_listen {
-            tasks.push(tokio::spawn(crate::metrics::serve(
-                addr,
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            tasks.spawn(crate::metrics::serve(
+                listener,
                 stats.clone(),
                 endpoint.metrics(),
-            )));
+            ));
         }
         tracing::info!(node = %me, listen = %config.listen, "node started");
         Ok(Node {
@@ -402,12 +525,22 @@ impl Node {
         &self.stats
     }
 
-    /// Stops every task and closes the endpoint.
-    pub async fn shutdown(self) {
-        for task in &self.tasks {
-            task.abort();
+    /// Resolves if a task of the node ends while it should be running: a component that
+    /// stopped means a dead component, and the node must not keep serving without it
+    /// (fail-stop). Returns which way it ended.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(())) => "a component task ended".into(),
+            Some(Err(e)) => format!("a component task failed: {e}"),
+            None => "the node has no tasks".into(),
         }
+    }
+
+    /// Stops every task and closes the endpoint.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
         self.endpoint.close();
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -416,14 +549,23 @@ async fn link_task(
     endpoint: Endpoint,
     node: NodeId,
     addr: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<Message>,
+    mut rx: mpsc::Receiver<Message>,
     router: Arc<Router>,
 ) {
     let mut pending: Option<Message> = None;
     let mut backoff = Duration::from_millis(20);
     loop {
         let conn = match endpoint.connect(addr).await {
-            Ok(conn) => conn,
+            Ok(conn) if conn.node_id() == Some(node.0) => conn,
+            Ok(conn) => {
+                // The certificate verified but names another node: a misconfigured
+                // cluster (or an impostor); never send it this node's traffic.
+                tracing::warn!(%node, %addr, peer = ?conn.node_id(),
+                    "the node at this address presents another node's certificate");
+                conn.close();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(%node, %addr, error = %e, "connect failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -460,9 +602,19 @@ async fn link_task(
                     }
                 }
             };
-            if let Err(e) = writer.send(&msg).await {
-                tracing::info!(%node, error = %e, "link down");
-                break;
+            match writer.send(&msg).await {
+                Ok(()) => {}
+                // Nothing was written: the message is too big for a frame. That is this
+                // node's bug (every message carrying user data is bounded below the frame
+                // limit), not a dead link; dropping the link would only make it flap.
+                Err(TransportError::Encode(e)) => {
+                    router.stats.encode_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%node, ?header, error = %e, "dropped a message that does not encode");
+                }
+                Err(e) => {
+                    tracing::info!(%node, error = %e, "link down");
+                    break;
+                }
             }
         }
         // What was written but not delivered is lost; the channels replay it.
@@ -471,33 +623,35 @@ async fn link_task(
 }
 
 /// Accepts connections: nodes open channels, clients open a stream per call.
-async fn accept_task(
-    endpoint: Endpoint,
-    router: Arc<Router>,
-    stats: Arc<NodeStats>,
-    me: NodeId,
-    clock: Clock,
-) {
+async fn accept_task(endpoint: Endpoint, router: Arc<Router>, clients: Arc<ClientService>) {
     while let Some(incoming) = endpoint.accept().await {
         let conn = match incoming {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::warn!(error = %e, "refused a connection");
+                tracing::debug!(error = %e, "refused a connection");
                 continue;
             }
         };
-        let router = router.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            match conn.role() {
-                PeerRole::Node => serve_node(conn, router).await,
-                PeerRole::Client => serve_client(conn, router, stats, me, clock).await,
+        match (conn.role(), conn.node_id()) {
+            (PeerRole::Node, Some(id)) => {
+                tokio::spawn(serve_node(conn, NodeId(id), router.clone()));
             }
-        });
+            (PeerRole::Client, _) => {
+                tokio::spawn(serve_client(conn, clients.clone()));
+            }
+            (PeerRole::Node, None) => conn.close(),
+        }
     }
 }
 
-async fn serve_node(conn: Connection, router: Arc<Router>) {
+async fn serve_node(conn: Connection, sender: NodeId, router: Arc<Router>) {
+    if !router.nodes.contains_key(&sender) || sender == router.me {
+        tracing::warn!(%sender, remote = %conn.remote_address(),
+            "refused a node certificate that is not another node of this cluster");
+        router.stats.peer_rejected.fetch_add(1, Ordering::Relaxed);
+        conn.close();
+        return;
+    }
     loop {
         let (header, mut reader) = match conn.accept_channel::<ChannelHeader>().await {
             Ok(channel) => channel,
@@ -507,12 +661,12 @@ async fn serve_node(conn: Connection, router: Arc<Router>) {
         tokio::spawn(async move {
             loop {
                 match reader.recv::<Message>().await {
-                    Ok(Some(msg)) => router.dispatch(msg),
+                    Ok(Some(msg)) => router.dispatch_from(sender, msg),
                     Ok(None) => return,
                     // Only a refused frame is bad input; a lost connection (a peer that
                     // restarted, say) is routine and was logged as bad input on every restart.
                     Err(e @ TransportError::Frame(_)) => {
-                        tracing::warn!(?header, error = %e, "closed a channel with bad input");
+                        tracing::warn!(?header, %sender, error = %e, "closed a channel with bad input");
                         return;
                     }
                     Err(e) => {
@@ -525,34 +679,21 @@ async fn serve_node(conn: Connection, router: Arc<Router>) {
     }
 }
 
-async fn serve_client(
-    conn: Connection,
-    router: Arc<Router>,
-    stats: Arc<NodeStats>,
-    me: NodeId,
-    clock: Clock,
-) {
+async fn serve_client(conn: Connection, service: Arc<ClientService>) {
+    let fingerprint = conn.peer_fingerprint();
     loop {
         let (mut writer, mut reader) = match conn.accept_bi().await {
             Ok(stream) => stream,
             Err(_) => return,
         };
-        let router = router.clone();
-        let stats = stats.clone();
+        let service = service.clone();
         tokio::spawn(async move {
             let answer = match reader.recv::<Message>().await {
-                Ok(Some(Message::Call(call))) => {
-                    let Some(gateway) = &router.gateway else {
-                        return;
-                    };
-                    let (tx, rx) = oneshot::channel();
-                    let (client, seq) = (call.client, call.seq);
-                    let _ = gateway.send(Event::Client { call, reply: tx });
-                    let reply = rx.await.unwrap_or(Reply::Unavailable);
-                    Message::Reply { client, seq, reply }
-                }
-                Ok(Some(Message::Status)) => Message::StatusReply(status(&stats, me, clock)),
-                Ok(Some(_)) | Ok(None) => return,
+                Ok(Some(request)) => match service.answer(request, &fingerprint).await {
+                    Some(answer) => answer,
+                    None => return,
+                },
+                Ok(None) => return,
                 // As for channels: a client that gave up on a call resets its stream, which
                 // is not bad input.
                 Err(e @ TransportError::Frame(_)) => {
@@ -567,6 +708,74 @@ async fn serve_client(
             let _ = writer.send(&answer).await;
             let _ = writer.finish();
         });
+    }
+}
+
+impl ClientService {
+    /// The answer to one client request, if it deserves one.
+    async fn answer(&self, request: Message, fingerprint: &[u8; 32]) -> Option<Message> {
+        let (client, seq, reply) = match request {
+            Message::OpenSession => {
+                let (client, token) = self.sessions.issue(fingerprint);
+                return Some(Message::SessionOpened { client, token });
+            }
+            Message::Status => {
+                return Some(Message::StatusReply(status(
+                    &self.stats,
+                    self.me,
+                    self.clock,
+                )));
+            }
+            Message::SessionCall { token, call } => {
+                let (client, seq) = (call.client, call.seq);
+                let reply = if !self.sessions.verify(client, fingerprint, &token) {
+                    self.refuse(Rejection::ForeignSession(client.0))
+                } else {
+                    self.call(call).await
+                };
+                (client, seq, reply)
+            }
+            // A bare call names a session it cannot prove it owns.
+            Message::Call(call) => (
+                call.client,
+                call.seq,
+                self.refuse(Rejection::ForeignSession(call.client.0)),
+            ),
+            _ => return None,
+        };
+        Some(Message::Reply { client, seq, reply })
+    }
+
+    /// Hands an authenticated call to the gateway and waits, boundedly, for its answer.
+    async fn call(&self, call: Call) -> Reply {
+        if let Err(rejection) = crate::access::authorize(&self.access, &self.registry, &call) {
+            return self.refuse(rejection);
+        }
+        let Some(gateway) = &self.router.gateway else {
+            return Reply::Unavailable;
+        };
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return self.refuse(Rejection::Overloaded(
+                "this node's limit of calls in flight is reached".into(),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .deliver(gateway, Event::Client { call, reply: tx });
+        match tokio::time::timeout(self.call_deadline, rx).await {
+            Ok(reply) => reply.unwrap_or(Reply::Unavailable),
+            Err(_) => {
+                // The call may still execute; its retry (same session, same number) finds
+                // the result, so Unavailable is the honest answer.
+                self.stats.calls_timed_out.fetch_add(1, Ordering::Relaxed);
+                Reply::Unavailable
+            }
+        }
+    }
+
+    fn refuse(&self, rejection: Rejection) -> Reply {
+        self.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+        Reply::Rejected(rejection)
     }
 }
 
@@ -610,7 +819,9 @@ impl PlanServer {
                 let plans = self.plans.entry(epoch).or_insert_with(|| {
                     let batch = &self.committed[epoch.0 as usize - 1];
                     detflow_scheduler::schedule(batch, map)
-                        .unwrap_or_else(|e| panic!("the log holds a batch this build refuses: {e}"))
+                        .unwrap_or_else(|e| {
+                            fatal(format!("the log holds a batch this build refuses: {e}"))
+                        })
                         .into_iter()
                         .map(Arc::new)
                         .collect()
@@ -629,7 +840,7 @@ impl PlanServer {
 async fn replica_task(
     mut replica: Replica,
     mut log: LogStore,
-    mut inbox: mpsc::UnboundedReceiver<Event>,
+    mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     map: PartitionMap,
     stats: Arc<NodeStats>,
@@ -698,7 +909,7 @@ async fn replica_task(
                             }
                         }
                         if let Err(e) = log.append(&write) {
-                            panic!("cannot append to the log: {e}");
+                            fatal(format!("cannot append to the log: {e}"));
                         }
                         last_write = Some(write.id);
                     }
@@ -715,7 +926,7 @@ async fn replica_task(
             }
             let Some(write) = last_write else { break };
             if let Err(e) = tokio::task::block_in_place(|| log.sync()) {
-                panic!("cannot fsync the log: {e}");
+                fatal(format!("cannot fsync the log: {e}"));
             }
             replica.handle(clock.now(), replica::Input::Persisted { write }, &mut out);
         }
@@ -733,7 +944,7 @@ async fn replica_task(
 
 /// Takes what else is already waiting, up to a bound, so one round (and one fsync) serves
 /// a batch of inputs.
-fn drain(inbox: &mut mpsc::UnboundedReceiver<Event>, events: &mut Vec<Event>) {
+fn drain(inbox: &mut mpsc::Receiver<Event>, events: &mut Vec<Event>) {
     while events.len() < 512 {
         match inbox.try_recv() {
             Ok(ev) => events.push(ev),
@@ -796,7 +1007,7 @@ fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
 
 async fn executor_task(
     mut executor: Executor<FjallStore>,
-    mut inbox: mpsc::UnboundedReceiver<Event>,
+    mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     replicas: Vec<NodeId>,
     peers: Vec<(PartitionId, NodeId)>,
@@ -889,7 +1100,7 @@ async fn executor_task(
             last_progress = clock.now();
             let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
                 Ok(epoch) => epoch,
-                Err(e) => panic!("cannot fsync partition {me}: {e}"),
+                Err(e) => fatal(format!("cannot fsync partition {me}: {e}")),
             };
             executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
             for effect in out.drain(..) {
@@ -903,18 +1114,34 @@ async fn executor_task(
     }
 }
 
+/// How often the gateway task forgets clients that stopped waiting.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Clients waiting for a call's reply, and when the call first arrived.
 type Waiting = (Instant, Vec<oneshot::Sender<Reply>>);
 
 async fn gateway_task(
     mut gateway: Gateway,
-    mut inbox: mpsc::UnboundedReceiver<Event>,
+    mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     stats: Arc<NodeStats>,
 ) {
     let mut waiting: BTreeMap<(ClientId, RequestSeq), Waiting> = BTreeMap::new();
     let mut out = Vec::new();
-    while let Some(ev) = inbox.recv().await {
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        let ev = tokio::select! {
+            ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
+            _ = sweep.tick() => {
+                // Waiters whose client stopped waiting (the call deadline passed, the
+                // stream was reset) would otherwise stay here forever.
+                waiting.retain(|_, (_, waiters)| {
+                    waiters.retain(|w| !w.is_closed());
+                    !waiters.is_empty()
+                });
+                continue;
+            }
+        };
         match ev {
             Event::Client { call, reply } => {
                 waiting

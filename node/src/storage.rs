@@ -608,8 +608,10 @@ impl FjallStore {
     /// return errors (STYLE.md: log with context and stop; recovery is restart + replay).
     #[cold]
     fn fail(&self, error: StorageError) -> ! {
-        tracing::error!(path = %self.path.display(), "storage failure: {error}");
-        panic!("executor store failed, stopping: {error}");
+        crate::failstop::fatal(format!(
+            "partition store {} failed: {error}",
+            self.path.display()
+        ))
     }
 }
 

@@ -7,7 +7,10 @@
 //!   `MALFORMED_FRAME` or `FRAME_TOO_LARGE` and counted in the metrics; the connection, the
 //!   node and its data are unharmed.
 //! - `bad_calls_are_rejected_with_a_reason`: an unknown procedure, arguments that do not
-//!   decode and a footprint over the limit are typed rejections, and never ordered.
+//!   decode, a footprint over the limit, `kv.txn` on a table the configuration does not
+//!   open to it or on the system table, a malformed key and a call over the size limit are
+//!   typed rejections, and never ordered; the node restarts cleanly afterwards (a malformed
+//!   key, once stored, used to keep it from starting).
 //!
 //! Every test stops by itself (deadlines on every step, a budget on the whole), and the node
 //! process dies with the test (SIGKILL from a guard's `Drop`, and `--exit-on-stdin-eof`
@@ -26,7 +29,7 @@ use detflow_node::runtime::ChannelHeader;
 use detflow_node::transport::{Connection, Endpoint, FRAME_TOO_LARGE, Limits, MALFORMED_FRAME};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES};
 use detflow_protocol::message::{Message, Rejection};
-use detflow_protocol::{AbortReason, codec};
+use detflow_protocol::{AbortReason, Key, SYSTEM_TABLE, codec};
 use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, DepositArgs};
 use detflow_workloads::kv::{self, KvTxn};
 use std::collections::BTreeMap;
@@ -87,14 +90,28 @@ impl SingleNode {
                 ca: certs.ca.cert.clone(),
                 cert: identity.cert.clone(),
                 key: identity.key.clone(),
+                session_key: None,
             },
-            cluster: vec![NodeSpec {
-                id: 1,
-                addr,
-                replica: true,
-                gateway: true,
-                partitions: vec![0, 1],
-            }],
+            access: Default::default(),
+            limits: Default::default(),
+            cluster: vec![
+                NodeSpec {
+                    id: 1,
+                    addr,
+                    replica: true,
+                    gateway: true,
+                    partitions: vec![0, 1],
+                },
+                // A member with no roles, whose certificate the tests use to speak as a
+                // (rogue) cluster node; nothing runs at its address.
+                NodeSpec {
+                    id: 2,
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+                    replica: false,
+                    gateway: false,
+                    partitions: Vec::new(),
+                },
+            ],
         };
         config.validate().expect("a valid config");
         let path = root.join("node-1.toml");
@@ -109,6 +126,14 @@ impl SingleNode {
             log: log_path,
             child,
         }
+    }
+
+    /// SIGKILLs the node and starts it again on the same configuration and data.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let config = self.log.with_file_name("node-1.toml");
+        self.child = common::spawn_node(&config, &self.log).expect("restart the node");
     }
 
     /// Panics if the node process has exited.
@@ -448,6 +473,24 @@ fn bad_frames_are_refused_counted_and_harmless() {
 // Bad calls.
 // ---------------------------------------------------------------------------------------
 
+/// `txn`'s MessagePack encoding with one stray byte appended to `key` wherever it appears:
+/// a key that is not a well-formed tuple, as a hostile client can send it.
+fn with_stray_byte(txn: &KvTxn, key: &Key) -> Vec<u8> {
+    let bytes = codec::encode(txn);
+    let raw = key.as_bytes();
+    let len = u8::try_from(raw.len()).expect("a short key");
+    let mut good = vec![0xc4, len];
+    good.extend_from_slice(raw);
+    let mut bad = vec![0xc4, len + 1];
+    bad.extend_from_slice(raw);
+    bad.push(0x77);
+    let at = bytes
+        .windows(good.len())
+        .position(|w| w == good.as_slice())
+        .expect("the key is encoded as bin8");
+    [&bytes[..at], &bad[..], &bytes[at + good.len()..]].concat()
+}
+
 #[test]
 fn bad_calls_are_rejected_with_a_reason() {
     run(Duration::from_secs(60), async |node| {
@@ -480,6 +523,9 @@ fn bad_calls_are_rejected_with_a_reason() {
                 }
             )
         };
+        let unauthorized = |r: &Rejection| matches!(r, Rejection::Unauthorized(_));
+        let bad_key = |r: &Rejection| matches!(r, Rejection::BadKey(_) | Rejection::BadArgs(_));
+        let call_too_large = |r: &Rejection| matches!(r, Rejection::CallTooLarge { .. });
         type Expect = fn(&Rejection) -> bool;
         let calls: Vec<(&str, &str, Vec<u8>, Expect)> = vec![
             (
@@ -509,6 +555,30 @@ fn bad_calls_are_rejected_with_a_reason() {
                 "kv.txn",
                 codec::encode(&too_many),
                 too_large,
+            ),
+            (
+                "kv.txn on a table it may not touch",
+                "kv.txn",
+                codec::encode(&KvTxn::new().put(Key::table("acct").u64(account), vec![1])),
+                unauthorized,
+            ),
+            (
+                "kv.txn on the system table",
+                "kv.txn",
+                codec::encode(&KvTxn::new().put(Key::table(SYSTEM_TABLE).str("results"), vec![])),
+                unauthorized,
+            ),
+            (
+                "a malformed key (a stray byte after the last field)",
+                "kv.txn",
+                with_stray_byte(&KvTxn::new().put(kv::key(5), b"x".to_vec()), &kv::key(5)),
+                bad_key,
+            ),
+            (
+                "a call over the size limit",
+                "bank.deposit",
+                vec![0x90; 1_100_000],
+                call_too_large,
             ),
         ];
         for (what, procedure, args, expect) in calls {
@@ -545,11 +615,22 @@ fn bad_calls_are_rejected_with_a_reason() {
             result.err().map(|e| e.to_string()).unwrap_or_default()
         );
 
-        // The node is up and lost nothing.
+        // The node is up and lost nothing, and nothing it stored keeps it from starting
+        // again (a malformed key once did: "corrupt key" at every start).
         let balance = client
             .call::<Balance>(&BalanceArgs { account })
             .await
             .expect("a balance read after the bad calls");
+        assert_eq!(balance.balance_cents, expected);
+        node.assert_running();
+        client.close();
+        node.restart();
+        let client = node.client().await;
+        node.wait_ready(&client).await;
+        let balance = client
+            .call::<Balance>(&BalanceArgs { account })
+            .await
+            .expect("a balance read after a restart");
         assert_eq!(balance.balance_cents, expected);
         node.assert_running();
         client.close();

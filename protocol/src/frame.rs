@@ -2,12 +2,19 @@
 //!
 //! A frame is a 4-byte big-endian length, then that many bytes of MessagePack. The
 //! decoder checks the length against its limit before it reserves any memory for the
-//! body, so an oversized or hostile prefix costs nothing but an error.
+//! body, so an oversized or hostile prefix costs nothing but an error. It never reserves
+//! for bytes that have not arrived either: its buffer grows with what is received, never
+//! past the end of the frame being received, and a large buffer is given back once its
+//! frame is taken out.
 
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The default maximum frame body: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 << 20;
+
+/// The buffer capacity a decoder keeps between frames; a larger one, grown for a large
+/// frame, is given back once that frame is taken out.
+const KEPT_CAPACITY_BYTES: usize = 64 * 1024;
 
 /// Why a frame was refused. After any error the stream is unusable and should be closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +68,40 @@ impl FrameDecoder {
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        let target = self.capacity_after_push(bytes.len());
+        if target > self.buf.capacity() {
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes the decoder's buffer holds allocated (at least [`FrameDecoder::buffered`]).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// What [`FrameDecoder::capacity`] will be after pushing `len` more bytes, so that a
+    /// caller can account for the memory before it is taken.
+    pub fn capacity_after_push(&self, len: usize) -> usize {
+        let needed = self.buf.len() + len;
+        if needed <= self.buf.capacity() {
+            return self.buf.capacity();
+        }
+        // Grow geometrically (amortised copies), but not past the end of the frame being
+        // received: doubling a 16 MiB frame's buffer would hold 32 MiB.
+        let frame_end = self.frame_end().unwrap_or(usize::MAX).max(needed);
+        self.buf
+            .capacity()
+            .saturating_mul(2)
+            .clamp(needed, frame_end)
+    }
+
+    /// Where the frame at the front of the buffer ends, once its length is known and
+    /// within the limit.
+    fn frame_end(&self) -> Option<usize> {
+        let prefix: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let len = u32::from_be_bytes(prefix);
+        (len <= self.max).then(|| 4 + len as usize)
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed, or the error that
@@ -84,6 +124,11 @@ impl FrameDecoder {
         }
         let decoded = rmp_serde::from_slice(&self.buf[4..end]);
         self.buf.drain(..end);
+        if self.buf.capacity() > KEPT_CAPACITY_BYTES && self.buf.len() < KEPT_CAPACITY_BYTES {
+            // A large frame is done: give its memory back rather than hold it for the
+            // life of the stream.
+            self.buf.shrink_to(KEPT_CAPACITY_BYTES);
+        }
         decoded.map(Some).map_err(|e| {
             self.failed = true;
             FrameError::Malformed(e.to_string())
@@ -139,6 +184,31 @@ mod tests {
             })
         );
         assert!(encode(&call(), 4).is_err());
+    }
+
+    #[test]
+    fn the_buffer_grows_with_the_bytes_and_never_past_the_frame() {
+        let frame = encode(&vec![7u8; 3 << 20], DEFAULT_MAX_FRAME_BYTES).unwrap();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        // A length prefix alone reserves nothing for the body.
+        dec.push(&frame[..4]);
+        assert!(dec.buf.capacity() < 1024, "{}", dec.buf.capacity());
+        let mut received = 4;
+        for chunk in frame[4..].chunks(64 * 1024) {
+            let predicted = dec.capacity_after_push(chunk.len());
+            dec.push(chunk);
+            assert_eq!(dec.capacity(), predicted);
+            received += chunk.len();
+            // At most twice what arrived, and never more than the whole frame.
+            assert!(dec.buf.capacity() <= 2 * received);
+            assert!(dec.buf.capacity() <= frame.len());
+        }
+        assert_eq!(dec.buf.capacity(), frame.len());
+        let body = dec.next_frame::<Vec<u8>>().unwrap().unwrap();
+        assert_eq!(body.len(), 3 << 20);
+        // The frame is out: its memory is given back.
+        assert!(dec.buf.capacity() <= KEPT_CAPACITY_BYTES);
+        assert_eq!(dec.buffered(), 0);
     }
 
     #[test]

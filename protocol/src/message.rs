@@ -25,6 +25,19 @@ pub struct Call {
     pub args: Vec<u8>,
 }
 
+/// A session's proof of ownership: a MAC, made by the gateway that opened the session with
+/// the cluster's session key, over the session id and the client certificate that asked
+/// for it. Every gateway can check it; nobody without the key can make one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionToken(pub [u8; 16]);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A token is a credential: never print it whole.
+        write!(f, "SessionToken({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
 /// Why a call was refused before it was ordered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
@@ -42,6 +55,27 @@ pub enum Rejection {
     /// No procedure of that name is registered at the gateway.
     #[error("unknown procedure {0:?}")]
     UnknownProcedure(String),
+    /// A key of the footprint is not a well-formed tuple-encoded key.
+    #[error("malformed key in the footprint: {0}")]
+    BadKey(String),
+    /// The call (procedure name and arguments) is larger than the gateway accepts.
+    #[error("call of {bytes} bytes exceeds the maximum of {max}")]
+    CallTooLarge {
+        /// The call's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// This client is not authorized to call the procedure (or to touch the tables its
+    /// footprint names).
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// The session id is not one this client's connection opened.
+    #[error("session {0} does not belong to this client")]
+    ForeignSession(u64),
+    /// The gateway is at its limit of calls in flight; retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 /// A gateway's answer to a call.
@@ -72,6 +106,12 @@ pub struct RemoteReads {
     pub exact: Vec<(Key, Option<Value>)>,
     /// Each prefix the sender owns, with every key and value under it, ascending.
     pub prefixes: Vec<(Key, Vec<(Key, Value)>)>,
+    /// This message's index among the sender's chunks for this position.
+    #[serde(default)]
+    pub chunk: u32,
+    /// How many chunks the sender split its reads into (1: not split).
+    #[serde(default)]
+    pub chunks: u32,
 }
 
 /// A cluster-wide status summary, for `detflow status`.
@@ -136,6 +176,8 @@ pub enum Message {
         /// The replication message.
         msg: PeerMessage,
     },
+    /// Client → gateway: open a session (the answer is [`Message::SessionOpened`]).
+    OpenSession,
     /// Replica → executor: one epoch's plan.
     Plan(Arc<Plan>),
     /// Gateway → executor: the result of a call, from the result table.
@@ -178,6 +220,21 @@ pub enum Message {
         client: ClientId,
         /// The call number.
         seq: RequestSeq,
+    },
+    /// Client → gateway: a call of a session this client opened. A node answers a bare
+    /// [`Message::Call`] from a client with [`Rejection::ForeignSession`].
+    SessionCall {
+        /// The session's proof of ownership.
+        token: SessionToken,
+        /// The call; its `client` is the session id.
+        call: Call,
+    },
+    /// Gateway → client: the session it asked for.
+    SessionOpened {
+        /// The session id to put in every call.
+        client: ClientId,
+        /// The proof of ownership to send with every call.
+        token: SessionToken,
     },
     /// Anyone → node: report status.
     Status,

@@ -80,6 +80,27 @@ pub enum AbortReason {
     /// holds; the client computes the footprint afresh and retries (DESIGN.md §6).
     #[error("footprint changed since reconnaissance: {0}")]
     FootprintChanged(String),
+    /// The procedure panicked. The executor catches the panic and turns it into this
+    /// abort, so every replica (and every replay) reaches the same outcome instead of
+    /// wedging the partition.
+    #[error("procedure panicked: {0}")]
+    Panicked(String),
+    /// An arithmetic operation of the procedure overflowed.
+    #[error("arithmetic overflow: {0}")]
+    Overflow(String),
+    /// The procedure wrote a key that is not a well-formed tuple-encoded key.
+    #[error("malformed key: {0}")]
+    BadKey(String),
+    /// The procedure wrote a value larger than the limit.
+    #[error("value of {bytes} bytes for {key} exceeds the maximum of {max}")]
+    ValueTooLarge {
+        /// The key.
+        key: Key,
+        /// The value's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// How a transaction ended.

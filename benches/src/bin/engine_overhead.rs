@@ -123,6 +123,7 @@ fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, 
     let mut sequencer = Sequencer::new(sequencer::Config {
         epoch_duration_us: 5_000,
         batch_txns_max: batch,
+        ..sequencer::Config::default()
     });
     let mut effects = Vec::new();
     let mut queue: VecDeque<(usize, Input)> = VecDeque::new();

@@ -87,7 +87,13 @@ impl Cluster {
                     ca: certs.ca.cert.clone(),
                     cert: identity.cert.clone(),
                     key: identity.key.clone(),
+                    session_key: None,
                 },
+                // The tests drive list-append histories through kv.txn on its own table.
+                access: detflow_node::config::Access {
+                    kv_txn_tables: vec![detflow_workloads::kv::TABLE.into()],
+                },
+                limits: Default::default(),
                 cluster: specs.clone(),
             };
             configure(&mut config);
@@ -131,6 +137,24 @@ impl Cluster {
         let child =
             spawn_node(&node.config, &node.log).unwrap_or_else(|e| panic!("start node {id}: {e}"));
         node.child = Some(child);
+    }
+
+    /// Starts node `id` as [`Cluster::spawn`] does, but with every file it writes capped at
+    /// `bytes` (`ulimit -f`; SIGXFSZ ignored, so a write past the cap fails with EFBIG as on
+    /// a full disk).
+    pub(crate) fn spawn_with_file_size_limit(&mut self, id: u32, bytes: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let child = super::spawn_node_limited(&node.config, &node.log, bytes)
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        node.child = Some(child);
+    }
+
+    /// Waits for node `id`, which is exiting by itself, and returns how it ended.
+    pub(crate) fn reap(&mut self, id: u32) -> std::process::ExitStatus {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.child.take().expect("the node was started");
+        child.wait().expect("reap the node")
     }
 
     /// SIGKILLs node `id` and reaps it.

@@ -33,6 +33,36 @@ pub(crate) fn spawn_node(config: &Path, log: &Path) -> std::io::Result<Child> {
         .spawn()
 }
 
+/// [`spawn_node`] under a shell that caps the size of every file the node writes at
+/// `file_bytes_max` and ignores SIGXFSZ, so writes past the cap fail with EFBIG.
+pub(crate) fn spawn_node_limited(
+    config: &Path,
+    log: &Path,
+    file_bytes_max: u64,
+) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let blocks = file_bytes_max.div_ceil(1024);
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" node --config \"$1\" --exit-on-stdin-eof"
+        ))
+        .arg(env!("CARGO_BIN_EXE_detflow"))
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
 /// Reads one counter from a node's Prometheus endpoint (plain HTTP over a TcpStream).
 pub(crate) async fn metric(addr: SocketAddr, name: &str) -> Result<u64, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

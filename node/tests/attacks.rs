@@ -1,0 +1,577 @@
+//! Attacks on a running 3-process cluster (`detflow node` on 127.0.0.1), issue #9 and
+//! DESIGN.md §10c. Each performs the attack, then shows the cluster serving and losing
+//! nothing.
+//!
+//! - `forged_peer_messages_are_refused`: holding a real node certificate, speak for another
+//!   node (replication as that node, reads of its partitions, submissions for its gateway)
+//!   and claim leadership of the current term as ourselves. Before: the leader's sequencer
+//!   panicked and writes stopped until restart. Now: each is a counted drop, the processes
+//!   keep running, and every acknowledged deposit is there.
+//! - `sessions_belong_to_their_client`: another client names a session it did not open,
+//!   bare or with its own token, over the same certificate or another one. Before: it read
+//!   the owner's result and consumed its sequence numbers. Now: refused as
+//!   `ForeignSession`; the owner's calls execute exactly once.
+//! - `big_values_cross_partitions_in_bounded_messages`: ~19 MB of values on one node's
+//!   partition, read by one transaction that writes another node's partition. Before: the
+//!   remote reads exceeded the 16 MiB frame, the link flapped, and the partition stalled for
+//!   good. Now: the reads travel in chunks below the limit; nothing fails to encode.
+//! - `storage_failure_stops_the_node_and_a_restart_recovers`: a node whose files may grow
+//!   only 128 KiB past their size (`ulimit -f`, no root needed) fails its writes with EFBIG. Before: a
+//!   zombie with dead tasks. Now: it exits with a clear message, the others carry on, and
+//!   restarted without the limit it catches up.
+//!
+//! Every test stops by itself (a budget on each scenario, deadlines on each poll) and kills
+//! its processes on drop; on failure the cluster's folder is kept and the logs printed.
+
+// The tests own the clock.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::cluster::{
+    Cluster, commit_epoch, quick_policy, runtime, serial, wait_for_leader, with_budget,
+};
+use detflow_client::{CallError, Client, RetryPolicy, Tls};
+use detflow_node::certs::{self, CertKind};
+use detflow_node::runtime::ChannelHeader;
+use detflow_node::transport::{Connection, Endpoint, Limits};
+use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
+use detflow_protocol::replication::PeerMessage;
+use detflow_protocol::{
+    ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq,
+    Transaction, codec,
+};
+use detflow_workloads::bank::{Balance, BalanceArgs, Deposit, DepositArgs};
+use detflow_workloads::kv::{self, AdHoc, KvRead, KvTxn};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PEER_REJECTED: &str = "detflow_peer_messages_rejected_total";
+const ENCODE_FAILURES: &str = "detflow_encode_failures_total";
+
+/// A raw transport connection to `addr` with the certificate `name` of the cluster's CA.
+async fn connect_as(cluster: &Cluster, name: &str, addr: SocketAddr) -> (Endpoint, Connection) {
+    let tls = Tls::from_dir(&cluster.certs.dir, name).expect("load a certificate");
+    let endpoint = Endpoint::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &tls,
+        Limits::default(),
+    )
+    .expect("bind a test endpoint");
+    let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr))
+        .await
+        .expect("connect within 5 s")
+        .expect("connect");
+    (endpoint, conn)
+}
+
+/// One request on a fresh stream, and its answer.
+async fn request(conn: &Connection, msg: &Message) -> Message {
+    let exchange = async {
+        let (mut writer, mut reader) = conn.open_bi().await?;
+        writer.send(msg).await?;
+        writer.finish()?;
+        reader.recv::<Message>().await
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("an answer within 10 s")
+        .expect("a request")
+        .expect("an answer")
+}
+
+fn balance_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: Duration::from_secs(3),
+        attempts_max: 40,
+        ..quick_policy()
+    }
+}
+
+async fn balance(client: &Client, account: u64) -> i64 {
+    client
+        .call::<Balance>(&BalanceArgs { account })
+        .await
+        .expect("a balance")
+        .balance_cents
+}
+
+async fn deposit(client: &Client, account: u64, cents: i64) {
+    client
+        .call::<Deposit>(&DepositArgs {
+            account,
+            amount_cents: cents,
+        })
+        .await
+        .expect("a deposit");
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    common::metric(addr, name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Forged peer messages.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn forged_peer_messages_are_refused() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(120), forge_peer_messages(&mut cluster)).await;
+    });
+}
+
+async fn forge_peer_messages(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    let (term, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let client = cluster.client(balance_policy()).await;
+    let before = balance(&client, 7).await;
+    deposit(&client, 7, 100).await;
+
+    // We hold the certificate of `rogue`, a real node, and speak to the leader.
+    let rogue = all
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = all
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != rogue)
+        .expect("a third node");
+    let target = cluster.node(leader).addr;
+    let metrics = cluster.node(leader).metrics;
+    let rejected_before = metric(metrics, PEER_REJECTED).await;
+    let (_endpoint, conn) = connect_as(cluster, &format!("node-{rogue}"), target).await;
+
+    let other_partition = PartitionId(cluster.node(other).partitions[0]);
+    let leader_partition = PartitionId(cluster.node(leader).partitions[0]);
+    let txn = Arc::new(Transaction {
+        client: ClientId(99),
+        seq: RequestSeq(1),
+        gateway: NodeId(other),
+        procedure: "bank.deposit".into(),
+        args: codec::encode(&DepositArgs {
+            account: 7,
+            amount_cents: 1_000_000,
+        }),
+        footprint: Footprint::new().write(Key::table("acct").u64(7)),
+    });
+    let append_as = |from: u32, leader: u32| Message::Peer {
+        from: NodeId(from),
+        msg: PeerMessage::AppendEntries {
+            term,
+            leader: NodeId(leader),
+            prev_epoch: Epoch(0),
+            prev_term: 0,
+            entries: Vec::new(),
+            leader_commit: Epoch(0),
+        },
+    };
+    // Each contradicts the certificate it arrives with: counted at the router.
+    let impersonations = vec![
+        (ChannelHeader::Replication, append_as(other, other)),
+        (ChannelHeader::Submissions, Message::Submit(txn.clone())),
+        (
+            ChannelHeader::Reads(leader_partition.0),
+            Message::RemoteReads {
+                to: leader_partition,
+                reads: Arc::new(RemoteReads {
+                    position: Position::new(Epoch(1), 0),
+                    from: other_partition,
+                    exact: vec![(Key::table("acct").u64(7), Some(codec::encode(&0i64)))],
+                    prefixes: Vec::new(),
+                    chunk: 0,
+                    chunks: 1,
+                }),
+            },
+        ),
+        (
+            ChannelHeader::Reads(leader_partition.0),
+            Message::Hello {
+                from: other_partition,
+                to: leader_partition,
+                durable: Epoch(0),
+            },
+        ),
+        (
+            ChannelHeader::Subscriptions,
+            Message::Subscribe {
+                partition: other_partition,
+                from: Epoch(1),
+            },
+        ),
+        (
+            ChannelHeader::Results,
+            Message::Query {
+                client: ClientId(99),
+                seq: RequestSeq(1),
+                partition: leader_partition,
+                gateway: NodeId(other),
+            },
+        ),
+    ];
+    // As ourselves, but against the protocol: a second leader in the current term, and an
+    // append whose leader is someone else. The replica drops these itself.
+    let protocol_violations = vec![
+        (ChannelHeader::Replication, append_as(rogue, rogue)),
+        (ChannelHeader::Replication, append_as(rogue, other)),
+    ];
+    let forged = impersonations.len() as u64;
+    let mut writers = std::collections::BTreeMap::new();
+    for (header, msg) in impersonations.into_iter().chain(protocol_violations) {
+        if !writers.contains_key(&header) {
+            let writer = conn.open_channel(&header).await.expect("open a channel");
+            writers.insert(header, writer);
+        }
+        let writer = writers.get_mut(&header).expect("just opened");
+        writer.send(&msg).await.expect("send a forged message");
+    }
+
+    // Every impersonation is refused and counted; nothing crashed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rejected = metric(metrics, PEER_REJECTED).await - rejected_before;
+        if rejected >= forged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {rejected} of {forged} forged messages were counted as refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.assert_running();
+
+    // The cluster still orders and executes; the forged million was never deposited.
+    let epoch = commit_epoch(cluster, &status).await;
+    deposit(&client, 7, 23).await;
+    assert!(
+        commit_epoch(cluster, &status).await > epoch,
+        "no epoch committed"
+    );
+    assert_eq!(balance(&client, 7).await, before + 123);
+    cluster.assert_running();
+    println!(
+        "{forged} impersonations refused and counted; the replica dropped the rest; \
+         leader was node {leader} in term {term}; balances intact"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sessions_belong_to_their_client() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(90), hijack_sessions(&mut cluster)).await;
+    });
+}
+
+async fn hijack_sessions(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let alice = cluster.client(balance_policy()).await;
+    let start = balance(&alice, 11).await;
+    deposit(&alice, 11, 5).await;
+    let session = alice.session().expect("alice's session is open");
+    let addr = cluster.node(1).addr;
+
+    // Mallory shares alice's certificate.
+    let (_e1, mallory) = connect_as(cluster, "client", addr).await;
+    let theft = Call {
+        client: session,
+        seq: RequestSeq(2),
+        procedure: "bank.deposit".into(),
+        args: codec::encode(&DepositArgs {
+            account: 11,
+            amount_cents: 1_000,
+        }),
+    };
+    let refused = |answer: &Message| {
+        matches!(answer, Message::Reply { reply: Reply::Rejected(Rejection::ForeignSession(id)), .. }
+            if *id == session.0)
+    };
+    // A bare call naming alice's session.
+    let answer = request(&mallory, &Message::Call(theft.clone())).await;
+    assert!(refused(&answer), "a bare call: {answer:?}");
+    // With a token of Mallory's own session, or a made-up one.
+    let Message::SessionOpened { client: own, token } =
+        request(&mallory, &Message::OpenSession).await
+    else {
+        panic!("opening a session failed")
+    };
+    assert_ne!(own, session);
+    for token in [token, SessionToken([0; 16])] {
+        let msg = Message::SessionCall {
+            token,
+            call: theft.clone(),
+        };
+        let answer = request(&mallory, &msg).await;
+        assert!(refused(&answer), "a call with a foreign token: {answer:?}");
+    }
+    // Mallory's own session works, but not over another certificate.
+    certs::issue(&cluster.certs.dir, "eve", CertKind::Client).expect("issue eve's cert");
+    let (_e2, eve) = connect_as(cluster, "eve", addr).await;
+    let own_call = Call {
+        client: own,
+        ..theft.clone()
+    };
+    let answer = request(
+        &eve,
+        &Message::SessionCall {
+            token,
+            call: own_call.clone(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            answer,
+            Message::Reply {
+                reply: Reply::Rejected(Rejection::ForeignSession(_)),
+                ..
+            }
+        ),
+        "a token used over another certificate: {answer:?}"
+    );
+    let answer = request(
+        &mallory,
+        &Message::SessionCall {
+            token,
+            call: own_call,
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            answer,
+            Message::Reply {
+                reply: Reply::Done {
+                    outcome: Outcome::Committed(_),
+                    ..
+                },
+                ..
+            }
+        ),
+        "mallory's own call: {answer:?}"
+    );
+
+    // Alice's numbering was not consumed: her next call runs once, and the balance shows
+    // exactly her deposits and Mallory's one legitimate deposit.
+    deposit(&alice, 11, 7).await;
+    assert_eq!(balance(&alice, 11).await, start + 5 + 1_000 + 7);
+    cluster.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// Big values across partitions.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn big_values_cross_partitions_in_bounded_messages() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(240), big_values(&mut cluster)).await;
+    });
+}
+
+/// The first `n` kv keys that partition `p` owns.
+fn keys_on(p: u32, partitions: u32, n: usize) -> Vec<Key> {
+    let workload = detflow_workloads::by_name("bank", partitions).expect("bank");
+    let mut scheme = workload.scheme();
+    scheme.partitions = partitions;
+    let map = detflow_scheduler::PartitionMap::new(scheme).expect("a partition map");
+    (0..10_000)
+        .map(kv::key)
+        .filter(|k| matches!(map.owner(k), Ok(detflow_protocol::Owner::Partition(q)) if q.0 == p))
+        .take(n)
+        .collect()
+}
+
+async fn big_values(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let client = cluster
+        .client(RetryPolicy {
+            attempt_timeout: Duration::from_secs(20),
+            ..balance_policy()
+        })
+        .await;
+    let (a, b) = (cluster.node(1).partitions[0], cluster.node(2).partitions[0]);
+    let big = keys_on(a, 3, 5);
+    let small = keys_on(b, 3, 1).remove(0);
+
+    // A single 5.8 MB value is refused before it is ordered.
+    let huge = KvTxn::new().put(big[0].clone(), vec![0x5a; 5_800_000]);
+    let answer = client.call::<AdHoc>(&huge).await;
+    assert!(
+        matches!(
+            answer,
+            Err(CallError::Rejected(Rejection::CallTooLarge { .. }))
+        ),
+        "a 5.8 MB call: {answer:?}"
+    );
+
+    // Five lists of ~3.8 MB each on partition a, grown 950 kB at a time.
+    for key in &big {
+        for round in 0..4u8 {
+            let txn = KvTxn::new().append(key.clone(), vec![round; 950_000]);
+            let out = client.call::<AdHoc>(&txn).await.expect("an append");
+            assert!(matches!(&out.reads[0], KvRead::List(l) if l.len() == round as usize + 1));
+        }
+    }
+    // One transaction reads all of them (as it deletes them) and writes partition b: ~19 MB
+    // of remote reads from a to b.
+    let mut txn = KvTxn::new();
+    for key in &big {
+        txn = txn.delete(key.clone());
+    }
+    txn = txn.put(small.clone(), b"after".to_vec());
+    let began = Instant::now();
+    client
+        .call::<AdHoc>(&txn)
+        .await
+        .expect("the big cross-partition transaction");
+    println!(
+        "19 MB of remote reads from partition {a} to {b}: committed in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+
+    // Partition b keeps applying; the deleted keys are gone.
+    let check = KvTxn::new().get(small.clone()).get(big[0].clone());
+    let out = client.call::<AdHoc>(&check).await.expect("a read");
+    assert_eq!(out.reads[0], KvRead::Value(Some(b"after".to_vec())));
+    assert_eq!(out.reads[1], KvRead::Value(None));
+    for node in &cluster.nodes {
+        assert_eq!(
+            metric(node.metrics, ENCODE_FAILURES).await,
+            0,
+            "node {}",
+            node.id
+        );
+    }
+    cluster.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// A failing disk.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn storage_failure_stops_the_node_and_a_restart_recovers() {
+    let _serial = serial();
+    runtime().block_on(async {
+        // Three nodes, two partitions: node 3 is a replica and a gateway with no partition,
+        // so the cluster keeps committing while it is down.
+        let mut cluster = Cluster::start(3, 2, "bank");
+        with_budget(Duration::from_secs(150), failing_disk(&mut cluster)).await;
+    });
+}
+
+async fn failing_disk(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let client = cluster.client(balance_policy()).await;
+    let start = balance(&client, 3).await;
+
+    // Node 3 again, with its files capped a little above their size now: its log soon
+    // cannot grow.
+    cluster.kill(3);
+    let largest = largest_file(&cluster.root.join("node-3"));
+    let cap = largest + (128 << 10);
+    println!("node 3's largest file: {largest} bytes; capping files at {cap}");
+    cluster.spawn_with_file_size_limit(3, cap);
+    let load = async {
+        let mut deposits = 0;
+        while cluster_node_runs(cluster, 3) {
+            deposit(&client, 3, 1).await;
+            deposits += 1;
+        }
+        deposits
+    };
+    let deposits = tokio::time::timeout(Duration::from_secs(90), load)
+        .await
+        .expect("node 3 stopped within 90 s");
+    let exit = cluster.reap(3);
+    let log = std::fs::read_to_string(&cluster.node(3).log).unwrap_or_default();
+    assert!(
+        !exit.success(),
+        "node 3 must exit non-zero on a storage error, got {exit}"
+    );
+    assert!(
+        log.contains("stopping the node"),
+        "node 3's log must say why it stopped; exit {exit}"
+    );
+    println!("node 3 stopped ({exit}) after {deposits} deposits");
+
+    // The others carry on.
+    let epoch = commit_epoch(cluster, &status).await;
+    deposit(&client, 3, 1).await;
+    assert!(
+        commit_epoch(cluster, &status).await > epoch,
+        "no epoch committed"
+    );
+
+    // Without the fault, node 3 recovers and catches up.
+    cluster.spawn(3);
+    let target = commit_epoch(cluster, &status).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        cluster.assert_running();
+        let views = common::cluster::statuses(cluster, &status).await;
+        let caught_up = views[&3]
+            .as_ref()
+            .ok()
+            .and_then(|s| s.replica)
+            .is_some_and(|(_, _, commit)| commit.0 >= target);
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up to epoch {target}: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(balance(&client, 3).await, start + deposits + 1);
+}
+
+/// The most bytes any file under `dir` has on disk. Allocated bytes, not lengths: fjall
+/// sizes some files ahead (64 MiB, sparse) and writes them from the start.
+fn largest_file(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut largest = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a data dir").flatten() {
+            let meta = entry.metadata().expect("a file's metadata");
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                largest = largest.max(meta.blocks() * 512);
+            }
+        }
+    }
+    largest
+}
+
+fn cluster_node_runs(cluster: &mut Cluster, id: u32) -> bool {
+    cluster.nodes[id as usize - 1]
+        .child
+        .as_mut()
+        .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+}
