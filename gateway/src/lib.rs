@@ -118,6 +118,18 @@ impl Gateway {
         self.call_bytes_max = bytes;
     }
 
+    /// Forgets a call nobody waits for any more (its client gave up on this gateway), so
+    /// calls that are never answered do not accumulate. A later result for it is ignored;
+    /// a retry through any gateway finds it in the result table.
+    pub fn forget(&mut self, client: ClientId, seq: RequestSeq) {
+        self.pending.remove(&(client, seq));
+    }
+
+    /// Calls in flight.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Work counters.
     pub fn stats(&self) -> GatewayStats {
         self.stats
@@ -399,6 +411,30 @@ mod tests {
         assert_eq!(submitted(&mut out), [NodeId(3)]);
         g.on_call(call(2), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(1)]);
+    }
+
+    #[test]
+    fn a_forgotten_call_leaves_nothing_behind() {
+        let mut g = gateway();
+        let mut out = Vec::new();
+        g.on_call(call(1), &mut out);
+        assert_eq!(g.pending(), 1);
+        g.forget(ClientId(1), RequestSeq(1));
+        assert_eq!(g.pending(), 0);
+        // Its result, should it come after all, answers nobody.
+        let result = TxnResult {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+            position: Position::new(detflow_protocol::Epoch(1), 0),
+            outcome: detflow_protocol::Outcome::Committed(Vec::new()),
+        };
+        out.clear();
+        g.on_result(result, false, &mut out);
+        assert!(
+            out.iter()
+                .all(|o| !matches!(o, GatewayOutput::Reply { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]

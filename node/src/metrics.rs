@@ -97,6 +97,32 @@ pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
             );
         }
     }
+    if let Ok(drops) = stats.replica_drops.lock() {
+        let _ = writeln!(
+            out,
+            "# HELP detflow_replica_peer_drops_total Replication messages the replica dropped as contrary to the protocol."
+        );
+        let _ = writeln!(out, "# TYPE detflow_replica_peer_drops_total counter");
+        for (reason, n) in drops.iter() {
+            let _ = writeln!(
+                out,
+                "detflow_replica_peer_drops_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    if let Ok(drops) = stats.executor_drops.lock() {
+        let _ = writeln!(
+            out,
+            "# HELP detflow_executor_peer_drops_total Plans, reads, acks and hellos an executor dropped as forged or contradictory."
+        );
+        let _ = writeln!(out, "# TYPE detflow_executor_peer_drops_total counter");
+        for (p, n) in drops.iter() {
+            let _ = writeln!(
+                out,
+                "detflow_executor_peer_drops_total{{partition=\"{p}\"}} {n}"
+            );
+        }
+    }
     histogram(
         &mut out,
         "call_latency_seconds",

@@ -22,7 +22,7 @@ use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls,
 use anyhow::{Context, Result};
 use detflow_executor::{Executor, Input, Output, Registry, Store};
 use detflow_gateway::{Gateway, GatewayOutput};
-use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply};
+use detflow_protocol::message::{Call, ClientRequest, Message, NodeStatus, Rejection, Reply};
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Machine, NodeId, PartitionId, Plan, RequestSeq, Time,
 };
@@ -115,6 +115,12 @@ pub struct NodeStats {
     /// Client calls refused before reaching the gateway: foreign sessions, unauthorized
     /// procedures, overload.
     pub calls_refused: AtomicU64,
+    /// Replication messages the local replica dropped because they contradict the
+    /// protocol, by reason (`second_leader`, `impostor`, …).
+    pub replica_drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Peer inputs the local executors dropped (forged or contradictory plans, reads, acks
+    /// and hellos), summed over partitions.
+    pub executor_drops: Mutex<BTreeMap<PartitionId, u64>>,
     /// Per partition: (next epoch to apply, durable epoch).
     pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
     /// Aborts by reason (`user`, `outside_footprint`, …).
@@ -688,11 +694,8 @@ async fn serve_client(conn: Connection, service: Arc<ClientService>) {
         };
         let service = service.clone();
         tokio::spawn(async move {
-            let answer = match reader.recv::<Message>().await {
-                Ok(Some(request)) => match service.answer(request, &fingerprint).await {
-                    Some(answer) => answer,
-                    None => return,
-                },
+            let answer = match reader.recv::<ClientRequest>().await {
+                Ok(Some(request)) => service.answer(request, &fingerprint).await,
                 Ok(None) => return,
                 // As for channels: a client that gave up on a call resets its stream, which
                 // is not bad input.
@@ -712,21 +715,17 @@ async fn serve_client(conn: Connection, service: Arc<ClientService>) {
 }
 
 impl ClientService {
-    /// The answer to one client request, if it deserves one.
-    async fn answer(&self, request: Message, fingerprint: &[u8; 32]) -> Option<Message> {
+    /// The answer to one client request.
+    async fn answer(&self, request: ClientRequest, fingerprint: &[u8; 32]) -> Message {
         let (client, seq, reply) = match request {
-            Message::OpenSession => {
+            ClientRequest::OpenSession => {
                 let (client, token) = self.sessions.issue(fingerprint);
-                return Some(Message::SessionOpened { client, token });
+                return Message::SessionOpened { client, token };
             }
-            Message::Status => {
-                return Some(Message::StatusReply(status(
-                    &self.stats,
-                    self.me,
-                    self.clock,
-                )));
+            ClientRequest::Status => {
+                return Message::StatusReply(status(&self.stats, self.me, self.clock));
             }
-            Message::SessionCall { token, call } => {
+            ClientRequest::SessionCall { token, call } => {
                 let (client, seq) = (call.client, call.seq);
                 let reply = if !self.sessions.verify(client, fingerprint, &token) {
                     self.refuse(Rejection::ForeignSession(client.0))
@@ -736,14 +735,13 @@ impl ClientService {
                 (client, seq, reply)
             }
             // A bare call names a session it cannot prove it owns.
-            Message::Call(call) => (
+            ClientRequest::Call(call) => (
                 call.client,
                 call.seq,
                 self.refuse(Rejection::ForeignSession(call.client.0)),
             ),
-            _ => return None,
         };
-        Some(Message::Reply { client, seq, reply })
+        Message::Reply { client, seq, reply }
     }
 
     /// Hands an authenticated call to the gateway and waits, boundedly, for its answer.
@@ -939,6 +937,11 @@ async fn replica_task(
         stats
             .commit
             .store(replica.commit_epoch().0, Ordering::Relaxed);
+        if let Ok(mut drops) = stats.replica_drops.lock() {
+            for (reason, n) in replica.stats().peer_drops.by_reason() {
+                drops.insert(reason.name(), n);
+            }
+        }
     }
 }
 
@@ -1111,6 +1114,13 @@ async fn executor_task(
             let durable = executor.store().applied_epoch().0;
             parts.insert(me, (executor.next_epoch().0, durable));
         }
+        if let Ok(mut drops) = stats.executor_drops.lock() {
+            let s = executor.stats();
+            drops.insert(
+                me,
+                s.peer_inputs_dropped + s.plans_dropped + s.reads_refused,
+            );
+        }
     }
 }
 
@@ -1135,8 +1145,11 @@ async fn gateway_task(
             _ = sweep.tick() => {
                 // Waiters whose client stopped waiting (the call deadline passed, the
                 // stream was reset) would otherwise stay here forever.
-                waiting.retain(|_, (_, waiters)| {
+                waiting.retain(|(client, seq), (_, waiters)| {
                     waiters.retain(|w| !w.is_closed());
+                    if waiters.is_empty() {
+                        gateway.forget(*client, *seq);
+                    }
                     !waiters.is_empty()
                 });
                 continue;

@@ -247,6 +247,18 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The leader's replica dropped the two that contradict the protocol.
+    for reason in ["second_leader", "impostor"] {
+        let name = format!("detflow_replica_peer_drops_total{{reason=\"{reason}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !common::metric(metrics, &name).await.is_ok_and(|n| n >= 1) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not count the forgery"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     cluster.assert_running();
 
     // The cluster still orders and executes; the forged million was never deposited.

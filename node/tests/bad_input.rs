@@ -92,7 +92,9 @@ impl SingleNode {
                 key: identity.key.clone(),
                 session_key: None,
             },
-            access: Default::default(),
+            access: detflow_node::config::Access {
+                kv_txn_tables: vec![kv::TABLE.into()],
+            },
             limits: Default::default(),
             cluster: vec![
                 NodeSpec {

@@ -129,6 +129,29 @@ pub struct NodeStatus {
     pub uptime_us: u64,
 }
 
+/// What a client may send a node: the client-facing subset of [`Message`], with the same
+/// wire tags, so a client encodes a `Message` and the node decodes this.
+///
+/// A node decodes client streams as this type, not as `Message`: serde reads the variant
+/// tag first and refuses any other before decoding its body, so a client cannot make the
+/// node allocate a plan or a batch's worth of structures from one frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// A call without a session token: refused with [`Rejection::ForeignSession`].
+    Call(Call),
+    /// Open a session.
+    OpenSession,
+    /// A call of a session this client opened.
+    SessionCall {
+        /// The session's proof of ownership.
+        token: SessionToken,
+        /// The call.
+        call: Call,
+    },
+    /// Report status.
+    Status,
+}
+
 /// Every message that travels between components. Variant names are wire tags.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -249,4 +272,50 @@ pub enum Message {
         /// The first epoch wanted.
         from: Epoch,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ClientId, RequestSeq};
+
+    fn call() -> Call {
+        Call {
+            client: ClientId(3),
+            seq: RequestSeq(4),
+            procedure: "bank.deposit".into(),
+            args: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn client_requests_decode_what_clients_encode_and_nothing_else() {
+        let token = SessionToken([7; 16]);
+        let pairs = [
+            (Message::Call(call()), ClientRequest::Call(call())),
+            (Message::OpenSession, ClientRequest::OpenSession),
+            (
+                Message::SessionCall {
+                    token,
+                    call: call(),
+                },
+                ClientRequest::SessionCall {
+                    token,
+                    call: call(),
+                },
+            ),
+            (Message::Status, ClientRequest::Status),
+        ];
+        for (sent, expected) in pairs {
+            let bytes = rmp_serde::to_vec(&sent).expect("encode");
+            let got: ClientRequest = rmp_serde::from_slice(&bytes).expect("decode");
+            assert_eq!(got, expected);
+        }
+        let node_only = Message::Subscribe {
+            partition: crate::ids::PartitionId(0),
+            from: crate::ids::Epoch(1),
+        };
+        let bytes = rmp_serde::to_vec(&node_only).expect("encode");
+        assert!(rmp_serde::from_slice::<ClientRequest>(&bytes).is_err());
+    }
 }
