@@ -226,11 +226,12 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
     let forged = impersonations.len() as u64;
     let mut writers = std::collections::BTreeMap::new();
     for (header, msg) in impersonations.into_iter().chain(protocol_violations) {
-        if !writers.contains_key(&header) {
-            let writer = conn.open_channel(&header).await.expect("open a channel");
-            writers.insert(header, writer);
-        }
-        let writer = writers.get_mut(&header).expect("just opened");
+        let writer = match writers.entry(header) {
+            std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(conn.open_channel(&header).await.expect("open a channel"))
+            }
+        };
         writer.send(&msg).await.expect("send a forged message");
     }
 

@@ -55,6 +55,8 @@ async fn tpcc_cluster() -> (Cluster, Client) {
     let mut cluster = Cluster::start_with(3, PARTITIONS, "tpcc", |config| {
         config.warehouses = Some(WAREHOUSES);
         config.scale_down = Some(SCALE_DOWN);
+        // The power-loss check reads acknowledged orders back through kv.txn.
+        config.access.kv_txn_tables = vec![keys::ORDERS.into()];
     });
     let status = cluster.client(quick_policy()).await;
     let ids = cluster.ids();
