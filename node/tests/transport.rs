@@ -173,8 +173,8 @@ async fn a_certificate_from_another_ca_is_refused_and_counted() {
         // Trusts our CA, but presents a certificate from theirs.
         let foreign_cert = Tls::load(
             &our_paths.ca.cert,
-            &theirs.path().join("node-1.pem"),
-            &theirs.path().join("node-1.key"),
+            &theirs.path().join("node").join("node-1.pem"),
+            &theirs.path().join("node").join("node-1.key"),
         )
         .unwrap();
         let stranger = bind(&foreign_cert);
