@@ -41,6 +41,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Make a development CA with node and client certificates.
+    ///
+    /// Writes OUT/ca/ (the CA: keep it offline), OUT/node/ (node-N certificates naming
+    /// their node id, and the cluster's session key) and OUT/client/ (the client
+    /// certificate: the only folder a client machine needs).
     Certs {
         /// Where to write the PEM files.
         #[arg(long)]
@@ -246,10 +250,17 @@ async fn run(cmd: Cmd) -> Result<bool> {
             } else {
                 certs::generate(&out, nodes)?
             };
+            let ca_dir = paths.ca.cert.parent().unwrap_or(&paths.dir);
             println!(
-                "wrote a development CA, {} node certificates and a client certificate to {}",
+                "wrote a development cluster's certificates to {}:\n  \
+                 {}  the CA certificate and key: keep it offline, it signs every identity\n  \
+                 {}  for the nodes: {} node certificates and keys, and the session key\n  \
+                 {}  for clients: the client certificate and key (all a client machine needs)",
+                paths.dir.display(),
+                ca_dir.display(),
+                paths.node_dir.display(),
                 paths.nodes.len(),
-                paths.dir.display()
+                paths.client_dir.display(),
             );
             Ok(true)
         }
