@@ -72,56 +72,44 @@ pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
         stats.commit.load(Ordering::Relaxed)
     );
     if let Ok(parts) = stats.partitions.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP detflow_partition_next_epoch The next epoch a partition applies."
+        let next = parts.iter().map(|(p, (next, _))| (p, *next));
+        labeled(
+            &mut out,
+            Family::gauge(
+                "partition_next_epoch",
+                "The next epoch a partition applies.",
+            ),
+            "partition",
+            next,
         );
-        let _ = writeln!(out, "# TYPE detflow_partition_next_epoch gauge");
-        for (p, (next, _)) in parts.iter() {
-            let _ = writeln!(
-                out,
-                "detflow_partition_next_epoch{{partition=\"{p}\"}} {next}"
-            );
-        }
     }
     if let Ok(by) = stats.aborts_by_reason.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP detflow_aborts_by_reason_total Deterministic aborts by reason."
-        );
-        let _ = writeln!(out, "# TYPE detflow_aborts_by_reason_total counter");
-        for (reason, n) in by.iter() {
-            let _ = writeln!(
-                out,
-                "detflow_aborts_by_reason_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+        let family = Family::counter("aborts_by_reason_total", "Deterministic aborts by reason.");
+        labeled(&mut out, family, "reason", by.iter().map(|(r, n)| (r, *n)));
     }
     if let Ok(drops) = stats.replica_drops.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP detflow_replica_peer_drops_total Replication messages the replica dropped as contrary to the protocol."
+        let family = Family::counter(
+            "replica_peer_drops_total",
+            "Replication messages the replica dropped as contrary to the protocol.",
         );
-        let _ = writeln!(out, "# TYPE detflow_replica_peer_drops_total counter");
-        for (reason, n) in drops.iter() {
-            let _ = writeln!(
-                out,
-                "detflow_replica_peer_drops_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+        labeled(
+            &mut out,
+            family,
+            "reason",
+            drops.iter().map(|(r, n)| (r, *n)),
+        );
     }
     if let Ok(drops) = stats.executor_drops.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP detflow_executor_peer_drops_total Plans, reads, acks and hellos an executor dropped as forged or contradictory."
+        let family = Family::counter(
+            "executor_peer_drops_total",
+            "Plans, reads, acks and hellos an executor dropped as forged or contradictory.",
         );
-        let _ = writeln!(out, "# TYPE detflow_executor_peer_drops_total counter");
-        for (p, n) in drops.iter() {
-            let _ = writeln!(
-                out,
-                "detflow_executor_peer_drops_total{{partition=\"{p}\"}} {n}"
-            );
-        }
+        labeled(
+            &mut out,
+            family,
+            "partition",
+            drops.iter().map(|(p, n)| (p, *n)),
+        );
     }
     histogram(
         &mut out,
@@ -136,20 +124,62 @@ pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
         &stats.epoch_latency,
     );
     if let Ok(backlogs) = stats.backlogs.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP detflow_channel_backlog_messages Messages queued for a peer node."
+        let family = Family::gauge(
+            "channel_backlog_messages",
+            "Messages queued for a peer node.",
         );
-        let _ = writeln!(out, "# TYPE detflow_channel_backlog_messages gauge");
-        for (node, n) in backlogs.iter() {
-            let _ = writeln!(
-                out,
-                "detflow_channel_backlog_messages{{peer=\"{node}\"}} {n}"
-            );
-        }
+        labeled(
+            &mut out,
+            family,
+            "peer",
+            backlogs.iter().map(|(p, n)| (p, *n)),
+        );
     }
     transport.render_prometheus(&mut out);
     out
+}
+
+/// A metric family's name, help and type.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+}
+
+impl Family {
+    fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind: "counter",
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind: "gauge",
+        }
+    }
+}
+
+/// One family with one label: a line per (label value, value).
+fn labeled<L: std::fmt::Display>(
+    out: &mut String,
+    family: Family,
+    label: &str,
+    values: impl Iterator<Item = (L, u64)>,
+) {
+    let Family { name, help, kind } = family;
+    let _ = writeln!(out, "# HELP detflow_{name} {help}");
+    let _ = writeln!(out, "# TYPE detflow_{name} {kind}");
+    for (value_of_label, value) in values {
+        let _ = writeln!(
+            out,
+            "detflow_{name}{{{label}=\"{value_of_label}\"}} {value}"
+        );
+    }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
