@@ -51,11 +51,13 @@ impl Connection {
             Direction::Inbound => Some(context.take_slot(&inner, &identity)?),
             Direction::Outbound => None,
         };
-        // Channels only between nodes (the transport starts every connection with none).
-        if identity.role == PeerRole::Node && context.own_role == Some(PeerRole::Node) {
-            inner.set_max_concurrent_uni_streams(VarInt::from_u32(context.limits.uni_streams_max));
-        }
         let limits = &context.limits;
+        // Channels, and the window their traffic needs, only between nodes: every
+        // connection starts with no channels and a client's window.
+        if identity.role == PeerRole::Node && context.own_role == Some(PeerRole::Node) {
+            inner.set_max_concurrent_uni_streams(VarInt::from_u32(limits.uni_streams_max));
+            inner.set_receive_window(VarInt::from_u32(limits.node_receive_window_bytes));
+        }
         Ok(Connection {
             inner,
             identity,

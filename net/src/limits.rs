@@ -10,8 +10,9 @@ use std::time::Duration;
 /// Bounds and timers of an endpoint (DESIGN.md §10c). The defaults are the production
 /// values.
 ///
-/// What one peer can make a server hold: per connection, at most
-/// `receive_window_bytes` buffered inside QUIC plus, for partially received frames,
+/// What one peer can make a server hold: per connection, at most `receive_window_bytes`
+/// (a client) or `node_receive_window_bytes` (a node) buffered inside QUIC plus, for
+/// partially received frames,
 /// `client_connection_buffer_bytes_max` (a client) or `node_connection_buffer_bytes_max`
 /// (a node); per identity, that many times `connections_per_client_max` or
 /// `connections_per_node_max`; and `connections_max` connections in all.
@@ -34,9 +35,13 @@ pub struct Limits {
     /// Bytes a peer may send on one stream beyond what we have read from it. Only unread
     /// bytes count: a reader that consumes as it goes receives frames of any size.
     pub stream_receive_window_bytes: u32,
-    /// Bytes a peer may send on one connection, all streams together, beyond what we have
-    /// read: the most QUIC buffers for a peer that sends and never gets read.
+    /// Bytes a client may send on one connection, all streams together, beyond what we
+    /// have read: the most QUIC buffers for a client that sends and never gets read. Every
+    /// connection starts with it; a node peer's is raised to `node_receive_window_bytes`
+    /// once its certificate is checked.
     pub receive_window_bytes: u32,
+    /// The same for a connection with a node, whose channels carry the cluster's traffic.
+    pub node_receive_window_bytes: u32,
     /// Bytes we buffer for sending on one connection before a write waits.
     pub send_window_bytes: u64,
     /// Inbound handshakes running at once; further connection attempts are refused at once
@@ -70,7 +75,8 @@ impl Default for Limits {
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             stream_receive_window_bytes: 1 << 20,
-            receive_window_bytes: 8 << 20,
+            receive_window_bytes: 2 << 20,
+            node_receive_window_bytes: 16 << 20,
             send_window_bytes: 8 << 20,
             handshakes_in_flight_max: 64,
             handshake_timeout: Duration::from_secs(3),
@@ -78,6 +84,7 @@ impl Default for Limits {
             connections_per_node_max: 8,
             connections_per_client_max: 256,
             frame_read_timeout: Duration::from_secs(10),
+            // One whole frame of the largest size, and a little more for small ones.
             client_connection_buffer_bytes_max: u64::from(DEFAULT_MAX_FRAME_BYTES) + (1 << 20),
             node_connection_buffer_bytes_max: 8 * u64::from(DEFAULT_MAX_FRAME_BYTES),
         }
@@ -127,6 +134,7 @@ impl Limits {
                 self.stream_receive_window_bytes,
             ),
             ("receive_window_bytes", self.receive_window_bytes),
+            ("node_receive_window_bytes", self.node_receive_window_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be at least 1"));
