@@ -358,14 +358,26 @@ async fn hijack_sessions(cluster: &mut Cluster) {
         ),
         "a token used over another certificate: {answer:?}"
     );
-    let answer = request(
-        &mallory,
-        &Message::SessionCall {
-            token,
-            call: own_call,
-        },
-    )
-    .await;
+    // Retried on Unavailable, as a client does (the gateway may still be learning the
+    // leader); the same call number keeps it exactly once.
+    let own_call = Message::SessionCall {
+        token,
+        call: own_call,
+    };
+    let mut answer = request(&mallory, &own_call).await;
+    for _ in 0..50 {
+        if !matches!(
+            answer,
+            Message::Reply {
+                reply: Reply::Unavailable,
+                ..
+            }
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = request(&mallory, &own_call).await;
+    }
     assert!(
         matches!(
             answer,
