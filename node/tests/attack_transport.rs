@@ -11,8 +11,10 @@
 //! - `a_stream_flood_is_cut_and_its_memory_given_back`: three client connections each open
 //!   64 request streams that announce a 16 MiB frame and send bytes without end. The
 //!   node's RSS (`/proc/<pid>/status`) stays within 200 MiB of its baseline, every stream
-//!   is stopped (budget or read deadline, counted), the legitimate client is served
-//!   throughout, and RSS comes back down afterwards.
+//!   is stopped (most by the connection's budget for partial frames, the rest by the read
+//!   deadline; all counted), the legitimate client is served throughout, and RSS comes
+//!   back down afterwards. A second flood peaks no higher than the first (plus 48 MiB):
+//!   what was freed is reused, not added to.
 //! - `connections_over_the_per_client_cap_are_refused`: one client certificate opens the
 //!   256 connections it may hold and then more; each one over the cap is closed with
 //!   `CONNECTION_LIMIT` and counted, another certificate is still served, and a closed
@@ -50,6 +52,7 @@ const RETRIED: &str = "detflow_transport_handshakes_retried_total";
 const TIMED_OUT: &str = "detflow_transport_handshakes_timed_out_total";
 const OVER_BUDGET: &str = "detflow_transport_frames_rejected_over_budget_total";
 const FRAME_TIMED_OUT: &str = "detflow_transport_frames_timed_out_total";
+const MALFORMED: &str = "detflow_transport_frames_rejected_malformed_total";
 const REFUSED_LIMIT: &str = "detflow_transport_connections_refused_limit_total";
 
 async fn within<F: Future>(what: &str, f: F) -> F::Output {
@@ -358,26 +361,81 @@ async fn flood_stream(conn: quinn::Connection, filler: Arc<Vec<u8>>) -> Option<q
 }
 
 #[test]
-#[ignore = "its exact count of stopped streams is flaky on a loaded 2-core machine (RSS bound holds: 35 -> 126 MiB peak, 93 MiB after); run with --ignored"]
 fn a_stream_flood_is_cut_and_its_memory_given_back() {
     let _serial = serial();
     runtime().block_on(async {
         let mut cluster = start().await;
-        with_budget(Duration::from_secs(150), stream_flood(&mut cluster)).await;
+        with_budget(Duration::from_secs(180), stream_flood(&mut cluster)).await;
     });
 }
 
+/// What one flood did to the node.
+struct Flood {
+    peak: u64,
+    after: u64,
+    settled: Duration,
+}
+
 async fn stream_flood(cluster: &mut Cluster) {
-    let node = cluster.node(1);
-    let (addr, metrics) = (node.addr, node.metrics);
     // Warm up, then measure the baseline.
     for _ in 0..5 {
         legit_call(cluster).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = rss_bytes(cluster);
+    let first = flood_once(cluster, baseline).await;
+    // Again: what the node freed is reused, not added to.
+    let second = flood_once(cluster, baseline).await;
+    let report = |flood: &Flood| {
+        format!(
+            "peak {:.0} MiB (+{:.0} MiB), after {:.0} MiB (within {:.1} s)",
+            mib(flood.peak),
+            mib(flood.peak - baseline),
+            mib(flood.after),
+            flood.settled.as_secs_f64()
+        )
+    };
+    println!(
+        "node RSS: baseline {:.0} MiB; first flood {}; second flood {}",
+        mib(baseline),
+        report(&first),
+        report(&second)
+    );
+    for flood in [&first, &second] {
+        assert!(
+            flood.peak < baseline + (200 << 20),
+            "node RSS rose from {:.0} MiB to {:.0} MiB",
+            mib(baseline),
+            mib(flood.peak)
+        );
+        // The allocator keeps some of what was freed for reuse (mimalloc: measured 30 to
+        // 65 MiB over the baseline after the first flood), but gives back the rest.
+        assert!(
+            flood.after < baseline + (96 << 20) && flood.after < flood.peak,
+            "node RSS stayed at {:.0} MiB after a flood (baseline {:.0} MiB, peak {:.0} MiB)",
+            mib(flood.after),
+            mib(baseline),
+            mib(flood.peak)
+        );
+    }
+    assert!(
+        second.peak < first.peak + (48 << 20),
+        "the second flood peaked at {:.0} MiB, the first at {:.0} MiB",
+        mib(second.peak),
+        mib(first.peak)
+    );
+    legit_call(cluster).await;
+    cluster.assert_running();
+}
+
+/// Three client connections with 64 streams each of a 16 MiB frame never finished, while a
+/// legitimate client keeps calling; returns the node's memory during and after.
+async fn flood_once(cluster: &mut Cluster, baseline: u64) -> Flood {
+    let node = cluster.node(1);
+    let (addr, metrics) = (node.addr, node.metrics);
     let over_budget_before = metric(metrics, OVER_BUDGET).await;
     let timed_out_before = metric(metrics, FRAME_TIMED_OUT).await;
+    let malformed_before = metric(metrics, MALFORMED).await;
 
     let (connections, streams) = (3, 64);
     let attacker_tls = cluster.client_tls();
@@ -400,26 +458,29 @@ async fn stream_flood(cluster: &mut Cluster) {
 
     // Watch the node's memory and keep calling until the node has cut every stream. (Not
     // until every attacking writer has noticed: quinn reports a stopped stream to a writer
-    // only once the connection's flow control lets it write again.)
+    // only once the connection's flow control lets it write again.) A stream is cut by the
+    // budget or the read deadline; one whose writer gave up first (a starved test process,
+    // say) ends inside its frame and is refused as malformed.
     let total = (connections * streams) as u64;
     let cut = async || {
         let over_budget = metric(metrics, OVER_BUDGET).await - over_budget_before;
         let timed_out = metric(metrics, FRAME_TIMED_OUT).await - timed_out_before;
-        (over_budget, timed_out)
+        let cut_short = metric(metrics, MALFORMED).await - malformed_before;
+        (over_budget, timed_out, cut_short)
     };
     let started = Instant::now();
     let mut peak = baseline;
     let mut calls = Vec::new();
     let deadline = started + Duration::from_secs(40);
     loop {
-        let (over_budget, timed_out) = cut().await;
-        if over_budget + timed_out >= total {
+        let (over_budget, timed_out, cut_short) = cut().await;
+        if over_budget + timed_out + cut_short >= total {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the node cut only {over_budget} + {timed_out} of {total} streams in 40 s; RSS \
-             {:.0} MiB",
+            "the node cut only {over_budget} + {timed_out} + {cut_short} of {total} streams in \
+             40 s; RSS {:.0} MiB",
             mib(rss_bytes(cluster))
         );
         peak = peak.max(rss_bytes(cluster));
@@ -441,56 +502,42 @@ async fn stream_flood(cluster: &mut Cluster) {
         };
         *codes.entry(heard).or_default() += 1;
     }
-    let (over_budget, timed_out) = cut().await;
+    let (over_budget, timed_out, cut_short) = cut().await;
     for (attacker, conn) in &attackers {
         conn.close();
         attacker.close();
     }
-
-    // The memory goes back: what the node held is freed at once; the allocator returns
-    // the last of it to the system within some seconds (measured: about ten).
-    let mut after = rss_bytes(cluster);
-    let settle = Instant::now();
-    while after > baseline + (64 << 20) && settle.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        after = rss_bytes(cluster);
-    }
     println!(
         "{connections} connections x {streams} streams of a 16 MiB frame: all stopped after \
          {cut_after:?} ({codes:?}); {OVER_BUDGET} +{over_budget}, {FRAME_TIMED_OUT} \
-         +{timed_out}"
-    );
-    println!(
-        "node RSS: baseline {:.0} MiB, peak {:.0} MiB (+{:.0} MiB), after {:.0} MiB (within \
-         {:.1} s); {} legitimate calls during the flood, slowest {:?}",
-        mib(baseline),
-        mib(peak),
-        mib(peak - baseline),
-        mib(after),
-        settle.elapsed().as_secs_f64(),
+         +{timed_out}, {MALFORMED} +{cut_short}; {} legitimate calls meanwhile, slowest {:?}",
         calls.len(),
         calls.iter().max().copied().unwrap_or_default()
     );
+    // Every stream was cut, and most by the budget: a flood cannot wait for the deadline.
     assert!(
-        peak < baseline + (200 << 20),
-        "node RSS rose from {:.0} MiB to {:.0} MiB",
-        mib(baseline),
-        mib(peak)
+        over_budget + timed_out + cut_short >= total,
+        "every stream stopped: {codes:?}"
     );
-    assert_eq!(
-        over_budget + timed_out,
-        total,
-        "every stream stopped by the budget or the read deadline, once: {codes:?}"
+    assert!(
+        over_budget >= total / 2,
+        "only {over_budget} of {total} streams stopped by the budget: {codes:?}"
     );
     assert!(!calls.is_empty());
-    assert!(
-        after < baseline + (64 << 20),
-        "node RSS stayed at {:.0} MiB after the flood (baseline {:.0} MiB)",
-        mib(after),
-        mib(baseline)
-    );
-    legit_call(cluster).await;
-    cluster.assert_running();
+
+    // The memory goes back: what the node held is freed at once; the allocator returns
+    // much of it to the system some seconds later (measured: about ten).
+    let settle = Instant::now();
+    let mut after = rss_bytes(cluster);
+    while after > baseline + (64 << 20) && settle.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_bytes(cluster);
+    }
+    Flood {
+        peak,
+        after,
+        settled: settle.elapsed(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
