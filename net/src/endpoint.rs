@@ -5,15 +5,18 @@
 //! quinn Incoming ──▶ address not validated? ──yes──▶ Retry (stateless), counted
 //!                        │ no
 //!                        ▼
-//!                    connections_max reached, or
 //!                    handshakes_in_flight_max running? ──yes──▶ refuse, counted
 //!                        │ no
 //!                        ▼
 //!                    task: handshake (≤ handshake_timeout) → identity → caps
-//!                        │
+//!                        │                                  (over one: CONNECTION_LIMIT)
 //!                        ▼
 //!                    channel ──▶ Endpoint::accept, in completion order
 //! ```
+//!
+//! The caps are checked once the peer's identity is known: the overall cap counts client
+//! connections only, so that clients can never crowd the cluster's own links out (nodes
+//! are bounded by their per-node cap and the cluster's size).
 
 use crate::connection::{Connection, Direction};
 use crate::metrics::Metrics;
@@ -235,7 +238,7 @@ pub(crate) struct EndpointContext {
 
 impl EndpointContext {
     /// Decides a connection attempt before any handshake work: a Retry for an address not
-    /// yet validated, a refusal when the caps are reached, else a permit to handshake.
+    /// yet validated, a refusal when too many handshakes run, else a permit to handshake.
     fn admit(
         &self,
         incoming: quinn::Incoming,
@@ -257,12 +260,6 @@ impl EndpointContext {
                 Err(e) => e.into_incoming(),
             }
         };
-        let open = metrics.connections_open.load(Ordering::Relaxed);
-        if open >= u64::from(self.limits.connections_max) {
-            Metrics::count(&metrics.connections_refused_limit);
-            incoming.refuse();
-            return None;
-        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             Metrics::count(&metrics.handshakes_refused_busy);
             incoming.refuse();
@@ -287,10 +284,11 @@ impl EndpointContext {
         };
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = registry.per_peer.get(&key).copied().unwrap_or(0);
-        let refusal = if registry.total >= self.limits.connections_max {
+        let client = matches!(key, PeerKey::Client(_));
+        let refusal = if client && registry.clients >= self.limits.connections_max {
             Some(format!(
-                "{} connections open, the most this node takes",
-                registry.total
+                "{} client connections open, the most this node takes",
+                registry.clients
             ))
         } else if mine >= per_peer_max {
             Some(format!(
@@ -307,7 +305,7 @@ impl EndpointContext {
             Metrics::count(&self.metrics.connections_refused_limit);
             return Err(TransportError::ConnectionLimit(reason));
         }
-        registry.total += 1;
+        registry.clients += u32::from(client);
         *registry.per_peer.entry(key).or_insert(0) += 1;
         self.metrics
             .connections_open
@@ -321,7 +319,9 @@ impl EndpointContext {
 
     fn release(&self, key: &PeerKey) {
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        registry.total = registry.total.saturating_sub(1);
+        if matches!(key, PeerKey::Client(_)) {
+            registry.clients = registry.clients.saturating_sub(1);
+        }
         if let Some(count) = registry.per_peer.get_mut(key) {
             *count -= 1;
             if *count == 0 {
@@ -352,10 +352,10 @@ impl PeerKey {
     }
 }
 
-/// Open inbound connections, overall and per peer.
+/// Open inbound connections: from clients, and per peer.
 #[derive(Debug, Default)]
 struct Registry {
-    total: u32,
+    clients: u32,
     per_peer: BTreeMap<PeerKey, u32>,
 }
 

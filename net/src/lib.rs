@@ -34,9 +34,11 @@
 //! - A connection attempt from an address that has not proven it receives our packets is
 //!   answered with a QUIC Retry, which costs the server no state: a spoofed or silent
 //!   sender never gets a handshake started.
-//! - Open inbound connections are capped overall, per node id and per client certificate;
-//!   a connection over a cap is closed with [`CONNECTION_LIMIT`]. A connection counts
-//!   until it is closed and every handle to it dropped.
+//! - Open inbound connections are capped per node id, per client certificate and for all
+//!   clients together (not counting nodes, so that clients cannot crowd the cluster's own
+//!   links out); a connection over a cap is closed with [`CONNECTION_LIMIT`] as soon as
+//!   its handshake tells who it is. A connection counts until it is seen closed or every
+//!   handle to it is dropped.
 //! - Memory per connection is bounded: QUIC flow-control windows bound what the peer may
 //!   have in flight, a client may not open channels at all, and the bytes of partially
 //!   received frames on one connection share a budget.
@@ -96,8 +98,8 @@ pub const MALFORMED_FRAME: VarInt = VarInt::from_u32(2);
 /// Connection close code: the peer's certificate names no detflow role, or not the one
 /// node id a node certificate must name.
 pub const ROLE_REFUSED: VarInt = VarInt::from_u32(3);
-/// Connection close code: the server already holds as many connections as it allows,
-/// overall or for this peer's identity.
+/// Connection close code: the server already holds as many connections as it allows, from
+/// all clients or from this peer's identity.
 pub const CONNECTION_LIMIT: VarInt = VarInt::from_u32(4);
 /// Stream stop code: a frame did not arrive whole in time (or a request stream's first
 /// frame did not arrive in time).

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// partially received frames,
 /// `client_connection_buffer_bytes_max` (a client) or `node_connection_buffer_bytes_max`
 /// (a node); per identity, that many times `connections_per_client_max` or
-/// `connections_per_node_max`; and `connections_max` connections in all.
+/// `connections_per_node_max`; and `connections_max` client connections in all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The largest frame body accepted or sent.
@@ -49,7 +49,9 @@ pub struct Limits {
     pub handshakes_in_flight_max: u32,
     /// How long an inbound handshake may take before it is abandoned (and counted).
     pub handshake_timeout: Duration,
-    /// Inbound connections open at once, all peers together.
+    /// Inbound client connections open at once, all client certificates together. Node
+    /// connections do not count against it (clients must never crowd the cluster's own
+    /// links out); they are bounded by `connections_per_node_max` per node.
     pub connections_max: u32,
     /// Inbound connections open at once from one node id.
     pub connections_per_node_max: u32,

@@ -37,9 +37,9 @@ impl Metrics {
         self.connections_opened.load(Ordering::Relaxed)
     }
 
-    /// Inbound connections refused because a connection cap was reached: overall (refused
-    /// before the handshake, or closed after it), per node id or per client certificate
-    /// (closed with [`crate::CONNECTION_LIMIT`]).
+    /// Inbound connections refused because a connection cap was reached (all clients
+    /// together, per node id, per client certificate): closed with
+    /// [`crate::CONNECTION_LIMIT`] once the handshake told who the peer is.
     pub fn connections_refused_limit(&self) -> u64 {
         self.connections_refused_limit.load(Ordering::Relaxed)
     }
@@ -112,7 +112,7 @@ impl Metrics {
             ),
             (
                 "connections_refused_limit_total",
-                "Inbound connections refused by a connection cap (overall, per node, per client).",
+                "Inbound connections refused by a connection cap (all clients, per node, per client).",
                 self.connections_refused_limit(),
             ),
             (

@@ -366,12 +366,12 @@ async fn handshakes_beyond_the_cap_are_refused_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_capped_per_client_per_node_and_overall() {
+async fn connections_are_capped_per_client_per_node_and_for_all_clients() {
     let pki = Pki::new();
     let limits = Limits {
         connections_per_client_max: 2,
         connections_per_node_max: 1,
-        connections_max: 5,
+        connections_max: 3,
         ..Limits::default()
     };
     let server = bind(&pki.node(1), limits);
@@ -384,6 +384,18 @@ async fn connections_are_capped_per_client_per_node_and_overall() {
             let _ = sender.send(result);
         }
     });
+    // Connects `endpoint`; the server must refuse it for a cap, with the code.
+    let refused = async |endpoint: &Endpoint,
+                         accepted: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        let out = within("connect", endpoint.connect(addr)).await.unwrap();
+        let inbound: Result<Connection, TransportError> =
+            within("accept", accepted.recv()).await.unwrap();
+        assert!(
+            matches!(inbound, Err(TransportError::ConnectionLimit(_))),
+            "{inbound:?}"
+        );
+        assert_eq!(close_code(&out).await, Some(CONNECTION_LIMIT));
+    };
     let client = bind(&pki.client("client"), Limits::default());
 
     // Two connections from one client certificate; the third is closed with the code.
@@ -393,43 +405,27 @@ async fn connections_are_capped_per_client_per_node_and_overall() {
         let inbound = within("accept", accepted.recv()).await.unwrap().unwrap();
         kept.push((out, inbound));
     }
-    let third = within("connect", client.connect(addr)).await.unwrap();
-    let refused = within("accept", accepted.recv()).await.unwrap();
-    assert!(
-        matches!(refused, Err(TransportError::ConnectionLimit(_))),
-        "{refused:?}"
-    );
-    assert_eq!(close_code(&third).await, Some(CONNECTION_LIMIT));
+    refused(&client, &mut accepted).await;
     assert_eq!(metrics.connections_refused_limit(), 1);
     assert_eq!(metrics.connections_open(), 2);
 
-    // Another client certificate has its own allowance.
+    // Another client certificate has its own allowance, but all clients together have
+    // three.
     let other = bind(&pki.client("other"), Limits::default());
-    let _other_conn = within("connect", other.connect(addr)).await.unwrap();
-    let _other_inbound = within("accept", accepted.recv()).await.unwrap().unwrap();
-
-    // One connection per node id, whatever the certificate.
-    let node = bind(&pki.node(2), Limits::default());
-    let _node_conn = within("connect", node.connect(addr)).await.unwrap();
-    let _node_inbound = within("accept", accepted.recv()).await.unwrap().unwrap();
-    let again = bind(&pki.node(2), Limits::default());
-    let second = within("connect", again.connect(addr)).await.unwrap();
-    assert!(matches!(
-        within("accept", accepted.recv()).await.unwrap(),
-        Err(TransportError::ConnectionLimit(_))
-    ));
-    assert_eq!(close_code(&second).await, Some(CONNECTION_LIMIT));
+    let _other_out = within("connect", other.connect(addr)).await.unwrap();
+    let _other_in = within("accept", accepted.recv()).await.unwrap().unwrap();
+    refused(&other, &mut accepted).await;
     assert_eq!(metrics.connections_refused_limit(), 2);
-    assert_eq!(metrics.connections_open(), 4);
 
-    // Five open in all: the next attempt is refused before its handshake.
-    let _other_again = within("connect", other.connect(addr)).await.unwrap();
-    let _other_again_inbound = within("accept", accepted.recv()).await.unwrap().unwrap();
-    assert_eq!(metrics.connections_open(), 5);
-    let node3 = bind(&pki.node(3), Limits::default());
-    let refused = within("connect", node3.connect(addr)).await;
-    assert!(refused.is_err(), "{refused:?}");
+    // Nodes are not crowded out by clients; one connection per node id.
+    let node = bind(&pki.node(2), Limits::default());
+    let _node_out = within("connect", node.connect(addr)).await.unwrap();
+    let _node_in = within("accept", accepted.recv()).await.unwrap().unwrap();
+    assert_eq!(metrics.connections_open(), 4);
+    let again = bind(&pki.node(2), Limits::default());
+    refused(&again, &mut accepted).await;
     assert_eq!(metrics.connections_refused_limit(), 3);
+    assert_eq!(metrics.connections_open(), 4);
 
     // A closed connection gives its place back, even while its handles are held.
     let (out, inbound) = &kept[0];
@@ -438,11 +434,11 @@ async fn connections_are_capped_per_client_per_node_and_overall() {
         within("closed", inbound.accept_bi()).await,
         Err(TransportError::Connection(_))
     ));
+    assert_eq!(metrics.connections_open(), 3);
+    let _other_again_out = within("connect", other.connect(addr)).await.unwrap();
+    let _other_again_in = within("accept", accepted.recv()).await.unwrap().unwrap();
     assert_eq!(metrics.connections_open(), 4);
-    let _fresh = within("connect", client.connect(addr)).await.unwrap();
-    let _fresh_inbound = within("accept", accepted.recv()).await.unwrap().unwrap();
-    assert_eq!(metrics.connections_open(), 5);
-    assert_eq!(metrics.connections_accepted(), 6);
+    assert_eq!(metrics.connections_accepted(), 5);
     drop(kept);
 }
 
