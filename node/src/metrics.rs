@@ -11,56 +11,58 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Renders every counter in the Prometheus text format.
 pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    let counters = [
+        (
+            "calls_total",
+            "Calls the gateway answered.",
+            &stats.calls_answered,
+        ),
+        (
+            "commits_total",
+            "Calls answered with a commit.",
+            &stats.commits,
+        ),
+        (
+            "aborts_total",
+            "Calls answered with a deterministic abort.",
+            &stats.aborts,
+        ),
+        (
+            "unroutable_messages_total",
+            "Messages for a component this node does not run.",
+            &stats.unroutable,
+        ),
+        (
+            "peer_messages_rejected_total",
+            "Messages from peer nodes refused: they contradict the sender's certificate or roles.",
+            &stats.peer_rejected,
+        ),
+        (
+            "shed_total",
+            "Events and messages shed because a bounded inbox or link queue was full.",
+            &stats.shed,
+        ),
+        (
+            "encode_failures_total",
+            "Outgoing messages dropped because they do not encode within the frame limit.",
+            &stats.encode_failures,
+        ),
+        (
+            "calls_timed_out_total",
+            "Client calls answered Unavailable because no answer came within the call deadline.",
+            &stats.calls_timed_out,
+        ),
+        (
+            "calls_refused_total",
+            "Client calls refused before ordering: foreign sessions, unauthorized, overloaded.",
+            &stats.calls_refused,
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP detflow_{name} {help}");
         let _ = writeln!(out, "# TYPE detflow_{name} counter");
-        let _ = writeln!(out, "detflow_{name} {value}");
-    };
-    counter(
-        "calls_total",
-        "Calls the gateway answered.",
-        stats.calls_answered.load(Ordering::Relaxed),
-    );
-    counter(
-        "commits_total",
-        "Calls answered with a commit.",
-        stats.commits.load(Ordering::Relaxed),
-    );
-    counter(
-        "aborts_total",
-        "Calls answered with a deterministic abort.",
-        stats.aborts.load(Ordering::Relaxed),
-    );
-    counter(
-        "unroutable_messages_total",
-        "Messages for a component this node does not run.",
-        stats.unroutable.load(Ordering::Relaxed),
-    );
-    counter(
-        "peer_messages_rejected_total",
-        "Messages from peer nodes refused: they contradict the sender's certificate or roles.",
-        stats.peer_rejected.load(Ordering::Relaxed),
-    );
-    counter(
-        "shed_total",
-        "Events and messages shed because a bounded inbox or link queue was full.",
-        stats.shed.load(Ordering::Relaxed),
-    );
-    counter(
-        "encode_failures_total",
-        "Outgoing messages dropped because they do not encode within the frame limit.",
-        stats.encode_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        "calls_timed_out_total",
-        "Client calls answered Unavailable because no answer came within the call deadline.",
-        stats.calls_timed_out.load(Ordering::Relaxed),
-    );
-    counter(
-        "calls_refused_total",
-        "Client calls refused before ordering: foreign sessions, unauthorized, overloaded.",
-        stats.calls_refused.load(Ordering::Relaxed),
-    );
+        let _ = writeln!(out, "detflow_{name} {}", value.load(Ordering::Relaxed));
+    }
     let _ = writeln!(
         out,
         "# HELP detflow_commit_epoch The local replica's commit epoch."

@@ -200,12 +200,7 @@ impl Router {
         if node == self.me {
             self.dispatch(msg);
         } else if let Some(link) = self.links.get(&node) {
-            // A full queue sheds (counted): the peer is not keeping up, and every channel
-            // tolerates loss (replays and retries recover it), as it tolerates a network
-            // that drops. A closed link means the node is shutting down.
-            if let Err(mpsc::error::TrySendError::Full(_)) = link.try_send(msg) {
-                self.stats.shed.fetch_add(1, Ordering::Relaxed);
-            }
+            self.send_or_shed(link, msg);
         }
     }
 
@@ -253,7 +248,14 @@ impl Router {
 
     /// Queues an event for a local task, shedding (counted) if its inbox is full.
     fn deliver(&self, inbox: &Inbox, event: Event) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = inbox.try_send(event) {
+        self.send_or_shed(inbox, event);
+    }
+
+    /// Queues `item`; a full queue sheds it (counted): its reader is not keeping up, and
+    /// every channel tolerates loss (replays and retries recover it), as it tolerates a
+    /// network that drops. A closed queue means the node is shutting down.
+    fn send_or_shed<T>(&self, queue: &mpsc::Sender<T>, item: T) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(item) {
             self.stats.shed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -401,6 +403,17 @@ impl Node {
         let registry = Arc::new(registry);
         let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
             .with_context(|| format!("loading TLS material for node {me}"))?;
+        // Peers check every message against the id in our certificate; a node started with
+        // another node's certificate would have all its messages dropped as an impostor's.
+        if tls.node_id() != Some(me.0) {
+            anyhow::bail!(
+                "{} is not node {me}'s certificate (it names {}); run `detflow certs` for this \
+                 cluster or point [tls] at node {me}'s files",
+                config.tls.cert.display(),
+                tls.node_id()
+                    .map_or_else(|| "no node id".to_string(), |id| format!("node {id}"))
+            );
+        }
         let sessions = SessionKey::load(&config.tls.session_key())?;
         let limits: NodeLimits = config.limits.clone();
         let endpoint = Endpoint::bind(config.listen, &tls, Limits::default())
@@ -669,9 +682,9 @@ async fn serve_node(conn: Connection, sender: NodeId, router: Arc<Router>) {
                 match reader.recv::<Message>().await {
                     Ok(Some(msg)) => router.dispatch_from(sender, msg),
                     Ok(None) => return,
-                    // Only a refused frame is bad input; a lost connection (a peer that
+                    // Only refused input is worth a warning; a lost connection (a peer that
                     // restarted, say) is routine and was logged as bad input on every restart.
-                    Err(e @ TransportError::Frame(_)) => {
+                    Err(e) if e.is_refused_input() => {
                         tracing::warn!(?header, %sender, error = %e, "closed a channel with bad input");
                         return;
                     }
@@ -699,7 +712,7 @@ async fn serve_client(conn: Connection, service: Arc<ClientService>) {
                 Ok(None) => return,
                 // As for channels: a client that gave up on a call resets its stream, which
                 // is not bad input.
-                Err(e @ TransportError::Frame(_)) => {
+                Err(e) if e.is_refused_input() => {
                     tracing::warn!(error = %e, "closed a client stream with bad input");
                     return;
                 }
@@ -708,8 +721,14 @@ async fn serve_client(conn: Connection, service: Arc<ClientService>) {
                     return;
                 }
             };
-            let _ = writer.send(&answer).await;
-            let _ = writer.finish();
+            // A client that never reads its answer must not pin the task and the answer's
+            // buffers: the write gets the same deadline as a frame read.
+            match tokio::time::timeout(ANSWER_WRITE_DEADLINE, writer.send(&answer)).await {
+                Ok(_) => {
+                    let _ = writer.finish();
+                }
+                Err(_) => tracing::debug!("dropped an answer the client did not read in time"),
+            }
         });
     }
 }
@@ -848,6 +867,7 @@ async fn replica_task(
     let mut out = Vec::new();
     // When this replica, leading, wrote each epoch: for the epoch commit latency.
     let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
+    let mut published_drops = 0;
     loop {
         let deadline = replica.next_deadline().map(|t| clock.instant(t));
         let first = tokio::select! {
@@ -937,10 +957,15 @@ async fn replica_task(
         stats
             .commit
             .store(replica.commit_epoch().0, Ordering::Relaxed);
-        if let Ok(mut drops) = stats.replica_drops.lock() {
+        // Drops are rare: publish them only when they change, not every round.
+        let dropped = replica.stats().peer_messages_dropped;
+        if dropped != published_drops
+            && let Ok(mut drops) = stats.replica_drops.lock()
+        {
             for (reason, n) in replica.stats().peer_drops.by_reason() {
                 drops.insert(reason.name(), n);
             }
+            published_drops = dropped;
         }
     }
 }
@@ -1034,6 +1059,7 @@ async fn executor_task(
     let mut last_plan = clock.now();
     let mut last_progress = clock.now();
     let mut stall = tokio::time::interval(Duration::from_micros(STALL_US));
+    let mut published_drops = 0;
     loop {
         let first = tokio::select! {
             ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
@@ -1114,18 +1140,23 @@ async fn executor_task(
             let durable = executor.store().applied_epoch().0;
             parts.insert(me, (executor.next_epoch().0, durable));
         }
-        if let Ok(mut drops) = stats.executor_drops.lock() {
-            let s = executor.stats();
-            drops.insert(
-                me,
-                s.peer_inputs_dropped + s.plans_dropped + s.reads_refused,
-            );
+        let s = executor.stats();
+        let dropped = s.peer_inputs_dropped + s.plans_dropped + s.reads_refused;
+        if dropped != published_drops
+            && let Ok(mut drops) = stats.executor_drops.lock()
+        {
+            drops.insert(me, dropped);
+            published_drops = dropped;
         }
     }
 }
 
 /// How often the gateway task forgets clients that stopped waiting.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a client has to read the answer to one call before the node drops it (the same
+/// patience as `Limits::frame_read_timeout` gives a client's request).
+const ANSWER_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Clients waiting for a call's reply, and when the call first arrived.
 type Waiting = (Instant, Vec<oneshot::Sender<Reply>>);

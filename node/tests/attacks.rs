@@ -31,10 +31,10 @@ mod common;
 use common::cluster::{
     Cluster, commit_epoch, quick_policy, runtime, serial, wait_for_leader, with_budget,
 };
-use detflow_client::{CallError, Client, RetryPolicy, Tls};
+use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_node::certs::{self, CertKind};
 use detflow_node::runtime::ChannelHeader;
-use detflow_node::transport::{Connection, Endpoint, Limits};
+use detflow_node::transport::{Connection, Endpoint};
 use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
 use detflow_protocol::replication::PeerMessage;
 use detflow_protocol::{
@@ -52,18 +52,7 @@ const ENCODE_FAILURES: &str = "detflow_encode_failures_total";
 
 /// A raw transport connection to `addr` with the certificate `name` of the cluster's CA.
 async fn connect_as(cluster: &Cluster, name: &str, addr: SocketAddr) -> (Endpoint, Connection) {
-    let tls = Tls::from_dir(&cluster.certs.dir, name).expect("load a certificate");
-    let endpoint = Endpoint::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        &tls,
-        Limits::default(),
-    )
-    .expect("bind a test endpoint");
-    let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr))
-        .await
-        .expect("connect within 5 s")
-        .expect("connect");
-    (endpoint, conn)
+    common::connect_as(&cluster.certs.dir, name, addr).await
 }
 
 /// One request on a fresh stream, and its answer.

@@ -26,7 +26,7 @@ use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertPaths};
 use detflow_node::config::{Config, NodeSpec, TlsPaths};
 use detflow_node::runtime::ChannelHeader;
-use detflow_node::transport::{Connection, Endpoint, FRAME_TOO_LARGE, Limits, MALFORMED_FRAME};
+use detflow_node::transport::{Connection, Endpoint, FRAME_TOO_LARGE, MALFORMED_FRAME};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES};
 use detflow_protocol::message::{Message, Rejection};
 use detflow_protocol::{AbortReason, Key, SYSTEM_TABLE, codec};
@@ -160,17 +160,7 @@ impl SingleNode {
 
     /// A raw transport connection with the certificate `name` of the cluster's CA.
     async fn connect_as(&self, name: &str) -> (Endpoint, Connection) {
-        let tls = Tls::from_dir(&self.certs.dir, name).expect("load a certificate");
-        let endpoint = Endpoint::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &tls,
-            Limits::default(),
-        )
-        .expect("bind a test endpoint");
-        let conn = within("connect", endpoint.connect(self.addr))
-            .await
-            .expect("connect to the node");
-        (endpoint, conn)
+        common::connect_as(&self.certs.dir, name, self.addr).await
     }
 
     /// Waits until the node answers a status request and its replica leads.
@@ -637,4 +627,40 @@ fn bad_calls_are_rejected_with_a_reason() {
         node.assert_running();
         client.close();
     });
+}
+
+/// A node started with another node's certificate would have every message it sends dropped
+/// by its peers as an impostor's; it refuses to start instead, and says why.
+#[test]
+fn a_node_refuses_to_start_with_another_nodes_certificate() {
+    let mut node = SingleNode::start();
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    let config = node.log.with_file_name("node-1.toml");
+    let own = node.certs.node(1).expect("node-1's certificate").cert.clone();
+    let other = node.certs.node(2).expect("node-2's certificate");
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    let swapped = text
+        .replace(&own.display().to_string(), &other.cert.display().to_string())
+        .replace(
+            &node.certs.node(1).expect("node-1").key.display().to_string(),
+            &other.key.display().to_string(),
+        );
+    assert_ne!(text, swapped, "the config names node-1's certificate");
+    std::fs::write(&config, swapped).expect("write the config");
+    node.child = common::spawn_node(&config, &node.log).expect("start the node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().expect("poll the node") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the node exited with {status}");
+    let log = std::fs::read_to_string(&node.log).expect("read the log");
+    assert!(
+        log.contains("is not node 1's certificate (it names node 2)"),
+        "the log says why: {log}"
+    );
 }

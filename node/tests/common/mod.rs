@@ -63,6 +63,28 @@ pub(crate) fn spawn_node_limited(
         .spawn()
 }
 
+/// A raw transport connection to `addr` with the certificate `name` found under `certs`
+/// (the folder `detflow certs` wrote): for tests that speak the wire protocol themselves.
+#[allow(dead_code)] // each test binary compiles this module; not all of them speak raw frames
+pub(crate) async fn connect_as(
+    certs: &Path,
+    name: &str,
+    addr: SocketAddr,
+) -> (detflow_net::Endpoint, detflow_net::Connection) {
+    let tls = detflow_net::Tls::from_dir(certs, name).expect("load a certificate");
+    let endpoint = detflow_net::Endpoint::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &tls,
+        detflow_net::Limits::default(),
+    )
+    .expect("bind a test endpoint");
+    let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr))
+        .await
+        .expect("connect within 5 s")
+        .expect("connect to the node");
+    (endpoint, conn)
+}
+
 /// Reads one counter from a node's Prometheus endpoint (plain HTTP over a TcpStream).
 pub(crate) async fn metric(addr: SocketAddr, name: &str) -> Result<u64, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
