@@ -16,8 +16,10 @@
 //!
 //! A client is one session: it numbers its calls and, when a gateway is unavailable or a
 //! call times out, retries the same call (same number) through the next gateway with
-//! backoff. The cluster executes a call at most once and answers a retry with the
-//! original result, so a call that returns `Ok` executed exactly once.
+//! jittered backoff. The cluster executes a call at most once and answers a retry with the
+//! original result, so a call that returns `Ok` executed exactly once. Those decisions are
+//! made by [`detflow_protocol::session`], the sans-IO session the simulator's clients run
+//! too; this library only carries its messages and keeps its time.
 //!
 //! The session is opened by the first gateway the client reaches, which returns a session
 //! id and a token binding it to this client's certificate; every gateway of the cluster
@@ -31,10 +33,12 @@ pub use kv::KvBuilder;
 use detflow_executor::Procedure;
 use detflow_net::{Connection, Endpoint, Limits};
 use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply, SessionToken};
-use detflow_protocol::{AbortReason, ClientId, Outcome, RequestSeq, codec};
+use detflow_protocol::session::{self, Session};
+use detflow_protocol::{AbortReason, ClientId, DetRng, Machine, Outcome, Time, codec};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// Why a call did not return an output.
@@ -74,12 +78,27 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// The session's defaults: 3 s per attempt, back-off from 20 ms doubling to 1 s, 60
+    /// attempts.
     fn default() -> RetryPolicy {
+        let policy = session::RetryPolicy::default();
         RetryPolicy {
-            attempt_timeout: Duration::from_secs(3),
-            backoff: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(1),
-            attempts_max: 60,
+            attempt_timeout: Duration::from_micros(policy.attempt_timeout_us),
+            backoff: Duration::from_micros(policy.backoff_us),
+            backoff_max: Duration::from_micros(policy.backoff_max_us),
+            attempts_max: policy.attempts_max,
+        }
+    }
+}
+
+impl From<RetryPolicy> for session::RetryPolicy {
+    fn from(p: RetryPolicy) -> session::RetryPolicy {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        session::RetryPolicy {
+            attempt_timeout_us: us(p.attempt_timeout),
+            backoff_us: us(p.backoff),
+            backoff_max_us: us(p.backoff_max),
+            attempts_max: p.attempts_max,
         }
     }
 }
@@ -95,16 +114,21 @@ pub enum ConnectError {
     Transport(#[from] TransportError),
 }
 
+/// An attempt of a call in flight: the gateway's answer, or why there is none.
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Reply, TransportError>> + Send + 'a>>;
+
 /// A session with a detflow cluster.
 pub struct Client {
     endpoint: Endpoint,
     gateways: Vec<SocketAddr>,
     connections: Mutex<Vec<Option<Connection>>>,
-    next_gateway: AtomicU64,
-    /// Opened on first use by whichever gateway answers first.
+    /// Numbers calls and decides retries (sans IO).
+    calls: std::sync::Mutex<Session>,
+    /// The session id and token, opened on first use by whichever gateway answers first.
     session: tokio::sync::OnceCell<(ClientId, SessionToken)>,
-    next_seq: AtomicU64,
     policy: RetryPolicy,
+    /// The session machine's time zero.
+    started: Instant,
 }
 
 impl Client {
@@ -119,21 +143,40 @@ impl Client {
             SocketAddr::from(([0u16; 8], 0))
         };
         let endpoint = Endpoint::bind(local, &tls, Limits::default())?;
+        let policy = RetryPolicy::default();
         Ok(Client {
             endpoint,
             connections: Mutex::new(vec![None; gateways.len()]),
-            next_gateway: AtomicU64::new(random_seed() % gateways.len() as u64),
+            calls: std::sync::Mutex::new(new_session(gateways.len(), policy)),
             gateways,
             session: tokio::sync::OnceCell::new(),
-            next_seq: AtomicU64::new(1),
-            policy: RetryPolicy::default(),
+            policy,
+            // The client is a driver: it keeps the session machine's time.
+            #[allow(clippy::disallowed_methods)]
+            started: Instant::now(),
         })
     }
 
-    /// Replaces the retry policy.
+    /// Replaces the retry policy (before the first call).
     pub fn with_policy(mut self, policy: RetryPolicy) -> Client {
         self.policy = policy;
+        self.calls = std::sync::Mutex::new(new_session(self.gateways.len(), policy));
         self
+    }
+
+    /// The session machine's clock.
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// When the session machine's time `t` comes.
+    fn instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + Duration::from_micros(t.0))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Session> {
+        // The session holds no invariant a panicking holder could break halfway.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This session's id, once a gateway has opened it (on the first call).
@@ -149,49 +192,60 @@ impl Client {
 
     /// Calls a procedure by name with MessagePack arguments; returns its MessagePack output.
     pub async fn call_raw(&self, procedure: &str, args: Vec<u8>) -> Result<Vec<u8>, CallError> {
-        let seq = RequestSeq(self.next_seq.fetch_add(1, Ordering::Relaxed));
-        let mut call = Call {
-            client: ClientId(0),
-            seq,
-            procedure: procedure.to_owned(),
-            args,
-        };
-        let mut backoff = self.policy.backoff;
-        let mut last = String::from("no attempt made");
-        for attempt in 1..=self.policy.attempts_max {
-            let gateway =
-                self.next_gateway.fetch_add(1, Ordering::Relaxed) as usize % self.gateways.len();
-            let answer = tokio::time::timeout(self.policy.attempt_timeout, async {
-                let (client, token) = self.open_session(gateway).await?;
-                call.client = client;
-                self.attempt(gateway, token, &call).await
-            })
-            .await;
-            match answer {
-                Ok(Ok(Reply::Done { outcome, .. })) => {
-                    return match outcome {
+        let mut pending = self.sessions().call(procedure.to_owned(), args);
+        let mut out = Vec::new();
+        pending.handle(self.now(), session::Input::Start, &mut out);
+        let mut attempt: Option<(usize, Attempt<'_>)> = None;
+        loop {
+            for effect in out.drain(..) {
+                let ended = match effect {
+                    session::Output::Send { gateway, call, .. } => {
+                        // A new attempt abandons the previous one (its stream is reset).
+                        let gateway = gateway as usize;
+                        attempt = Some((gateway, Box::pin(self.attempt(gateway, call))));
+                        continue;
+                    }
+                    session::Output::Done(Reply::Done { outcome, .. }) => match outcome {
                         Outcome::Committed(output) => Ok(output),
                         Outcome::Aborted(reason) => Err(CallError::Aborted(reason)),
-                    };
-                }
-                Ok(Ok(Reply::Rejected(reason))) => return Err(CallError::Rejected(reason)),
-                Ok(Ok(Reply::Unavailable)) => {
-                    last = format!("gateway {} unavailable", self.gateways[gateway])
-                }
-                Ok(Err(e)) => {
-                    last = format!("gateway {}: {e}", self.gateways[gateway]);
-                    self.connections.lock().await[gateway] = None;
-                }
-                Err(_) => last = format!("gateway {} timed out", self.gateways[gateway]),
+                    },
+                    session::Output::Done(Reply::Rejected(reason)) => {
+                        Err(CallError::Rejected(reason))
+                    }
+                    session::Output::Done(Reply::Unavailable) => {
+                        unreachable!("a session ends a call only with a result or a rejection")
+                    }
+                    session::Output::GaveUp { attempts, last } => {
+                        Err(CallError::Unavailable { attempts, last })
+                    }
+                };
+                self.sessions().finished(&pending);
+                return ended;
             }
-            tracing::debug!(attempt, %last, "retrying call");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.policy.backoff_max);
+            let deadline = pending.next_deadline().map(|t| self.instant(t));
+            let input = tokio::select! {
+                answer = async {
+                    match attempt.as_mut() {
+                        Some((_, answer)) => answer.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let (gateway, _) = attempt.take().expect("an attempt answered");
+                    match answer {
+                        Ok(reply) => session::Input::Reply(reply),
+                        Err(e) => {
+                            self.connections.lock().await[gateway] = None;
+                            session::Input::Failed(format!("gateway {}: {e}", self.gateways[gateway]))
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => session::Input::Tick,
+            };
+            if let session::Input::Failed(why) = &input {
+                tracing::debug!(seq = %pending.seq(), %why, "an attempt failed");
+            }
+            pending.handle(self.now(), input, &mut out);
         }
-        Err(CallError::Unavailable {
-            attempts: self.policy.attempts_max,
-            last,
-        })
     }
 
     async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
@@ -227,16 +281,12 @@ impl Client {
         Ok(*session)
     }
 
-    async fn attempt(
-        &self,
-        gateway: usize,
-        token: SessionToken,
-        call: &Call,
-    ) -> Result<Reply, TransportError> {
-        let msg = Message::SessionCall {
-            token,
-            call: call.clone(),
-        };
+    /// One attempt of `call` through `gateway`, opening the session there if no gateway
+    /// has yet.
+    async fn attempt(&self, gateway: usize, mut call: Call) -> Result<Reply, TransportError> {
+        let (client, token) = self.open_session(gateway).await?;
+        call.client = client;
+        let msg = Message::SessionCall { token, call };
         let answer = self.request(gateway, &msg).await?;
         match answer {
             Message::Reply { reply, .. } => Ok(reply),
@@ -294,7 +344,27 @@ impl Client {
     }
 }
 
-/// A random starting point for spreading clients over gateways.
+/// A session over `gateways` gateways whose first call goes to a random one, so that
+/// clients spread over the gateways.
+fn new_session(gateways: usize, policy: RetryPolicy) -> Session {
+    let gateways = u32::try_from(gateways).unwrap_or(u32::MAX);
+    // The gateway assigns the session id when the session opens; calls carry it from then.
+    Session::new(
+        ClientId(0),
+        gateways,
+        policy.into(),
+        DetRng::new(random_seed()),
+    )
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A random seed for the session's gateway choice and back-off jitter.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // std's RandomState is seeded from the OS; a client may use OS randomness.

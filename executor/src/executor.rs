@@ -23,6 +23,7 @@
 //! by itself.
 
 use crate::chunk::{Chunker, READS_BYTES_MAX_DEFAULT, READS_BYTES_MIN};
+use crate::feed::Feed;
 use crate::registry::Registry;
 use crate::serial;
 use crate::store::Store;
@@ -52,6 +53,9 @@ pub enum Input {
         /// The peer.
         peer: PartitionId,
     },
+    /// The connection to a sequencer replica was (re)established: if plans come from it,
+    /// subscribe again (what was in flight on the old connection is lost).
+    ReplicaConnected(NodeId),
     /// The store made every epoch up to `up_to` durable.
     Durable {
         /// The last durable epoch.
@@ -77,6 +81,11 @@ pub enum Input {
         /// The call number.
         seq: RequestSeq,
     },
+    /// The executor (re)started: subscribe to plans and greet every peer, so that each
+    /// re-sends the reads this partition lacks.
+    Start,
+    /// [`Machine::next_deadline`] passed: check for a silent plan source or stalled work.
+    Tick,
 }
 
 /// An effect the driver performs.
@@ -90,6 +99,8 @@ pub enum Output {
         gateway: NodeId,
         /// The result.
         result: TxnResult,
+        /// Whether it comes from the result table (answering a query), not from execution.
+        recovered: bool,
     },
     /// The result table holds no result for the queried call (yet).
     ResultUnknown {
@@ -121,6 +132,13 @@ pub enum Output {
         /// The reads.
         reads: Arc<RemoteReads>,
     },
+    /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
+    Subscribe {
+        /// The replica.
+        to: NodeId,
+        /// The first epoch wanted.
+        from: Epoch,
+    },
 }
 
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
@@ -132,6 +150,9 @@ pub struct Bugs {
     pub write_outside_partition: bool,
     /// After a restart, resume one epoch past the right one (skipping an epoch's plan).
     pub replay_from_wrong_epoch: bool,
+    /// Never greet the peers again when work stalls (reads lost on a connection that
+    /// died unnoticed are then waited for forever).
+    pub no_hello_on_stall: bool,
 }
 
 /// Counters of an executor's work.
@@ -165,6 +186,10 @@ pub struct ExecutorStats {
     pub reads_split: u64,
     /// Result queries answered from the result table.
     pub results_found: u64,
+    /// Subscriptions moved to another replica after the plan source went silent.
+    pub resubscribed: u64,
+    /// Times the peers were greeted again because waiting work made no progress.
+    pub stall_hellos: u64,
 }
 
 /// The chunks of one sender's reads of one transaction, as they arrive.
@@ -202,6 +227,8 @@ pub struct Executor<S: Store> {
     value_bytes_max: usize,
     /// The bound on one remote-read message, in encoded bytes.
     reads_bytes_max: usize,
+    /// The plan subscription and the stall timers.
+    feed: Feed,
     bugs: Bugs,
     stats: ExecutorStats,
 }
@@ -236,6 +263,7 @@ impl<S: Store> Executor<S> {
             durable,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
+            feed: Feed::new(partition, Vec::new()),
             bugs: Bugs::default(),
             stats: ExecutorStats::default(),
         }
@@ -266,6 +294,14 @@ impl<S: Store> Executor<S> {
             "reads_bytes_max {bytes} is below {READS_BYTES_MIN}"
         );
         self.reads_bytes_max = bytes;
+    }
+
+    /// Sets the sequencer replicas that serve this partition's plans. On
+    /// [`Input::Start`] the executor subscribes to one of them and fails over to the next
+    /// when it goes silent (see the `feed` module). Without sources (the default) a driver
+    /// hands plans in directly and the executor keeps no timers.
+    pub fn set_plan_sources(&mut self, replicas: Vec<NodeId>) {
+        self.feed = Feed::new(self.partition, replicas);
     }
 
     /// Plants bugs (tests of the simulator's checkers only).
@@ -319,6 +355,26 @@ impl<S: Store> Executor<S> {
     /// Sets how many epochs of results the result table keeps.
     pub fn set_result_epochs_retained(&mut self, epochs: u64) {
         self.book.set_retained_epochs(epochs);
+    }
+
+    /// Asks the current plan source for the plans from the next epoch to apply on.
+    fn subscribe(&self, out: &mut Vec<Output>) {
+        if let Some(to) = self.feed.source() {
+            out.push(Output::Subscribe {
+                to,
+                from: self.next_epoch,
+            });
+        }
+    }
+
+    /// Tells every peer where this partition stands, so each re-sends what it lacks.
+    fn greet_peers(&self, out: &mut Vec<Output>) {
+        for to in self.peers() {
+            out.push(Output::SendHello {
+                to,
+                durable: self.durable,
+            });
+        }
     }
 
     fn peers(&self) -> impl Iterator<Item = PartitionId> + use<S> {
@@ -377,7 +433,11 @@ impl<S: Store> Executor<S> {
         match self.book.result(&self.store, client, seq) {
             Some(result) => {
                 self.stats.results_found += 1;
-                out.push(Output::Result { gateway, result });
+                out.push(Output::Result {
+                    gateway,
+                    result,
+                    recovered: true,
+                });
             }
             None => out.push(Output::ResultUnknown {
                 gateway,
@@ -679,6 +739,7 @@ impl<S: Store> Executor<S> {
         out.push(Output::Result {
             gateway: txn.txn.gateway,
             result,
+            recovered: false,
         });
     }
 }
@@ -687,27 +748,61 @@ impl<S: Store> Machine for Executor<S> {
     type Input = Input;
     type Output = Output;
 
-    fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
+    fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
+        let applied = self.next_epoch;
         match input {
             Input::Ack { from, durable } => self.on_ack(from, durable),
-            Input::Connected { peer } => out.push(Output::SendHello {
-                to: peer,
-                durable: self.durable,
-            }),
+            Input::Connected { peer } => {
+                if self.is_peer(peer) {
+                    out.push(Output::SendHello {
+                        to: peer,
+                        durable: self.durable,
+                    });
+                }
+            }
+            Input::ReplicaConnected(replica) => {
+                if self.feed.source() == Some(replica) {
+                    self.subscribe(out);
+                }
+            }
             Input::Durable { up_to } => self.on_durable(up_to, out),
             Input::Hello { from, durable } => self.on_hello(from, durable, out),
-            Input::Plan(plan) => self.on_plan(plan, out),
+            Input::Plan(plan) => {
+                if plan.partition == self.partition {
+                    self.feed.plan_arrived(now);
+                }
+                self.on_plan(plan, out);
+            }
             Input::RemoteReads(reads) => self.on_remote_reads(reads, out),
             Input::ResultQuery {
                 gateway,
                 client,
                 seq,
             } => self.on_result_query(gateway, client, seq, out),
+            Input::Start => {
+                self.feed.start(now);
+                self.subscribe(out);
+                self.greet_peers(out);
+            }
+            Input::Tick => {
+                let actions = self.feed.check(now, !self.is_idle());
+                if actions.resubscribe.is_some() {
+                    self.stats.resubscribed += 1;
+                    self.subscribe(out);
+                }
+                if actions.hello && !self.bugs.no_hello_on_stall {
+                    self.stats.stall_hellos += 1;
+                    self.greet_peers(out);
+                }
+            }
+        }
+        if self.next_epoch != applied {
+            self.feed.progressed(now);
         }
     }
 
     fn next_deadline(&self) -> Option<Time> {
-        None
+        self.feed.deadline()
     }
 }
 
@@ -940,6 +1035,71 @@ mod tests {
         Store::get(e.store(), key).map(|v| codec::decode(&v).unwrap())
     }
 
+    fn at(e: &mut Executor<MemStore>, now: Time, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        e.handle(now, input, &mut out);
+        out
+    }
+
+    #[test]
+    fn plans_come_from_one_replica_and_a_stall_moves_on_and_greets_the_peers() {
+        use crate::STALL_US;
+        let mut f = fixture();
+        let [p0, _]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+        let e = &mut f.executors[0];
+        e.set_plan_sources(vec![NodeId(1), NodeId(2)]);
+        let subscribe = |to, from| Output::Subscribe {
+            to: NodeId(to),
+            from: Epoch(from),
+        };
+        let hello = Output::SendHello {
+            to: PartitionId(1),
+            durable: Epoch(0),
+        };
+        // Partition 0 starts at the first replica, and greets its peer.
+        assert_eq!(
+            at(e, Time(0), Input::Start),
+            [subscribe(1, 1), hello.clone()]
+        );
+        assert_eq!(e.next_deadline(), Some(Time(STALL_US)));
+        // A reconnect to the source renews the subscription; to another replica, nothing.
+        let renewed = at(e, Time(1), Input::ReplicaConnected(NodeId(1)));
+        assert_eq!(renewed, [subscribe(1, 1)]);
+        assert!(at(e, Time(1), Input::ReplicaConnected(NodeId(2))).is_empty());
+        // The plan comes; the transaction waits for partition 1's reads.
+        let out = at(e, Time(STALL_US / 2), Input::Plan(p0));
+        assert!(matches!(&out[..], [Output::SendReads { .. }]), "{out:?}");
+        // No plan for a stall period: the next replica. Waiting work, no progress: Hello.
+        let stalled = at(e, Time(2 * STALL_US), Input::Tick);
+        assert_eq!(stalled, [subscribe(2, 1), hello]);
+        assert_eq!(e.stats().resubscribed, 1);
+        assert_eq!(e.stats().stall_hellos, 1);
+        // A tick before the deadline does nothing.
+        assert!(at(e, Time(2 * STALL_US + 1), Input::Tick).is_empty());
+        // With the planted bug, a stall never greets the peers.
+        e.set_bugs(Bugs {
+            no_hello_on_stall: true,
+            ..Bugs::default()
+        });
+        let stalled = at(e, Time(4 * STALL_US), Input::Tick);
+        assert_eq!(stalled, [subscribe(1, 1)]);
+    }
+
+    #[test]
+    fn a_directly_fed_executor_never_subscribes() {
+        let mut f = fixture();
+        let e = &mut f.executors[1];
+        let out = at(e, Time(0), Input::Start);
+        assert_eq!(
+            out,
+            [Output::SendHello {
+                to: PartitionId(0),
+                durable: Epoch(0)
+            }]
+        );
+        assert_eq!(e.next_deadline(), None);
+    }
+
     #[test]
     fn multi_partition_transaction_exchanges_reads_and_commits_on_both() {
         let mut f = fixture();
@@ -973,6 +1133,7 @@ mod tests {
                         position: Position::new(Epoch(1), 0),
                         outcome: Outcome::Committed(codec::encode(&1u64)),
                     },
+                    recovered: false,
                 },
                 Output::EpochApplied(Epoch(1)),
             ]
@@ -1128,7 +1289,8 @@ mod tests {
             feed(&mut f.executors[0], query(1)),
             vec![Output::Result {
                 gateway: NodeId(9),
-                result: result.clone()
+                result: result.clone(),
+                recovered: true,
             }]
         );
         assert_eq!(

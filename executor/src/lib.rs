@@ -23,6 +23,7 @@
 
 mod chunk;
 mod executor;
+mod feed;
 mod procedure;
 mod registry;
 pub mod serial;
@@ -35,6 +36,7 @@ pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
 pub use executor::{Bugs, Executor, ExecutorStats, Input, Output};
+pub use feed::STALL_US;
 pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;
 pub use store::{MemStore, Store};

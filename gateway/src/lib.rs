@@ -7,6 +7,7 @@
 //!  Duplicate ────▶         ──▶ Query the designated partition's result table
 //!  Result ───────▶         ──▶ Reply::Done
 //!  ResultUnknown ▶         ──▶ Reply::Unavailable (the client retries later)
+//!  Leader(node) ─▶         ──▶ (submits there from now on)
 //! ```
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
@@ -23,15 +24,65 @@
 use detflow_executor::Registry;
 use detflow_protocol::message::{Call, Rejection, Reply};
 use detflow_protocol::{
-    ClientId, Footprint, NodeId, PartitionId, Position, RequestSeq, Transaction, TxnResult,
+    ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time, Transaction,
+    TxnResult,
 };
 use detflow_scheduler::PartitionMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// An input to the gateway.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A client's call (or its retry).
+    Call(Call),
+    /// A replica that does not lead handed a submission back.
+    NotLeader {
+        /// The replica.
+        from: NodeId,
+        /// The submission.
+        txn: Arc<Transaction>,
+        /// The leader it knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The leader already holds this call in its log: find its result.
+    Duplicate {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+    /// A result, from the designated participant or from a result-table query.
+    Result {
+        /// The result.
+        result: TxnResult,
+        /// Whether it came from a result table.
+        recovered: bool,
+    },
+    /// A result table did not (yet) hold the queried call.
+    ResultUnknown {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+    /// A sequencer replica on the same node follows `leader` now: submit there. It hears
+    /// of elections as they happen, earlier than the hints this gateway collects.
+    Leader(NodeId),
+    /// The client stopped waiting for a call here: forget it, so that calls that are never
+    /// answered do not accumulate. A later result is ignored; a retry through any gateway
+    /// finds it in the result table.
+    Forget {
+        /// The session.
+        client: ClientId,
+        /// The call number.
+        seq: RequestSeq,
+    },
+}
+
 /// An effect of the gateway.
 #[derive(Clone, Debug, PartialEq)]
-pub enum GatewayOutput {
+pub enum Output {
     /// Ask a partition's result table for a call's result.
     Query {
         /// The designated partition of the call.
@@ -118,13 +169,6 @@ impl Gateway {
         self.call_bytes_max = bytes;
     }
 
-    /// Forgets a call nobody waits for any more (its client gave up on this gateway), so
-    /// calls that are never answered do not accumulate. A later result for it is ignored;
-    /// a retry through any gateway finds it in the result table.
-    pub fn forget(&mut self, client: ClientId, seq: RequestSeq) {
-        self.pending.remove(&(client, seq));
-    }
-
     /// Calls in flight.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -139,10 +183,8 @@ impl Gateway {
         self.replicas[self.leader_hint]
     }
 
-    /// Adopts `leader` as the replica to submit to, if it is one of ours. For a driver that
-    /// knows better than the hints this gateway collects, e.g. the node runtime, whose
-    /// co-located replica follows elections as they happen.
-    pub fn observe_leader(&mut self, leader: NodeId) {
+    /// Adopts `leader` as the replica to submit to, if it is one of ours.
+    fn observe_leader(&mut self, leader: NodeId) {
         if let Some(i) = self.replicas.iter().position(|r| *r == leader) {
             self.leader_hint = i;
         }
@@ -171,8 +213,7 @@ impl Gateway {
         Ok(footprint)
     }
 
-    /// A client's call (or its retry).
-    pub fn on_call(&mut self, call: Call, out: &mut Vec<GatewayOutput>) {
+    fn on_call(&mut self, call: Call, out: &mut Vec<Output>) {
         match self.footprint(&call) {
             Ok(footprint) => {
                 let key = (call.client, call.seq);
@@ -196,11 +237,11 @@ impl Gateway {
                 });
                 let to = self.leader();
                 self.pending.insert(key, (txn.clone(), to));
-                out.push(GatewayOutput::Submit { to, txn });
+                out.push(Output::Submit { to, txn });
             }
             Err(rejection) => {
                 self.stats.rejected += 1;
-                out.push(GatewayOutput::Reply {
+                out.push(Output::Reply {
                     client: call.client,
                     seq: call.seq,
                     reply: Reply::Rejected(rejection),
@@ -209,13 +250,12 @@ impl Gateway {
         }
     }
 
-    /// A replica that does not lead handed a submission back.
-    pub fn on_not_leader(
+    fn on_not_leader(
         &mut self,
         from: NodeId,
         txn: Arc<Transaction>,
         leader: Option<NodeId>,
-        out: &mut Vec<GatewayOutput>,
+        out: &mut Vec<Output>,
     ) {
         let key = (txn.client, txn.seq);
         let Some(pending) = self.pending.get_mut(&key) else {
@@ -226,7 +266,7 @@ impl Gateway {
                 self.leader_hint = i;
                 self.stats.redirects += 1;
                 pending.1 = self.replicas[i];
-                out.push(GatewayOutput::Submit {
+                out.push(Output::Submit {
                     to: self.leader(),
                     txn,
                 });
@@ -236,7 +276,7 @@ impl Gateway {
             _ => {
                 self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
                 self.pending.remove(&key);
-                out.push(GatewayOutput::Reply {
+                out.push(Output::Reply {
                     client: txn.client,
                     seq: txn.seq,
                     reply: Reply::Unavailable,
@@ -245,26 +285,19 @@ impl Gateway {
         }
     }
 
-    /// The leader already holds this call in its log: find its result.
-    pub fn on_duplicate(
-        &mut self,
-        client: ClientId,
-        seq: RequestSeq,
-        out: &mut Vec<GatewayOutput>,
-    ) {
+    fn on_duplicate(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
         let Some((txn, _)) = self.pending.get(&(client, seq)) else {
             return;
         };
         let routed = detflow_scheduler::route(Position::default(), txn.clone(), &self.map);
-        out.push(GatewayOutput::Query {
+        out.push(Output::Query {
             to: routed.designated(),
             client,
             seq,
         });
     }
 
-    /// A result, from the designated participant or from a result-table query.
-    pub fn on_result(&mut self, result: TxnResult, recovered: bool, out: &mut Vec<GatewayOutput>) {
+    fn on_result(&mut self, result: TxnResult, recovered: bool, out: &mut Vec<Output>) {
         // Results of calls this gateway no longer holds (answered, or from before a crash)
         // are dropped: the client has its answer or will retry.
         if self.pending.remove(&(result.client, result.seq)).is_none() {
@@ -273,7 +306,7 @@ impl Gateway {
         if recovered {
             self.stats.recovered_results += 1;
         }
-        out.push(GatewayOutput::Reply {
+        out.push(Output::Reply {
             client: result.client,
             seq: result.seq,
             reply: Reply::Done {
@@ -283,20 +316,38 @@ impl Gateway {
         });
     }
 
-    /// A result table did not (yet) hold the queried call.
-    pub fn on_result_unknown(
-        &mut self,
-        client: ClientId,
-        seq: RequestSeq,
-        out: &mut Vec<GatewayOutput>,
-    ) {
+    fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
         if self.pending.remove(&(client, seq)).is_some() {
-            out.push(GatewayOutput::Reply {
+            out.push(Output::Reply {
                 client,
                 seq,
                 reply: Reply::Unavailable,
             });
         }
+    }
+}
+
+impl Machine for Gateway {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Call(call) => self.on_call(call, out),
+            Input::NotLeader { from, txn, leader } => self.on_not_leader(from, txn, leader, out),
+            Input::Duplicate { client, seq } => self.on_duplicate(client, seq, out),
+            Input::Result { result, recovered } => self.on_result(result, recovered, out),
+            Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
+            Input::Leader(leader) => self.observe_leader(leader),
+            Input::Forget { client, seq } => {
+                self.pending.remove(&(client, seq));
+            }
+        }
+    }
+
+    /// A gateway keeps no timers: its clients time out and retry.
+    fn next_deadline(&self) -> Option<Time> {
+        None
     }
 }
 
@@ -384,10 +435,10 @@ mod tests {
     }
 
     /// Where the outputs submitted to, draining them.
-    fn submitted(out: &mut Vec<GatewayOutput>) -> Vec<NodeId> {
+    fn submitted(out: &mut Vec<Output>) -> Vec<NodeId> {
         out.drain(..)
             .map(|o| match o {
-                GatewayOutput::Submit { to, .. } => to,
+                Output::Submit { to, .. } => to,
                 other => panic!("expected a submission, got {other:?}"),
             })
             .collect()
@@ -397,19 +448,24 @@ mod tests {
     fn a_retry_of_an_unanswered_call_never_goes_to_the_silent_replica() {
         let mut g = gateway();
         let mut out = Vec::new();
-        g.on_call(call(1), &mut out);
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(1)]);
         // Node 1 never answered (its node died): the retry tries the next replica, and
         // later calls follow.
-        g.on_call(call(1), &mut out);
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(2)]);
-        g.on_call(call(2), &mut out);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(2)]);
         // A redirect records where the call went: a retry after it avoids that replica.
         let txn = g.pending[&(ClientId(1), RequestSeq(2))].0.clone();
-        g.on_not_leader(NodeId(2), txn, Some(NodeId(3)), &mut out);
+        let not_leader = Input::NotLeader {
+            from: NodeId(2),
+            txn,
+            leader: Some(NodeId(3)),
+        };
+        g.handle(Time(0), not_leader, &mut out);
         assert_eq!(submitted(&mut out), [NodeId(3)]);
-        g.on_call(call(2), &mut out);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(1)]);
     }
 
@@ -417,9 +473,13 @@ mod tests {
     fn a_forgotten_call_leaves_nothing_behind() {
         let mut g = gateway();
         let mut out = Vec::new();
-        g.on_call(call(1), &mut out);
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(g.pending(), 1);
-        g.forget(ClientId(1), RequestSeq(1));
+        let forget = Input::Forget {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+        };
+        g.handle(Time(0), forget, &mut out);
         assert_eq!(g.pending(), 0);
         // Its result, should it come after all, answers nobody.
         let result = TxnResult {
@@ -429,10 +489,13 @@ mod tests {
             outcome: detflow_protocol::Outcome::Committed(Vec::new()),
         };
         out.clear();
-        g.on_result(result, false, &mut out);
+        let result = Input::Result {
+            result,
+            recovered: false,
+        };
+        g.handle(Time(0), result, &mut out);
         assert!(
-            out.iter()
-                .all(|o| !matches!(o, GatewayOutput::Reply { .. })),
+            out.iter().all(|o| !matches!(o, Output::Reply { .. })),
             "{out:?}"
         );
     }
@@ -441,12 +504,12 @@ mod tests {
     fn a_driver_may_name_the_leader() {
         let mut g = gateway();
         let mut out = Vec::new();
-        g.observe_leader(NodeId(3));
-        g.on_call(call(1), &mut out);
+        g.handle(Time(0), Input::Leader(NodeId(3)), &mut out);
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(3)]);
         // Not a replica of ours: ignored.
-        g.observe_leader(NodeId(42));
-        g.on_call(call(2), &mut out);
+        g.handle(Time(0), Input::Leader(NodeId(42)), &mut out);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(3)]);
     }
 
@@ -457,23 +520,21 @@ mod tests {
 
     fn rejection(g: &mut Gateway, procedure: &str, args: Vec<u8>) -> Option<Rejection> {
         let mut out = Vec::new();
-        g.on_call(
-            Call {
-                client: ClientId(2),
-                seq: RequestSeq(1),
-                procedure: procedure.into(),
-                args,
-            },
-            &mut out,
-        );
+        let call = Call {
+            client: ClientId(2),
+            seq: RequestSeq(1),
+            procedure: procedure.into(),
+            args,
+        };
+        g.handle(Time(0), Input::Call(call), &mut out);
         match out.as_slice() {
             [
-                GatewayOutput::Reply {
+                Output::Reply {
                     reply: Reply::Rejected(r),
                     ..
                 },
             ] => Some(r.clone()),
-            [GatewayOutput::Submit { .. }] => None,
+            [Output::Submit { .. }] => None,
             other => panic!("unexpected outputs {other:?}"),
         }
     }

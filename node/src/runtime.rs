@@ -21,12 +21,10 @@ use crate::storage::{FjallStore, LogStore};
 use crate::transport::{Connection, Endpoint, FrameWriter, Limits, PeerRole, Tls, TransportError};
 use anyhow::{Context, Result};
 use detflow_executor::{Executor, Input, Output, Registry, Store};
-use detflow_gateway::{Gateway, GatewayOutput};
+use detflow_gateway::{self as gateway, Gateway};
 use detflow_protocol::message::{Call, ClientRequest, Message, NodeStatus, Rejection, Reply};
-use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Machine, NodeId, PartitionId, Plan, RequestSeq, Time,
-};
-use detflow_scheduler::PartitionMap;
+use detflow_protocol::{ClientId, DetRng, Epoch, Machine, NodeId, PartitionId, RequestSeq, Time};
+use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::replica::{self, Replica, ReplicaConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -76,6 +74,8 @@ pub(crate) enum Event {
     Msg(Message),
     /// The link to a node was (re)established.
     LinkUp(NodeId),
+    /// The replica on this node follows a new leader (for the gateway on this node).
+    Leader(NodeId),
     /// A client's call, answered through `reply`.
     Client {
         call: Call,
@@ -236,7 +236,14 @@ impl Router {
             | Message::NotLeader { .. }
             | Message::Result { .. }
             | Message::ResultUnknown { .. } => self.gateway.as_ref(),
-            _ => None,
+            // Client messages come over client streams, never through the router.
+            Message::Call(_)
+            | Message::OpenSession
+            | Message::Reply { .. }
+            | Message::SessionCall { .. }
+            | Message::SessionOpened { .. }
+            | Message::Status
+            | Message::StatusReply(_) => None,
         };
         match inbox {
             Some(inbox) => self.deliver(inbox, Event::Msg(msg)),
@@ -326,6 +333,13 @@ impl Router {
             | Message::SessionOpened { .. }
             | Message::Status
             | Message::StatusReply(_) => Err("a client message on a node channel"),
+        }
+    }
+
+    /// Tells the gateway on this node that the replica here follows `leader` now.
+    fn leader_changed(&self, leader: NodeId) {
+        if let Some(gateway) = &self.gateway {
+            self.deliver(gateway, Event::Leader(leader));
         }
     }
 
@@ -472,8 +486,9 @@ impl Node {
                     began.elapsed().as_secs_f64()
                 );
             }
-            let executor = Executor::new(partition, config.partitions(), registry.clone(), store);
-            let replicas = config.replicas();
+            let mut executor =
+                Executor::new(partition, config.partitions(), registry.clone(), store);
+            executor.set_plan_sources(config.replicas());
             let peers: Vec<(PartitionId, NodeId)> = config
                 .placement()
                 .into_iter()
@@ -481,9 +496,7 @@ impl Node {
                 .collect();
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                Box::pin(executor_task(
-                    executor, rx, router, replicas, peers, stats, clock,
-                ))
+                Box::pin(executor_task(executor, rx, router, peers, stats, clock))
             }));
         }
         if spec.gateway {
@@ -820,37 +833,10 @@ fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus {
     }
 }
 
-/// Serves the plans of committed batches to subscribed partitions.
-#[derive(Default)]
-struct PlanServer {
-    committed: Vec<Arc<Batch>>,
-    plans: BTreeMap<Epoch, Vec<Arc<Plan>>>,
-    subscribers: BTreeMap<PartitionId, Epoch>,
-}
-
-impl PlanServer {
-    fn serve(&mut self, map: &PartitionMap, router: &Router) {
-        for (p, next) in self.subscribers.iter_mut() {
-            while (next.0 as usize) <= self.committed.len() {
-                let epoch = *next;
-                let plans = self.plans.entry(epoch).or_insert_with(|| {
-                    let batch = &self.committed[epoch.0 as usize - 1];
-                    detflow_scheduler::schedule(batch, map)
-                        .unwrap_or_else(|e| {
-                            fatal(format!("the log holds a batch this build refuses: {e}"))
-                        })
-                        .into_iter()
-                        .map(Arc::new)
-                        .collect()
-                });
-                router.to_executor(*p, Message::Plan(plans[p.0 as usize].clone()));
-                *next = epoch.next();
-            }
-        }
-        // Keep only recent plans; older subscribers are re-planned from the batches.
-        while self.plans.len() > 1_024 {
-            self.plans.pop_first();
-        }
+/// Sends the plan server's plans to their partitions.
+fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) {
+    for plan_server::Output::Plan { to, plan } in out.drain(..) {
+        router.to_executor(to, Message::Plan(plan));
     }
 }
 
@@ -863,7 +849,9 @@ async fn replica_task(
     stats: Arc<NodeStats>,
     clock: Clock,
 ) {
-    let mut server = PlanServer::default();
+    let mut server = PlanServer::new(map);
+    let mut plans = Vec::new();
+    let mut leader = None;
     let mut out = Vec::new();
     // When this replica, leading, wrote each epoch: for the epoch commit latency.
     let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
@@ -887,8 +875,9 @@ async fn replica_task(
                 Event::Msg(Message::Peer { from, msg }) => replica::Input::Peer { from, msg },
                 Event::Msg(Message::Submit(txn)) => replica::Input::Submit(txn),
                 Event::Msg(Message::Subscribe { partition, from }) => {
-                    server.subscribers.insert(partition, from);
-                    server.serve(&map, &router);
+                    let input = plan_server::Input::Subscribe { partition, from };
+                    server.handle(clock.now(), input, &mut plans);
+                    send_plans(&router, &mut plans);
                     continue;
                 }
                 _ => continue,
@@ -906,7 +895,11 @@ async fn replica_task(
                                 .epoch_latency
                                 .observe(closed.elapsed().as_micros() as u64);
                         }
-                        server.committed.push(batch);
+                        server.handle(
+                            clock.now(),
+                            plan_server::Input::Committed(batch),
+                            &mut plans,
+                        );
                     }
                     replica::Output::Duplicate {
                         client,
@@ -948,7 +941,13 @@ async fn replica_task(
             }
             replica.handle(clock.now(), replica::Input::Persisted { write }, &mut out);
         }
-        server.serve(&map, &router);
+        send_plans(&router, &mut plans);
+        if replica.leader() != leader {
+            leader = replica.leader();
+            if let Some(leader) = leader {
+                router.leader_changed(leader);
+            }
+        }
         stats.term.store(replica.term(), Ordering::Relaxed);
         stats.leader.store(
             replica.leader().map_or(0, |l| u64::from(l.0)),
@@ -988,23 +987,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// An executor that hears no plan for this long asks another replica.
-const STALL_US: u64 = 500_000;
-
 /// Sends one of partition `me`'s outputs where it goes; true if it reports an applied
 /// epoch (which the caller makes durable).
 fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
     match effect {
         Output::EpochApplied(_) => return true,
-        Output::Result { gateway, result } => {
-            router.to_gateway(
-                gateway,
-                Message::Result {
-                    result,
-                    recovered: false,
-                },
-            );
-        }
+        Output::Result {
+            gateway,
+            result,
+            recovered,
+        } => router.to_gateway(gateway, Message::Result { result, recovered }),
         Output::ResultUnknown {
             gateway,
             client,
@@ -1029,6 +1021,13 @@ fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
         Output::SendReads { to, reads } => {
             router.to_executor(to, Message::RemoteReads { to, reads });
         }
+        Output::Subscribe { to, from } => router.to_replica(
+            to,
+            Message::Subscribe {
+                partition: me,
+                from,
+            },
+        ),
     }
     false
 }
@@ -1037,64 +1036,29 @@ async fn executor_task(
     mut executor: Executor<FjallStore>,
     mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
-    replicas: Vec<NodeId>,
     peers: Vec<(PartitionId, NodeId)>,
     stats: Arc<NodeStats>,
     clock: Clock,
 ) {
     let me = executor.partition();
-    let mut source = (me.0 as usize) % replicas.len();
-    let subscribe = |executor: &Executor<FjallStore>, source: usize| {
-        let msg = Message::Subscribe {
-            partition: me,
-            from: executor.next_epoch(),
-        };
-        router.to_replica(replicas[source], msg);
-    };
-    subscribe(&executor, source);
     let mut out = Vec::new();
-    for (peer, _) in &peers {
-        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
-    }
-    let mut last_plan = clock.now();
-    let mut last_progress = clock.now();
-    let mut stall = tokio::time::interval(Duration::from_micros(STALL_US));
+    executor.handle(clock.now(), Input::Start, &mut out);
     let mut published_drops = 0;
     loop {
+        let deadline = executor.next_deadline().map(|t| clock.instant(t));
         let first = tokio::select! {
             ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
-            _ = stall.tick() => None,
+            _ = sleep_until(deadline) => None,
         };
         let mut events = Vec::new();
         match first {
             Some(ev) => events.push(ev),
-            None => {
-                if clock.now().since_us(last_plan) > STALL_US {
-                    source = (source + 1) % replicas.len();
-                    subscribe(&executor, source);
-                    last_plan = clock.now();
-                }
-                // Peers re-send their unacknowledged reads only when this partition says
-                // Hello, which it does when its own link to them comes up. Reads they sent
-                // on a connection that had died without either side noticing yet (this
-                // node restarted; their link learns of it only at the idle timeout) are
-                // lost, and this partition would wait for them forever. Work waiting with
-                // no progress for a while: say Hello again (re-sent reads are de-duplicated).
-                if !executor.is_idle() && clock.now().since_us(last_progress) > STALL_US {
-                    for (peer, _) in &peers {
-                        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
-                    }
-                    last_progress = clock.now();
-                }
-            }
+            None => executor.handle(clock.now(), Input::Tick, &mut out),
         }
         drain(&mut inbox, &mut events);
         for ev in events {
             let input = match ev {
-                Event::Msg(Message::Plan(plan)) => {
-                    last_plan = clock.now();
-                    Input::Plan((*plan).clone())
-                }
+                Event::Msg(Message::Plan(plan)) => Input::Plan((*plan).clone()),
                 Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
                 Event::Msg(Message::Ack { from, durable, .. }) => Input::Ack { from, durable },
                 Event::Msg(Message::Hello { from, durable, .. }) => Input::Hello { from, durable },
@@ -1109,9 +1073,9 @@ async fn executor_task(
                     seq,
                 },
                 Event::LinkUp(node) => {
-                    if replicas[source] == node {
-                        subscribe(&executor, source);
-                    }
+                    // The machine decides what a new connection means: a replica may be
+                    // its plan source, a partition may lack reads.
+                    executor.handle(clock.now(), Input::ReplicaConnected(node), &mut out);
                     for (peer, _) in peers.iter().filter(|(_, n)| *n == node) {
                         executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
                     }
@@ -1126,7 +1090,6 @@ async fn executor_task(
             applied |= route_output(&router, me, effect);
         }
         if applied {
-            last_progress = clock.now();
             let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
                 Ok(epoch) => epoch,
                 Err(e) => fatal(format!("cannot fsync partition {me}: {e}")),
@@ -1179,48 +1142,44 @@ async fn gateway_task(
                 waiting.retain(|(client, seq), (_, waiters)| {
                     waiters.retain(|w| !w.is_closed());
                     if waiters.is_empty() {
-                        gateway.forget(*client, *seq);
+                        let forget = gateway::Input::Forget { client: *client, seq: *seq };
+                        gateway.handle(Time::ZERO, forget, &mut out);
                     }
                     !waiters.is_empty()
                 });
                 continue;
             }
         };
-        match ev {
+        let input = match ev {
             Event::Client { call, reply } => {
                 waiting
                     .entry((call.client, call.seq))
                     .or_insert_with(|| (Instant::now(), Vec::new()))
                     .1
                     .push(reply);
-                // The gateway learns of a new leader only when a live replica refuses a
-                // submission; after the leader's node dies, nothing answers, and every call
-                // went to the dead node until it came back. A co-located replica follows
-                // elections as they happen: submit where it says the leader is.
-                let local_leader = stats.leader.load(Ordering::Relaxed);
-                if local_leader != 0 {
-                    gateway.observe_leader(NodeId(local_leader as u32));
-                }
-                gateway.on_call(call, &mut out);
+                gateway::Input::Call(call)
             }
+            Event::Leader(leader) => gateway::Input::Leader(leader),
             Event::Msg(Message::NotLeader { from, txn, leader }) => {
-                gateway.on_not_leader(from, txn, leader, &mut out)
+                gateway::Input::NotLeader { from, txn, leader }
             }
             Event::Msg(Message::Duplicate { client, seq }) => {
-                gateway.on_duplicate(client, seq, &mut out)
+                gateway::Input::Duplicate { client, seq }
             }
             Event::Msg(Message::Result { result, recovered }) => {
-                gateway.on_result(result, recovered, &mut out)
+                gateway::Input::Result { result, recovered }
             }
             Event::Msg(Message::ResultUnknown { client, seq }) => {
-                gateway.on_result_unknown(client, seq, &mut out)
+                gateway::Input::ResultUnknown { client, seq }
             }
-            _ => {}
-        }
+            _ => continue,
+        };
+        // The gateway keeps no timers, so the time it is handed does not matter.
+        gateway.handle(Time::ZERO, input, &mut out);
         for effect in out.drain(..) {
             match effect {
-                GatewayOutput::Submit { to, txn } => router.to_replica(to, Message::Submit(txn)),
-                GatewayOutput::Query { to, client, seq } => {
+                gateway::Output::Submit { to, txn } => router.to_replica(to, Message::Submit(txn)),
+                gateway::Output::Query { to, client, seq } => {
                     let msg = Message::Query {
                         client,
                         seq,
@@ -1229,7 +1188,7 @@ async fn gateway_task(
                     };
                     router.to_executor(to, msg);
                 }
-                GatewayOutput::Reply { client, seq, reply } => {
+                gateway::Output::Reply { client, seq, reply } => {
                     stats.calls_answered.fetch_add(1, Ordering::Relaxed);
                     if let Reply::Done { outcome, .. } = &reply {
                         match outcome {

@@ -637,13 +637,27 @@ fn a_node_refuses_to_start_with_another_nodes_certificate() {
     let _ = node.child.kill();
     let _ = node.child.wait();
     let config = node.log.with_file_name("node-1.toml");
-    let own = node.certs.node(1).expect("node-1's certificate").cert.clone();
+    let own = node
+        .certs
+        .node(1)
+        .expect("node-1's certificate")
+        .cert
+        .clone();
     let other = node.certs.node(2).expect("node-2's certificate");
     let text = std::fs::read_to_string(&config).expect("read the config");
     let swapped = text
-        .replace(&own.display().to_string(), &other.cert.display().to_string())
         .replace(
-            &node.certs.node(1).expect("node-1").key.display().to_string(),
+            &own.display().to_string(),
+            &other.cert.display().to_string(),
+        )
+        .replace(
+            &node
+                .certs
+                .node(1)
+                .expect("node-1")
+                .key
+                .display()
+                .to_string(),
             &other.key.display().to_string(),
         );
     assert_ne!(text, swapped, "the config names node-1's certificate");

@@ -26,6 +26,7 @@ pub mod partition;
 pub mod plan;
 pub mod replication;
 pub mod rng;
+pub mod session;
 pub mod txn;
 
 pub use footprint::{Access, Footprint, KeySpec};

@@ -13,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 mod map;
+pub mod plan_server;
 
 pub use map::{PartitionMap, RouteError, SchemeError};
+pub use plan_server::PlanServer;
 
 use detflow_protocol::{
     AbortReason, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId, Plan,

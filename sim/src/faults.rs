@@ -20,6 +20,10 @@ pub struct FaultConfig {
     pub delay_spikes: bool,
     /// Re-delivery of recently delivered messages after a reconnect.
     pub duplicates: bool,
+    /// Messages on one connection lost for a while without either end noticing (a
+    /// connection that died quietly and was replaced before the idle timeout): no reconnect
+    /// is announced, so only the machines' own timers recover what was lost.
+    pub silent_drops: bool,
     /// Pick a random subset of the above and random rates per seed.
     pub swarm: bool,
 }
@@ -39,6 +43,7 @@ impl FaultConfig {
             resets: true,
             delay_spikes: true,
             duplicates: true,
+            silent_drops: true,
             swarm: true,
         }
     }
@@ -51,10 +56,11 @@ impl FaultConfig {
             || self.resets
             || self.delay_spikes
             || self.duplicates
+            || self.silent_drops
     }
 
     /// Parses a comma-separated list: `all`, `none`, or fault names
-    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,swarm`).
+    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,silent-drops,swarm`).
     pub fn parse(list: &str) -> Result<FaultConfig, String> {
         let mut config = FaultConfig::none();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -67,11 +73,12 @@ impl FaultConfig {
                 "resets" => config.resets = true,
                 "delay-spikes" => config.delay_spikes = true,
                 "duplicates" => config.duplicates = true,
+                "silent-drops" => config.silent_drops = true,
                 "swarm" => config.swarm = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?} (known: all, none, crashes, torn-writes, \
-                         partitions, resets, delay-spikes, duplicates, swarm)"
+                         partitions, resets, delay-spikes, duplicates, silent-drops, swarm)"
                     ));
                 }
             }
@@ -93,6 +100,8 @@ pub(crate) struct FaultPlan {
     pub(crate) reset_chance: f64,
     pub(crate) spike_chance: f64,
     pub(crate) duplicate_chance: f64,
+    /// Chance per fault opportunity of a silent drop window on one connection.
+    pub(crate) silent_drop_chance: f64,
     /// Virtual time between fault opportunities.
     pub(crate) interval_us: u64,
     /// The longest a crashed node stays down before it restarts.
@@ -101,23 +110,28 @@ pub(crate) struct FaultPlan {
 
 impl FaultPlan {
     pub(crate) fn draw(config: &FaultConfig, rng: &mut DetRng) -> FaultPlan {
-        let mut on = |enabled: bool, rates: &[f64]| -> f64 {
+        let swarm = config.swarm;
+        let on = |rng: &mut DetRng, enabled: bool, rates: &[f64]| -> f64 {
             let picked = *rng.pick(rates);
-            let kept = !config.swarm || rng.chance(0.75);
+            let kept = !swarm || rng.chance(0.75);
             if enabled && kept { picked } else { 0.0 }
         };
-        FaultPlan {
-            crash_chance: on(config.crashes, &[0.05, 0.1, 0.2]),
-            crash_after_vote_chance: on(config.crashes, &[0.05, 0.2, 0.5]),
-            crash_after_append_chance: on(config.crashes, &[0.001, 0.01, 0.03]),
-            tear_chance: on(config.torn_writes, &[0.3, 0.7, 1.0]),
-            partition_chance: on(config.partitions, &[0.03, 0.08, 0.15]),
-            reset_chance: on(config.resets, &[0.05, 0.15, 0.3]),
-            spike_chance: on(config.delay_spikes, &[0.005, 0.02, 0.05]),
-            duplicate_chance: on(config.duplicates, &[0.3, 0.6, 1.0]),
+        let mut plan = FaultPlan {
+            crash_chance: on(rng, config.crashes, &[0.05, 0.1, 0.2]),
+            crash_after_vote_chance: on(rng, config.crashes, &[0.05, 0.2, 0.5]),
+            crash_after_append_chance: on(rng, config.crashes, &[0.001, 0.01, 0.03]),
+            tear_chance: on(rng, config.torn_writes, &[0.3, 0.7, 1.0]),
+            partition_chance: on(rng, config.partitions, &[0.03, 0.08, 0.15]),
+            reset_chance: on(rng, config.resets, &[0.05, 0.15, 0.3]),
+            spike_chance: on(rng, config.delay_spikes, &[0.005, 0.02, 0.05]),
+            duplicate_chance: on(rng, config.duplicates, &[0.3, 0.6, 1.0]),
             interval_us: *rng.pick(&[10_000, 30_000, 100_000]),
             downtime_max_us: *rng.pick(&[50_000, 300_000, 1_000_000]),
-        }
+            silent_drop_chance: 0.0,
+        };
+        // Drawn last, so that adding this fault type left every other draw as it was.
+        plan.silent_drop_chance = on(rng, config.silent_drops, &[0.02, 0.05, 0.1]);
+        plan
     }
 
     pub(crate) fn any(&self) -> bool {
@@ -127,6 +141,7 @@ impl FaultPlan {
             || self.partition_chance > 0.0
             || self.reset_chance > 0.0
             || self.duplicate_chance > 0.0
+            || self.silent_drop_chance > 0.0
     }
 }
 
@@ -147,6 +162,8 @@ pub struct FaultCounts {
     pub duplicates: u64,
     /// Messages delayed by a spike.
     pub delay_spikes: u64,
+    /// Silent drop windows.
+    pub silent_drops: u64,
 }
 
 impl FaultCounts {
@@ -159,6 +176,7 @@ impl FaultCounts {
         self.torn_writes += other.torn_writes;
         self.duplicates += other.duplicates;
         self.delay_spikes += other.delay_spikes;
+        self.silent_drops += other.silent_drops;
     }
 }
 
@@ -166,14 +184,15 @@ impl fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={}",
+            "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={} silent_drops={}",
             self.crashes,
             self.restarts,
             self.partitions,
             self.resets,
             self.torn_writes,
             self.duplicates,
-            self.delay_spikes
+            self.delay_spikes,
+            self.silent_drops
         )
     }
 }

@@ -27,6 +27,7 @@ mod store;
 mod world;
 
 pub use detflow_executor::Bugs;
+pub use detflow_protocol::session::SessionBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};
 pub use world::{CallRecord, SetupError, SimConfig};

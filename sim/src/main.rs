@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use detflow_sim::{Bugs, FaultConfig, FaultCounts, ReplicaBugs, SimConfig, run_seed};
+use detflow_sim::{Bugs, FaultConfig, FaultCounts, ReplicaBugs, SessionBugs, SimConfig, run_seed};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -65,6 +65,10 @@ enum Bug {
     CommitUncommitted,
     /// The leader sequences duplicate submissions again.
     DedupOff,
+    /// An executor whose work stalls never greets its peers again.
+    NoHelloOnStall,
+    /// A client session numbers the call after a retried one with the same number.
+    ReuseSeqAfterRetry,
 }
 
 impl Bug {
@@ -77,6 +81,8 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::CommitUncommitted => "commit-uncommitted",
             Bug::DedupOff => "dedup-off",
+            Bug::NoHelloOnStall => "no-hello-on-stall",
+            Bug::ReuseSeqAfterRetry => "reuse-seq-after-retry",
         }
     }
 }
@@ -108,7 +114,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 3)]
     replicas: u32,
     /// Faults to inject: `all` (every type, swarm mode), `none`, or a comma-separated list
-    /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, swarm.
+    /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, silent-drops, swarm.
     #[arg(long, default_value = "none")]
     faults: String,
     /// Epoch length in virtual microseconds.
@@ -154,6 +160,10 @@ fn real_main() -> Result<bool> {
         reorder: matches!(args.bug, Some(Bug::Reorder)),
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
         replay_from_wrong_epoch: matches!(args.bug, Some(Bug::ReplayFromWrongEpoch)),
+        no_hello_on_stall: matches!(args.bug, Some(Bug::NoHelloOnStall)),
+    };
+    let session_bugs = SessionBugs {
+        reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),
     };
     let replica_bugs = ReplicaBugs {
         ack_before_quorum: matches!(args.bug, Some(Bug::AckBeforeQuorum)),
@@ -179,6 +189,7 @@ fn real_main() -> Result<bool> {
             faults: fault_config,
             bugs,
             replica_bugs,
+            session_bugs,
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;

@@ -14,13 +14,14 @@ use crate::disk::Disk;
 use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
 use crate::store::SimStore;
 use detflow_executor::{Bugs, Executor, Registry};
-use detflow_gateway::{Gateway, GatewayOutput};
-use detflow_protocol::message::{Call, Message, Reply};
+use detflow_gateway::Gateway;
+use detflow_protocol::message::{Message, Reply};
+use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, Plan,
-    RequestSeq, Time, Value, codec,
+    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, RequestSeq,
+    Time, Value, codec,
 };
-use detflow_scheduler::PartitionMap;
+use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
 use detflow_workloads::{Answer, Request, Workload};
 use std::cmp::Reverse;
@@ -41,19 +42,11 @@ type Msg = Message;
 
 #[derive(Debug)]
 enum Event {
-    ClientRetry {
-        c: u32,
-        seq: RequestSeq,
-        attempt: u32,
-    },
-    ClientTimeout {
-        c: u32,
-        seq: RequestSeq,
-        attempt: u32,
-    },
+    /// A client's call may have a deadline due (its session's timer).
+    ClientTimer(u32),
     ClientWake(u32),
     Deliver(Delivery),
-    ExecutorStallCheck {
+    ExecutorTimer {
         p: u32,
         incarnation: u64,
     },
@@ -140,6 +133,8 @@ pub struct SimConfig {
     pub bugs: Bugs,
     /// Planted replica bugs (checker tests only).
     pub replica_bugs: ReplicaBugs,
+    /// Planted client-session bugs (checker tests only).
+    pub session_bugs: SessionBugs,
 }
 
 impl SimConfig {
@@ -158,6 +153,7 @@ impl SimConfig {
             faults: FaultConfig::none(),
             bugs: Bugs::default(),
             replica_bugs: ReplicaBugs::default(),
+            session_bugs: SessionBugs::default(),
         }
     }
 }
@@ -239,18 +235,12 @@ pub enum SetupError {
     Config(String),
 }
 
-/// A call not answered within this time is retried through another gateway.
-const CALL_TIMEOUT_US: u64 = 1_000_000;
-/// Back-off before retrying a call answered `Unavailable`.
-const RETRY_BACKOFF_US: u64 = 50_000;
 /// After healing, every call must be answered within this much virtual time.
 pub(crate) const LIVENESS_US: u64 = 60_000_000;
 /// After the last answer, the run goes on this long so partitions catch up and disks sync.
 const QUIET_US: u64 = 3_000_000;
 /// Faults stop and everything heals by this time at the latest.
 const FAULT_WINDOW_US: u64 = 20_000_000;
-/// An executor that receives no plan for this long looks for another plan source.
-const STALL_CHECK_US: u64 = 250_000;
 const FOOTPRINT_ENTRIES_MAX: usize = 4096;
 /// Recently delivered messages remembered per connection, for duplicate delivery.
 const RECENT_PER_LINK: usize = 4;
@@ -283,11 +273,11 @@ struct ReplicaNode {
     timer_at: Option<Time>,
     sync_scheduled: bool,
     last_write: u64,
-    /// Plan subscriptions: partition → next epoch to send.
-    subscribers: BTreeMap<PartitionId, Epoch>,
-    /// The batches this incarnation reported committed, in order: the plan server trusts
-    /// `Committed` outputs, as a production driver must.
-    committed: Vec<Arc<Batch>>,
+    /// The plan server beside the replica, fed with its `Committed` outputs as a
+    /// production driver does; it starts empty with each incarnation.
+    plans: Option<PlanServer>,
+    /// The leader this replica last followed, told to the gateway on the same node.
+    leader: Option<NodeId>,
 }
 
 struct ExecutorNode {
@@ -295,9 +285,7 @@ struct ExecutorNode {
     /// The store while the node is down (its disk survives the crash).
     parked: Option<SimStore>,
     incarnation: u64,
-    source: u32,
-    plans_seen: u64,
-    plans_at_last_check: u64,
+    timer_at: Option<Time>,
     sync_scheduled: bool,
 }
 
@@ -307,8 +295,12 @@ struct GatewayNode {
 }
 
 struct ClientNode {
-    current: Option<(RequestSeq, u32)>,
-    next_seq: u64,
+    /// The client library's session machine: numbering, gateway choice, retries.
+    session: Session,
+    /// The call in flight.
+    pending: Option<Pending>,
+    /// When the client's timer is set for.
+    timer_at: Option<Time>,
     /// The call in flight as the workload made it, for [`Workload::follow_up`].
     request: Option<Request>,
     /// The next call of the same logical transaction, sent at the next wake.
@@ -324,6 +316,8 @@ pub(crate) struct World {
     link_generation: BTreeMap<(Addr, Addr), u64>,
     recent: BTreeMap<(Addr, Addr), VecDeque<Msg>>,
     blocked: BTreeMap<u64, BTreeSet<(Addr, Addr)>>,
+    /// The cuts in `blocked` that are silent drops: nobody hears when they end.
+    silent: BTreeSet<u64>,
     next_partition: u64,
     rng: DetRng,
     workload_rng: DetRng,
@@ -341,7 +335,6 @@ pub(crate) struct World {
     registry: Arc<Registry>,
     initial: Vec<(Key, Value)>,
     committed: BTreeMap<Epoch, Arc<Batch>>,
-    plan_cache: BTreeMap<Epoch, (Arc<Batch>, Vec<Arc<Plan>>)>,
     online_failures: Vec<String>,
     calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
     issued: u64,
@@ -419,14 +412,11 @@ impl World {
         }
         let executors = per_partition
             .into_iter()
-            .enumerate()
-            .map(|(p, rows)| ExecutorNode {
+            .map(|rows| ExecutorNode {
                 machine: None,
                 parked: Some(SimStore::loaded(rows)),
                 incarnation: 0,
-                source: p as u32 % config.replicas,
-                plans_seen: 0,
-                plans_at_last_check: 0,
+                timer_at: None,
                 sync_scheduled: false,
             })
             .collect();
@@ -438,8 +428,8 @@ impl World {
                 timer_at: None,
                 sync_scheduled: false,
                 last_write: 0,
-                subscribers: BTreeMap::new(),
-                committed: Vec::new(),
+                plans: None,
+                leader: None,
             })
             .collect();
         let gateways = (0..config.gateways)
@@ -448,12 +438,25 @@ impl World {
                 incarnation: 0,
             })
             .collect();
+        // The client library's policy, except that simulated clients never give up: every
+        // call must be answered once the faults heal.
+        let policy = RetryPolicy {
+            attempts_max: u32::MAX,
+            ..RetryPolicy::default()
+        };
         let clients = (0..config.clients)
-            .map(|_| ClientNode {
-                current: None,
-                next_seq: 1,
-                request: None,
-                follow: None,
+            .map(|c| {
+                let rng = rng.fork(5_000 + u64::from(c));
+                let mut session =
+                    Session::new(ClientId(u64::from(c)), config.gateways, policy, rng);
+                session.set_bugs(config.session_bugs);
+                ClientNode {
+                    session,
+                    pending: None,
+                    timer_at: None,
+                    request: None,
+                    follow: None,
+                }
             })
             .collect();
         Ok(World {
@@ -464,6 +467,7 @@ impl World {
             link_generation: BTreeMap::new(),
             recent: BTreeMap::new(),
             blocked: BTreeMap::new(),
+            silent: BTreeSet::new(),
             next_partition: 0,
             rng,
             workload_rng,
@@ -481,7 +485,6 @@ impl World {
             registry,
             initial,
             committed: BTreeMap::new(),
-            plan_cache: BTreeMap::new(),
             online_failures: Vec::new(),
             calls: BTreeMap::new(),
             issued: 0,
@@ -651,11 +654,10 @@ impl World {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::ClientRetry { c, seq, attempt } => self.on_client_retry(c, seq, attempt),
-            Event::ClientTimeout { c, seq, attempt } => self.on_client_retry(c, seq, attempt),
+            Event::ClientTimer(c) => self.on_client_timer(c),
             Event::ClientWake(c) => self.on_client_wake(c),
             Event::Deliver(d) => self.on_deliver(d),
-            Event::ExecutorStallCheck { p, incarnation } => self.on_stall_check(p, incarnation),
+            Event::ExecutorTimer { p, incarnation } => self.on_executor_timer(p, incarnation),
             Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
             Event::FaultTick => self.on_fault_tick(),
             Event::HealPartition(id) => self.heal_partition(id),
@@ -718,10 +720,7 @@ impl World {
                 self.replica_input(r, replica::Input::Submit(txn))
             }
             (Addr::Replica(r), Msg::Subscribe { partition, from }) => {
-                self.replicas[r as usize]
-                    .subscribers
-                    .insert(partition, from);
-                self.serve_plans(r);
+                self.plan_server_input(r, plan_server::Input::Subscribe { partition, from });
             }
             (Addr::Executor(p), msg) => self.executor_message(p, from, msg),
             (to, msg) => panic!("simulator routed {msg:?} to {to:?}"),
@@ -789,8 +788,8 @@ impl World {
         node.timer_at = None;
         node.sync_scheduled = false;
         node.last_write = 0;
-        node.subscribers.clear();
-        node.committed.clear();
+        node.plans = Some(PlanServer::new(self.map.clone()));
+        node.leader = None;
         self.arm_replica_timer(r);
     }
 
@@ -804,23 +803,12 @@ impl World {
             store,
         );
         machine.set_bugs(self.config.bugs);
+        machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
         node.machine = Some(machine);
         node.incarnation += 1;
         node.sync_scheduled = false;
-        let incarnation = node.incarnation;
-        for peer in (0..self.config.partitions).filter(|q| *q != p) {
-            self.executor_input(
-                p,
-                detflow_executor::Input::Connected {
-                    peer: PartitionId(peer),
-                },
-            );
-        }
-        self.subscribe(p);
-        self.schedule(
-            self.now.plus_us(STALL_CHECK_US),
-            Event::ExecutorStallCheck { p, incarnation },
-        );
+        node.timer_at = None;
+        self.executor_input(p, detflow_executor::Input::Start);
     }
 
     fn crash(&mut self, addr: Addr, downtime_us: u64) {
@@ -834,16 +822,10 @@ impl World {
             Addr::Replica(r) => {
                 let node = &mut self.replicas[r as usize];
                 node.machine = None;
+                node.plans = None;
                 let damage = node.disk.crash(&mut self.rng, tear);
                 if damage.torn {
                     self.counts.torn_writes += 1;
-                }
-                // Executors fed by this replica look elsewhere.
-                let fed: Vec<u32> = (0..self.config.partitions)
-                    .filter(|p| self.executors[*p as usize].source == r)
-                    .collect();
-                for p in fed {
-                    self.subscribe_elsewhere(p);
                 }
             }
             Addr::Executor(p) => {
@@ -881,8 +863,11 @@ impl World {
                         },
                     );
                 }
-                (Addr::Executor(p), Addr::Replica(r)) if self.executors[p as usize].source == r => {
-                    self.subscribe(p);
+                (Addr::Executor(p), Addr::Replica(r)) if self.is_up(x) => {
+                    self.executor_input(
+                        p,
+                        detflow_executor::Input::ReplicaConnected(replica_id(r)),
+                    );
                 }
                 _ => {}
             }
@@ -946,6 +931,9 @@ impl World {
             if a != b {
                 self.reset(a, b);
             }
+        }
+        if self.plan.silent_drop_chance > 0.0 && self.rng.chance(self.plan.silent_drop_chance) {
+            self.start_silent_drop(&servers);
         }
         self.schedule(self.now.plus_us(self.plan.interval_us), Event::FaultTick);
     }
@@ -1029,10 +1017,38 @@ impl World {
         self.schedule(self.now.plus_us(duration), Event::HealPartition(id));
     }
 
+    /// Drops what one connection carries, one way, for a while, and tells nobody: the
+    /// sender's messages vanish as on a connection that died quietly, and no reconnect is
+    /// announced when it ends. Half the time between two executors (their remote reads),
+    /// else between any two servers.
+    fn start_silent_drop(&mut self, servers: &[Addr]) {
+        let executors = self.config.partitions;
+        let (from, to) = if executors > 1 && self.rng.chance(0.5) {
+            let a = self.rng.below(u64::from(executors)) as u32;
+            let b = (a + 1 + self.rng.below(u64::from(executors) - 1) as u32) % executors;
+            (Addr::Executor(a), Addr::Executor(b))
+        } else {
+            (*self.rng.pick(servers), *self.rng.pick(servers))
+        };
+        if from == to {
+            return;
+        }
+        self.counts.silent_drops += 1;
+        let id = self.next_partition;
+        self.next_partition += 1;
+        self.blocked.insert(id, BTreeSet::from([(from, to)]));
+        self.silent.insert(id);
+        let duration = self.rng.range(20_000, 1_000_000);
+        self.schedule(self.now.plus_us(duration), Event::HealPartition(id));
+    }
+
     fn heal_partition(&mut self, id: u64) {
         let Some(cut) = self.blocked.remove(&id) else {
             return;
         };
+        if self.silent.remove(&id) {
+            return;
+        }
         let links: BTreeSet<(Addr, Addr)> = cut.iter().map(|(a, b)| Self::link(*a, *b)).collect();
         for (a, b) in links {
             if self.is_up(a) && self.is_up(b) && !self.is_blocked(a, b) && !self.is_blocked(b, a) {
@@ -1055,14 +1071,10 @@ impl World {
 
     // ----- clients -----
 
-    fn gateway_for(&mut self) -> Addr {
-        Addr::Gateway(self.rng.below(u64::from(self.config.gateways)) as u32)
-    }
-
     /// Sends the client's next call: the rest of its logical transaction, or (while the
     /// run wants more) the first call of a new one. `txns` counts logical transactions.
     fn on_client_wake(&mut self, c: u32) {
-        if self.clients[c as usize].current.is_some() {
+        if self.clients[c as usize].pending.is_some() {
             return;
         }
         let request = match self.clients[c as usize].follow.take() {
@@ -1073,22 +1085,20 @@ impl World {
                 self.workload.next_call(&mut self.workload_rng)
             }
         };
-        let client = ClientId(u64::from(c));
-        let seq = RequestSeq(self.clients[c as usize].next_seq);
-        self.clients[c as usize].next_seq += 1;
-        self.clients[c as usize].request = Some(request.clone());
         let (procedure, args) = if self.rng.chance(self.timing.malformed_chance) {
             // Bad input a real client may send: it must be refused, never ordered.
             if self.rng.chance(0.5) {
-                ("no.such.procedure".to_owned(), request.args)
+                ("no.such.procedure".to_owned(), request.args.clone())
             } else {
                 (request.procedure.to_owned(), vec![0xc1])
             }
         } else {
-            (request.procedure.to_owned(), request.args)
+            (request.procedure.to_owned(), request.args.clone())
         };
+        let node = &mut self.clients[c as usize];
+        let pending = node.session.call(procedure.clone(), args.clone());
         self.calls.insert(
-            (client, seq),
+            (node.session.client(), pending.seq()),
             CallRecord {
                 procedure,
                 args,
@@ -1096,85 +1106,103 @@ impl World {
                 attempts: 0,
             },
         );
-        self.clients[c as usize].current = Some((seq, 0));
-        self.send_call(c, seq);
+        node.request = Some(request);
+        node.pending = Some(pending);
+        self.client_input(c, session::Input::Start);
     }
 
-    fn send_call(&mut self, c: u32, seq: RequestSeq) {
-        let client = ClientId(u64::from(c));
-        let record = self.calls.get_mut(&(client, seq)).expect("call recorded");
-        record.attempts += 1;
-        let attempt = record.attempts;
-        let call = Call {
-            client,
-            seq,
-            procedure: record.procedure.clone(),
-            args: record.args.clone(),
+    /// Runs one input through the client's call in flight and performs its outputs.
+    fn client_input(&mut self, c: u32, input: session::Input) {
+        let now = self.now;
+        let node = &mut self.clients[c as usize];
+        let Some(pending) = node.pending.as_mut() else {
+            return;
         };
-        self.clients[c as usize].current = Some((seq, attempt));
-        let gateway = self.gateway_for();
-        self.send(Addr::Client(c), gateway, Msg::Call(call));
-        self.schedule(
-            self.now.plus_us(CALL_TIMEOUT_US),
-            Event::ClientTimeout { c, seq, attempt },
-        );
+        let mut out = Vec::new();
+        pending.handle(now, input, &mut out);
+        let deadline = pending.next_deadline();
+        for effect in out {
+            match effect {
+                session::Output::Send {
+                    gateway,
+                    attempt,
+                    call,
+                } => {
+                    if let Some(record) = self.calls.get_mut(&(call.client, call.seq)) {
+                        record.attempts = attempt;
+                    }
+                    self.send(Addr::Client(c), Addr::Gateway(gateway), Msg::Call(call));
+                }
+                session::Output::Done(reply) => self.on_call_done(c, reply),
+                session::Output::GaveUp { attempts, last } => {
+                    unreachable!("a simulated client gave up after {attempts} attempts: {last}")
+                }
+            }
+        }
+        let node = &mut self.clients[c as usize];
+        if node.pending.is_some() && deadline.is_some() && deadline != node.timer_at {
+            node.timer_at = deadline;
+            let at = deadline.unwrap_or(now).max(now);
+            self.schedule(at, Event::ClientTimer(c));
+        }
     }
 
-    fn on_client_retry(&mut self, c: u32, seq: RequestSeq, attempt: u32) {
-        if self.clients[c as usize].current == Some((seq, attempt)) {
-            self.send_call(c, seq);
+    fn on_client_timer(&mut self, c: u32) {
+        let node = &mut self.clients[c as usize];
+        if node.timer_at.is_some_and(|t| t <= self.now) {
+            node.timer_at = None;
+            self.client_input(c, session::Input::Tick);
         }
     }
 
     fn on_reply(&mut self, c: u32, client: ClientId, seq: RequestSeq, reply: Reply) {
+        let node = &self.clients[c as usize];
         assert_eq!(
             client,
-            ClientId(u64::from(c)),
+            node.session.client(),
             "reply delivered to the wrong client"
         );
-        let current = self.clients[c as usize].current;
-        if reply == Reply::Unavailable {
-            if let Some((s, attempt)) = current.filter(|(s, _)| *s == seq) {
-                let backoff = RETRY_BACKOFF_US / 2 + self.rng.below(RETRY_BACKOFF_US);
-                self.schedule(
-                    self.now.plus_us(backoff),
-                    Event::ClientRetry { c, seq: s, attempt },
-                );
-            }
-            return;
+        if reply != Reply::Unavailable {
+            // Every final reply is recorded, late duplicates too: they must agree.
+            self.calls
+                .entry((client, seq))
+                .or_insert_with(|| CallRecord {
+                    procedure: String::new(),
+                    args: Vec::new(),
+                    replies: Vec::new(),
+                    attempts: 0,
+                })
+                .replies
+                .push(reply.clone());
         }
-        // The client's own call ends here (a late duplicate reply only gets recorded):
-        // the workload decides whether the logical transaction goes on.
-        let follow = current.filter(|(s, _)| *s == seq).map(|_| {
-            let answer = match &reply {
-                Reply::Done {
-                    outcome: detflow_protocol::Outcome::Committed(out),
-                    ..
-                } => Answer::Committed(out),
-                Reply::Done {
-                    outcome: detflow_protocol::Outcome::Aborted(reason),
-                    ..
-                } => Answer::Aborted(reason),
-                _ => Answer::Failed,
-            };
-            let request = self.clients[c as usize]
-                .request
-                .take()
-                .expect("a call in flight has its request");
-            self.workload.follow_up(&request, answer)
-        });
-        self.calls
-            .entry((client, seq))
-            .or_insert_with(|| CallRecord {
-                procedure: String::new(),
-                args: Vec::new(),
-                replies: Vec::new(),
-                attempts: 0,
-            })
-            .replies
-            .push(reply);
-        let Some(follow) = follow else { return };
-        self.clients[c as usize].current = None;
+        if node.pending.as_ref().is_some_and(|p| p.seq() == seq) {
+            self.client_input(c, session::Input::Reply(reply));
+        }
+    }
+
+    /// The client's call ended: the workload decides whether the logical transaction goes
+    /// on.
+    fn on_call_done(&mut self, c: u32, reply: Reply) {
+        let node = &mut self.clients[c as usize];
+        let pending = node.pending.take().expect("a call ends while in flight");
+        node.session.finished(&pending);
+        node.timer_at = None;
+        let answer = match &reply {
+            Reply::Done {
+                outcome: detflow_protocol::Outcome::Committed(out),
+                ..
+            } => Answer::Committed(out),
+            Reply::Done {
+                outcome: detflow_protocol::Outcome::Aborted(reason),
+                ..
+            } => Answer::Aborted(reason),
+            _ => Answer::Failed,
+        };
+        let request = node
+            .request
+            .take()
+            .expect("a call in flight has its request");
+        let follow = self.workload.follow_up(&request, answer);
         self.last_answer = self.now;
         if let Some(next) = follow {
             self.clients[c as usize].follow = Some(next);
@@ -1193,24 +1221,36 @@ impl World {
     // ----- gateways -----
 
     fn gateway_input(&mut self, g: u32, from: Addr, msg: Msg) {
+        use detflow_gateway::Input;
+        let input = match msg {
+            Msg::Call(call) => Input::Call(call),
+            Msg::NotLeader { txn, leader, .. } => {
+                // The connection, not the message, says who sent it.
+                let Addr::Replica(r) = from else { return };
+                Input::NotLeader {
+                    from: replica_id(r),
+                    txn,
+                    leader,
+                }
+            }
+            Msg::Duplicate { client, seq } => Input::Duplicate { client, seq },
+            Msg::Result { result, recovered } => Input::Result { result, recovered },
+            Msg::ResultUnknown { client, seq } => Input::ResultUnknown { client, seq },
+            other => panic!("gateway got {other:?}"),
+        };
+        self.gateway_handle(g, input);
+    }
+
+    fn gateway_handle(&mut self, g: u32, input: detflow_gateway::Input) {
+        use detflow_gateway::Output;
         let Some(gateway) = self.gateways[g as usize].machine.as_mut() else {
             return;
         };
         let mut out = Vec::new();
-        match msg {
-            Msg::Call(call) => gateway.on_call(call, &mut out),
-            Msg::NotLeader { txn, leader, .. } => {
-                let Addr::Replica(r) = from else { return };
-                gateway.on_not_leader(replica_id(r), txn, leader, &mut out);
-            }
-            Msg::Duplicate { client, seq } => gateway.on_duplicate(client, seq, &mut out),
-            Msg::Result { result, recovered } => gateway.on_result(result, recovered, &mut out),
-            Msg::ResultUnknown { client, seq } => gateway.on_result_unknown(client, seq, &mut out),
-            other => panic!("gateway got {other:?}"),
-        }
+        gateway.handle(self.now, input, &mut out);
         for effect in out {
             match effect {
-                GatewayOutput::Query { to, client, seq } => {
+                Output::Query { to, client, seq } => {
                     self.send(
                         Addr::Gateway(g),
                         Addr::Executor(to.0),
@@ -1222,11 +1262,11 @@ impl World {
                         },
                     );
                 }
-                GatewayOutput::Reply { client, seq, reply } => {
+                Output::Reply { client, seq, reply } => {
                     let to = Addr::Client(client.0 as u32);
                     self.send(Addr::Gateway(g), to, Msg::Reply { client, seq, reply });
                 }
-                GatewayOutput::Submit { to, txn } => {
+                Output::Submit { to, txn } => {
                     self.send(
                         Addr::Gateway(g),
                         Addr::Replica(to.0 - 100),
@@ -1245,6 +1285,7 @@ impl World {
         };
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
+        let leader = machine.leader();
         for effect in out {
             match effect {
                 replica::Output::Committed(batch) => self.on_committed(r, batch),
@@ -1270,6 +1311,16 @@ impl World {
                         Msg::Peer { from, msg },
                     );
                 }
+            }
+        }
+        // Node r hosts replica r and (if there is one) gateway r: the gateway hears of a
+        // new leader from its replica as soon as the replica does, as in the node runtime.
+        if leader != self.replicas[r as usize].leader {
+            self.replicas[r as usize].leader = leader;
+            if let Some(leader) = leader
+                && r < self.config.gateways
+            {
+                self.gateway_handle(r, detflow_gateway::Input::Leader(leader));
             }
         }
         self.arm_replica_timer(r);
@@ -1358,101 +1409,29 @@ impl World {
                 self.committed.insert(batch.epoch, batch.clone());
             }
         }
-        let node = &mut self.replicas[r as usize];
-        assert_eq!(
-            batch.epoch.0,
-            node.committed.len() as u64 + 1,
-            "replica {r} reported epoch {} out of order",
-            batch.epoch
-        );
-        node.committed.push(batch);
-        self.serve_plans(r);
+        self.plan_server_input(r, plan_server::Input::Committed(batch));
     }
 
-    /// Sends each subscribed partition the plans of the epochs this replica has committed.
-    fn serve_plans(&mut self, r: u32) {
-        let node = &self.replicas[r as usize];
-        if node.machine.is_none() {
+    /// Runs one input through the plan server beside replica `r` and sends its plans.
+    fn plan_server_input(&mut self, r: u32, input: plan_server::Input) {
+        let Some(server) = self.replicas[r as usize].plans.as_mut() else {
             return;
+        };
+        let mut out = Vec::new();
+        server.handle(self.now, input, &mut out);
+        for plan_server::Output::Plan { to, plan } in out {
+            self.send(Addr::Replica(r), Addr::Executor(to.0), Msg::Plan(plan));
         }
-        let mut sends = Vec::new();
-        for (p, next) in &node.subscribers {
-            for batch in node.committed.iter().skip(next.0 as usize - 1) {
-                sends.push((*p, batch.epoch, batch.clone()));
-            }
-        }
-        for (p, epoch, batch) in sends {
-            let plan = self.plan_for(epoch, &batch, p);
-            self.replicas[r as usize]
-                .subscribers
-                .insert(p, epoch.next());
-            self.send(Addr::Replica(r), Addr::Executor(p.0), Msg::Plan(plan));
-        }
-    }
-
-    fn plan_for(&mut self, epoch: Epoch, batch: &Arc<Batch>, p: PartitionId) -> Arc<Plan> {
-        if let Some((cached, plans)) = self.plan_cache.get(&epoch)
-            && (Arc::ptr_eq(cached, batch) || **cached == **batch)
-        {
-            return plans[p.0 as usize].clone();
-        }
-        let plans: Vec<Arc<Plan>> = detflow_scheduler::schedule(batch, &self.map)
-            .unwrap_or_else(|e| panic!("a replica committed a batch the scheduler refuses: {e}"))
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let plan = plans[p.0 as usize].clone();
-        self.plan_cache.insert(epoch, (batch.clone(), plans));
-        plan
     }
 
     // ----- executors -----
-
-    fn subscribe(&mut self, p: u32) {
-        let Some(machine) = &self.executors[p as usize].machine else {
-            return;
-        };
-        let from = machine.next_epoch();
-        let source = self.executors[p as usize].source;
-        let msg = Msg::Subscribe {
-            partition: PartitionId(p),
-            from,
-        };
-        self.send(Addr::Executor(p), Addr::Replica(source), msg);
-    }
-
-    fn subscribe_elsewhere(&mut self, p: u32) {
-        let replicas = u64::from(self.config.replicas);
-        let node = &mut self.executors[p as usize];
-        node.source = ((u64::from(node.source) + 1 + self.rng.below(replicas)) % replicas) as u32;
-        self.subscribe(p);
-    }
-
-    fn on_stall_check(&mut self, p: u32, incarnation: u64) {
-        let node = &mut self.executors[p as usize];
-        if node.incarnation != incarnation || node.machine.is_none() {
-            return;
-        }
-        if node.plans_seen == node.plans_at_last_check {
-            self.subscribe_elsewhere(p);
-        }
-        let node = &mut self.executors[p as usize];
-        node.plans_at_last_check = node.plans_seen;
-        self.schedule(
-            self.now.plus_us(STALL_CHECK_US),
-            Event::ExecutorStallCheck { p, incarnation },
-        );
-    }
 
     fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
         use detflow_executor::Input;
         let input = match msg {
             Msg::Ack { from, durable, .. } => Input::Ack { from, durable },
             Msg::Hello { from, durable, .. } => Input::Hello { from, durable },
-            Msg::Plan(plan) => {
-                self.executors[p as usize].plans_seen += 1;
-                Input::Plan((*plan).clone())
-            }
+            Msg::Plan(plan) => Input::Plan((*plan).clone()),
             Msg::Query { client, seq, .. } => {
                 let Addr::Gateway(g) = from else { return };
                 Input::ResultQuery {
@@ -1472,18 +1451,18 @@ impl World {
         let Some(machine) = self.executors[p as usize].machine.as_mut() else {
             return;
         };
-        let querying = matches!(input, detflow_executor::Input::ResultQuery { .. });
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
         let me = Addr::Executor(p);
         for effect in out {
             match effect {
                 Output::EpochApplied(_) => self.schedule_executor_sync(p),
-                Output::Result { gateway, result } => {
-                    let msg = Msg::Result {
-                        result,
-                        recovered: querying,
-                    };
+                Output::Result {
+                    gateway,
+                    result,
+                    recovered,
+                } => {
+                    let msg = Msg::Result { result, recovered };
                     self.send(me, Addr::Gateway(gateway.0 - 200), msg);
                 }
                 Output::ResultUnknown {
@@ -1522,7 +1501,38 @@ impl World {
                 Output::SendReads { to, reads } => {
                     self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
                 }
+                Output::Subscribe { to, from } => {
+                    let msg = Msg::Subscribe {
+                        partition: PartitionId(p),
+                        from,
+                    };
+                    self.send(me, Addr::Replica(to.0 - 100), msg);
+                }
             }
+        }
+        self.arm_executor_timer(p);
+    }
+
+    fn arm_executor_timer(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        let Some(machine) = &node.machine else { return };
+        let deadline = machine.next_deadline();
+        if deadline.is_some() && deadline != node.timer_at {
+            node.timer_at = deadline;
+            let incarnation = node.incarnation;
+            let at = deadline.unwrap_or(self.now).max(self.now);
+            self.schedule(at, Event::ExecutorTimer { p, incarnation });
+        }
+    }
+
+    fn on_executor_timer(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        if node.timer_at.is_some_and(|t| t <= self.now) {
+            node.timer_at = None;
+            self.executor_input(p, detflow_executor::Input::Tick);
         }
     }
 

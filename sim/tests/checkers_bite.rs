@@ -1,7 +1,7 @@
 //! Every checker must catch the class of bug it exists for: a planted bug must make some
 //! seed fail within a bounded number of seeds. A checker that cannot fail proves nothing.
 
-use detflow_sim::{Bugs, FaultConfig, ReplicaBugs, SimConfig, run_seed};
+use detflow_sim::{Bugs, FaultConfig, ReplicaBugs, SessionBugs, SimConfig, run_seed};
 
 /// How many seeds a planted bug may survive before the test fails. Replica bugs need the
 /// rarer interleavings (a split vote meeting a restart; a lost unsynced append), so they get
@@ -159,4 +159,42 @@ fn a_correct_engine_passes_every_workload_with_and_without_faults() {
             }
         }
     }
+}
+
+/// Reads lost on a connection that died unnoticed are re-sent only when the waiting
+/// executor greets its peers again; silent drops are the fault that needs it.
+#[test]
+fn a_stall_that_never_greets_the_peers_again_is_caught() {
+    let bugs = Bugs {
+        no_hello_on_stall: true,
+        ..Bugs::default()
+    };
+    let faults = FaultConfig {
+        silent_drops: true,
+        ..FaultConfig::none()
+    };
+    let (seed, failures) = first_failure(with_executor_bug(bugs, faults))
+        .expect("the no-hello-on-stall bug went unnoticed");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("unanswered") || f.contains("caught up") || f.contains("applied")),
+        "seed {seed}: {failures:?}"
+    );
+}
+
+/// A session that reuses a number gets the earlier call's result for a new call.
+#[test]
+fn a_session_that_reuses_a_number_after_a_retry_is_caught() {
+    let session_bugs = SessionBugs {
+        reuse_seq_after_retry: true,
+    };
+    let (seed, failures) = first_failure(move |seed| SimConfig {
+        session_bugs,
+        faults: FaultConfig::all(),
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    })
+    .expect("the reuse-seq-after-retry bug went unnoticed");
+    println!("seed {seed}: {failures:?}");
 }

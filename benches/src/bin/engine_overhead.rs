@@ -169,7 +169,10 @@ fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, 
                                             durable,
                                         },
                                     )),
-                                    Output::SendHello { .. } | Output::ResultUnknown { .. } => {}
+                                    // Plans are handed in directly: no subscriptions.
+                                    Output::SendHello { .. }
+                                    | Output::ResultUnknown { .. }
+                                    | Output::Subscribe { .. } => {}
                                 }
                             }
                         }
