@@ -8,7 +8,10 @@
 //!
 //! - replica agreement: all sequencer replicas hold the same committed prefix;
 //! - serial equivalence: the final state and every result equal executing the committed
-//!   log one transaction at a time on a single map;
+//!   log one transaction at a time on a single map, by a reference that never routes (it
+//!   judges footprints from the workload's declared scheme itself);
+//! - valid calls: no call the workload made is refused or aborted as malformed or
+//!   unroutable, and no malformed call the simulator planted is ordered;
 //! - exactly once: every answered call is in the log exactly once, at the position its
 //!   answer names, and every answer to it is the same; nothing executes twice;
 //! - every key only on its owner;

@@ -8,6 +8,7 @@ pub(crate) mod exactly_once;
 pub(crate) mod liveness;
 pub(crate) mod placement;
 pub(crate) mod serial;
+pub(crate) mod valid_calls;
 
 use crate::world::Outcome;
 use detflow_protocol::{Key, Outcome as TxnOutcome, Value};
@@ -29,6 +30,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(agreement::check(run));
     failures.extend(liveness::check(run));
     failures.extend(exactly_once::check(run));
+    failures.extend(valid_calls::check(run));
     let (state, placement_failures) = placement::merged_state(run);
     failures.extend(placement_failures);
     let reference = serial::replay(run);
