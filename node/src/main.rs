@@ -512,12 +512,14 @@ impl LocalCluster {
     }
 
     fn stop(&mut self) {
+        // SIGTERM first, so each node shuts down cleanly; `Child::kill` below is SIGKILL, for
+        // one that has not exited within the grace period. A child not yet waited for keeps
+        // its pid, so the signal cannot reach another process; one that already exited just
+        // makes the call fail, which is fine.
+        #[cfg(unix)]
         for child in &self.children {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .stderr(std::process::Stdio::null())
-                .status();
+            let pid = rustix::process::Pid::from_child(child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         for mut child in self.children.drain(..) {
             let deadline = Instant::now() + Duration::from_secs(5);

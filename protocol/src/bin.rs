@@ -1,105 +1,49 @@
 //! Serde helpers that encode byte strings as MessagePack `bin` (one byte per byte, where
 //! serde's default for `Vec<u8>` is an array of integers) and decode either form.
 //!
-//! Use as `#[serde(with = "detflow_protocol::bin::bytes")]` on a `Vec<u8>`, `detflow_protocol::bin::option` on an
-//! `Option<Vec<u8>>` and `detflow_protocol::bin::list` on a `Vec<Vec<u8>>`.
+//! A `Vec<u8>` or an `Option<Vec<u8>>` field takes `#[serde(with = "serde_bytes")]`
+//! directly; [`bytes`] and [`option`] are the same hooks under this crate's name, and
+//! [`list`] extends them to `Vec<Vec<u8>>`, which `serde_bytes` does not cover.
+//!
+//! Decoding accepts `bin`, an array of integers (serde's default form, so values written
+//! before these helpers still load) and, as `serde_bytes` does, a `str`'s UTF-8 bytes.
+//! Encoding is always `bin`, byte for byte as the hand-written helpers this replaced
+//! (pinned in the tests below).
 
-use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
-use std::fmt;
 
 /// A borrowed byte string that serializes as `bin`.
 pub struct Blob<'a>(pub &'a [u8]);
 
 impl Serialize for Blob<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
+        serde_bytes::serialize(self.0, s)
     }
 }
 
-/// An owned byte string that deserializes from `bin` or from an array of integers.
-pub struct BlobBuf(pub Vec<u8>);
-
-impl<'de> Deserialize<'de> for BlobBuf {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BlobBuf, D::Error> {
-        d.deserialize_byte_buf(BlobVisitor).map(BlobBuf)
-    }
-}
-
-struct BlobVisitor;
-
-impl<'de> Visitor<'de> for BlobVisitor {
-    type Value = Vec<u8>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a byte string")
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-        Ok(v.to_vec())
-    }
-
-    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-        Ok(v)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(b) = seq.next_element()? {
-            out.push(b);
-        }
-        Ok(out)
-    }
-}
-
-/// `Vec<u8>` as `bin`.
+/// `Vec<u8>` as `bin`: `serde_bytes`'s hooks.
 pub mod bytes {
-    use super::{Blob, BlobBuf};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    /// Serde `serialize_with` hook.
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        Blob(v).serialize(s)
-    }
-
-    /// Serde `deserialize_with` hook.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        BlobBuf::deserialize(d).map(|b| b.0)
-    }
+    pub use serde_bytes::{deserialize, serialize};
 }
 
-/// `Option<Vec<u8>>` as nil or `bin`.
+/// `Option<Vec<u8>>` as nil or `bin`: `serde_bytes`'s hooks.
 pub mod option {
-    use super::{Blob, BlobBuf};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serde `serialize_with` hook.
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_some(&Blob(b)),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Serde `deserialize_with` hook.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Option::<BlobBuf>::deserialize(d).map(|o| o.map(|b| b.0))
-    }
+    pub use serde_bytes::{deserialize, serialize};
 }
 
 /// `Vec<Vec<u8>>` as an array of `bin`.
 pub mod list {
-    use super::{Blob, BlobBuf};
     use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
 
     /// Serde `serialize_with` hook.
     pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|b| Blob(b)))
+        s.collect_seq(v.iter().map(|b| Bytes::new(b)))
     }
 
     /// Serde `deserialize_with` hook.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        Vec::<BlobBuf>::deserialize(d).map(|v| v.into_iter().map(|b| b.0).collect())
+        Vec::<ByteBuf>::deserialize(d).map(|v| v.into_iter().map(ByteBuf::into_vec).collect())
     }
 }
 
@@ -147,5 +91,73 @@ mod tests {
         assert_eq!(from_plain.a, plain.a);
         assert_eq!(from_plain.b, None);
         assert_eq!(from_plain.c, plain.c);
+
+        // A `str` where bytes are expected decodes as its UTF-8 bytes (`serde_bytes`'s
+        // choice); such bytes are then checked where they enter, as any others are.
+        let from_str = codec::decode::<crate::Key>(&codec::encode("ab")).unwrap();
+        assert_eq!(from_str.as_bytes(), b"ab");
+    }
+
+    /// The wire bytes of the types that carry byte strings, pinned: a change of how bytes
+    /// are encoded would split a cluster running two builds, and change every digest.
+    #[test]
+    fn byte_strings_on_the_wire_are_pinned() {
+        use crate::{
+            ClientId, Footprint, Key, NodeId, Outcome, RequestSeq, Transaction, Value,
+            message::Call,
+        };
+        fn hex(bytes: &[u8]) -> String {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        let key = Key::table("acct").u64(7);
+        assert_eq!(
+            hex(&codec::encode(&key)),
+            "c40f026163637400150000000000000007"
+        );
+        let value: Value = vec![1, 0xff];
+        // A `Value` is a plain `Vec<u8>`: an array of integers, as the state digests hash it.
+        assert_eq!(hex(&codec::encode(&value)), "9201ccff");
+        let call = Call {
+            client: ClientId(3),
+            seq: RequestSeq(4),
+            procedure: "p".into(),
+            args: vec![0x92, 0x01, 0xcc, 0xff],
+        };
+        assert_eq!(hex(&codec::encode(&call)), "940304a170c4049201ccff");
+        let txn = Transaction {
+            client: ClientId(3),
+            seq: RequestSeq(4),
+            gateway: NodeId(200),
+            procedure: "p".into(),
+            args: vec![0xc1],
+            footprint: Footprint::new()
+                .write(key.clone())
+                .read_prefix(Key::table("t")),
+        };
+        assert_eq!(
+            hex(&codec::encode(&txn)),
+            "960304ccc8a170c401c191929281a54578616374c40f026163637400150000000000000007\
+             a557726974659281a6507265666978c403027400a452656164"
+        );
+        assert_eq!(
+            hex(&codec::encode(&Outcome::Committed(vec![0xc0; 3]))),
+            "81a9436f6d6d6974746564c403c0c0c0"
+        );
+        assert_eq!(
+            hex(&codec::encode(&Outcome::Committed(Vec::new()))),
+            "81a9436f6d6d6974746564c400"
+        );
+        let compact = Compact {
+            a: vec![9],
+            b: Some(vec![]),
+            c: vec![vec![1], vec![]],
+        };
+        assert_eq!(hex(&codec::encode(&compact)), "93c40109c40092c40101c400");
+        let none = Compact {
+            a: vec![],
+            b: None,
+            c: vec![],
+        };
+        assert_eq!(hex(&codec::encode(&none)), "93c400c090");
     }
 }

@@ -87,7 +87,7 @@ pub enum KeyError {
 
 /// An encoded key: ordered bytes.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Key(#[serde(with = "crate::bin::bytes")] Vec<u8>);
+pub struct Key(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl Key {
     /// A key whose first element is the table name `table`.

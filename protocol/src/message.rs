@@ -21,7 +21,7 @@ pub struct Call {
     /// The procedure name.
     pub procedure: String,
     /// MessagePack-encoded arguments.
-    #[serde(with = "crate::bin::bytes")]
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
 }
 

@@ -21,7 +21,7 @@ pub struct Transaction {
     /// The registered procedure name, e.g. `bank.transfer`.
     pub procedure: String,
     /// The MessagePack-encoded arguments.
-    #[serde(with = "crate::bin::bytes")]
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// The keys it may touch, computed by the gateway from the arguments.
     pub footprint: Footprint,
@@ -109,7 +109,7 @@ pub enum Outcome {
     /// Aborted deterministically; no write took effect.
     Aborted(AbortReason),
     /// Committed with the MessagePack-encoded procedure output.
-    Committed(#[serde(with = "crate::bin::bytes")] Vec<u8>),
+    Committed(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The result of one transaction, reported by its designated participant.
