@@ -1,0 +1,146 @@
+//! Driving the partition executors and their simulated stores.
+
+use super::*;
+
+impl World {
+    pub(super) fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
+        use detflow_executor::Input;
+        let input = match msg {
+            Msg::Ack { from, durable, .. } => Input::Ack { from, durable },
+            Msg::Hello { from, durable, .. } => Input::Hello { from, durable },
+            Msg::Plan(plan) => Input::Plan((*plan).clone()),
+            Msg::Query { client, seq, .. } => {
+                let Addr::Gateway(g) = from else { return };
+                Input::ResultQuery {
+                    gateway: gateway_id(g),
+                    client,
+                    seq,
+                }
+            }
+            Msg::RemoteReads { reads, .. } => Input::RemoteReads(reads),
+            other => panic!("executor got {other:?}"),
+        };
+        self.executor_input(p, input);
+    }
+
+    pub(super) fn executor_input(&mut self, p: u32, input: detflow_executor::Input) {
+        use detflow_executor::Output;
+        let Some(machine) = self.executors[p as usize].machine.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        machine.handle(self.now, input, &mut out);
+        let me = Addr::Executor(p);
+        for effect in out {
+            match effect {
+                Output::EpochApplied(_) => self.schedule_executor_sync(p),
+                Output::Result {
+                    gateway,
+                    result,
+                    recovered,
+                } => {
+                    let msg = Msg::Result { result, recovered };
+                    self.send(me, Addr::Gateway(gateway.0 - 200), msg);
+                }
+                Output::ResultUnknown {
+                    gateway,
+                    client,
+                    seq,
+                } => {
+                    self.send(
+                        me,
+                        Addr::Gateway(gateway.0 - 200),
+                        Msg::ResultUnknown { client, seq },
+                    );
+                }
+                Output::SendAck { to, durable } => {
+                    self.send(
+                        me,
+                        Addr::Executor(to.0),
+                        Msg::Ack {
+                            from: PartitionId(p),
+                            to,
+                            durable,
+                        },
+                    );
+                }
+                Output::SendHello { to, durable } => {
+                    self.send(
+                        me,
+                        Addr::Executor(to.0),
+                        Msg::Hello {
+                            from: PartitionId(p),
+                            to,
+                            durable,
+                        },
+                    );
+                }
+                Output::SendReads { to, reads } => {
+                    self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
+                }
+                Output::Subscribe { to, from } => {
+                    let msg = Msg::Subscribe {
+                        partition: PartitionId(p),
+                        from,
+                    };
+                    self.send(me, Addr::Replica(to.0 - 100), msg);
+                }
+            }
+        }
+        self.arm_executor_timer(p);
+    }
+
+    pub(super) fn arm_executor_timer(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        let Some(machine) = &node.machine else { return };
+        let deadline = machine.next_deadline();
+        if deadline.is_some() && deadline != node.timer_at {
+            node.timer_at = deadline;
+            let incarnation = node.incarnation;
+            let at = deadline.unwrap_or(self.now).max(self.now);
+            self.schedule(at, Event::ExecutorTimer { p, incarnation });
+        }
+    }
+
+    pub(super) fn on_executor_timer(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        if node.timer_at.is_some_and(|t| t <= self.now) {
+            node.timer_at = None;
+            self.executor_input(p, detflow_executor::Input::Tick);
+        }
+    }
+
+    pub(super) fn schedule_executor_sync(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        if node.sync_scheduled {
+            return;
+        }
+        node.sync_scheduled = true;
+        let incarnation = node.incarnation;
+        let delay = self.rng.below(self.timing.fsync_max_us);
+        self.schedule(
+            self.now.plus_us(delay),
+            Event::ExecutorSynced { p, incarnation },
+        );
+    }
+
+    pub(super) fn on_executor_synced(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation {
+            return;
+        }
+        let Some(machine) = node.machine.as_mut() else {
+            return;
+        };
+        node.sync_scheduled = false;
+        let store = machine.store_mut();
+        if !store.has_unsynced() {
+            return;
+        }
+        let up_to = store.sync();
+        self.executor_input(p, detflow_executor::Input::Durable { up_to });
+    }
+}

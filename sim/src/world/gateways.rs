@@ -1,0 +1,62 @@
+//! Driving the gateway machines.
+
+use super::*;
+
+impl World {
+    pub(super) fn gateway_input(&mut self, g: u32, from: Addr, msg: Msg) {
+        use detflow_gateway::Input;
+        let input = match msg {
+            Msg::Call(call) => Input::Call(call),
+            Msg::NotLeader { txn, leader, .. } => {
+                // The connection, not the message, says who sent it.
+                let Addr::Replica(r) = from else { return };
+                Input::NotLeader {
+                    from: replica_id(r),
+                    txn,
+                    leader,
+                }
+            }
+            Msg::Duplicate { client, seq } => Input::Duplicate { client, seq },
+            Msg::Result { result, recovered } => Input::Result { result, recovered },
+            Msg::ResultUnknown { client, seq } => Input::ResultUnknown { client, seq },
+            other => panic!("gateway got {other:?}"),
+        };
+        self.gateway_handle(g, input);
+    }
+
+    pub(super) fn gateway_handle(&mut self, g: u32, input: detflow_gateway::Input) {
+        use detflow_gateway::Output;
+        let Some(gateway) = self.gateways[g as usize].machine.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        gateway.handle(self.now, input, &mut out);
+        for effect in out {
+            match effect {
+                Output::Query { to, client, seq } => {
+                    self.send(
+                        Addr::Gateway(g),
+                        Addr::Executor(to.0),
+                        Msg::Query {
+                            client,
+                            seq,
+                            partition: to,
+                            gateway: gateway_id(g),
+                        },
+                    );
+                }
+                Output::Reply { client, seq, reply } => {
+                    let to = Addr::Client(client.0 as u32);
+                    self.send(Addr::Gateway(g), to, Msg::Reply { client, seq, reply });
+                }
+                Output::Submit { to, txn } => {
+                    self.send(
+                        Addr::Gateway(g),
+                        Addr::Replica(to.0 - 100),
+                        Msg::Submit(txn),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Components starting, crashing and restarting, and the connections between them coming up.
+
+use super::*;
+
+impl World {
+    pub(super) fn start(&mut self, addr: Addr) {
+        if self.is_up(addr) {
+            return;
+        }
+        match addr {
+            Addr::Client(_) => {}
+            Addr::Replica(r) => self.start_replica(r),
+            Addr::Executor(p) => self.start_executor(p),
+            Addr::Gateway(g) => {
+                let node = &mut self.gateways[g as usize];
+                node.incarnation += 1;
+                node.machine = Some(Gateway::new(
+                    gateway_id(g),
+                    self.registry.clone(),
+                    self.map.clone(),
+                    (0..self.config.replicas).map(replica_id).collect(),
+                    FOOTPRINT_ENTRIES_MAX,
+                ));
+            }
+        }
+        if self.now > Time::ZERO {
+            self.counts.restarts += 1;
+            self.reconnected(addr);
+        }
+    }
+
+    pub(super) fn start_replica(&mut self, r: u32) {
+        let records = self.replicas[r as usize].disk.recover();
+        let mut durable = Durable::default();
+        for record in records {
+            let (id, hard_state, truncate_from, append): (u64, _, _, Vec<LogEntry>) =
+                codec::decode(&record).expect("the simulated disk returns only valid records");
+            durable.apply(&LogWrite {
+                id,
+                hard_state,
+                truncate_from,
+                append,
+            });
+        }
+        let mut config = ReplicaConfig::new(
+            replica_id(r),
+            (0..self.config.replicas).map(replica_id).collect(),
+        );
+        config.batching.epoch_duration_us = self.config.epoch_duration_us;
+        config.batching.batch_txns_max = self.config.batch_txns_max;
+        (
+            config.election_timeout_min_us,
+            config.election_timeout_max_us,
+            config.heartbeat_us,
+        ) = self.timing.election_us;
+        let rng = self.rng.fork(u64::from(r) + 1000);
+        let mut machine = Replica::new(config, durable, rng);
+        machine.set_bugs(self.config.replica_bugs);
+        let node = &mut self.replicas[r as usize];
+        node.machine = Some(machine);
+        node.incarnation += 1;
+        node.timer_at = None;
+        node.sync_scheduled = false;
+        node.last_write = 0;
+        node.plans = Some(PlanServer::new(self.map.clone()));
+        node.leader = None;
+        self.arm_replica_timer(r);
+    }
+
+    pub(super) fn start_executor(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        let store = node.parked.take().expect("a down executor parks its store");
+        let mut machine = Executor::new(
+            PartitionId(p),
+            self.config.partitions,
+            self.registry.clone(),
+            store,
+        );
+        machine.set_bugs(self.config.bugs);
+        machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
+        node.machine = Some(machine);
+        node.incarnation += 1;
+        node.sync_scheduled = false;
+        node.timer_at = None;
+        self.executor_input(p, detflow_executor::Input::Start);
+    }
+
+    pub(super) fn crash(&mut self, addr: Addr, downtime_us: u64) {
+        if !self.is_up(addr) {
+            return;
+        }
+        self.counts.crashes += 1;
+        let tear = self.rng.chance(self.plan.tear_chance);
+        match addr {
+            Addr::Client(_) => {}
+            Addr::Replica(r) => {
+                let node = &mut self.replicas[r as usize];
+                node.machine = None;
+                node.plans = None;
+                let damage = node.disk.crash(&mut self.rng, tear);
+                if damage.torn {
+                    self.counts.torn_writes += 1;
+                }
+            }
+            Addr::Executor(p) => {
+                let node = &mut self.executors[p as usize];
+                let machine = node.machine.take().expect("checked up");
+                let mut store = machine.into_store();
+                let damage = store.crash_and_recover(&mut self.rng, tear);
+                if damage.torn {
+                    self.counts.torn_writes += 1;
+                }
+                node.parked = Some(store);
+            }
+            Addr::Gateway(g) => self.gateways[g as usize].machine = None,
+        }
+        self.schedule(self.now.plus_us(downtime_us), Event::Restart(addr));
+    }
+
+    /// A node's connection to `peer` was re-established after a reset, partition or
+    /// restart: the endpoints resume their replayable channels.
+    pub(super) fn reconnected(&mut self, addr: Addr) {
+        let peers: Vec<Addr> = self.servers().into_iter().filter(|a| *a != addr).collect();
+        for peer in peers {
+            self.link_up(addr, peer);
+        }
+    }
+
+    pub(super) fn link_up(&mut self, a: Addr, b: Addr) {
+        for (x, y) in [(a, b), (b, a)] {
+            match (x, y) {
+                (Addr::Executor(p), Addr::Executor(q)) if self.is_up(x) => {
+                    self.executor_input(
+                        p,
+                        detflow_executor::Input::Connected {
+                            peer: PartitionId(q),
+                        },
+                    );
+                }
+                (Addr::Executor(p), Addr::Replica(r)) if self.is_up(x) => {
+                    self.executor_input(
+                        p,
+                        detflow_executor::Input::ReplicaConnected(replica_id(r)),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if self.plan.duplicate_chance > 0.0 && self.rng.chance(self.plan.duplicate_chance) {
+            self.redeliver(a, b);
+        }
+    }
+
+    /// Delivers again what was recently delivered on a connection, as a sender that
+    /// re-sends after a reconnect would.
+    pub(super) fn redeliver(&mut self, a: Addr, b: Addr) {
+        for (from, to) in [(a, b), (b, a)] {
+            let msgs: Vec<Msg> = self
+                .recent
+                .get(&(from, to))
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default();
+            for msg in msgs {
+                self.counts.duplicates += 1;
+                self.send(from, to, msg);
+            }
+        }
+    }
+
+    pub(super) fn servers(&self) -> Vec<Addr> {
+        (0..self.config.replicas)
+            .map(Addr::Replica)
+            .chain((0..self.config.partitions).map(Addr::Executor))
+            .chain((0..self.config.gateways).map(Addr::Gateway))
+            .collect()
+    }
+}

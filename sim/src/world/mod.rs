@@ -1,0 +1,612 @@
+//! The simulated cluster: every component on one thread, in virtual time, with faults.
+//!
+//! One seed derives the whole run: the network's latency profile, every message delay,
+//! fsync delays, the clients' think times, the workload's calls, and (with faults on) which
+//! fault types strike, how often, and where. Channels are FIFO per connection; messages on
+//! different connections interleave freely. A crash loses a node's memory and its disk's
+//! unsynced tail; a connection reset or a partition drops messages in flight.
+//!
+//! A run has two phases, as TigerBeetle's VOPR: faults strike while the clients issue
+//! calls; then everything heals (crashed nodes restart, partitions end) and the run must
+//! converge: every call answered, every partition caught up with the committed log.
+
+use crate::disk::Disk;
+use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
+use crate::store::SimStore;
+use detflow_executor::{Bugs, Executor, Registry};
+use detflow_gateway::Gateway;
+use detflow_protocol::message::{Message, Reply};
+use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
+use detflow_protocol::{
+    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, RequestSeq,
+    Time, Value, codec,
+};
+use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
+use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
+use detflow_workloads::{Answer, Request, Workload};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+mod clients;
+mod executors;
+mod fault_injection;
+mod gateways;
+mod lifecycle;
+mod network;
+mod replicas;
+
+/// A simulated component's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Addr {
+    Client(u32),
+    Executor(u32),
+    Gateway(u32),
+    Replica(u32),
+}
+
+/// Every simulated message is a production wire message.
+type Msg = Message;
+
+#[derive(Debug)]
+enum Event {
+    /// A client's call may have a deadline due (its session's timer).
+    ClientTimer(u32),
+    ClientWake(u32),
+    Deliver(Delivery),
+    ExecutorTimer {
+        p: u32,
+        incarnation: u64,
+    },
+    ExecutorSynced {
+        p: u32,
+        incarnation: u64,
+    },
+    FaultTick,
+    HealPartition(u64),
+    ReplicaSynced {
+        r: u32,
+        incarnation: u64,
+    },
+    ReplicaTimer {
+        r: u32,
+        incarnation: u64,
+    },
+    Restart(Addr),
+    /// A crash aimed at a particular step of a replica (around the sync of a write that
+    /// records its vote, or of entries it appended).
+    StepCrash {
+        r: u32,
+        incarnation: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    from: Addr,
+    to: Addr,
+    from_incarnation: u64,
+    to_incarnation: u64,
+    link_generation: u64,
+    msg: Msg,
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Settings of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Workload name (`bank`, `ycsb`, `kv`).
+    pub workload: String,
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// Executor partitions.
+    pub partitions: u32,
+    /// Sequencer replicas (1, 3 or 5).
+    pub replicas: u32,
+    /// Gateways.
+    pub gateways: u32,
+    /// Calls the clients make in total.
+    pub txns: u64,
+    /// Concurrent clients, each with one call in flight.
+    pub clients: u32,
+    /// The sequencer's epoch length.
+    pub epoch_duration_us: u64,
+    /// The sequencer's batch size cap.
+    pub batch_txns_max: usize,
+    /// Faults to inject.
+    pub faults: FaultConfig,
+    /// Planted executor bugs (checker tests only).
+    pub bugs: Bugs,
+    /// Planted replica bugs (checker tests only).
+    pub replica_bugs: ReplicaBugs,
+    /// Planted client-session bugs (checker tests only).
+    pub session_bugs: SessionBugs,
+}
+
+impl SimConfig {
+    /// Defaults for `workload` and `seed`: no faults.
+    pub fn new(workload: &str, seed: u64) -> SimConfig {
+        SimConfig {
+            workload: workload.to_owned(),
+            seed,
+            partitions: 4,
+            replicas: 3,
+            gateways: 2,
+            txns: 400,
+            clients: 16,
+            epoch_duration_us: 5_000,
+            batch_txns_max: 10_000,
+            faults: FaultConfig::none(),
+            bugs: Bugs::default(),
+            replica_bugs: ReplicaBugs::default(),
+            session_bugs: SessionBugs::default(),
+        }
+    }
+}
+
+/// What a client asked and what it was told.
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    /// The procedure name.
+    pub procedure: String,
+    /// The encoded arguments.
+    pub args: Vec<u8>,
+    /// Every final reply received (`Done` or `Rejected`), in order; later ones are
+    /// duplicates that must agree with the first.
+    pub replies: Vec<Reply>,
+    /// Attempts made (1 plus retries).
+    pub attempts: u32,
+}
+
+/// Seeded network and disk timing, chosen per seed (swarm testing).
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// The replicas' election timeout range and heartbeat: tight profiles make elections,
+    /// split votes and stale leaders common.
+    election_us: (u64, u64, u64),
+    latency_max_us: u64,
+    fsync_max_us: u64,
+    think_max_us: u64,
+    malformed_chance: f64,
+    /// Whether every message goes through the wire encoding (framing and MessagePack) and
+    /// back, as it does between processes.
+    wire: bool,
+}
+
+/// Everything a finished run leaves for the checkers.
+pub(crate) struct Outcome {
+    /// The committed log, from the replica that committed most.
+    pub(crate) log: Vec<Arc<Batch>>,
+    /// Every call by `(client, seq)`.
+    pub(crate) calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    /// Each executor's final store, by partition.
+    pub(crate) stores: Vec<detflow_executor::MemStore>,
+    /// Each executor's next epoch to apply.
+    pub(crate) executor_epochs: Vec<Epoch>,
+    /// Each replica's log and commit epoch at the end.
+    pub(crate) replica_logs: Vec<(Vec<LogEntry>, Epoch)>,
+    /// Failures the run noticed as it went (replicas committing different batches).
+    pub(crate) online_failures: Vec<String>,
+    /// Calls without a final answer at the end.
+    pub(crate) unanswered: u64,
+    /// The registry the run used.
+    pub(crate) registry: Arc<Registry>,
+    /// The partition map the run used.
+    pub(crate) map: PartitionMap,
+    /// The workload, for its invariant checker.
+    pub(crate) workload: Box<dyn Workload>,
+    /// The initial rows.
+    pub(crate) initial: Vec<(Key, Value)>,
+    /// Virtual time at the end.
+    pub(crate) end: Time,
+    /// When everything was healed.
+    pub(crate) healed_at: Time,
+    /// Events processed.
+    pub(crate) events: u64,
+    /// Faults injected.
+    pub(crate) faults: FaultCounts,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The workload cannot be built as asked.
+    #[error(transparent)]
+    Workload(#[from] detflow_workloads::WorkloadError),
+    /// The workload's partition scheme is invalid.
+    #[error("invalid partition scheme: {0}")]
+    Scheme(#[from] detflow_scheduler::SchemeError),
+    /// A nonsensical setting.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// After healing, every call must be answered within this much virtual time.
+pub(crate) const LIVENESS_US: u64 = 60_000_000;
+/// After the last answer, the run goes on this long so partitions catch up and disks sync.
+const QUIET_US: u64 = 3_000_000;
+/// Faults stop and everything heals by this time at the latest.
+const FAULT_WINDOW_US: u64 = 20_000_000;
+const FOOTPRINT_ENTRIES_MAX: usize = 4096;
+/// Recently delivered messages remembered per connection, for duplicate delivery.
+const RECENT_PER_LINK: usize = 4;
+
+fn replica_id(r: u32) -> NodeId {
+    NodeId(100 + r)
+}
+
+fn gateway_id(g: u32) -> NodeId {
+    NodeId(200 + g)
+}
+
+struct ReplicaNode {
+    machine: Option<Replica>,
+    disk: Disk,
+    incarnation: u64,
+    timer_at: Option<Time>,
+    sync_scheduled: bool,
+    last_write: u64,
+    /// The plan server beside the replica, fed with its `Committed` outputs as a
+    /// production driver does; it starts empty with each incarnation.
+    plans: Option<PlanServer>,
+    /// The leader this replica last followed, told to the gateway on the same node.
+    leader: Option<NodeId>,
+}
+
+struct ExecutorNode {
+    machine: Option<Executor<SimStore>>,
+    /// The store while the node is down (its disk survives the crash).
+    parked: Option<SimStore>,
+    incarnation: u64,
+    timer_at: Option<Time>,
+    sync_scheduled: bool,
+}
+
+struct GatewayNode {
+    machine: Option<Gateway>,
+    incarnation: u64,
+}
+
+struct ClientNode {
+    /// The client library's session machine: numbering, gateway choice, retries.
+    session: Session,
+    /// The call in flight.
+    pending: Option<Pending>,
+    /// When the client's timer is set for.
+    timer_at: Option<Time>,
+    /// The call in flight as the workload made it, for [`Workload::follow_up`].
+    request: Option<Request>,
+    /// The next call of the same logical transaction, sent at the next wake.
+    follow: Option<Request>,
+}
+
+pub(crate) struct World {
+    now: Time,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_seq: u64,
+    /// Per connection (unordered pair): last delivery time per direction, and generation.
+    last_delivery: BTreeMap<(Addr, Addr), Time>,
+    link_generation: BTreeMap<(Addr, Addr), u64>,
+    recent: BTreeMap<(Addr, Addr), VecDeque<Msg>>,
+    blocked: BTreeMap<u64, BTreeSet<(Addr, Addr)>>,
+    /// The cuts in `blocked` that are silent drops: nobody hears when they end.
+    silent: BTreeSet<u64>,
+    next_partition: u64,
+    rng: DetRng,
+    workload_rng: DetRng,
+    timing: Timing,
+    plan: FaultPlan,
+    counts: FaultCounts,
+    healed: bool,
+    healed_at: Time,
+    replicas: Vec<ReplicaNode>,
+    executors: Vec<ExecutorNode>,
+    gateways: Vec<GatewayNode>,
+    clients: Vec<ClientNode>,
+    map: PartitionMap,
+    workload: Box<dyn Workload>,
+    registry: Arc<Registry>,
+    initial: Vec<(Key, Value)>,
+    committed: BTreeMap<Epoch, Arc<Batch>>,
+    online_failures: Vec<String>,
+    calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    issued: u64,
+    answered: u64,
+    last_answer: Time,
+    config: SimConfig,
+    events: u64,
+}
+
+impl World {
+    pub(crate) fn new(config: SimConfig) -> Result<World, SetupError> {
+        if config.partitions == 0
+            || config.clients == 0
+            || config.batch_txns_max == 0
+            || config.gateways == 0
+            || config.replicas == 0
+        {
+            return Err(SetupError::Config(
+                "partitions, replicas, gateways, clients and the batch size must be at least 1"
+                    .into(),
+            ));
+        }
+        let workload = detflow_workloads::by_name(&config.workload, config.partitions)?;
+        let mut scheme = workload.scheme();
+        scheme.partitions = config.partitions;
+        let map = PartitionMap::new(scheme)?;
+        let mut registry = Registry::new();
+        workload.register(&mut registry);
+        let registry = Arc::new(registry);
+
+        let mut rng = DetRng::new(config.seed);
+        let workload_rng = rng.fork(1);
+        let latency_max_us = *rng.pick(&[20, 200, 1_000, 5_000]);
+        let fsync_max_us = *rng.pick(&[100, 1_000, 10_000]);
+        // Tight election timeouts make elections, split votes and stale leaders common, but
+        // a spread below an election round trip (two hops, two fsyncs) can livelock.
+        let round_trip_us = 2 * (latency_max_us + fsync_max_us);
+        let election_min_us = (*rng.pick(&[150_000, 40_000, 15_000])).max(4 * round_trip_us);
+        let timing = Timing {
+            election_us: (
+                election_min_us,
+                2 * election_min_us,
+                (election_min_us / 5).max(1_000),
+            ),
+            latency_max_us,
+            fsync_max_us,
+            think_max_us: *rng.pick(&[0, 500, 5_000]),
+            malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
+            wire: rng.chance(0.25),
+        };
+        let plan = FaultPlan::draw(&config.faults, &mut rng);
+
+        let initial = workload.load();
+        let loaded: BTreeMap<Key, Value> = initial.iter().cloned().collect();
+        workload
+            .check_initial(&loaded)
+            .map_err(|v| SetupError::Config(format!("the loaded state is wrong: {v}")))?;
+        drop(loaded);
+        let mut per_partition: Vec<Vec<(Key, Value)>> =
+            vec![Vec::new(); config.partitions as usize];
+        for (key, value) in &initial {
+            match map.owner(key) {
+                Ok(Owner::Partition(p)) => {
+                    per_partition[p.0 as usize].push((key.clone(), value.clone()))
+                }
+                Ok(Owner::Replicated) => per_partition
+                    .iter_mut()
+                    .for_each(|rows| rows.push((key.clone(), value.clone()))),
+                Err(e) => {
+                    return Err(SetupError::Config(format!(
+                        "initial row cannot be placed: {e}"
+                    )));
+                }
+            }
+        }
+        let executors = per_partition
+            .into_iter()
+            .map(|rows| ExecutorNode {
+                machine: None,
+                parked: Some(SimStore::loaded(rows)),
+                incarnation: 0,
+                timer_at: None,
+                sync_scheduled: false,
+            })
+            .collect();
+        let replicas = (0..config.replicas)
+            .map(|_| ReplicaNode {
+                machine: None,
+                disk: Disk::default(),
+                incarnation: 0,
+                timer_at: None,
+                sync_scheduled: false,
+                last_write: 0,
+                plans: None,
+                leader: None,
+            })
+            .collect();
+        let gateways = (0..config.gateways)
+            .map(|_| GatewayNode {
+                machine: None,
+                incarnation: 0,
+            })
+            .collect();
+        // The client library's policy, except that simulated clients never give up: every
+        // call must be answered once the faults heal.
+        let policy = RetryPolicy {
+            attempts_max: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        let clients = (0..config.clients)
+            .map(|c| {
+                let rng = rng.fork(5_000 + u64::from(c));
+                let mut session =
+                    Session::new(ClientId(u64::from(c)), config.gateways, policy, rng);
+                session.set_bugs(config.session_bugs);
+                ClientNode {
+                    session,
+                    pending: None,
+                    timer_at: None,
+                    request: None,
+                    follow: None,
+                }
+            })
+            .collect();
+        Ok(World {
+            now: Time::ZERO,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            last_delivery: BTreeMap::new(),
+            link_generation: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            silent: BTreeSet::new(),
+            next_partition: 0,
+            rng,
+            workload_rng,
+            timing,
+            plan,
+            counts: FaultCounts::default(),
+            healed: !plan.any(),
+            healed_at: Time::ZERO,
+            replicas,
+            executors,
+            gateways,
+            clients,
+            map,
+            workload,
+            registry,
+            initial,
+            committed: BTreeMap::new(),
+            online_failures: Vec::new(),
+            calls: BTreeMap::new(),
+            issued: 0,
+            answered: 0,
+            last_answer: Time::ZERO,
+            config,
+            events: 0,
+        })
+    }
+
+    pub(crate) fn run(mut self) -> Outcome {
+        for r in 0..self.config.replicas {
+            self.start(Addr::Replica(r));
+        }
+        for p in 0..self.config.partitions {
+            self.start(Addr::Executor(p));
+        }
+        for g in 0..self.config.gateways {
+            self.start(Addr::Gateway(g));
+        }
+        for c in 0..self.config.clients {
+            let start = self.rng.below(1_000);
+            self.schedule(Time(start), Event::ClientWake(c));
+        }
+        if !self.healed {
+            self.schedule(Time(self.plan.interval_us), Event::FaultTick);
+        }
+        while let Some(Reverse(next)) = self.queue.pop() {
+            self.now = next.at;
+            if self.finished() {
+                break;
+            }
+            self.events += 1;
+            self.dispatch(next.event);
+        }
+        self.into_outcome()
+    }
+
+    fn finished(&self) -> bool {
+        let all_answered = self.answered == self.config.txns;
+        if all_answered && self.healed {
+            return self.now.since_us(self.last_answer.max(self.healed_at)) > QUIET_US;
+        }
+        self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
+    }
+
+    fn into_outcome(self) -> Outcome {
+        let best = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.machine.as_ref())
+            .max_by_key(|m| m.commit_epoch());
+        let log = match best {
+            Some(m) => m.log()[..m.commit_epoch().0 as usize]
+                .iter()
+                .map(|e| e.batch.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        let replica_logs = self
+            .replicas
+            .iter()
+            .map(|r| match &r.machine {
+                Some(m) => (m.log().to_vec(), m.commit_epoch()),
+                None => (Vec::new(), Epoch(0)),
+            })
+            .collect();
+        let executor_epochs = self
+            .executors
+            .iter()
+            .map(|e| e.machine.as_ref().map_or(Epoch(0), |m| m.next_epoch()))
+            .collect();
+        let stores = self
+            .executors
+            .iter()
+            .map(|e| match &e.machine {
+                Some(m) => m.store().mem().clone(),
+                None => detflow_executor::MemStore::new(),
+            })
+            .collect();
+        Outcome {
+            log,
+            unanswered: self.config.txns - self.answered,
+            calls: self.calls,
+            stores,
+            executor_epochs,
+            replica_logs,
+            online_failures: self.online_failures,
+            registry: self.registry,
+            map: self.map,
+            workload: self.workload,
+            initial: self.initial,
+            end: self.now,
+            healed_at: self.healed_at,
+            events: self.events,
+            faults: self.counts,
+        }
+    }
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.next_seq,
+            event,
+        }));
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::ClientTimer(c) => self.on_client_timer(c),
+            Event::ClientWake(c) => self.on_client_wake(c),
+            Event::Deliver(d) => self.on_deliver(d),
+            Event::ExecutorTimer { p, incarnation } => self.on_executor_timer(p, incarnation),
+            Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
+            Event::FaultTick => self.on_fault_tick(),
+            Event::HealPartition(id) => self.heal_partition(id),
+            Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),
+            Event::ReplicaTimer { r, incarnation } => self.on_replica_timer(r, incarnation),
+            Event::Restart(addr) => self.start(addr),
+            Event::StepCrash { r, incarnation } => {
+                if self.replicas[r as usize].incarnation == incarnation && !self.healed {
+                    // Back within the same election, to meet the messages of that term.
+                    let downtime = self.rng.range(100, 10_000);
+                    self.crash(Addr::Replica(r), downtime);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Driving the sequencer replicas, their simulated disks and the plan servers beside them.
+
+use super::*;
+
+impl World {
+    pub(super) fn replica_input(&mut self, r: u32, input: replica::Input) {
+        let Some(machine) = self.replicas[r as usize].machine.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        machine.handle(self.now, input, &mut out);
+        let leader = machine.leader();
+        for effect in out {
+            match effect {
+                replica::Output::Committed(batch) => self.on_committed(r, batch),
+                replica::Output::Duplicate {
+                    client,
+                    seq,
+                    gateway,
+                } => {
+                    let to = Addr::Gateway(gateway.0 - 200);
+                    self.send(Addr::Replica(r), to, Msg::Duplicate { client, seq });
+                }
+                replica::Output::NotLeader { txn, leader } => {
+                    let to = Addr::Gateway(txn.gateway.0 - 200);
+                    let from = replica_id(r);
+                    self.send(Addr::Replica(r), to, Msg::NotLeader { from, txn, leader });
+                }
+                replica::Output::Persist(write) => self.persist(r, write),
+                replica::Output::Send { to, msg } => {
+                    let from = replica_id(r);
+                    self.send(
+                        Addr::Replica(r),
+                        Addr::Replica(to.0 - 100),
+                        Msg::Peer { from, msg },
+                    );
+                }
+            }
+        }
+        // Node r hosts replica r and (if there is one) gateway r: the gateway hears of a
+        // new leader from its replica as soon as the replica does, as in the node runtime.
+        if leader != self.replicas[r as usize].leader {
+            self.replicas[r as usize].leader = leader;
+            if let Some(leader) = leader
+                && r < self.config.gateways
+            {
+                self.gateway_handle(r, detflow_gateway::Input::Leader(leader));
+            }
+        }
+        self.arm_replica_timer(r);
+    }
+
+    pub(super) fn arm_replica_timer(&mut self, r: u32) {
+        let node = &mut self.replicas[r as usize];
+        let Some(machine) = &node.machine else { return };
+        let deadline = machine.next_deadline();
+        if deadline.is_some() && deadline != node.timer_at {
+            node.timer_at = deadline;
+            let incarnation = node.incarnation;
+            let at = deadline.unwrap_or(self.now).max(self.now);
+            self.schedule(at, Event::ReplicaTimer { r, incarnation });
+        }
+    }
+
+    pub(super) fn on_replica_timer(&mut self, r: u32, incarnation: u64) {
+        let node = &mut self.replicas[r as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        if node.timer_at.is_some_and(|t| t <= self.now) {
+            node.timer_at = None;
+            self.replica_input(r, replica::Input::Tick);
+        }
+    }
+
+    pub(super) fn persist(&mut self, r: u32, write: LogWrite) {
+        let aimed = if write.hard_state.is_some() {
+            self.plan.crash_after_vote_chance
+        } else if !write.append.is_empty() {
+            self.plan.crash_after_append_chance
+        } else {
+            0.0
+        };
+        if !self.healed && aimed > 0.0 && self.rng.chance(aimed) {
+            let incarnation = self.replicas[r as usize].incarnation;
+            let at = self
+                .now
+                .plus_us(1 + self.rng.below(self.timing.fsync_max_us * 2));
+            self.schedule(at, Event::StepCrash { r, incarnation });
+        }
+        let record = codec::encode(&(
+            write.id,
+            write.hard_state,
+            write.truncate_from,
+            &write.append,
+        ));
+        let node = &mut self.replicas[r as usize];
+        node.disk.append(&record);
+        node.last_write = write.id;
+        if !node.sync_scheduled {
+            node.sync_scheduled = true;
+            let incarnation = node.incarnation;
+            let delay = self.rng.below(self.timing.fsync_max_us);
+            self.schedule(
+                self.now.plus_us(delay),
+                Event::ReplicaSynced { r, incarnation },
+            );
+        }
+    }
+
+    pub(super) fn on_replica_synced(&mut self, r: u32, incarnation: u64) {
+        let node = &mut self.replicas[r as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        node.sync_scheduled = false;
+        node.disk.sync();
+        let write = node.last_write;
+        self.replica_input(r, replica::Input::Persisted { write });
+    }
+
+    pub(super) fn on_committed(&mut self, r: u32, batch: Arc<Batch>) {
+        match self.committed.get(&batch.epoch) {
+            Some(first) if !Arc::ptr_eq(first, &batch) && **first != *batch => {
+                self.online_failures.push(format!(
+                    "replica {} committed a different batch at epoch {} than another replica did",
+                    replica_id(r),
+                    batch.epoch
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.committed.insert(batch.epoch, batch.clone());
+            }
+        }
+        self.plan_server_input(r, plan_server::Input::Committed(batch));
+    }
+
+    /// Runs one input through the plan server beside replica `r` and sends its plans.
+    pub(super) fn plan_server_input(&mut self, r: u32, input: plan_server::Input) {
+        let Some(server) = self.replicas[r as usize].plans.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        server.handle(self.now, input, &mut out);
+        for plan_server::Output::Plan { to, plan } in out {
+            self.send(Addr::Replica(r), Addr::Executor(to.0), Msg::Plan(plan));
+        }
+    }
+}
