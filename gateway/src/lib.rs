@@ -114,6 +114,14 @@ pub enum Output {
 /// 1 MiB. Every call is copied into the log, its replicas and the plans of its participants.
 pub const CALL_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
+/// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Refuse every call whose exact keys live on more than one partition, as if the
+    /// footprint size cap applied per participant (`Rejection::FootprintTooLarge`).
+    pub refuse_multi_partition: bool,
+}
+
 /// Counters of a gateway's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
@@ -136,6 +144,7 @@ pub struct Gateway {
     call_bytes_max: usize,
     /// Calls in flight: the transaction and the replica it was last submitted to.
     pending: BTreeMap<(ClientId, RequestSeq), (Arc<Transaction>, NodeId)>,
+    bugs: Bugs,
     stats: GatewayStats,
 }
 
@@ -159,6 +168,7 @@ impl Gateway {
             footprint_entries_max,
             call_bytes_max: CALL_BYTES_MAX_DEFAULT,
             pending: BTreeMap::new(),
+            bugs: Bugs::default(),
             stats: GatewayStats::default(),
         }
     }
@@ -167,6 +177,11 @@ impl Gateway {
     /// (default [`CALL_BYTES_MAX_DEFAULT`]).
     pub fn set_call_bytes_max(&mut self, bytes: usize) {
         self.call_bytes_max = bytes;
+    }
+
+    /// Plants bugs (tests of the simulator's checkers only).
+    pub fn set_bugs(&mut self, bugs: Bugs) {
+        self.bugs = bugs;
     }
 
     /// Calls in flight.
@@ -210,6 +225,22 @@ impl Gateway {
         footprint
             .validate()
             .map_err(|e| Rejection::BadKey(e.to_string()))?;
+        if self.bugs.refuse_multi_partition {
+            let owners: std::collections::BTreeSet<_> = footprint
+                .entries
+                .iter()
+                .filter_map(|(spec, _)| match spec {
+                    detflow_protocol::KeySpec::Exact(key) => self.map.owner(key).ok(),
+                    detflow_protocol::KeySpec::Prefix(_) => None,
+                })
+                .collect();
+            if owners.len() > 1 {
+                return Err(Rejection::FootprintTooLarge {
+                    entries: footprint.len(),
+                    max: self.footprint_entries_max,
+                });
+            }
+        }
         Ok(footprint)
     }
 

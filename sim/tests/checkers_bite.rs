@@ -1,7 +1,7 @@
 //! Every checker must catch the class of bug it exists for: a planted bug must make some
 //! seed fail within a bounded number of seeds. A checker that cannot fail proves nothing.
 
-use detflow_sim::{Bugs, FaultConfig, ReplicaBugs, SessionBugs, SimConfig, run_seed};
+use detflow_sim::{Bugs, FaultConfig, GatewayBugs, ReplicaBugs, SessionBugs, SimConfig, run_seed};
 
 /// How many seeds a planted bug may survive before the test fails. Replica bugs need the
 /// rarer interleavings (a split vote meeting a restart; a lost unsynced append), so they get
@@ -203,18 +203,13 @@ fn a_session_that_reuses_a_number_after_a_retry_is_caught() {
 /// checker but the valid-calls one can see it: serial equivalence judges ordered
 /// transactions only, every call is answered, and a refused transfer conserves the bank.
 ///
-/// Ignored until the gateway has a bug to plant, which needs files another engineer owns:
-/// `detflow_gateway::Bugs { refuse_multi_partition: bool }`, set with `Gateway::set_bugs`
-/// as the executor's and the replica's are, makes `Gateway::footprint` refuse any call whose
-/// footprint has more than one participant as `Rejection::FootprintTooLarge` (the size cap
-/// applied per participant); `SimConfig::gateway_bugs` hands it to every gateway the world
-/// starts, and `detflow_sim` re-exports it as `GatewayBugs`. Then plant it below and drop
-/// the `#[ignore]`.
+/// The planted bug refuses every call whose exact keys live on more than one partition.
 #[test]
-#[ignore = "needs a planted gateway bug (SimConfig::gateway_bugs); see the doc comment"]
 fn refusing_valid_calls_for_their_footprint_is_caught() {
     let (seed, failures) = first_failure(|seed| SimConfig {
-        // gateway_bugs: GatewayBugs { refuse_multi_partition: true },
+        gateway_bugs: GatewayBugs {
+            refuse_multi_partition: true,
+        },
         txns: 200,
         ..SimConfig::new("bank", seed)
     })

@@ -14,13 +14,15 @@ impl World {
             Addr::Gateway(g) => {
                 let node = &mut self.gateways[g as usize];
                 node.incarnation += 1;
-                node.machine = Some(Gateway::new(
+                let mut gateway = Gateway::new(
                     gateway_id(g),
                     self.registry.clone(),
                     self.map.clone(),
                     (0..self.config.replicas).map(replica_id).collect(),
                     FOOTPRINT_ENTRIES_MAX,
-                ));
+                );
+                gateway.set_bugs(self.config.gateway_bugs);
+                node.machine = Some(gateway);
             }
         }
         if self.now > Time::ZERO {

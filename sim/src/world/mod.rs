@@ -143,6 +143,8 @@ pub struct SimConfig {
     pub replica_bugs: ReplicaBugs,
     /// Planted client-session bugs (checker tests only).
     pub session_bugs: SessionBugs,
+    /// Planted gateway bugs (checker tests only).
+    pub gateway_bugs: detflow_gateway::Bugs,
 }
 
 impl SimConfig {
@@ -162,6 +164,7 @@ impl SimConfig {
             bugs: Bugs::default(),
             replica_bugs: ReplicaBugs::default(),
             session_bugs: SessionBugs::default(),
+            gateway_bugs: detflow_gateway::Bugs::default(),
         }
     }
 }
