@@ -72,17 +72,16 @@ impl World {
             }
         }
         let node = &mut self.clients[c as usize];
-        if node.pending.is_some() && deadline.is_some() && deadline != node.timer_at {
-            node.timer_at = deadline;
-            let at = deadline.unwrap_or(now).max(now);
+        if node.pending.is_some()
+            && let Some(at) = node.timer.arm(deadline, now)
+        {
             self.schedule(at, Event::ClientTimer(c));
         }
     }
 
     pub(super) fn on_client_timer(&mut self, c: u32) {
         let node = &mut self.clients[c as usize];
-        if node.timer_at.is_some_and(|t| t <= self.now) {
-            node.timer_at = None;
+        if node.timer.fire(self.now) {
             self.client_input(c, session::Input::Tick);
         }
     }
@@ -118,7 +117,7 @@ impl World {
         let node = &mut self.clients[c as usize];
         let pending = node.pending.take().expect("a call ends while in flight");
         node.session.finished(&pending);
-        node.timer_at = None;
+        node.timer = Timer::default();
         let answer = match &reply {
             Reply::Done {
                 outcome: detflow_protocol::Outcome::Committed(out),

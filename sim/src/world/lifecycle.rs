@@ -61,7 +61,7 @@ impl World {
         let node = &mut self.replicas[r as usize];
         node.machine = Some(machine);
         node.incarnation += 1;
-        node.timer_at = None;
+        node.timer = Timer::default();
         node.sync_scheduled = false;
         node.last_write = 0;
         node.plans = Some(PlanServer::new(self.map.clone()));
@@ -83,7 +83,7 @@ impl World {
         node.machine = Some(machine);
         node.incarnation += 1;
         node.sync_scheduled = false;
-        node.timer_at = None;
+        node.timer = Timer::default();
         self.executor_input(p, detflow_executor::Input::Start);
     }
 

@@ -268,7 +268,7 @@ struct ReplicaNode {
     machine: Option<Replica>,
     disk: Disk,
     incarnation: u64,
-    timer_at: Option<Time>,
+    timer: Timer,
     sync_scheduled: bool,
     last_write: u64,
     /// The plan server beside the replica, fed with its `Committed` outputs as a
@@ -283,7 +283,7 @@ struct ExecutorNode {
     /// The store while the node is down (its disk survives the crash).
     parked: Option<SimStore>,
     incarnation: u64,
-    timer_at: Option<Time>,
+    timer: Timer,
     sync_scheduled: bool,
 }
 
@@ -298,11 +298,34 @@ struct ClientNode {
     /// The call in flight.
     pending: Option<Pending>,
     /// When the client's timer is set for.
-    timer_at: Option<Time>,
+    timer: Timer,
     /// The call in flight as the workload made it, for [`Workload::follow_up`].
     request: Option<Request>,
     /// The next call of the same logical transaction, sent at the next wake.
     follow: Option<Request>,
+}
+
+/// A component's one pending wake-up: the deadline its machine last asked for.
+#[derive(Debug, Default)]
+struct Timer(Option<Time>);
+
+impl Timer {
+    /// Takes the machine's `deadline`; if it is new, returns when to schedule the wake-up
+    /// (never before `now`).
+    fn arm(&mut self, deadline: Option<Time>, now: Time) -> Option<Time> {
+        let at = deadline.filter(|_| deadline != self.0)?;
+        self.0 = deadline;
+        Some(at.max(now))
+    }
+
+    /// Whether the wake-up is due at `now` (a stale or early one is not); clears it if so.
+    fn fire(&mut self, now: Time) -> bool {
+        let due = self.0.is_some_and(|t| t <= now);
+        if due {
+            self.0 = None;
+        }
+        due
+    }
 }
 
 pub(crate) struct World {
@@ -414,7 +437,7 @@ impl World {
                 machine: None,
                 parked: Some(SimStore::loaded(rows)),
                 incarnation: 0,
-                timer_at: None,
+                timer: Timer::default(),
                 sync_scheduled: false,
             })
             .collect();
@@ -423,7 +446,7 @@ impl World {
                 machine: None,
                 disk: Disk::default(),
                 incarnation: 0,
-                timer_at: None,
+                timer: Timer::default(),
                 sync_scheduled: false,
                 last_write: 0,
                 plans: None,
@@ -451,7 +474,7 @@ impl World {
                 ClientNode {
                     session,
                     pending: None,
-                    timer_at: None,
+                    timer: Timer::default(),
                     request: None,
                     follow: None,
                 }

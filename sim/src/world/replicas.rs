@@ -53,11 +53,8 @@ impl World {
     pub(super) fn arm_replica_timer(&mut self, r: u32) {
         let node = &mut self.replicas[r as usize];
         let Some(machine) = &node.machine else { return };
-        let deadline = machine.next_deadline();
-        if deadline.is_some() && deadline != node.timer_at {
-            node.timer_at = deadline;
+        if let Some(at) = node.timer.arm(machine.next_deadline(), self.now) {
             let incarnation = node.incarnation;
-            let at = deadline.unwrap_or(self.now).max(self.now);
             self.schedule(at, Event::ReplicaTimer { r, incarnation });
         }
     }
@@ -67,8 +64,7 @@ impl World {
         if node.incarnation != incarnation || node.machine.is_none() {
             return;
         }
-        if node.timer_at.is_some_and(|t| t <= self.now) {
-            node.timer_at = None;
+        if node.timer.fire(self.now) {
             self.replica_input(r, replica::Input::Tick);
         }
     }
