@@ -145,6 +145,16 @@ pub enum StorageError {
         /// The kind the caller opened.
         expected: StoreKind,
     },
+    /// Creating a new store failed at the file system (staging directory, rename, sync).
+    #[error("creating the store at {} failed while {doing}: {source}", .path.display())]
+    Create {
+        /// The store's directory.
+        path: PathBuf,
+        /// What the creation was doing.
+        doing: &'static str,
+        /// The file system's error.
+        source: std::io::Error,
+    },
     /// The store is in a storage format version this build does not understand.
     #[error(
         "store at {} is in storage format version {found}; this build understands version \
@@ -709,6 +719,9 @@ fn open_database(
         StoreKind::Log => LOG_CACHE_BYTES,
         StoreKind::State => STATE_CACHE_BYTES,
     };
+    if is_absent(dir)? {
+        create_staged(dir, kind, cache_bytes)?;
+    }
     let db = Database::builder(dir)
         .cache_size(cache_bytes)
         .open()
@@ -757,6 +770,83 @@ fn open_database(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((db, meta, spaces))
+}
+
+/// Whether `dir` holds no store yet: it does not exist or is an empty directory.
+fn is_absent(dir: &Path) -> Result<bool, StorageError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(StorageError::Create {
+            path: dir.to_path_buf(),
+            doing: "listing the directory",
+            source,
+        }),
+    }
+}
+
+/// Creates a store with its header in a staging directory beside `dir` and renames it into
+/// place, so that `dir` holds either nothing or a whole store with its header.
+///
+/// fjall's first open writes several files; a process killed in the middle of it used to
+/// leave a directory that fjall refused to open again ("File exists"), and a node that
+/// could never restart. A staging directory left by such a kill is removed and redone.
+fn create_staged(dir: &Path, kind: StoreKind, cache_bytes: u64) -> Result<(), StorageError> {
+    let create_error = |doing: &'static str| {
+        let path = dir.to_path_buf();
+        move |source| StorageError::Create {
+            path,
+            doing,
+            source,
+        }
+    };
+    let name = dir.file_name().ok_or_else(|| StorageError::Create {
+        path: dir.to_path_buf(),
+        doing: "naming the staging directory",
+        source: std::io::Error::other("the store's path has no last component"),
+    })?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut staged_name = std::ffi::OsString::from(".");
+    staged_name.push(name);
+    staged_name.push(".creating");
+    let staged = parent.join(staged_name);
+    std::fs::create_dir_all(&parent).map_err(create_error("creating the parent directory"))?;
+    match std::fs::remove_dir_all(&staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(create_error("removing an unfinished creation")(e)),
+    }
+    {
+        let db = Database::builder(&staged)
+            .cache_size(cache_bytes)
+            .open()
+            .map_err(fjall_error(&staged, "creating the database"))?;
+        let meta = db
+            .keyspace(META, KeyspaceCreateOptions::default)
+            .map_err(fjall_error(&staged, "creating the meta keyspace"))?;
+        let mut batch = db.batch();
+        batch.insert(
+            &meta,
+            FORMAT_VERSION_KEY,
+            STORAGE_FORMAT_VERSION.to_be_bytes(),
+        );
+        batch.insert(&meta, KIND_KEY, kind.tag());
+        batch
+            .commit()
+            .map_err(fjall_error(&staged, "writing the header"))?;
+        db.persist(PersistMode::SyncAll)
+            .map_err(fjall_error(&staged, "syncing the header"))?;
+    }
+    // rename(2) replaces an empty directory atomically; a non-empty one it refuses, which
+    // is what we want if something appeared in `dir` meanwhile.
+    std::fs::rename(&staged, dir).map_err(create_error("moving the new store into place"))?;
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(create_error("syncing the parent directory"))?;
+    Ok(())
 }
 
 /// Checks the version first: a future version may record the kind differently.
