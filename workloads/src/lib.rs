@@ -10,8 +10,6 @@
 //! executed log to [`Workload::check`].
 
 #![forbid(unsafe_code)]
-// Tests unwrap freely: a panic there is a failed test. (`allow-unwrap-in-tests` in the
-// workspace clippy.toml would make this unnecessary.)
 
 pub mod bank;
 pub mod kv;
