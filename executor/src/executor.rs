@@ -143,7 +143,7 @@ pub enum Output {
 
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bugs {
+pub struct ExecutorBugs {
     /// Swap adjacent pairs of single-partition transactions within a plan.
     pub reorder: bool,
     /// Apply every write of a multi-partition transaction, including other partitions' keys.
@@ -229,7 +229,7 @@ pub struct Executor<S: Store> {
     reads_bytes_max: usize,
     /// The plan subscription and the stall timers.
     feed: Feed,
-    bugs: Bugs,
+    bugs: ExecutorBugs,
     stats: ExecutorStats,
 }
 
@@ -264,7 +264,7 @@ impl<S: Store> Executor<S> {
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
             feed: Feed::new(partition, Vec::new()),
-            bugs: Bugs::default(),
+            bugs: ExecutorBugs::default(),
             stats: ExecutorStats::default(),
         }
     }
@@ -305,7 +305,7 @@ impl<S: Store> Executor<S> {
     }
 
     /// Plants bugs (tests of the simulator's checkers only).
-    pub fn set_bugs(&mut self, bugs: Bugs) {
+    pub fn set_bugs(&mut self, bugs: ExecutorBugs) {
         self.bugs = bugs;
         if bugs.replay_from_wrong_epoch && self.store.applied_epoch() > Epoch(0) {
             self.next_epoch = self.next_epoch.next();
@@ -1077,9 +1077,9 @@ mod tests {
         // A tick before the deadline does nothing.
         assert!(at(e, Time(2 * STALL_US + 1), Input::Tick).is_empty());
         // With the planted bug, a stall never greets the peers.
-        e.set_bugs(Bugs {
+        e.set_bugs(ExecutorBugs {
             no_hello_on_stall: true,
-            ..Bugs::default()
+            ..ExecutorBugs::default()
         });
         let stalled = at(e, Time(4 * STALL_US), Input::Tick);
         assert_eq!(stalled, [subscribe(1, 1)]);
@@ -1368,9 +1368,9 @@ mod tests {
     #[test]
     fn planted_reorder_swaps_single_partition_neighbours() {
         let mut f = fixture();
-        f.executors[0].set_bugs(Bugs {
+        f.executors[0].set_bugs(ExecutorBugs {
             reorder: true,
-            ..Bugs::default()
+            ..ExecutorBugs::default()
         });
         let a = f.a.clone();
         let [p0, _]: [Plan; 2] = plans(&f, &[(a.clone(), a.clone()), (a.clone(), a.clone())])

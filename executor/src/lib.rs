@@ -35,7 +35,7 @@ mod unwind;
 pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
-pub use executor::{Bugs, Executor, ExecutorStats, Input, Output};
+pub use executor::{Executor, ExecutorBugs, ExecutorStats, Input, Output};
 pub use feed::STALL_US;
 pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;

@@ -13,7 +13,7 @@
 use crate::store::Store;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
-    ClientId, Elem, Epoch, Key, PartitionId, RequestSeq, SYSTEM_TABLE, TxnResult, codec,
+    CallId, ClientId, Elem, Epoch, Key, PartitionId, RequestSeq, SYSTEM_TABLE, TxnResult, codec,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -41,8 +41,8 @@ fn outbox_key(to: PartitionId, epoch: Epoch) -> Key {
 /// The result table and the outbox of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct Bookkeeping {
-    results: BTreeMap<(ClientId, RequestSeq), Epoch>,
-    result_epochs: VecDeque<(Epoch, Vec<(ClientId, RequestSeq)>)>,
+    results: BTreeMap<CallId, Epoch>,
+    result_epochs: VecDeque<(Epoch, Vec<CallId>)>,
     pending_results: Vec<TxnResult>,
     outbox: BTreeMap<(PartitionId, Epoch), Vec<Arc<RemoteReads>>>,
     retained_epochs: u64,
@@ -59,7 +59,7 @@ impl Bookkeeping {
         for (key, bytes) in store.scan_prefix(&Key::table(SYSTEM_TABLE).str("results")) {
             let results: Vec<TxnResult> = decode_record(&key, &bytes);
             let epoch = Epoch(key_field(&key, 2));
-            let calls: Vec<_> = results.iter().map(|r| (r.client, r.seq)).collect();
+            let calls: Vec<_> = results.iter().map(TxnResult::call_id).collect();
             book.results.extend(calls.iter().map(|c| (*c, epoch)));
             book.result_epochs.push_back((epoch, calls));
         }
@@ -93,7 +93,7 @@ impl Bookkeeping {
         if !self.pending_results.is_empty() {
             let results = std::mem::take(&mut self.pending_results);
             store.put(results_key(epoch), codec::encode(&results));
-            let calls: Vec<_> = results.iter().map(|r| (r.client, r.seq)).collect();
+            let calls: Vec<_> = results.iter().map(TxnResult::call_id).collect();
             self.results.extend(calls.iter().map(|c| (*c, epoch)));
             self.result_epochs.push_back((epoch, calls));
         }
@@ -132,7 +132,7 @@ impl Bookkeeping {
         if let Some(r) = find(&self.pending_results) {
             return Some(r);
         }
-        let epoch = self.results.get(&(client, seq))?;
+        let epoch = self.results.get(&CallId::new(client, seq))?;
         let key = results_key(*epoch);
         let bytes = store.get(&key)?;
         find(&decode_record::<Vec<TxnResult>>(&key, &bytes))

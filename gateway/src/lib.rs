@@ -24,8 +24,8 @@
 use detflow_executor::Registry;
 use detflow_protocol::message::{Call, Rejection, Reply};
 use detflow_protocol::{
-    ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time, Transaction,
-    TxnResult,
+    CallId, ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time,
+    Transaction, TxnResult,
 };
 use detflow_scheduler::PartitionMap;
 use std::collections::BTreeMap;
@@ -116,7 +116,7 @@ pub const CALL_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bugs {
+pub struct GatewayBugs {
     /// Refuse every call whose exact keys live on more than one partition, as if the
     /// footprint size cap applied per participant (`Rejection::FootprintTooLarge`).
     pub refuse_multi_partition: bool,
@@ -143,8 +143,8 @@ pub struct Gateway {
     footprint_entries_max: usize,
     call_bytes_max: usize,
     /// Calls in flight: the transaction and the replica it was last submitted to.
-    pending: BTreeMap<(ClientId, RequestSeq), (Arc<Transaction>, NodeId)>,
-    bugs: Bugs,
+    pending: BTreeMap<CallId, (Arc<Transaction>, NodeId)>,
+    bugs: GatewayBugs,
     stats: GatewayStats,
 }
 
@@ -168,7 +168,7 @@ impl Gateway {
             footprint_entries_max,
             call_bytes_max: CALL_BYTES_MAX_DEFAULT,
             pending: BTreeMap::new(),
-            bugs: Bugs::default(),
+            bugs: GatewayBugs::default(),
             stats: GatewayStats::default(),
         }
     }
@@ -180,7 +180,7 @@ impl Gateway {
     }
 
     /// Plants bugs (tests of the simulator's checkers only).
-    pub fn set_bugs(&mut self, bugs: Bugs) {
+    pub fn set_bugs(&mut self, bugs: GatewayBugs) {
         self.bugs = bugs;
     }
 
@@ -247,7 +247,7 @@ impl Gateway {
     fn on_call(&mut self, call: Call, out: &mut Vec<Output>) {
         match self.footprint(&call) {
             Ok(footprint) => {
-                let key = (call.client, call.seq);
+                let key = CallId::new(call.client, call.seq);
                 // A retry of a call still in flight here: its last submission got no
                 // answer, so the replica it went to may be dead (a gateway hears of a new
                 // leader only from a live replica). Never send the retry to the same one:
@@ -288,7 +288,7 @@ impl Gateway {
         leader: Option<NodeId>,
         out: &mut Vec<Output>,
     ) {
-        let key = (txn.client, txn.seq);
+        let key = txn.call_id();
         let Some(pending) = self.pending.get_mut(&key) else {
             return;
         };
@@ -317,7 +317,7 @@ impl Gateway {
     }
 
     fn on_duplicate(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
-        let Some((txn, _)) = self.pending.get(&(client, seq)) else {
+        let Some((txn, _)) = self.pending.get(&CallId::new(client, seq)) else {
             return;
         };
         let routed = detflow_scheduler::route(Position::default(), txn.clone(), &self.map);
@@ -331,7 +331,7 @@ impl Gateway {
     fn on_result(&mut self, result: TxnResult, recovered: bool, out: &mut Vec<Output>) {
         // Results of calls this gateway no longer holds (answered, or from before a crash)
         // are dropped: the client has its answer or will retry.
-        if self.pending.remove(&(result.client, result.seq)).is_none() {
+        if self.pending.remove(&result.call_id()).is_none() {
             return;
         }
         if recovered {
@@ -348,7 +348,7 @@ impl Gateway {
     }
 
     fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
-        if self.pending.remove(&(client, seq)).is_some() {
+        if self.pending.remove(&CallId::new(client, seq)).is_some() {
             out.push(Output::Reply {
                 client,
                 seq,
@@ -371,7 +371,7 @@ impl Machine for Gateway {
             Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
             Input::Leader(leader) => self.observe_leader(leader),
             Input::Forget { client, seq } => {
-                self.pending.remove(&(client, seq));
+                self.pending.remove(&CallId::new(client, seq));
             }
         }
     }
@@ -488,7 +488,9 @@ mod tests {
         g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(2)]);
         // A redirect records where the call went: a retry after it avoids that replica.
-        let txn = g.pending[&(ClientId(1), RequestSeq(2))].0.clone();
+        let txn = g.pending[&CallId::new(ClientId(1), RequestSeq(2))]
+            .0
+            .clone();
         let not_leader = Input::NotLeader {
             from: NodeId(2),
             txn,

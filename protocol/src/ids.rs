@@ -38,6 +38,47 @@ id!(
     RequestSeq(u64)
 );
 
+id!(
+    /// A Raft term of the sequencer group: at most one leader per term.
+    Term(u64)
+);
+id!(
+    /// A replica's durable write, numbered from 1 per incarnation: `Persist` carries it,
+    /// `Persisted` names the last one synced.
+    WriteId(u64)
+);
+
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+/// One call of a client session: the key of exactly-once execution.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct CallId {
+    /// The session.
+    pub client: ClientId,
+    /// The call's number within the session.
+    pub seq: RequestSeq,
+}
+
+impl CallId {
+    /// Call `seq` of session `client`.
+    pub fn new(client: ClientId, seq: RequestSeq) -> CallId {
+        CallId { client, seq }
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.client, self.seq)
+    }
+}
+
 impl Epoch {
     /// The epoch after this one.
     pub fn next(self) -> Epoch {

@@ -3,7 +3,8 @@
 //! Nothing here does I/O, reads a clock or draws OS randomness (DESIGN.md §4). The other
 //! crates build on these types:
 //!
-//! - [`ids`]: `Epoch`, `Position`, `PartitionId`, `NodeId`, `ClientId`, and [`Time`].
+//! - [`ids`]: `Epoch`, `Position`, `PartitionId`, `NodeId`, `ClientId`, `CallId`, `Term`,
+//!   `WriteId`, and [`Time`].
 //! - [`key`]: the order-preserving tuple encoding of keys.
 //! - [`footprint`]: the keys and prefixes a transaction may touch.
 //! - [`txn`]: transactions, batches, outcomes and abort reasons.
@@ -30,7 +31,9 @@ pub mod session;
 pub mod txn;
 
 pub use footprint::{Access, Footprint, KeySpec};
-pub use ids::{ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq, Time};
+pub use ids::{
+    CallId, ClientId, Epoch, NodeId, PartitionId, Position, RequestSeq, Term, Time, WriteId,
+};
 pub use key::{Elem, Key, SYSTEM_TABLE};
 pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};

@@ -2,7 +2,7 @@
 //!
 //! The log index *is* the epoch: the entry at index `e` holds the batch of epoch `e`,
 //! epochs start at 1 and are consecutive, and `Epoch(0)` stands for "before the first
-//! entry" (its term is 0). Terms are plain `u64`s, starting at 0 for a fresh replica.
+//! entry" (its term is 0). Terms ([`Term`]) start at 0 for a fresh replica.
 //!
 //! ```text
 //!  leader ──AppendEntries{prev_epoch, prev_term, entries, leader_commit}──▶ follower
@@ -25,7 +25,7 @@
 //! computed from lengths, never by encoding.
 
 use crate::footprint::Footprint;
-use crate::ids::{Epoch, NodeId};
+use crate::ids::{Epoch, NodeId, Term};
 use crate::txn::{Batch, Transaction};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -74,7 +74,7 @@ fn footprint_encoded_bytes_max(footprint: &Footprint) -> usize {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// The term in which a leader appended this entry.
-    pub term: u64,
+    pub term: Term,
     /// The batch; `batch.epoch` is the entry's index in the log.
     pub batch: Arc<Batch>,
 }
@@ -105,13 +105,13 @@ pub enum PeerMessage {
     /// term `prev_term`.
     AppendEntries {
         /// The leader's term.
-        term: u64,
+        term: Term,
         /// The leader (also the sender), so followers can redirect clients.
         leader: NodeId,
         /// The epoch just before the first of `entries` (0: the log's start).
         prev_epoch: Epoch,
         /// The term of the leader's entry at `prev_epoch` (0 for epoch 0).
-        prev_term: u64,
+        prev_term: Term,
         /// Consecutive entries from `prev_epoch + 1`, at most [`ENTRIES_PER_MESSAGE_LIMIT`].
         entries: Vec<LogEntry>,
         /// The leader's commit epoch.
@@ -121,7 +121,7 @@ pub enum PeerMessage {
     /// answer only once the entries it confirms (and its current term) are durable.
     AppendReply {
         /// The follower's term (higher than the leader's: the leader steps down).
-        term: u64,
+        term: Term,
         /// Whether the follower's log matched at `prev_epoch` and now holds the entries.
         success: bool,
         /// On success, the last epoch known to match the leader's log (`prev_epoch` plus
@@ -131,24 +131,24 @@ pub enum PeerMessage {
         match_epoch: Epoch,
         /// On a failure caused by a term mismatch at `prev_epoch`: the follower's term
         /// there. `None` on success or when the follower's log is too short.
-        conflict_term: Option<u64>,
+        conflict_term: Option<Term>,
     },
     /// Candidate → voter: vote for me in `term`.
     RequestVote {
         /// The candidate's term.
-        term: u64,
+        term: Term,
         /// The candidate (also the sender).
         candidate: NodeId,
         /// The candidate's last log epoch.
         last_epoch: Epoch,
         /// The term of the candidate's last log entry (0 if its log is empty).
-        last_term: u64,
+        last_term: Term,
     },
     /// Voter → candidate: the answer to a `RequestVote`. A granted vote is sent only once
     /// the voter's record of it is durable.
     Vote {
         /// The voter's term.
-        term: u64,
+        term: Term,
         /// Whether the vote is granted.
         granted: bool,
     },
@@ -156,7 +156,7 @@ pub enum PeerMessage {
 
 impl PeerMessage {
     /// The sender's term.
-    pub fn term(&self) -> u64 {
+    pub fn term(&self) -> Term {
         match self {
             PeerMessage::AppendEntries { term, .. }
             | PeerMessage::AppendReply { term, .. }
@@ -209,10 +209,10 @@ mod tests {
         encode(&Message::Peer {
             from: NodeId(u32::MAX),
             msg: PeerMessage::AppendEntries {
-                term: u64::MAX,
+                term: Term(u64::MAX),
                 leader: NodeId(u32::MAX),
                 prev_epoch: Epoch(u64::MAX),
-                prev_term: u64::MAX,
+                prev_term: Term(u64::MAX),
                 entries,
                 leader_commit: Epoch(u64::MAX),
             },
@@ -257,7 +257,7 @@ mod tests {
         let wide_footprint = txn((1, 1, 1), String::new(), Vec::new(), many_keys);
         let many_txns = (0..70_000).map(|i| txn((i, i, 0), "p".into(), vec![], vec![]));
         let entry = |epoch: u64, txns: Vec<Arc<Transaction>>| LogEntry {
-            term: u64::MAX,
+            term: Term(u64::MAX),
             batch: Arc::new(Batch {
                 version: u16::MAX,
                 epoch: Epoch(epoch),
@@ -308,7 +308,7 @@ mod tests {
             let entries = batches
                 .into_iter()
                 .map(|(term, epoch, txns)| LogEntry {
-                    term,
+                    term: Term(term),
                     batch: Arc::new(Batch { version: LOG_FORMAT_VERSION, epoch: Epoch(epoch), txns }),
                 })
                 .collect();
@@ -319,12 +319,12 @@ mod tests {
     #[test]
     fn append_entries_round_trips() {
         let msg = PeerMessage::AppendEntries {
-            term: 3,
+            term: Term(3),
             leader: NodeId(2),
             prev_epoch: Epoch(4),
-            prev_term: 2,
+            prev_term: Term(2),
             entries: vec![LogEntry {
-                term: 3,
+                term: Term(3),
                 batch: Arc::new(Batch {
                     version: LOG_FORMAT_VERSION,
                     epoch: Epoch(5),
@@ -334,14 +334,14 @@ mod tests {
             leader_commit: Epoch(4),
         };
         assert_eq!(decode::<PeerMessage>(&encode(&msg)).unwrap(), msg);
-        assert_eq!(msg.term(), 3);
+        assert_eq!(msg.term(), Term(3));
     }
 
     #[test]
     fn vote_encoding_is_pinned() {
         // The variant name is the tag and fields go in order; this notices a change.
         let bytes = encode(&PeerMessage::Vote {
-            term: 7,
+            term: Term(7),
             granted: true,
         });
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Transactions, batches, outcomes and deterministic abort reasons.
 
 use crate::footprint::Footprint;
-use crate::ids::{ClientId, Epoch, NodeId, Position, RequestSeq};
+use crate::ids::{CallId, ClientId, Epoch, NodeId, Position, RequestSeq};
 use crate::key::Key;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -25,6 +25,13 @@ pub struct Transaction {
     pub args: Vec<u8>,
     /// The keys it may touch, computed by the gateway from the arguments.
     pub footprint: Footprint,
+}
+
+impl Transaction {
+    /// The call this transaction runs.
+    pub fn call_id(&self) -> CallId {
+        CallId::new(self.client, self.seq)
+    }
 }
 
 /// One epoch's ordered transactions: an entry of the replicated log.
@@ -123,4 +130,11 @@ pub struct TxnResult {
     pub position: Position,
     /// Commit or abort.
     pub outcome: Outcome,
+}
+
+impl TxnResult {
+    /// The call this is the result of.
+    pub fn call_id(&self) -> CallId {
+        CallId::new(self.client, self.seq)
+    }
 }

@@ -31,7 +31,9 @@ use detflow_protocol::message::{
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
-use detflow_protocol::{ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq};
+use detflow_protocol::{
+    ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, Term,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -162,33 +164,29 @@ fn batch() -> impl Strategy<Value = Batch> + Clone {
         })
 }
 
+fn term() -> impl Strategy<Value = Term> + Clone {
+    any::<u64>().prop_map(Term)
+}
+
 fn peer_message() -> impl Strategy<Value = PeerMessage> + Clone {
-    let entry = (any::<u64>(), batch()).prop_map(|(term, batch)| LogEntry {
+    let entry = (term(), batch()).prop_map(|(term, batch)| LogEntry {
         term,
         batch: Arc::new(batch),
     });
     prop_oneof![
-        (
-            any::<u64>(),
-            node(),
-            epoch(),
-            any::<u64>(),
-            vec(entry, 0..3),
-            epoch()
-        )
-            .prop_map(
-                |(term, leader, prev_epoch, prev_term, entries, leader_commit)| {
-                    PeerMessage::AppendEntries {
-                        term,
-                        leader,
-                        prev_epoch,
-                        prev_term,
-                        entries,
-                        leader_commit,
-                    }
+        (term(), node(), epoch(), term(), vec(entry, 0..3), epoch()).prop_map(
+            |(term, leader, prev_epoch, prev_term, entries, leader_commit)| {
+                PeerMessage::AppendEntries {
+                    term,
+                    leader,
+                    prev_epoch,
+                    prev_term,
+                    entries,
+                    leader_commit,
                 }
-            ),
-        (any::<u64>(), any::<bool>(), epoch(), any::<Option<u64>>()).prop_map(
+            }
+        ),
+        (term(), any::<bool>(), epoch(), proptest::option::of(term())).prop_map(
             |(term, success, match_epoch, conflict_term)| PeerMessage::AppendReply {
                 term,
                 success,
@@ -196,16 +194,15 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> + Clone {
                 conflict_term,
             }
         ),
-        (any::<u64>(), node(), epoch(), any::<u64>()).prop_map(
-            |(term, candidate, last_epoch, last_term)| PeerMessage::RequestVote {
+        (term(), node(), epoch(), term()).prop_map(|(term, candidate, last_epoch, last_term)| {
+            PeerMessage::RequestVote {
                 term,
                 candidate,
                 last_epoch,
                 last_term,
             }
-        ),
-        (any::<u64>(), any::<bool>())
-            .prop_map(|(term, granted)| PeerMessage::Vote { term, granted }),
+        }),
+        (term(), any::<bool>()).prop_map(|(term, granted)| PeerMessage::Vote { term, granted }),
     ]
 }
 

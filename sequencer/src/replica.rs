@@ -59,7 +59,7 @@ use crate::{Config, DedupTable};
 use detflow_protocol::replication::APPEND_ENTRIES_OVERHEAD_BYTES_MAX;
 use detflow_protocol::{
     Batch, ClientId, DetRng, ENTRIES_PER_MESSAGE_LIMIT, Epoch, LOG_FORMAT_VERSION, LogEntry,
-    Machine, NodeId, PeerMessage, RequestSeq, Time, Transaction,
+    Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction, WriteId,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -77,7 +77,7 @@ const PENDING_WRITES_MAX: usize = 4_096;
 /// Peer messages of this term or above are dropped. Terms grow by one per election, so no
 /// honest group gets near it; a forged term up there, once adopted, would leave too few
 /// terms to campaign in (and overflow the next one).
-const PEER_TERM_LIMIT: u64 = 1 << 62;
+const PEER_TERM_LIMIT: Term = Term(1 << 62);
 
 /// Replica settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +167,7 @@ impl ReplicaConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Durable {
     /// The latest term this replica has seen.
-    pub term: u64,
+    pub term: Term,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
     /// The log; `log[i]` holds epoch `i + 1`.
@@ -200,7 +200,7 @@ impl Durable {
     /// current log format, epochs consecutive from 1, terms non-decreasing and not above
     /// `term`.
     pub fn validate(&self) -> Result<(), DurableError> {
-        let mut prev_term = 0;
+        let mut prev_term = Term(0);
         for (i, entry) in self.log.iter().enumerate() {
             let epoch = Epoch(i as u64 + 1);
             if entry.batch.version != LOG_FORMAT_VERSION {
@@ -243,7 +243,7 @@ pub enum DurableError {
         /// The entry.
         epoch: Epoch,
         /// Its term.
-        term: u64,
+        term: Term,
     },
     /// A batch is in a log format this build does not understand (DESIGN.md §4).
     Version {
@@ -285,9 +285,9 @@ impl std::error::Error for DurableError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogWrite {
     /// Increasing per replica incarnation, from 1; `Persisted { write }` names it.
-    pub id: u64,
+    pub id: WriteId,
     /// The new `(term, voted_for)`, when it changed.
-    pub hard_state: Option<(u64, Option<NodeId>)>,
+    pub hard_state: Option<(Term, Option<NodeId>)>,
     /// Drop every entry with epoch `>=` this first.
     pub truncate_from: Option<Epoch>,
     /// Entries to append, consecutive, after the truncation.
@@ -307,7 +307,7 @@ pub enum Input {
     /// Every write with id `<= write` is durable.
     Persisted {
         /// The highest durable write id of this incarnation.
-        write: u64,
+        write: WriteId,
     },
     /// A transaction to order (from a gateway).
     Submit(Arc<Transaction>),
@@ -510,7 +510,7 @@ enum Role {
     Candidate {
         votes: BTreeSet<NodeId>,
         /// The write that records this candidacy's term and self-vote.
-        write: u64,
+        write: WriteId,
     },
     Leader(LeaderState),
 }
@@ -535,7 +535,7 @@ pub struct Replica {
     config: ReplicaConfig,
     rng: DetRng,
     bugs: ReplicaBugs,
-    term: u64,
+    term: Term,
     voted_for: Option<NodeId>,
     leader: Option<NodeId>,
     role: Role,
@@ -549,15 +549,15 @@ pub struct Replica {
     batcher: Batcher,
     /// `None` until the first input, which starts the timers.
     election_deadline: Option<Time>,
-    last_write: u64,
-    persisted_write: u64,
+    last_write: WriteId,
+    persisted_write: WriteId,
     /// Issued writes not yet durable, with the log's last epoch after each (lowered when
     /// the log is truncated below it).
-    pending_writes: VecDeque<(u64, Epoch)>,
+    pending_writes: VecDeque<(WriteId, Epoch)>,
     /// The highest epoch such that the whole log up to it is durable.
     persisted_epoch: Epoch,
     /// Messages waiting until the write with the given id is durable, in id order.
-    deferred: VecDeque<(u64, NodeId, PeerMessage)>,
+    deferred: VecDeque<(WriteId, NodeId, PeerMessage)>,
     write: WriteBuf,
     sends: Vec<(NodeId, PeerMessage, When)>,
     stats: ReplicaStats,
@@ -597,8 +597,8 @@ impl Replica {
             dedup: DedupTable::default(),
             batcher,
             election_deadline: None,
-            last_write: 0,
-            persisted_write: 0,
+            last_write: WriteId(0),
+            persisted_write: WriteId(0),
             pending_writes: VecDeque::new(),
             persisted_epoch,
             deferred: VecDeque::new(),
@@ -637,7 +637,7 @@ impl Replica {
     }
 
     /// The current term.
-    pub fn term(&self) -> u64 {
+    pub fn term(&self) -> Term {
         self.term
     }
 
@@ -660,14 +660,14 @@ impl Replica {
         Epoch(self.log.len() as u64)
     }
 
-    fn term_at(&self, epoch: Epoch) -> u64 {
+    fn term_at(&self, epoch: Epoch) -> Term {
         match epoch.0 {
-            0 => 0,
+            0 => Term(0),
             e => self.log[usize_of(e - 1)].term,
         }
     }
 
-    fn last_term(&self) -> u64 {
+    fn last_term(&self) -> Term {
         self.term_at(self.last_epoch())
     }
 
@@ -754,7 +754,7 @@ impl Replica {
     }
 
     /// Why a message from `from` in `term` cannot be honoured whatever it says, if so.
-    fn ignore_sender(&self, from: NodeId, term: u64) -> Option<PeerDrop> {
+    fn ignore_sender(&self, from: NodeId, term: Term) -> Option<PeerDrop> {
         if from == self.config.id || !self.config.replicas.contains(&from) {
             return Some(PeerDrop::Stranger);
         }
@@ -904,7 +904,7 @@ impl Replica {
     fn ignore_append_reply(
         &self,
         from: NodeId,
-        term: u64,
+        term: Term,
         success: bool,
         match_epoch: Epoch,
     ) -> Option<PeerDrop> {
@@ -931,7 +931,7 @@ impl Replica {
         &mut self,
         now: Time,
         from: NodeId,
-        term: u64,
+        term: Term,
         success: bool,
         match_epoch: Epoch,
         out: &mut Vec<Output>,
@@ -1033,7 +1033,7 @@ impl Replica {
 
     /// Why this Vote cannot be honoured, if so. A vote names no one but its sender, so only
     /// the sender and the term are checked.
-    fn ignore_vote(&self, from: NodeId, term: u64) -> Option<PeerDrop> {
+    fn ignore_vote(&self, from: NodeId, term: Term) -> Option<PeerDrop> {
         self.ignore_sender(from, term)
     }
 
@@ -1041,7 +1041,7 @@ impl Replica {
         &mut self,
         now: Time,
         from: NodeId,
-        term: u64,
+        term: Term,
         granted: bool,
         out: &mut Vec<Output>,
     ) {
@@ -1064,7 +1064,7 @@ impl Replica {
 
     // ---- local inputs --------------------------------------------------------------
 
-    fn on_persisted(&mut self, now: Time, write: u64, out: &mut Vec<Output>) {
+    fn on_persisted(&mut self, now: Time, write: WriteId, out: &mut Vec<Output>) {
         assert!(
             write <= self.last_write,
             "Persisted({write}) but the last write requested is {}",
@@ -1158,14 +1158,14 @@ impl Replica {
 
     fn campaign(&mut self, now: Time) {
         assert!(!self.is_leader(), "a leader campaigns");
-        self.term += 1;
+        self.term = self.term.next();
         self.voted_for = Some(self.config.id);
         self.write.hard_state = true;
         self.leader = None;
         // `flush` issues the write holding this term and self-vote with the next id.
         self.role = Role::Candidate {
             votes: BTreeSet::new(),
-            write: self.last_write + 1,
+            write: WriteId(self.last_write.0 + 1),
         };
         self.election_deadline = Some(self.election_timeout(now));
         self.stats.elections += 1;
@@ -1227,7 +1227,7 @@ impl Replica {
 
     /// Adopts a higher `term` (forgetting the vote) and, if leading or campaigning, becomes
     /// a follower. The hard state is written with the next write.
-    fn step_down(&mut self, now: Time, term: u64, out: &mut Vec<Output>) {
+    fn step_down(&mut self, now: Time, term: Term, out: &mut Vec<Output>) {
         assert!(
             term > self.term,
             "step_down to term {term} from {}",
@@ -1404,7 +1404,7 @@ impl Replica {
         to: NodeId,
         success: bool,
         match_epoch: Epoch,
-        conflict_term: Option<u64>,
+        conflict_term: Option<Term>,
     ) {
         let msg = PeerMessage::AppendReply {
             term: self.term,
@@ -1485,7 +1485,7 @@ impl Replica {
     fn flush(&mut self, out: &mut Vec<Output>) {
         let write = std::mem::take(&mut self.write);
         if write.hard_state || write.truncate_from.is_some() || !write.append.is_empty() {
-            self.last_write += 1;
+            self.last_write = WriteId(self.last_write.0 + 1);
             self.pending_writes
                 .push_back((self.last_write, self.last_epoch()));
             out.push(Output::Persist(LogWrite {
@@ -1572,35 +1572,35 @@ impl Machine for Replica {
 
 /// An AppendEntries, unpacked.
 struct Append {
-    term: u64,
+    term: Term,
     leader: NodeId,
     prev_epoch: Epoch,
-    prev_term: u64,
+    prev_term: Term,
     entries: Vec<LogEntry>,
     leader_commit: Epoch,
 }
 
 /// A RequestVote, unpacked.
 struct VoteRequest {
-    term: u64,
+    term: Term,
     candidate: NodeId,
     last_epoch: Epoch,
-    last_term: u64,
+    last_term: Term,
 }
 
 /// Why an AppendEntries' entries cannot be read, whatever the receiver's state: unless
 /// they are bounded, in this build's log format, consecutive from `prev_epoch + 1`, and
 /// carry non-decreasing terms from `prev_term` up to `term`.
 fn check_entries(
-    term: u64,
+    term: Term,
     prev_epoch: Epoch,
-    prev_term: u64,
+    prev_term: Term,
     entries: &[LogEntry],
 ) -> Option<PeerDrop> {
     if entries.len() > ENTRIES_PER_MESSAGE_LIMIT || prev_term > term {
         return Some(PeerDrop::Malformed);
     }
-    if prev_epoch == Epoch(0) && prev_term != 0 {
+    if prev_epoch == Epoch(0) && prev_term != Term(0) {
         // Epoch 0 stands for the log's start, whose term is 0 on every replica.
         return Some(PeerDrop::Malformed);
     }
@@ -1700,7 +1700,7 @@ mod tests {
 
     fn entry(term: u64, epoch: u64, txns: Vec<Arc<Transaction>>) -> LogEntry {
         LogEntry {
-            term,
+            term: Term(term),
             batch: batch(epoch, txns),
         }
     }
@@ -1712,8 +1712,8 @@ mod tests {
         append: Vec<LogEntry>,
     ) -> Output {
         Output::Persist(LogWrite {
-            id,
-            hard_state,
+            id: WriteId(id),
+            hard_state: hard_state.map(|(term, vote)| (Term(term), vote)),
             truncate_from: truncate_from.map(Epoch),
             append,
         })
@@ -1735,10 +1735,10 @@ mod tests {
         commit: u64,
     ) -> PeerMessage {
         PeerMessage::AppendEntries {
-            term,
+            term: Term(term),
             leader,
             prev_epoch: Epoch(prev.0),
-            prev_term: prev.1,
+            prev_term: Term(prev.1),
             entries,
             leader_commit: Epoch(commit),
         }
@@ -1751,24 +1751,27 @@ mod tests {
         conflict_term: Option<u64>,
     ) -> PeerMessage {
         PeerMessage::AppendReply {
-            term,
+            term: Term(term),
             success,
             match_epoch: Epoch(match_epoch),
-            conflict_term,
+            conflict_term: conflict_term.map(Term),
         }
     }
 
     fn request_vote(term: u64, candidate: NodeId, last: (u64, u64)) -> PeerMessage {
         PeerMessage::RequestVote {
-            term,
+            term: Term(term),
             candidate,
             last_epoch: Epoch(last.0),
-            last_term: last.1,
+            last_term: Term(last.1),
         }
     }
 
     fn vote(term: u64, granted: bool) -> PeerMessage {
-        PeerMessage::Vote { term, granted }
+        PeerMessage::Vote {
+            term: Term(term),
+            granted,
+        }
     }
 
     fn deadline(r: &Replica) -> u64 {
@@ -1784,9 +1787,9 @@ mod tests {
         let t = deadline(r1);
         assert!(t < deadline(r2), "node 1 times out first with these seeds");
         run(r1, t, Input::Tick);
-        run(r1, t, Input::Persisted { write: 1 });
+        run(r1, t, Input::Persisted { write: WriteId(1) });
         run(r2, t, peer(N1, request_vote(1, N1, (0, 0))));
-        run(r2, t, Input::Persisted { write: 1 });
+        run(r2, t, Input::Persisted { write: WriteId(1) });
         run(r1, t, peer(N2, vote(1, true)));
         run(
             r2,
@@ -1796,9 +1799,9 @@ mod tests {
                 append_entries(1, N1, (0, 0), vec![entry(1, 1, vec![])], 0),
             ),
         );
-        run(r2, t, Input::Persisted { write: 2 });
+        run(r2, t, Input::Persisted { write: WriteId(2) });
         run(r1, t, peer(N2, reply(1, true, 1, None)));
-        let out = run(r1, t, Input::Persisted { write: 2 });
+        let out = run(r1, t, Input::Persisted { write: WriteId(2) });
         assert_eq!(out, vec![Output::Committed(batch(1, vec![]))]);
         assert!(r1.is_leader() && r1.commit_epoch() == Epoch(1));
         t
@@ -1820,12 +1823,12 @@ mod tests {
         assert!(!r.is_leader());
         // Leading, it appends an empty batch of its term at once.
         assert_eq!(
-            run(&mut r, 100, Input::Persisted { write: 1 }),
+            run(&mut r, 100, Input::Persisted { write: WriteId(1) }),
             vec![persist(2, None, None, vec![entry(1, 1, vec![])])]
         );
-        assert!(r.is_leader() && r.leader() == Some(N1) && r.term() == 1);
+        assert!(r.is_leader() && r.leader() == Some(N1) && r.term() == Term(1));
         assert_eq!(
-            run(&mut r, 200, Input::Persisted { write: 2 }),
+            run(&mut r, 200, Input::Persisted { write: WriteId(2) }),
             vec![Output::Committed(batch(1, vec![]))]
         );
         assert!(run(&mut r, 1_000, Input::Submit(txn(7, 1))).is_empty());
@@ -1844,7 +1847,7 @@ mod tests {
         // Not committed until durable.
         assert_eq!(r.commit_epoch(), Epoch(1));
         assert_eq!(
-            run(&mut r, 6_100, Input::Persisted { write: 3 }),
+            run(&mut r, 6_100, Input::Persisted { write: WriteId(3) }),
             vec![Output::Committed(closed.batch)]
         );
         assert_eq!(r.commit_epoch(), Epoch(2));
@@ -1868,7 +1871,7 @@ mod tests {
             vec![persist(1, Some((1, Some(N1))), None, vec![])]
         );
         assert_eq!(
-            run(&mut r1, t + 10, Input::Persisted { write: 1 }),
+            run(&mut r1, t + 10, Input::Persisted { write: WriteId(1) }),
             vec![
                 send(N2, request_vote(1, N1, (0, 0))),
                 send(N3, request_vote(1, N1, (0, 0))),
@@ -1880,7 +1883,7 @@ mod tests {
             vec![persist(1, Some((1, Some(N1))), None, vec![])]
         );
         assert_eq!(
-            run(&mut r2, t + 30, Input::Persisted { write: 1 }),
+            run(&mut r2, t + 30, Input::Persisted { write: WriteId(1) }),
             vec![send(N1, vote(1, true))]
         );
         // A majority: lead, append the term's empty batch, probe both followers.
@@ -1902,14 +1905,14 @@ mod tests {
         );
         assert_eq!(r2.leader(), Some(N1));
         assert_eq!(
-            run(&mut r2, t + 60, Input::Persisted { write: 2 }),
+            run(&mut r2, t + 60, Input::Persisted { write: WriteId(2) }),
             vec![send(N1, reply(1, true, 1, None))]
         );
         // One follower has it, but the leader's own copy is not yet durable: no quorum.
         assert!(run(&mut r1, t + 70, peer(N2, reply(1, true, 1, None))).is_empty());
         assert_eq!(r1.commit_epoch(), Epoch(0));
         assert_eq!(
-            run(&mut r1, t + 80, Input::Persisted { write: 2 }),
+            run(&mut r1, t + 80, Input::Persisted { write: WriteId(2) }),
             vec![Output::Committed(noop.batch.clone())]
         );
 
@@ -1924,7 +1927,7 @@ mod tests {
                 send(N2, append_entries(1, N1, (1, 1), vec![e2.clone()], 1)),
             ]
         );
-        assert!(run(&mut r1, t + 5_200, Input::Persisted { write: 3 }).is_empty());
+        assert!(run(&mut r1, t + 5_200, Input::Persisted { write: WriteId(3) }).is_empty());
         // The follower learns the commit of epoch 1 with the new entry.
         assert_eq!(
             run(
@@ -1938,7 +1941,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            run(&mut r2, t + 5_400, Input::Persisted { write: 3 }),
+            run(&mut r2, t + 5_400, Input::Persisted { write: WriteId(3) }),
             vec![send(N1, reply(1, true, 2, None))]
         );
         assert_eq!(
@@ -1960,7 +1963,7 @@ mod tests {
     #[test]
     fn a_durable_vote_survives_a_restart() {
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log: Vec::new(),
         };
@@ -1984,7 +1987,7 @@ mod tests {
     #[test]
     fn votes_go_only_to_candidates_whose_log_is_as_up_to_date() {
         let durable = Durable {
-            term: 2,
+            term: Term(2),
             voted_for: None,
             log: vec![entry(1, 1, vec![]), entry(2, 2, vec![])],
         };
@@ -1992,7 +1995,7 @@ mod tests {
         // Shorter log with the same last term: refused (the term is still adopted).
         run(&mut r, 0, peer(N1, request_vote(3, N1, (1, 2))));
         assert_eq!(
-            run(&mut r, 1, Input::Persisted { write: 1 }),
+            run(&mut r, 1, Input::Persisted { write: WriteId(1) }),
             vec![send(N1, vote(3, false))]
         );
         // Longer log of an older last term: refused.
@@ -2034,8 +2037,8 @@ mod tests {
     fn duplicate_submissions_are_refused_from_the_open_epoch_and_the_log() {
         let mut r = replica(N1, 1);
         run(&mut r, 0, Input::Tick);
-        run(&mut r, 0, Input::Persisted { write: 1 });
-        run(&mut r, 0, Input::Persisted { write: 2 });
+        run(&mut r, 0, Input::Persisted { write: WriteId(1) });
+        run(&mut r, 0, Input::Persisted { write: WriteId(2) });
         assert!(run(&mut r, 10, Input::Submit(txn(3, 1))).is_empty());
         let duplicate = Output::Duplicate {
             client: ClientId(3),
@@ -2052,7 +2055,7 @@ mod tests {
             run(&mut r, 5_011, Input::Submit(txn(3, 1))),
             vec![duplicate.clone()]
         );
-        run(&mut r, 5_012, Input::Persisted { write: 3 });
+        run(&mut r, 5_012, Input::Persisted { write: WriteId(3) });
         assert_eq!(
             run(&mut r, 5_013, Input::Submit(txn(3, 1))),
             vec![duplicate.clone()]
@@ -2062,14 +2065,14 @@ mod tests {
 
         // After a restart the table is rebuilt from the durable log.
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log: r.log().to_vec(),
         };
         let mut again = recovered(N1, 1, durable);
         run(&mut again, 0, Input::Tick);
-        run(&mut again, 0, Input::Persisted { write: 1 });
-        assert!(again.is_leader() && again.term() == 2);
+        run(&mut again, 0, Input::Persisted { write: WriteId(1) });
+        assert!(again.is_leader() && again.term() == Term(2));
         assert_eq!(
             run(&mut again, 1, Input::Submit(txn(3, 1))),
             vec![duplicate]
@@ -2097,9 +2100,9 @@ mod tests {
                 persist(3, Some((5, Some(N3))), None, vec![]),
             ]
         );
-        assert!(!r1.is_leader() && r1.term() == 5 && r1.leader().is_none());
+        assert!(!r1.is_leader() && r1.term() == Term(5) && r1.leader().is_none());
         assert_eq!(
-            run(&mut r1, t + 4, Input::Persisted { write: 3 }),
+            run(&mut r1, t + 4, Input::Persisted { write: WriteId(3) }),
             vec![send(N3, vote(5, true))]
         );
         // The handed-back calls left the dedup table: a new leader may take them.
@@ -2121,7 +2124,7 @@ mod tests {
         assert_eq!(r2.leader(), Some(N3));
         // A stale leader is told the newer term.
         let stale = append_entries(1, N1, (1, 1), vec![], 1);
-        run(&mut r2, t + 6, Input::Persisted { write: 3 });
+        run(&mut r2, t + 6, Input::Persisted { write: WriteId(3) });
         assert_eq!(
             run(&mut r2, t + 7, peer(N1, stale)),
             vec![send(N1, reply(6, false, 1, None))]
@@ -2158,7 +2161,7 @@ mod tests {
     #[test]
     fn conflicting_entries_are_truncated_and_rewritten() {
         let durable = Durable {
-            term: 2,
+            term: Term(2),
             voted_for: None,
             log: vec![
                 entry(1, 1, vec![]),
@@ -2187,7 +2190,7 @@ mod tests {
         assert_eq!(r.log()[2], e3);
         assert_eq!(r.stats().entries_truncated, 2);
         assert_eq!(
-            run(&mut r, 1, Input::Persisted { write: 1 }),
+            run(&mut r, 1, Input::Persisted { write: WriteId(1) }),
             vec![send(N1, reply(3, true, 3, None))]
         );
         // The truncated calls left the dedup table with their entries.
@@ -2195,24 +2198,24 @@ mod tests {
         assert!(r.dedup.contains(ClientId(2), RequestSeq(1)));
         // A durable copy applies the same write.
         let mut disk = Durable {
-            term: 2,
+            term: Term(2),
             voted_for: None,
             log: r.log()[..2].to_vec(),
         };
         disk.log.push(entry(2, 3, vec![]));
         disk.apply(&LogWrite {
-            id: 1,
-            hard_state: Some((3, None)),
+            id: WriteId(1),
+            hard_state: Some((Term(3), None)),
             truncate_from: Some(Epoch(3)),
             append: vec![e3],
         });
-        assert_eq!((disk.term, disk.log.as_slice()), (3, r.log()));
+        assert_eq!((disk.term, disk.log.as_slice()), (Term(3), r.log()));
     }
 
     #[test]
     fn a_mismatch_answers_with_a_hint_where_to_retry() {
         let durable = Durable {
-            term: 2,
+            term: Term(2),
             voted_for: None,
             log: vec![
                 entry(1, 1, vec![]),
@@ -2229,7 +2232,7 @@ mod tests {
             peer(N1, append_entries(3, N1, (4, 3), vec![], 0)),
         );
         assert_eq!(
-            run(&mut r, 1, Input::Persisted { write: 1 }),
+            run(&mut r, 1, Input::Persisted { write: WriteId(1) }),
             vec![send(N1, reply(3, false, 1, Some(2)))]
         );
         // Too short: retry from my last epoch.
@@ -2249,7 +2252,7 @@ mod tests {
         c1.entries_per_message_max = 2;
         let log: Vec<LogEntry> = (1..=5).map(|e| entry(1, e, vec![txn(1, e)])).collect();
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log: log.clone(),
         };
@@ -2258,7 +2261,7 @@ mod tests {
         let timeout = deadline(&r1);
         run(&mut r1, timeout, Input::Tick);
         let t = deadline(&r1);
-        run(&mut r1, t, Input::Persisted { write: 1 });
+        run(&mut r1, t, Input::Persisted { write: WriteId(1) });
         let out = run(&mut r1, t, peer(N2, vote(2, true)));
         let noop = entry(2, 6, vec![]);
         assert_eq!(
@@ -2283,7 +2286,7 @@ mod tests {
                 append_entries(2, N1, (4, 1), vec![log[4].clone(), noop], 0)
             )]
         );
-        run(&mut r1, t + 3, Input::Persisted { write: 2 });
+        run(&mut r1, t + 3, Input::Persisted { write: WriteId(2) });
         // Epoch 6 is of this term and on a majority: epochs 1..=6 commit together.
         let out = run(&mut r1, t + 4, peer(N2, reply(2, true, 6, None)));
         assert_eq!(out.len(), 6);
@@ -2345,14 +2348,14 @@ mod tests {
                 .all(|o| !matches!(o, Output::Committed(_)))
         );
         assert_eq!(r1.stats().step_downs, 1);
-        assert_eq!(r1.term(), 1);
+        assert_eq!(r1.term(), Term(1));
     }
 
     #[test]
     fn a_restarted_replica_emits_committed_batches_again_from_epoch_one() {
         let log = vec![entry(1, 1, vec![]), entry(1, 2, vec![txn(1, 1)])];
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log: log.clone(),
         };
@@ -2380,8 +2383,8 @@ mod tests {
         c.uncommitted_epochs_max = 1;
         let mut r = Replica::new(c, Durable::default(), DetRng::new(1));
         run(&mut r, 0, Input::Tick);
-        run(&mut r, 0, Input::Persisted { write: 1 });
-        run(&mut r, 0, Input::Persisted { write: 2 });
+        run(&mut r, 0, Input::Persisted { write: WriteId(1) });
+        run(&mut r, 0, Input::Persisted { write: WriteId(2) });
         let e2 = entry(1, 2, vec![txn(1, 1)]);
         assert_eq!(
             run(&mut r, 1, Input::Submit(txn(1, 1))),
@@ -2401,7 +2404,7 @@ mod tests {
             "no tick storm for the held epoch"
         );
         assert_eq!(
-            run(&mut r, 4, Input::Persisted { write: 3 }),
+            run(&mut r, 4, Input::Persisted { write: WriteId(3) }),
             vec![
                 Output::Committed(e2.batch),
                 persist(4, None, None, vec![entry(1, 3, vec![txn(1, 2)])]),
@@ -2429,7 +2432,13 @@ mod tests {
         let out = run(r1, t + 5_000, Input::Tick);
         assert_eq!(out[0], persist(epoch + 1, None, None, vec![e.clone()]));
         assert!(out[1..].iter().all(|o| matches!(o, Output::Send { .. })));
-        run(r1, t + 5_001, Input::Persisted { write: epoch + 1 });
+        run(
+            r1,
+            t + 5_001,
+            Input::Persisted {
+                write: WriteId(epoch + 1),
+            },
+        );
         assert_eq!(
             run(r1, t + 5_002, peer(N2, reply(1, true, epoch, None))),
             vec![Output::Committed(e.batch)]
@@ -2448,7 +2457,7 @@ mod tests {
         let rewrite = append_entries(1, N3, (1, 1), vec![entry(1, 2, vec![txn(6, 1)])], 2);
         assert!(run(&mut r1, t + 2, peer(N3, rewrite)).is_empty());
         assert_eq!(drops(&r1, PeerDrop::SecondLeader), 2);
-        assert!(r1.is_leader() && r1.term() == 1 && r1.log().len() == 1);
+        assert!(r1.is_leader() && r1.term() == Term(1) && r1.log().len() == 1);
         commit_one_call(&mut r1, t + 10, 2, 1);
     }
 
@@ -2491,7 +2500,7 @@ mod tests {
             assert!(run(&mut r1, t + i, peer(from, msg)).is_empty());
         }
         assert_eq!(drops(&r1, PeerDrop::Stranger), 7);
-        assert!(r1.is_leader() && r1.term() == 1);
+        assert!(r1.is_leader() && r1.term() == Term(1));
         commit_one_call(&mut r1, t + 10, 2, 1);
     }
 
@@ -2503,7 +2512,7 @@ mod tests {
         let candidate = request_vote(3, N3, (0, 0));
         assert!(run(&mut r, 0, peer(N1, candidate)).is_empty());
         assert_eq!(drops(&r, PeerDrop::Impostor), 2);
-        assert_eq!((r.term(), r.leader()), (0, None));
+        assert_eq!((r.term(), r.leader()), (Term(0), None));
         // The genuine candidate gets the vote.
         assert_eq!(
             run(&mut r, 1, peer(N3, request_vote(3, N3, (0, 0)))),
@@ -2555,7 +2564,7 @@ mod tests {
             assert!(run(&mut r, 0, peer(N1, msg)).is_empty());
         }
         assert_eq!(drops(&r, PeerDrop::Malformed), count);
-        assert_eq!((r.term(), r.log().len()), (0, 0));
+        assert_eq!((r.term(), r.log().len()), (Term(0), 0));
     }
 
     #[test]
@@ -2566,13 +2575,13 @@ mod tests {
         let msg = append_entries(1, N1, (0, 0), vec![newer], 0);
         assert!(run(&mut r, 0, peer(N1, msg)).is_empty());
         assert_eq!(drops(&r, PeerDrop::Version), 1);
-        assert_eq!((r.term(), r.log().len()), (0, 0));
+        assert_eq!((r.term(), r.log().len()), (Term(0), 0));
     }
 
     #[test]
     fn entries_that_would_rewrite_committed_epochs_are_dropped() {
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log: vec![entry(1, 1, vec![]), entry(1, 2, vec![txn(1, 1)])],
         };
@@ -2590,7 +2599,10 @@ mod tests {
         assert!(run(&mut r, 2, peer(N3, rewrite)).is_empty());
         assert_eq!(drops(&r, PeerDrop::RewritesCommitted), 2);
         // Neither raised the term nor changed the log; the leader of term 1 still leads.
-        assert_eq!((r.term(), r.leader(), r.log().len()), (1, Some(N1), 2));
+        assert_eq!(
+            (r.term(), r.leader(), r.log().len()),
+            (Term(1), Some(N1), 2)
+        );
         assert_eq!(r.log()[1], entry(1, 2, vec![txn(1, 1)]));
         assert_eq!(
             run(&mut r, 3, peer(N1, heartbeat)),
@@ -2620,7 +2632,7 @@ mod tests {
         // Epoch 2 goes to node 2 only: node 3's election-time probe is unanswered.
         let out = run(&mut r1, t + 5_001, Input::Tick);
         assert!(matches!(&out[1..], [Output::Send { to: N2, .. }]));
-        run(&mut r1, t + 5_002, Input::Persisted { write: 3 });
+        run(&mut r1, t + 5_002, Input::Persisted { write: WriteId(3) });
         // Node 3 claims epoch 2 (never sent to it), then epoch 9 (beyond the log): with
         // the leader's own copy either would have committed epoch 2 without node 2.
         let claims = [reply(1, true, 2, None), reply(1, true, 9, None)];
@@ -2645,7 +2657,7 @@ mod tests {
         let t = elect_n1(&mut r1, &mut r2);
         let huge = [
             request_vote(u64::MAX, N3, (1, 1)),
-            vote(PEER_TERM_LIMIT, false),
+            vote(PEER_TERM_LIMIT.0, false),
             reply(u64::MAX, false, 0, None),
             append_entries(u64::MAX, N3, (1, 1), vec![], 1),
         ];
@@ -2653,10 +2665,10 @@ mod tests {
             assert!(run(&mut r1, t + 1, peer(N3, msg)).is_empty());
         }
         assert_eq!(drops(&r1, PeerDrop::TermTooHigh), 4);
-        assert!(r1.is_leader() && r1.term() == 1);
+        assert!(r1.is_leader() && r1.term() == Term(1));
         // Just below the limit is a term like any other: the leader steps down.
-        run(&mut r1, t + 2, peer(N3, vote(PEER_TERM_LIMIT - 1, false)));
-        assert!(!r1.is_leader() && r1.term() == PEER_TERM_LIMIT - 1);
+        run(&mut r1, t + 2, peer(N3, vote(PEER_TERM_LIMIT.0 - 1, false)));
+        assert!(!r1.is_leader() && r1.term() == Term(PEER_TERM_LIMIT.0 - 1));
     }
 
     #[test]
@@ -2687,7 +2699,7 @@ mod tests {
         log.push(entry(1, 7, vec![big_txn(7, 20_000)]));
         log.push(entry(1, 8, vec![big_txn(8, 2_900)]));
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: Some(N1),
             log,
         };
@@ -2696,7 +2708,7 @@ mod tests {
         let timeout = deadline(&r1);
         run(&mut r1, timeout, Input::Tick);
         let t = deadline(&r1);
-        run(&mut r1, t, Input::Persisted { write: 1 });
+        run(&mut r1, t, Input::Persisted { write: WriteId(1) });
         run(&mut r1, t, peer(N2, vote(2, true)));
         // Node 2 has nothing: stream the log to it, checking every message's size.
         let mut out = run(&mut r1, t + 1, peer(N2, reply(2, false, 0, None)));
@@ -2737,8 +2749,8 @@ mod tests {
         c.batching.batch_bytes_max = 2 * one + 1;
         let mut r = Replica::new(c, Durable::default(), DetRng::new(1));
         run(&mut r, 0, Input::Tick);
-        run(&mut r, 0, Input::Persisted { write: 1 });
-        run(&mut r, 0, Input::Persisted { write: 2 });
+        run(&mut r, 0, Input::Persisted { write: WriteId(1) });
+        run(&mut r, 0, Input::Persisted { write: WriteId(2) });
         assert!(run(&mut r, 1, Input::Submit(big_txn(1, 1_000))).is_empty());
         assert!(run(&mut r, 2, Input::Submit(big_txn(2, 1_000))).is_empty());
         // The third reaches the cap: the epoch closes before its deadline.
@@ -2759,7 +2771,7 @@ mod tests {
         let mut e = entry(1, 1, vec![]);
         Arc::make_mut(&mut e.batch).version = 7;
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: None,
             log: vec![e],
         };
@@ -2772,13 +2784,13 @@ mod tests {
             )
         );
         let gap = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: None,
             log: vec![entry(1, 2, vec![])],
         };
         assert!(matches!(gap.validate(), Err(DurableError::Epoch { .. })));
         let ahead = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: None,
             log: vec![entry(2, 1, vec![])],
         };
@@ -2791,7 +2803,7 @@ mod tests {
         let mut e = entry(1, 1, vec![]);
         Arc::make_mut(&mut e.batch).version = 7;
         let durable = Durable {
-            term: 1,
+            term: Term(1),
             voted_for: None,
             log: vec![e],
         };
@@ -2802,13 +2814,13 @@ mod tests {
     fn persisted_may_skip_ids_and_repeat() {
         let mut r = replica(N1, 1);
         run(&mut r, 0, Input::Tick);
-        run(&mut r, 0, Input::Persisted { write: 1 });
+        run(&mut r, 0, Input::Persisted { write: WriteId(1) });
         run(&mut r, 1, Input::Submit(txn(1, 1)));
         run(&mut r, 5_001, Input::Tick);
         // Writes 2 (the empty batch) and 3 become durable together.
-        let out = run(&mut r, 5_002, Input::Persisted { write: 3 });
+        let out = run(&mut r, 5_002, Input::Persisted { write: WriteId(3) });
         assert_eq!(out.len(), 2);
-        assert!(run(&mut r, 5_003, Input::Persisted { write: 2 }).is_empty());
+        assert!(run(&mut r, 5_003, Input::Persisted { write: WriteId(2) }).is_empty());
         assert_eq!(r.commit_epoch(), Epoch(2));
     }
 }

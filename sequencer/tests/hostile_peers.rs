@@ -21,7 +21,7 @@
 
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Footprint, LOG_FORMAT_VERSION, LogEntry, Machine, NodeId,
-    PeerMessage, RequestSeq, Time, Transaction,
+    PeerMessage, RequestSeq, Term, Time, Transaction,
 };
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Durable, LogWrite, Replica, ReplicaConfig};
@@ -264,9 +264,9 @@ impl Cluster {
     /// `e` as `receiver's last epoch - 80 + e` (saturating).
     fn rebase(&self, to: NodeId, msg: PeerMessage) -> PeerMessage {
         let r = &self.nodes[idx(to)].replica;
-        let term_base = r.term().saturating_sub(4);
+        let term_base = r.term().0.saturating_sub(4);
         let epoch_base = (r.log().len() as u64).saturating_sub(80);
-        let t = |term: u64| term.saturating_add(term_base);
+        let t = |term: Term| Term(term.0.saturating_add(term_base));
         let e = |epoch: Epoch| Epoch(epoch.0.saturating_add(epoch_base));
         match msg {
             PeerMessage::AppendEntries {
@@ -571,7 +571,10 @@ fn entries(
                 epoch,
                 txns,
             });
-            out.push(LogEntry { term, batch });
+            out.push(LogEntry {
+                term: Term(term),
+                batch,
+            });
         }
         out
     })
@@ -588,10 +591,10 @@ fn append_entries() -> impl Strategy<Value = PeerMessage> {
             };
             entries(term, prev_epoch, prev_term, well_formed).prop_map(move |entries| {
                 PeerMessage::AppendEntries {
-                    term,
+                    term: Term(term),
                     leader,
                     prev_epoch,
-                    prev_term,
+                    prev_term: Term(prev_term),
                     entries,
                     leader_commit,
                 }
@@ -605,21 +608,21 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
         3 => append_entries(),
         2 => (term(), any::<bool>(), epoch(), proptest::option::of(term())).prop_map(
             |(term, success, match_epoch, conflict_term)| PeerMessage::AppendReply {
-                term,
+                term: Term(term),
                 success,
                 match_epoch,
-                conflict_term,
+                conflict_term: conflict_term.map(Term),
             }
         ),
         2 => (term(), node(), epoch(), term()).prop_map(
             |(term, candidate, last_epoch, last_term)| PeerMessage::RequestVote {
-                term,
+                term: Term(term),
                 candidate,
                 last_epoch,
-                last_term,
+                last_term: Term(last_term),
             }
         ),
-        2 => (term(), any::<bool>()).prop_map(|(term, granted)| PeerMessage::Vote { term, granted }),
+        2 => (term(), any::<bool>()).prop_map(|(term, granted)| PeerMessage::Vote { term: Term(term), granted }),
     ]
 }
 
@@ -718,7 +721,7 @@ fn a_forged_append_entries_of_the_current_term_is_dropped_by_the_leader() {
             term,
             leader: forger,
             prev_epoch: Epoch(0),
-            prev_term: 0,
+            prev_term: Term(0),
             entries: Vec::new(),
             leader_commit: Epoch(0),
         };
