@@ -694,7 +694,11 @@ impl LogWorld {
         }
         let count = if all { node.unsynced.len() } else { 1 };
         node.disk.sync_first(count);
-        let last = node.unsynced.drain(..count).last().expect("count >= 1");
+        let last = node
+            .unsynced
+            .drain(..count)
+            .next_back()
+            .expect("count >= 1");
         self.input(id, Input::Persisted { write: last })
     }
 

@@ -10,7 +10,10 @@ impl World {
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
         let leader = machine.leader();
-        if let Err(failure) = self.raft.after_step(machine) {
+        if let Err(failure) = self.raft.after_step(machine)
+            && self.online_failures.last() != Some(&failure)
+        {
+            // A second leader stays one until it steps down: report it once per stretch.
             self.online_failures.push(failure);
         }
         for effect in out {
