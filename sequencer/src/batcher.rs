@@ -1,4 +1,4 @@
-//! The open epoch: the batching rule shared by [`crate::Sequencer`] and [`crate::Replica`].
+//! The open epoch: the batching rule of the leading [`crate::Replica`].
 //!
 //! An epoch opens when the first transaction arrives while none is open, and is due to
 //! close `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions or

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! The log index is the epoch: the entry at index `e` holds the batch of epoch `e`. Only
-//! the leader batches: it collects submissions into the open epoch (the same rule as the
-//! single-replica [`crate::Sequencer`]), closes it into a new log entry, persists it and
+//! the leader batches: it collects submissions into the open epoch (the rule of
+//! [`crate::Config`]), closes it into a new log entry, persists it and
 //! replicates it. A batch is committed once it is durable on a majority and belongs to the
 //! leader's term, or precedes such a batch (Raft §5.4.2); a new leader therefore appends an
 //! empty batch for its term at once.

@@ -5,7 +5,8 @@
 //! two: a torn write). Recovery reads records until the first one that is incomplete or
 //! fails its checksum and discards the rest, exactly what a production log reader does.
 
-use detflow_protocol::DetRng;
+use detflow_protocol::{DetRng, LogEntry, codec};
+use detflow_sequencer::{Durable, LogWrite};
 
 /// Bytes of a record header: a 4-byte length and a 4-byte checksum.
 const HEADER_BYTES: usize = 8;
@@ -42,6 +43,16 @@ impl Disk {
     pub(crate) fn sync(&mut self) {
         self.synced = self.bytes.len();
         self.unsynced_ends.clear();
+    }
+
+    /// Makes the oldest `count` unsynced records durable (an fsync that finished before
+    /// the later writes reached it).
+    pub(crate) fn sync_first(&mut self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        self.synced = self.unsynced_ends[count - 1];
+        self.unsynced_ends.drain(..count);
     }
 
     /// Records appended but not yet synced.
@@ -99,6 +110,32 @@ impl Disk {
         self.unsynced_ends.clear();
         records
     }
+}
+
+/// The record a replica's [`LogWrite`] is stored as.
+pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
+    codec::encode(&(
+        write.id,
+        write.hard_state,
+        write.truncate_from,
+        &write.append,
+    ))
+}
+
+/// The durable state a replica restarts from: every record that survived, applied in order.
+pub(crate) fn recover_replica(disk: &mut Disk) -> Durable {
+    let mut durable = Durable::default();
+    for record in disk.recover() {
+        let (id, hard_state, truncate_from, append): (u64, _, _, Vec<LogEntry>) =
+            codec::decode(&record).expect("the simulated disk returns only valid records");
+        durable.apply(&LogWrite {
+            id,
+            hard_state,
+            truncate_from,
+            append,
+        });
+    }
+    durable
 }
 
 fn checksum(record: &[u8]) -> [u8; 4] {

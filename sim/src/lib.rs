@@ -19,13 +19,26 @@
 //!   log within a bounded virtual time;
 //! - the workload's own invariants.
 //!
+//! The replicas are also checked as the run goes, after every step: at most one leader per
+//! term, a new leader holds every committed batch, and each replica reports committed
+//! batches in order.
+//!
 //! [`run_seed`] runs and checks one seed; the `detflow-sim` binary runs many.
+//!
+//! A second world, the log-only one ([`run_log_seed`], `detflow-sim log`), runs the
+//! replicated sequencer alone with simple submitting clients on the same network and disk
+//! models, under harsher faults (single messages lost or duplicated, partial fsyncs,
+//! crashes right after a vote, buggify, narrow election timeouts), with the same safety
+//! checks after every step and liveness after healing.
 
 #![forbid(unsafe_code)]
 
 mod check;
 mod disk;
+mod events;
 mod faults;
+mod log_world;
+mod network;
 mod store;
 mod world;
 
@@ -34,6 +47,7 @@ pub use detflow_gateway::Bugs as GatewayBugs;
 pub use detflow_protocol::session::SessionBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};
+pub use log_world::{LogConfig, LogProbes, LogReport, run_log_seed};
 pub use world::{CallRecord, SetupError, SimConfig};
 
 use detflow_protocol::codec;

@@ -3,7 +3,10 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use detflow_sim::{Bugs, FaultConfig, FaultCounts, ReplicaBugs, SessionBugs, SimConfig, run_seed};
+use detflow_sim::{
+    Bugs, FaultConfig, FaultCounts, LogConfig, LogProbes, ReplicaBugs, SessionBugs, SimConfig,
+    run_log_seed, run_seed,
+};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -27,6 +30,33 @@ struct Cli {
 enum Command {
     /// Run one seed or a range of seeds and check each.
     Run(RunArgs),
+    /// Run the replicated sequencer alone (replicas and submitting clients, no executors)
+    /// under harsher faults, checking Raft's safety after every step and liveness after
+    /// healing.
+    Log(LogArgs),
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    /// Run exactly this seed (replaces --seeds/--first-seed).
+    #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
+    seed: Option<u64>,
+    /// How many consecutive seeds to run.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// The first seed of the range.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Print each seed's digest of the committed log; with one seed, the digest is the last
+    /// line.
+    #[arg(long)]
+    digest: bool,
+    /// Print every input and output of every replica.
+    #[arg(long)]
+    trace: bool,
+    /// Plant a replica bug, to see the checks catch it.
+    #[arg(long, value_enum, hide = true)]
+    bug: Option<Bug>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -143,7 +173,6 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<bool> {
-    let Command::Run(args) = Cli::parse().command;
     // A panicking seed is reported as a failure with its message; keep stderr to one line.
     std::panic::set_hook(Box::new(|info| {
         let at = info
@@ -152,6 +181,61 @@ fn real_main() -> Result<bool> {
             .unwrap_or_default();
         eprintln!("panic{at}");
     }));
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Log(args) => log(args),
+    }
+}
+
+fn replica_bugs(bug: Option<Bug>) -> ReplicaBugs {
+    ReplicaBugs {
+        ack_before_quorum: matches!(bug, Some(Bug::AckBeforeQuorum)),
+        forget_vote_on_restart: matches!(bug, Some(Bug::ForgetVote)),
+        commit_uncommitted: matches!(bug, Some(Bug::CommitUncommitted)),
+        dedup_off: matches!(bug, Some(Bug::DedupOff)),
+    }
+}
+
+fn log(args: LogArgs) -> Result<bool> {
+    let (first, count) = match args.seed {
+        Some(s) => (s, 1),
+        None => (args.first_seed, args.seeds),
+    };
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut probes = LogProbes::default();
+    let mut last_digest = None;
+    for seed in first..first.saturating_add(count) {
+        let report = run_log_seed(&LogConfig {
+            replica_bugs: replica_bugs(args.bug),
+            trace: args.trace,
+            ..LogConfig::new(seed)
+        });
+        probes.add(&report.probes);
+        match &report.failure {
+            None => passed += 1,
+            Some(failure) => {
+                failed += 1;
+                println!("seed {seed} FAILED: {failure}");
+            }
+        }
+        if args.digest && count > 1 {
+            println!("seed {seed} digest {}", report.digest);
+        }
+        last_digest = Some(report.digest);
+    }
+    println!("{probes:?}");
+    println!("seeds: {passed} passed, {failed} failed");
+    if args.digest
+        && count == 1
+        && let Some(d) = last_digest
+    {
+        println!("digest: {d}");
+    }
+    std::io::stdout().flush()?;
+    Ok(failed == 0)
+}
+
+fn run(args: RunArgs) -> Result<bool> {
     let (first, count) = match args.seed {
         Some(s) => (s, 1),
         None => (args.first_seed, args.seeds),
@@ -165,12 +249,7 @@ fn real_main() -> Result<bool> {
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),
     };
-    let replica_bugs = ReplicaBugs {
-        ack_before_quorum: matches!(args.bug, Some(Bug::AckBeforeQuorum)),
-        forget_vote_on_restart: matches!(args.bug, Some(Bug::ForgetVote)),
-        commit_uncommitted: matches!(args.bug, Some(Bug::CommitUncommitted)),
-        dedup_off: matches!(args.bug, Some(Bug::DedupOff)),
-    };
+    let replica_bugs = replica_bugs(args.bug);
     let fault_config = FaultConfig::parse(&args.faults).map_err(anyhow::Error::msg)?;
     let mut faults = FaultCounts::default();
     let (mut passed, mut failed) = (0u64, 0u64);

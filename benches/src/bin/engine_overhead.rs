@@ -1,5 +1,11 @@
-//! Engine overhead: the in-process pipeline (sequencer → scheduler → executors, one thread)
-//! against executing the same transactions directly, one by one, on a single map.
+//! Engine overhead: the in-process pipeline (sequencer replica → plan server → executors,
+//! one thread) against executing the same transactions directly, one by one, on a single
+//! map.
+//!
+//! The pipeline runs the production machines (a one-member `Replica` group, the
+//! `PlanServer`, the `Executor`s) through `Machine::handle`, and is a pipe between them:
+//! it routes each addressed output to its machine, answers `Persist` at once (memory is
+//! the disk) and ticks a machine when its deadline comes.
 //!
 //! Both sides run the same procedures through the same registry on the same generated
 //! transactions, in the same process and run, alternating rounds; the ratio is what the
@@ -12,16 +18,23 @@
 use anyhow::{Result, bail};
 use clap::Parser;
 use detflow_executor::serial::SerialExecutor;
-use detflow_executor::{Executor, Input, MemStore, Output, Registry, Store, is_system_key};
+use detflow_executor::{self as executor, Executor, MemStore, Registry, Store, is_system_key};
 use detflow_protocol::{
     ClientId, DetRng, Key, Machine, NodeId, Owner, PartitionId, RequestSeq, Time, Transaction,
     Value,
 };
-use detflow_scheduler::PartitionMap;
-use detflow_sequencer::{self as sequencer, Sequencer};
+use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
+use detflow_sequencer::Config;
+use detflow_sequencer::replica::{self, Durable, Replica, ReplicaConfig};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The one sequencer replica.
+const REPLICA: NodeId = NodeId(1);
+/// Deadlines the pipeline may run through after the last submission (the last epoch
+/// closes at the first) before the run counts as stuck.
+const TICKS_AT_END_MAX: usize = 1_000;
 
 #[derive(Parser)]
 #[command(
@@ -97,100 +110,210 @@ fn direct(s: &Setup) -> (Duration, BTreeMap<Key, Value>) {
     (start.elapsed(), serial.into_state())
 }
 
-/// The pipeline: sequencer batches, scheduler plans, executors run them, one thread.
-fn pipeline(s: &Setup, batch: usize) -> Result<(Duration, BTreeMap<Key, Value>, u64)> {
-    let mut executors: Vec<Executor<MemStore>> = (0..s.map.partitions())
-        .map(|p| {
-            let partitions = s.map.partitions();
-            Executor::new(
-                PartitionId(p),
-                partitions,
-                s.registry.clone(),
-                MemStore::new(),
-            )
-        })
-        .collect();
-    for (key, value) in &s.initial {
-        match s.map.owner(key)? {
-            Owner::Partition(p) => executors[p.0 as usize]
-                .store_mut()
-                .put(key.clone(), value.clone()),
-            Owner::Replicated => executors
-                .iter_mut()
-                .for_each(|e| e.store_mut().put(key.clone(), value.clone())),
-        }
-    }
-    let mut sequencer = Sequencer::new(sequencer::Config {
-        epoch_duration_us: 5_000,
-        batch_txns_max: batch,
-        ..sequencer::Config::default()
-    });
-    let mut effects = Vec::new();
-    let mut queue: VecDeque<(usize, Input)> = VecDeque::new();
-    let mut exec_out = Vec::new();
-    let mut results = 0u64;
-    let now = Time(0);
-    let start = Instant::now();
-    for (i, txn) in s.txns.iter().enumerate() {
-        sequencer.handle(now, sequencer::Input::Submit(txn.clone()), &mut effects);
-        if i + 1 == s.txns.len() {
-            sequencer.handle(Time(u64::MAX), sequencer::Input::Tick, &mut effects);
-        }
-        while !effects.is_empty() {
-            for effect in std::mem::take(&mut effects) {
-                match effect {
-                    // No disk here: the append is durable at once.
-                    sequencer::Output::Persist(b) => sequencer.handle(
-                        now,
-                        sequencer::Input::Persisted { up_to: b.epoch },
-                        &mut effects,
-                    ),
-                    sequencer::Output::Committed(b) => {
-                        for plan in detflow_scheduler::schedule(&b, &s.map)? {
-                            queue.push_back((plan.partition.0 as usize, Input::Plan(plan)));
-                        }
-                        while let Some((p, input)) = queue.pop_front() {
-                            executors[p].handle(now, input, &mut exec_out);
-                            for out in exec_out.drain(..) {
-                                match out {
-                                    Output::SendReads { to, reads } => {
-                                        queue.push_back((to.0 as usize, Input::RemoteReads(reads)))
-                                    }
-                                    Output::Result { .. } => results += 1,
-                                    // The in-memory store is durable once the epoch is applied;
-                                    // peers' acknowledgements free the read outboxes.
-                                    Output::EpochApplied(epoch) => {
-                                        queue.push_back((p, Input::Durable { up_to: epoch }))
-                                    }
-                                    Output::SendAck { to, durable } => queue.push_back((
-                                        to.0 as usize,
-                                        Input::Ack {
-                                            from: PartitionId(p as u32),
-                                            durable,
-                                        },
-                                    )),
-                                    // Plans are handed in directly: no subscriptions.
-                                    Output::SendHello { .. }
-                                    | Output::ResultUnknown { .. }
-                                    | Output::Subscribe { .. } => {}
-                                }
-                            }
-                        }
-                    }
-                    sequencer::Output::Duplicate { client, seq } => {
-                        bail!("duplicate ({client}, {seq}) in generated transactions")
-                    }
-                }
+/// Where an input is on its way to: one machine of the pipeline.
+enum To {
+    Replica(replica::Input),
+    PlanServer(plan_server::Input),
+    Executor(PartitionId, executor::Input),
+}
+
+/// The in-process pipeline: one sequencer replica (a group of one), the plan server beside
+/// it and the executors, on one thread. It is a driver like the node and the simulator,
+/// with memory for a disk and a queue for a network: it routes each addressed output to
+/// its machine and decides nothing about the protocol.
+struct Pipeline {
+    now: Time,
+    replica: Replica,
+    plans: PlanServer,
+    executors: Vec<Executor<MemStore>>,
+    queue: VecDeque<To>,
+    results: u64,
+    replica_out: Vec<replica::Output>,
+    plan_out: Vec<plan_server::Output>,
+    executor_out: Vec<executor::Output>,
+}
+
+impl Pipeline {
+    fn new(s: &Setup, batch: usize, seed: u64) -> Result<Pipeline> {
+        let partitions = s.map.partitions();
+        let mut executors: Vec<Executor<MemStore>> = (0..partitions)
+            .map(|p| {
+                let store = MemStore::new();
+                let mut e = Executor::new(PartitionId(p), partitions, s.registry.clone(), store);
+                e.set_plan_sources(vec![REPLICA]);
+                e
+            })
+            .collect();
+        for (key, value) in &s.initial {
+            match s.map.owner(key)? {
+                Owner::Partition(p) => executors[p.0 as usize]
+                    .store_mut()
+                    .put(key.clone(), value.clone()),
+                Owner::Replicated => executors
+                    .iter_mut()
+                    .for_each(|e| e.store_mut().put(key.clone(), value.clone())),
             }
         }
+        let mut config = ReplicaConfig::new(REPLICA, vec![REPLICA]);
+        config.batching = Config {
+            epoch_duration_us: 5_000,
+            batch_txns_max: batch,
+            ..Config::default()
+        };
+        let mut pipeline = Pipeline {
+            now: Time::ZERO,
+            replica: Replica::new(config, Durable::default(), DetRng::new(seed)),
+            plans: PlanServer::new(s.map.clone()),
+            executors,
+            queue: VecDeque::new(),
+            results: 0,
+            replica_out: Vec::new(),
+            plan_out: Vec::new(),
+            executor_out: Vec::new(),
+        };
+        for p in 0..partitions {
+            pipeline
+                .queue
+                .push_back(To::Executor(PartitionId(p), executor::Input::Start));
+        }
+        // The replica asks for its first tick at once; a group of one then elects itself.
+        pipeline.tick_due()?;
+        if !pipeline.replica.is_leader() {
+            bail!("the one replica did not become leader");
+        }
+        Ok(pipeline)
+    }
+
+    /// Delivers everything on its way, and what that produces, until nothing is left.
+    fn drain(&mut self) -> Result<()> {
+        while let Some(to) = self.queue.pop_front() {
+            match to {
+                To::Replica(input) => self.replica_input(input)?,
+                To::PlanServer(input) => self.plan_server_input(input),
+                To::Executor(p, input) => self.executor_input(p, input)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the clock to the earliest deadline any machine asked for, ticks the machines
+    /// that are due, and drains.
+    fn tick_due(&mut self) -> Result<()> {
+        let deadlines = std::iter::once(self.replica.next_deadline())
+            .chain(self.executors.iter().map(|e| e.next_deadline()));
+        let Some(next) = deadlines.flatten().min() else {
+            bail!("nothing left to do, and no machine waits for a deadline");
+        };
+        self.now = self.now.max(next);
+        if self.replica.next_deadline().is_some_and(|d| d <= self.now) {
+            self.queue.push_back(To::Replica(replica::Input::Tick));
+        }
+        for (p, e) in self.executors.iter().enumerate() {
+            if e.next_deadline().is_some_and(|d| d <= self.now) {
+                let p = PartitionId(p as u32);
+                self.queue.push_back(To::Executor(p, executor::Input::Tick));
+            }
+        }
+        self.drain()
+    }
+
+    fn replica_input(&mut self, input: replica::Input) -> Result<()> {
+        let mut out = std::mem::take(&mut self.replica_out);
+        self.replica.handle(self.now, input, &mut out);
+        for effect in out.drain(..) {
+            match effect {
+                // No disk here: the write is durable at once.
+                replica::Output::Persist(write) => self
+                    .queue
+                    .push_back(To::Replica(replica::Input::Persisted { write: write.id })),
+                replica::Output::Committed(batch) => self
+                    .queue
+                    .push_back(To::PlanServer(plan_server::Input::Committed(batch))),
+                replica::Output::Duplicate { client, seq, .. } => {
+                    bail!("duplicate ({client}, {seq}) in generated transactions")
+                }
+                replica::Output::NotLeader { txn, .. } => {
+                    bail!("the one replica refused ({}, {})", txn.client, txn.seq)
+                }
+                replica::Output::Send { to, .. } => bail!("a group of one sent to {to}"),
+            }
+        }
+        self.replica_out = out;
+        Ok(())
+    }
+
+    fn plan_server_input(&mut self, input: plan_server::Input) {
+        let mut out = std::mem::take(&mut self.plan_out);
+        self.plans.handle(self.now, input, &mut out);
+        for plan_server::Output::Plan { to, plan } in out.drain(..) {
+            // The server keeps the plans it sent for late subscribers: a copy travels, as
+            // it would over a connection.
+            let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
+            self.queue
+                .push_back(To::Executor(to, executor::Input::Plan(plan)));
+        }
+        self.plan_out = out;
+    }
+
+    fn executor_input(&mut self, p: PartitionId, input: executor::Input) -> Result<()> {
+        use executor::{Input, Output};
+        let mut out = std::mem::take(&mut self.executor_out);
+        self.executors[p.0 as usize].handle(self.now, input, &mut out);
+        for effect in out.drain(..) {
+            let to = match effect {
+                // The in-memory store is durable once the epoch is applied.
+                Output::EpochApplied(epoch) => To::Executor(p, Input::Durable { up_to: epoch }),
+                Output::Result { .. } => {
+                    self.results += 1;
+                    continue;
+                }
+                Output::ResultUnknown { .. } => bail!("a result query nobody made"),
+                Output::SendAck { to, durable } => {
+                    To::Executor(to, Input::Ack { from: p, durable })
+                }
+                Output::SendHello { to, durable } => {
+                    To::Executor(to, Input::Hello { from: p, durable })
+                }
+                Output::SendReads { to, reads } => To::Executor(to, Input::RemoteReads(reads)),
+                Output::Subscribe { to, from } => {
+                    if to != REPLICA {
+                        bail!("partition {p} subscribed to {to}, which does not exist");
+                    }
+                    To::PlanServer(plan_server::Input::Subscribe { partition: p, from })
+                }
+            };
+            self.queue.push_back(to);
+        }
+        self.executor_out = out;
+        Ok(())
+    }
+}
+
+/// The pipeline: the replica batches, the plan server plans, executors run the plans.
+fn pipeline(s: &Setup, batch: usize, seed: u64) -> Result<(Duration, BTreeMap<Key, Value>, u64)> {
+    let mut pipeline = Pipeline::new(s, batch, seed)?;
+    let results_before = pipeline.results;
+    let start = Instant::now();
+    for txn in &s.txns {
+        pipeline
+            .queue
+            .push_back(To::Replica(replica::Input::Submit(txn.clone())));
+        pipeline.drain()?;
+    }
+    // The last epoch closes at its deadline; the bound only guards against a stuck run.
+    for _ in 0..TICKS_AT_END_MAX {
+        if pipeline.results - results_before >= s.txns.len() as u64 {
+            break;
+        }
+        pipeline.tick_due()?;
     }
     let elapsed = start.elapsed();
     let mut state = BTreeMap::new();
-    for e in &executors {
+    for e in &pipeline.executors {
         let user = e.store().iter().filter(|(k, _)| !is_system_key(k));
         state.extend(user.map(|(k, v)| (k.clone(), v.clone())));
     }
-    Ok((elapsed, state, results))
+    Ok((elapsed, state, pipeline.results - results_before))
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -222,7 +345,7 @@ fn main() -> Result<()> {
     for round in 1..=args.rounds {
         let (d, state) = direct(&s);
         direct_state = state;
-        let (p, state, results) = pipeline(&s, args.batch)?;
+        let (p, state, results) = pipeline(&s, args.batch, args.seed)?;
         pipeline_state = state;
         if results != args.txns as u64 {
             bail!(

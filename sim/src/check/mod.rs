@@ -7,6 +7,7 @@ pub(crate) mod agreement;
 pub(crate) mod exactly_once;
 pub(crate) mod liveness;
 pub(crate) mod placement;
+pub(crate) mod raft;
 pub(crate) mod serial;
 pub(crate) mod valid_calls;
 

@@ -40,7 +40,7 @@ impl World {
 
     pub(super) fn reset(&mut self, a: Addr, b: Addr) {
         self.counts.resets += 1;
-        *self.link_generation.entry(Self::link(a, b)).or_default() += 1;
+        self.net.reset(a, b);
         if self.is_up(a) && self.is_up(b) {
             self.link_up(a, b);
         }
@@ -48,71 +48,9 @@ impl World {
 
     pub(super) fn start_partition(&mut self, servers: &[Addr]) {
         self.counts.partitions += 1;
-        let mut cut = BTreeSet::new();
-        let one_way = self.rng.chance(0.3);
-        let block = |a: Addr, b: Addr, cut: &mut BTreeSet<(Addr, Addr)>| {
-            cut.insert((a, b));
-            if !one_way {
-                cut.insert((b, a));
-            }
-        };
-        let kind = self.rng.below(4);
-        if kind == 0 {
-            // A partial partition: one link fails while both ends still reach everyone else
-            // (Jepsen's "bridge" family). Half the time between two replicas.
-            let (a, b) = if self.rng.chance(0.5) && self.config.replicas > 1 {
-                let a = self.rng.below(u64::from(self.config.replicas)) as u32;
-                let b = (a + 1 + self.rng.below(u64::from(self.config.replicas) - 1) as u32)
-                    % self.config.replicas;
-                (Addr::Replica(a), Addr::Replica(b))
-            } else {
-                (*self.rng.pick(servers), *self.rng.pick(servers))
-            };
-            if a != b {
-                block(a, b, &mut cut);
-            }
-        } else {
-            let mut side: BTreeSet<Addr> = BTreeSet::new();
-            match kind {
-                // Isolate one node.
-                1 => {
-                    side.insert(*self.rng.pick(servers));
-                }
-                // A minority of replicas with some other nodes, against the rest.
-                2 => {
-                    let minority = ((self.config.replicas - 1) / 2).max(1);
-                    let first = self.rng.below(u64::from(self.config.replicas)) as u32;
-                    for r in 0..minority {
-                        side.insert(Addr::Replica((first + r) % self.config.replicas));
-                    }
-                    for s in servers.iter().filter(|s| !matches!(s, Addr::Replica(_))) {
-                        if self.rng.chance(0.5) {
-                            side.insert(*s);
-                        }
-                    }
-                }
-                // A random split.
-                _ => {
-                    for s in servers {
-                        if self.rng.chance(0.5) {
-                            side.insert(*s);
-                        }
-                    }
-                }
-            }
-            for a in &side {
-                for b in servers.iter().filter(|b| !side.contains(b)) {
-                    block(*a, *b, &mut cut);
-                }
-            }
-        }
-        // Connections across the cut break; what was in flight is lost.
-        for (a, b) in &cut {
-            *self.link_generation.entry(Self::link(*a, *b)).or_default() += 1;
-        }
-        let id = self.next_partition;
-        self.next_partition += 1;
-        self.blocked.insert(id, cut);
+        let replicas: Vec<Addr> = (0..self.config.replicas).map(Addr::Replica).collect();
+        let cut = crate::network::draw_partition(&mut self.rng, servers, &replicas);
+        let id = self.net.cut(cut, false);
         let duration = self.rng.range(50_000, 2_000_000);
         self.schedule(self.now.plus_us(duration), Event::HealPartition(id));
     }
@@ -134,24 +72,18 @@ impl World {
             return;
         }
         self.counts.silent_drops += 1;
-        let id = self.next_partition;
-        self.next_partition += 1;
-        self.blocked.insert(id, BTreeSet::from([(from, to)]));
-        self.silent.insert(id);
+        let id = self.net.cut(BTreeSet::from([(from, to)]), true);
         let duration = self.rng.range(20_000, 1_000_000);
         self.schedule(self.now.plus_us(duration), Event::HealPartition(id));
     }
 
     pub(super) fn heal_partition(&mut self, id: u64) {
-        let Some(cut) = self.blocked.remove(&id) else {
-            return;
-        };
-        if self.silent.remove(&id) {
-            return;
-        }
-        let links: BTreeSet<(Addr, Addr)> = cut.iter().map(|(a, b)| Self::link(*a, *b)).collect();
-        for (a, b) in links {
-            if self.is_up(a) && self.is_up(b) && !self.is_blocked(a, b) && !self.is_blocked(b, a) {
+        for (a, b) in self.net.heal(id) {
+            if self.is_up(a)
+                && self.is_up(b)
+                && !self.net.is_blocked(a, b)
+                && !self.net.is_blocked(b, a)
+            {
                 self.link_up(a, b);
             }
         }
@@ -160,8 +92,7 @@ impl World {
     pub(super) fn heal_all(&mut self) {
         self.healed = true;
         self.healed_at = self.now;
-        let ids: Vec<u64> = self.blocked.keys().copied().collect();
-        for id in ids {
+        for id in self.net.cuts() {
             self.heal_partition(id);
         }
         for addr in self.servers() {

@@ -32,18 +32,7 @@ impl World {
     }
 
     pub(super) fn start_replica(&mut self, r: u32) {
-        let records = self.replicas[r as usize].disk.recover();
-        let mut durable = Durable::default();
-        for record in records {
-            let (id, hard_state, truncate_from, append): (u64, _, _, Vec<LogEntry>) =
-                codec::decode(&record).expect("the simulated disk returns only valid records");
-            durable.apply(&LogWrite {
-                id,
-                hard_state,
-                truncate_from,
-                append,
-            });
-        }
+        let durable = crate::disk::recover_replica(&mut self.replicas[r as usize].disk);
         let mut config = ReplicaConfig::new(
             replica_id(r),
             (0..self.config.replicas).map(replica_id).collect(),
@@ -57,6 +46,7 @@ impl World {
         ) = self.timing.election_us;
         let rng = self.rng.fork(u64::from(r) + 1000);
         let mut machine = Replica::new(config, durable, rng);
+        self.raft.restarted(replica_id(r));
         machine.set_bugs(self.config.replica_bugs);
         let node = &mut self.replicas[r as usize];
         node.machine = Some(machine);
@@ -157,12 +147,7 @@ impl World {
     /// re-sends after a reconnect would.
     pub(super) fn redeliver(&mut self, a: Addr, b: Addr) {
         for (from, to) in [(a, b), (b, a)] {
-            let msgs: Vec<Msg> = self
-                .recent
-                .get(&(from, to))
-                .map(|q| q.iter().cloned().collect())
-                .unwrap_or_default();
-            for msg in msgs {
+            for msg in self.net.recent(from, to) {
                 self.counts.duplicates += 1;
                 self.send(from, to, msg);
             }

@@ -10,8 +10,11 @@
 //! calls; then everything heals (crashed nodes restart, partitions end) and the run must
 //! converge: every call answered, every partition caught up with the committed log.
 
+use crate::check::raft::RaftSafety;
 use crate::disk::Disk;
+use crate::events::{EventQueue, Timer};
 use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
+use crate::network::Network;
 use crate::store::SimStore;
 use detflow_executor::{Bugs, Executor, Registry};
 use detflow_gateway::Gateway;
@@ -19,13 +22,12 @@ use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, RequestSeq,
-    Time, Value, codec,
+    Time, Value,
 };
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
-use detflow_sequencer::replica::{self, Durable, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
+use detflow_sequencer::replica::{self, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
 use detflow_workloads::{Answer, Request, Workload};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 mod clients;
@@ -89,29 +91,6 @@ struct Delivery {
     to_incarnation: u64,
     link_generation: u64,
     msg: Msg,
-}
-
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 /// Settings of one simulated run.
@@ -253,8 +232,6 @@ const QUIET_US: u64 = 3_000_000;
 /// Faults stop and everything heals by this time at the latest.
 const FAULT_WINDOW_US: u64 = 20_000_000;
 const FOOTPRINT_ENTRIES_MAX: usize = 4096;
-/// Recently delivered messages remembered per connection, for duplicate delivery.
-const RECENT_PER_LINK: usize = 4;
 
 fn replica_id(r: u32) -> NodeId {
     NodeId(100 + r)
@@ -305,41 +282,10 @@ struct ClientNode {
     follow: Option<Request>,
 }
 
-/// A component's one pending wake-up: the deadline its machine last asked for.
-#[derive(Debug, Default)]
-struct Timer(Option<Time>);
-
-impl Timer {
-    /// Takes the machine's `deadline`; if it is new, returns when to schedule the wake-up
-    /// (never before `now`).
-    fn arm(&mut self, deadline: Option<Time>, now: Time) -> Option<Time> {
-        let at = deadline.filter(|_| deadline != self.0)?;
-        self.0 = deadline;
-        Some(at.max(now))
-    }
-
-    /// Whether the wake-up is due at `now` (a stale or early one is not); clears it if so.
-    fn fire(&mut self, now: Time) -> bool {
-        let due = self.0.is_some_and(|t| t <= now);
-        if due {
-            self.0 = None;
-        }
-        due
-    }
-}
-
 pub(crate) struct World {
     now: Time,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    next_seq: u64,
-    /// Per connection (unordered pair): last delivery time per direction, and generation.
-    last_delivery: BTreeMap<(Addr, Addr), Time>,
-    link_generation: BTreeMap<(Addr, Addr), u64>,
-    recent: BTreeMap<(Addr, Addr), VecDeque<Msg>>,
-    blocked: BTreeMap<u64, BTreeSet<(Addr, Addr)>>,
-    /// The cuts in `blocked` that are silent drops: nobody hears when they end.
-    silent: BTreeSet<u64>,
-    next_partition: u64,
+    queue: EventQueue<Event>,
+    net: Network<Addr, Msg>,
     rng: DetRng,
     workload_rng: DetRng,
     timing: Timing,
@@ -355,7 +301,8 @@ pub(crate) struct World {
     workload: Box<dyn Workload>,
     registry: Arc<Registry>,
     initial: Vec<(Key, Value)>,
-    committed: BTreeMap<Epoch, Arc<Batch>>,
+    /// Raft's safety properties, checked after every replica step.
+    raft: RaftSafety,
     online_failures: Vec<String>,
     calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
     issued: u64,
@@ -482,14 +429,8 @@ impl World {
             .collect();
         Ok(World {
             now: Time::ZERO,
-            queue: BinaryHeap::new(),
-            next_seq: 0,
-            last_delivery: BTreeMap::new(),
-            link_generation: BTreeMap::new(),
-            recent: BTreeMap::new(),
-            blocked: BTreeMap::new(),
-            silent: BTreeSet::new(),
-            next_partition: 0,
+            queue: EventQueue::new(),
+            net: Network::new(),
             rng,
             workload_rng,
             timing,
@@ -505,7 +446,7 @@ impl World {
             workload,
             registry,
             initial,
-            committed: BTreeMap::new(),
+            raft: RaftSafety::default(),
             online_failures: Vec::new(),
             calls: BTreeMap::new(),
             issued: 0,
@@ -533,13 +474,13 @@ impl World {
         if !self.healed {
             self.schedule(Time(self.plan.interval_us), Event::FaultTick);
         }
-        while let Some(Reverse(next)) = self.queue.pop() {
-            self.now = next.at;
+        while let Some((at, event)) = self.queue.pop() {
+            self.now = at;
             if self.finished() {
                 break;
             }
             self.events += 1;
-            self.dispatch(next.event);
+            self.dispatch(event);
         }
         self.into_outcome()
     }
@@ -606,12 +547,7 @@ impl World {
     }
 
     fn schedule(&mut self, at: Time, event: Event) {
-        self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.next_seq,
-            event,
-        }));
+        self.queue.schedule(at, event);
     }
 
     fn dispatch(&mut self, event: Event) {

@@ -35,17 +35,9 @@ impl World {
         }
     }
 
-    pub(super) fn link(a: Addr, b: Addr) -> (Addr, Addr) {
-        if a <= b { (a, b) } else { (b, a) }
-    }
-
-    pub(super) fn is_blocked(&self, from: Addr, to: Addr) -> bool {
-        self.blocked.values().any(|cut| cut.contains(&(from, to)))
-    }
-
     /// Sends over the FIFO connection `from → to` with a seeded delay.
     pub(super) fn send(&mut self, from: Addr, to: Addr, msg: Msg) {
-        if !self.is_up(from) || !self.is_up(to) || self.is_blocked(from, to) {
+        if !self.is_up(from) || !self.is_up(to) || self.net.is_blocked(from, to) {
             return;
         }
         let msg = if self.timing.wire {
@@ -58,19 +50,13 @@ impl World {
             delay += self.rng.range(10_000, 200_000);
             self.counts.delay_spikes += 1;
         }
-        let last = self.last_delivery.entry((from, to)).or_insert(Time::ZERO);
-        let at = (*last).max(self.now.plus_us(delay));
-        *last = at;
+        let at = self.net.arrival(from, to, self.now.plus_us(delay));
         let delivery = Delivery {
             from,
             to,
             from_incarnation: self.incarnation(from),
             to_incarnation: self.incarnation(to),
-            link_generation: self
-                .link_generation
-                .get(&Self::link(from, to))
-                .copied()
-                .unwrap_or(0),
+            link_generation: self.net.generation(from, to),
             msg,
         };
         self.schedule(at, Event::Deliver(delivery));
@@ -80,22 +66,13 @@ impl World {
         let live = self.is_up(d.to)
             && self.incarnation(d.to) == d.to_incarnation
             && self.incarnation(d.from) == d.from_incarnation
-            && self
-                .link_generation
-                .get(&Self::link(d.from, d.to))
-                .copied()
-                .unwrap_or(0)
-                == d.link_generation
-            && !self.is_blocked(d.from, d.to);
+            && self.net.generation(d.from, d.to) == d.link_generation
+            && !self.net.is_blocked(d.from, d.to);
         if !live {
             return;
         }
         if self.plan.duplicate_chance > 0.0 {
-            let recent = self.recent.entry((d.from, d.to)).or_default();
-            if recent.len() == RECENT_PER_LINK {
-                recent.pop_front();
-            }
-            recent.push_back(d.msg.clone());
+            self.net.remember(d.from, d.to, d.msg.clone());
         }
         self.deliver(d.from, d.to, d.msg);
     }

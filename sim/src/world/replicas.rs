@@ -10,6 +10,12 @@ impl World {
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
         let leader = machine.leader();
+        if let Err(failure) = self.raft.after_step(machine)
+            && self.online_failures.last() != Some(&failure)
+        {
+            // A second leader stays one until it steps down: report it once per stretch.
+            self.online_failures.push(failure);
+        }
         for effect in out {
             match effect {
                 replica::Output::Committed(batch) => self.on_committed(r, batch),
@@ -84,12 +90,7 @@ impl World {
                 .plus_us(1 + self.rng.below(self.timing.fsync_max_us * 2));
             self.schedule(at, Event::StepCrash { r, incarnation });
         }
-        let record = codec::encode(&(
-            write.id,
-            write.hard_state,
-            write.truncate_from,
-            &write.append,
-        ));
+        let record = crate::disk::log_record(&write);
         let node = &mut self.replicas[r as usize];
         node.disk.append(&record);
         node.last_write = write.id;
@@ -116,18 +117,8 @@ impl World {
     }
 
     pub(super) fn on_committed(&mut self, r: u32, batch: Arc<Batch>) {
-        match self.committed.get(&batch.epoch) {
-            Some(first) if !Arc::ptr_eq(first, &batch) && **first != *batch => {
-                self.online_failures.push(format!(
-                    "replica {} committed a different batch at epoch {} than another replica did",
-                    replica_id(r),
-                    batch.epoch
-                ));
-            }
-            Some(_) => {}
-            None => {
-                self.committed.insert(batch.epoch, batch.clone());
-            }
+        if let Err(failure) = self.raft.committed(replica_id(r), &batch) {
+            self.online_failures.push(failure);
         }
         self.plan_server_input(r, plan_server::Input::Committed(batch));
     }

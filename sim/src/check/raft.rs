@@ -1,0 +1,98 @@
+//! Raft's safety properties, checked after every step of a replica while a run goes (the
+//! final logs alone cannot show a second leader that came and went):
+//!
+//! - election safety: at most one leader per term;
+//! - leader completeness: a replica that becomes leader holds every batch any replica has
+//!   reported committed;
+//! - each replica incarnation reports committed batches in epoch order, each once;
+//! - state machine safety: no replica reports a batch committed that another reported
+//!   differently.
+
+use detflow_protocol::{Batch, Epoch, NodeId};
+use detflow_sequencer::Replica;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What the checker has seen so far.
+#[derive(Default)]
+pub(crate) struct RaftSafety {
+    /// The leader of each term seen.
+    leaders: BTreeMap<u64, NodeId>,
+    /// Every batch reported committed, by epoch.
+    committed: BTreeMap<Epoch, Arc<Batch>>,
+    /// Per replica, the next epoch its current incarnation must report committed.
+    next_commit: BTreeMap<NodeId, Epoch>,
+}
+
+impl RaftSafety {
+    /// Replica `id` restarted: it reports committed batches again from epoch 1.
+    pub(crate) fn restarted(&mut self, id: NodeId) {
+        self.next_commit.insert(id, Epoch(1));
+    }
+
+    /// Checks `replica` after it handled an input: if it leads, it is the only leader of
+    /// its term, and when it has just become leader its log holds every committed batch.
+    pub(crate) fn after_step(&mut self, replica: &Replica) -> Result<(), String> {
+        if !replica.is_leader() {
+            return Ok(());
+        }
+        let (id, term) = (replica.id(), replica.term());
+        match self.leaders.get(&term) {
+            Some(&other) if other != id => {
+                return Err(format!("two leaders in term {term}: {other} and {id}"));
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        self.leaders.insert(term, id);
+        let log = replica.log();
+        for (epoch, batch) in &self.committed {
+            let held = log.get(epoch.0 as usize - 1).map(|e| &e.batch);
+            if held.is_none_or(|b| **b != **batch) {
+                return Err(format!(
+                    "new leader {id} of term {term} lacks committed epoch {epoch}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `id` reported `batch` committed. Returns whether it is the first report of
+    /// its epoch by any replica.
+    pub(crate) fn committed(&mut self, id: NodeId, batch: &Arc<Batch>) -> Result<bool, String> {
+        let next = self.next_commit.entry(id).or_insert(Epoch(1));
+        if batch.epoch != *next {
+            return Err(format!(
+                "{id} reported epoch {} committed out of order (expected {next})",
+                batch.epoch
+            ));
+        }
+        *next = batch.epoch.next();
+        match self.committed.get(&batch.epoch) {
+            Some(first) if !Arc::ptr_eq(first, batch) && **first != **batch => Err(format!(
+                "replica {id} committed a different batch at epoch {} than another replica did",
+                batch.epoch
+            )),
+            Some(_) => Ok(false),
+            None => {
+                self.committed.insert(batch.epoch, batch.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    /// The next epoch replica `id`'s current incarnation must report committed.
+    pub(crate) fn next_commit(&self, id: NodeId) -> Epoch {
+        self.next_commit.get(&id).copied().unwrap_or(Epoch(1))
+    }
+
+    /// Terms in which some replica led.
+    pub(crate) fn terms_led(&self) -> u64 {
+        self.leaders.len() as u64
+    }
+
+    /// Every batch reported committed, by epoch.
+    pub(crate) fn log(&self) -> &BTreeMap<Epoch, Arc<Batch>> {
+        &self.committed
+    }
+}

@@ -1,0 +1,913 @@
+//! The log-only world: the replicated sequencer alone, with simple submitting clients and
+//! no executors or gateways, under harsher faults than the full cluster sees, checked for
+//! Raft's safety after every step and for liveness after the faults heal.
+//!
+//! It runs on the same network model ([`crate::network`]), disk ([`crate::disk`]), event
+//! queue and safety checker ([`crate::check::raft`]) as the full world, and drives the
+//! replicas only through `Machine`: it appends each `Persist` to the replica's disk,
+//! answers `Persisted` after a simulated fsync (sometimes of the oldest write only), and
+//! restarts a crashed replica from exactly what its disk recovers. One seed draws the
+//! fault parameters (swarm testing):
+//!
+//! - message loss and duplication on single messages, latency and disk delays;
+//! - crashes, keeping a random part of the unsynced tail (torn or not), some right after the
+//!   replica's granted vote arrives, when the vote must already be durable;
+//! - partitions of the same kinds as the full world's (a failed link, one replica isolated,
+//!   a minority, a random split; some one-way);
+//! - a transport that drops what was in flight on a reset, or delivers it late;
+//! - replay on reconnect: a restarted replica's peers resend what they sent it lately;
+//! - buggify (the replicas' rare paths on purpose), and narrow election-timeout spreads
+//!   that make split votes common;
+//! - clients that submit a call twice (a gateway retrying on reconnect).
+//!
+//! The full world exists to check the whole path of a call; this one spends its events on
+//! the replication protocol, where rare interleavings (a split vote meeting a restart) need
+//! many elections per seed.
+
+use crate::check::{agreement, raft::RaftSafety};
+use crate::disk::{self, Disk};
+use crate::events::{EventQueue, Timer};
+use crate::network::{self, Network};
+use detflow_protocol::{
+    Batch, ClientId, DetRng, Epoch, Footprint, Machine, NodeId, PeerMessage, RequestSeq, Time,
+    Transaction, codec,
+};
+use detflow_sequencer::replica::{Input, Output};
+use detflow_sequencer::{Config, Replica, ReplicaBugs, ReplicaConfig};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Virtual time of the fault phase; the healed (liveness) phase follows.
+const FAULT_PHASE_US: u64 = 3_000_000;
+/// Clients keep calling this long into the healed phase …
+const HEALED_CALLS_US: u64 = 1_500_000;
+/// … and every call must be committed everywhere by the end of it.
+const HEALED_PHASE_US: u64 = 3_000_000;
+/// A call issued after healing must commit within this long.
+const HEALED_COMMIT_BOUND_US: u64 = 1_500_000;
+/// Calls a client keeps outstanding.
+const CLIENT_OUTSTANDING_MAX: usize = 2;
+/// A client resubmits a call not committed after this long.
+const CLIENT_RETRY_US: u64 = 300_000;
+const CLIENTS: usize = 3;
+/// A runaway run (e.g. a machine asking for a tick in the past forever) is a failure.
+const EVENTS_MAX: u64 = 2_000_000;
+
+/// Settings of one log-only run.
+#[derive(Clone, Copy, Debug)]
+pub struct LogConfig {
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// Planted replica bugs (checker tests only).
+    pub replica_bugs: ReplicaBugs,
+    /// Print every input and output of every replica (for replaying one seed).
+    pub trace: bool,
+}
+
+impl LogConfig {
+    /// Defaults for `seed`: no planted bugs, no trace.
+    pub fn new(seed: u64) -> LogConfig {
+        LogConfig {
+            seed,
+            replica_bugs: ReplicaBugs::default(),
+            trace: false,
+        }
+    }
+}
+
+/// How often a run reached the paths it exists to test ("code probes"), and its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProbes {
+    /// Events processed.
+    pub events: u64,
+    /// Replicas crashed.
+    pub crashes: u64,
+    /// Crashes that tore a write.
+    pub torn_writes: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Terms in which some replica led.
+    pub terms_led: u64,
+    /// Epochs committed.
+    pub committed_epochs: u64,
+    /// Calls committed.
+    pub committed_calls: u64,
+    /// Log entries truncated by followers (the live incarnations at the end).
+    pub truncated: u64,
+    /// Submissions refused as duplicates (the live incarnations at the end).
+    pub duplicates: u64,
+    /// Submissions handed back with `NotLeader` (the live incarnations at the end).
+    pub not_leader: u64,
+    /// Terms with more than one candidate.
+    pub split_terms: u64,
+    /// Terms with a candidate.
+    pub candidate_terms: u64,
+}
+
+impl LogProbes {
+    /// Adds `other` into this.
+    pub fn add(&mut self, other: &LogProbes) {
+        self.events += other.events;
+        self.crashes += other.crashes;
+        self.torn_writes += other.torn_writes;
+        self.partitions += other.partitions;
+        self.terms_led += other.terms_led;
+        self.committed_epochs += other.committed_epochs;
+        self.committed_calls += other.committed_calls;
+        self.truncated += other.truncated;
+        self.duplicates += other.duplicates;
+        self.not_leader += other.not_leader;
+        self.split_terms += other.split_terms;
+        self.candidate_terms += other.candidate_terms;
+    }
+}
+
+/// The result of one log-only seed.
+#[derive(Clone, Debug)]
+pub struct LogReport {
+    /// The seed.
+    pub seed: u64,
+    /// The first broken property, with the seed, the replicas' state and the replay
+    /// command; `None` when the seed passed.
+    pub failure: Option<String>,
+    /// A digest of the committed log.
+    pub digest: String,
+    /// Code probes.
+    pub probes: LogProbes,
+}
+
+impl LogReport {
+    /// Whether the seed passed.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Runs and checks one log-only seed. A replica's own assertion firing is a failure of the
+/// seed, reported with its message.
+pub fn run_log_seed(config: &LogConfig) -> LogReport {
+    let run = std::panic::catch_unwind(|| LogWorld::new(config).run());
+    match run {
+        Ok(report) => report,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            LogReport {
+                seed: config.seed,
+                failure: Some(format!(
+                    "seed {}: a replica assertion failed: {what}\n  replay: {}",
+                    config.seed,
+                    replay_command(config)
+                )),
+                digest: String::new(),
+                probes: LogProbes::default(),
+            }
+        }
+    }
+}
+
+/// The command that replays `config`'s seed with a trace.
+fn replay_command(config: &LogConfig) -> String {
+    let bugs = config.replica_bugs;
+    let mut cmd = format!(
+        "cargo run --release -p detflow-sim -- log --seed {}",
+        config.seed
+    );
+    for (on, flag) in [
+        (bugs.ack_before_quorum, "ack-before-quorum"),
+        (bugs.forget_vote_on_restart, "forget-vote"),
+        (bugs.commit_uncommitted, "commit-uncommitted"),
+        (bugs.dedup_off, "dedup-off"),
+    ] {
+        if on {
+            cmd.push_str(" --bug ");
+            cmd.push_str(flag);
+        }
+    }
+    cmd.push_str(" --trace");
+    cmd
+}
+
+/// Fault rates for one run, all drawn from the seed (swarm testing).
+#[derive(Clone, Debug)]
+struct Params {
+    replicas: u32,
+    /// A single message lost (the replicas retransmit on their heartbeat).
+    loss: f64,
+    /// A single message delivered twice.
+    duplicate: f64,
+    delay_max_us: u64,
+    disk_delay_max_us: u64,
+    /// Mean time between crashes of some replica; 0: none.
+    crash_every_us: u64,
+    down_max_us: u64,
+    /// Whether a crash may cut the last unsynced record in two.
+    tear: bool,
+    /// Mean time between partitions; 0: none.
+    partition_every_us: u64,
+    /// A client sends a submission twice (as a gateway retrying on reconnect).
+    submit_duplicate: f64,
+    /// A replica that grants a vote crashes right after the vote arrives, and restarts
+    /// quickly: the moment a vote must already be durable.
+    crash_after_vote: f64,
+    /// Whether a crash or partition drops the messages in flight to and from the replica
+    /// (a reset connection), or lets them arrive later, as a transport that resends on
+    /// reconnect does.
+    reset_drops_in_flight: bool,
+    /// Whether a restarted replica's peers resend what they sent it lately (a transport
+    /// that duplicates on reconnect, DESIGN.md §5).
+    replay_on_reconnect: bool,
+    /// Whether the replicas take their rare paths on purpose (`DetRng::buggify`).
+    buggify: bool,
+    /// Election timeouts are drawn from `[150 ms, 150 ms + spread]`; a narrow spread makes
+    /// split votes (and so two candidates of one term) common.
+    election_spread_us: u64,
+}
+
+impl Params {
+    fn draw(rng: &mut DetRng) -> Params {
+        let mut params = Params {
+            replicas: if rng.chance(0.5) { 3 } else { 5 },
+            loss: *rng.pick(&[0.0, 0.01, 0.05, 0.15]),
+            duplicate: *rng.pick(&[0.0, 0.02, 0.1]),
+            delay_max_us: *rng.pick(&[500, 3_000, 20_000]),
+            disk_delay_max_us: *rng.pick(&[200, 2_000, 15_000]),
+            crash_every_us: *rng.pick(&[0, 200_000, 600_000, 1_500_000]),
+            down_max_us: *rng.pick(&[20_000, 300_000, 1_000_000]),
+            tear: rng.chance(0.5),
+            partition_every_us: *rng.pick(&[0, 400_000, 1_200_000]),
+            submit_duplicate: *rng.pick(&[0.0, 0.05]),
+            crash_after_vote: *rng.pick(&[0.0, 0.5, 1.0]),
+            reset_drops_in_flight: rng.chance(0.5),
+            replay_on_reconnect: rng.chance(0.5),
+            buggify: rng.chance(0.5),
+            election_spread_us: 150_000,
+        };
+        // Randomized timeouts break split votes only if their spread exceeds the time an
+        // election takes (two disk writes, two network hops), so narrow spreads go with a
+        // fast network and disk.
+        if params.delay_max_us <= 3_000 && params.disk_delay_max_us <= 2_000 {
+            params.election_spread_us = *rng.pick(&[10_000, 150_000]);
+        }
+        params
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    ClientWake(usize),
+    /// The crash fault strikes some replica.
+    Crash,
+    /// A crash aimed at a replica right after its granted vote arrived.
+    CrashNode(NodeId),
+    Deliver(Delivery),
+    Heal(u64),
+    Partition,
+    Restart(NodeId),
+    Submit {
+        to: NodeId,
+        txn: Arc<Transaction>,
+    },
+    Synced {
+        node: NodeId,
+        life: u64,
+    },
+    Timer {
+        node: NodeId,
+        life: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Delivery {
+    from: NodeId,
+    to: NodeId,
+    from_life: u64,
+    to_life: u64,
+    generation: u64,
+    msg: PeerMessage,
+}
+
+struct Node {
+    replica: Option<Replica>,
+    /// Bumped at every start: messages, fsyncs and timers of an older life are void.
+    life: u64,
+    disk: Disk,
+    /// The ids of the writes on the disk not yet synced, oldest first.
+    unsynced: VecDeque<u64>,
+    disk_busy_until: Time,
+    timer: Timer,
+}
+
+struct Client {
+    id: ClientId,
+    next_seq: u64,
+    leader: NodeId,
+    /// seq → (transaction, issued at, last sent at).
+    outstanding: BTreeMap<u64, (Arc<Transaction>, Time, Time)>,
+}
+
+type Check = Result<(), String>;
+
+struct LogWorld {
+    config: LogConfig,
+    now: Time,
+    rng: DetRng,
+    params: Params,
+    queue: EventQueue<Event>,
+    net: Network<NodeId, PeerMessage>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    healed: bool,
+    raft: RaftSafety,
+    committed_calls: BTreeMap<(ClientId, RequestSeq), Epoch>,
+    /// The candidates of each term, from their `RequestVote`s.
+    candidates: BTreeMap<u64, BTreeSet<NodeId>>,
+    probes: LogProbes,
+}
+
+fn idx(id: NodeId) -> usize {
+    id.0 as usize - 1
+}
+
+impl LogWorld {
+    fn new(config: &LogConfig) -> LogWorld {
+        let mut rng = DetRng::new(config.seed);
+        let params = Params::draw(&mut rng);
+        let nodes = (0..params.replicas)
+            .map(|_| Node {
+                replica: None,
+                life: 0,
+                disk: Disk::default(),
+                unsynced: VecDeque::new(),
+                disk_busy_until: Time::ZERO,
+                timer: Timer::default(),
+            })
+            .collect();
+        let clients = (0..CLIENTS)
+            .map(|c| Client {
+                id: ClientId(c as u64),
+                next_seq: 1,
+                leader: NodeId(1 + (c as u32 % params.replicas)),
+                outstanding: BTreeMap::new(),
+            })
+            .collect();
+        LogWorld {
+            config: *config,
+            now: Time::ZERO,
+            rng,
+            params,
+            queue: EventQueue::new(),
+            net: Network::new(),
+            nodes,
+            clients,
+            healed: false,
+            raft: RaftSafety::default(),
+            committed_calls: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            probes: LogProbes::default(),
+        }
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        (1..=self.params.replicas).map(NodeId).collect()
+    }
+
+    fn run(mut self) -> LogReport {
+        let failure = self.run_phases().err();
+        self.probes.terms_led = self.raft.terms_led();
+        self.probes.split_terms = self.candidates.values().filter(|c| c.len() > 1).count() as u64;
+        self.probes.candidate_terms = self.candidates.len() as u64;
+        for replica in self.nodes.iter().filter_map(|n| n.replica.as_ref()) {
+            self.probes.truncated += replica.stats().entries_truncated;
+            self.probes.duplicates += replica.stats().duplicates;
+            self.probes.not_leader += replica.stats().not_leader;
+        }
+        self.probes.committed_epochs = self.raft.log().len() as u64;
+        self.probes.committed_calls = self.committed_calls.len() as u64;
+        let mut hasher = blake3::Hasher::new();
+        for batch in self.raft.log().values() {
+            hasher.update(&codec::encode(&**batch));
+        }
+        LogReport {
+            seed: self.config.seed,
+            failure,
+            digest: hasher.finalize().to_hex()[..32].to_owned(),
+            probes: self.probes,
+        }
+    }
+
+    /// The fault phase, then the healed phase; the first broken property ends the run.
+    fn run_phases(&mut self) -> Check {
+        for id in self.members() {
+            self.start(id);
+        }
+        for c in 0..CLIENTS {
+            let at = Time(self.rng.below(10_000));
+            self.queue.schedule(at, Event::ClientWake(c));
+        }
+        if self.params.crash_every_us > 0 {
+            let at = self.exp(self.params.crash_every_us);
+            self.queue.schedule(at, Event::Crash);
+        }
+        if self.params.partition_every_us > 0 {
+            let at = self.exp(self.params.partition_every_us);
+            self.queue.schedule(at, Event::Partition);
+        }
+        let end = Time(FAULT_PHASE_US + HEALED_PHASE_US);
+        while let Some((at, event)) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            if !self.healed && at.0 >= FAULT_PHASE_US {
+                self.now = Time(FAULT_PHASE_US);
+                self.heal_all();
+            }
+            self.now = at;
+            self.probes.events += 1;
+            if self.probes.events > EVENTS_MAX {
+                return Err(self.fail("too many events: a replica keeps asking for ticks"));
+            }
+            self.dispatch(event)?;
+        }
+        self.now = end;
+        self.check_liveness()?;
+        self.check_agreement()
+    }
+
+    fn dispatch(&mut self, event: Event) -> Check {
+        match event {
+            Event::ClientWake(c) => self.on_client_wake(c),
+            Event::Crash => self.on_crash(),
+            Event::CrashNode(id) => {
+                let down_us = 500 + self.rng.below(5_000);
+                self.crash(id, down_us);
+            }
+            Event::Deliver(d) => return self.on_deliver(d),
+            Event::Heal(id) => {
+                // Replicas hear of no reconnects: their heartbeats find the peers again.
+                self.net.heal(id);
+            }
+            Event::Partition => self.on_partition(),
+            Event::Restart(id) => self.start(id),
+            Event::Submit { to, txn } => return self.input(to, Input::Submit(txn)),
+            Event::Synced { node, life } => return self.on_synced(node, life),
+            Event::Timer { node, life } => {
+                let n = &mut self.nodes[idx(node)];
+                if n.life == life && n.replica.is_some() && n.timer.fire(self.now) {
+                    return self.input(node, Input::Tick);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The failure message: what broke, the parameters, each replica's state, and the
+    /// command that replays the seed.
+    fn fail(&self, what: &str) -> String {
+        let mut nodes = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let state = match &node.replica {
+                None => "down".to_owned(),
+                Some(r) => format!(
+                    "term {} leader {:?} is_leader {} commit {} log {} {:?}",
+                    r.term(),
+                    r.leader(),
+                    r.is_leader(),
+                    r.commit_epoch(),
+                    r.log().len(),
+                    r.stats()
+                ),
+            };
+            nodes.push_str(&format!("\n  {}: {state}", NodeId(i as u32 + 1)));
+        }
+        format!(
+            "seed {} at {}: {what}\n  params {:?}{nodes}\n  replay: {}",
+            self.config.seed,
+            self.now,
+            self.params,
+            replay_command(&self.config)
+        )
+    }
+
+    fn replica_config(&self, id: NodeId) -> ReplicaConfig {
+        let mut config = ReplicaConfig::new(id, self.members());
+        config.batching = Config {
+            epoch_duration_us: 5_000,
+            batch_txns_max: 8,
+            ..Config::default()
+        };
+        config.entries_per_message_max = 16;
+        config.election_timeout_max_us =
+            config.election_timeout_min_us + self.params.election_spread_us;
+        config
+    }
+
+    /// Starts replica `id` (if down) from what its disk recovers.
+    fn start(&mut self, id: NodeId) {
+        if self.nodes[idx(id)].replica.is_some() {
+            return;
+        }
+        let config = self.replica_config(id);
+        let mut rng = self.rng.fork(u64::from(id.0));
+        if self.params.buggify {
+            rng.enable_buggify();
+        }
+        let node = &mut self.nodes[idx(id)];
+        let durable = disk::recover_replica(&mut node.disk);
+        if self.config.trace {
+            println!("{} {id} starts from term {}", self.now, durable.term);
+        }
+        let mut replica = Replica::new(config, durable, rng);
+        replica.set_bugs(self.config.replica_bugs);
+        node.replica = Some(replica);
+        node.life += 1;
+        node.unsynced.clear();
+        node.disk_busy_until = self.now;
+        node.timer = Timer::default();
+        self.raft.restarted(id);
+        self.arm_timer(id);
+        if self.params.replay_on_reconnect && self.now > Time::ZERO {
+            self.replay_to(id);
+        }
+    }
+
+    /// The peers of a restarted replica resend what they sent it lately, each in its
+    /// connection's order; different peers' resends interleave.
+    fn replay_to(&mut self, id: NodeId) {
+        for from in self.members().into_iter().filter(|p| *p != id) {
+            let mut at = self.now.plus_us(100 + self.rng.below(2_000));
+            for msg in self.net.recent(from, id) {
+                let delivery = self.delivery(from, id, msg);
+                self.queue.schedule(at, Event::Deliver(delivery));
+                at = at.plus_us(1 + self.rng.below(200));
+            }
+        }
+    }
+
+    /// An exponentially distributed delay with the given mean, from now.
+    fn exp(&mut self, mean_us: u64) -> Time {
+        let u = self.rng.unit().max(1e-9);
+        self.now.plus_us((-(u.ln()) * mean_us as f64) as u64)
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        NodeId(1 + self.rng.below(u64::from(self.params.replicas)) as u32)
+    }
+
+    /// Feeds one input to a replica, checks safety, and performs its outputs.
+    fn input(&mut self, id: NodeId, input: Input) -> Check {
+        let now = self.now;
+        let trace = self.config.trace;
+        let Some(replica) = self.nodes[idx(id)].replica.as_mut() else {
+            return Ok(());
+        };
+        if trace {
+            println!("{now} {id} <- {input:?}");
+        }
+        let mut out = Vec::new();
+        replica.handle(now, input, &mut out);
+        if trace {
+            for output in &out {
+                println!("{now} {id} -> {output:?}");
+            }
+        }
+        let step = self.raft.after_step(replica);
+        step.map_err(|e| self.fail(&e))?;
+        for output in out {
+            self.perform(id, output)?;
+        }
+        self.arm_timer(id);
+        Ok(())
+    }
+
+    fn arm_timer(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = &mut self.nodes[idx(id)];
+        let Some(replica) = &node.replica else { return };
+        if let Some(at) = node.timer.arm(replica.next_deadline(), now) {
+            let life = node.life;
+            self.queue.schedule(at, Event::Timer { node: id, life });
+        }
+    }
+
+    fn perform(&mut self, id: NodeId, output: Output) -> Check {
+        match output {
+            Output::Committed(batch) => return self.on_committed(id, batch),
+            Output::Duplicate { .. } => {}
+            Output::NotLeader { txn, leader } => self.on_not_leader(txn, leader),
+            Output::Persist(write) => {
+                let node = &mut self.nodes[idx(id)];
+                if let Some(last) = node.unsynced.back() {
+                    assert_eq!(write.id, last + 1, "write ids are consecutive");
+                }
+                node.disk.append(&disk::log_record(&write));
+                node.unsynced.push_back(write.id);
+                let delay = 50 + self.rng.below(self.params.disk_delay_max_us);
+                let node = &mut self.nodes[idx(id)];
+                let at = node.disk_busy_until.max(self.now).plus_us(delay);
+                node.disk_busy_until = at;
+                let life = node.life;
+                self.queue.schedule(at, Event::Synced { node: id, life });
+            }
+            Output::Send { to, msg } => {
+                if let PeerMessage::RequestVote {
+                    term, candidate, ..
+                } = &msg
+                {
+                    self.candidates.entry(*term).or_default().insert(*candidate);
+                }
+                self.send(id, to, msg);
+            }
+        }
+        Ok(())
+    }
+
+    fn delivery(&self, from: NodeId, to: NodeId, msg: PeerMessage) -> Delivery {
+        Delivery {
+            from,
+            to,
+            from_life: self.nodes[idx(from)].life,
+            to_life: self.nodes[idx(to)].life,
+            generation: self.net.generation(from, to),
+            msg,
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: PeerMessage) {
+        if self.params.replay_on_reconnect {
+            // Delivered or not: the sender's transport resends it after a reconnect.
+            self.net.remember(from, to, msg.clone());
+        }
+        if self.net.is_blocked(from, to) || self.rng.chance(self.params.loss) {
+            return;
+        }
+        let delay = 20 + self.rng.below(self.params.delay_max_us);
+        let at = self.net.arrival(from, to, self.now.plus_us(delay));
+        let voted = matches!(msg, PeerMessage::Vote { granted: true, .. });
+        if voted && !self.healed && self.rng.chance(self.params.crash_after_vote) {
+            // Right after the vote arrives: before the new leader's first entries can be
+            // durable here.
+            self.queue.schedule(at.plus_us(1), Event::CrashNode(from));
+        }
+        let copies = if self.rng.chance(self.params.duplicate) {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            let delivery = self.delivery(from, to, msg.clone());
+            self.queue
+                .schedule(at.plus_us(copy), Event::Deliver(delivery));
+        }
+    }
+
+    fn on_deliver(&mut self, d: Delivery) -> Check {
+        if self.nodes[idx(d.to)].replica.is_none() || self.net.is_blocked(d.from, d.to) {
+            return Ok(());
+        }
+        let same_connection = self.nodes[idx(d.to)].life == d.to_life
+            && self.nodes[idx(d.from)].life == d.from_life
+            && self.net.generation(d.from, d.to) == d.generation;
+        if !same_connection && self.params.reset_drops_in_flight {
+            return Ok(());
+        }
+        self.input(
+            d.to,
+            Input::Peer {
+                from: d.from,
+                msg: d.msg,
+            },
+        )
+    }
+
+    /// The disk finished an fsync: the oldest unsynced write, and sometimes every write
+    /// queued behind it, is durable; the replica hears the highest id.
+    fn on_synced(&mut self, id: NodeId, life: u64) -> Check {
+        let all = self.rng.chance(0.3);
+        let node = &mut self.nodes[idx(id)];
+        if node.life != life || node.replica.is_none() || node.unsynced.is_empty() {
+            return Ok(());
+        }
+        let count = if all { node.unsynced.len() } else { 1 };
+        node.disk.sync_first(count);
+        let last = node
+            .unsynced
+            .drain(..count)
+            .next_back()
+            .expect("count >= 1");
+        self.input(id, Input::Persisted { write: last })
+    }
+
+    fn on_committed(&mut self, id: NodeId, batch: Arc<Batch>) -> Check {
+        let first = self.raft.committed(id, &batch).map_err(|e| self.fail(&e))?;
+        if !first {
+            return Ok(());
+        }
+        // Only the first report of an epoch reaches the clients.
+        for txn in &batch.txns {
+            let key = (txn.client, txn.seq);
+            if let Some(earlier) = self.committed_calls.insert(key, batch.epoch) {
+                return Err(self.fail(&format!(
+                    "call {key:?} committed twice: epochs {earlier} and {}",
+                    batch.epoch
+                )));
+            }
+            let done = self.clients[txn.client.0 as usize]
+                .outstanding
+                .remove(&txn.seq.0);
+            if let Some((_, issued, _)) = done {
+                self.check_latency(issued)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_latency(&self, issued: Time) -> Check {
+        let healed_at = FAULT_PHASE_US + 200_000;
+        if issued.0 >= healed_at && self.now.since_us(issued) > HEALED_COMMIT_BOUND_US {
+            return Err(self.fail(&format!(
+                "a call issued at {issued} after healing took until {} to commit",
+                self.now
+            )));
+        }
+        Ok(())
+    }
+
+    /// A replica handed a call back: its client tries the named leader (or any replica).
+    fn on_not_leader(&mut self, txn: Arc<Transaction>, leader: Option<NodeId>) {
+        let c = txn.client.0 as usize;
+        let leader = leader.unwrap_or_else(|| self.random_node());
+        self.clients[c].leader = leader;
+        if self.clients[c].outstanding.contains_key(&txn.seq.0) {
+            let at = self.now.plus_us(1_000 + self.rng.below(5_000));
+            self.queue.schedule(at, Event::Submit { to: leader, txn });
+        }
+    }
+
+    /// A client resubmits its calls that timed out and, while the run wants more, makes a
+    /// new one.
+    fn on_client_wake(&mut self, c: usize) {
+        let calls_end = FAULT_PHASE_US + HEALED_CALLS_US;
+        let at = self.now.plus_us(2_000 + self.rng.below(8_000));
+        self.queue.schedule(at, Event::ClientWake(c));
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let retries: Vec<Arc<Transaction>> = client
+            .outstanding
+            .values_mut()
+            .filter(|(_, _, sent)| now.since_us(*sent) >= CLIENT_RETRY_US)
+            .map(|(txn, _, sent)| {
+                *sent = now;
+                txn.clone()
+            })
+            .collect();
+        let mut fresh = None;
+        if now.0 < calls_end && client.outstanding.len() < CLIENT_OUTSTANDING_MAX {
+            let txn = Arc::new(Transaction {
+                client: client.id,
+                seq: RequestSeq(client.next_seq),
+                gateway: NodeId(100),
+                procedure: "p".into(),
+                args: Vec::new(),
+                footprint: Footprint::new(),
+            });
+            client.next_seq += 1;
+            client
+                .outstanding
+                .insert(txn.seq.0, (txn.clone(), now, now));
+            fresh = Some(txn);
+        }
+        if !retries.is_empty() && self.rng.chance(0.3) {
+            // A client whose calls time out sometimes tries another replica.
+            self.clients[c].leader = self.random_node();
+        }
+        let to = self.clients[c].leader;
+        for txn in retries.into_iter().chain(fresh) {
+            let copies = if self.rng.chance(self.params.submit_duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let at = self.now.plus_us(100 + self.rng.below(2_000));
+                let txn = txn.clone();
+                self.queue.schedule(at, Event::Submit { to, txn });
+            }
+        }
+    }
+
+    fn on_crash(&mut self) {
+        if self.healed {
+            return;
+        }
+        let next = self.exp(self.params.crash_every_us);
+        self.queue.schedule(next, Event::Crash);
+        let id = self.random_node();
+        // Keep a majority up most of the time: never crash a second node while a minority
+        // is already down … unless the seed says so (a full outage must also be survived).
+        let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+        if down + 1 > self.nodes.len() / 2 && !self.rng.chance(0.1) {
+            return;
+        }
+        let down_us = 1_000 + self.rng.below(self.params.down_max_us);
+        self.crash(id, down_us);
+    }
+
+    /// Crashes replica `id` for `down_us`: it loses its memory and what its disk loses.
+    fn crash(&mut self, id: NodeId, down_us: u64) {
+        let node = &mut self.nodes[idx(id)];
+        if self.healed || node.replica.is_none() {
+            return;
+        }
+        if self.config.trace {
+            println!("{} {id} crashes for {down_us}us", self.now);
+        }
+        let damage = node.disk.crash(&mut self.rng, self.params.tear);
+        node.replica = None;
+        self.net.forget_arrivals(id);
+        self.probes.crashes += 1;
+        self.probes.torn_writes += u64::from(damage.torn);
+        let at = self.now.plus_us(down_us);
+        self.queue.schedule(at, Event::Restart(id));
+    }
+
+    fn on_partition(&mut self) {
+        if self.healed {
+            return;
+        }
+        let next = self.exp(self.params.partition_every_us);
+        self.queue.schedule(next, Event::Partition);
+        let members = self.members();
+        let cut = network::draw_partition(&mut self.rng, &members, &members);
+        let id = self.net.cut(cut, false);
+        self.probes.partitions += 1;
+        let at = self.now.plus_us(50_000 + self.rng.below(800_000));
+        self.queue.schedule(at, Event::Heal(id));
+    }
+
+    /// The liveness phase: no more faults; every replica runs and every link works.
+    fn heal_all(&mut self) {
+        self.healed = true;
+        for id in self.net.cuts() {
+            self.net.heal(id);
+        }
+        self.params.loss = 0.0;
+        for id in self.members() {
+            self.start(id);
+        }
+    }
+
+    fn check_liveness(&self) -> Check {
+        for client in &self.clients {
+            if let Some((seq, (_, issued, _))) = client.outstanding.first_key_value() {
+                return Err(self.fail(&format!(
+                    "after healing, call ({}, {seq}) issued at {issued} never committed",
+                    client.id
+                )));
+            }
+        }
+        let last = self
+            .raft
+            .log()
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or_default();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let id = NodeId(i as u32 + 1);
+            let Some(r) = &node.replica else {
+                return Err(self.fail(&format!("{id} is down after healing")));
+            };
+            let emitted = self.raft.next_commit(id);
+            if r.commit_epoch() != last || emitted != last.next() {
+                return Err(self.fail(&format!(
+                    "{id} committed up to {} (reported {}), the group up to {last}",
+                    r.commit_epoch(),
+                    emitted.0 - 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The full world's agreement checker, over the replicas' final logs.
+    fn check_agreement(&self) -> Check {
+        let logs: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| match &n.replica {
+                Some(r) => (r.log().to_vec(), r.commit_epoch()),
+                None => (Vec::new(), Epoch(0)),
+            })
+            .collect();
+        let log: Vec<_> = self.raft.log().values().cloned().collect();
+        match agreement::check_logs(&logs, &log).first() {
+            Some(failure) => Err(self.fail(failure)),
+            None => Ok(()),
+        }
+    }
+}
