@@ -5,6 +5,7 @@
 //! two: a torn write). Recovery reads records until the first one that is incomplete or
 //! fails its checksum and discards the rest, exactly what a production log reader does.
 
+use detflow_protocol::WriteId;
 use detflow_protocol::{DetRng, LogEntry, codec};
 use detflow_sequencer::{Durable, LogWrite};
 
@@ -126,7 +127,7 @@ pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
 pub(crate) fn recover_replica(disk: &mut Disk) -> Durable {
     let mut durable = Durable::default();
     for record in disk.recover() {
-        let (id, hard_state, truncate_from, append): (u64, _, _, Vec<LogEntry>) =
+        let (id, hard_state, truncate_from, append): (WriteId, _, _, Vec<LogEntry>) =
             codec::decode(&record).expect("the simulated disk returns only valid records");
         durable.apply(&LogWrite {
             id,

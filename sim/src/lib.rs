@@ -42,8 +42,8 @@ mod network;
 mod store;
 mod world;
 
-pub use detflow_executor::Bugs;
-pub use detflow_gateway::Bugs as GatewayBugs;
+pub use detflow_executor::ExecutorBugs;
+pub use detflow_gateway::GatewayBugs;
 pub use detflow_protocol::session::SessionBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};

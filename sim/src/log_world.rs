@@ -32,6 +32,7 @@ use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Footprint, Machine, NodeId, PeerMessage, RequestSeq, Time,
     Transaction, codec,
 };
+use detflow_protocol::{Term, WriteId};
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Replica, ReplicaBugs, ReplicaConfig};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -297,7 +298,7 @@ struct Node {
     life: u64,
     disk: Disk,
     /// The ids of the writes on the disk not yet synced, oldest first.
-    unsynced: VecDeque<u64>,
+    unsynced: VecDeque<WriteId>,
     disk_busy_until: Time,
     timer: Timer,
 }
@@ -325,7 +326,7 @@ struct LogWorld {
     raft: RaftSafety,
     committed_calls: BTreeMap<(ClientId, RequestSeq), Epoch>,
     /// The candidates of each term, from their `RequestVote`s.
-    candidates: BTreeMap<u64, BTreeSet<NodeId>>,
+    candidates: BTreeMap<Term, BTreeSet<NodeId>>,
     probes: LogProbes,
 }
 
@@ -602,7 +603,7 @@ impl LogWorld {
             Output::Persist(write) => {
                 let node = &mut self.nodes[idx(id)];
                 if let Some(last) = node.unsynced.back() {
-                    assert_eq!(write.id, last + 1, "write ids are consecutive");
+                    assert_eq!(write.id.0, last.0 + 1, "write ids are consecutive");
                 }
                 node.disk.append(&disk::log_record(&write));
                 node.unsynced.push_back(write.id);

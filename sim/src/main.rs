@@ -4,8 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use detflow_sim::{
-    Bugs, FaultConfig, FaultCounts, LogConfig, LogProbes, ReplicaBugs, SessionBugs, SimConfig,
-    run_log_seed, run_seed,
+    ExecutorBugs, FaultConfig, FaultCounts, LogConfig, LogProbes, ReplicaBugs, SessionBugs,
+    SimConfig, run_log_seed, run_seed,
 };
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -240,7 +240,7 @@ fn run(args: RunArgs) -> Result<bool> {
         Some(s) => (s, 1),
         None => (args.first_seed, args.seeds),
     };
-    let bugs = Bugs {
+    let bugs = ExecutorBugs {
         reorder: matches!(args.bug, Some(Bug::Reorder)),
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
         replay_from_wrong_epoch: matches!(args.bug, Some(Bug::ReplayFromWrongEpoch)),
@@ -266,7 +266,7 @@ fn run(args: RunArgs) -> Result<bool> {
             epoch_duration_us: args.epoch_us,
             replicas: args.replicas,
             faults: fault_config,
-            bugs,
+            executor_bugs: bugs,
             replica_bugs,
             session_bugs,
             ..SimConfig::new(args.workload.name(), seed)

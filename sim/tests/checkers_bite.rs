@@ -1,7 +1,9 @@
 //! Every checker must catch the class of bug it exists for: a planted bug must make some
 //! seed fail within a bounded number of seeds. A checker that cannot fail proves nothing.
 
-use detflow_sim::{Bugs, FaultConfig, GatewayBugs, ReplicaBugs, SessionBugs, SimConfig, run_seed};
+use detflow_sim::{
+    ExecutorBugs, FaultConfig, GatewayBugs, ReplicaBugs, SessionBugs, SimConfig, run_seed,
+};
 
 /// How many seeds a planted bug may survive before the test fails. Replica bugs need the
 /// rarer interleavings (a split vote meeting a restart; a lost unsynced append), so they get
@@ -23,9 +25,9 @@ fn first_failure_within(
     })
 }
 
-fn with_executor_bug(bugs: Bugs, faults: FaultConfig) -> impl Fn(u64) -> SimConfig {
+fn with_executor_bug(bugs: ExecutorBugs, faults: FaultConfig) -> impl Fn(u64) -> SimConfig {
     move |seed| SimConfig {
-        bugs,
+        executor_bugs: bugs,
         faults,
         txns: 200,
         ..SimConfig::new("bank", seed)
@@ -49,9 +51,9 @@ fn with_replica_bug_on(bugs: ReplicaBugs, replicas: u32) -> impl Fn(u64) -> SimC
 
 #[test]
 fn applying_transactions_out_of_position_order_is_caught() {
-    let bugs = Bugs {
+    let bugs = ExecutorBugs {
         reorder: true,
-        ..Bugs::default()
+        ..ExecutorBugs::default()
     };
     let (seed, failures) = first_failure(with_executor_bug(bugs, FaultConfig::none()))
         .expect("reorder bug went unnoticed");
@@ -63,9 +65,9 @@ fn applying_transactions_out_of_position_order_is_caught() {
 
 #[test]
 fn writing_outside_the_partition_is_caught() {
-    let bugs = Bugs {
+    let bugs = ExecutorBugs {
         write_outside_partition: true,
-        ..Bugs::default()
+        ..ExecutorBugs::default()
     };
     let (seed, failures) = first_failure(with_executor_bug(bugs, FaultConfig::none()))
         .expect("write-outside-partition bug went unnoticed");
@@ -77,9 +79,9 @@ fn writing_outside_the_partition_is_caught() {
 
 #[test]
 fn replaying_from_the_wrong_epoch_is_caught() {
-    let bugs = Bugs {
+    let bugs = ExecutorBugs {
         replay_from_wrong_epoch: true,
-        ..Bugs::default()
+        ..ExecutorBugs::default()
     };
     first_failure(with_executor_bug(bugs, FaultConfig::all()))
         .expect("replay-from-wrong-epoch bug went unnoticed");
@@ -165,9 +167,9 @@ fn a_correct_engine_passes_every_workload_with_and_without_faults() {
 /// executor greets its peers again; silent drops are the fault that needs it.
 #[test]
 fn a_stall_that_never_greets_the_peers_again_is_caught() {
-    let bugs = Bugs {
+    let bugs = ExecutorBugs {
         no_hello_on_stall: true,
-        ..Bugs::default()
+        ..ExecutorBugs::default()
     };
     let faults = FaultConfig {
         silent_drops: true,

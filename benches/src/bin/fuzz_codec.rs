@@ -37,6 +37,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use detflow_protocol::Term;
 use detflow_protocol::bin::Blob;
 use detflow_protocol::codec;
 use detflow_protocol::footprint::{Access, Footprint, KeySpec};
@@ -919,30 +920,30 @@ fn batch(rng: &mut DetRng) -> Batch {
 fn peer_message(rng: &mut DetRng) -> PeerMessage {
     match rng.below(4) {
         0 => PeerMessage::AppendEntries {
-            term: rng.next_u64(),
+            term: Term(rng.next_u64()),
             leader: node(rng),
             prev_epoch: epoch(rng),
-            prev_term: rng.next_u64(),
+            prev_term: Term(rng.next_u64()),
             entries: list(rng, 2, |rng| LogEntry {
-                term: rng.next_u64(),
+                term: Term(rng.next_u64()),
                 batch: Arc::new(batch(rng)),
             }),
             leader_commit: epoch(rng),
         },
         1 => PeerMessage::AppendReply {
-            term: rng.next_u64(),
+            term: Term(rng.next_u64()),
             success: rng.chance(0.5),
             match_epoch: epoch(rng),
-            conflict_term: option(rng, |rng| rng.next_u64()),
+            conflict_term: option(rng, |rng| Term(rng.next_u64())),
         },
         2 => PeerMessage::RequestVote {
-            term: rng.next_u64(),
+            term: Term(rng.next_u64()),
             candidate: node(rng),
             last_epoch: epoch(rng),
-            last_term: rng.next_u64(),
+            last_term: Term(rng.next_u64()),
         },
         _ => PeerMessage::Vote {
-            term: rng.next_u64(),
+            term: Term(rng.next_u64()),
             granted: rng.chance(0.5),
         },
     }

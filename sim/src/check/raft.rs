@@ -8,6 +8,7 @@
 //! - state machine safety: no replica reports a batch committed that another reported
 //!   differently.
 
+use detflow_protocol::Term;
 use detflow_protocol::{Batch, Epoch, NodeId};
 use detflow_sequencer::Replica;
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 #[derive(Default)]
 pub(crate) struct RaftSafety {
     /// The leader of each term seen.
-    leaders: BTreeMap<u64, NodeId>,
+    leaders: BTreeMap<Term, NodeId>,
     /// Every batch reported committed, by epoch.
     committed: BTreeMap<Epoch, Arc<Batch>>,
     /// Per replica, the next epoch its current incarnation must report committed.

@@ -1,6 +1,7 @@
 //! Components starting, crashing and restarting, and the connections between them coming up.
 
 use super::*;
+use detflow_protocol::WriteId;
 
 impl World {
     pub(super) fn start(&mut self, addr: Addr) {
@@ -53,7 +54,7 @@ impl World {
         node.incarnation += 1;
         node.timer = Timer::default();
         node.sync_scheduled = false;
-        node.last_write = 0;
+        node.last_write = WriteId(0);
         node.plans = Some(PlanServer::new(self.map.clone()));
         node.leader = None;
         self.arm_replica_timer(r);
@@ -68,7 +69,7 @@ impl World {
             self.registry.clone(),
             store,
         );
-        machine.set_bugs(self.config.bugs);
+        machine.set_bugs(self.config.executor_bugs);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
         node.machine = Some(machine);
         node.incarnation += 1;

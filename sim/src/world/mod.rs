@@ -16,8 +16,9 @@ use crate::events::{EventQueue, Timer};
 use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
 use crate::network::Network;
 use crate::store::SimStore;
-use detflow_executor::{Bugs, Executor, Registry};
+use detflow_executor::{Executor, ExecutorBugs, Registry};
 use detflow_gateway::Gateway;
+use detflow_protocol::WriteId;
 use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
 use detflow_protocol::{
@@ -117,13 +118,13 @@ pub struct SimConfig {
     /// Faults to inject.
     pub faults: FaultConfig,
     /// Planted executor bugs (checker tests only).
-    pub bugs: Bugs,
+    pub executor_bugs: ExecutorBugs,
     /// Planted replica bugs (checker tests only).
     pub replica_bugs: ReplicaBugs,
     /// Planted client-session bugs (checker tests only).
     pub session_bugs: SessionBugs,
     /// Planted gateway bugs (checker tests only).
-    pub gateway_bugs: detflow_gateway::Bugs,
+    pub gateway_bugs: detflow_gateway::GatewayBugs,
 }
 
 impl SimConfig {
@@ -140,10 +141,10 @@ impl SimConfig {
             epoch_duration_us: 5_000,
             batch_txns_max: 10_000,
             faults: FaultConfig::none(),
-            bugs: Bugs::default(),
+            executor_bugs: ExecutorBugs::default(),
             replica_bugs: ReplicaBugs::default(),
             session_bugs: SessionBugs::default(),
-            gateway_bugs: detflow_gateway::Bugs::default(),
+            gateway_bugs: detflow_gateway::GatewayBugs::default(),
         }
     }
 }
@@ -247,7 +248,7 @@ struct ReplicaNode {
     incarnation: u64,
     timer: Timer,
     sync_scheduled: bool,
-    last_write: u64,
+    last_write: WriteId,
     /// The plan server beside the replica, fed with its `Committed` outputs as a
     /// production driver does; it starts empty with each incarnation.
     plans: Option<PlanServer>,
@@ -395,7 +396,7 @@ impl World {
                 incarnation: 0,
                 timer: Timer::default(),
                 sync_scheduled: false,
-                last_write: 0,
+                last_write: WriteId(0),
                 plans: None,
                 leader: None,
             })
