@@ -1,7 +1,7 @@
 //! The open epoch: the batching rule of the leading [`crate::Replica`].
 //!
 //! An epoch opens when the first transaction arrives while none is open, and is due to
-//! close `epoch_duration_us` later or as soon as it holds `batch_txns_max` transactions or
+//! close `epoch_us` later or as soon as it holds `batch_txns_max` transactions or
 //! `batch_bytes_max` bytes of them (by [`txn_encoded_bytes_max`]). Both caps are checked
 //! after a push, so a batch exceeds the byte cap by at most one transaction: that keeps
 //! a transaction larger than the cap sequenceable, alone in its batch.
@@ -41,7 +41,7 @@ impl Batcher {
     pub(crate) fn push(&mut self, now: Time, txn: Arc<Transaction>) {
         assert!(!self.is_full(), "push into a full epoch");
         if self.open.is_empty() {
-            self.deadline = Some(now.plus_us(self.config.epoch_duration_us));
+            self.deadline = Some(now.plus_us(self.config.epoch_us));
         }
         self.open_bytes = self.open_bytes.saturating_add(txn_encoded_bytes_max(&txn));
         self.open.push(txn);

@@ -7,7 +7,7 @@
 //! output diagram and the order in which a driver calls it.
 //!
 //! The leader batches: an epoch opens when the first transaction arrives while none is
-//! open, and closes `epoch_duration_us` later or as soon as it holds `batch_txns_max`
+//! open, and closes `epoch_us` later or as soon as it holds `batch_txns_max`
 //! transactions or `batch_bytes_max` bytes of them ([`Config`]). A submission
 //! `(client, seq)` already in the log, or in a batch on its way there, is not appended
 //! again ([`DedupTable`]).
@@ -29,7 +29,7 @@ pub use replica::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How long an epoch stays open after its first transaction arrives.
-    pub epoch_duration_us: u64,
+    pub epoch_us: u64,
     /// An epoch closes as soon as it holds this many transactions.
     pub batch_txns_max: usize,
     /// An epoch closes as soon as its transactions' encoded size (the upper bound
@@ -42,7 +42,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            epoch_duration_us: 5_000,
+            epoch_us: 5_000,
             batch_txns_max: 10_000,
             batch_bytes_max: 4 << 20,
         }

@@ -1665,7 +1665,7 @@ mod tests {
     fn config(id: NodeId, n: u32) -> ReplicaConfig {
         let mut config = ReplicaConfig::new(id, (1..=n).map(NodeId).collect());
         config.batching = Config {
-            epoch_duration_us: 5_000,
+            epoch_us: 5_000,
             batch_txns_max: 100,
             ..Config::default()
         };

@@ -110,7 +110,7 @@ impl Cluster {
             .map(|&id| {
                 let mut config = ReplicaConfig::new(id, members.clone());
                 config.batching = Config {
-                    epoch_duration_us: 5_000,
+                    epoch_us: 5_000,
                     batch_txns_max: 8,
                     ..Config::default()
                 };

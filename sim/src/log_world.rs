@@ -497,7 +497,7 @@ impl LogWorld {
     fn replica_config(&self, id: NodeId) -> ReplicaConfig {
         let mut config = ReplicaConfig::new(id, self.members());
         config.batching = Config {
-            epoch_duration_us: 5_000,
+            epoch_us: 5_000,
             batch_txns_max: 8,
             ..Config::default()
         };

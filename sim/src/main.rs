@@ -263,7 +263,7 @@ fn run(args: RunArgs) -> Result<bool> {
             partitions: args.partitions,
             txns: args.txns,
             clients: args.clients,
-            epoch_duration_us: args.epoch_us,
+            epoch_us: args.epoch_us,
             replicas: args.replicas,
             faults: fault_config,
             executor_bugs: bugs,

@@ -156,7 +156,7 @@ impl Pipeline {
         }
         let mut config = ReplicaConfig::new(REPLICA, vec![REPLICA]);
         config.batching = Config {
-            epoch_duration_us: 5_000,
+            epoch_us: 5_000,
             batch_txns_max: batch,
             ..Config::default()
         };

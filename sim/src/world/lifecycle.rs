@@ -38,7 +38,7 @@ impl World {
             replica_id(r),
             (0..self.config.replicas).map(replica_id).collect(),
         );
-        config.batching.epoch_duration_us = self.config.epoch_duration_us;
+        config.batching.epoch_us = self.config.epoch_us;
         config.batching.batch_txns_max = self.config.batch_txns_max;
         (
             config.election_timeout_min_us,

@@ -112,7 +112,7 @@ pub struct SimConfig {
     /// Concurrent clients, each with one call in flight.
     pub clients: u32,
     /// The sequencer's epoch length.
-    pub epoch_duration_us: u64,
+    pub epoch_us: u64,
     /// The sequencer's batch size cap.
     pub batch_txns_max: usize,
     /// Faults to inject.
@@ -138,7 +138,7 @@ impl SimConfig {
             gateways: 2,
             txns: 400,
             clients: 16,
-            epoch_duration_us: 5_000,
+            epoch_us: 5_000,
             batch_txns_max: 10_000,
             faults: FaultConfig::none(),
             executor_bugs: ExecutorBugs::default(),
