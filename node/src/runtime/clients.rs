@@ -11,7 +11,6 @@ use detflow_executor::Registry;
 use detflow_protocol::NodeId;
 use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
@@ -118,14 +117,14 @@ impl ClientService {
             Err(_) => {
                 // The call may still execute; its retry (same session, same number) finds
                 // the result, so Unavailable is the honest answer.
-                self.stats.calls_timed_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.calls_timed_out.inc();
                 Reply::Unavailable
             }
         }
     }
 
     fn refuse(&self, rejection: Rejection) -> Reply {
-        self.stats.calls_refused.fetch_add(1, Ordering::Relaxed);
+        self.stats.calls_refused.inc();
         Reply::Rejected(rejection)
     }
 }

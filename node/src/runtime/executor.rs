@@ -2,6 +2,7 @@
 //! per round in which it applied an epoch.
 
 use super::router::Router;
+use super::stats::PartitionLabel;
 use super::{Clock, Event, NodeStats, drain, sleep_until};
 use crate::failstop::fatal;
 use crate::storage::FjallStore;
@@ -123,16 +124,18 @@ pub(super) async fn executor_task(
                 route_output(&router, me, effect);
             }
         }
+        let next = executor.next_epoch().0;
         if let Ok(mut parts) = stats.partitions.lock() {
             let durable = executor.store().applied_epoch().0;
-            parts.insert(me, (executor.next_epoch().0, durable));
+            parts.insert(me, (next, durable));
         }
+        let label = PartitionLabel { partition: me.0 };
+        stats.partition_next_epoch.get_or_create(&label).set(next);
         let s = executor.stats();
         let dropped = s.peer_inputs_dropped + s.plans_dropped + s.reads_refused;
-        if dropped != published_drops
-            && let Ok(mut drops) = stats.executor_drops.lock()
-        {
-            drops.insert(me, dropped);
+        if dropped != published_drops {
+            let counter = stats.executor_drops.get_or_create(&label);
+            counter.inc_by(dropped.saturating_sub(published_drops));
             published_drops = dropped;
         }
     }

@@ -2,13 +2,13 @@
 //! calls' replies.
 
 use super::router::Router;
+use super::stats::ReasonLabel;
 use super::{Event, NodeStats};
 use detflow_gateway::{self as gateway, Gateway};
 use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::{ClientId, Machine, RequestSeq, Time};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,24 +102,24 @@ pub(super) async fn gateway_task(
                     router.to_executor(to, msg);
                 }
                 gateway::Output::Reply { client, seq, reply } => {
-                    stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+                    stats.calls_answered.inc();
                     if let Reply::Done { outcome, .. } = &reply {
                         match outcome {
                             detflow_protocol::Outcome::Committed(_) => {
-                                stats.commits.fetch_add(1, Ordering::Relaxed);
+                                stats.commits.inc();
                             }
                             detflow_protocol::Outcome::Aborted(reason) => {
-                                stats.aborts.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut by) = stats.aborts_by_reason.lock() {
-                                    *by.entry(reason_label(reason)).or_default() += 1;
-                                }
+                                stats.aborts.inc();
+                                let reason = reason_label(reason);
+                                stats
+                                    .aborts_by_reason
+                                    .get_or_create(&ReasonLabel { reason })
+                                    .inc();
                             }
                         }
                     }
                     if let Some((since, waiters)) = waiting.remove(&(client, seq)) {
-                        stats
-                            .call_latency
-                            .observe(since.elapsed().as_micros() as u64);
+                        stats.call_latency.observe(since.elapsed().as_secs_f64());
                         for waiter in waiters {
                             let _ = waiter.send(reply.clone());
                         }

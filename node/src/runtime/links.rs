@@ -3,13 +3,13 @@
 
 use super::clients::{ClientService, serve_client};
 use super::router::{ChannelHeader, Router, channel_of};
+use super::stats::PeerLabel;
 use crate::transport::{Connection, Endpoint, FrameWriter, PeerRole, TransportError};
 use detflow_protocol::NodeId;
 use detflow_protocol::message::Message;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -54,9 +54,11 @@ pub(super) async fn link_task(
                     None => return,
                 },
             };
-            if let Ok(mut backlogs) = router.stats.backlogs.lock() {
-                backlogs.insert(node, rx.len() as u64);
-            }
+            router
+                .stats
+                .backlogs
+                .get_or_create(&PeerLabel { peer: node.0 })
+                .set(rx.len() as u64);
             let header = channel_of(&msg);
             let writer = match writers.entry(header) {
                 std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
@@ -77,7 +79,7 @@ pub(super) async fn link_task(
                 // node's bug (every message carrying user data is bounded below the frame
                 // limit), not a dead link; dropping the link would only make it flap.
                 Err(TransportError::Encode(e)) => {
-                    router.stats.encode_failures.fetch_add(1, Ordering::Relaxed);
+                    router.stats.encode_failures.inc();
                     tracing::error!(%node, ?header, error = %e, "dropped a message that does not encode");
                 }
                 Err(e) => {
@@ -121,7 +123,7 @@ async fn serve_node(conn: Connection, sender: NodeId, router: Arc<Router>) {
     if !router.nodes.contains_key(&sender) || sender == router.me {
         tracing::warn!(%sender, remote = %conn.remote_address(),
             "refused a node certificate that is not another node of this cluster");
-        router.stats.peer_rejected.fetch_add(1, Ordering::Relaxed);
+        router.stats.peer_rejected.inc();
         conn.close();
         return;
     }

@@ -31,7 +31,9 @@ mod router;
 mod stats;
 
 pub use router::ChannelHeader;
-pub use stats::{LATENCY_BOUNDS_US, LatencyHistogram, NodeStats};
+pub use stats::{
+    CountGauge, LATENCY_BUCKETS_SECONDS, NodeStats, PartitionLabel, PeerLabel, ReasonLabel,
+};
 
 use crate::config::{Config, NodeLimits};
 use crate::session::SessionKey;
@@ -253,11 +255,8 @@ impl Node {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-            tasks.spawn(crate::metrics::serve(
-                listener,
-                stats.clone(),
-                endpoint.metrics(),
-            ));
+            let registry = crate::metrics::registry(&stats, endpoint.metrics());
+            tasks.spawn(crate::metrics::serve(listener, Arc::new(registry)));
         }
         tracing::info!(node = %me, listen = %config.listen, "node started");
         Ok(Node {

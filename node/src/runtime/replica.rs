@@ -2,6 +2,7 @@
 //! appending to the log and syncing it once per round (group commit).
 
 use super::router::Router;
+use super::stats::ReasonLabel;
 use super::{Clock, Event, NodeStats, drain, sleep_until};
 use crate::failstop::fatal;
 use crate::storage::LogStore;
@@ -73,9 +74,7 @@ pub(super) async fn replica_task(
                 match effect {
                     replica::Output::Committed(batch) => {
                         if let Some(closed) = closed_at.remove(&batch.epoch) {
-                            stats
-                                .epoch_latency
-                                .observe(closed.elapsed().as_micros() as u64);
+                            stats.epoch_latency.observe(closed.elapsed().as_secs_f64());
                         }
                         server.handle(
                             clock.now(),
@@ -135,16 +134,15 @@ pub(super) async fn replica_task(
             replica.leader().map_or(0, |l| u64::from(l.0)),
             Ordering::Relaxed,
         );
-        stats
-            .commit
-            .store(replica.commit_epoch().0, Ordering::Relaxed);
+        stats.commit.set(replica.commit_epoch().0);
         // Drops are rare: publish them only when they change, not every round.
         let dropped = replica.stats().peer_messages_dropped;
-        if dropped != published_drops
-            && let Ok(mut drops) = stats.replica_drops.lock()
-        {
+        if dropped != published_drops {
             for (reason, n) in replica.stats().peer_drops.by_reason() {
-                drops.insert(reason.name(), n);
+                let reason = reason.name();
+                let counter = stats.replica_drops.get_or_create(&ReasonLabel { reason });
+                // The machine's count is the truth; the metric catches up with it.
+                counter.inc_by(n.saturating_sub(counter.get()));
             }
             published_drops = dropped;
         }

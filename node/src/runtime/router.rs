@@ -9,7 +9,6 @@ use detflow_protocol::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 /// Which component a channel connects, so each (sender, receiver, channel) gets its own
@@ -80,7 +79,7 @@ impl Router {
         match self.placement.get(&partition) {
             Some(node) => self.to_node(*node, msg),
             None => {
-                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                self.stats.unroutable.inc();
             }
         }
     }
@@ -110,7 +109,7 @@ impl Router {
         match inbox {
             Some(inbox) => self.deliver(inbox, Event::Msg(msg)),
             None => {
-                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                self.stats.unroutable.inc();
             }
         }
     }
@@ -125,7 +124,7 @@ impl Router {
     /// network that drops. A closed queue means the node is shutting down.
     fn send_or_shed<T>(&self, queue: &mpsc::Sender<T>, item: T) {
         if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(item) {
-            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            self.stats.shed.inc();
         }
     }
 
@@ -136,7 +135,7 @@ impl Router {
         match self.admit(sender, &msg) {
             Ok(()) => self.dispatch(msg),
             Err(reason) => {
-                self.stats.peer_rejected.fetch_add(1, Ordering::Relaxed);
+                self.stats.peer_rejected.inc();
                 tracing::debug!(%sender, reason, "refused a message from a peer");
             }
         }
