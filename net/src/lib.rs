@@ -66,7 +66,7 @@ pub use connection::Connection;
 pub use endpoint::Endpoint;
 pub use identity::{PeerIdentity, PeerRole, RoleError, node_dns_name};
 pub use limits::Limits;
-pub use metrics::Metrics;
+pub use metrics::{MetricKind, Metrics, Sample};
 pub use stream::{FrameReader, FrameWriter};
 pub use tls::{Tls, install_default_crypto_provider};
 

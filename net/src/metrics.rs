@@ -1,7 +1,29 @@
-//! Transport counters and gauges, rendered for Prometheus.
+//! Transport counters and gauges, as plain atomics; an exporter reads them as
+//! [`Sample`]s.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether a metric counts events (it only grows) or measures a level now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Counts events since the endpoint was made.
+    Counter,
+    /// A level now.
+    Gauge,
+}
+
+/// One metric's value, with what an exporter needs to name and describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The name, without the exporter's prefix or a counter's `_total`.
+    pub name: &'static str,
+    /// One sentence on what it counts.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// The value now.
+    pub value: u64,
+}
 
 /// Transport counters, shared by an endpoint and all its connections and streams.
 #[derive(Debug, Default)]
@@ -96,84 +118,97 @@ impl Metrics {
         self.handshakes_timed_out.load(Ordering::Relaxed)
     }
 
-    /// Appends every counter and gauge to `out` in the Prometheus text format, each named
-    /// `detflow_transport_<name>` (counters end in `_total`).
-    pub fn render_prometheus(&self, out: &mut String) {
-        let counters = [
-            (
-                "connections_accepted_total",
+    /// Every counter and gauge with its name and description, for an exporter (the node's
+    /// metrics endpoint names them `detflow_transport_<name>`, counters ending in `_total`).
+    /// This crate keeps plain atomics and leaves the exposition format to its user.
+    pub fn samples(&self) -> [Sample; 13] {
+        use MetricKind::{Counter, Gauge};
+        let sample = |name, kind, help, value| Sample {
+            name,
+            help,
+            kind,
+            value,
+        };
+        [
+            sample(
+                "connections_accepted",
+                Counter,
                 "Inbound connections that passed the handshake, the role check and the caps.",
                 self.connections_accepted(),
             ),
-            (
-                "connections_opened_total",
+            sample(
+                "connections_opened",
+                Counter,
                 "Outbound connections that passed the handshake and the role check.",
                 self.connections_opened(),
             ),
-            (
-                "connections_refused_limit_total",
+            sample(
+                "connections_refused_limit",
+                Counter,
                 "Inbound connections refused by a connection cap (all clients, per node, per client).",
                 self.connections_refused_limit(),
             ),
-            (
-                "frames_rejected_malformed_total",
+            sample(
+                "frames_rejected_malformed",
+                Counter,
                 "Incoming frames refused because they did not decode.",
                 self.frames_rejected_malformed(),
             ),
-            (
-                "frames_rejected_over_budget_total",
+            sample(
+                "frames_rejected_over_budget",
+                Counter,
                 "Incoming streams stopped because their connection's partial-frame budget was spent.",
                 self.frames_rejected_over_budget(),
             ),
-            (
-                "frames_rejected_too_large_total",
+            sample(
+                "frames_rejected_too_large",
+                Counter,
                 "Incoming frames refused because their length exceeded the limit.",
                 self.frames_rejected_too_large(),
             ),
-            (
-                "frames_timed_out_total",
+            sample(
+                "frames_timed_out",
+                Counter,
                 "Incoming streams stopped because a frame did not arrive within the read deadline.",
                 self.frames_timed_out(),
             ),
-            (
-                "handshakes_refused_total",
+            sample(
+                "handshakes_refused",
+                Counter,
                 "Handshakes refused: bad or missing certificate, no role or node id, or timeout.",
                 self.handshakes_refused(),
             ),
-            (
-                "handshakes_refused_busy_total",
+            sample(
+                "handshakes_refused_busy",
+                Counter,
                 "Connection attempts refused before a handshake: too many handshakes in flight.",
                 self.handshakes_refused_busy(),
             ),
-            (
-                "handshakes_retried_total",
+            sample(
+                "handshakes_retried",
+                Counter,
                 "Connection attempts answered with a QUIC Retry to validate the address.",
                 self.handshakes_retried(),
             ),
-            (
-                "handshakes_timed_out_total",
+            sample(
+                "handshakes_timed_out",
+                Counter,
                 "Inbound handshakes abandoned at the handshake timeout.",
                 self.handshakes_timed_out(),
             ),
-        ];
-        for (name, help, value) in counters {
-            write_metric(out, name, "counter", help, value);
-        }
-        let gauges = [
-            (
+            sample(
                 "connections_open",
+                Gauge,
                 "Inbound connections open now.",
                 self.connections_open(),
             ),
-            (
+            sample(
                 "handshakes_in_flight",
+                Gauge,
                 "Inbound handshakes running now.",
                 self.handshakes_in_flight(),
             ),
-        ];
-        for (name, help, value) in gauges {
-            write_metric(out, name, "gauge", help, value);
-        }
+        ]
     }
 
     pub(crate) fn count(counter: &AtomicU64) {
@@ -181,30 +216,26 @@ impl Metrics {
     }
 }
 
-fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP detflow_transport_{name} {help}");
-    let _ = writeln!(out, "# TYPE detflow_transport_{name} {kind}");
-    let _ = writeln!(out, "detflow_transport_{name} {value}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn metrics_render_as_prometheus_counters_and_gauges() {
+    fn samples_name_every_counter_and_gauge_once() {
         let metrics = Metrics::default();
         Metrics::count(&metrics.handshakes_refused);
         Metrics::count(&metrics.handshakes_refused);
         Metrics::count(&metrics.connections_open);
-        let mut out = String::new();
-        metrics.render_prometheus(&mut out);
-        assert!(out.contains("# TYPE detflow_transport_handshakes_refused_total counter\n"));
-        assert!(out.contains("\ndetflow_transport_handshakes_refused_total 2\n"));
-        assert!(out.contains("\ndetflow_transport_frames_rejected_too_large_total 0\n"));
-        assert!(out.contains("# TYPE detflow_transport_connections_open gauge\n"));
-        assert!(out.contains("\ndetflow_transport_connections_open 1\n"));
-        assert_eq!(out.lines().filter(|l| l.starts_with("# HELP")).count(), 13);
+        let samples = metrics.samples();
+        let find = |name| samples.iter().find(|s| s.name == name).copied();
+        let refused = find("handshakes_refused").expect("handshakes_refused");
+        assert_eq!((refused.kind, refused.value), (MetricKind::Counter, 2));
+        let open = find("connections_open").expect("connections_open");
+        assert_eq!((open.kind, open.value), (MetricKind::Gauge, 1));
+        assert_eq!(find("frames_rejected_too_large").map(|s| s.value), Some(0));
+        let mut names: Vec<_> = samples.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), samples.len());
     }
 }

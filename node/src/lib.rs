@@ -11,7 +11,8 @@
 //! - [`session`]: client sessions bound to the client that opened them; [`access`]: what a
 //!   client may call.
 //! - [`failstop`]: stopping the node on storage errors and panics.
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus endpoint: a prometheus-client registry of the node's and
+//!   the transport's counters.
 
 pub mod access;
 pub mod certs;

@@ -1,207 +1,166 @@
-//! A Prometheus text endpoint: `GET /metrics` on the configured address.
+//! The Prometheus endpoint: `GET /metrics` on the configured address.
+//!
+//! The node's counters ([`NodeStats`]) are prometheus-client metrics; [`registry`] names
+//! them (every name starts `detflow_`) together with the transport's counters, read at
+//! scrape time from [`TransportMetrics`], and [`serve`] answers each scrape with the
+//! registry in the Prometheus text format (0.0.4).
 
-use crate::runtime::{LATENCY_BOUNDS_US, LatencyHistogram, NodeStats};
-use crate::transport::Metrics as TransportMetrics;
-use std::fmt::Write as _;
+use crate::runtime::NodeStats;
+use crate::transport::{MetricKind, Metrics as TransportMetrics};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Renders every counter in the Prometheus text format.
-pub fn render(stats: &NodeStats, transport: &TransportMetrics) -> String {
-    let mut out = String::new();
+/// Every metric of the node, named: the live counters of `stats` and the transport's.
+///
+/// The registry holds handles to the same metrics as `stats` (a prometheus-client metric
+/// is a shared handle), so counting in the tasks needs no further publishing.
+pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry {
+    let mut registry = Registry::with_prefix("detflow");
+    // Counter names omit `_total`: the encoder appends it.
     let counters = [
         (
-            "calls_total",
+            "calls",
             "Calls the gateway answered.",
             &stats.calls_answered,
         ),
+        ("commits", "Calls answered with a commit.", &stats.commits),
         (
-            "commits_total",
-            "Calls answered with a commit.",
-            &stats.commits,
-        ),
-        (
-            "aborts_total",
+            "aborts",
             "Calls answered with a deterministic abort.",
             &stats.aborts,
         ),
         (
-            "unroutable_messages_total",
+            "unroutable_messages",
             "Messages for a component this node does not run.",
             &stats.unroutable,
         ),
         (
-            "peer_messages_rejected_total",
+            "peer_messages_rejected",
             "Messages from peer nodes refused: they contradict the sender's certificate or roles.",
             &stats.peer_rejected,
         ),
         (
-            "shed_total",
+            "shed",
             "Events and messages shed because a bounded inbox or link queue was full.",
             &stats.shed,
         ),
         (
-            "encode_failures_total",
+            "encode_failures",
             "Outgoing messages dropped because they do not encode within the frame limit.",
             &stats.encode_failures,
         ),
         (
-            "calls_timed_out_total",
+            "calls_timed_out",
             "Client calls answered Unavailable because no answer came within the call deadline.",
             &stats.calls_timed_out,
         ),
         (
-            "calls_refused_total",
+            "calls_refused",
             "Client calls refused before ordering: foreign sessions, unauthorized, overloaded.",
             &stats.calls_refused,
         ),
     ];
-    for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP detflow_{name} {help}");
-        let _ = writeln!(out, "# TYPE detflow_{name} counter");
-        let _ = writeln!(out, "detflow_{name} {}", value.load(Ordering::Relaxed));
+    for (name, help, counter) in counters {
+        registry.register(name, help, counter.clone());
     }
-    let _ = writeln!(
-        out,
-        "# HELP detflow_commit_epoch The local replica's commit epoch."
+    registry.register(
+        "commit_epoch",
+        "The local replica's commit epoch.",
+        stats.commit.clone(),
     );
-    let _ = writeln!(out, "# TYPE detflow_commit_epoch gauge");
-    let _ = writeln!(
-        out,
-        "detflow_commit_epoch {}",
-        stats.commit.load(Ordering::Relaxed)
+    registry.register(
+        "partition_next_epoch",
+        "The next epoch a partition applies.",
+        stats.partition_next_epoch.clone(),
     );
-    if let Ok(parts) = stats.partitions.lock() {
-        let next = parts.iter().map(|(p, (next, _))| (p, *next));
-        labeled(
-            &mut out,
-            Family::gauge(
-                "partition_next_epoch",
-                "The next epoch a partition applies.",
-            ),
-            "partition",
-            next,
-        );
-    }
-    if let Ok(by) = stats.aborts_by_reason.lock() {
-        let family = Family::counter("aborts_by_reason_total", "Deterministic aborts by reason.");
-        labeled(&mut out, family, "reason", by.iter().map(|(r, n)| (r, *n)));
-    }
-    if let Ok(drops) = stats.replica_drops.lock() {
-        let family = Family::counter(
-            "replica_peer_drops_total",
-            "Replication messages the replica dropped as contrary to the protocol.",
-        );
-        labeled(
-            &mut out,
-            family,
-            "reason",
-            drops.iter().map(|(r, n)| (r, *n)),
-        );
-    }
-    if let Ok(drops) = stats.executor_drops.lock() {
-        let family = Family::counter(
-            "executor_peer_drops_total",
-            "Plans, reads, acks and hellos an executor dropped as forged or contradictory.",
-        );
-        labeled(
-            &mut out,
-            family,
-            "partition",
-            drops.iter().map(|(p, n)| (p, *n)),
-        );
-    }
-    histogram(
-        &mut out,
-        "call_latency_seconds",
+    registry.register(
+        "aborts_by_reason",
+        "Deterministic aborts by reason.",
+        stats.aborts_by_reason.clone(),
+    );
+    registry.register(
+        "replica_peer_drops",
+        "Replication messages the replica dropped as contrary to the protocol.",
+        stats.replica_drops.clone(),
+    );
+    registry.register(
+        "executor_peer_drops",
+        "Plans, reads, acks and hellos an executor dropped as forged or contradictory.",
+        stats.executor_drops.clone(),
+    );
+    registry.register_with_unit(
+        "call_latency",
         "Gateway call latency, from arrival to reply.",
-        &stats.call_latency,
+        Unit::Seconds,
+        stats.call_latency.clone(),
     );
-    histogram(
-        &mut out,
-        "epoch_commit_latency_seconds",
+    registry.register_with_unit(
+        "epoch_commit_latency",
         "Leader epoch latency, from closing a batch to its quorum commit.",
-        &stats.epoch_latency,
+        Unit::Seconds,
+        stats.epoch_latency.clone(),
     );
-    if let Ok(backlogs) = stats.backlogs.lock() {
-        let family = Family::gauge(
-            "channel_backlog_messages",
-            "Messages queued for a peer node.",
-        );
-        labeled(
-            &mut out,
-            family,
-            "peer",
-            backlogs.iter().map(|(p, n)| (p, *n)),
-        );
-    }
-    transport.render_prometheus(&mut out);
-    out
-}
-
-/// A metric family's name, help and type.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-}
-
-impl Family {
-    fn counter(name: &'static str, help: &'static str) -> Family {
-        Family {
-            name,
-            help,
-            kind: "counter",
-        }
-    }
-
-    fn gauge(name: &'static str, help: &'static str) -> Family {
-        Family {
-            name,
-            help,
-            kind: "gauge",
-        }
-    }
-}
-
-/// One family with one label: a line per (label value, value).
-fn labeled<L: std::fmt::Display>(
-    out: &mut String,
-    family: Family,
-    label: &str,
-    values: impl Iterator<Item = (L, u64)>,
-) {
-    let Family { name, help, kind } = family;
-    let _ = writeln!(out, "# HELP detflow_{name} {help}");
-    let _ = writeln!(out, "# TYPE detflow_{name} {kind}");
-    for (value_of_label, value) in values {
-        let _ = writeln!(
-            out,
-            "detflow_{name}{{{label}=\"{value_of_label}\"}} {value}"
-        );
-    }
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
-    let _ = writeln!(out, "# HELP detflow_{name} {help}");
-    let _ = writeln!(out, "# TYPE detflow_{name} histogram");
-    let mut cumulative = 0;
-    for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
-        cumulative += h.buckets[i].load(Ordering::Relaxed);
-        let le = *bound as f64 / 1e6;
-        let _ = writeln!(out, "detflow_{name}_bucket{{le=\"{le}\"}} {cumulative}");
-    }
-    cumulative += h.buckets[LATENCY_BOUNDS_US.len()].load(Ordering::Relaxed);
-    let _ = writeln!(out, "detflow_{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-    let _ = writeln!(out, "detflow_{name}_sum {sum}");
-    let _ = writeln!(
-        out,
-        "detflow_{name}_count {}",
-        h.count.load(Ordering::Relaxed)
+    registry.register(
+        "channel_backlog_messages",
+        "Messages queued for a peer node.",
+        stats.backlogs.clone(),
     );
+    registry
+        .sub_registry_with_prefix("transport")
+        .register_collector(Box::new(TransportCollector(transport)));
+    registry
+}
+
+/// The registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail, and every name and label here is ours.
+    if let Err(e) = prometheus_text::encode(&mut text, registry) {
+        tracing::error!(error = %e, "cannot encode the metrics");
+    }
+    text
+}
+
+/// The transport's counters, read when scraped: `detflow-net` keeps plain atomics (it has
+/// no business knowing the exposition format), and this turns them into metrics.
+#[derive(Debug)]
+struct TransportCollector(Arc<TransportMetrics>);
+
+impl Collector for TransportCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for sample in self.0.samples() {
+            match sample.kind {
+                MetricKind::Counter => {
+                    let counter = ConstCounter::new(sample.value);
+                    let metric = encoder.encode_descriptor(
+                        sample.name,
+                        sample.help,
+                        None,
+                        counter.metric_type(),
+                    )?;
+                    counter.encode(metric)?;
+                }
+                MetricKind::Gauge => {
+                    let gauge = ConstGauge::new(sample.value as i64);
+                    let metric = encoder.encode_descriptor(
+                        sample.name,
+                        sample.help,
+                        None,
+                        gauge.metric_type(),
+                    )?;
+                    gauge.encode(metric)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long a metrics client has to send its request and take the answer.
@@ -210,16 +169,14 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Metrics connections served at once; more wait in the listen backlog.
 const CONNECTIONS_MAX: usize = 16;
 
-/// Serves `render` over plain HTTP until the task is aborted.
+/// Serves `registry` over plain HTTP until the task is aborted.
 ///
 /// Scrapers are not authenticated, so every exchange is bounded: a client that connects and
 /// sends nothing (or reads nothing) is cut off after a timeout, few are served at once, and
-/// an accept error (out of file descriptors, say) is waited out instead of spun on.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    stats: Arc<NodeStats>,
-    transport: Arc<TransportMetrics>,
-) {
+/// an accept error (out of file descriptors, say) is waited out instead of spun on. The
+/// HTTP is hand-written (one request, one answer, close) rather than a server crate's: the
+/// endpoint answers every request the same way.
+pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (mut socket, _) = match listener.accept().await {
@@ -233,7 +190,7 @@ pub async fn serve(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let body = render(&stats, &transport);
+        let body = render(&registry);
         tokio::spawn(async move {
             let exchange = async {
                 let mut request = [0u8; 1024];
@@ -241,7 +198,8 @@ pub async fn serve(
                 // know the client asked.
                 let _asked = socket.read(&mut request).await?;
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    prometheus_text::CONTENT_TYPE,
                     body.len()
                 );
                 socket.write_all(response.as_bytes()).await
@@ -255,27 +213,43 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detflow_protocol::NodeId;
+    use crate::runtime::{PartitionLabel, PeerLabel, ReasonLabel};
 
     #[test]
-    fn renders_counters_reasons_histograms_and_backlogs() {
+    fn renders_counters_reasons_histograms_backlogs_and_transport() {
         let stats = NodeStats::default();
-        stats.calls_answered.store(3, Ordering::Relaxed);
-        stats.call_latency.observe(1_500);
-        stats.call_latency.observe(30_000_000);
-        stats.epoch_latency.observe(4_000);
-        stats.aborts_by_reason.lock().unwrap().insert("user", 2);
-        stats.backlogs.lock().unwrap().insert(NodeId(2), 7);
-        let text = render(&stats, &TransportMetrics::default());
+        stats.calls_answered.inc_by(3);
+        stats.commit.set(12);
+        stats.call_latency.observe(0.0015);
+        stats.call_latency.observe(30.0);
+        stats.epoch_latency.observe(0.004);
+        stats
+            .aborts_by_reason
+            .get_or_create(&ReasonLabel { reason: "user" })
+            .inc_by(2);
+        stats
+            .partition_next_epoch
+            .get_or_create(&PartitionLabel { partition: 1 })
+            .set(5);
+        stats.backlogs.get_or_create(&PeerLabel { peer: 2 }).set(7);
+        let text = render(&registry(&stats, Arc::default()));
         for line in [
-            "detflow_calls_total 3",
-            "detflow_aborts_by_reason_total{reason=\"user\"} 2",
-            "detflow_call_latency_seconds_bucket{le=\"0.001\"} 0",
-            "detflow_call_latency_seconds_bucket{le=\"0.002\"} 1",
-            "detflow_call_latency_seconds_bucket{le=\"+Inf\"} 2",
-            "detflow_call_latency_seconds_count 2",
-            "detflow_epoch_commit_latency_seconds_bucket{le=\"0.005\"} 1",
-            "detflow_channel_backlog_messages{peer=\"2\"} 7",
+            "# TYPE detflow_calls_total counter\n",
+            "\ndetflow_calls_total 3\n",
+            "\ndetflow_shed_total 0\n",
+            "\ndetflow_commit_epoch 12\n",
+            "\ndetflow_aborts_by_reason_total{reason=\"user\"} 2\n",
+            "\ndetflow_partition_next_epoch{partition=\"1\"} 5\n",
+            "\ndetflow_call_latency_seconds_bucket{le=\"0.001\"} 0\n",
+            "\ndetflow_call_latency_seconds_bucket{le=\"0.002\"} 1\n",
+            "\ndetflow_call_latency_seconds_bucket{le=\"+Inf\"} 2\n",
+            "\ndetflow_call_latency_seconds_count 2\n",
+            "\ndetflow_epoch_commit_latency_seconds_bucket{le=\"0.005\"} 1\n",
+            "\ndetflow_channel_backlog_messages{peer=\"2\"} 7\n",
+            "# TYPE detflow_transport_handshakes_refused_total counter\n",
+            "\ndetflow_transport_handshakes_refused_total 0\n",
+            "# TYPE detflow_transport_connections_open gauge\n",
+            "\ndetflow_transport_connections_open 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

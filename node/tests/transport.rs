@@ -419,8 +419,10 @@ async fn bad_frames_are_refused_counted_and_harmless() {
         assert_eq!(metrics.frames_rejected_malformed(), 4);
         assert_eq!(metrics.frames_rejected_too_large(), 2);
 
-        let mut text = String::new();
-        metrics.render_prometheus(&mut text);
+        // The node's metrics endpoint exposes the same counters.
+        let stats = detflow_node::runtime::NodeStats::default();
+        let registry = detflow_node::metrics::registry(&stats, metrics.clone());
+        let text = detflow_node::metrics::render(&registry);
         assert!(text.contains("detflow_transport_frames_rejected_malformed_total 4\n"));
         assert!(text.contains("detflow_transport_frames_rejected_too_large_total 2\n"));
 

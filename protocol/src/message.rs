@@ -274,6 +274,48 @@ pub enum Message {
     },
 }
 
+/// The pattern of the [`Message`] variants of the client protocol: what a client may send a
+/// node (the variants [`ClientRequest`] mirrors) and the node's answers to them.
+///
+/// Written once so every exhaustive match over `Message` can name the client variants in
+/// one arm (`client_message!() => …`) instead of repeating the list: a new variant must
+/// then be placed either here or in an explicit arm of each match, never fall into `_`.
+#[macro_export]
+macro_rules! client_message {
+    () => {
+        $crate::message::Message::Call(_)
+            | $crate::message::Message::OpenSession
+            | $crate::message::Message::Reply { .. }
+            | $crate::message::Message::SessionCall { .. }
+            | $crate::message::Message::SessionOpened { .. }
+            | $crate::message::Message::Status
+            | $crate::message::Message::StatusReply(_)
+    };
+}
+
+impl Message {
+    /// Whether this message belongs to the client protocol (a client's request or a node's
+    /// answer to one). Such messages travel only on client streams, never between nodes:
+    /// a node channel carrying one is carrying a forgery or a bug.
+    pub fn is_client_message(&self) -> bool {
+        match self {
+            client_message!() => true,
+            Message::Ack { .. }
+            | Message::Duplicate { .. }
+            | Message::Hello { .. }
+            | Message::NotLeader { .. }
+            | Message::Peer { .. }
+            | Message::Plan(_)
+            | Message::Query { .. }
+            | Message::RemoteReads { .. }
+            | Message::Result { .. }
+            | Message::ResultUnknown { .. }
+            | Message::Submit(_)
+            | Message::Subscribe { .. } => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +359,37 @@ mod tests {
         };
         let bytes = rmp_serde::to_vec(&node_only).expect("encode");
         assert!(rmp_serde::from_slice::<ClientRequest>(&bytes).is_err());
+    }
+
+    #[test]
+    fn what_a_client_sends_and_is_answered_is_a_client_message() {
+        let token = SessionToken([7; 16]);
+        let status = NodeStatus::default();
+        for msg in [
+            Message::Call(call()),
+            Message::OpenSession,
+            Message::SessionCall {
+                token,
+                call: call(),
+            },
+            Message::Status,
+            Message::Reply {
+                client: ClientId(3),
+                seq: RequestSeq(4),
+                reply: Reply::Unavailable,
+            },
+            Message::SessionOpened {
+                client: ClientId(3),
+                token,
+            },
+            Message::StatusReply(status),
+        ] {
+            assert!(msg.is_client_message(), "{msg:?}");
+        }
+        let subscribe = Message::Subscribe {
+            partition: crate::ids::PartitionId(0),
+            from: crate::ids::Epoch(1),
+        };
+        assert!(!subscribe.is_client_message());
     }
 }

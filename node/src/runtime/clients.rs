@@ -1,0 +1,130 @@
+//! Serving clients: a stream per request, sessions bound to the client's certificate,
+//! authorization, a cap on calls in flight and a deadline per call.
+
+use super::router::Router;
+use super::stats::status;
+use super::{Clock, Event, NodeStats};
+use crate::config::Access;
+use crate::session::SessionKey;
+use crate::transport::Connection;
+use detflow_executor::Registry;
+use detflow_protocol::NodeId;
+use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, oneshot};
+
+/// How long a client has to read the answer to one call before the node drops it (the same
+/// patience as `Limits::frame_read_timeout` gives a client's request).
+const ANSWER_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What serving a client needs: who may do what, and the bounds.
+pub(super) struct ClientService {
+    pub(super) router: Arc<Router>,
+    pub(super) stats: Arc<NodeStats>,
+    pub(super) me: NodeId,
+    pub(super) clock: Clock,
+    pub(super) sessions: SessionKey,
+    pub(super) access: Access,
+    pub(super) registry: Arc<Registry>,
+    pub(super) call_deadline: Duration,
+    pub(super) in_flight: Semaphore,
+}
+
+pub(super) async fn serve_client(conn: Connection, service: Arc<ClientService>) {
+    let fingerprint = conn.peer_fingerprint();
+    loop {
+        let (mut writer, mut reader) = match conn.accept_bi().await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let answer = match reader.recv::<ClientRequest>().await {
+                Ok(Some(request)) => service.answer(request, &fingerprint).await,
+                Ok(None) => return,
+                // As for channels: a client that gave up on a call resets its stream, which
+                // is not bad input.
+                Err(e) if e.is_refused_input() => {
+                    tracing::warn!(error = %e, "closed a client stream with bad input");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client stream ended");
+                    return;
+                }
+            };
+            // A client that never reads its answer must not pin the task and the answer's
+            // buffers: the write gets the same deadline as a frame read.
+            match tokio::time::timeout(ANSWER_WRITE_DEADLINE, writer.send(&answer)).await {
+                Ok(_) => {
+                    let _ = writer.finish();
+                }
+                Err(_) => tracing::debug!("dropped an answer the client did not read in time"),
+            }
+        });
+    }
+}
+
+impl ClientService {
+    /// The answer to one client request.
+    async fn answer(&self, request: ClientRequest, fingerprint: &[u8; 32]) -> Message {
+        let (client, seq, reply) = match request {
+            ClientRequest::OpenSession => {
+                let (client, token) = self.sessions.issue(fingerprint);
+                return Message::SessionOpened { client, token };
+            }
+            ClientRequest::Status => {
+                return Message::StatusReply(status(&self.stats, self.me, self.clock));
+            }
+            ClientRequest::SessionCall { token, call } => {
+                let (client, seq) = (call.client, call.seq);
+                let reply = if !self.sessions.verify(client, fingerprint, &token) {
+                    self.refuse(Rejection::ForeignSession(client.0))
+                } else {
+                    self.call(call).await
+                };
+                (client, seq, reply)
+            }
+            // A bare call names a session it cannot prove it owns.
+            ClientRequest::Call(call) => (
+                call.client,
+                call.seq,
+                self.refuse(Rejection::ForeignSession(call.client.0)),
+            ),
+        };
+        Message::Reply { client, seq, reply }
+    }
+
+    /// Hands an authenticated call to the gateway and waits, boundedly, for its answer.
+    async fn call(&self, call: Call) -> Reply {
+        if let Err(rejection) = crate::access::authorize(&self.access, &self.registry, &call) {
+            return self.refuse(rejection);
+        }
+        let Some(gateway) = &self.router.gateway else {
+            return Reply::Unavailable;
+        };
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return self.refuse(Rejection::Overloaded(
+                "this node's limit of calls in flight is reached".into(),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .deliver(gateway, Event::Client { call, reply: tx });
+        match tokio::time::timeout(self.call_deadline, rx).await {
+            Ok(reply) => reply.unwrap_or(Reply::Unavailable),
+            Err(_) => {
+                // The call may still execute; its retry (same session, same number) finds
+                // the result, so Unavailable is the honest answer.
+                self.stats.calls_timed_out.inc();
+                Reply::Unavailable
+            }
+        }
+    }
+
+    fn refuse(&self, rejection: Rejection) -> Reply {
+        self.stats.calls_refused.inc();
+        Reply::Rejected(rejection)
+    }
+}

@@ -1,0 +1,142 @@
+//! The executor task: drives one partition's `Executor` machine and syncs its store once
+//! per round in which it applied an epoch.
+
+use super::router::Router;
+use super::stats::PartitionLabel;
+use super::{Clock, Event, NodeStats, drain, sleep_until};
+use crate::failstop::fatal;
+use crate::storage::FjallStore;
+use detflow_executor::{Executor, Input, Output, Store};
+use detflow_protocol::message::Message;
+use detflow_protocol::{Machine, NodeId, PartitionId};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Sends one of partition `me`'s outputs where it goes; true if it reports an applied
+/// epoch (which the caller makes durable).
+fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
+    match effect {
+        Output::EpochApplied(_) => return true,
+        Output::Result {
+            gateway,
+            result,
+            recovered,
+        } => router.to_gateway(gateway, Message::Result { result, recovered }),
+        Output::ResultUnknown {
+            gateway,
+            client,
+            seq,
+        } => router.to_gateway(gateway, Message::ResultUnknown { client, seq }),
+        Output::SendAck { to, durable } => router.to_executor(
+            to,
+            Message::Ack {
+                from: me,
+                to,
+                durable,
+            },
+        ),
+        Output::SendHello { to, durable } => router.to_executor(
+            to,
+            Message::Hello {
+                from: me,
+                to,
+                durable,
+            },
+        ),
+        Output::SendReads { to, reads } => {
+            router.to_executor(to, Message::RemoteReads { to, reads });
+        }
+        Output::Subscribe { to, from } => router.to_replica(
+            to,
+            Message::Subscribe {
+                partition: me,
+                from,
+            },
+        ),
+    }
+    false
+}
+
+pub(super) async fn executor_task(
+    mut executor: Executor<FjallStore>,
+    mut inbox: mpsc::Receiver<Event>,
+    router: Arc<Router>,
+    peers: Vec<(PartitionId, NodeId)>,
+    stats: Arc<NodeStats>,
+    clock: Clock,
+) {
+    let me = executor.partition();
+    let mut out = Vec::new();
+    executor.handle(clock.now(), Input::Start, &mut out);
+    let mut published_drops = 0;
+    loop {
+        let deadline = executor.next_deadline().map(|t| clock.instant(t));
+        let first = tokio::select! {
+            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
+            _ = sleep_until(deadline) => None,
+        };
+        let mut events = Vec::new();
+        match first {
+            Some(ev) => events.push(ev),
+            None => executor.handle(clock.now(), Input::Tick, &mut out),
+        }
+        drain(&mut inbox, &mut events);
+        for ev in events {
+            let input = match ev {
+                Event::Msg(Message::Plan(plan)) => Input::Plan((*plan).clone()),
+                Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
+                Event::Msg(Message::Ack { from, durable, .. }) => Input::Ack { from, durable },
+                Event::Msg(Message::Hello { from, durable, .. }) => Input::Hello { from, durable },
+                Event::Msg(Message::Query {
+                    client,
+                    seq,
+                    gateway,
+                    ..
+                }) => Input::ResultQuery {
+                    gateway,
+                    client,
+                    seq,
+                },
+                Event::LinkUp(node) => {
+                    // The machine decides what a new connection means: a replica may be
+                    // its plan source, a partition may lack reads.
+                    executor.handle(clock.now(), Input::ReplicaConnected(node), &mut out);
+                    for (peer, _) in peers.iter().filter(|(_, n)| *n == node) {
+                        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            executor.handle(clock.now(), input, &mut out);
+        }
+        let mut applied = false;
+        for effect in out.drain(..) {
+            applied |= route_output(&router, me, effect);
+        }
+        if applied {
+            let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
+                Ok(epoch) => epoch,
+                Err(e) => fatal(format!("cannot fsync partition {me}: {e}")),
+            };
+            executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
+            for effect in out.drain(..) {
+                route_output(&router, me, effect);
+            }
+        }
+        let next = executor.next_epoch().0;
+        if let Ok(mut parts) = stats.partitions.lock() {
+            let durable = executor.store().applied_epoch().0;
+            parts.insert(me, (next, durable));
+        }
+        let label = PartitionLabel { partition: me.0 };
+        stats.partition_next_epoch.get_or_create(&label).set(next);
+        let s = executor.stats();
+        let dropped = s.peer_inputs_dropped + s.plans_dropped + s.reads_refused;
+        if dropped != published_drops {
+            let counter = stats.executor_drops.get_or_create(&label);
+            counter.inc_by(dropped.saturating_sub(published_drops));
+            published_drops = dropped;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The node's QUIC connections: one link task per peer node writing what the router queued
+//! for it, and the accept task that serves what peers and clients open.
+
+use super::clients::{ClientService, serve_client};
+use super::router::{ChannelHeader, Router, channel_of};
+use super::stats::PeerLabel;
+use crate::transport::{Connection, Endpoint, FrameWriter, PeerRole, TransportError};
+use detflow_protocol::NodeId;
+use detflow_protocol::message::Message;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Keeps a connection to one node and writes every message for it, one stream per channel.
+pub(super) async fn link_task(
+    endpoint: Endpoint,
+    node: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Message>,
+    router: Arc<Router>,
+) {
+    let mut pending: Option<Message> = None;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let conn = match endpoint.connect(addr).await {
+            Ok(conn) if conn.node_id() == Some(node.0) => conn,
+            Ok(conn) => {
+                // The certificate verified but names another node: a misconfigured
+                // cluster (or an impostor); never send it this node's traffic.
+                tracing::warn!(%node, %addr, peer = ?conn.node_id(),
+                    "the node at this address presents another node's certificate");
+                conn.close();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(%node, %addr, error = %e, "connect failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        tracing::info!(%node, %addr, "link up");
+        router.link_up(node);
+        let mut writers: BTreeMap<ChannelHeader, FrameWriter> = BTreeMap::new();
+        loop {
+            let msg = match pending.take() {
+                Some(msg) => msg,
+                None => match rx.recv().await {
+                    Some(msg) => msg,
+                    None => return,
+                },
+            };
+            router
+                .stats
+                .backlogs
+                .get_or_create(&PeerLabel { peer: node.0 })
+                .set(rx.len() as u64);
+            let header = channel_of(&msg);
+            let writer = match writers.entry(header) {
+                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    match conn.open_channel(&header).await {
+                        Ok(w) => slot.insert(w),
+                        Err(e) => {
+                            tracing::info!(%node, error = %e, "link down");
+                            pending = Some(msg);
+                            break;
+                        }
+                    }
+                }
+            };
+            match writer.send(&msg).await {
+                Ok(()) => {}
+                // Nothing was written: the message is too big for a frame. That is this
+                // node's bug (every message carrying user data is bounded below the frame
+                // limit), not a dead link; dropping the link would only make it flap.
+                Err(TransportError::Encode(e)) => {
+                    router.stats.encode_failures.inc();
+                    tracing::error!(%node, ?header, error = %e, "dropped a message that does not encode");
+                }
+                Err(e) => {
+                    tracing::info!(%node, error = %e, "link down");
+                    break;
+                }
+            }
+        }
+        // What was written but not delivered is lost; the channels replay it.
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Accepts connections: nodes open channels, clients open a stream per call.
+pub(super) async fn accept_task(
+    endpoint: Endpoint,
+    router: Arc<Router>,
+    clients: Arc<ClientService>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let conn = match incoming {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a connection");
+                continue;
+            }
+        };
+        match (conn.role(), conn.node_id()) {
+            (PeerRole::Node, Some(id)) => {
+                tokio::spawn(serve_node(conn, NodeId(id), router.clone()));
+            }
+            (PeerRole::Client, _) => {
+                tokio::spawn(serve_client(conn, clients.clone()));
+            }
+            (PeerRole::Node, None) => conn.close(),
+        }
+    }
+}
+
+async fn serve_node(conn: Connection, sender: NodeId, router: Arc<Router>) {
+    if !router.nodes.contains_key(&sender) || sender == router.me {
+        tracing::warn!(%sender, remote = %conn.remote_address(),
+            "refused a node certificate that is not another node of this cluster");
+        router.stats.peer_rejected.inc();
+        conn.close();
+        return;
+    }
+    loop {
+        let (header, mut reader) = match conn.accept_channel::<ChannelHeader>().await {
+            Ok(channel) => channel,
+            Err(_) => return,
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            loop {
+                match reader.recv::<Message>().await {
+                    Ok(Some(msg)) => router.dispatch_from(sender, msg),
+                    Ok(None) => return,
+                    // Only refused input is worth a warning; a lost connection (a peer that
+                    // restarted, say) is routine and was logged as bad input on every restart.
+                    Err(e) if e.is_refused_input() => {
+                        tracing::warn!(?header, %sender, error = %e, "closed a channel with bad input");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(?header, error = %e, "channel ended");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

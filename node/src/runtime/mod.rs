@@ -1,0 +1,309 @@
+//! The node runtime: one tokio task per state machine, fed by an inbox, driving effects.
+//!
+//! ```text
+//!   QUIC channels ──▶ dispatch ──▶ replica task   (Replica + LogStore + plan server)
+//!                            ├──▶ executor tasks (Executor<FjallStore>, one per partition)
+//!                            └──▶ gateway task   (Gateway + waiting clients)
+//!   every task ──▶ Router ──▶ local inbox, or the link task of the destination node
+//! ```
+//!
+//! Each task owns its machine (never shared behind a lock): it waits for an inbox event or
+//! the machine's deadline, calls `handle`, performs the outputs, and makes writes durable
+//! once per batch of inputs (group commit) before telling the machine `Persisted`.
+//!
+//! - this module: [`Node`] (opening the stores, wiring the tasks), the clock, the inbox
+//!   events the tasks share;
+//! - `router`: [`ChannelHeader`], the router (local dispatch, peer admission, links);
+//! - `links`: the link task per peer node, the accept task, serving a peer's channels;
+//! - `clients`: serving a client's streams (sessions, authorization, call deadline);
+//! - `replica`, `executor`, `gateway`: one driver task per machine;
+//! - `stats`: [`NodeStats`], the live counters, and the status a client can ask for.
+
+// The runtime is the driver: it owns the clock and the disk, which the machines may not.
+#![allow(clippy::disallowed_methods)]
+
+mod clients;
+mod executor;
+mod gateway;
+mod links;
+mod replica;
+mod router;
+mod stats;
+
+pub use router::ChannelHeader;
+pub use stats::{
+    CountGauge, LATENCY_BUCKETS_SECONDS, NodeStats, PartitionLabel, PeerLabel, ReasonLabel,
+};
+
+use crate::config::{Config, NodeLimits};
+use crate::session::SessionKey;
+use crate::storage::{FjallStore, LogStore};
+use crate::transport::{Endpoint, Limits, Tls};
+use anyhow::{Context, Result};
+use clients::ClientService;
+use detflow_executor::{Executor, Registry};
+use detflow_gateway::Gateway;
+use detflow_protocol::message::{Call, Message, Reply};
+use detflow_protocol::{DetRng, NodeId, PartitionId, Time};
+use detflow_scheduler::PartitionMap;
+use detflow_sequencer::replica::{Replica, ReplicaConfig};
+use router::Router;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// An inbox event of a component task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message for this component.
+    Msg(Message),
+    /// The link to a node was (re)established.
+    LinkUp(NodeId),
+    /// The replica on this node follows a new leader (for the gateway on this node).
+    Leader(NodeId),
+    /// A client's call, answered through `reply`.
+    Client {
+        call: Call,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+type Inbox = mpsc::Sender<Event>;
+
+/// A component task, made once the router exists.
+type Starter = Box<
+    dyn FnOnce(Arc<Router>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// Time since the node started, as the machines see it.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> Time {
+        Time(self.0.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_micros(t.0))
+    }
+}
+
+/// A running node.
+pub struct Node {
+    stats: Arc<NodeStats>,
+    endpoint: Endpoint,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Node {
+    /// Starts every role of `config`'s node: opens its stores (recovering them), binds its
+    /// QUIC endpoint, and spawns the component, link and listener tasks.
+    pub async fn start(config: Config) -> Result<Node> {
+        let clock = Clock(Instant::now());
+        let me = NodeId(config.id);
+        let spec = config.me().clone();
+        let options = config.workload_options();
+        let workload =
+            detflow_workloads::by_name_with(&config.workload, config.partitions(), &options)?;
+        let mut scheme = workload.scheme();
+        scheme.partitions = config.partitions();
+        let map = PartitionMap::new(scheme)?;
+        // Every node knows every built-in procedure (so `kv.txn` is always there); the
+        // configured workload decides the partition scheme and the initial data.
+        let mut registry = Registry::new();
+        for name in detflow_workloads::NAMES {
+            detflow_workloads::by_name(name, config.partitions())?.register(&mut registry);
+        }
+        let registry = Arc::new(registry);
+        let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
+            .with_context(|| format!("loading TLS material for node {me}"))?;
+        // Peers check every message against the id in our certificate; a node started with
+        // another node's certificate would have all its messages dropped as an impostor's.
+        if tls.node_id() != Some(me.0) {
+            anyhow::bail!(
+                "{} is not node {me}'s certificate (it names {}); run `detflow certs` for this \
+                 cluster or point [tls] at node {me}'s files",
+                config.tls.cert.display(),
+                tls.node_id()
+                    .map_or_else(|| "no node id".to_string(), |id| format!("node {id}"))
+            );
+        }
+        let sessions = SessionKey::load(&config.tls.session_key())?;
+        let limits: NodeLimits = config.limits.clone();
+        let endpoint = Endpoint::bind(config.listen, &tls, Limits::default())
+            .with_context(|| format!("binding {}", config.listen))?;
+        let stats = Arc::new(NodeStats::default());
+
+        let mut router = Router {
+            me,
+            nodes: config
+                .cluster
+                .iter()
+                .map(|n| (NodeId(n.id), n.clone()))
+                .collect(),
+            placement: config.placement(),
+            replica: None,
+            gateway: None,
+            executors: BTreeMap::new(),
+            links: BTreeMap::new(),
+            stats: stats.clone(),
+        };
+        let mut starts: Vec<Starter> = Vec::new();
+
+        if spec.replica {
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
+            router.replica = Some(tx);
+            let dir = config.data_dir.join("log");
+            let (log, durable) = LogStore::open(&dir)
+                .with_context(|| format!("opening the log at {}", dir.display()))?;
+            let mut rc = ReplicaConfig::new(me, config.replicas());
+            rc.batching.epoch_duration_us = config.epoch_us;
+            let seed =
+                u64::from(me.0) ^ clock.0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+            let replica = Replica::new(rc, durable, DetRng::new(seed));
+            let map = map.clone();
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                Box::pin(replica::replica_task(
+                    replica, log, rx, router, map, stats, clock,
+                ))
+            }));
+        }
+        for p in &spec.partitions {
+            let partition = PartitionId(*p);
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
+            router.executors.insert(partition, tx);
+            let dir = config.data_dir.join(format!("partition-{p}"));
+            let mut store = FjallStore::open(&dir)
+                .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
+            let began = Instant::now();
+            if store.load(crate::load::initial_rows(
+                workload.as_ref(),
+                &options,
+                &map,
+                partition,
+            ))? {
+                tracing::info!(
+                    "partition {p}: initial rows loaded, synced and compacted in {:.1} s",
+                    began.elapsed().as_secs_f64()
+                );
+            }
+            let mut executor =
+                Executor::new(partition, config.partitions(), registry.clone(), store);
+            executor.set_plan_sources(config.replicas());
+            let peers: Vec<(PartitionId, NodeId)> = config
+                .placement()
+                .into_iter()
+                .filter(|(q, _)| *q != partition)
+                .collect();
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                Box::pin(executor::executor_task(
+                    executor, rx, router, peers, stats, clock,
+                ))
+            }));
+        }
+        if spec.gateway {
+            let (tx, rx) = mpsc::channel(limits.inbox_events_max);
+            router.gateway = Some(tx);
+            let gateway = Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
+            let stats = stats.clone();
+            starts.push(Box::new(move |router| {
+                Box::pin(gateway::gateway_task(gateway, rx, router, stats))
+            }));
+        }
+        let mut links = Vec::new();
+        for node in config.cluster.iter().filter(|n| n.id != config.id) {
+            let (tx, rx) = mpsc::channel(limits.link_messages_max);
+            router.links.insert(NodeId(node.id), tx);
+            links.push((NodeId(node.id), node.addr, rx));
+        }
+        let router = Arc::new(router);
+        let mut tasks = tokio::task::JoinSet::new();
+        for start in starts {
+            tasks.spawn(start(router.clone()));
+        }
+        for (node, addr, rx) in links {
+            tasks.spawn(links::link_task(
+                endpoint.clone(),
+                node,
+                addr,
+                rx,
+                router.clone(),
+            ));
+        }
+        let clients = Arc::new(ClientService {
+            router: router.clone(),
+            stats: stats.clone(),
+            me,
+            clock,
+            sessions,
+            access: config.access.clone(),
+            registry,
+            call_deadline: Duration::from_millis(limits.call_deadline_ms),
+            in_flight: Semaphore::new(limits.calls_in_flight_max),
+        });
+        tasks.spawn(links::accept_task(
+            endpoint.clone(),
+            router.clone(),
+            clients,
+        ));
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            let registry = crate::metrics::registry(&stats, endpoint.metrics());
+            tasks.spawn(crate::metrics::serve(listener, Arc::new(registry)));
+        }
+        tracing::info!(node = %me, listen = %config.listen, "node started");
+        Ok(Node {
+            stats,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
+    }
+
+    /// Resolves if a task of the node ends while it should be running: a component that
+    /// stopped means a dead component, and the node must not keep serving without it
+    /// (fail-stop). Returns which way it ended.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(())) => "a component task ended".into(),
+            Some(Err(e)) => format!("a component task failed: {e}"),
+            None => "the node has no tasks".into(),
+        }
+    }
+
+    /// Stops every task and closes the endpoint.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        self.endpoint.close();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Takes what else is already waiting, up to a bound, so one round (and one fsync) serves
+/// a batch of inputs.
+fn drain(inbox: &mut mpsc::Receiver<Event>, events: &mut Vec<Event>) {
+    while events.len() < 512 {
+        match inbox.try_recv() {
+            Ok(ev) => events.push(ev),
+            Err(_) => break,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

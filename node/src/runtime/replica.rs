@@ -1,0 +1,150 @@
+//! The replica task: drives the `Replica` machine and the plan server fed by its commits,
+//! appending to the log and syncing it once per round (group commit).
+
+use super::router::Router;
+use super::stats::ReasonLabel;
+use super::{Clock, Event, NodeStats, drain, sleep_until};
+use crate::failstop::fatal;
+use crate::storage::LogStore;
+use detflow_protocol::message::Message;
+use detflow_protocol::{Epoch, Machine};
+use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
+use detflow_sequencer::replica::{self, Replica};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Sends the plan server's plans to their partitions.
+fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) {
+    for plan_server::Output::Plan { to, plan } in out.drain(..) {
+        router.to_executor(to, Message::Plan(plan));
+    }
+}
+
+pub(super) async fn replica_task(
+    mut replica: Replica,
+    mut log: LogStore,
+    mut inbox: mpsc::Receiver<Event>,
+    router: Arc<Router>,
+    map: PartitionMap,
+    stats: Arc<NodeStats>,
+    clock: Clock,
+) {
+    let mut server = PlanServer::new(map);
+    let mut plans = Vec::new();
+    let mut leader = None;
+    let mut out = Vec::new();
+    // When this replica, leading, wrote each epoch: for the epoch commit latency.
+    let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
+    let mut published_drops = 0;
+    loop {
+        let deadline = replica.next_deadline().map(|t| clock.instant(t));
+        let first = tokio::select! {
+            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
+            _ = sleep_until(deadline) => None,
+        };
+        let mut inputs = Vec::new();
+        match first {
+            Some(ev) => inputs.push(ev),
+            None => {
+                replica.handle(clock.now(), replica::Input::Tick, &mut out);
+            }
+        }
+        drain(&mut inbox, &mut inputs);
+        for ev in inputs {
+            let input = match ev {
+                Event::Msg(Message::Peer { from, msg }) => replica::Input::Peer { from, msg },
+                Event::Msg(Message::Submit(txn)) => replica::Input::Submit(txn),
+                Event::Msg(Message::Subscribe { partition, from }) => {
+                    let input = plan_server::Input::Subscribe { partition, from };
+                    server.handle(clock.now(), input, &mut plans);
+                    send_plans(&router, &mut plans);
+                    continue;
+                }
+                _ => continue,
+            };
+            replica.handle(clock.now(), input, &mut out);
+        }
+        // Perform effects; one fsync covers every write of this round (group commit).
+        loop {
+            let mut last_write = None;
+            for effect in out.drain(..) {
+                match effect {
+                    replica::Output::Committed(batch) => {
+                        if let Some(closed) = closed_at.remove(&batch.epoch) {
+                            stats.epoch_latency.observe(closed.elapsed().as_secs_f64());
+                        }
+                        server.handle(
+                            clock.now(),
+                            plan_server::Input::Committed(batch),
+                            &mut plans,
+                        );
+                    }
+                    replica::Output::Duplicate {
+                        client,
+                        seq,
+                        gateway,
+                    } => {
+                        router.to_gateway(gateway, Message::Duplicate { client, seq });
+                    }
+                    replica::Output::NotLeader { txn, leader } => {
+                        let gateway = txn.gateway;
+                        let from = replica.id();
+                        router.to_gateway(gateway, Message::NotLeader { from, txn, leader });
+                    }
+                    replica::Output::Persist(write) => {
+                        if replica.is_leader() {
+                            for entry in &write.append {
+                                closed_at.insert(entry.epoch(), Instant::now());
+                            }
+                        }
+                        if let Err(e) = log.append(&write) {
+                            fatal(format!("cannot append to the log: {e}"));
+                        }
+                        last_write = Some(write.id);
+                    }
+                    replica::Output::Send { to, msg } => {
+                        router.to_replica(
+                            to,
+                            Message::Peer {
+                                from: replica.id(),
+                                msg,
+                            },
+                        );
+                    }
+                }
+            }
+            let Some(write) = last_write else { break };
+            if let Err(e) = tokio::task::block_in_place(|| log.sync()) {
+                fatal(format!("cannot fsync the log: {e}"));
+            }
+            replica.handle(clock.now(), replica::Input::Persisted { write }, &mut out);
+        }
+        send_plans(&router, &mut plans);
+        if replica.leader() != leader {
+            leader = replica.leader();
+            if let Some(leader) = leader {
+                router.leader_changed(leader);
+            }
+        }
+        stats.term.store(replica.term(), Ordering::Relaxed);
+        stats.leader.store(
+            replica.leader().map_or(0, |l| u64::from(l.0)),
+            Ordering::Relaxed,
+        );
+        stats.commit.set(replica.commit_epoch().0);
+        // Drops are rare: publish them only when they change, not every round.
+        let dropped = replica.stats().peer_messages_dropped;
+        if dropped != published_drops {
+            for (reason, n) in replica.stats().peer_drops.by_reason() {
+                let reason = reason.name();
+                let counter = stats.replica_drops.get_or_create(&ReasonLabel { reason });
+                // The machine's count is the truth; the metric catches up with it.
+                counter.inc_by(n.saturating_sub(counter.get()));
+            }
+            published_drops = dropped;
+        }
+    }
+}
