@@ -42,7 +42,7 @@
 //! `system`, and its applied epoch and load marker in `meta`.
 
 use detflow_executor::Store;
-use detflow_protocol::{Epoch, Key, LogEntry, NodeId, Value, codec};
+use detflow_protocol::{Epoch, Key, LogEntry, NodeId, Term, Value, codec};
 use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use std::collections::BTreeMap;
@@ -293,7 +293,7 @@ impl LogStore {
             .get(HARD_STATE_KEY)
             .map_err(fjall_error(&self.path, "reading the hard state"))?;
         if let Some(bytes) = hard_state {
-            let (term, voted_for): (u64, Option<NodeId>) = codec::decode(&bytes)
+            let (term, voted_for): (Term, Option<NodeId>) = codec::decode(&bytes)
                 .map_err(|e| corrupt(&self.path, "hard state".into(), e.to_string()))?;
             durable.term = term;
             durable.voted_for = voted_for;

@@ -38,7 +38,7 @@ use detflow_node::transport::{Connection, Endpoint};
 use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
 use detflow_protocol::replication::PeerMessage;
 use detflow_protocol::{
-    ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq,
+    ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
     Transaction, codec,
 };
 use detflow_workloads::bank::{Balance, BalanceArgs, Deposit, DepositArgs};
@@ -155,10 +155,10 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
     let append_as = |from: u32, leader: u32| Message::Peer {
         from: NodeId(from),
         msg: PeerMessage::AppendEntries {
-            term,
+            term: Term(term),
             leader: NodeId(leader),
             prev_epoch: Epoch(0),
-            prev_term: 0,
+            prev_term: Term(0),
             entries: Vec::new(),
             leader_commit: Epoch(0),
         },

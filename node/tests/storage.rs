@@ -7,8 +7,8 @@
 use detflow_executor::{MemStore, Store};
 use detflow_node::storage::{FjallStore, LogStore, StorageError};
 use detflow_protocol::{
-    Batch, ClientId, Epoch, Footprint, Key, LOG_FORMAT_VERSION, LogEntry, NodeId, RequestSeq,
-    Transaction, Value,
+    Batch, ClientId, Epoch, Footprint, Key, LOG_FORMAT_VERSION, LogEntry, NodeId, RequestSeq, Term,
+    Transaction, Value, WriteId,
 };
 use detflow_sequencer::replica::{Durable, LogWrite};
 use std::io::{BufRead, BufReader};
@@ -540,7 +540,7 @@ fn entry(epoch: u64, term: u64) -> LogEntry {
         footprint: Footprint::new().write(Key::table("acct").u64(epoch)),
     };
     LogEntry {
-        term,
+        term: Term(term),
         batch: Arc::new(Batch {
             version: LOG_FORMAT_VERSION,
             epoch: Epoch(epoch),
@@ -556,8 +556,8 @@ fn write(
     append: Vec<LogEntry>,
 ) -> LogWrite {
     LogWrite {
-        id,
-        hard_state,
+        id: WriteId(id),
+        hard_state: hard_state.map(|(term, vote)| (Term(term), vote)),
         truncate_from: truncate_from.map(Epoch),
         append,
     }
@@ -597,13 +597,13 @@ fn log_store_recovers_what_was_written() {
     }
     let (mut store, durable) = LogStore::open(dir.path()).unwrap();
     assert_eq!(durable, model);
-    assert_eq!(durable.term, 3);
+    assert_eq!(durable.term, Term(3));
     assert_eq!(durable.voted_for, None);
     assert_eq!(
         durable
             .log
             .iter()
-            .map(|e| (e.epoch().0, e.term))
+            .map(|e| (e.epoch().0, e.term.0))
             .collect::<Vec<_>>(),
         vec![(1, 1), (2, 2), (3, 2), (4, 3)]
     );
@@ -620,9 +620,9 @@ fn log_store_recovers_what_was_written() {
 /// terms rise, votes change, and every few writes a suffix is truncated and rewritten.
 fn log_write(i: u64, model: &Durable) -> LogWrite {
     let len = model.log.len() as u64;
-    let term = model.term.max(1) + u64::from(i.is_multiple_of(7));
+    let term = model.term.0.max(1) + u64::from(i.is_multiple_of(7));
     let hard_state =
-        (term != model.term || i.is_multiple_of(5)).then_some((term, Some(NodeId(i as u32 % 3))));
+        (term != model.term.0 || i.is_multiple_of(5)).then_some((term, Some(NodeId(i as u32 % 3))));
     let truncate_from = (i.is_multiple_of(11) && len > 2).then(|| len - 1);
     let start = truncate_from.unwrap_or(len + 1);
     let append = (start..start + (i % 3)).map(|e| entry(e, term)).collect();
@@ -883,7 +883,7 @@ fn measure_commit_and_sync() {
             (e == 1).then_some((1, Some(NodeId(1)))),
             None,
             vec![LogEntry {
-                term: 1,
+                term: Term(1),
                 batch: Arc::new(batch),
             }],
         );

@@ -160,7 +160,7 @@ impl Node {
             let (log, durable) = LogStore::open(&dir)
                 .with_context(|| format!("opening the log at {}", dir.display()))?;
             let mut rc = ReplicaConfig::new(me, config.replicas());
-            rc.batching.epoch_duration_us = config.epoch_us;
+            rc.batching.epoch_us = config.epoch_us;
             let seed =
                 u64::from(me.0) ^ clock.0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
             let replica = Replica::new(rc, durable, DetRng::new(seed));

@@ -129,7 +129,7 @@ pub(super) async fn replica_task(
                 router.leader_changed(leader);
             }
         }
-        stats.term.store(replica.term(), Ordering::Relaxed);
+        stats.term.store(replica.term().0, Ordering::Relaxed);
         stats.leader.store(
             replica.leader().map_or(0, |l| u64::from(l.0)),
             Ordering::Relaxed,
