@@ -830,6 +830,8 @@ fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus {
         partitions,
         calls_answered: stats.calls_answered.load(Ordering::Relaxed),
         uptime_us: clock.now().0,
+        rows_loaded: crate::load::rows_loaded(),
+        warehouses_loaded: crate::load::warehouses_loaded(),
     }
 }
 
