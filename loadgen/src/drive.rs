@@ -18,8 +18,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What to drive.
@@ -308,7 +308,9 @@ async fn session(
 /// The shared check, even if a session panicked while holding it: noting a commit leaves
 /// it consistent, and the panic itself is reported when the session is joined.
 fn lock(check: &SharedCheck) -> MutexGuard<'_, Option<Box<dyn LiveCheck>>> {
-    check.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    check
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs a workload's end-to-end check: its reads, one at a time, then its verdict. A read

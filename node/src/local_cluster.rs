@@ -127,10 +127,7 @@ impl Builder {
                 (temp.path().to_owned(), Some(temp))
             }
         };
-        let certs = certs::regenerate(
-            &dir.join("certs"),
-            self.node_certificates.max(self.nodes),
-        )?;
+        let certs = certs::regenerate(&dir.join("certs"), self.node_certificates.max(self.nodes))?;
         let quic = free_udp_ports(self.nodes as usize)?;
         let http = if self.metrics {
             free_tcp_ports(self.nodes as usize)?
@@ -434,7 +431,10 @@ impl LocalCluster {
         loop {
             self.check_running()?;
             let statuses = client.status().await;
-            let answers: Vec<_> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+            let answers: Vec<_> = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .collect();
             let leader = answers
                 .iter()
                 .any(|s| s.replica.is_some_and(|(_, leader, _)| leader.is_some()));

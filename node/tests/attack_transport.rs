@@ -31,7 +31,8 @@
 mod common;
 
 use common::cluster::{
-    Cluster, TestCluster, metrics_of, quick_policy, runtime, serial, wait_for_leader, with_budget};
+    Cluster, TestCluster, metrics_of, quick_policy, runtime, serial, wait_for_leader, with_budget,
+};
 use detflow_client::{Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind};
 use detflow_node::transport::{CONNECTION_LIMIT, Connection, Endpoint, Limits, TransportError};

@@ -29,7 +29,8 @@
 mod common;
 
 use common::cluster::{
-    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, wait_for_leader, with_budget,
+    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, wait_for_leader,
+    with_budget,
 };
 use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_node::certs::{self, CertKind};

@@ -565,8 +565,16 @@ fn a_node_refuses_to_start_with_another_nodes_certificate() {
     let cluster = &mut node.cluster;
     cluster.kill(1).expect("SIGKILL the node");
     let config = cluster.at(1).config_path().to_owned();
-    let own = cluster.certs().node(1).expect("node-1's certificate").clone();
-    let other = cluster.certs().node(2).expect("node-2's certificate").clone();
+    let own = cluster
+        .certs()
+        .node(1)
+        .expect("node-1's certificate")
+        .clone();
+    let other = cluster
+        .certs()
+        .node(2)
+        .expect("node-2's certificate")
+        .clone();
     let text = std::fs::read_to_string(&config).expect("read the config");
     let swapped = text
         .replace(

@@ -26,8 +26,8 @@
 mod common;
 
 use common::cluster::{
-    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, statuses, wait_applied, wait_committing,
-    wait_for_leader, wait_metric_above, with_budget,
+    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, statuses,
+    wait_applied, wait_committing, wait_for_leader, wait_metric_above, with_budget,
 };
 use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind};

@@ -22,7 +22,9 @@
 
 mod common;
 
-use common::cluster::{Cluster, TestCluster, quick_policy, runtime, serial, wait_for_leader, with_budget};
+use common::cluster::{
+    Cluster, TestCluster, quick_policy, runtime, serial, wait_for_leader, with_budget,
+};
 use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_executor::Procedure;
 use detflow_loadgen::drive::{self, DriveConfig};
@@ -93,9 +95,13 @@ async fn run_and_check(cluster: &mut Cluster) {
         duration: Duration::from_secs(4),
         progress: false,
     };
-    let run = drive::drive(cluster.gateways(), cluster.client_tls().expect("load the client certificate"), config)
-        .await
-        .expect("drive TPC-C");
+    let run = drive::drive(
+        cluster.gateways(),
+        cluster.client_tls().expect("load the client certificate"),
+        config,
+    )
+    .await
+    .expect("drive TPC-C");
     cluster.assert_running();
     let payments = &run.transactions[Payment::NAME];
     assert!(

@@ -539,7 +539,10 @@ mod tests {
         check.on_answer(&request, Answer::Aborted(&reason));
         assert_eq!(check.next_read(), None, "a failed check reads no further");
         let verdict = check.verdict().unwrap_err();
-        assert!(verdict.starts_with("reading account 0: aborted"), "{verdict}");
+        assert!(
+            verdict.starts_with("reading account 0: aborted"),
+            "{verdict}"
+        );
     }
 
     fn call<P: Procedure>(

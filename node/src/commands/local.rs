@@ -9,7 +9,7 @@ use anyhow::Result;
 use detflow_client::{Client, Tls};
 use detflow_loadgen::drive::{self, DriveConfig};
 use detflow_loadgen::tpcc::{self, TpccReport};
-use detflow_node::local_cluster::{LocalCluster, Loading};
+use detflow_node::local_cluster::{Loading, LocalCluster};
 use detflow_workloads::Options;
 use detflow_workloads::tpcc::Mix;
 use std::io::IsTerminal;
@@ -49,9 +49,7 @@ impl Local {
             let within = Duration::from_secs(60 + rows / 5_000);
             cluster.wait_ready(within, |l| display.show(l)).await?;
         } else {
-            cluster
-                .wait_ready(Duration::from_secs(30), |_| {})
-                .await?;
+            cluster.wait_ready(Duration::from_secs(30), |_| {}).await?;
         }
         let load_seconds = (workload == "tpcc").then(|| began.elapsed().as_secs_f64());
         Ok(Local {
