@@ -31,6 +31,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The epoch length of a local cluster's replicas, in microseconds.
 const EPOCH_US: u64 = 5_000;
 
+/// A caller's adjustment of every node's configuration (see [`Builder::configure`]).
+type Configure = Box<dyn Fn(&mut Config)>;
+
 /// What a local cluster should be; [`Builder::start`] makes it.
 pub struct Builder {
     nodes: u32,
@@ -43,7 +46,7 @@ pub struct Builder {
     metrics: bool,
     node_certificates: u32,
     kv_txn_tables: Option<Vec<String>>,
-    configure: Option<Box<dyn Fn(&mut Config)>>,
+    configure: Option<Configure>,
 }
 
 impl Builder {

@@ -524,7 +524,7 @@ async fn failing_disk(cluster: &mut Cluster) {
         .await
         .expect("node 3 stopped within 90 s");
     let exit = cluster.reap(3).expect("reap the node");
-    let log = std::fs::read_to_string(&cluster.at(3).log_path()).unwrap_or_default();
+    let log = std::fs::read_to_string(cluster.at(3).log_path()).unwrap_or_default();
     assert!(
         !exit.success(),
         "node 3 must exit non-zero on a storage error, got {exit}"
