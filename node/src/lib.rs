@@ -6,7 +6,8 @@
 //! - [`transport`]: QUIC endpoints with mutual TLS and length-prefixed frames.
 //! - [`storage`]: the replica log and the partition state in fjall.
 //! - [`load`]: a partition's initial rows, a part at a time.
-//! - [`drive`]: the load driver of `demo` and `bench`; [`tpcc`]: its TPC-C report and checks.
+//! - [`local_cluster`]: a local cluster of node processes, for `demo`, `bench` and the
+//!   process tests (the load driver itself is the `detflow-loadgen` crate).
 //! - [`certs`]: a development CA and certificates.
 //! - [`session`]: client sessions bound to the client that opened them; [`access`]: what a
 //!   client may call.
@@ -17,12 +18,11 @@
 pub mod access;
 pub mod certs;
 pub mod config;
-pub mod drive;
 pub mod failstop;
 pub mod load;
+pub mod local_cluster;
 pub mod metrics;
 pub mod runtime;
 pub mod session;
 pub mod storage;
-pub mod tpcc;
 pub use detflow_net as transport;

@@ -30,7 +30,9 @@
 
 mod common;
 
-use common::cluster::{Cluster, quick_policy, runtime, serial, wait_for_leader, with_budget};
+use common::cluster::{
+    Cluster, TestCluster, metrics_of, quick_policy, runtime, serial, wait_for_leader, with_budget,
+};
 use detflow_client::{Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind};
 use detflow_node::transport::{CONNECTION_LIMIT, Connection, Endpoint, Limits, TransportError};
@@ -71,8 +73,8 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 /// the legitimate client, so that what the attacker's certificate is refused never
 /// touches it.
 async fn start() -> Cluster {
-    let mut cluster = Cluster::start(1, 2, "bank");
-    certs::issue(&cluster.certs.dir, "client-2", CertKind::Client).expect("issue client-2");
+    let mut cluster = common::cluster::start(1, 2, "bank");
+    certs::issue(&cluster.certs().dir, "client-2", CertKind::Client).expect("issue client-2");
     let status = legit_client(&cluster).await;
     wait_for_leader(&mut cluster, &status, &[1], Duration::from_secs(30)).await;
     status.close();
@@ -80,7 +82,7 @@ async fn start() -> Cluster {
 }
 
 fn legit_tls(cluster: &Cluster) -> Tls {
-    Tls::from_dir(&cluster.certs.dir, "client-2").expect("load client-2")
+    Tls::from_dir(&cluster.certs().dir, "client-2").expect("load client-2")
 }
 
 /// A client session with the legitimate certificate that gives up quickly.
@@ -123,7 +125,7 @@ fn endpoint(tls: &Tls) -> Endpoint {
 
 /// The node's resident set, from `/proc/<pid>/status`.
 fn rss_bytes(cluster: &Cluster) -> u64 {
-    let pid = cluster.node(1).child.as_ref().expect("the node runs").id();
+    let pid = cluster.at(1).pid().expect("the node runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     let kib: u64 = status
         .lines()
@@ -214,9 +216,9 @@ fn a_handshake_flood_does_not_keep_clients_out() {
 }
 
 async fn handshake_flood(cluster: &mut Cluster) {
-    let node = cluster.node(1);
-    let (addr, metrics) = (node.addr, node.metrics);
-    let initial = captured_initial(&cluster.certs.ca.cert).await;
+    let node = cluster.at(1);
+    let (addr, metrics) = (node.addr(), metrics_of(node));
+    let initial = captured_initial(&cluster.certs().ca.cert).await;
     assert!(
         initial.len() >= 1200,
         "an Initial of {} bytes",
@@ -255,7 +257,7 @@ async fn handshake_flood(cluster: &mut Cluster) {
     let stalled = Arc::new(AtomicU64::new(0));
     let staller = {
         let (stop, stalled) = (stop.clone(), stalled.clone());
-        let ca = cluster.certs.ca.cert.clone();
+        let ca = cluster.certs().ca.cert.clone();
         tokio::spawn(async move {
             let mut attempts = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -431,14 +433,14 @@ async fn stream_flood(cluster: &mut Cluster) {
 /// Three client connections with 64 streams each of a 16 MiB frame never finished, while a
 /// legitimate client keeps calling; returns the node's memory during and after.
 async fn flood_once(cluster: &mut Cluster, baseline: u64) -> Flood {
-    let node = cluster.node(1);
-    let (addr, metrics) = (node.addr, node.metrics);
+    let node = cluster.at(1);
+    let (addr, metrics) = (node.addr(), metrics_of(node));
     let over_budget_before = metric(metrics, OVER_BUDGET).await;
     let timed_out_before = metric(metrics, FRAME_TIMED_OUT).await;
     let malformed_before = metric(metrics, MALFORMED).await;
 
     let (connections, streams) = (3, 64);
-    let attacker_tls = cluster.client_tls();
+    let attacker_tls = cluster.client_tls().expect("load the client certificate");
     let filler = Arc::new(vec![0x01u8; 64 * 1024]);
     let mut attackers = Vec::new();
     let mut tasks = Vec::new();
@@ -563,11 +565,11 @@ async fn refused_for_the_cap(conn: &Connection) -> bool {
 }
 
 async fn connection_cap(cluster: &mut Cluster) {
-    let node = cluster.node(1);
-    let (addr, metrics) = (node.addr, node.metrics);
+    let node = cluster.at(1);
+    let (addr, metrics) = (node.addr(), metrics_of(node));
     let cap = Limits::default().connections_per_client_max as usize;
     let refused_before = metric(metrics, REFUSED_LIMIT).await;
-    let attacker_tls = cluster.client_tls();
+    let attacker_tls = cluster.client_tls().expect("load the client certificate");
 
     // The whole allowance, in batches that stay under the cap on handshakes in flight.
     let endpoints: Vec<Endpoint> = (0..8).map(|_| endpoint(&attacker_tls)).collect();

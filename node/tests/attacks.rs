@@ -29,7 +29,8 @@
 mod common;
 
 use common::cluster::{
-    Cluster, commit_epoch, quick_policy, runtime, serial, wait_for_leader, with_budget,
+    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, wait_for_leader,
+    with_budget,
 };
 use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_node::certs::{self, CertKind};
@@ -52,7 +53,7 @@ const ENCODE_FAILURES: &str = "detflow_encode_failures_total";
 
 /// A raw transport connection to `addr` with the certificate `name` of the cluster's CA.
 async fn connect_as(cluster: &Cluster, name: &str, addr: SocketAddr) -> (Endpoint, Connection) {
-    common::connect_as(&cluster.certs.dir, name, addr).await
+    common::connect_as(&cluster.certs().dir, name, addr).await
 }
 
 /// One request on a fresh stream, and its answer.
@@ -110,7 +111,7 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 fn forged_peer_messages_are_refused() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = Cluster::start(3, 3, "bank");
+        let mut cluster = common::cluster::start(3, 3, "bank");
         with_budget(Duration::from_secs(120), forge_peer_messages(&mut cluster)).await;
     });
 }
@@ -134,13 +135,13 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
         .copied()
         .find(|id| *id != leader && *id != rogue)
         .expect("a third node");
-    let target = cluster.node(leader).addr;
-    let metrics = cluster.node(leader).metrics;
+    let target = cluster.at(leader).addr();
+    let metrics = metrics_of(cluster.at(leader));
     let rejected_before = metric(metrics, PEER_REJECTED).await;
     let (_endpoint, conn) = connect_as(cluster, &format!("node-{rogue}"), target).await;
 
-    let other_partition = PartitionId(cluster.node(other).partitions[0]);
-    let leader_partition = PartitionId(cluster.node(leader).partitions[0]);
+    let other_partition = PartitionId(cluster.at(other).partitions()[0]);
+    let leader_partition = PartitionId(cluster.at(leader).partitions()[0]);
     let txn = Arc::new(Transaction {
         client: ClientId(99),
         seq: RequestSeq(1),
@@ -274,7 +275,7 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
 fn sessions_belong_to_their_client() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = Cluster::start(3, 3, "bank");
+        let mut cluster = common::cluster::start(3, 3, "bank");
         with_budget(Duration::from_secs(90), hijack_sessions(&mut cluster)).await;
     });
 }
@@ -287,7 +288,7 @@ async fn hijack_sessions(cluster: &mut Cluster) {
     let start = balance(&alice, 11).await;
     deposit(&alice, 11, 5).await;
     let session = alice.session().expect("alice's session is open");
-    let addr = cluster.node(1).addr;
+    let addr = cluster.at(1).addr();
 
     // Mallory shares alice's certificate.
     let (_e1, mallory) = connect_as(cluster, "client", addr).await;
@@ -323,7 +324,7 @@ async fn hijack_sessions(cluster: &mut Cluster) {
         assert!(refused(&answer), "a call with a foreign token: {answer:?}");
     }
     // Mallory's own session works, but not over another certificate.
-    certs::issue(&cluster.certs.dir, "eve", CertKind::Client).expect("issue eve's cert");
+    certs::issue(&cluster.certs().dir, "eve", CertKind::Client).expect("issue eve's cert");
     let (_e2, eve) = connect_as(cluster, "eve", addr).await;
     let own_call = Call {
         client: own,
@@ -396,7 +397,7 @@ async fn hijack_sessions(cluster: &mut Cluster) {
 fn big_values_cross_partitions_in_bounded_messages() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = Cluster::start(3, 3, "bank");
+        let mut cluster = common::cluster::start(3, 3, "bank");
         with_budget(Duration::from_secs(240), big_values(&mut cluster)).await;
     });
 }
@@ -424,7 +425,7 @@ async fn big_values(cluster: &mut Cluster) {
             ..balance_policy()
         })
         .await;
-    let (a, b) = (cluster.node(1).partitions[0], cluster.node(2).partitions[0]);
+    let (a, b) = (cluster.at(1).partitions()[0], cluster.at(2).partitions()[0]);
     let big = keys_on(a, 3, 5);
     let small = keys_on(b, 3, 1).remove(0);
 
@@ -469,12 +470,12 @@ async fn big_values(cluster: &mut Cluster) {
     let out = client.call::<AdHoc>(&check).await.expect("a read");
     assert_eq!(out.reads[0], KvRead::Value(Some(b"after".to_vec())));
     assert_eq!(out.reads[1], KvRead::Value(None));
-    for node in &cluster.nodes {
+    for node in cluster.nodes() {
         assert_eq!(
-            metric(node.metrics, ENCODE_FAILURES).await,
+            metric(metrics_of(node), ENCODE_FAILURES).await,
             0,
             "node {}",
-            node.id
+            node.id()
         );
     }
     cluster.assert_running();
@@ -490,7 +491,7 @@ fn storage_failure_stops_the_node_and_a_restart_recovers() {
     runtime().block_on(async {
         // Three nodes, two partitions: node 3 is a replica and a gateway with no partition,
         // so the cluster keeps committing while it is down.
-        let mut cluster = Cluster::start(3, 2, "bank");
+        let mut cluster = common::cluster::start(3, 2, "bank");
         with_budget(Duration::from_secs(150), failing_disk(&mut cluster)).await;
     });
 }
@@ -504,11 +505,13 @@ async fn failing_disk(cluster: &mut Cluster) {
 
     // Node 3 again, with its files capped a little above their size now: its log soon
     // cannot grow.
-    cluster.kill(3);
-    let largest = largest_file(&cluster.root.join("node-3"));
+    cluster.kill(3).expect("SIGKILL the node");
+    let largest = largest_file(&cluster.dir().join("node-3"));
     let cap = largest + (128 << 10);
     println!("node 3's largest file: {largest} bytes; capping files at {cap}");
-    cluster.spawn_with_file_size_limit(3, cap);
+    cluster
+        .start_node_with_file_size_limit(3, cap)
+        .expect("start the node");
     let load = async {
         let mut deposits = 0;
         while cluster_node_runs(cluster, 3) {
@@ -520,8 +523,8 @@ async fn failing_disk(cluster: &mut Cluster) {
     let deposits = tokio::time::timeout(Duration::from_secs(90), load)
         .await
         .expect("node 3 stopped within 90 s");
-    let exit = cluster.reap(3);
-    let log = std::fs::read_to_string(&cluster.node(3).log).unwrap_or_default();
+    let exit = cluster.reap(3).expect("reap the node");
+    let log = std::fs::read_to_string(cluster.at(3).log_path()).unwrap_or_default();
     assert!(
         !exit.success(),
         "node 3 must exit non-zero on a storage error, got {exit}"
@@ -541,7 +544,7 @@ async fn failing_disk(cluster: &mut Cluster) {
     );
 
     // Without the fault, node 3 recovers and catches up.
-    cluster.spawn(3);
+    cluster.start_node(3).expect("start the node");
     let target = commit_epoch(cluster, &status).await;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -584,8 +587,5 @@ fn largest_file(dir: &std::path::Path) -> u64 {
 }
 
 fn cluster_node_runs(cluster: &mut Cluster, id: u32) -> bool {
-    cluster.nodes[id as usize - 1]
-        .child
-        .as_mut()
-        .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    cluster.is_running(id).unwrap_or(false)
 }

@@ -13,7 +13,7 @@
 //!   key, once stored, used to keep it from starting).
 //!
 //! Every test stops by itself (deadlines on every step, a budget on the whole), and the node
-//! process dies with the test (SIGKILL from a guard's `Drop`, and `--exit-on-stdin-eof`
+//! process dies with the test (stopped by the cluster's `Drop`, and `--exit-on-stdin-eof`
 //! should the test process itself be killed). On failure the folder (config, certificates,
 //! data, node log) is kept and its path printed, with the tail of the log.
 
@@ -22,9 +22,9 @@
 
 mod common;
 
-use detflow_client::{CallError, Client, RetryPolicy, Tls};
-use detflow_node::certs::{self, CertPaths};
-use detflow_node::config::{Config, NodeSpec, TlsPaths};
+use common::cluster::{Cluster, TestCluster, metrics_of};
+use detflow_client::{CallError, Client, RetryPolicy};
+use detflow_node::config::NodeSpec;
 use detflow_node::runtime::ChannelHeader;
 use detflow_node::transport::{Connection, Endpoint, FRAME_TOO_LARGE, MALFORMED_FRAME};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES};
@@ -35,7 +35,6 @@ use detflow_workloads::kv::{self, KvTxn};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 const MALFORMED: &str = "detflow_transport_frames_rejected_malformed_total";
@@ -48,119 +47,67 @@ const STEP: Duration = Duration::from_secs(5);
 // A single-node cluster in a folder of its own.
 // ---------------------------------------------------------------------------------------
 
-/// One `detflow node` process: replica, gateway and two partitions. Dropping it SIGKILLs
-/// the process; if the test is failing it keeps the folder and prints the log.
+/// One `detflow node` process: replica, gateway and two partitions, as a one-node
+/// [`Cluster`]. Dropping it stops the process; if the test is failing it keeps the folder
+/// and prints the log.
 struct SingleNode {
-    temp: Option<tempfile::TempDir>,
-    certs: CertPaths,
+    cluster: Cluster,
     addr: SocketAddr,
     metrics: SocketAddr,
-    log: std::path::PathBuf,
-    child: Child,
 }
 
 impl SingleNode {
     fn start() -> SingleNode {
-        let temp = tempfile::Builder::new()
-            .prefix("detflow-bad-input-test-")
-            .tempdir()
-            .expect("create a temporary folder");
-        let root = temp.path().to_owned();
-        // Two node certificates: node-2's lets the tests speak as a (rogue) cluster node.
-        let certs = certs::generate(&root.join("certs"), 2).expect("make certificates");
-        let addr = {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-            socket.local_addr().expect("local address")
-        };
-        let metrics = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-            listener.local_addr().expect("local address")
-        };
-        let identity = certs.node(1).expect("node-1's certificate");
-        let config = Config {
-            id: 1,
-            listen: addr,
-            data_dir: root.join("node-1"),
-            workload: "bank".into(),
-            warehouses: None,
-            scale_down: None,
-            epoch_us: 5_000,
-            metrics_listen: Some(metrics),
-            tls: TlsPaths {
-                ca: certs.ca.cert.clone(),
-                cert: identity.cert.clone(),
-                key: identity.key.clone(),
-                session_key: None,
-            },
-            access: detflow_node::config::Access {
-                kv_txn_tables: vec![kv::TABLE.into()],
-            },
-            limits: Default::default(),
-            cluster: vec![
-                NodeSpec {
-                    id: 1,
-                    addr,
-                    replica: true,
-                    gateway: true,
-                    partitions: vec![0, 1],
-                },
+        let cluster = common::cluster::builder(1, 2, "bank")
+            // node-2's certificate lets the tests speak as a (rogue) cluster node.
+            .node_certificates(2)
+            .configure(|config| {
                 // A member with no roles, whose certificate the tests use to speak as a
                 // (rogue) cluster node; nothing runs at its address.
-                NodeSpec {
+                config.cluster.push(NodeSpec {
                     id: 2,
                     addr: SocketAddr::from(([127, 0, 0, 1], 9)),
                     replica: false,
                     gateway: false,
                     partitions: Vec::new(),
-                },
-            ],
-        };
-        config.validate().expect("a valid config");
-        let path = root.join("node-1.toml");
-        std::fs::write(&path, config.to_toml()).expect("write the config");
-        let log_path = root.join("node-1.log");
-        let child = common::spawn_node(&path, &log_path).expect("start the node");
+                });
+            })
+            .prefix("detflow-bad-input-test-")
+            .start()
+            .expect("start the node");
+        let node = cluster.at(1);
+        let (addr, metrics) = (node.addr(), metrics_of(node));
         SingleNode {
-            temp: Some(temp),
-            certs,
+            cluster,
             addr,
             metrics,
-            log: log_path,
-            child,
         }
     }
 
     /// SIGKILLs the node and starts it again on the same configuration and data.
     fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let config = self.log.with_file_name("node-1.toml");
-        self.child = common::spawn_node(&config, &self.log).expect("restart the node");
+        self.cluster.restart(1).expect("restart the node");
     }
 
     /// Panics if the node process has exited.
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll the node") {
-            panic!("the node exited ({status})");
-        }
+        self.cluster.assert_running();
     }
 
     async fn client(&self) -> Client {
-        let tls = Tls::from_dir(&self.certs.dir, "client").expect("load the client certificate");
-        Client::connect(vec![self.addr], tls)
-            .await
-            .expect("start a client")
-            .with_policy(RetryPolicy {
+        self.cluster
+            .client(RetryPolicy {
                 attempt_timeout: Duration::from_secs(2),
                 backoff: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(200),
                 attempts_max: 20,
             })
+            .await
     }
 
     /// A raw transport connection with the certificate `name` of the cluster's CA.
     async fn connect_as(&self, name: &str) -> (Endpoint, Connection) {
-        common::connect_as(&self.certs.dir, name, self.addr).await
+        common::connect_as(&self.cluster.certs().dir, name, self.addr).await
     }
 
     /// Waits until the node answers a status request and its replica leads.
@@ -186,25 +133,6 @@ impl SingleNode {
         let (_, status) = client.status().await.remove(0);
         let status = status.expect("the node answers a status request");
         status.replica.expect("the node runs a replica").2.0
-    }
-}
-
-impl Drop for SingleNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(40);
-            eprintln!("----- {}, last lines -----", self.log.display());
-            for line in &lines[from..] {
-                eprintln!("{line}");
-            }
-            if let Some(temp) = self.temp.take() {
-                eprintln!("kept the node's folder: {}", temp.keep().display());
-            }
-        }
     }
 }
 
@@ -634,45 +562,42 @@ fn bad_calls_are_rejected_with_a_reason() {
 #[test]
 fn a_node_refuses_to_start_with_another_nodes_certificate() {
     let mut node = SingleNode::start();
-    let _ = node.child.kill();
-    let _ = node.child.wait();
-    let config = node.log.with_file_name("node-1.toml");
-    let own = node
-        .certs
+    let cluster = &mut node.cluster;
+    cluster.kill(1).expect("SIGKILL the node");
+    let config = cluster.at(1).config_path().to_owned();
+    let own = cluster
+        .certs()
         .node(1)
         .expect("node-1's certificate")
-        .cert
         .clone();
-    let other = node.certs.node(2).expect("node-2's certificate");
+    let other = cluster
+        .certs()
+        .node(2)
+        .expect("node-2's certificate")
+        .clone();
     let text = std::fs::read_to_string(&config).expect("read the config");
     let swapped = text
         .replace(
-            &own.display().to_string(),
+            &own.cert.display().to_string(),
             &other.cert.display().to_string(),
         )
         .replace(
-            &node
-                .certs
-                .node(1)
-                .expect("node-1")
-                .key
-                .display()
-                .to_string(),
+            &own.key.display().to_string(),
             &other.key.display().to_string(),
         );
     assert_ne!(text, swapped, "the config names node-1's certificate");
     std::fs::write(&config, swapped).expect("write the config");
-    node.child = common::spawn_node(&config, &node.log).expect("start the node");
+    cluster.start_node(1).expect("start the node");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = node.child.try_wait().expect("poll the node") {
-            break status;
+        if !cluster.is_running(1).expect("poll the node") {
+            break cluster.reap(1).expect("reap the node");
         }
         assert!(Instant::now() < deadline, "the node kept running");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "the node exited with {status}");
-    let log = std::fs::read_to_string(&node.log).expect("read the log");
+    let log = std::fs::read_to_string(cluster.at(1).log_path()).expect("read the log");
     assert!(
         log.contains("is not node 1's certificate (it names node 2)"),
         "the log says why: {log}"

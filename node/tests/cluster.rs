@@ -26,8 +26,8 @@
 mod common;
 
 use common::cluster::{
-    Cluster, commit_epoch, quick_policy, runtime, serial, statuses, wait_applied, wait_committing,
-    wait_for_leader, wait_metric_above, with_budget,
+    Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, statuses,
+    wait_applied, wait_committing, wait_for_leader, wait_metric_above, with_budget,
 };
 use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind};
@@ -399,7 +399,7 @@ async fn check_lists(client: &Client, reports: &[SessionReport]) -> String {
 fn kill_and_restart_under_load() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = Cluster::start(3, 4, "bank");
+        let mut cluster = common::cluster::start(3, 4, "bank");
         with_budget(Duration::from_secs(90), kill_and_restart(&mut cluster)).await;
     });
 }
@@ -428,26 +428,26 @@ async fn kill_and_restart(cluster: &mut Cluster) {
     // no quorum is left until they come back.
     let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
     let other = cluster
-        .nodes
+        .nodes()
         .iter()
-        .filter(|n| n.id != leader && !n.partitions.is_empty())
-        .max_by_key(|n| (n.partitions.len(), std::cmp::Reverse(n.id)))
-        .map(|n| n.id)
+        .filter(|n| n.id() != leader && !n.partitions().is_empty())
+        .max_by_key(|n| (n.partitions().len(), std::cmp::Reverse(n.id())))
+        .map(|n| n.id())
         .expect("another node hosts partitions");
     let before = load.answered();
-    cluster.kill(leader);
-    cluster.kill(other);
+    cluster.kill(leader).expect("SIGKILL the node");
+    cluster.kill(other).expect("SIGKILL the node");
     println!(
         "[{:>5.1}s] SIGKILLed node {leader} (leader, partitions {:?}) and node {other} \
          (partitions {:?}) after {before} answers",
         began.elapsed().as_secs_f64(),
-        cluster.node(leader).partitions,
-        cluster.node(other).partitions,
+        cluster.at(leader).partitions(),
+        cluster.at(other).partitions(),
     );
     // Deliberate downtime, not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.spawn(leader);
-    cluster.spawn(other);
+    cluster.start_node(leader).expect("start the node");
+    cluster.start_node(other).expect("start the node");
     let restarted = load.answered();
     let (term, second_leader) =
         wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
@@ -470,14 +470,14 @@ async fn kill_and_restart(cluster: &mut Cluster) {
     // keep committing epochs; calls wait, because the dead node's partitions are not
     // replicated (DESIGN.md §8: a partition recovers by replaying the log when it returns).
     let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
-    cluster.kill(leader);
+    cluster.kill(leader).expect("SIGKILL the node");
     let killed = load.answered();
     let survivors: Vec<u32> = all.iter().copied().filter(|id| *id != leader).collect();
     println!(
         "[{:>5.1}s] SIGKILLed node {leader} (leader, partitions {:?}) alone after {killed} \
          answers",
         began.elapsed().as_secs_f64(),
-        cluster.node(leader).partitions,
+        cluster.at(leader).partitions(),
     );
     let (term, third_leader) =
         wait_for_leader(cluster, &status, &survivors, Duration::from_secs(30)).await;
@@ -504,7 +504,7 @@ async fn kill_and_restart(cluster: &mut Cluster) {
          committed epochs {from}..={commit} while node {leader} was down",
         began.elapsed().as_secs_f64(),
     );
-    cluster.spawn(leader);
+    cluster.start_node(leader).expect("start the node");
     let restarted = load.answered();
     let (term, final_leader) =
         wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
@@ -631,7 +631,7 @@ async fn expect_refused(tls: &Tls, addr: SocketAddr) -> String {
 fn refuses_peers_with_bad_credentials() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = Cluster::start(3, 3, "bank");
+        let mut cluster = common::cluster::start(3, 3, "bank");
         with_budget(Duration::from_secs(60), bad_credentials(&mut cluster)).await;
     });
 }
@@ -650,19 +650,19 @@ async fn bad_credentials(cluster: &mut Cluster) {
         .expect("a good client is served");
 
     // Another CA, with a node and a client certificate of its own.
-    let other = cluster.root.join("other-ca");
+    let other = cluster.dir().join("other-ca");
     certs::generate_ca_only(&other, false).expect("make another CA");
     let rogue_node = certs::issue(&other, "node-1", CertKind::Node).expect("issue");
     let rogue_client = certs::issue(&other, "client", CertKind::Client).expect("issue");
     // A certificate from the right CA that names no detflow role.
     let no_role = certs::issue(
-        &cluster.certs.dir,
+        &cluster.certs().dir,
         "no-role",
         CertKind::Custom(vec!["localhost".into()]),
     )
     .expect("issue");
     // The rogues trust the cluster's CA, so only their own certificate is wrong.
-    let ca = &cluster.certs.ca.cert;
+    let ca = &cluster.certs().ca.cert.clone();
     let peers = [
         (
             "a node certificate from another CA",
@@ -681,8 +681,8 @@ async fn bad_credentials(cluster: &mut Cluster) {
             Tls::load(ca, &no_role.cert, &no_role.key).expect("load"),
         ),
     ];
-    let target = cluster.node(1);
-    let (addr, metrics) = (target.addr, target.metrics);
+    let target = cluster.at(1);
+    let (addr, metrics) = (target.addr(), metrics_of(target));
     for (what, tls) in &peers {
         let before = common::metric(metrics, REFUSED)
             .await

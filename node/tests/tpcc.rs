@@ -22,11 +22,13 @@
 
 mod common;
 
-use common::cluster::{Cluster, quick_policy, runtime, serial, wait_for_leader, with_budget};
+use common::cluster::{
+    Cluster, TestCluster, quick_policy, runtime, serial, wait_for_leader, with_budget,
+};
 use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_executor::Procedure;
-use detflow_node::drive::{self, DriveConfig};
-use detflow_node::tpcc;
+use detflow_loadgen::drive::{self, DriveConfig};
+use detflow_loadgen::tpcc;
 use detflow_protocol::DetRng;
 use detflow_protocol::codec;
 use detflow_workloads::kv::KvRead;
@@ -52,7 +54,7 @@ fn options() -> Options {
 
 /// A 3-node TPC-C cluster, its leader elected.
 async fn tpcc_cluster() -> (Cluster, Client) {
-    let mut cluster = Cluster::start_with(3, PARTITIONS, "tpcc", |config| {
+    let mut cluster = common::cluster::start_with(3, PARTITIONS, "tpcc", |config| {
         config.warehouses = Some(WAREHOUSES);
         config.scale_down = Some(SCALE_DOWN);
         // The power-loss check reads acknowledged orders back through kv.txn.
@@ -93,9 +95,13 @@ async fn run_and_check(cluster: &mut Cluster) {
         duration: Duration::from_secs(4),
         progress: false,
     };
-    let run = drive::drive(cluster.gateways(), cluster.client_tls(), config)
-        .await
-        .expect("drive TPC-C");
+    let run = drive::drive(
+        cluster.gateways(),
+        cluster.client_tls().expect("load the client certificate"),
+        config,
+    )
+    .await
+    .expect("drive TPC-C");
     cluster.assert_running();
     let payments = &run.transactions[Payment::NAME];
     assert!(
@@ -256,11 +262,11 @@ async fn power_loss(cluster: &mut Cluster) {
 
     // Power loss: every process dies at once, nothing of theirs runs any more.
     for id in cluster.ids() {
-        cluster.kill(id);
+        cluster.kill(id).expect("SIGKILL the node");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in cluster.ids() {
-        cluster.spawn(id);
+        cluster.start_node(id).expect("start the node");
     }
     let status = cluster.client(quick_policy()).await;
     let ids = cluster.ids();

@@ -127,6 +127,14 @@ pub struct NodeStatus {
     pub calls_answered: u64,
     /// Microseconds since the node started.
     pub uptime_us: u64,
+    /// Initial rows this node generated and loaded into its partitions since it started
+    /// (0 when it restarted on data already loaded). A node answers only once its
+    /// partitions are loaded, so this is the node's whole share.
+    #[serde(default)]
+    pub rows_loaded: u64,
+    /// TPC-C warehouses among them (0 for other workloads), for loading progress.
+    #[serde(default)]
+    pub warehouses_loaded: u32,
 }
 
 /// What a client may send a node: the client-facing subset of [`Message`], with the same

@@ -291,15 +291,26 @@ fn remote_reads() -> impl Strategy<Value = RemoteReads> + Clone {
 fn node_status() -> impl Strategy<Value = NodeStatus> + Clone {
     let replica = proptest::option::of((any::<u64>(), proptest::option::of(node()), epoch()));
     let partitions = vec((partition(), epoch(), epoch()), 0..4);
-    (node(), replica, partitions, any::<u64>(), any::<u64>()).prop_map(
-        |(node, replica, partitions, calls_answered, uptime_us)| NodeStatus {
-            node,
-            replica,
-            partitions,
-            calls_answered,
-            uptime_us,
-        },
+    let loaded = (any::<u64>(), any::<u32>());
+    (
+        node(),
+        replica,
+        partitions,
+        any::<u64>(),
+        any::<u64>(),
+        loaded,
     )
+        .prop_map(
+            |(node, replica, partitions, calls_answered, uptime_us, loaded)| NodeStatus {
+                node,
+                replica,
+                partitions,
+                calls_answered,
+                uptime_us,
+                rows_loaded: loaded.0,
+                warehouses_loaded: loaded.1,
+            },
+        )
 }
 
 fn plan() -> impl Strategy<Value = Plan> + Clone {

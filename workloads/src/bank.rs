@@ -7,7 +7,10 @@
 //! Invariants ([`Bank::check`]): every account exists, no balance is negative, and the
 //! total equals the initial total plus the committed deposits (transfers conserve money).
 
-use crate::{Executed, Findings, Request, Violation, Workload, table_rows};
+use crate::{
+    Answer, Executed, Findings, LiveCheck, Request, Violation, Workload, committed_output,
+    table_rows,
+};
 use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
@@ -162,6 +165,16 @@ impl Workload for Bank {
         }
     }
 
+    fn live_check(&self) -> Option<Box<dyn LiveCheck>> {
+        Some(Box::new(LiveBank {
+            config: self.config.clone(),
+            deposits_cents: 0,
+            next_account: 0,
+            total_cents: 0,
+            failure: None,
+        }))
+    }
+
     fn check(&self, state: &BTreeMap<Key, Value>, log: &[Executed<'_>]) -> Result<(), Violation> {
         let mut findings = Findings::new("bank");
         let accounts = self.config.accounts;
@@ -222,6 +235,80 @@ impl Workload for Bank {
             }
         }
         findings.finish()
+    }
+}
+
+/// The bank's end-to-end check of a live cluster: reads every balance and requires the
+/// total to be the initial total plus the acknowledged deposits, and no balance negative.
+///
+/// Deposits whose acknowledgement never came (the client gave up) are not counted, so a
+/// run with failed deposits may report a total above the expected one.
+struct LiveBank {
+    config: BankConfig,
+    /// The acknowledged deposits, added up.
+    deposits_cents: i64,
+    /// The account the next read asks for.
+    next_account: u64,
+    /// The balances read so far, added up.
+    total_cents: i64,
+    /// Why the check failed, once it has.
+    failure: Option<String>,
+}
+
+impl LiveCheck for LiveBank {
+    fn note_commit(&mut self, procedure: &str, args: &[u8], _output: &[u8]) {
+        if procedure == Deposit::NAME
+            && let Ok(a) = codec::decode::<DepositArgs>(args)
+        {
+            self.deposits_cents = self.deposits_cents.saturating_add(a.amount_cents);
+        }
+    }
+
+    fn next_read(&mut self) -> Option<Request> {
+        if self.failure.is_some() || self.next_account >= self.config.accounts {
+            return None;
+        }
+        let account = self.next_account;
+        self.next_account += 1;
+        Some(request::<Balance>(&BalanceArgs { account }))
+    }
+
+    fn on_answer(&mut self, request: &Request, answer: Answer<'_>) {
+        let account = codec::decode::<BalanceArgs>(&request.args).map_or(u64::MAX, |a| a.account);
+        let what = format!("reading account {account}");
+        let balance = committed_output(&what, answer).and_then(|output| {
+            codec::decode::<BalanceOutput>(output)
+                .map_err(|e| format!("{what}: the output does not decode: {}", e.0))
+        });
+        match balance {
+            Ok(out) if out.balance_cents < 0 => {
+                self.failure = Some(format!(
+                    "account {account} is negative: {}",
+                    out.balance_cents
+                ));
+            }
+            Ok(out) => self.total_cents = self.total_cents.saturating_add(out.balance_cents),
+            Err(e) => self.failure = Some(e),
+        }
+    }
+
+    fn verdict(self: Box<Self>) -> Result<String, String> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        let total = self.total_cents;
+        let expected = (self.config.accounts as i64)
+            .saturating_mul(self.config.initial_balance_cents)
+            .saturating_add(self.deposits_cents);
+        if total != expected {
+            return Err(format!(
+                "total is {total} cents, expected {expected} (initial + acknowledged deposits)"
+            ));
+        }
+        Ok(format!(
+            "total conserved: {total} cents over {} accounts, none negative",
+            self.config.accounts
+        ))
     }
 }
 
@@ -394,12 +481,68 @@ mod tests {
     use super::*;
     use crate::testkit;
     use detflow_executor::serial::SerialExecutor;
+    use detflow_protocol::AbortReason;
 
     fn bank() -> Bank {
         Bank::new(BankConfig {
             accounts: 4,
             ..BankConfig::default()
         })
+    }
+
+    /// Runs `bank`'s live check against `balances`, after noting `deposits`.
+    fn live_verdict(bank: &Bank, deposits: &[i64], balances: &[i64]) -> Result<String, String> {
+        let mut check = bank.live_check().expect("the bank has a live check");
+        for (account, amount_cents) in deposits.iter().enumerate() {
+            let args = codec::encode(&DepositArgs {
+                account: account as u64,
+                amount_cents: *amount_cents,
+            });
+            check.note_commit(Deposit::NAME, &args, &[]);
+        }
+        // A transfer's commit changes nothing the check counts.
+        check.note_commit(Transfer::NAME, &[], &[]);
+        let mut reads = 0;
+        while let Some(request) = check.next_read() {
+            assert_eq!(request.procedure, Balance::NAME);
+            let args: BalanceArgs = codec::decode(&request.args).unwrap();
+            let output = codec::encode(&BalanceOutput {
+                balance_cents: balances[args.account as usize],
+            });
+            check.on_answer(&request, Answer::Committed(&output));
+            reads += 1;
+        }
+        assert!(reads <= balances.len());
+        check.verdict()
+    }
+
+    #[test]
+    fn live_check_requires_the_total_plus_acknowledged_deposits() {
+        let bank = bank();
+        // 4 accounts of 10,000 and deposits of 50 and 25.
+        assert_eq!(
+            live_verdict(&bank, &[50, 25], &[9_000, 11_075, 10_000, 10_000]),
+            Ok("total conserved: 40075 cents over 4 accounts, none negative".to_owned())
+        );
+        let lost = live_verdict(&bank, &[50], &[10_000; 4]).unwrap_err();
+        assert!(lost.contains("expected 40050"), "{lost}");
+        let negative = live_verdict(&bank, &[], &[-1, 20_001, 10_000, 10_000]).unwrap_err();
+        assert_eq!(negative, "account 0 is negative: -1");
+    }
+
+    #[test]
+    fn live_check_reports_a_read_that_aborted() {
+        let bank = bank();
+        let mut check = bank.live_check().unwrap();
+        let request = check.next_read().unwrap();
+        let reason = AbortReason::Panicked("boom".into());
+        check.on_answer(&request, Answer::Aborted(&reason));
+        assert_eq!(check.next_read(), None, "a failed check reads no further");
+        let verdict = check.verdict().unwrap_err();
+        assert!(
+            verdict.starts_with("reading account 0: aborted"),
+            "{verdict}"
+        );
     }
 
     fn call<P: Procedure>(

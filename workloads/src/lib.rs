@@ -8,6 +8,10 @@
 //! its procedures, loads its initial rows onto the partitions the scheme assigns, draws
 //! calls from [`Workload::next_call`] and, at the end, hands the final state and the
 //! executed log to [`Workload::check`].
+//!
+//! A driver of a live cluster cannot see the final state; it checks a workload end to end
+//! through the workload's [`LiveCheck`] instead (see [`Workload::live_check`]), which only
+//! turns answers into further calls and a verdict, and does no I/O itself.
 
 #![forbid(unsafe_code)]
 
@@ -147,6 +151,12 @@ pub trait Workload: Send {
         Audit::default()
     }
 
+    /// The end-to-end check a driver of a live cluster runs through the client library, or
+    /// `None` when the workload has none. A driver makes one per run (see [`LiveCheck`]).
+    fn live_check(&self) -> Option<Box<dyn LiveCheck>> {
+        None
+    }
+
     /// Checks what must hold right after loading, on the loaded state.
     fn check_initial(&self, state: &BTreeMap<Key, Value>) -> Result<(), Violation> {
         let _ = state;
@@ -156,6 +166,42 @@ pub trait Workload: Send {
     /// Checks the invariants on the final state, given every executed transaction in log
     /// order (committed and aborted).
     fn check(&self, state: &BTreeMap<Key, Value>, log: &[Executed<'_>]) -> Result<(), Violation>;
+}
+
+/// A workload's end-to-end check of a live cluster, as a small state machine: it decides
+/// what to read and what the answers mean, the driver only makes the calls.
+///
+/// The driver's order: [`LiveCheck::note_commit`] for every call acknowledged as committed
+/// during the run (from any session, in any order); once the run has stopped, repeatedly
+/// [`LiveCheck::next_read`] and then [`LiveCheck::on_answer`] with that call's answer, one
+/// read at a time, until `next_read` returns `None`; finally [`LiveCheck::verdict`]. A
+/// driver whose call fails for want of a cluster (unavailable, refused) stops and reports
+/// that instead of a verdict.
+pub trait LiveCheck: Send {
+    /// Notes a call the cluster acknowledged as committed, with its MessagePack output.
+    fn note_commit(&mut self, procedure: &str, args: &[u8], output: &[u8]) {
+        let _ = (procedure, args, output);
+    }
+
+    /// The next read to make, or `None` when the check has all it needs (or already
+    /// failed).
+    fn next_read(&mut self) -> Option<Request>;
+
+    /// How the read `request` (the last one [`LiveCheck::next_read`] gave) ended.
+    fn on_answer(&mut self, request: &Request, answer: Answer<'_>);
+
+    /// What the check found: `Ok` with a summary for people, or `Err` with what is wrong.
+    fn verdict(self: Box<Self>) -> Result<String, String>;
+}
+
+/// The output of a committed read, or what went wrong with it, for a [`LiveCheck`]:
+/// `what` names the read ("reading account 3").
+fn committed_output<'a>(what: &str, answer: Answer<'a>) -> Result<&'a [u8], String> {
+    match answer {
+        Answer::Committed(output) => Ok(output),
+        Answer::Aborted(reason) => Err(format!("{what}: aborted: {reason}")),
+        Answer::Failed => Err(format!("{what}: failed")),
+    }
 }
 
 /// The workload names [`by_name`] accepts.

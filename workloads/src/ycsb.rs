@@ -17,7 +17,10 @@
 //! counters sum to the total of committed operations.
 
 use crate::zipf::Zipf;
-use crate::{Executed, Findings, Request, Violation, Workload, table_rows};
+use crate::{
+    Answer, Executed, Findings, LiveCheck, Request, Violation, Workload, committed_output,
+    table_rows,
+};
 use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
@@ -254,6 +257,16 @@ impl Workload for Ycsb {
         }
     }
 
+    fn live_check(&self) -> Option<Box<dyn LiveCheck>> {
+        Some(Box::new(LiveYcsb {
+            keys: self.config.keys,
+            increments: BTreeMap::new(),
+            next_key: 0,
+            mismatches: 0,
+            failure: None,
+        }))
+    }
+
     fn check(&self, state: &BTreeMap<Key, Value>, log: &[Executed<'_>]) -> Result<(), Violation> {
         let mut findings = Findings::new("ycsb");
         let mut increments: BTreeMap<u64, u64> = BTreeMap::new();
@@ -337,6 +350,92 @@ impl Workload for Ycsb {
 fn record_of(tx: &Txn<'_>, i: u64) -> Result<YcsbRecord, Abort> {
     tx.get_as::<YcsbRecord>(&record_key(i))?
         .ok_or_else(|| Abort::User(format!("record {i} does not exist")))
+}
+
+/// YCSB's end-to-end check of a live cluster: every record's counter must equal the
+/// read-modify-writes of it the cluster acknowledged.
+struct LiveYcsb {
+    /// Records `0..keys`.
+    keys: u64,
+    /// Acknowledged increments per record.
+    increments: BTreeMap<u64, u64>,
+    /// The first record the next read asks for.
+    next_key: u64,
+    /// Records whose counter differs from its acknowledged increments.
+    mismatches: u64,
+    /// Why the check failed for want of an answer, once it has.
+    failure: Option<String>,
+}
+
+impl LiveYcsb {
+    /// Records per read: a modest footprint per call.
+    const READ_KEYS_MAX: u64 = 50;
+}
+
+impl LiveCheck for LiveYcsb {
+    fn note_commit(&mut self, procedure: &str, args: &[u8], _output: &[u8]) {
+        if procedure == Rmw::NAME
+            && let Ok(a) = codec::decode::<RmwArgs>(args)
+        {
+            for k in a.keys {
+                *self.increments.entry(k).or_default() += 1;
+            }
+        }
+    }
+
+    fn next_read(&mut self) -> Option<Request> {
+        if self.failure.is_some() || self.next_key >= self.keys {
+            return None;
+        }
+        let end = self.keys.min(self.next_key + Self::READ_KEYS_MAX);
+        let keys: Vec<u64> = (self.next_key..end).collect();
+        self.next_key = end;
+        Some(Request::new(Read::NAME, codec::encode(&ReadArgs { keys })))
+    }
+
+    fn on_answer(&mut self, request: &Request, answer: Answer<'_>) {
+        let read = committed_output("reading records", answer).and_then(|output| {
+            let args = codec::decode::<ReadArgs>(&request.args)
+                .map_err(|e| format!("the read's arguments do not decode: {}", e.0))?;
+            let out = codec::decode::<ReadOutput>(output)
+                .map_err(|e| format!("reading records: the output does not decode: {}", e.0))?;
+            Ok((args.keys, out.counters))
+        });
+        match read {
+            Ok((keys, counters)) => {
+                if keys.len() != counters.len() {
+                    self.failure = Some(format!(
+                        "reading {} records returned {} counters",
+                        keys.len(),
+                        counters.len()
+                    ));
+                    return;
+                }
+                for (k, counter) in keys.iter().zip(counters) {
+                    if counter != self.increments.get(k).copied().unwrap_or(0) {
+                        self.mismatches += 1;
+                    }
+                }
+            }
+            Err(e) => self.failure = Some(e),
+        }
+    }
+
+    fn verdict(self: Box<Self>) -> Result<String, String> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        if self.mismatches > 0 {
+            return Err(format!(
+                "{} records differ from the acknowledged read-modify-writes",
+                self.mismatches
+            ));
+        }
+        Ok(format!(
+            "every one of {} counters equals its acknowledged read-modify-writes",
+            self.keys
+        ))
+    }
 }
 
 /// `ycsb.rmw`: increments the counter of each listed record.

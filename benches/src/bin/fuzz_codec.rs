@@ -1034,6 +1034,8 @@ fn node_status(rng: &mut DetRng) -> NodeStatus {
         partitions: list(rng, 3, |rng| (partition(rng), epoch(rng), epoch(rng))),
         calls_answered: rng.next_u64(),
         uptime_us: rng.next_u64(),
+        rows_loaded: rng.next_u64(),
+        warehouses_loaded: rng.next_u64() as u32,
     }
 }
 

@@ -146,5 +146,7 @@ pub(super) fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus 
         partitions,
         calls_answered: stats.calls_answered.get(),
         uptime_us: clock.now().0,
+        rows_loaded: crate::load::rows_loaded(),
+        warehouses_loaded: crate::load::warehouses_loaded(),
     }
 }

@@ -1,5 +1,5 @@
-//! Helpers the process-level tests share: starting a node process, reading its metrics,
-//! a whole cluster of them ([`cluster`]).
+//! Helpers the process-level tests share: a cluster of node processes ([`cluster`]),
+//! reading a node's metrics, speaking the wire protocol as a given certificate.
 
 // Each test binary uses its own part of the helpers.
 #[allow(dead_code)]
@@ -7,61 +7,7 @@ pub(crate) mod cluster;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// Starts `detflow node --config CONFIG`, appending its output to `log`. The node exits when
-/// its stdin pipe closes: when the test drops the child, or dies.
-pub(crate) fn spawn_node(config: &Path, log: &Path) -> std::io::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    Command::new(env!("CARGO_BIN_EXE_detflow"))
-        .arg("node")
-        .arg("--config")
-        .arg(config)
-        .arg("--exit-on-stdin-eof")
-        .env("NO_COLOR", "1")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-}
-
-/// [`spawn_node`] under a shell that caps the size of every file the node writes at
-/// `file_bytes_max` and ignores SIGXFSZ, so writes past the cap fail with EFBIG.
-pub(crate) fn spawn_node_limited(
-    config: &Path,
-    log: &Path,
-    file_bytes_max: u64,
-) -> std::io::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let blocks = file_bytes_max.div_ceil(1024);
-    Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" node --config \"$1\" --exit-on-stdin-eof"
-        ))
-        .arg(env!("CARGO_BIN_EXE_detflow"))
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-}
 
 /// A raw transport connection to `addr` with the certificate `name` found under `certs`
 /// (the folder `detflow certs` wrote): for tests that speak the wire protocol themselves.

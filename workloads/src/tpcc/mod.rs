@@ -14,7 +14,7 @@ pub mod keys;
 pub mod procs;
 pub mod rows;
 
-use crate::{Answer, Audit, Executed, Request, Violation, Workload};
+use crate::{Answer, Audit, Executed, LiveCheck, Request, Violation, Workload, committed_output};
 use check::{Check, CheckArgs, WarehouseCheck, check_warehouse, combine};
 use detflow_executor::{Abort, Procedure, Registry};
 use detflow_protocol::{DetRng, Key, PartitionScheme, TableRule, Value, codec};
@@ -460,6 +460,20 @@ impl Tpcc {
         )
     }
 
+    /// The consistency conditions of every warehouse checked in a live cluster, through
+    /// [`Tpcc::check_request`] (`initial`: condition 11 too, which holds only right after
+    /// loading). Run it while no other load runs: each warehouse is checked at its own
+    /// position in the order.
+    pub fn consistency_check(&self, initial: bool) -> LiveTpcc {
+        LiveTpcc {
+            config: self.config.clone(),
+            initial,
+            next_warehouse: 1,
+            checks: Vec::new(),
+            failure: None,
+        }
+    }
+
     /// Combines the outputs of [`Tpcc::check_request`] for every warehouse.
     pub fn combine_checks(outputs: &[WarehouseCheck]) -> Result<String, String> {
         combine(outputs)
@@ -852,12 +866,68 @@ impl Workload for Tpcc {
         self.audit.clone()
     }
 
+    fn live_check(&self) -> Option<Box<dyn LiveCheck>> {
+        Some(Box::new(self.consistency_check(false)))
+    }
+
     fn check_initial(&self, state: &BTreeMap<Key, Value>) -> Result<(), Violation> {
         self.check_state(state, true)
     }
 
     fn check(&self, state: &BTreeMap<Key, Value>, _log: &[Executed<'_>]) -> Result<(), Violation> {
         self.check_state(state, false)
+    }
+}
+
+/// TPC-C's end-to-end check of a live cluster (see [`Tpcc::consistency_check`]): one
+/// `tpcc.check` per warehouse, then the conditions that span warehouses.
+#[derive(Debug)]
+pub struct LiveTpcc {
+    config: TpccConfig,
+    /// Condition 11 too.
+    initial: bool,
+    /// The warehouse the next read checks.
+    next_warehouse: u32,
+    /// The warehouses' checks so far.
+    checks: Vec<WarehouseCheck>,
+    /// Why the check failed for want of an answer, once it has.
+    failure: Option<String>,
+}
+
+impl LiveCheck for LiveTpcc {
+    fn next_read(&mut self) -> Option<Request> {
+        if self.failure.is_some() || self.next_warehouse > self.config.warehouses {
+            return None;
+        }
+        let w = self.next_warehouse;
+        self.next_warehouse += 1;
+        Some(Request::new(
+            Check::NAME,
+            codec::encode(&CheckArgs {
+                w,
+                shape: self.config.shape,
+                initial: self.initial,
+            }),
+        ))
+    }
+
+    fn on_answer(&mut self, request: &Request, answer: Answer<'_>) {
+        let w = codec::decode::<CheckArgs>(&request.args).map_or(0, |a| a.w);
+        let check = committed_output(&format!("checking warehouse {w}"), answer).and_then(|out| {
+            codec::decode::<WarehouseCheck>(out)
+                .map_err(|e| format!("warehouse {w}'s check does not decode: {}", e.0))
+        });
+        match check {
+            Ok(check) => self.checks.push(check),
+            Err(e) => self.failure = Some(e),
+        }
+    }
+
+    fn verdict(self: Box<Self>) -> Result<String, String> {
+        match self.failure {
+            Some(failure) => Err(failure),
+            None => combine(&self.checks),
+        }
     }
 }
 

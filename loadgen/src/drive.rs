@@ -1,6 +1,6 @@
 //! The load driver behind `detflow demo` and `detflow bench`: concurrent client sessions
 //! drawing logical transactions from a workload's generator, latency histograms, live
-//! progress, and an end-to-end invariant check through the client library.
+//! progress, and the workload's end-to-end check ([`LiveCheck`]) through the client library.
 //!
 //! A logical transaction is the generator's first call plus the calls
 //! [`Workload::follow_up`] makes of it (a reconnaissance read, then the call it prepared;
@@ -12,15 +12,14 @@
 
 use anyhow::Result;
 use detflow_client::{CallError, Client, Tls};
-use detflow_executor::Procedure;
-use detflow_protocol::{AbortReason, DetRng, codec};
-use detflow_workloads::{Answer, Audit, Options, Workload, bank, ycsb};
+use detflow_protocol::{AbortReason, DetRng};
+use detflow_workloads::{Answer, Audit, LiveCheck, Options, Workload};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What to drive.
@@ -146,16 +145,12 @@ enum Ending {
 /// What one session measured.
 struct SessionReport {
     tallies: BTreeMap<&'static str, Tally>,
-    ledger: Ledger,
     audit: Audit,
 }
 
-/// What the sessions learned that the invariant check needs.
-#[derive(Default)]
-struct Ledger {
-    deposits_cents: i64,
-    increments: BTreeMap<u64, u64>,
-}
+/// The workload's end-to-end check, shared by the sessions, which note every acknowledged
+/// commit in it; `None` for a workload without one.
+type SharedCheck = Arc<Mutex<Option<Box<dyn LiveCheck>>>>;
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 4] {
     [
@@ -171,6 +166,10 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     let done = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let check: SharedCheck = Arc::new(Mutex::new(
+        detflow_workloads::by_name_with(&config.workload, config.partitions, &config.options)?
+            .live_check(),
+    ));
     let mut sessions = Vec::new();
     for c in 0..config.clients {
         let client = Client::connect(gateways.clone(), tls.clone()).await?;
@@ -183,6 +182,7 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
             DetRng::new(seed),
             done.clone(),
             answered.clone(),
+            check.clone(),
         )));
     }
     let mut last = 0;
@@ -202,14 +202,9 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     done.store(true, Ordering::Relaxed);
     let mut all = Tally::new();
     let mut transactions: BTreeMap<String, Tally> = BTreeMap::new();
-    let mut ledger = Ledger::default();
     let mut audit = Audit::default();
     for session in sessions {
         let report = session.await?;
-        ledger.deposits_cents += report.ledger.deposits_cents;
-        for (k, v) in report.ledger.increments {
-            *ledger.increments.entry(k).or_default() += v;
-        }
         audit.merge(&report.audit);
         for (name, t) in report.tallies {
             all.add(&t);
@@ -221,9 +216,17 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     }
     // Sessions finish the transaction they are in, so the run lasts until the last one.
     let seconds = start.elapsed().as_secs_f64();
-    let checker = Client::connect(gateways, tls).await?;
-    let invariants = check(&checker, &config, &ledger).await;
-    checker.close();
+    // Every session has ended, so nothing else holds the check.
+    let check = lock(&check).take();
+    let invariants = match check {
+        Some(check) => {
+            let checker = Client::connect(gateways, tls).await?;
+            let verdict = run_check(&checker, check).await;
+            checker.close();
+            verdict
+        }
+        None => Ok(format!("no end-to-end check for {}", config.workload)),
+    };
     Ok(Report {
         workload: config.workload.clone(),
         clients: config.clients,
@@ -248,9 +251,9 @@ async fn session(
     mut rng: DetRng,
     done: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
+    check: SharedCheck,
 ) -> SessionReport {
     let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
-    let mut ledger = Ledger::default();
     while !done.load(Ordering::Relaxed) {
         let mut request = workload.next_call(&mut rng);
         let began = Instant::now();
@@ -271,8 +274,8 @@ async fn session(
                 }
                 Err(_) => (Ending::Failed, Answer::Failed),
             };
-            if ending == Ending::Committed {
-                note_commit(&mut ledger, request.procedure, &request.args);
+            if let (Ok(output), Some(check)) = (&result, lock(&check).as_mut()) {
+                check.note_commit(request.procedure, &request.args, output);
             }
             match workload.follow_up(&request, answer) {
                 Some(next) => {
@@ -298,92 +301,32 @@ async fn session(
     client.close();
     SessionReport {
         tallies,
-        ledger,
         audit: workload.audit(),
     }
 }
 
-fn note_commit(ledger: &mut Ledger, procedure: &str, args: &[u8]) {
-    match procedure {
-        bank::Deposit::NAME => {
-            if let Ok(a) = codec::decode::<bank::DepositArgs>(args) {
-                ledger.deposits_cents += a.amount_cents;
-            }
-        }
-        ycsb::Rmw::NAME => {
-            if let Ok(a) = codec::decode::<ycsb::RmwArgs>(args) {
-                for k in a.keys {
-                    *ledger.increments.entry(k).or_default() += 1;
-                }
-            }
-        }
-        _ => {}
-    }
+/// The shared check, even if a session panicked while holding it: noting a commit leaves
+/// it consistent, and the panic itself is reported when the session is joined.
+fn lock(check: &SharedCheck) -> MutexGuard<'_, Option<Box<dyn LiveCheck>>> {
+    check
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the state back through the client library and checks the workload's invariants.
-async fn check(client: &Client, config: &DriveConfig, ledger: &Ledger) -> Result<String, String> {
-    match config.workload.as_str() {
-        "bank" => {
-            let defaults = bank::BankConfig::default();
-            let mut total: i64 = 0;
-            for account in 0..defaults.accounts {
-                let out = client
-                    .call::<bank::Balance>(&bank::BalanceArgs { account })
-                    .await
-                    .map_err(|e| format!("reading account {account}: {e}"))?;
-                if out.balance_cents < 0 {
-                    return Err(format!(
-                        "account {account} is negative: {}",
-                        out.balance_cents
-                    ));
-                }
-                total += out.balance_cents;
-            }
-            let expected =
-                defaults.accounts as i64 * defaults.initial_balance_cents + ledger.deposits_cents;
-            if total != expected {
-                return Err(format!(
-                    "total is {total} cents, expected {expected} (initial + acknowledged deposits)"
-                ));
-            }
-            Ok(format!(
-                "total conserved: {total} cents over {} accounts, none negative",
-                defaults.accounts
-            ))
+/// Runs a workload's end-to-end check: its reads, one at a time, then its verdict. A read
+/// that fails for want of a cluster (unavailable, refused) ends the check with the error.
+pub async fn run_check(client: &Client, mut check: Box<dyn LiveCheck>) -> Result<String, String> {
+    while let Some(request) = check.next_read() {
+        let result = client
+            .call_raw(request.procedure, request.args.clone())
+            .await;
+        match &result {
+            Ok(output) => check.on_answer(&request, Answer::Committed(output)),
+            Err(CallError::Aborted(reason)) => check.on_answer(&request, Answer::Aborted(reason)),
+            Err(e) => return Err(format!("checking with {}: {e}", request.procedure)),
         }
-        "ycsb" => {
-            let keys = ycsb::YcsbConfig::default().keys;
-            let mut mismatches = 0;
-            let ids: Vec<u64> = (0..keys).collect();
-            for chunk in ids.chunks(50) {
-                let out = client
-                    .call::<ycsb::Read>(&ycsb::ReadArgs {
-                        keys: chunk.to_vec(),
-                    })
-                    .await
-                    .map_err(|e| format!("reading records: {e}"))?;
-                for (k, counter) in chunk.iter().zip(out.counters) {
-                    if counter != ledger.increments.get(k).copied().unwrap_or(0) {
-                        mismatches += 1;
-                    }
-                }
-            }
-            if mismatches > 0 {
-                return Err(format!(
-                    "{mismatches} records differ from the acknowledged read-modify-writes"
-                ));
-            }
-            Ok(format!(
-                "every one of {keys} counters equals its acknowledged read-modify-writes"
-            ))
-        }
-        "tpcc" => {
-            let tpcc = crate::tpcc::workload(config.partitions, &config.options);
-            crate::tpcc::consistency(client, &tpcc, false).await
-        }
-        other => Ok(format!("no end-to-end check for {other}")),
     }
+    check.verdict()
 }
 
 /// Prints a report for people.

@@ -10,9 +10,7 @@
 use crate::drive::{self, Report, TxnReport};
 use detflow_client::Client;
 use detflow_executor::Procedure;
-use detflow_protocol::codec;
 use detflow_workloads::Options;
-use detflow_workloads::tpcc::check::WarehouseCheck;
 use detflow_workloads::tpcc::procs::NewOrder;
 use detflow_workloads::tpcc::{self, AuditLine, Tpcc, TpccConfig};
 use serde::Serialize;
@@ -23,28 +21,20 @@ pub fn workload(partitions: u32, options: &Options) -> Tpcc {
     Tpcc::new(TpccConfig::from_options(partitions, options))
 }
 
-/// Rows of all warehouses after loading, about (the replicated items not counted).
+/// Rows the nodes generate to load every warehouse, about: the warehouses' own, and the
+/// replicated items once per partition.
 pub fn rows_expected(tpcc: &Tpcc) -> u64 {
     let config = tpcc.config();
     u64::from(config.warehouses) * config.shape.rows_per_warehouse()
+        + u64::from(config.partitions) * u64::from(config.shape.items)
 }
 
 /// Checks every warehouse's consistency conditions (`initial`: condition 11 too, which
-/// holds only right after loading) and combines them. Run it while no other load runs:
-/// each warehouse is checked at its own position in the order.
+/// holds only right after loading) and combines them, through the workload's own check
+/// ([`Tpcc::consistency_check`]). Run it while no other load runs: each warehouse is
+/// checked at its own position in the order.
 pub async fn consistency(client: &Client, tpcc: &Tpcc, initial: bool) -> Result<String, String> {
-    let mut checks = Vec::new();
-    for w in 1..=tpcc.config().warehouses {
-        let request = tpcc.check_request(w, initial);
-        let output = client
-            .call_raw(request.procedure, request.args)
-            .await
-            .map_err(|e| format!("checking warehouse {w}: {e}"))?;
-        let check: WarehouseCheck = codec::decode(&output)
-            .map_err(|e| format!("warehouse {w}'s check does not decode: {e}"))?;
-        checks.push(check);
-    }
-    Tpcc::combine_checks(&checks)
+    drive::run_check(client, Box::new(tpcc.consistency_check(initial))).await
 }
 
 /// The outcome of a TPC-C run.

@@ -1,0 +1,238 @@
+//! The command line: every command's arguments, parsed by clap.
+
+use clap::{Parser, Subcommand};
+use detflow_workloads::Options;
+use detflow_workloads::tpcc::Mix;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `detflow`'s command line.
+#[derive(Parser)]
+#[command(
+    name = "detflow",
+    version,
+    about = "Deterministic, Calvin-style ACID transactions over QUIC",
+    long_about = "detflow orders multi-key transactions into epochs with a replicated sequencer \
+                  and executes them deterministically on partitioned executors. Start with \
+                  `detflow demo`, which runs a local cluster and a workload."
+)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Make a development CA with node and client certificates.
+    ///
+    /// Writes OUT/ca/ (the CA: keep it offline), OUT/node/ (node-N certificates naming
+    /// their node id, and the cluster's session key) and OUT/client/ (the client
+    /// certificate: the only folder a client machine needs).
+    Certs(CertsArgs),
+    /// Run one node with the roles its configuration gives it.
+    Node(NodeArgs),
+    /// Start a local cluster as separate processes, drive a workload, report, shut down.
+    Demo(DemoArgs),
+    /// Measure throughput and latency against a local (default) or existing cluster.
+    Bench(BenchArgs),
+    /// Make one call and print its output as JSON.
+    Call(CallArgs),
+    /// Show each node's view: leader, committed epoch, partitions' applied epochs.
+    Status {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// `detflow certs`.
+#[derive(clap::Args)]
+pub(crate) struct CertsArgs {
+    /// Where to write the PEM files.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// How many node certificates (node-1 … node-N).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: u32,
+    /// Replace an existing CA in `--out`.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `detflow node`.
+#[derive(clap::Args)]
+pub(crate) struct NodeArgs {
+    /// The node's TOML configuration (see README).
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// Override `listen`.
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Override `data_dir`.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Override `metrics_listen`.
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Also shut down when standard input reaches end of file. For supervisors and
+    /// tests: a node started with a pipe on stdin then dies with its parent, even when
+    /// the parent itself is SIGKILLed and cannot clean up.
+    #[arg(long, hide = true)]
+    pub(crate) exit_on_stdin_eof: bool,
+}
+
+/// `detflow call`.
+#[derive(clap::Args)]
+pub(crate) struct CallArgs {
+    /// The procedure, e.g. bank.balance.
+    pub(crate) name: String,
+    /// The arguments as JSON, e.g. '{"account": 3}'.
+    #[arg(long, default_value = "null")]
+    pub(crate) args: String,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+/// Where an existing cluster is, and the client's certificate.
+#[derive(clap::Args)]
+pub(crate) struct ConnectArgs {
+    /// Gateway addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) connect: Vec<SocketAddr>,
+    /// The folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+}
+
+/// `detflow demo`.
+#[derive(clap::Args, Clone)]
+pub(crate) struct DemoArgs {
+    /// Sequencer replicas, one per node process (1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) replicas: u32,
+    /// Executor partitions, spread over the nodes.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) partitions: u32,
+    /// The workload to drive (bank, ycsb, kv or tpcc).
+    #[arg(long, default_value = "bank")]
+    pub(crate) workload: String,
+    /// How long to drive it, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) clients: u32,
+    /// Keep the cluster's folder (certificates, configs, logs, data) instead of deleting it.
+    #[arg(long)]
+    pub(crate) keep: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tpcc: TpccArgs,
+}
+
+/// TPC-C's knobs, shared by `demo` and `bench`.
+#[derive(clap::Args, Clone)]
+pub(crate) struct TpccArgs {
+    /// TPC-C: warehouses (default: one per partition).
+    #[arg(long)]
+    pub(crate) warehouses: Option<u32>,
+    /// TPC-C: divide the population (items, customers, orders) by this factor; 1 is full
+    /// size, about 500,000 rows per warehouse (default: 1 for bench, 100 for demo).
+    #[arg(long)]
+    pub(crate) scale_down: Option<u32>,
+    /// TPC-C: the transaction mix, standard or new-order-payment (50/50).
+    #[arg(long, default_value = "standard", value_parser = parse_mix)]
+    pub(crate) mix: Mix,
+}
+
+impl TpccArgs {
+    /// The sizes `workload` runs with: TPC-C's knobs for TPC-C, the defaults otherwise.
+    pub(crate) fn options(&self, workload: &str, scale_down_default: u32) -> Options {
+        if workload != "tpcc" {
+            return Options::default();
+        }
+        Options {
+            warehouses: self.warehouses,
+            scale_down: Some(self.scale_down.unwrap_or(scale_down_default)),
+            mix: Some(self.mix),
+        }
+    }
+}
+
+fn parse_mix(s: &str) -> Result<Mix, String> {
+    Mix::parse(s).ok_or_else(|| format!("{s:?} is not a mix (standard or new-order-payment)"))
+}
+
+/// `detflow bench`.
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// The workload (bank, ycsb, kv or tpcc).
+    pub(crate) workload: String,
+    /// How long to measure, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) clients: u32,
+    /// Measure an existing cluster at these gateways instead of an embedded local one.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) connect: Vec<SocketAddr>,
+    /// With --connect: the folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+    /// Partitions of the embedded cluster (default 4; TPC-C: as many as warehouses, up to
+    /// 4). With --connect, the cluster's (default: asked from the nodes).
+    #[arg(long)]
+    pub(crate) partitions: Option<u32>,
+    /// Print the report as one line of JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) tpcc: TpccArgs,
+}
+
+/// The longest `--duration` accepted: long enough for any soak, short enough that adding
+/// it to a clock cannot overflow.
+const DURATION_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    // A bare number is seconds, as it always was here.
+    let parsed = match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s),
+    };
+    let duration =
+        parsed.map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 1h30m: {e}"))?;
+    if duration > DURATION_MAX {
+        return Err(format!("{s:?} is longer than the maximum of 366 days"));
+    }
+    if duration.is_zero() {
+        return Err(format!("{s:?}: a duration must be positive"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_huge_ones_are_refused_not_panicked_on() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "99999999999999999999s",
+            "18446744073709551615h",
+            "400days",
+            "0s",
+            "fast",
+            "",
+            "-1s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! One module per command, plus what `demo` and `bench` share: starting a local cluster
+//! and showing its loading progress ([`local`]).
+
+pub(crate) mod bench;
+pub(crate) mod call;
+pub(crate) mod certs;
+pub(crate) mod demo;
+mod local;
+pub(crate) mod node;
+pub(crate) mod status;

@@ -1,0 +1,65 @@
+//! `detflow status`: each node's view of the cluster, and its recent throughput.
+
+use crate::cli::ConnectArgs;
+use anyhow::Result;
+use detflow_client::{Client, Tls};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Prints every node's status; `Ok(false)` if one is unreachable.
+pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
+    let client = Client::connect(
+        connect.connect.clone(),
+        Tls::from_dir(&connect.certs, "client")?,
+    )
+    .await?;
+    let mut all_up = true;
+    // Two samples a second apart give each gateway's recent throughput.
+    let first: BTreeMap<SocketAddr, (u64, u64)> = client
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|(addr, s)| s.ok().map(|s| (addr, (s.calls_answered, s.uptime_us))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (addr, status) in client.status().await {
+        match status {
+            Ok(s) => {
+                let recent = match first.get(&addr) {
+                    Some((calls, at)) if s.uptime_us > *at => format!(
+                        "{:.0} calls/s over the last second",
+                        (s.calls_answered.saturating_sub(*calls)) as f64
+                            / ((s.uptime_us - at) as f64 / 1e6)
+                    ),
+                    _ => "recent throughput unknown (restarted?)".to_owned(),
+                };
+                let replica = match s.replica {
+                    Some((term, leader, commit)) => format!(
+                        "replica term {term}, leader {}, committed epoch {commit}",
+                        leader.map_or("none".to_owned(), |l| format!("node {l}"))
+                    ),
+                    None => "no replica".to_owned(),
+                };
+                println!(
+                    "node {} at {addr}: {replica}; {} calls answered in {:.0} s, {recent}",
+                    s.node,
+                    s.calls_answered,
+                    s.uptime_us as f64 / 1e6,
+                );
+                for (p, next, durable) in s.partitions {
+                    println!(
+                        "  partition {p}: applied through epoch {}, durable through {durable}",
+                        next.0.saturating_sub(1)
+                    );
+                }
+            }
+            Err(e) => {
+                all_up = false;
+                println!("{addr}: unreachable ({e})");
+            }
+        }
+    }
+    client.close();
+    Ok(all_up)
+}
