@@ -50,6 +50,7 @@ pub use faults::{FaultConfig, FaultCounts};
 pub use log_world::{LogConfig, LogProbes, LogReport, run_log_seed};
 pub use world::{CallRecord, SetupError, SimConfig};
 
+use detflow_protocol::CallId;
 use detflow_protocol::codec;
 
 /// The result of one seed.
@@ -131,7 +132,7 @@ fn digest(
     for batch in &run.log {
         hasher.update(&codec::encode(&**batch));
     }
-    for ((client, seq), record) in &run.calls {
+    for (CallId { client, seq }, record) in &run.calls {
         hasher.update(&codec::encode(&(client, seq, &record.replies)));
     }
     for (key, value) in state {

@@ -28,6 +28,7 @@ use crate::check::{agreement, raft::RaftSafety};
 use crate::disk::{self, Disk};
 use crate::events::{EventQueue, Timer};
 use crate::network::{self, Network};
+use detflow_protocol::CallId;
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Footprint, Machine, NodeId, PeerMessage, RequestSeq, Time,
     Transaction, codec,
@@ -324,7 +325,7 @@ struct LogWorld {
     clients: Vec<Client>,
     healed: bool,
     raft: RaftSafety,
-    committed_calls: BTreeMap<(ClientId, RequestSeq), Epoch>,
+    committed_calls: BTreeMap<CallId, Epoch>,
     /// The candidates of each term, from their `RequestVote`s.
     candidates: BTreeMap<Term, BTreeSet<NodeId>>,
     probes: LogProbes,
@@ -710,10 +711,10 @@ impl LogWorld {
         }
         // Only the first report of an epoch reaches the clients.
         for txn in &batch.txns {
-            let key = (txn.client, txn.seq);
+            let key = txn.call_id();
             if let Some(earlier) = self.committed_calls.insert(key, batch.epoch) {
                 return Err(self.fail(&format!(
-                    "call {key:?} committed twice: epochs {earlier} and {}",
+                    "call {key} committed twice: epochs {earlier} and {}",
                     batch.epoch
                 )));
             }

@@ -23,7 +23,7 @@ proptest! {
             txns,
             clients,
             batch_txns_max,
-            epoch_us: epoch_us,
+            epoch_us,
             ..SimConfig::new(workload, seed)
         };
         let report = run_seed(&config).unwrap();

@@ -5,8 +5,9 @@ use super::router::Router;
 use super::stats::ReasonLabel;
 use super::{Event, NodeStats};
 use detflow_gateway::{self as gateway, Gateway};
+use detflow_protocol::CallId;
 use detflow_protocol::message::{Message, Reply};
-use detflow_protocol::{ClientId, Machine, RequestSeq, Time};
+use detflow_protocol::{Machine, Time};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ pub(super) async fn gateway_task(
     router: Arc<Router>,
     stats: Arc<NodeStats>,
 ) {
-    let mut waiting: BTreeMap<(ClientId, RequestSeq), Waiting> = BTreeMap::new();
+    let mut waiting: BTreeMap<CallId, Waiting> = BTreeMap::new();
     let mut out = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -52,7 +53,7 @@ pub(super) async fn gateway_task(
             _ = sweep.tick() => {
                 // Waiters whose client stopped waiting (the call deadline passed, the
                 // stream was reset) would otherwise stay here forever.
-                waiting.retain(|(client, seq), (_, waiters)| {
+                waiting.retain(|CallId { client, seq }, (_, waiters)| {
                     waiters.retain(|w| !w.is_closed());
                     if waiters.is_empty() {
                         let forget = gateway::Input::Forget { client: *client, seq: *seq };
@@ -66,7 +67,7 @@ pub(super) async fn gateway_task(
         let input = match ev {
             Event::Client { call, reply } => {
                 waiting
-                    .entry((call.client, call.seq))
+                    .entry(CallId::new(call.client, call.seq))
                     .or_insert_with(|| (Instant::now(), Vec::new()))
                     .1
                     .push(reply);
@@ -118,7 +119,7 @@ pub(super) async fn gateway_task(
                             }
                         }
                     }
-                    if let Some((since, waiters)) = waiting.remove(&(client, seq)) {
+                    if let Some((since, waiters)) = waiting.remove(&CallId::new(client, seq)) {
                         stats.call_latency.observe(since.elapsed().as_secs_f64());
                         for waiter in waiters {
                             let _ = waiter.send(reply.clone());

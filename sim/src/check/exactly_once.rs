@@ -2,27 +2,28 @@
 //! position its reply names; refused calls never in the log.
 
 use crate::world::Outcome;
+use detflow_protocol::CallId;
+use detflow_protocol::Position;
 use detflow_protocol::message::Reply;
-use detflow_protocol::{ClientId, Position, RequestSeq};
 use std::collections::BTreeMap;
 
 pub(crate) fn check(run: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
-    let mut in_log: BTreeMap<(ClientId, RequestSeq), Vec<Position>> = BTreeMap::new();
+    let mut in_log: BTreeMap<CallId, Vec<Position>> = BTreeMap::new();
     for batch in &run.log {
         for (i, txn) in batch.txns.iter().enumerate() {
             in_log
-                .entry((txn.client, txn.seq))
+                .entry(txn.call_id())
                 .or_default()
                 .push(Position::new(batch.epoch, i as u32));
         }
     }
-    for ((client, seq), record) in &run.calls {
+    for (id, record) in &run.calls {
         let call = format!(
-            "call (client {client}, seq {seq}) to {:?}",
-            record.procedure
+            "call (client {}, seq {}) to {:?}",
+            id.client, id.seq, record.procedure
         );
-        let positions = in_log.remove(&(*client, *seq)).unwrap_or_default();
+        let positions = in_log.remove(id).unwrap_or_default();
         if positions.len() > 1 {
             failures.push(format!(
                 "{call} is in the log {} times, at {positions:?}: it executed more than once",
@@ -54,7 +55,7 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
             None | Some(Reply::Done { .. }) | Some(Reply::Rejected(_)) => {}
         }
     }
-    for ((client, seq), positions) in in_log {
+    for (CallId { client, seq }, positions) in in_log {
         failures.push(format!(
             "the log holds (client {client}, seq {seq}) at {positions:?}, which no client called"
         ));

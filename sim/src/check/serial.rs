@@ -33,6 +33,7 @@
 
 use crate::world::Outcome;
 use detflow_executor::serial::SerialExecutor;
+use detflow_protocol::CallId;
 use detflow_protocol::message::Reply;
 use detflow_protocol::{
     AbortReason, Access, Elem, Footprint, Key, KeySpec, Outcome as TxnOutcome, PartitionScheme,
@@ -105,7 +106,7 @@ pub(crate) fn compare(
     state: &BTreeMap<Key, Value>,
 ) -> Vec<String> {
     let mut failures = reference.footprint_failures.clone();
-    for ((client, seq), record) in &run.calls {
+    for (CallId { client, seq }, record) in &run.calls {
         for reply in &record.replies {
             let Reply::Done { position, outcome } = reply else {
                 continue;

@@ -16,8 +16,9 @@
 //! the bank's total.
 
 use crate::world::{CallRecord, Outcome};
+use detflow_protocol::CallId;
 use detflow_protocol::message::{Rejection, Reply};
-use detflow_protocol::{AbortReason, ClientId, Outcome as TxnOutcome, RequestSeq};
+use detflow_protocol::{AbortReason, Outcome as TxnOutcome};
 use std::collections::BTreeMap;
 
 /// The procedure name of a planted malformed call: registered by no workload.
@@ -31,9 +32,9 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
     check_calls(&run.calls)
 }
 
-fn check_calls(calls: &BTreeMap<(ClientId, RequestSeq), CallRecord>) -> Vec<String> {
+fn check_calls(calls: &BTreeMap<CallId, CallRecord>) -> Vec<String> {
     let mut failures = Vec::new();
-    for ((client, seq), record) in calls {
+    for (CallId { client, seq }, record) in calls {
         let planted = record.procedure == PLANTED_PROCEDURE || record.args == PLANTED_ARGS;
         let call = format!(
             "call (client {client}, seq {seq}) to {:?}",
@@ -101,7 +102,7 @@ fn aborts_form(reason: &AbortReason) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detflow_protocol::{Epoch, Key, Position};
+    use detflow_protocol::{ClientId, Epoch, Key, Position, RequestSeq};
 
     fn record(procedure: &str, args: &[u8], reply: Reply) -> CallRecord {
         CallRecord {
@@ -123,7 +124,7 @@ mod tests {
         let calls = records
             .into_iter()
             .enumerate()
-            .map(|(i, r)| ((ClientId(i as u64), RequestSeq(1)), r))
+            .map(|(i, r)| (CallId::new(ClientId(i as u64), RequestSeq(1)), r))
             .collect();
         check_calls(&calls)
     }

@@ -1,6 +1,7 @@
 //! The simulated clients: each runs the client library's session machine for one call at a time.
 
 use super::*;
+use detflow_protocol::CallId;
 
 impl World {
     /// Sends the client's next call: the rest of its logical transaction, or (while the
@@ -30,7 +31,7 @@ impl World {
         let node = &mut self.clients[c as usize];
         let pending = node.session.call(procedure.clone(), args.clone());
         self.calls.insert(
-            (node.session.client(), pending.seq()),
+            CallId::new(node.session.client(), pending.seq()),
             CallRecord {
                 procedure,
                 args,
@@ -60,7 +61,7 @@ impl World {
                     attempt,
                     call,
                 } => {
-                    if let Some(record) = self.calls.get_mut(&(call.client, call.seq)) {
+                    if let Some(record) = self.calls.get_mut(&CallId::new(call.client, call.seq)) {
                         record.attempts = attempt;
                     }
                     self.send(Addr::Client(c), Addr::Gateway(gateway), Msg::Call(call));
@@ -96,7 +97,7 @@ impl World {
         if reply != Reply::Unavailable {
             // Every final reply is recorded, late duplicates too: they must agree.
             self.calls
-                .entry((client, seq))
+                .entry(CallId::new(client, seq))
                 .or_insert_with(|| CallRecord {
                     procedure: String::new(),
                     args: Vec::new(),

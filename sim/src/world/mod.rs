@@ -18,6 +18,7 @@ use crate::network::Network;
 use crate::store::SimStore;
 use detflow_executor::{Executor, ExecutorBugs, Registry};
 use detflow_gateway::Gateway;
+use detflow_protocol::CallId;
 use detflow_protocol::WriteId;
 use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
@@ -183,7 +184,7 @@ pub(crate) struct Outcome {
     /// The committed log, from the replica that committed most.
     pub(crate) log: Vec<Arc<Batch>>,
     /// Every call by `(client, seq)`.
-    pub(crate) calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    pub(crate) calls: BTreeMap<CallId, CallRecord>,
     /// Each executor's final store, by partition.
     pub(crate) stores: Vec<detflow_executor::MemStore>,
     /// Each executor's next epoch to apply.
@@ -305,7 +306,7 @@ pub(crate) struct World {
     /// Raft's safety properties, checked after every replica step.
     raft: RaftSafety,
     online_failures: Vec<String>,
-    calls: BTreeMap<(ClientId, RequestSeq), CallRecord>,
+    calls: BTreeMap<CallId, CallRecord>,
     issued: u64,
     answered: u64,
     last_answer: Time,
