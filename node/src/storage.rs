@@ -748,18 +748,7 @@ fn open_database(
                     "the database holds data but no storage format version".into(),
                 ));
             }
-            let mut batch = db.batch();
-            batch.insert(
-                &meta,
-                FORMAT_VERSION_KEY,
-                STORAGE_FORMAT_VERSION.to_be_bytes(),
-            );
-            batch.insert(&meta, KIND_KEY, kind.tag());
-            batch
-                .commit()
-                .map_err(fjall_error(dir, "writing the header"))?;
-            db.persist(PersistMode::SyncAll)
-                .map_err(fjall_error(dir, "syncing the header"))?;
+            write_header(&db, &meta, kind, dir)?;
         }
     }
     let spaces = data
@@ -770,6 +759,27 @@ fn open_database(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((db, meta, spaces))
+}
+
+/// Writes and syncs a new store's header: the format version and the kind.
+fn write_header(
+    db: &Database,
+    meta: &Keyspace,
+    kind: StoreKind,
+    dir: &Path,
+) -> Result<(), StorageError> {
+    let mut batch = db.batch();
+    batch.insert(
+        meta,
+        FORMAT_VERSION_KEY,
+        STORAGE_FORMAT_VERSION.to_be_bytes(),
+    );
+    batch.insert(meta, KIND_KEY, kind.tag());
+    batch
+        .commit()
+        .map_err(fjall_error(dir, "writing the header"))?;
+    db.persist(PersistMode::SyncAll)
+        .map_err(fjall_error(dir, "syncing the header"))
 }
 
 /// Whether `dir` holds no store yet: it does not exist or is an empty directory.
@@ -827,18 +837,7 @@ fn create_staged(dir: &Path, kind: StoreKind, cache_bytes: u64) -> Result<(), St
         let meta = db
             .keyspace(META, KeyspaceCreateOptions::default)
             .map_err(fjall_error(&staged, "creating the meta keyspace"))?;
-        let mut batch = db.batch();
-        batch.insert(
-            &meta,
-            FORMAT_VERSION_KEY,
-            STORAGE_FORMAT_VERSION.to_be_bytes(),
-        );
-        batch.insert(&meta, KIND_KEY, kind.tag());
-        batch
-            .commit()
-            .map_err(fjall_error(&staged, "writing the header"))?;
-        db.persist(PersistMode::SyncAll)
-            .map_err(fjall_error(&staged, "syncing the header"))?;
+        write_header(&db, &meta, kind, &staged)?;
     }
     // rename(2) replaces an empty directory atomically; a non-empty one it refuses, which
     // is what we want if something appeared in `dir` meanwhile.

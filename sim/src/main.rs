@@ -224,15 +224,7 @@ fn log(args: LogArgs) -> Result<bool> {
         last_digest = Some(report.digest);
     }
     println!("{probes:?}");
-    println!("seeds: {passed} passed, {failed} failed");
-    if args.digest
-        && count == 1
-        && let Some(d) = last_digest
-    {
-        println!("digest: {d}");
-    }
-    std::io::stdout().flush()?;
-    Ok(failed == 0)
+    finish(passed, failed, args.digest && count == 1, last_digest)
 }
 
 fn run(args: RunArgs) -> Result<bool> {
@@ -322,15 +314,7 @@ fn run(args: RunArgs) -> Result<bool> {
     if fault_config.any() {
         println!("{faults}");
     }
-    println!("seeds: {passed} passed, {failed} failed");
-    if args.digest
-        && count == 1
-        && let Some(d) = last_digest
-    {
-        println!("digest: {d}");
-    }
-    std::io::stdout().flush()?;
-    Ok(failed == 0)
+    finish(passed, failed, args.digest && count == 1, last_digest)
 }
 
 fn replay_command(args: &RunArgs, seed: u64) -> String {
@@ -349,4 +333,14 @@ fn replay_command(args: &RunArgs, seed: u64) -> String {
         cmd.push_str(bug.flag());
     }
     cmd
+}
+
+/// Prints the sweep's tally (and a single seed's digest, when asked) and whether it passed.
+fn finish(passed: u64, failed: u64, show_digest: bool, digest: Option<String>) -> Result<bool> {
+    println!("seeds: {passed} passed, {failed} failed");
+    if show_digest && let Some(d) = digest {
+        println!("digest: {d}");
+    }
+    std::io::stdout().flush()?;
+    Ok(failed == 0)
 }
