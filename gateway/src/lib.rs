@@ -8,10 +8,17 @@
 //!  Result ───────▶         ──▶ Reply::Done
 //!  ResultUnknown ▶         ──▶ Reply::Unavailable (the client retries later)
 //!  Leader(node) ─▶         ──▶ (submits there from now on)
+//!  Tick ─────────▶         ──▶ Reply::Unavailable to calls past their deadline
 //! ```
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
 //! retry elsewhere. The simulator and the `node` runtime drive the same machine.
+//!
+//! A gateway bounds what it holds: at most [`CALLS_IN_FLIGHT_MAX_DEFAULT`] calls (or the
+//! configured number) wait at once, more are refused `Overloaded`; a call not answered
+//! within [`CALL_DEADLINE_US_DEFAULT`] (or the configured deadline) of its last attempt is
+//! answered `Unavailable` and forgotten. It may still execute: a retry, through any
+//! gateway, finds its result in the result table.
 //!
 //! Calls come from clients, so a gateway checks them before they are ordered: a call over
 //! [`CALL_BYTES_MAX_DEFAULT`] (or the configured limit), arguments that do not decode, a
@@ -28,7 +35,7 @@ use detflow_protocol::{
     Transaction, TxnResult,
 };
 use detflow_scheduler::PartitionMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// An input to the gateway.
@@ -69,15 +76,8 @@ pub enum Input {
     /// A sequencer replica on the same node follows `leader` now: submit there. It hears
     /// of elections as they happen, earlier than the hints this gateway collects.
     Leader(NodeId),
-    /// The client stopped waiting for a call here: forget it, so that calls that are never
-    /// answered do not accumulate. A later result is ignored; a retry through any gateway
-    /// finds it in the result table.
-    Forget {
-        /// The session.
-        client: ClientId,
-        /// The call number.
-        seq: RequestSeq,
-    },
+    /// [`Machine::next_deadline`] passed: answer the calls that waited too long.
+    Tick,
 }
 
 /// An effect of the gateway.
@@ -114,12 +114,22 @@ pub enum Output {
 /// 1 MiB. Every call is copied into the log, its replicas and the plans of its participants.
 pub const CALL_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
+/// How long a call waits in a gateway by default before it is answered `Unavailable`:
+/// 10 s from its last attempt.
+pub const CALL_DEADLINE_US_DEFAULT: u64 = 10_000_000;
+
+/// How many calls a gateway holds at once by default; more are refused `Overloaded`.
+pub const CALLS_IN_FLIGHT_MAX_DEFAULT: usize = 16_384;
+
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayBugs {
     /// Refuse every call whose exact keys live on more than one partition, as if the
     /// footprint size cap applied per participant (`Rejection::FootprintTooLarge`).
     pub refuse_multi_partition: bool,
+    /// Take a call past its deadline off the timer without answering or forgetting it: a
+    /// leak of calls nobody waits for.
+    pub keep_expired_calls: bool,
 }
 
 /// Counters of a gateway's work.
@@ -131,6 +141,19 @@ pub struct GatewayStats {
     pub redirects: u64,
     /// Retried calls answered from a result table.
     pub recovered_results: u64,
+    /// Calls refused because the gateway held its limit of calls in flight.
+    pub overloaded: u64,
+    /// Calls answered `Unavailable` because their deadline passed.
+    pub timed_out: u64,
+}
+
+/// A call waiting in the gateway.
+struct InFlight {
+    txn: Arc<Transaction>,
+    /// The replica it was last submitted to.
+    submitted_to: NodeId,
+    /// When it is answered `Unavailable` if nothing else answered it.
+    deadline: Time,
 }
 
 /// A sans-IO gateway.
@@ -142,8 +165,11 @@ pub struct Gateway {
     leader_hint: usize,
     footprint_entries_max: usize,
     call_bytes_max: usize,
-    /// Calls in flight: the transaction and the replica it was last submitted to.
-    pending: BTreeMap<CallId, (Arc<Transaction>, NodeId)>,
+    call_deadline_us: u64,
+    calls_in_flight_max: usize,
+    pending: BTreeMap<CallId, InFlight>,
+    /// The deadlines of `pending`, earliest first.
+    deadlines: BTreeSet<(Time, CallId)>,
     bugs: GatewayBugs,
     stats: GatewayStats,
 }
@@ -167,7 +193,10 @@ impl Gateway {
             leader_hint: 0,
             footprint_entries_max,
             call_bytes_max: CALL_BYTES_MAX_DEFAULT,
+            call_deadline_us: CALL_DEADLINE_US_DEFAULT,
+            calls_in_flight_max: CALLS_IN_FLIGHT_MAX_DEFAULT,
             pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             bugs: GatewayBugs::default(),
             stats: GatewayStats::default(),
         }
@@ -179,6 +208,17 @@ impl Gateway {
         self.call_bytes_max = bytes;
     }
 
+    /// Sets how long a call waits after its last attempt before it is answered
+    /// `Unavailable` (default [`CALL_DEADLINE_US_DEFAULT`]).
+    pub fn set_call_deadline_us(&mut self, us: u64) {
+        self.call_deadline_us = us.max(1);
+    }
+
+    /// Sets how many calls may wait at once (default [`CALLS_IN_FLIGHT_MAX_DEFAULT`]).
+    pub fn set_calls_in_flight_max(&mut self, calls: usize) {
+        self.calls_in_flight_max = calls.max(1);
+    }
+
     /// Plants bugs (tests of the simulator's checkers only).
     pub fn set_bugs(&mut self, bugs: GatewayBugs) {
         self.bugs = bugs;
@@ -187,6 +227,12 @@ impl Gateway {
     /// Calls in flight.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Calls held past their deadline at `now`: none, unless a timeout was not delivered
+    /// or handled (a check for the simulator).
+    pub fn overdue(&self, now: Time) -> usize {
+        self.pending.values().filter(|c| c.deadline < now).count()
     }
 
     /// Work counters.
@@ -244,16 +290,35 @@ impl Gateway {
         Ok(footprint)
     }
 
-    fn on_call(&mut self, call: Call, out: &mut Vec<Output>) {
+    /// Takes `key` out of the calls in flight.
+    fn remove(&mut self, key: CallId) -> Option<InFlight> {
+        let call = self.pending.remove(&key)?;
+        self.deadlines.remove(&(call.deadline, key));
+        Some(call)
+    }
+
+    fn on_call(&mut self, now: Time, call: Call, out: &mut Vec<Output>) {
+        let key = CallId::new(call.client, call.seq);
+        if self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key) {
+            self.stats.overloaded += 1;
+            out.push(Output::Reply {
+                client: call.client,
+                seq: call.seq,
+                reply: Reply::Rejected(Rejection::Overloaded(format!(
+                    "this gateway holds its limit of {} calls in flight",
+                    self.calls_in_flight_max
+                ))),
+            });
+            return;
+        }
         match self.footprint(&call) {
             Ok(footprint) => {
-                let key = CallId::new(call.client, call.seq);
                 // A retry of a call still in flight here: its last submission got no
                 // answer, so the replica it went to may be dead (a gateway hears of a new
                 // leader only from a live replica). Never send the retry to the same one:
                 // the next replica either leads or answers NotLeader with the leader.
-                if let Some((_, silent)) = self.pending.get(&key)
-                    && *silent == self.leader()
+                if let Some(silent) = self.remove(key)
+                    && silent.submitted_to == self.leader()
                     && self.replicas.len() > 1
                 {
                     self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
@@ -267,7 +332,14 @@ impl Gateway {
                     footprint,
                 });
                 let to = self.leader();
-                self.pending.insert(key, (txn.clone(), to));
+                let deadline = now.plus_us(self.call_deadline_us);
+                self.deadlines.insert((deadline, key));
+                let in_flight = InFlight {
+                    txn: txn.clone(),
+                    submitted_to: to,
+                    deadline,
+                };
+                self.pending.insert(key, in_flight);
                 out.push(Output::Submit { to, txn });
             }
             Err(rejection) => {
@@ -296,7 +368,7 @@ impl Gateway {
             Some(i) if self.replicas[i] != from => {
                 self.leader_hint = i;
                 self.stats.redirects += 1;
-                pending.1 = self.replicas[i];
+                pending.submitted_to = self.replicas[i];
                 out.push(Output::Submit {
                     to: self.leader(),
                     txn,
@@ -306,7 +378,7 @@ impl Gateway {
             // meanwhile try the next replica for later calls.
             _ => {
                 self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
-                self.pending.remove(&key);
+                self.remove(key);
                 out.push(Output::Reply {
                     client: txn.client,
                     seq: txn.seq,
@@ -317,10 +389,10 @@ impl Gateway {
     }
 
     fn on_duplicate(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
-        let Some((txn, _)) = self.pending.get(&CallId::new(client, seq)) else {
+        let Some(call) = self.pending.get(&CallId::new(client, seq)) else {
             return;
         };
-        let routed = detflow_scheduler::route(Position::default(), txn.clone(), &self.map);
+        let routed = detflow_scheduler::route(Position::default(), call.txn.clone(), &self.map);
         out.push(Output::Query {
             to: routed.designated(),
             client,
@@ -331,7 +403,7 @@ impl Gateway {
     fn on_result(&mut self, result: TxnResult, recovered: bool, out: &mut Vec<Output>) {
         // Results of calls this gateway no longer holds (answered, or from before a crash)
         // are dropped: the client has its answer or will retry.
-        if self.pending.remove(&result.call_id()).is_none() {
+        if self.remove(result.call_id()).is_none() {
             return;
         }
         if recovered {
@@ -347,8 +419,27 @@ impl Gateway {
         });
     }
 
+    /// Answers `Unavailable` to the calls whose deadline passed by `now`.
+    fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
+        while let Some(&(at, key)) = self.deadlines.first()
+            && at <= now
+        {
+            if self.bugs.keep_expired_calls {
+                self.deadlines.remove(&(at, key));
+                continue;
+            }
+            self.remove(key);
+            self.stats.timed_out += 1;
+            out.push(Output::Reply {
+                client: key.client,
+                seq: key.seq,
+                reply: Reply::Unavailable,
+            });
+        }
+    }
+
     fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
-        if self.pending.remove(&CallId::new(client, seq)).is_some() {
+        if self.remove(CallId::new(client, seq)).is_some() {
             out.push(Output::Reply {
                 client,
                 seq,
@@ -362,23 +453,20 @@ impl Machine for Gateway {
     type Input = Input;
     type Output = Output;
 
-    fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
+    fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Call(call) => self.on_call(call, out),
+            Input::Call(call) => self.on_call(now, call, out),
             Input::NotLeader { from, txn, leader } => self.on_not_leader(from, txn, leader, out),
             Input::Duplicate { client, seq } => self.on_duplicate(client, seq, out),
             Input::Result { result, recovered } => self.on_result(result, recovered, out),
             Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
             Input::Leader(leader) => self.observe_leader(leader),
-            Input::Forget { client, seq } => {
-                self.pending.remove(&CallId::new(client, seq));
-            }
+            Input::Tick => self.expire(now, out),
         }
     }
 
-    /// A gateway keeps no timers: its clients time out and retry.
     fn next_deadline(&self) -> Option<Time> {
-        None
+        self.deadlines.first().map(|(at, _)| *at)
     }
 }
 
@@ -476,6 +564,74 @@ mod tests {
     }
 
     #[test]
+    fn a_call_unanswered_by_its_deadline_is_answered_unavailable_and_forgotten() {
+        let mut g = gateway();
+        g.set_call_deadline_us(1_000);
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        g.handle(Time(500), Input::Call(call(2)), &mut out);
+        out.clear();
+        assert_eq!(g.next_deadline(), Some(Time(1_000)));
+        // A retry restarts the call's wait.
+        g.handle(Time(900), Input::Call(call(1)), &mut out);
+        out.clear();
+        assert_eq!(g.next_deadline(), Some(Time(1_500)));
+        g.handle(Time(1_500), Input::Tick, &mut out);
+        assert_eq!(
+            out,
+            [Output::Reply {
+                client: ClientId(1),
+                seq: RequestSeq(2),
+                reply: Reply::Unavailable
+            }]
+        );
+        assert_eq!((g.pending(), g.stats().timed_out), (1, 1));
+        out.clear();
+        g.handle(Time(1_899), Input::Tick, &mut out);
+        assert!(out.is_empty());
+        g.handle(Time(1_900), Input::Tick, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((g.pending(), g.next_deadline()), (0, None));
+        // A result after the deadline finds nothing to answer.
+        let result = TxnResult {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+            position: Position::default(),
+            outcome: detflow_protocol::Outcome::Committed(Vec::new()),
+        };
+        out.clear();
+        let late = Input::Result {
+            result,
+            recovered: false,
+        };
+        g.handle(Time(2_000), late, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn calls_over_the_in_flight_limit_are_refused_but_retries_are_not() {
+        let mut g = gateway();
+        g.set_calls_in_flight_max(2);
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
+        assert_eq!(submitted(&mut out).len(), 2);
+        g.handle(Time(0), Input::Call(call(3)), &mut out);
+        assert!(matches!(
+            &out[..],
+            [Output::Reply {
+                reply: Reply::Rejected(Rejection::Overloaded(_)),
+                ..
+            }]
+        ));
+        out.clear();
+        // A retry of a call it holds is not a new call.
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
+        assert_eq!(submitted(&mut out).len(), 1);
+        assert_eq!((g.pending(), g.stats().overloaded), (2, 1));
+    }
+
+    #[test]
     fn a_retry_of_an_unanswered_call_never_goes_to_the_silent_replica() {
         let mut g = gateway();
         let mut out = Vec::new();
@@ -489,7 +645,7 @@ mod tests {
         assert_eq!(submitted(&mut out), [NodeId(2)]);
         // A redirect records where the call went: a retry after it avoids that replica.
         let txn = g.pending[&CallId::new(ClientId(1), RequestSeq(2))]
-            .0
+            .txn
             .clone();
         let not_leader = Input::NotLeader {
             from: NodeId(2),
@@ -500,37 +656,6 @@ mod tests {
         assert_eq!(submitted(&mut out), [NodeId(3)]);
         g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(1)]);
-    }
-
-    #[test]
-    fn a_forgotten_call_leaves_nothing_behind() {
-        let mut g = gateway();
-        let mut out = Vec::new();
-        g.handle(Time(0), Input::Call(call(1)), &mut out);
-        assert_eq!(g.pending(), 1);
-        let forget = Input::Forget {
-            client: ClientId(1),
-            seq: RequestSeq(1),
-        };
-        g.handle(Time(0), forget, &mut out);
-        assert_eq!(g.pending(), 0);
-        // Its result, should it come after all, answers nobody.
-        let result = TxnResult {
-            client: ClientId(1),
-            seq: RequestSeq(1),
-            position: Position::new(detflow_protocol::Epoch(1), 0),
-            outcome: detflow_protocol::Outcome::Committed(Vec::new()),
-        };
-        out.clear();
-        let result = Input::Result {
-            result,
-            recovered: false,
-        };
-        g.handle(Time(0), result, &mut out);
-        assert!(
-            out.iter().all(|o| !matches!(o, Output::Reply { .. })),
-            "{out:?}"
-        );
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!
 //! [limits]                        # optional; the defaults suit most clusters
 //! call_deadline_ms = 10000        # a call not answered by then gets Unavailable
-//! calls_in_flight_max = 16384     # client calls waiting in this node at once
+//! calls_in_flight_max = 16384     # client calls waiting in this node's gateway at once
 //! inbox_events_max = 65536        # events queued per component task before shedding
 //! link_messages_max = 65536       # messages queued per peer link before shedding
 //!
@@ -86,10 +86,11 @@ pub struct Access {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeLimits {
-    /// How long a client call may wait for its answer before the node answers
+    /// How long a client call may wait after its last attempt before the gateway answers
     /// `Unavailable` (the client retries; the call is still executed at most once).
     pub call_deadline_ms: u64,
-    /// Client calls waiting in this node at once; more are answered `Overloaded`.
+    /// Client calls waiting in this node's gateway at once; more are answered
+    /// `Overloaded`.
     pub calls_in_flight_max: usize,
     /// Events queued for one component task (replica, executor, gateway); beyond it new
     /// events are shed and counted, as a lossy network would drop them.

@@ -63,7 +63,7 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         ),
         (
             "calls_refused",
-            "Client calls refused before ordering: foreign sessions, unauthorized, overloaded.",
+            "Client calls refused before ordering: foreign sessions, unauthorized, malformed, overloaded.",
             &stats.calls_refused,
         ),
     ];

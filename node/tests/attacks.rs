@@ -20,6 +20,13 @@
 //!   zombie with dead tasks. Now: it exits with a clear message, the others carry on, and
 //!   restarted without the limit it catches up.
 //!
+//! - `calls_that_are_never_answered_are_bounded`: calls submitted to a leader that stops
+//!   answering (SIGSTOP) through a gateway with a limit of 2 calls in flight and a 1 s
+//!   deadline. Before (issue #10), the limit and the deadline were node code the simulator
+//!   never ran; now the gateway machine holds them: the third call is refused `Overloaded`
+//!   at once, the two waiting ones are answered `Unavailable` at their deadline, and their
+//!   retries (same numbers) commit exactly once under the next leader.
+//!
 //! Every test stops by itself (a budget on each scenario, deadlines on each poll) and kills
 //! its processes on drop; on failure the cluster's folder is kept and the logs printed.
 
@@ -588,4 +595,107 @@ fn largest_file(dir: &std::path::Path) -> u64 {
 
 fn cluster_node_runs(cluster: &mut Cluster, id: u32) -> bool {
     cluster.is_running(id).unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// Calls that are never answered.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn calls_that_are_never_answered_are_bounded() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::start_with(3, 3, "bank", |config| {
+            config.limits.call_deadline_ms = 1_000;
+            config.limits.calls_in_flight_max = 2;
+        });
+        with_budget(Duration::from_secs(120), unanswered_calls(&mut cluster)).await;
+    });
+}
+
+/// Sends `call` on a fresh stream of `conn` under `token`; the answer and how long it took.
+async fn timed_call(conn: &Connection, token: SessionToken, call: Call) -> (Reply, Duration) {
+    let started = Instant::now();
+    match request(conn, &Message::SessionCall { token, call }).await {
+        Message::Reply { reply, .. } => (reply, started.elapsed()),
+        other => panic!("a call answered {other:?}"),
+    }
+}
+
+async fn unanswered_calls(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let alice = cluster.client(balance_policy()).await;
+    let start = balance(&alice, 5).await;
+    // Through a follower's gateway, which submits to the leader it knows.
+    let via = *all.iter().find(|id| **id != leader).expect("a follower");
+    let (_endpoint, conn) = connect_as(cluster, "client", cluster.at(via).addr()).await;
+    let Message::SessionOpened { client, token } = request(&conn, &Message::OpenSession).await
+    else {
+        panic!("opening a session failed")
+    };
+    let deposit = |seq: u64| Call {
+        client,
+        seq: RequestSeq(seq),
+        procedure: "bank.deposit".into(),
+        args: codec::encode(&DepositArgs {
+            account: 5,
+            amount_cents: 100 * seq as i64,
+        }),
+    };
+
+    let leader_pid =
+        rustix::process::Pid::from_raw(cluster.at(leader).pid().expect("a pid") as i32)
+            .expect("a valid pid");
+    rustix::process::kill_process(leader_pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let first = timed_call(&conn, token, deposit(1));
+    let second = timed_call(&conn, token, deposit(2));
+    let third = async {
+        // After the first two are in: the gateway holds its limit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        timed_call(&conn, token, deposit(3)).await
+    };
+    let ((r1, t1), (r2, t2), (r3, t3)) = tokio::join!(first, second, third);
+    rustix::process::kill_process(leader_pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    assert!(
+        matches!(r3, Reply::Rejected(Rejection::Overloaded(_))) && t3 < Duration::from_millis(500),
+        "the call over the limit: {r3:?} after {t3:?}"
+    );
+    for (reply, took) in [(&r1, t1), (&r2, t2)] {
+        assert_eq!(*reply, Reply::Unavailable, "a call to a silent leader");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "answered after {took:?}, not at its 1 s deadline"
+        );
+    }
+    let node = cluster.at(via).metrics().expect("a metrics endpoint");
+    assert!(metric(node, "detflow_calls_timed_out_total").await >= 2);
+
+    // Retries under the same numbers commit, each once, whoever leads now.
+    for seq in 1..=3 {
+        let mut answer = Reply::Unavailable;
+        for _ in 0..100 {
+            answer = timed_call(&conn, token, deposit(seq)).await.0;
+            if !matches!(
+                answer,
+                Reply::Unavailable | Reply::Rejected(Rejection::Overloaded(_))
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            matches!(
+                answer,
+                Reply::Done {
+                    outcome: Outcome::Committed(_),
+                    ..
+                }
+            ),
+            "deposit {seq}: {answer:?}"
+        );
+    }
+    assert_eq!(balance(&alice, 5).await, start + 100 + 200 + 300);
+    cluster.assert_running();
 }

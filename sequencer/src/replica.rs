@@ -350,6 +350,10 @@ pub enum Output {
         /// The message.
         msg: PeerMessage,
     },
+    /// This replica learned of a new leader (or became it): the gateway on the same node
+    /// submits there from now on. It hears of elections as they happen, earlier than the
+    /// hints a gateway collects from refused submissions.
+    LeaderKnown(NodeId),
 }
 
 /// Counters of a replica's work in this incarnation.
@@ -538,6 +542,8 @@ pub struct Replica {
     term: Term,
     voted_for: Option<NodeId>,
     leader: Option<NodeId>,
+    /// The leader last announced with `Output::LeaderKnown`.
+    announced_leader: Option<NodeId>,
     role: Role,
     log: Vec<LogEntry>,
     /// `LogEntry::encoded_bytes_max` of each entry of `log`, computed once at append.
@@ -589,6 +595,7 @@ impl Replica {
             term: durable.term,
             voted_for: durable.voted_for,
             leader: None,
+            announced_leader: None,
             role: Role::Follower,
             log: durable.log,
             entry_bytes,
@@ -1552,6 +1559,12 @@ impl Machine for Replica {
             Input::Tick => self.on_tick(now, out),
         }
         self.flush(out);
+        if self.leader != self.announced_leader {
+            self.announced_leader = self.leader;
+            if let Some(leader) = self.leader {
+                out.push(Output::LeaderKnown(leader));
+            }
+        }
         self.check_invariants();
     }
 
@@ -1684,10 +1697,41 @@ mod tests {
         Replica::new(config(id, n), durable, DetRng::new(u64::from(id.0)))
     }
 
+    /// The outputs of one input, without `LeaderKnown` (tested on its own).
     fn run(r: &mut Replica, now: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
         r.handle(Time(now), input, &mut out);
+        out.retain(|o| !matches!(o, Output::LeaderKnown(_)));
         out
+    }
+
+    #[test]
+    fn the_leader_is_announced_once_per_change() {
+        let mut r = replica(N1, 1);
+        let mut announced = Vec::new();
+        // A group of one elects itself once its vote is durable; every output is followed,
+        // so an announcement made in a `Persisted` step is seen too.
+        let mut inputs = VecDeque::new();
+        for t in (0..20).map(|i| i * 100_000) {
+            inputs.push_back(Input::Tick);
+            while let Some(input) = inputs.pop_front() {
+                let mut out = Vec::new();
+                r.handle(Time(t), input, &mut out);
+                for o in out {
+                    match o {
+                        Output::Persist(w) => inputs.push_back(Input::Persisted { write: w.id }),
+                        Output::LeaderKnown(l) => announced.push(l),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert_eq!(r.leader(), Some(N1));
+        assert_eq!(
+            announced,
+            vec![N1],
+            "once, though it leads through 20 more ticks"
+        );
     }
 
     fn batch(epoch: u64, txns: Vec<Arc<Transaction>>) -> Arc<Batch> {

@@ -400,6 +400,7 @@ impl Cluster {
                 let at = self.now.plus_us(100 + self.rng.below(1_000));
                 self.schedule(at, Event::Synced(id));
             }
+            Output::LeaderKnown(_) => {}
             Output::Send { to, msg } => {
                 let copies = if self.rng.chance(0.05) { 2 } else { 1 };
                 for _ in 0..copies {

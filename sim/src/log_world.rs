@@ -624,6 +624,8 @@ impl LogWorld {
                 }
                 self.send(id, to, msg);
             }
+            // The log world has no gateways to tell.
+            Output::LeaderKnown(_) => {}
         }
         Ok(())
     }

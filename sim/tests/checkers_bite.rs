@@ -211,6 +211,7 @@ fn refusing_valid_calls_for_their_footprint_is_caught() {
     let (seed, failures) = first_failure(|seed| SimConfig {
         gateway_bugs: GatewayBugs {
             refuse_multi_partition: true,
+            ..GatewayBugs::default()
         },
         txns: 200,
         ..SimConfig::new("bank", seed)
@@ -220,6 +221,27 @@ fn refusing_valid_calls_for_their_footprint_is_caught() {
         failures
             .iter()
             .any(|f| f.contains("valid call the workload made")),
+        "seed {seed}: {failures:?}"
+    );
+}
+
+/// A gateway that stops answering calls past their deadline but keeps them grows without
+/// bound while clients retry elsewhere; every call still gets its answer, so only the
+/// check that no gateway holds a call past its deadline sees it.
+#[test]
+fn a_gateway_that_keeps_expired_calls_is_caught() {
+    let (seed, failures) = first_failure(|seed| SimConfig {
+        gateway_bugs: GatewayBugs {
+            keep_expired_calls: true,
+            ..GatewayBugs::default()
+        },
+        faults: FaultConfig::all(),
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    })
+    .expect("keeping expired calls went unnoticed");
+    assert!(
+        failures.iter().any(|f| f.contains("past their deadline")),
         "seed {seed}: {failures:?}"
     );
 }

@@ -236,6 +236,8 @@ impl Pipeline {
                     bail!("the one replica refused ({}, {})", txn.client, txn.seq)
                 }
                 replica::Output::Send { to, .. } => bail!("a group of one sent to {to}"),
+                // There is no gateway here: submissions go to the one replica.
+                replica::Output::LeaderKnown(_) => {}
             }
         }
         self.replica_out = out;

@@ -1,5 +1,6 @@
-//! Serving clients: a stream per request, sessions bound to the client's certificate,
-//! authorization, a cap on calls in flight and a deadline per call.
+//! Serving clients: a stream per request, sessions bound to the client's certificate and
+//! authorization. The gateway machine bounds the calls in flight and answers those past
+//! their deadline.
 
 use super::router::Router;
 use super::stats::status;
@@ -12,7 +13,7 @@ use detflow_protocol::NodeId;
 use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 /// How long a client has to read the answer to one call before the node drops it (the same
 /// patience as `Limits::frame_read_timeout` gives a client's request).
@@ -27,8 +28,6 @@ pub(super) struct ClientService {
     pub(super) sessions: SessionKey,
     pub(super) access: Access,
     pub(super) registry: Arc<Registry>,
-    pub(super) call_deadline: Duration,
-    pub(super) in_flight: Semaphore,
 }
 
 pub(super) async fn serve_client(conn: Connection, service: Arc<ClientService>) {
@@ -96,7 +95,8 @@ impl ClientService {
         Message::Reply { client, seq, reply }
     }
 
-    /// Hands an authenticated call to the gateway and waits, boundedly, for its answer.
+    /// Hands an authenticated call to the gateway and waits for its answer, which the
+    /// gateway gives by the call's deadline at the latest.
     async fn call(&self, call: Call) -> Reply {
         if let Err(rejection) = crate::access::authorize(&self.access, &self.registry, &call) {
             return self.refuse(rejection);
@@ -104,23 +104,11 @@ impl ClientService {
         let Some(gateway) = &self.router.gateway else {
             return Reply::Unavailable;
         };
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return self.refuse(Rejection::Overloaded(
-                "this node's limit of calls in flight is reached".into(),
-            ));
-        };
         let (tx, rx) = oneshot::channel();
         self.router
             .deliver(gateway, Event::Client { call, reply: tx });
-        match tokio::time::timeout(self.call_deadline, rx).await {
-            Ok(reply) => reply.unwrap_or(Reply::Unavailable),
-            Err(_) => {
-                // The call may still execute; its retry (same session, same number) finds
-                // the result, so Unavailable is the honest answer.
-                self.stats.calls_timed_out.inc();
-                Reply::Unavailable
-            }
-        }
+        // A dropped sender means the call was shed on the way (a full inbox).
+        rx.await.unwrap_or(Reply::Unavailable)
     }
 
     fn refuse(&self, rejection: Rejection) -> Reply {

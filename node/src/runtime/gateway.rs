@@ -3,18 +3,15 @@
 
 use super::router::Router;
 use super::stats::ReasonLabel;
-use super::{Event, NodeStats};
+use super::{Clock, Event, NodeStats, sleep_until};
 use detflow_gateway::{self as gateway, Gateway};
 use detflow_protocol::CallId;
+use detflow_protocol::Machine;
 use detflow_protocol::message::{Message, Reply};
-use detflow_protocol::{Machine, Time};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-
-/// How often the gateway task forgets clients that stopped waiting.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Clients waiting for a call's reply, and when the call first arrived.
 type Waiting = (Instant, Vec<oneshot::Sender<Reply>>);
@@ -43,29 +40,20 @@ pub(super) async fn gateway_task(
     mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     stats: Arc<NodeStats>,
+    clock: Clock,
 ) {
     let mut waiting: BTreeMap<CallId, Waiting> = BTreeMap::new();
     let mut out = Vec::new();
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut timed_out = 0;
     loop {
+        let deadline = gateway.next_deadline().map(|t| clock.instant(t));
         let ev = tokio::select! {
-            ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
-            _ = sweep.tick() => {
-                // Waiters whose client stopped waiting (the call deadline passed, the
-                // stream was reset) would otherwise stay here forever.
-                waiting.retain(|CallId { client, seq }, (_, waiters)| {
-                    waiters.retain(|w| !w.is_closed());
-                    if waiters.is_empty() {
-                        let forget = gateway::Input::Forget { client: *client, seq: *seq };
-                        gateway.handle(Time::ZERO, forget, &mut out);
-                    }
-                    !waiters.is_empty()
-                });
-                continue;
-            }
+            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
+            _ = sleep_until(deadline) => None,
         };
         let input = match ev {
-            Event::Client { call, reply } => {
+            None => gateway::Input::Tick,
+            Some(Event::Client { call, reply }) => {
                 waiting
                     .entry(CallId::new(call.client, call.seq))
                     .or_insert_with(|| (Instant::now(), Vec::new()))
@@ -73,23 +61,22 @@ pub(super) async fn gateway_task(
                     .push(reply);
                 gateway::Input::Call(call)
             }
-            Event::Leader(leader) => gateway::Input::Leader(leader),
-            Event::Msg(Message::NotLeader { from, txn, leader }) => {
+            Some(Event::Leader(leader)) => gateway::Input::Leader(leader),
+            Some(Event::Msg(Message::NotLeader { from, txn, leader })) => {
                 gateway::Input::NotLeader { from, txn, leader }
             }
-            Event::Msg(Message::Duplicate { client, seq }) => {
+            Some(Event::Msg(Message::Duplicate { client, seq })) => {
                 gateway::Input::Duplicate { client, seq }
             }
-            Event::Msg(Message::Result { result, recovered }) => {
+            Some(Event::Msg(Message::Result { result, recovered })) => {
                 gateway::Input::Result { result, recovered }
             }
-            Event::Msg(Message::ResultUnknown { client, seq }) => {
+            Some(Event::Msg(Message::ResultUnknown { client, seq })) => {
                 gateway::Input::ResultUnknown { client, seq }
             }
             _ => continue,
         };
-        // The gateway keeps no timers, so the time it is handed does not matter.
-        gateway.handle(Time::ZERO, input, &mut out);
+        gateway.handle(clock.now(), input, &mut out);
         for effect in out.drain(..) {
             match effect {
                 gateway::Output::Submit { to, txn } => router.to_replica(to, Message::Submit(txn)),
@@ -103,22 +90,7 @@ pub(super) async fn gateway_task(
                     router.to_executor(to, msg);
                 }
                 gateway::Output::Reply { client, seq, reply } => {
-                    stats.calls_answered.inc();
-                    if let Reply::Done { outcome, .. } = &reply {
-                        match outcome {
-                            detflow_protocol::Outcome::Committed(_) => {
-                                stats.commits.inc();
-                            }
-                            detflow_protocol::Outcome::Aborted(reason) => {
-                                stats.aborts.inc();
-                                let reason = reason_label(reason);
-                                stats
-                                    .aborts_by_reason
-                                    .get_or_create(&ReasonLabel { reason })
-                                    .inc();
-                            }
-                        }
-                    }
+                    count_reply(&stats, &reply);
                     if let Some((since, waiters)) = waiting.remove(&CallId::new(client, seq)) {
                         stats.call_latency.observe(since.elapsed().as_secs_f64());
                         for waiter in waiters {
@@ -128,5 +100,32 @@ pub(super) async fn gateway_task(
                 }
             }
         }
+        let now_timed_out = gateway.stats().timed_out;
+        stats.calls_timed_out.inc_by(now_timed_out - timed_out);
+        timed_out = now_timed_out;
+    }
+}
+
+/// Counts an answer in the node's metrics.
+fn count_reply(stats: &NodeStats, reply: &Reply) {
+    stats.calls_answered.inc();
+    match reply {
+        Reply::Done { outcome, .. } => match outcome {
+            detflow_protocol::Outcome::Committed(_) => {
+                stats.commits.inc();
+            }
+            detflow_protocol::Outcome::Aborted(reason) => {
+                stats.aborts.inc();
+                let reason = reason_label(reason);
+                stats
+                    .aborts_by_reason
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+            }
+        },
+        Reply::Rejected(_) => {
+            stats.calls_refused.inc();
+        }
+        Reply::Unavailable => {}
     }
 }

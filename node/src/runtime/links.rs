@@ -3,10 +3,11 @@
 
 use super::clients::{ClientService, serve_client};
 use super::router::{ChannelHeader, Router, channel_of};
-use super::stats::PeerLabel;
+use super::stats::{PeerLabel, status};
+use super::{Clock, NodeStats};
 use crate::transport::{Connection, Endpoint, FrameWriter, PeerRole, TransportError};
 use detflow_protocol::NodeId;
-use detflow_protocol::message::Message;
+use detflow_protocol::message::{ClientRequest, Message};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +91,54 @@ pub(super) async fn link_task(
         }
         // What was written but not delivered is lost; the channels replay it.
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Answers status requests while the node loads its stores, so that loading progress
+/// (`NodeStatus::rows_loaded`, `warehouses_loaded`) shows as it happens. Every other
+/// request, and every peer, is turned away: nothing else runs yet. Returns, when
+/// `loaded` fires, after closing what it accepted, so clients reconnect to the real
+/// service.
+pub(super) async fn serve_status_while_loading(
+    endpoint: Endpoint,
+    stats: Arc<NodeStats>,
+    me: NodeId,
+    clock: Clock,
+    loaded: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut accepted = Vec::new();
+    let mut streams = tokio::task::JoinSet::new();
+    let mut loaded = std::pin::pin!(loaded);
+    loop {
+        let incoming = tokio::select! {
+            _ = &mut loaded => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let Ok(conn) = incoming else { continue };
+        if conn.role() != PeerRole::Client {
+            // A peer reconnects (with back-off) once this node serves.
+            conn.close();
+            continue;
+        }
+        accepted.push(conn.clone());
+        let stats = stats.clone();
+        streams.spawn(async move {
+            while let Ok((mut writer, mut reader)) = conn.accept_bi().await {
+                if let Ok(Some(ClientRequest::Status)) = reader.recv::<ClientRequest>().await {
+                    let answer = Message::StatusReply(status(&stats, me, clock));
+                    let _ = writer.send(&answer).await;
+                    let _ = writer.finish();
+                }
+                // Anything else gets no answer: the client retries once the node serves.
+            }
+        });
+    }
+    streams.abort_all();
+    for conn in accepted {
+        conn.close();
     }
 }
 

@@ -51,7 +51,7 @@ use router::Router;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// An inbox event of a component task.
 #[derive(Debug)]
@@ -136,6 +136,15 @@ impl Node {
         let endpoint = Endpoint::bind(config.listen, &tls, Limits::default())
             .with_context(|| format!("binding {}", config.listen))?;
         let stats = Arc::new(NodeStats::default());
+        // Status answers while the stores load, for the loading progress.
+        let (loaded, loading) = oneshot::channel();
+        let loading = tokio::spawn(links::serve_status_while_loading(
+            endpoint.clone(),
+            stats.clone(),
+            me,
+            clock,
+            loading,
+        ));
 
         let mut router = Router {
             me,
@@ -180,12 +189,9 @@ impl Node {
             let mut store = FjallStore::open(&dir)
                 .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
             let began = Instant::now();
-            if store.load(crate::load::initial_rows(
-                workload.as_ref(),
-                &options,
-                &map,
-                partition,
-            ))? {
+            let rows = crate::load::initial_rows(workload.as_ref(), &options, &map, partition);
+            // Loading blocks; the status server runs on another worker meanwhile.
+            if tokio::task::block_in_place(|| store.load(rows))? {
                 tracing::info!(
                     "partition {p}: initial rows loaded, synced and compacted in {:.1} s",
                     began.elapsed().as_secs_f64()
@@ -209,10 +215,13 @@ impl Node {
         if spec.gateway {
             let (tx, rx) = mpsc::channel(limits.inbox_events_max);
             router.gateway = Some(tx);
-            let gateway = Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
+            let mut gateway =
+                Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
+            gateway.set_call_deadline_us(limits.call_deadline_ms.saturating_mul(1_000));
+            gateway.set_calls_in_flight_max(limits.calls_in_flight_max);
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                Box::pin(gateway::gateway_task(gateway, rx, router, stats))
+                Box::pin(gateway::gateway_task(gateway, rx, router, stats, clock))
             }));
         }
         let mut links = Vec::new();
@@ -235,6 +244,8 @@ impl Node {
                 router.clone(),
             ));
         }
+        let _ = loaded.send(());
+        let _ = loading.await;
         let clients = Arc::new(ClientService {
             router: router.clone(),
             stats: stats.clone(),
@@ -243,8 +254,6 @@ impl Node {
             sessions,
             access: config.access.clone(),
             registry,
-            call_deadline: Duration::from_millis(limits.call_deadline_ms),
-            in_flight: Semaphore::new(limits.calls_in_flight_max),
         });
         tasks.spawn(links::accept_task(
             endpoint.clone(),

@@ -34,7 +34,6 @@ pub(super) async fn replica_task(
 ) {
     let mut server = PlanServer::new(map);
     let mut plans = Vec::new();
-    let mut leader = None;
     let mut out = Vec::new();
     // When this replica, leading, wrote each epoch: for the epoch commit latency.
     let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
@@ -105,6 +104,7 @@ pub(super) async fn replica_task(
                         }
                         last_write = Some(write.id);
                     }
+                    replica::Output::LeaderKnown(leader) => router.leader_changed(leader),
                     replica::Output::Send { to, msg } => {
                         router.to_replica(
                             to,
@@ -123,12 +123,6 @@ pub(super) async fn replica_task(
             replica.handle(clock.now(), replica::Input::Persisted { write }, &mut out);
         }
         send_plans(&router, &mut plans);
-        if replica.leader() != leader {
-            leader = replica.leader();
-            if let Some(leader) = leader {
-                router.leader_changed(leader);
-            }
-        }
         stats.term.store(replica.term().0, Ordering::Relaxed);
         stats.leader.store(
             replica.leader().map_or(0, |l| u64::from(l.0)),

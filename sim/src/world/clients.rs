@@ -64,6 +64,7 @@ impl World {
                     if let Some(record) = self.calls.get_mut(&CallId::new(call.client, call.seq)) {
                         record.attempts = attempt;
                     }
+                    self.clients[c as usize].attempt_gateway = Some(gateway);
                     self.send(Addr::Client(c), Addr::Gateway(gateway), Msg::Call(call));
                 }
                 session::Output::Done(reply) => self.on_call_done(c, reply),
@@ -87,7 +88,14 @@ impl World {
         }
     }
 
-    pub(super) fn on_reply(&mut self, c: u32, client: ClientId, seq: RequestSeq, reply: Reply) {
+    pub(super) fn on_reply(
+        &mut self,
+        c: u32,
+        from: Addr,
+        client: ClientId,
+        seq: RequestSeq,
+        reply: Reply,
+    ) {
         let node = &self.clients[c as usize];
         assert_eq!(
             client,
@@ -107,7 +115,12 @@ impl World {
                 .replies
                 .push(reply.clone());
         }
-        if node.pending.as_ref().is_some_and(|p| p.seq() == seq) {
+        // The client library reads each attempt's answer on that attempt's own stream, so
+        // an `Unavailable` for an attempt it abandoned never reaches the session; a final
+        // answer on any of them would be the call's (the simulator delivers those).
+        let stale =
+            reply == Reply::Unavailable && node.attempt_gateway.map(Addr::Gateway) != Some(from);
+        if node.pending.as_ref().is_some_and(|p| p.seq() == seq) && !stale {
             self.client_input(c, session::Input::Reply(reply));
         }
     }

@@ -58,5 +58,25 @@ impl World {
                 }
             }
         }
+        self.arm_gateway_timer(g);
+    }
+
+    fn arm_gateway_timer(&mut self, g: u32) {
+        let node = &mut self.gateways[g as usize];
+        let Some(machine) = &node.machine else { return };
+        if let Some(at) = node.timer.arm(machine.next_deadline(), self.now) {
+            let incarnation = node.incarnation;
+            self.schedule(at, Event::GatewayTimer { g, incarnation });
+        }
+    }
+
+    pub(super) fn on_gateway_timer(&mut self, g: u32, incarnation: u64) {
+        let node = &mut self.gateways[g as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        if node.timer.fire(self.now) {
+            self.gateway_handle(g, detflow_gateway::Input::Tick);
+        }
     }
 }

@@ -15,6 +15,7 @@ impl World {
             Addr::Gateway(g) => {
                 let node = &mut self.gateways[g as usize];
                 node.incarnation += 1;
+                node.timer = Timer::default();
                 let mut gateway = Gateway::new(
                     gateway_id(g),
                     self.registry.clone(),
@@ -56,7 +57,6 @@ impl World {
         node.sync_scheduled = false;
         node.last_write = WriteId(0);
         node.plans = Some(PlanServer::new(self.map.clone()));
-        node.leader = None;
         self.arm_replica_timer(r);
     }
 

@@ -67,6 +67,10 @@ enum Event {
         incarnation: u64,
     },
     FaultTick,
+    GatewayTimer {
+        g: u32,
+        incarnation: u64,
+    },
     HealPartition(u64),
     ReplicaSynced {
         r: u32,
@@ -253,8 +257,6 @@ struct ReplicaNode {
     /// The plan server beside the replica, fed with its `Committed` outputs as a
     /// production driver does; it starts empty with each incarnation.
     plans: Option<PlanServer>,
-    /// The leader this replica last followed, told to the gateway on the same node.
-    leader: Option<NodeId>,
 }
 
 struct ExecutorNode {
@@ -269,6 +271,8 @@ struct ExecutorNode {
 struct GatewayNode {
     machine: Option<Gateway>,
     incarnation: u64,
+    /// When the gateway's timer is set for (its calls' deadlines).
+    timer: Timer,
 }
 
 struct ClientNode {
@@ -276,6 +280,8 @@ struct ClientNode {
     session: Session,
     /// The call in flight.
     pending: Option<Pending>,
+    /// The gateway the call's current attempt went to.
+    attempt_gateway: Option<u32>,
     /// When the client's timer is set for.
     timer: Timer,
     /// The call in flight as the workload made it, for [`Workload::follow_up`].
@@ -399,13 +405,13 @@ impl World {
                 sync_scheduled: false,
                 last_write: WriteId(0),
                 plans: None,
-                leader: None,
             })
             .collect();
         let gateways = (0..config.gateways)
             .map(|_| GatewayNode {
                 machine: None,
                 incarnation: 0,
+                timer: Timer::default(),
             })
             .collect();
         // The client library's policy, except that simulated clients never give up: every
@@ -423,6 +429,7 @@ impl World {
                 ClientNode {
                     session,
                     pending: None,
+                    attempt_gateway: None,
                     timer: Timer::default(),
                     request: None,
                     follow: None,
@@ -495,7 +502,18 @@ impl World {
         self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
     }
 
-    fn into_outcome(self) -> Outcome {
+    fn into_outcome(mut self) -> Outcome {
+        for (g, node) in self.gateways.iter().enumerate() {
+            if let Some(gateway) = &node.machine {
+                let overdue = gateway.overdue(self.now);
+                if overdue > 0 {
+                    self.online_failures.push(format!(
+                        "gateway {g} holds {overdue} calls past their deadline at {}",
+                        self.now
+                    ));
+                }
+            }
+        }
         let best = self
             .replicas
             .iter()
@@ -560,6 +578,7 @@ impl World {
             Event::ExecutorTimer { p, incarnation } => self.on_executor_timer(p, incarnation),
             Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
             Event::FaultTick => self.on_fault_tick(),
+            Event::GatewayTimer { g, incarnation } => self.on_gateway_timer(g, incarnation),
             Event::HealPartition(id) => self.heal_partition(id),
             Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),
             Event::ReplicaTimer { r, incarnation } => self.on_replica_timer(r, incarnation),

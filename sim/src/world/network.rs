@@ -80,7 +80,7 @@ impl World {
     pub(super) fn deliver(&mut self, from: Addr, to: Addr, msg: Msg) {
         match (to, msg) {
             (Addr::Client(c), Msg::Reply { client, seq, reply }) => {
-                self.on_reply(c, client, seq, reply)
+                self.on_reply(c, from, client, seq, reply)
             }
             (Addr::Gateway(g), msg) => self.gateway_input(g, from, msg),
             (Addr::Replica(r), Msg::Peer { from: sender, msg }) => {

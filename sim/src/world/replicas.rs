@@ -9,7 +9,6 @@ impl World {
         };
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
-        let leader = machine.leader();
         if let Err(failure) = self.raft.after_step(machine)
             && self.online_failures.last() != Some(&failure)
         {
@@ -41,16 +40,13 @@ impl World {
                         Msg::Peer { from, msg },
                     );
                 }
-            }
-        }
-        // Node r hosts replica r and (if there is one) gateway r: the gateway hears of a
-        // new leader from its replica as soon as the replica does, as in the node runtime.
-        if leader != self.replicas[r as usize].leader {
-            self.replicas[r as usize].leader = leader;
-            if let Some(leader) = leader
-                && r < self.config.gateways
-            {
-                self.gateway_handle(r, detflow_gateway::Input::Leader(leader));
+                // Node r hosts replica r and (if there is one) gateway r, as in the node
+                // runtime: the news needs no network.
+                replica::Output::LeaderKnown(leader) => {
+                    if r < self.config.gateways {
+                        self.gateway_handle(r, detflow_gateway::Input::Leader(leader));
+                    }
+                }
             }
         }
         self.arm_replica_timer(r);
