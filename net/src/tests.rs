@@ -577,28 +577,35 @@ async fn partial_frames_share_a_budget_per_connection() {
             (result, reader)
         }));
     }
-    wait_until("a refusal", || metrics.frames_rejected_over_budget() == 1).await;
-    let mut refused = None;
+    // Readers run at once, so two of them may find the budget full at the same moment
+    // (each before the other has given its bytes back) and both be refused: the budget
+    // refuses what would overdraw it when asked, it does not queue.
+    wait_until("a refusal", || metrics.frames_rejected_over_budget() >= 1).await;
+    let mut refused = Vec::new();
     for (i, send) in sends.iter().enumerate() {
         if let Ok(Ok(code)) = tokio::time::timeout(Duration::from_millis(100), send.stopped()).await
         {
-            refused = Some((i, code));
+            assert_eq!(code, Some(FRAME_TOO_LARGE));
+            refused.push(i);
         }
     }
-    let (refused, code) = refused.expect("one stream was stopped");
-    assert_eq!(code, Some(FRAME_TOO_LARGE));
+    assert!(
+        (1..=2).contains(&refused.len()),
+        "refused {refused:?}: three streams never fit, two always do"
+    );
+    assert_eq!(metrics.frames_rejected_over_budget(), refused.len() as u64);
     assert!(inbound.buffered_bytes() <= budget);
-    assert!(inbound.buffered_bytes() >= 2 * held);
+    assert!(inbound.buffered_bytes() >= (3 - refused.len() as u64) * held);
 
     // The others complete when their last byte arrives, and give their bytes back.
     for (i, send) in sends.iter_mut().enumerate() {
-        if i != refused {
+        if !refused.contains(&i) {
             send.write_all(&[1]).await.unwrap();
         }
     }
     for (i, task) in tasks.into_iter().enumerate() {
         let (result, reader) = within("a reader", task).await.unwrap();
-        if i == refused {
+        if refused.contains(&i) {
             assert!(
                 matches!(result, Err(TransportError::BufferBudget { .. })),
                 "{result:?}"
