@@ -1,26 +1,39 @@
-//! Procedures by name, type-erased over MessagePack arguments and outputs.
+//! Procedures by name, type-erased over MessagePack arguments and outputs, grouped in
+//! services that own their tables (see [`crate::service`]).
 
 use crate::procedure::Procedure;
+use crate::service::{Service, ServiceError, Table};
 use crate::txn::Txn;
 use crate::unwind;
-use detflow_protocol::codec;
 use detflow_protocol::message::Rejection;
 use detflow_protocol::{AbortReason, Footprint};
+use detflow_protocol::{TableRule, codec};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 type ExecuteFn = fn(&mut Txn<'_>, &[u8]) -> Result<Vec<u8>, AbortReason>;
 type FootprintFn = fn(&[u8]) -> Result<Footprint, codec::DecodeError>;
 
-#[derive(Clone, Copy)]
-struct Entry {
-    execute: ExecuteFn,
-    footprint: FootprintFn,
+/// How deep calls between procedures may nest in one footprint.
+const CALL_DEPTH_MAX: usize = 16;
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) execute: ExecuteFn,
+    pub(crate) footprint: FootprintFn,
+    /// The service the procedure belongs to; `None` for one registered on its own (tests),
+    /// whose footprints may name any table.
+    pub(crate) service: Option<Arc<str>>,
 }
 
-/// The procedures a node can run, by name.
+/// The procedures a node can run, by name, and the services that own the tables.
 #[derive(Clone, Default)]
 pub struct Registry {
     procedures: BTreeMap<&'static str, Entry>,
+    /// Each table's owning service.
+    owners: BTreeMap<String, Arc<str>>,
+    /// The services, by name, with their tables.
+    services: BTreeMap<Arc<str>, Vec<Table>>,
 }
 
 impl Registry {
@@ -29,16 +42,85 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers `P` under `P::NAME`, replacing any procedure of that name.
+    /// Registers `P` under `P::NAME` outside any service, replacing any procedure of that
+    /// name. Its footprints may name any table: for tests of the engine; applications
+    /// register services ([`Registry::add_service`]).
     pub fn register<P: Procedure>(&mut self) -> &mut Registry {
         self.procedures.insert(
             P::NAME,
             Entry {
                 execute: execute_erased::<P>,
                 footprint: footprint_erased::<P>,
+                service: None,
             },
         );
         self
+    }
+
+    /// Adds a service: its tables become its own, its procedures callable. Refuses a
+    /// definition that is malformed or clashes with what is registered, leaving the
+    /// registry unchanged.
+    pub fn add_service(&mut self, service: Service) -> Result<&mut Registry, ServiceError> {
+        service.validate()?;
+        if self.services.keys().any(|s| **s == *service.name()) {
+            return Err(ServiceError::ServiceTwice(service.name().to_owned()));
+        }
+        for table in service.tables() {
+            if let Some(first) = self.owners.get(table.name()) {
+                return Err(ServiceError::TableOwnedTwice {
+                    table: table.name().to_owned(),
+                    first: first.to_string(),
+                    second: service.name().to_owned(),
+                });
+            }
+        }
+        if let Some(name) = service
+            .procedure_names()
+            .find(|n| self.procedures.contains_key(n))
+        {
+            return Err(ServiceError::ProcedureTwice(name.to_owned()));
+        }
+        let (name, tables, procedures) = service.into_parts();
+        let name: Arc<str> = name.into();
+        for table in &tables {
+            self.owners.insert(table.name().to_owned(), name.clone());
+        }
+        for (procedure, mut entry) in procedures {
+            entry.service = Some(name.clone());
+            self.procedures.insert(procedure, entry);
+        }
+        self.services.insert(name, tables);
+        Ok(self)
+    }
+
+    /// The services' names, ascending.
+    pub fn services(&self) -> impl Iterator<Item = &str> + '_ {
+        self.services.keys().map(|s| &**s)
+    }
+
+    /// The tables of service `name`, if there is one.
+    pub fn tables_of(&self, name: &str) -> Option<&[Table]> {
+        self.services
+            .iter()
+            .find(|(s, _)| &***s == name)
+            .map(|(_, t)| t.as_slice())
+    }
+
+    /// Every service's tables' partitioning rules, by table name ascending.
+    pub fn table_rules(&self) -> Vec<(String, TableRule)> {
+        let mut rules: Vec<(String, TableRule)> = self
+            .services
+            .values()
+            .flatten()
+            .map(|t| (t.name().to_owned(), t.partitioning().clone()))
+            .collect();
+        rules.sort_by(|a, b| a.0.cmp(&b.0));
+        rules
+    }
+
+    /// The service that owns `table`, if any.
+    pub fn owner_of(&self, table: &str) -> Option<&str> {
+        self.owners.get(table).map(|s| &**s)
     }
 
     /// Whether a procedure of that name is registered.
@@ -51,7 +133,9 @@ impl Registry {
         self.procedures.keys().copied()
     }
 
-    /// The footprint of a call, as a gateway computes it before ordering. A footprint
+    /// The footprint of a call, as a gateway computes it before ordering: the procedure's
+    /// own entries and those of the procedures it calls, each checked against its own
+    /// service's tables ([`Rejection::ForeignTable`]), merged into one. A footprint
     /// function that panics on these arguments refuses the call as
     /// [`Rejection::BadArgs`] instead of taking the gateway down.
     pub fn footprint(&self, name: &str, args: &[u8]) -> Result<Footprint, Rejection> {
@@ -59,9 +143,51 @@ impl Registry {
             .procedures
             .get(name)
             .ok_or_else(|| Rejection::UnknownProcedure(name.to_owned()))?;
-        unwind::run_procedure(|| (entry.footprint)(args))
+        let footprint = unwind::run_procedure(|| (entry.footprint)(args))
             .map_err(|panic| Rejection::BadArgs(format!("footprint panicked: {panic}")))?
-            .map_err(|e| Rejection::BadArgs(e.0))
+            .map_err(|e| Rejection::BadArgs(e.0))?;
+        self.check_ownership(name, entry, &footprint, 0)?;
+        Ok(footprint.flatten())
+    }
+
+    /// Checks that `footprint`'s own entries name only tables of `entry`'s service, and
+    /// recursively that each procedure it calls exists and keeps to its own.
+    fn check_ownership(
+        &self,
+        name: &str,
+        entry: &Entry,
+        footprint: &Footprint,
+        depth: usize,
+    ) -> Result<(), Rejection> {
+        if depth > CALL_DEPTH_MAX {
+            return Err(Rejection::BadArgs(format!(
+                "calls nest deeper than {CALL_DEPTH_MAX} procedures"
+            )));
+        }
+        if let Some(service) = &entry.service {
+            for (spec, _) in &footprint.entries {
+                // A key without a table name is refused by the key checks that follow.
+                let Some(table) = spec.key().table_name() else {
+                    continue;
+                };
+                let owner = self.owners.get(table);
+                if owner != Some(service) {
+                    return Err(Rejection::ForeignTable {
+                        procedure: name.to_owned(),
+                        table: table.to_owned(),
+                        owner: owner.map(|o| o.to_string()),
+                    });
+                }
+            }
+        }
+        for (callee, called) in &footprint.calls {
+            let callee_entry = self
+                .procedures
+                .get(callee.as_str())
+                .ok_or_else(|| Rejection::UnknownProcedure(callee.clone()))?;
+            self.check_ownership(callee, callee_entry, called, depth + 1)?;
+        }
+        Ok(())
     }
 
     /// Runs a call; the output is MessagePack. A procedure that panics aborts with
@@ -81,13 +207,13 @@ impl Registry {
     }
 }
 
-fn execute_erased<P: Procedure>(tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
+pub(crate) fn execute_erased<P: Procedure>(tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
     let args = codec::decode::<P::Args>(args).map_err(|e| AbortReason::BadArgs(e.0))?;
     let output = P::execute(tx, args)?;
     // Outputs name their fields: `detflow call` prints them as JSON objects.
     Ok(codec::encode_named(&output))
 }
 
-fn footprint_erased<P: Procedure>(args: &[u8]) -> Result<Footprint, codec::DecodeError> {
+pub(crate) fn footprint_erased<P: Procedure>(args: &[u8]) -> Result<Footprint, codec::DecodeError> {
     codec::decode::<P::Args>(args).map(|a| P::footprint(&a))
 }

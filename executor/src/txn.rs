@@ -84,6 +84,14 @@ impl<'a> Txn<'a> {
         self
     }
 
+    /// Runs procedure `P` inside this transaction, as its own footprint declared with
+    /// [`CallFootprint::call`](crate::CallFootprint::call): its reads see this
+    /// transaction's writes, its writes commit or roll back with it, and an abort it
+    /// returns (propagated with `?`) aborts the whole transaction.
+    pub fn call<P: crate::Procedure>(&mut self, args: P::Args) -> Result<P::Output, AbortReason> {
+        P::execute(self, args)
+    }
+
     /// The value of `key`, seeing this transaction's own writes.
     pub fn get(&self, key: &Key) -> Result<Option<Value>, AbortReason> {
         if !self.footprint.allows_read(key) {

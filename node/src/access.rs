@@ -54,7 +54,8 @@ mod tests {
         for name in detflow_workloads::NAMES {
             detflow_workloads::by_name(name, 2)
                 .expect("a workload")
-                .register(&mut registry);
+                .register(&mut registry)
+                .expect("the built-in services fit together");
         }
         registry
     }

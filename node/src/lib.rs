@@ -16,6 +16,9 @@
 //!   the transport's counters.
 
 pub mod access;
+pub mod builder;
+pub mod cli;
+mod commands;
 pub mod certs;
 pub mod config;
 pub mod failstop;
@@ -26,3 +29,5 @@ pub mod runtime;
 pub mod session;
 pub mod storage;
 pub use detflow_net as transport;
+
+pub use builder::NodeBuilder;

@@ -207,7 +207,7 @@ impl World {
         });
         let map = PartitionMap::new(kv.scheme()).expect("the kv scheme is valid");
         let mut registry = Registry::new();
-        kv.register(&mut registry);
+        kv.register(&mut registry).expect("the service registers");
         World {
             seed,
             map,

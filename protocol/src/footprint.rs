@@ -95,6 +95,11 @@ impl Access {
 pub struct Footprint {
     /// Each entry once; a key both read and written appears as `Write`.
     pub entries: Vec<(KeySpec, Access)>,
+    /// The footprints of procedures this one calls inside the same transaction, by
+    /// procedure name, as declared; the gateway checks each against its own service's
+    /// tables and merges them into `entries` before ordering, so they never travel.
+    #[serde(skip)]
+    pub calls: Vec<(String, Footprint)>,
 }
 
 impl Footprint {
@@ -131,6 +136,24 @@ impl Footprint {
     /// [`Access::Insert`]).
     pub fn insert_prefix(mut self, prefix: Key) -> Footprint {
         self.add(KeySpec::Prefix(prefix), Access::Insert);
+        self
+    }
+
+    /// Declares that the transaction calls `procedure`, whose footprint for the call's
+    /// arguments is `footprint` (see `detflow_executor::CallFootprint`, which fills both
+    /// from the procedure's type).
+    pub fn calls(mut self, procedure: &str, footprint: Footprint) -> Footprint {
+        self.calls.push((procedure.to_owned(), footprint));
+        self
+    }
+
+    /// Merges every called procedure's entries into this footprint's own, recursively.
+    pub fn flatten(mut self) -> Footprint {
+        for (_, called) in std::mem::take(&mut self.calls) {
+            for (spec, access) in called.flatten().entries {
+                self.add(spec, access);
+            }
+        }
         self
     }
 
@@ -210,6 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn called_footprints_merge_into_the_callers() {
+        let a = Key::table("a").u64(1);
+        let b = Key::table("b").u64(2);
+        let inner = Footprint::new().write(b.clone()).read(a.clone());
+        let fp = Footprint::new()
+            .read(a.clone())
+            .calls("b.add", Footprint::new().calls("b.inner", inner));
+        assert_eq!(fp.len(), 1);
+        let flat = fp.flatten();
+        assert!(flat.calls.is_empty());
+        assert_eq!(
+            flat.entries,
+            vec![
+                (KeySpec::Exact(a), Access::Read),
+                (KeySpec::Exact(b), Access::Write)
+            ]
+        );
+    }
+
+    #[test]
     fn write_includes_read_and_upgrades() {
         let a = Key::table("t").u64(1);
         let fp = Footprint::new().read(a.clone()).write(a.clone());
@@ -234,6 +277,7 @@ mod tests {
                 (KeySpec::Exact(good.clone()), Access::Read),
                 (KeySpec::Prefix(Key::default()), Access::Read),
             ],
+            calls: Vec::new(),
         };
         let err = bad.validate().unwrap_err();
         assert_eq!((err.index, err.kind), (1, "prefix"));

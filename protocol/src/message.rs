@@ -76,6 +76,24 @@ pub enum Rejection {
     /// The gateway is at its limit of calls in flight; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The footprint reaches into a table its procedure's service does not own (a service
+    /// touches another's tables only by calling that service's procedures).
+    #[error("{procedure} may not touch table {table:?}: {}", owner_text(owner))]
+    ForeignTable {
+        /// The procedure whose own footprint names the table.
+        procedure: String,
+        /// The table.
+        table: String,
+        /// The service that owns it, if any does.
+        owner: Option<String>,
+    },
+}
+
+fn owner_text(owner: &Option<String>) -> String {
+    match owner {
+        Some(service) => format!("it belongs to service {service:?}"),
+        None => "no service owns it".to_owned(),
+    }
 }
 
 /// A gateway's answer to a call.

@@ -127,7 +127,10 @@ fn footprint() -> impl Strategy<Value = Footprint> + Clone {
         Just(Access::Write),
         Just(Access::Insert)
     ];
-    vec((spec, access), 0..4).prop_map(|entries| Footprint { entries })
+    vec((spec, access), 0..4).prop_map(|entries| Footprint {
+        entries,
+        calls: Vec::new(),
+    })
 }
 
 fn transaction() -> impl Strategy<Value = Transaction> + Clone {
@@ -255,6 +258,13 @@ fn rejection() -> impl Strategy<Value = Rejection> + Clone {
         text().prop_map(Rejection::Unauthorized),
         any::<u64>().prop_map(Rejection::ForeignSession),
         text().prop_map(Rejection::Overloaded),
+        (text(), text(), proptest::option::of(text())).prop_map(|(procedure, table, owner)| {
+            Rejection::ForeignTable {
+                procedure,
+                table,
+                owner,
+            }
+        }),
     ]
 }
 
@@ -477,7 +487,7 @@ fn peer_variant(msg: &PeerMessage) -> &'static str {
     }
 }
 
-const REJECTION_VARIANTS: [&str; 8] = [
+const REJECTION_VARIANTS: [&str; 9] = [
     "BadArgs",
     "FootprintTooLarge",
     "UnknownProcedure",
@@ -486,6 +496,7 @@ const REJECTION_VARIANTS: [&str; 8] = [
     "Unauthorized",
     "ForeignSession",
     "Overloaded",
+    "ForeignTable",
 ];
 
 fn rejection_variant(rejection: &Rejection) -> &'static str {
@@ -498,6 +509,7 @@ fn rejection_variant(rejection: &Rejection) -> &'static str {
         Rejection::Unauthorized(_) => "Unauthorized",
         Rejection::ForeignSession(_) => "ForeignSession",
         Rejection::Overloaded(_) => "Overloaded",
+        Rejection::ForeignTable { .. } => "ForeignTable",
     }
 }
 

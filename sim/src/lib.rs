@@ -48,7 +48,7 @@ pub use detflow_protocol::session::SessionBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};
 pub use log_world::{LogConfig, LogProbes, LogReport, run_log_seed};
-pub use world::{CallRecord, SetupError, SimConfig};
+pub use world::{CallRecord, SetupError, SimConfig, SimWorkload, WorkloadFactory};
 
 use detflow_protocol::CallId;
 use detflow_protocol::codec;
@@ -139,4 +139,36 @@ fn digest(
         hasher.update(&codec::encode(&(key, value)));
     }
     hasher.finalize().to_hex()[..32].to_owned()
+}
+
+/// Runs the seeds `seeds` of `config(seed)` and panics with the first failing seed's
+/// failures and how to replay it; returns the number of seeds run. It makes a simulation of
+/// an application's workload a one-line test:
+///
+/// ```no_run
+/// # fn shop(partitions: u32) -> Box<dyn detflow_workloads::Workload> { unimplemented!() }
+/// use detflow_sim::{FaultConfig, SimConfig, assert_seeds_pass};
+/// assert_seeds_pass(0..50, |seed| SimConfig {
+///     faults: FaultConfig::all(),
+///     ..SimConfig::custom("shop", shop, seed)
+/// });
+/// ```
+pub fn assert_seeds_pass(seeds: std::ops::Range<u64>, config: impl Fn(u64) -> SimConfig) -> u64 {
+    let mut ran = 0;
+    for seed in seeds {
+        let config = config(seed);
+        let report = match run_seed(&config) {
+            Ok(report) => report,
+            Err(e) => panic!("the simulation cannot be set up: {e}"),
+        };
+        ran += 1;
+        assert!(
+            report.passed(),
+            "seed {seed} of workload {} failed; replay it alone with the same config and \
+             seed {seed}:\n  {}",
+            config.workload.name(),
+            report.failures.join("\n  ")
+        );
+    }
+    ran
 }

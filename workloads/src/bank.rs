@@ -11,7 +11,7 @@ use crate::{
     Answer, Executed, Findings, LiveCheck, Request, Violation, Workload, committed_output,
     table_rows,
 };
-use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
+use detflow_executor::{Abort, FieldType, OrOverflow, Procedure, Service, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
 };
@@ -109,11 +109,15 @@ impl Workload for Bank {
         "bank"
     }
 
-    fn register(&self, registry: &mut Registry) {
-        registry
-            .register::<Transfer>()
-            .register::<Deposit>()
-            .register::<Balance>();
+    fn services(&self) -> Vec<Service> {
+        let accounts = crate::table_in(&self.scheme(), TABLE)
+            .key("id", FieldType::U64)
+            .column("balance_cents", FieldType::I64);
+        vec![Service::new("bank")
+            .table(accounts)
+            .procedure::<Transfer>()
+            .procedure::<Deposit>()
+            .procedure::<Balance>()]
     }
 
     fn scheme(&self) -> PartitionScheme {

@@ -32,7 +32,7 @@
 //! appends visible ([`Kv::check`], after Jepsen's Elle list-append workload).
 
 use crate::{Executed, Findings, Request, Violation, Workload, show_bytes, show_opt, table_rows};
-use detflow_executor::{Abort, Procedure, Registry, Txn};
+use detflow_executor::{Abort, FieldType, Procedure, Service, Txn};
 use detflow_protocol::codec::DecodeError;
 use detflow_protocol::{
     Access, DetRng, Footprint, Key, KeySpec, Outcome, PartitionScheme, TableRule, Value, codec,
@@ -401,8 +401,13 @@ impl Workload for Kv {
         "kv"
     }
 
-    fn register(&self, registry: &mut Registry) {
-        registry.register::<AdHoc>();
+    /// The `kv` table: registers and lists by id. `kv.txn` is ad hoc, but like every
+    /// procedure it touches only its service's tables.
+    fn services(&self) -> Vec<Service> {
+        let entries = crate::table_in(&self.scheme(), TABLE)
+            .key("id", FieldType::U64)
+            .column("value", FieldType::Bytes);
+        vec![Service::new("kv").table(entries).procedure::<AdHoc>()]
     }
 
     fn scheme(&self) -> PartitionScheme {

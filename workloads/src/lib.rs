@@ -23,7 +23,7 @@ pub mod tpcc;
 pub mod ycsb;
 pub mod zipf;
 
-use detflow_executor::Registry;
+use detflow_executor::{Registry, Service, ServiceError, Table};
 use detflow_protocol::{AbortReason, DetRng, Key, Outcome, PartitionScheme, Value};
 use std::collections::BTreeMap;
 
@@ -116,8 +116,17 @@ pub trait Workload: Send {
     /// The workload's name (`bank`, `ycsb`, `kv`).
     fn name(&self) -> &'static str;
 
-    /// Registers the workload's procedures.
-    fn register(&self, registry: &mut Registry);
+    /// The workload's services: their tables (partitioned as [`Workload::scheme`] says)
+    /// and their procedures. The built-in workloads are one service each.
+    fn services(&self) -> Vec<Service>;
+
+    /// Adds the workload's services to `registry`.
+    fn register(&self, registry: &mut Registry) -> Result<(), ServiceError> {
+        for service in self.services() {
+            registry.add_service(service)?;
+        }
+        Ok(())
+    }
 
     /// How its tables are partitioned.
     fn scheme(&self) -> PartitionScheme;
@@ -380,4 +389,14 @@ fn show_bytes(value: &[u8]) -> String {
 /// [`show_bytes`] for a value that may be absent.
 fn show_opt(value: Option<&[u8]>) -> String {
     value.map_or_else(|| "absent".to_owned(), show_bytes)
+}
+
+/// Table `name` with the partitioning rule `scheme` gives it (its default when unlisted).
+pub(crate) fn table_in(scheme: &PartitionScheme, name: &str) -> Table {
+    let rule = scheme
+        .tables
+        .iter()
+        .find(|(t, _)| t == name)
+        .map_or_else(|| scheme.default.clone(), |(_, rule)| rule.clone());
+    Table::new(name).rule(rule)
 }

@@ -21,7 +21,7 @@ use crate::{
     Answer, Executed, Findings, LiveCheck, Request, Violation, Workload, committed_output,
     table_rows,
 };
-use detflow_executor::{Abort, OrOverflow, Procedure, Registry, Txn};
+use detflow_executor::{Abort, FieldType, OrOverflow, Procedure, Service, Txn};
 use detflow_protocol::{
     DetRng, Elem, Footprint, Key, Outcome, PartitionScheme, TableRule, Value, codec,
 };
@@ -205,8 +205,14 @@ impl Workload for Ycsb {
         "ycsb"
     }
 
-    fn register(&self, registry: &mut Registry) {
-        registry.register::<Rmw>().register::<Read>();
+    fn services(&self) -> Vec<Service> {
+        let records = crate::table_in(&self.scheme(), TABLE)
+            .key("id", FieldType::U64)
+            .column("value", FieldType::Bytes);
+        vec![Service::new("ycsb")
+            .table(records)
+            .procedure::<Rmw>()
+            .procedure::<Read>()]
     }
 
     fn scheme(&self) -> PartitionScheme {

@@ -72,7 +72,7 @@ struct Setup {
 fn setup(args: &Args) -> Result<Setup> {
     let mut workload = detflow_workloads::by_name(&args.workload, args.partitions)?;
     let mut registry = Registry::new();
-    workload.register(&mut registry);
+    workload.register(&mut registry)?;
     let mut scheme = workload.scheme();
     scheme.partitions = args.partitions;
     let map = PartitionMap::new(scheme)?;

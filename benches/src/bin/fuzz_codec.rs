@@ -895,7 +895,10 @@ fn footprint(rng: &mut DetRng) -> Footprint {
             *rng.pick(&[Access::Read, Access::Write, Access::Insert]),
         )
     });
-    Footprint { entries }
+    Footprint {
+        entries,
+        calls: Vec::new(),
+    }
 }
 
 fn transaction(rng: &mut DetRng) -> Transaction {
@@ -985,7 +988,7 @@ fn outcome(rng: &mut DetRng) -> Outcome {
 }
 
 fn rejection(rng: &mut DetRng) -> Rejection {
-    match rng.below(8) {
+    match rng.below(9) {
         0 => Rejection::BadArgs(text(rng)),
         1 => Rejection::FootprintTooLarge {
             entries: rng.next_u64() as usize,
@@ -999,7 +1002,12 @@ fn rejection(rng: &mut DetRng) -> Rejection {
         },
         5 => Rejection::Unauthorized(text(rng)),
         6 => Rejection::ForeignSession(rng.next_u64()),
-        _ => Rejection::Overloaded(text(rng)),
+        7 => Rejection::Overloaded(text(rng)),
+        _ => Rejection::ForeignTable {
+            procedure: text(rng),
+            table: text(rng),
+            owner: rng.chance(0.5).then(|| text(rng)),
+        },
     }
 }
 

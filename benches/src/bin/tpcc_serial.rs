@@ -63,7 +63,7 @@ fn main() -> Result<()> {
         mix,
     });
     let mut registry = Registry::new();
-    tpcc.register(&mut registry);
+    tpcc.register(&mut registry)?;
 
     let began = Instant::now();
     eprintln!("loading {} warehouses…", args.warehouses);

@@ -2,7 +2,7 @@
 
 use crate::cli::CertsArgs;
 use anyhow::Result;
-use detflow_node::certs;
+use crate::certs;
 
 /// Writes the certificates and says where each kind went.
 pub(crate) fn run(args: &CertsArgs) -> Result<bool> {

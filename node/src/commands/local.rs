@@ -9,7 +9,7 @@ use anyhow::Result;
 use detflow_client::{Client, Tls};
 use detflow_loadgen::drive::{self, DriveConfig};
 use detflow_loadgen::tpcc::{self, TpccReport};
-use detflow_node::local_cluster::{Loading, LocalCluster};
+use crate::local_cluster::{Loading, LocalCluster};
 use detflow_workloads::Options;
 use detflow_workloads::tpcc::Mix;
 use std::io::IsTerminal;

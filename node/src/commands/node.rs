@@ -6,11 +6,11 @@
 
 use crate::cli::NodeArgs;
 use anyhow::Result;
-use detflow_node::config::Config;
-use detflow_node::{failstop, runtime};
+use crate::config::Config;
+use crate::{failstop, runtime};
 
 /// Loads the configuration, applies the overrides and runs the node.
-pub(crate) async fn run(args: NodeArgs) -> Result<bool> {
+pub(crate) async fn run(args: NodeArgs, builder: &crate::NodeBuilder) -> Result<bool> {
     let mut config = Config::load(&args.config)?;
     if let Some(l) = args.listen {
         config.listen = l;
@@ -22,7 +22,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<bool> {
         config.metrics_listen = args.metrics_listen;
     }
     failstop::install_panic_hook();
-    let mut node = runtime::Node::start(config).await?;
+    let mut node = builder.start(config).await?;
     let stdin_closed = async {
         if args.exit_on_stdin_eof {
             stdin_eof().await

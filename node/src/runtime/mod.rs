@@ -99,24 +99,32 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts every role of `config`'s node: opens its stores (recovering them), binds its
-    /// QUIC endpoint, and spawns the component, link and listener tasks.
+    /// Starts every role of `config`'s node with the built-in services (see
+    /// [`crate::NodeBuilder`] for a node with yours).
     pub async fn start(config: Config) -> Result<Node> {
+        crate::NodeBuilder::new().start(config).await
+    }
+
+    /// Starts every role of `config`'s node, running the procedures of `registry`: opens
+    /// its stores (recovering them), binds its QUIC endpoint, and spawns the component,
+    /// link and listener tasks.
+    pub async fn start_with(config: Config, registry: Registry) -> Result<Node> {
         let clock = Clock(Instant::now());
         let me = NodeId(config.id);
         let spec = config.me().clone();
         let options = config.workload_options();
         let workload =
             detflow_workloads::by_name_with(&config.workload, config.partitions(), &options)?;
+        // The configured workload decides the initial data and the rules of its tables;
+        // every other service's tables are partitioned as the service declares.
         let mut scheme = workload.scheme();
         scheme.partitions = config.partitions();
-        let map = PartitionMap::new(scheme)?;
-        // Every node knows every built-in procedure (so `kv.txn` is always there); the
-        // configured workload decides the partition scheme and the initial data.
-        let mut registry = Registry::new();
-        for name in detflow_workloads::NAMES {
-            detflow_workloads::by_name(name, config.partitions())?.register(&mut registry);
+        for (table, rule) in registry.table_rules() {
+            if !scheme.tables.iter().any(|(t, _)| *t == table) {
+                scheme = scheme.table(&table, rule);
+            }
         }
+        let map = PartitionMap::new(scheme)?;
         let registry = Arc::new(registry);
         let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
             .with_context(|| format!("loading TLS material for node {me}"))?;

@@ -71,6 +71,7 @@ fn refuses_form(rejection: &Rejection) -> bool {
         Rejection::BadArgs(_)
         | Rejection::BadKey(_)
         | Rejection::FootprintTooLarge { .. }
+        | Rejection::ForeignTable { .. }
         | Rejection::UnknownProcedure(_) => true,
         Rejection::CallTooLarge { .. }
         | Rejection::ForeignSession(_)

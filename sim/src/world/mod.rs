@@ -99,11 +99,46 @@ struct Delivery {
     msg: Msg,
 }
 
+/// Makes an application's workload for a partition count.
+pub type WorkloadFactory = Arc<dyn Fn(u32) -> Box<dyn Workload> + Send + Sync>;
+
+/// The workload a simulation runs.
+#[derive(Clone)]
+pub enum SimWorkload {
+    /// A built-in workload, by name (`bank`, `ycsb`, `kv`, `tpcc`).
+    Named(String),
+    /// An application's own: its services, generator and invariants.
+    Custom {
+        /// A name for reports.
+        name: String,
+        /// Makes the workload for the run's partition count.
+        make: WorkloadFactory,
+    },
+}
+
+impl SimWorkload {
+    /// The name reports use.
+    pub fn name(&self) -> &str {
+        match self {
+            SimWorkload::Named(name) | SimWorkload::Custom { name, .. } => name,
+        }
+    }
+}
+
+impl std::fmt::Debug for SimWorkload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimWorkload::Named(name) => write!(f, "Named({name:?})"),
+            SimWorkload::Custom { name, .. } => write!(f, "Custom({name:?})"),
+        }
+    }
+}
+
 /// Settings of one simulated run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Workload name (`bank`, `ycsb`, `kv`).
-    pub workload: String,
+    /// The workload.
+    pub workload: SimWorkload,
     /// The seed every random choice derives from.
     pub seed: u64,
     /// Executor partitions.
@@ -133,10 +168,28 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// Defaults for `workload` and `seed`: no faults.
+    /// Defaults for the built-in `workload` and `seed`: no faults.
     pub fn new(workload: &str, seed: u64) -> SimConfig {
+        SimConfig::with_workload(SimWorkload::Named(workload.to_owned()), seed)
+    }
+
+    /// Defaults for an application's workload, made by `make` for the run's partition
+    /// count, and `seed`: no faults.
+    pub fn custom(
+        name: &str,
+        make: impl Fn(u32) -> Box<dyn Workload> + Send + Sync + 'static,
+        seed: u64,
+    ) -> SimConfig {
+        let workload = SimWorkload::Custom {
+            name: name.to_owned(),
+            make: Arc::new(make),
+        };
+        SimConfig::with_workload(workload, seed)
+    }
+
+    fn with_workload(workload: SimWorkload, seed: u64) -> SimConfig {
         SimConfig {
-            workload: workload.to_owned(),
+            workload,
             seed,
             partitions: 4,
             replicas: 3,
@@ -229,6 +282,9 @@ pub enum SetupError {
     /// A nonsensical setting.
     #[error("{0}")]
     Config(String),
+    /// The workload's service does not register.
+    #[error(transparent)]
+    Service(#[from] detflow_executor::ServiceError),
 }
 
 /// After healing, every call must be answered within this much virtual time.
@@ -333,12 +389,15 @@ impl World {
                     .into(),
             ));
         }
-        let workload = detflow_workloads::by_name(&config.workload, config.partitions)?;
+        let workload = match &config.workload {
+            SimWorkload::Named(name) => detflow_workloads::by_name(name, config.partitions)?,
+            SimWorkload::Custom { make, .. } => make(config.partitions),
+        };
         let mut scheme = workload.scheme();
         scheme.partitions = config.partitions;
         let map = PartitionMap::new(scheme)?;
         let mut registry = Registry::new();
-        workload.register(&mut registry);
+        workload.register(&mut registry)?;
         let registry = Arc::new(registry);
 
         let mut rng = DetRng::new(config.seed);

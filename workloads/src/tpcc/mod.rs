@@ -16,7 +16,7 @@ pub mod rows;
 
 use crate::{Answer, Audit, Executed, LiveCheck, Request, Violation, Workload, committed_output};
 use check::{Check, CheckArgs, WarehouseCheck, check_warehouse, combine};
-use detflow_executor::{Abort, Procedure, Registry};
+use detflow_executor::{Abort, Procedure, Service};
 use detflow_protocol::{DetRng, Key, PartitionScheme, TableRule, Value, codec};
 use procs::{
     CustomerByLast, CustomerByLastArgs, CustomerByLastOutput, CustomerRef, Delivery, DeliveryArgs,
@@ -706,15 +706,24 @@ impl Workload for Tpcc {
         "tpcc"
     }
 
-    fn register(&self, registry: &mut Registry) {
-        registry
-            .register::<NewOrder>()
-            .register::<Payment>()
-            .register::<OrderStatus>()
-            .register::<Delivery>()
-            .register::<StockLevel>()
-            .register::<CustomerByLast>()
-            .register::<Check>();
+    /// Every TPC-C table, partitioned as [`Workload::scheme`] says (row schemas are not
+    /// declared yet).
+    fn services(&self) -> Vec<Service> {
+        let scheme = self.scheme();
+        let service = scheme
+            .tables
+            .iter()
+            .fold(Service::new("tpcc"), |service, (table, _)| {
+                service.table(crate::table_in(&scheme, table))
+            })
+            .procedure::<NewOrder>()
+            .procedure::<Payment>()
+            .procedure::<OrderStatus>()
+            .procedure::<Delivery>()
+            .procedure::<StockLevel>()
+            .procedure::<CustomerByLast>()
+            .procedure::<Check>();
+        vec![service]
     }
 
     fn scheme(&self) -> PartitionScheme {

@@ -65,7 +65,7 @@ fn answer(outcome: &Outcome) -> Answer<'_> {
 
 fn registry(tpcc: &Tpcc) -> Registry {
     let mut registry = Registry::new();
-    tpcc.register(&mut registry);
+    tpcc.register(&mut registry).expect("the service registers");
     registry
 }
 

@@ -1,0 +1,127 @@
+//! Your own node: a binary with your services compiled in is a detflow node.
+//!
+//! ```no_run
+//! use detflow_executor::{Service, Table};
+//! # fn shop() -> Service { Service::new("shop").table(Table::new("orders")) }
+//! fn main() -> std::process::ExitCode {
+//!     detflow_node::NodeBuilder::new().service(shop()).main()
+//! }
+//! ```
+//!
+//! `main` is the whole `detflow` command line (`node`, `demo`, `bench`, `call`, `status`,
+//! `certs`) with these services registered in every node it runs, including the local
+//! clusters `demo` and `bench` start (they run the same executable). The `detflow` binary
+//! itself is `NodeBuilder::new().main()`: the built-in services (`bank`, `ycsb`, `kv`,
+//! `tpcc`) and nothing else.
+
+use crate::cli;
+use crate::config::Config;
+use crate::runtime::Node;
+use anyhow::{Context, Result};
+use clap::Parser;
+use detflow_executor::{Registry, Service};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+/// Builds a node, or the whole command line, from services.
+#[derive(Clone, Debug)]
+pub struct NodeBuilder {
+    services: Vec<Service>,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> NodeBuilder {
+        NodeBuilder::new()
+    }
+}
+
+impl NodeBuilder {
+    /// A builder with the built-in services.
+    pub fn new() -> NodeBuilder {
+        NodeBuilder {
+            services: Vec::new(),
+        }
+    }
+
+    /// Adds an application service: every node built registers it.
+    pub fn service(mut self, service: Service) -> NodeBuilder {
+        self.services.push(service);
+        self
+    }
+
+    /// The registry of a node of `config`: the built-in services (the configured workload's
+    /// with its configured options, the others with their defaults) and this builder's.
+    pub fn registry(&self, config: &Config) -> Result<Registry> {
+        let options = config.workload_options();
+        let mut registry = Registry::new();
+        for name in detflow_workloads::NAMES {
+            let workload = if *name == config.workload {
+                detflow_workloads::by_name_with(name, config.partitions(), &options)?
+            } else {
+                detflow_workloads::by_name(name, config.partitions())?
+            };
+            workload
+                .register(&mut registry)
+                .with_context(|| format!("registering the built-in service {name}"))?;
+        }
+        for service in &self.services {
+            let name = service.name().to_owned();
+            registry
+                .add_service(service.clone())
+                .with_context(|| format!("registering service {name}"))?;
+        }
+        Ok(registry)
+    }
+
+    /// Starts a node of `config` with these services.
+    pub async fn start(&self, config: Config) -> Result<Node> {
+        let registry = self.registry(&config)?;
+        Node::start_with(config, registry).await
+    }
+
+    /// Runs the `detflow` command line with these services; the process's exit code.
+    pub fn main(self) -> ExitCode {
+        let cli = cli::Cli::parse();
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("detflow: cannot start the runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match runtime.block_on(self.run(cli.command)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("detflow: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    /// Runs one command; `Ok(false)` when it ran but failed its purpose (a broken
+    /// invariant, an unreachable node), which exits with status 1.
+    async fn run(self, cmd: cli::Cmd) -> Result<bool> {
+        use crate::commands;
+        use cli::Cmd;
+        match cmd {
+            Cmd::Certs(args) => commands::certs::run(&args),
+            Cmd::Node(args) => commands::node::run(args, &self).await,
+            Cmd::Demo(args) => commands::demo::run(args).await,
+            Cmd::Bench(args) => commands::bench::run(args).await,
+            Cmd::Call(args) => commands::call::run(&args).await,
+            Cmd::Status { connect } => commands::status::run(&connect).await,
+        }
+    }
+}
