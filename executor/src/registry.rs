@@ -207,7 +207,10 @@ impl Registry {
     }
 }
 
-pub(crate) fn execute_erased<P: Procedure>(tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
+pub(crate) fn execute_erased<P: Procedure>(
+    tx: &mut Txn<'_>,
+    args: &[u8],
+) -> Result<Vec<u8>, AbortReason> {
     let args = codec::decode::<P::Args>(args).map_err(|e| AbortReason::BadArgs(e.0))?;
     let output = P::execute(tx, args)?;
     // Outputs name their fields: `detflow call` prints them as JSON objects.

@@ -228,8 +228,7 @@ impl Service {
             return Err(ServiceError::BadServiceName(self.name.clone()));
         }
         for (i, table) in self.tables.iter().enumerate() {
-            if table.name.is_empty() || table.name == SYSTEM_TABLE || table.name.starts_with('_')
-            {
+            if table.name.is_empty() || table.name == SYSTEM_TABLE || table.name.starts_with('_') {
                 return Err(ServiceError::ReservedTable {
                     service: self.name.clone(),
                     table: table.name.clone(),
@@ -267,7 +266,9 @@ impl Service {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
     /// Service names are ASCII letters, digits, `_` and `-`, not starting with `_`.
-    #[error("{0:?} is not a valid service name (ASCII letters, digits, '_' and '-', not starting with '_')")]
+    #[error(
+        "{0:?} is not a valid service name (ASCII letters, digits, '_' and '-', not starting with '_')"
+    )]
     BadServiceName(String),
     /// Two services of one name.
     #[error("service {0:?} is defined twice")]

@@ -17,9 +17,9 @@
 
 pub mod access;
 pub mod builder;
+pub mod certs;
 pub mod cli;
 mod commands;
-pub mod certs;
 pub mod config;
 pub mod failstop;
 pub mod load;

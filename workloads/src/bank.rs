@@ -113,11 +113,13 @@ impl Workload for Bank {
         let accounts = crate::table_in(&self.scheme(), TABLE)
             .key("id", FieldType::U64)
             .column("balance_cents", FieldType::I64);
-        vec![Service::new("bank")
-            .table(accounts)
-            .procedure::<Transfer>()
-            .procedure::<Deposit>()
-            .procedure::<Balance>()]
+        vec![
+            Service::new("bank")
+                .table(accounts)
+                .procedure::<Transfer>()
+                .procedure::<Deposit>()
+                .procedure::<Balance>(),
+        ]
     }
 
     fn scheme(&self) -> PartitionScheme {
@@ -484,6 +486,7 @@ impl Procedure for Balance {
 mod tests {
     use super::*;
     use crate::testkit;
+    use detflow_executor::Registry;
     use detflow_executor::serial::SerialExecutor;
     use detflow_protocol::AbortReason;
 

@@ -665,6 +665,7 @@ fn list_diff(actual: &[Vec<u8>], expected: &[Vec<u8>]) -> String {
 mod tests {
     use super::*;
     use crate::testkit;
+    use detflow_executor::Registry;
     use detflow_executor::serial::SerialExecutor;
 
     fn run_one(serial: &mut SerialExecutor<'_>, registry: &Registry, txn: &KvTxn) -> Outcome {

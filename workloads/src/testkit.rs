@@ -48,7 +48,9 @@ impl Run {
 /// The registry of `workload`'s procedures.
 pub(crate) fn registry(workload: &dyn Workload) -> Registry {
     let mut registry = Registry::new();
-    workload.register(&mut registry).expect("the service registers");
+    workload
+        .register(&mut registry)
+        .expect("the service registers");
     registry
 }
 

@@ -209,10 +209,12 @@ impl Workload for Ycsb {
         let records = crate::table_in(&self.scheme(), TABLE)
             .key("id", FieldType::U64)
             .column("value", FieldType::Bytes);
-        vec![Service::new("ycsb")
-            .table(records)
-            .procedure::<Rmw>()
-            .procedure::<Read>()]
+        vec![
+            Service::new("ycsb")
+                .table(records)
+                .procedure::<Rmw>()
+                .procedure::<Read>(),
+        ]
     }
 
     fn scheme(&self) -> PartitionScheme {

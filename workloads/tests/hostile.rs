@@ -27,7 +27,9 @@ fn call<P: Procedure>(
     args: &P::Args,
 ) -> (Outcome, BTreeMap<Key, Value>) {
     let mut registry = Registry::new();
-    workload.register(&mut registry).expect("the service registers");
+    workload
+        .register(&mut registry)
+        .expect("the service registers");
     let args = codec::encode(args);
     let txn = Transaction {
         client: ClientId(1),

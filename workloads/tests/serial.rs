@@ -21,7 +21,9 @@ fn execute(
     requests: impl IntoIterator<Item = Request>,
 ) -> (BTreeMap<Key, Value>, Log) {
     let mut registry = Registry::new();
-    workload.register(&mut registry).expect("the service registers");
+    workload
+        .register(&mut registry)
+        .expect("the service registers");
     let mut serial = SerialExecutor::new(&registry, workload.load().into_iter().collect());
     let mut log = Vec::new();
     for (seq, request) in (1..).zip(requests) {
@@ -59,7 +61,9 @@ fn execute_sessions(
     sessions: usize,
 ) -> (BTreeMap<Key, Value>, Log) {
     let mut registry = Registry::new();
-    workload.register(&mut registry).expect("the service registers");
+    workload
+        .register(&mut registry)
+        .expect("the service registers");
     let mut serial = SerialExecutor::new(&registry, workload.load().into_iter().collect());
     let mut log = Vec::new();
     let mut seq = 0;

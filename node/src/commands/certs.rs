@@ -1,8 +1,8 @@
 //! `detflow certs`: a development CA with node and client certificates.
 
+use crate::certs;
 use crate::cli::CertsArgs;
 use anyhow::Result;
-use crate::certs;
 
 /// Writes the certificates and says where each kind went.
 pub(crate) fn run(args: &CertsArgs) -> Result<bool> {

@@ -5,11 +5,11 @@
 // The command line times loading and the run with the wall clock.
 #![allow(clippy::disallowed_methods)]
 
+use crate::local_cluster::{Loading, LocalCluster};
 use anyhow::Result;
 use detflow_client::{Client, Tls};
 use detflow_loadgen::drive::{self, DriveConfig};
 use detflow_loadgen::tpcc::{self, TpccReport};
-use crate::local_cluster::{Loading, LocalCluster};
 use detflow_workloads::Options;
 use detflow_workloads::tpcc::Mix;
 use std::io::IsTerminal;

@@ -5,9 +5,9 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::cli::NodeArgs;
-use anyhow::Result;
 use crate::config::Config;
-use crate::{failstop, runtime};
+use crate::failstop;
+use anyhow::Result;
 
 /// Loads the configuration, applies the overrides and runs the node.
 pub(crate) async fn run(args: NodeArgs, builder: &crate::NodeBuilder) -> Result<bool> {

@@ -1,4 +1,5 @@
 use super::*;
+use detflow_executor::Registry;
 use detflow_executor::serial::SerialExecutor;
 use detflow_protocol::{ClientId, NodeId, Outcome, RequestSeq, Transaction};
 
