@@ -24,6 +24,9 @@ pub(crate) struct Entry {
     /// The service the procedure belongs to; `None` for one registered on its own (tests),
     /// whose footprints may name any table.
     pub(crate) service: Option<Arc<str>>,
+    /// An operator's ad-hoc procedure (`kv.txn`): its footprints name whatever keys its
+    /// arguments say, so the node's access rules bound its tables instead of ownership.
+    pub(crate) ad_hoc: bool,
 }
 
 /// The procedures a node can run, by name, and the services that own the tables.
@@ -52,6 +55,7 @@ impl Registry {
                 execute: execute_erased::<P>,
                 footprint: footprint_erased::<P>,
                 service: None,
+                ad_hoc: false,
             },
         );
         self
@@ -164,7 +168,7 @@ impl Registry {
                 "calls nest deeper than {CALL_DEPTH_MAX} procedures"
             )));
         }
-        if let Some(service) = &entry.service {
+        if let Some(service) = entry.service.as_ref().filter(|_| !entry.ad_hoc) {
             for (spec, _) in &footprint.entries {
                 // A key without a table name is refused by the key checks that follow.
                 let Some(table) = spec.key().table_name() else {

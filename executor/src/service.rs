@@ -189,13 +189,26 @@ impl Service {
     }
 
     /// Adds a procedure; its name must be `<service>.<name>`.
-    pub fn procedure<P: Procedure>(mut self) -> Service {
+    pub fn procedure<P: Procedure>(self) -> Service {
+        self.add::<P>(false)
+    }
+
+    /// Adds an operator's ad-hoc procedure, whose footprint names whatever keys its
+    /// arguments say (`kv.txn`): the registry does not hold it to the service's tables, so
+    /// a node must bound it by other means (the `[access]` rules do for `kv.txn`, which is
+    /// off unless the operator names its tables).
+    pub fn ad_hoc_procedure<P: Procedure>(self) -> Service {
+        self.add::<P>(true)
+    }
+
+    fn add<P: Procedure>(mut self, ad_hoc: bool) -> Service {
         self.procedures.push((
             P::NAME,
             Entry {
                 execute: execute_erased::<P>,
                 footprint: footprint_erased::<P>,
                 service: None,
+                ad_hoc,
             },
         ));
         self
