@@ -147,9 +147,7 @@ impl Workload for Payments {
             .column("cents", FieldType::I64);
         vec![
             wallet,
-            Service::new("ledger")
-                .table(entries)
-                .procedure::<Record>(),
+            Service::new("ledger").table(entries).procedure::<Record>(),
         ]
     }
 
@@ -204,7 +202,9 @@ impl Workload for Payments {
             }
             recorded += usize::from(expected.is_some());
         }
-        let entries = state.keys().filter(|k| k.starts_with(&Key::table("ledger")));
+        let entries = state
+            .keys()
+            .filter(|k| k.starts_with(&Key::table("ledger")));
         if entries.count() != recorded {
             return Err(violation("the ledger holds payments nobody made".into()));
         }
