@@ -1,0 +1,151 @@
+//! The shop's client: stocks the shelves, funds the customers, places orders from several
+//! sessions at once, then reads everything back and checks the shop's invariants against
+//! what the cluster acknowledged.
+
+use crate::{
+    Balance, CUSTOMERS, Cents, Deposit, GetOrder, INITIAL_CENTS, INITIAL_UNITS, ITEMS, Level,
+    Order, Place, Restock, Units, price,
+};
+use anyhow::{Context, Result, bail};
+use detflow_client::{CallError, Client, Tls};
+use std::net::SocketAddr;
+
+/// What a drive did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveReport {
+    /// Orders committed.
+    pub placed: u64,
+    /// Orders aborted by the shop's own rules (out of stock, not enough money).
+    pub refused: u64,
+    /// Units left in stock, all items together.
+    pub units_left: u64,
+    /// Cents left, all customers together.
+    pub cents_left: i64,
+}
+
+/// Drives the shop on the cluster at `gateways`: `sessions` sessions place `orders` orders
+/// each (ids from `first_id` on), then the shop is read back and checked. The shelves and
+/// balances must start empty (a fresh cluster).
+pub async fn drive(
+    gateways: Vec<SocketAddr>,
+    tls: Tls,
+    sessions: u64,
+    orders: u64,
+    first_id: u64,
+) -> Result<DriveReport> {
+    let admin = Client::connect(gateways.clone(), tls.clone()).await?;
+    for item in 0..ITEMS {
+        admin
+            .call::<Restock>(&Units {
+                item,
+                units: INITIAL_UNITS,
+            })
+            .await
+            .with_context(|| format!("restocking item {item}"))?;
+    }
+    for customer in 0..CUSTOMERS {
+        admin
+            .call::<Deposit>(&Cents {
+                customer,
+                cents: INITIAL_CENTS,
+            })
+            .await
+            .with_context(|| format!("funding customer {customer}"))?;
+    }
+
+    let mut shoppers = tokio::task::JoinSet::new();
+    for session in 0..sessions {
+        let client = Client::connect(gateways.clone(), tls.clone()).await?;
+        shoppers.spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0..orders {
+                let id = first_id + session * orders + n;
+                // Spread over items and customers; some orders are bound to fail.
+                let item = (id * 7 + session) % ITEMS;
+                let units = 1 + id % 5;
+                let order = Order {
+                    id,
+                    customer: (id * 3) % CUSTOMERS,
+                    item,
+                    units,
+                    cents: price(item) * units as i64,
+                };
+                let outcome = match client.call::<Place>(&order).await {
+                    Ok(()) => Ok(true),
+                    Err(CallError::Aborted(_)) => Ok(false),
+                    Err(e) => Err(anyhow::anyhow!("order {id}: {e}")),
+                };
+                outcomes.push((order, outcome));
+            }
+            outcomes
+        });
+    }
+    let mut placed = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(outcomes) = shoppers.join_next().await {
+        for (order, outcome) in outcomes.context("a shopper session failed")? {
+            if outcome? {
+                placed.push(order);
+            } else {
+                refused.push(order);
+            }
+        }
+    }
+
+    // Read everything back and check it against what was acknowledged.
+    let mut units_left = 0;
+    for item in 0..ITEMS {
+        let level = admin.call::<Level>(&item).await?;
+        let sold: u64 = placed
+            .iter()
+            .filter(|o| o.item == item)
+            .map(|o| o.units)
+            .sum();
+        if level + sold != INITIAL_UNITS {
+            bail!(
+                "item {item}: {level} in stock and {sold} sold, but {INITIAL_UNITS} were stocked"
+            );
+        }
+        units_left += level;
+    }
+    let mut cents_left = 0;
+    for customer in 0..CUSTOMERS {
+        let balance = admin.call::<Balance>(&customer).await?;
+        let paid: i64 = placed
+            .iter()
+            .filter(|o| o.customer == customer)
+            .map(|o| o.cents)
+            .sum();
+        if balance + paid != INITIAL_CENTS {
+            bail!(
+                "customer {customer}: {balance} left and {paid} paid, but {INITIAL_CENTS} were deposited"
+            );
+        }
+        cents_left += balance;
+    }
+    for order in &placed {
+        let stored = admin.call::<GetOrder>(&order.id).await?;
+        if stored != Some(*order) {
+            bail!(
+                "order {} acknowledged, but the shop holds {stored:?}",
+                order.id
+            );
+        }
+    }
+    for order in &refused {
+        let stored = admin.call::<GetOrder>(&order.id).await?;
+        if stored.is_some() {
+            bail!(
+                "order {} was refused, but the shop holds {stored:?}",
+                order.id
+            );
+        }
+    }
+    admin.close();
+    Ok(DriveReport {
+        placed: placed.len() as u64,
+        refused: refused.len() as u64,
+        units_left,
+        cents_left,
+    })
+}
