@@ -11,8 +11,8 @@
 //! `main` is the whole `detflow` command line (`node`, `demo`, `bench`, `call`, `status`,
 //! `certs`) with these services registered in every node it runs, including the local
 //! clusters `demo` and `bench` start (they run the same executable). The `detflow` binary
-//! itself is `NodeBuilder::new().main()`: the built-in services (`bank`, `ycsb`, `kv`,
-//! `tpcc`) and nothing else.
+//! itself is `NodeBuilder::new().main()`: the built-in services alone (a node registers
+//! the one its configuration's `workload` names, and `kv`).
 
 use crate::cli;
 use crate::config::Config;
@@ -36,7 +36,7 @@ impl Default for NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// A builder with the built-in services.
+    /// A builder with the built-in services only.
     pub fn new() -> NodeBuilder {
         NodeBuilder {
             services: Vec::new(),
@@ -49,13 +49,19 @@ impl NodeBuilder {
         self
     }
 
-    /// The registry of a node of `config`: the built-in services (the configured workload's
-    /// with its configured options, the others with their defaults) and this builder's.
+    /// The registry of a node of `config`: the configured workload's built-in service (with
+    /// its configured options; it supplies the initial data), `kv` (for the operator's
+    /// ad-hoc `kv.txn`, off unless `[access]` grants tables), and this builder's services.
+    /// The other built-in services are left out, so their table names stay free for yours.
     pub fn registry(&self, config: &Config) -> Result<Registry> {
         let options = config.workload_options();
         let mut registry = Registry::new();
-        for name in detflow_workloads::NAMES {
-            let workload = if *name == config.workload {
+        let mut builtins = vec![config.workload.as_str()];
+        if config.workload != "kv" {
+            builtins.push("kv");
+        }
+        for name in builtins {
+            let workload = if name == config.workload {
                 detflow_workloads::by_name_with(name, config.partitions(), &options)?
             } else {
                 detflow_workloads::by_name(name, config.partitions())?
