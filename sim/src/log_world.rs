@@ -707,7 +707,14 @@ impl LogWorld {
     }
 
     fn on_committed(&mut self, id: NodeId, batch: Arc<Batch>) -> Check {
-        let first = self.raft.committed(id, &batch).map_err(|e| self.fail(&e))?;
+        let term = self.nodes[idx(id)]
+            .replica
+            .as_ref()
+            .map_or(Term(0), |m| m.term());
+        let first = self
+            .raft
+            .committed(id, term, &batch)
+            .map_err(|e| self.fail(&e))?;
         if !first {
             return Ok(());
         }

@@ -2,8 +2,12 @@
 //! final logs alone cannot show a second leader that came and went):
 //!
 //! - election safety: at most one leader per term;
-//! - leader completeness: a replica that becomes leader holds every batch any replica has
-//!   reported committed;
+//! - leader completeness: a replica that becomes leader of term T holds every batch any
+//!   replica reported committed in a term before T. (A leader of an older term may still
+//!   win its election after a newer leader committed more: a vote granted in term T can
+//!   arrive late, and the candidate, never having heard of term T + 1, rightly leads T. It
+//!   can commit nothing: every majority holds a replica of a later term.) A batch's commit
+//!   term is the lowest term of a replica reporting it, which is the committing leader's;
 //! - each replica incarnation reports committed batches in epoch order, each once;
 //! - state machine safety: no replica reports a batch committed that another reported
 //!   differently.
@@ -21,6 +25,8 @@ pub(crate) struct RaftSafety {
     leaders: BTreeMap<Term, NodeId>,
     /// Every batch reported committed, by epoch.
     committed: BTreeMap<Epoch, Arc<Batch>>,
+    /// The term each batch was committed in: the lowest term of a replica reporting it.
+    commit_terms: BTreeMap<Epoch, Term>,
     /// Per replica, the next epoch its current incarnation must report committed.
     next_commit: BTreeMap<NodeId, Epoch>,
 }
@@ -48,6 +54,9 @@ impl RaftSafety {
         self.leaders.insert(term, id);
         let log = replica.log();
         for (epoch, batch) in &self.committed {
+            if self.commit_terms.get(epoch).is_some_and(|t| *t >= term) {
+                continue;
+            }
             let held = log.get(epoch.0 as usize - 1).map(|e| &e.batch);
             if held.is_none_or(|b| **b != **batch) {
                 return Err(format!(
@@ -58,9 +67,16 @@ impl RaftSafety {
         Ok(())
     }
 
-    /// Replica `id` reported `batch` committed. Returns whether it is the first report of
-    /// its epoch by any replica.
-    pub(crate) fn committed(&mut self, id: NodeId, batch: &Arc<Batch>) -> Result<bool, String> {
+    /// Replica `id`, in `term`, reported `batch` committed. Returns whether it is the first
+    /// report of its epoch by any replica.
+    pub(crate) fn committed(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        batch: &Arc<Batch>,
+    ) -> Result<bool, String> {
+        let commit_term = self.commit_terms.entry(batch.epoch).or_insert(term);
+        *commit_term = (*commit_term).min(term);
         let next = self.next_commit.entry(id).or_insert(Epoch(1));
         if batch.epoch != *next {
             return Err(format!(

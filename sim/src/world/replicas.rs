@@ -113,7 +113,11 @@ impl World {
     }
 
     pub(super) fn on_committed(&mut self, r: u32, batch: Arc<Batch>) {
-        if let Err(failure) = self.raft.committed(replica_id(r), &batch) {
+        let term = self.replicas[r as usize]
+            .machine
+            .as_ref()
+            .map_or(detflow_protocol::Term(0), |m| m.term());
+        if let Err(failure) = self.raft.committed(replica_id(r), term, &batch) {
             self.online_failures.push(failure);
         }
         self.plan_server_input(r, plan_server::Input::Committed(batch));
