@@ -20,8 +20,8 @@
 //! - the workload's own invariants.
 //!
 //! The replicas are also checked as the run goes, after every step: at most one leader per
-//! term, a new leader holds every committed batch, and each replica reports committed
-//! batches in order.
+//! term, a new leader of term T holds every batch committed in an earlier term, and each
+//! replica reports committed batches in order.
 //!
 //! [`run_seed`] runs and checks one seed; the `detflow-sim` binary runs many.
 //!
