@@ -4,8 +4,11 @@
 // The test owns the clock.
 #![allow(clippy::disallowed_methods)]
 
+use detflow_client::{CallError, Client};
 use detflow_example_shop::drive;
 use detflow_node::local_cluster::LocalCluster;
+use detflow_protocol::codec;
+use detflow_protocol::message::Rejection;
 use std::time::Duration;
 
 #[test]
@@ -22,6 +25,18 @@ fn a_cluster_of_shop_nodes_sells_and_keeps_its_books() {
             .await
             .expect("the cluster gets ready");
         let tls = cluster.client_tls().expect("client TLS");
+        // A service this cluster does not run is a typed refusal, never ordered.
+        let client = Client::connect(cluster.gateways(), tls.clone())
+            .await
+            .expect("a client");
+        let unknown = client
+            .call_raw("shipping.ship", codec::encode(&1u64))
+            .await;
+        assert!(
+            matches!(&unknown, Err(CallError::Rejected(Rejection::UnknownProcedure(p))) if p == "shipping.ship"),
+            "{unknown:?}"
+        );
+        client.close();
         let report = tokio::time::timeout(
             Duration::from_secs(120),
             drive(cluster.gateways(), tls, 3, 15, 1),
