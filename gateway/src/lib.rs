@@ -299,19 +299,19 @@ impl Gateway {
 
     fn on_call(&mut self, now: Time, call: Call, out: &mut Vec<Output>) {
         let key = CallId::new(call.client, call.seq);
-        if self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key) {
-            self.stats.overloaded += 1;
-            out.push(Output::Reply {
-                client: call.client,
-                seq: call.seq,
-                reply: Reply::Rejected(Rejection::Overloaded(format!(
+        // A malformed call gets its precise refusal even at the limit: the limit bounds
+        // what the gateway holds, and a refused call holds nothing.
+        let footprint = self.footprint(&call).and_then(|footprint| {
+            if self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key) {
+                self.stats.overloaded += 1;
+                return Err(Rejection::Overloaded(format!(
                     "this gateway holds its limit of {} calls in flight",
                     self.calls_in_flight_max
-                ))),
-            });
-            return;
-        }
-        match self.footprint(&call) {
+                )));
+            }
+            Ok(footprint)
+        });
+        match footprint {
             Ok(footprint) => {
                 // A retry of a call still in flight here: its last submission got no
                 // answer, so the replica it went to may be dead (a gateway hears of a new
@@ -343,7 +343,9 @@ impl Gateway {
                 out.push(Output::Submit { to, txn });
             }
             Err(rejection) => {
-                self.stats.rejected += 1;
+                if !matches!(rejection, Rejection::Overloaded(_)) {
+                    self.stats.rejected += 1;
+                }
                 out.push(Output::Reply {
                     client: call.client,
                     seq: call.seq,
@@ -629,6 +631,22 @@ mod tests {
         g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out).len(), 1);
         assert_eq!((g.pending(), g.stats().overloaded), (2, 1));
+        // A malformed call gets its own reason, even at the limit.
+        let malformed = Call {
+            args: vec![0xc1],
+            ..call(4)
+        };
+        g.handle(Time(0), Input::Call(malformed), &mut out);
+        assert!(
+            matches!(
+                &out[..],
+                [Output::Reply {
+                    reply: Reply::Rejected(Rejection::BadArgs(_)),
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]
