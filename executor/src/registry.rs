@@ -29,6 +29,18 @@ pub(crate) struct Entry {
     pub(crate) ad_hoc: bool,
 }
 
+impl Entry {
+    /// `P`'s entry, not yet in a service.
+    pub(crate) fn of<P: Procedure>(ad_hoc: bool) -> Entry {
+        Entry {
+            execute: execute_erased::<P>,
+            footprint: footprint_erased::<P>,
+            service: None,
+            ad_hoc,
+        }
+    }
+}
+
 /// The procedures a node can run, by name, and the services that own the tables.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -49,15 +61,7 @@ impl Registry {
     /// name. Its footprints may name any table: for tests of the engine; applications
     /// register services ([`Registry::add_service`]).
     pub fn register<P: Procedure>(&mut self) -> &mut Registry {
-        self.procedures.insert(
-            P::NAME,
-            Entry {
-                execute: execute_erased::<P>,
-                footprint: footprint_erased::<P>,
-                service: None,
-                ad_hoc: false,
-            },
-        );
+        self.procedures.insert(P::NAME, Entry::of::<P>(false));
         self
     }
 
@@ -66,7 +70,7 @@ impl Registry {
     /// registry unchanged.
     pub fn add_service(&mut self, service: Service) -> Result<&mut Registry, ServiceError> {
         service.validate()?;
-        if self.services.keys().any(|s| **s == *service.name()) {
+        if self.services.contains_key(service.name()) {
             return Err(ServiceError::ServiceTwice(service.name().to_owned()));
         }
         for table in service.tables() {
@@ -104,10 +108,7 @@ impl Registry {
 
     /// The tables of service `name`, if there is one.
     pub fn tables_of(&self, name: &str) -> Option<&[Table]> {
-        self.services
-            .iter()
-            .find(|(s, _)| &***s == name)
-            .map(|(_, t)| t.as_slice())
+        self.services.get(name).map(Vec::as_slice)
     }
 
     /// Every service's tables' partitioning rules, by table name ascending.
@@ -211,16 +212,13 @@ impl Registry {
     }
 }
 
-pub(crate) fn execute_erased<P: Procedure>(
-    tx: &mut Txn<'_>,
-    args: &[u8],
-) -> Result<Vec<u8>, AbortReason> {
+fn execute_erased<P: Procedure>(tx: &mut Txn<'_>, args: &[u8]) -> Result<Vec<u8>, AbortReason> {
     let args = codec::decode::<P::Args>(args).map_err(|e| AbortReason::BadArgs(e.0))?;
     let output = P::execute(tx, args)?;
     // Outputs name their fields: `detflow call` prints them as JSON objects.
     Ok(codec::encode_named(&output))
 }
 
-pub(crate) fn footprint_erased<P: Procedure>(args: &[u8]) -> Result<Footprint, codec::DecodeError> {
+fn footprint_erased<P: Procedure>(args: &[u8]) -> Result<Footprint, codec::DecodeError> {
     codec::decode::<P::Args>(args).map(|a| P::footprint(&a))
 }

@@ -56,7 +56,7 @@
 //! ```
 
 use crate::procedure::Procedure;
-use crate::registry::{Entry, execute_erased, footprint_erased};
+use crate::registry::Entry;
 use detflow_protocol::{Footprint, SYSTEM_TABLE, TableRule};
 
 /// The type of a key field or column, as a schema declares it.
@@ -202,15 +202,7 @@ impl Service {
     }
 
     fn add<P: Procedure>(mut self, ad_hoc: bool) -> Service {
-        self.procedures.push((
-            P::NAME,
-            Entry {
-                execute: execute_erased::<P>,
-                footprint: footprint_erased::<P>,
-                service: None,
-                ad_hoc,
-            },
-        ));
+        self.procedures.push((P::NAME, Entry::of::<P>(ad_hoc)));
         self
     }
 

@@ -301,15 +301,14 @@ impl Gateway {
         let key = CallId::new(call.client, call.seq);
         // A malformed call gets its precise refusal even at the limit: the limit bounds
         // what the gateway holds, and a refused call holds nothing.
-        let footprint = self.footprint(&call).and_then(|footprint| {
-            if self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key) {
-                self.stats.overloaded += 1;
-                return Err(Rejection::Overloaded(format!(
-                    "this gateway holds its limit of {} calls in flight",
-                    self.calls_in_flight_max
-                )));
-            }
-            Ok(footprint)
+        let at_limit =
+            self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key);
+        let footprint = self.footprint(&call).and_then(|footprint| match at_limit {
+            true => Err(Rejection::Overloaded(format!(
+                "this gateway holds its limit of {} calls in flight",
+                self.calls_in_flight_max
+            ))),
+            false => Ok(footprint),
         });
         match footprint {
             Ok(footprint) => {
@@ -343,8 +342,9 @@ impl Gateway {
                 out.push(Output::Submit { to, txn });
             }
             Err(rejection) => {
-                if !matches!(rejection, Rejection::Overloaded(_)) {
-                    self.stats.rejected += 1;
+                match rejection {
+                    Rejection::Overloaded(_) => self.stats.overloaded += 1,
+                    _ => self.stats.rejected += 1,
                 }
                 out.push(Output::Reply {
                     client: call.client,

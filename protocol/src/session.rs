@@ -224,6 +224,16 @@ impl Pending {
         self.attempt
     }
 
+    /// The gateway of the latest attempt, once one was made.
+    pub fn gateway(&self) -> Option<u32> {
+        self.attempt.checked_sub(1).map(|a| self.gateway_of(a))
+    }
+
+    /// The gateway attempt number `attempt` (from 0) goes to: round robin from the first.
+    fn gateway_of(&self, attempt: u32) -> u32 {
+        (self.first_gateway + attempt % self.gateways) % self.gateways
+    }
+
     /// Whether the call ended.
     pub fn is_over(&self) -> bool {
         self.state == State::Over
@@ -238,7 +248,7 @@ impl Pending {
             });
             return;
         }
-        let gateway = (self.first_gateway + self.attempt % self.gateways) % self.gateways;
+        let gateway = self.gateway_of(self.attempt);
         self.attempt += 1;
         self.state = State::Waiting(now.plus_us(self.policy.attempt_timeout_us));
         out.push(Output::Send {

@@ -391,7 +391,7 @@ impl LogWorld {
         self.probes.committed_epochs = self.raft.log().len() as u64;
         self.probes.committed_calls = self.committed_calls.len() as u64;
         let mut hasher = blake3::Hasher::new();
-        for batch in self.raft.log().values() {
+        for batch in self.raft.log() {
             hasher.update(&codec::encode(&**batch));
         }
         LogReport {
@@ -884,10 +884,8 @@ impl LogWorld {
         let last = self
             .raft
             .log()
-            .keys()
             .next_back()
-            .copied()
-            .unwrap_or_default();
+            .map_or(Epoch::default(), |batch| batch.epoch);
         for (i, node) in self.nodes.iter().enumerate() {
             let id = NodeId(i as u32 + 1);
             let Some(r) = &node.replica else {
@@ -915,7 +913,7 @@ impl LogWorld {
                 None => (Vec::new(), Epoch(0)),
             })
             .collect();
-        let log: Vec<_> = self.raft.log().values().cloned().collect();
+        let log: Vec<_> = self.raft.log().cloned().collect();
         match agreement::check_logs(&logs, &log).first() {
             Some(failure) => Err(self.fail(failure)),
             None => Ok(()),

@@ -23,10 +23,9 @@ use std::sync::Arc;
 pub(crate) struct RaftSafety {
     /// The leader of each term seen.
     leaders: BTreeMap<Term, NodeId>,
-    /// Every batch reported committed, by epoch.
-    committed: BTreeMap<Epoch, Arc<Batch>>,
-    /// The term each batch was committed in: the lowest term of a replica reporting it.
-    commit_terms: BTreeMap<Epoch, Term>,
+    /// Every batch reported committed, by epoch, with the term it was committed in: the
+    /// lowest term of a replica reporting it.
+    committed: BTreeMap<Epoch, (Arc<Batch>, Term)>,
     /// Per replica, the next epoch its current incarnation must report committed.
     next_commit: BTreeMap<NodeId, Epoch>,
 }
@@ -53,10 +52,7 @@ impl RaftSafety {
         }
         self.leaders.insert(term, id);
         let log = replica.log();
-        for (epoch, batch) in &self.committed {
-            if self.commit_terms.get(epoch).is_some_and(|t| *t >= term) {
-                continue;
-            }
+        for (epoch, (batch, _)) in self.committed.iter().filter(|(_, (_, t))| *t < term) {
             let held = log.get(epoch.0 as usize - 1).map(|e| &e.batch);
             if held.is_none_or(|b| **b != **batch) {
                 return Err(format!(
@@ -75,8 +71,6 @@ impl RaftSafety {
         term: Term,
         batch: &Arc<Batch>,
     ) -> Result<bool, String> {
-        let commit_term = self.commit_terms.entry(batch.epoch).or_insert(term);
-        *commit_term = (*commit_term).min(term);
         let next = self.next_commit.entry(id).or_insert(Epoch(1));
         if batch.epoch != *next {
             return Err(format!(
@@ -85,14 +79,17 @@ impl RaftSafety {
             ));
         }
         *next = batch.epoch.next();
-        match self.committed.get(&batch.epoch) {
-            Some(first) if !Arc::ptr_eq(first, batch) && **first != **batch => Err(format!(
+        match self.committed.get_mut(&batch.epoch) {
+            Some((first, _)) if !Arc::ptr_eq(first, batch) && **first != **batch => Err(format!(
                 "replica {id} committed a different batch at epoch {} than another replica did",
                 batch.epoch
             )),
-            Some(_) => Ok(false),
+            Some((_, commit_term)) => {
+                *commit_term = (*commit_term).min(term);
+                Ok(false)
+            }
             None => {
-                self.committed.insert(batch.epoch, batch.clone());
+                self.committed.insert(batch.epoch, (batch.clone(), term));
                 Ok(true)
             }
         }
@@ -108,8 +105,8 @@ impl RaftSafety {
         self.leaders.len() as u64
     }
 
-    /// Every batch reported committed, by epoch.
-    pub(crate) fn log(&self) -> &BTreeMap<Epoch, Arc<Batch>> {
-        &self.committed
+    /// Every batch reported committed, in epoch order.
+    pub(crate) fn log(&self) -> impl DoubleEndedIterator<Item = &Arc<Batch>> + ExactSizeIterator {
+        self.committed.values().map(|(batch, _)| batch)
     }
 }

@@ -64,7 +64,6 @@ impl World {
                     if let Some(record) = self.calls.get_mut(&CallId::new(call.client, call.seq)) {
                         record.attempts = attempt;
                     }
-                    self.clients[c as usize].attempt_gateway = Some(gateway);
                     self.send(Addr::Client(c), Addr::Gateway(gateway), Msg::Call(call));
                 }
                 session::Output::Done(reply) => self.on_call_done(c, reply),
@@ -118,9 +117,10 @@ impl World {
         // The client library reads each attempt's answer on that attempt's own stream, so
         // an `Unavailable` for an attempt it abandoned never reaches the session; a final
         // answer on any of them would be the call's (the simulator delivers those).
-        let stale =
-            reply == Reply::Unavailable && node.attempt_gateway.map(Addr::Gateway) != Some(from);
-        if node.pending.as_ref().is_some_and(|p| p.seq() == seq) && !stale {
+        let current = node.pending.as_ref().filter(|p| p.seq() == seq);
+        let stale = reply == Reply::Unavailable
+            && current.and_then(Pending::gateway).map(Addr::Gateway) != Some(from);
+        if current.is_some() && !stale {
             self.client_input(c, session::Input::Reply(reply));
         }
     }

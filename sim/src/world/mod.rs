@@ -336,8 +336,6 @@ struct ClientNode {
     session: Session,
     /// The call in flight.
     pending: Option<Pending>,
-    /// The gateway the call's current attempt went to.
-    attempt_gateway: Option<u32>,
     /// When the client's timer is set for.
     timer: Timer,
     /// The call in flight as the workload made it, for [`Workload::follow_up`].
@@ -488,7 +486,6 @@ impl World {
                 ClientNode {
                     session,
                     pending: None,
-                    attempt_gateway: None,
                     timer: Timer::default(),
                     request: None,
                     follow: None,
@@ -550,7 +547,21 @@ impl World {
             self.events += 1;
             self.dispatch(event);
         }
+        self.check_gateways_at_end();
         self.into_outcome()
+    }
+
+    /// No gateway may hold a call past its deadline: its timer answers and forgets it.
+    fn check_gateways_at_end(&mut self) {
+        for (g, node) in self.gateways.iter().enumerate() {
+            let overdue = node.machine.as_ref().map_or(0, |m| m.overdue(self.now));
+            if overdue > 0 {
+                self.online_failures.push(format!(
+                    "gateway {g} holds {overdue} calls past their deadline at {}",
+                    self.now
+                ));
+            }
+        }
     }
 
     fn finished(&self) -> bool {
@@ -561,18 +572,7 @@ impl World {
         self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
     }
 
-    fn into_outcome(mut self) -> Outcome {
-        for (g, node) in self.gateways.iter().enumerate() {
-            if let Some(gateway) = &node.machine {
-                let overdue = gateway.overdue(self.now);
-                if overdue > 0 {
-                    self.online_failures.push(format!(
-                        "gateway {g} holds {overdue} calls past their deadline at {}",
-                        self.now
-                    ));
-                }
-            }
-        }
+    fn into_outcome(self) -> Outcome {
         let best = self
             .replicas
             .iter()
