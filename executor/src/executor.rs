@@ -24,11 +24,13 @@
 
 use crate::chunk::{Chunker, READS_BYTES_MAX_DEFAULT, READS_BYTES_MIN};
 use crate::feed::Feed;
+use crate::mailbox::{self, Outbox};
 use crate::registry::Registry;
 use crate::serial;
 use crate::store::Store;
 use crate::system::Bookkeeping;
 use crate::txn::{ReadView, VALUE_BYTES_MAX_DEFAULT};
+use detflow_protocol::mailbox::Delivery;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
     ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PLAN_FORMAT_VERSION,
@@ -132,6 +134,15 @@ pub enum Output {
         /// The reads.
         reads: Arc<RemoteReads>,
     },
+    /// Have letters of this partition's outbox delivered: hand the delivery to a gateway,
+    /// which orders it as a transaction. Each attempt goes to the next gateway, so a
+    /// retry avoids one that died.
+    Deliver {
+        /// The gateway.
+        gateway: NodeId,
+        /// The letters.
+        delivery: Delivery,
+    },
     /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
     Subscribe {
         /// The replica.
@@ -153,6 +164,9 @@ pub struct ExecutorBugs {
     /// Never greet the peers again when work stalls (reads lost on a connection that
     /// died unnoticed are then waited for forever).
     pub no_hello_on_stall: bool,
+    /// Ask for each delivery once, never again (letters whose delivery was lost with a
+    /// gateway or a leader then wait forever).
+    pub no_delivery_retry: bool,
 }
 
 /// Counters of an executor's work.
@@ -190,6 +204,12 @@ pub struct ExecutorStats {
     pub resubscribed: u64,
     /// Times the peers were greeted again because waiting work made no progress.
     pub stall_hellos: u64,
+    /// Letters this partition's transactions sent (posted to its outbox).
+    pub letters_posted: u64,
+    /// Letters consumed by deliveries this partition reported.
+    pub letters_consumed: u64,
+    /// Deliveries asked for (retries included).
+    pub deliveries_requested: u64,
 }
 
 /// The chunks of one sender's reads of one transaction, as they arrive.
@@ -222,6 +242,8 @@ pub struct Executor<S: Store> {
     inbox: BTreeMap<Position, BTreeMap<PartitionId, Received>>,
     /// The result table and the reads not yet acknowledged, mirrored in the store.
     book: Bookkeeping,
+    /// The letters this partition's transactions sent and how far they were consumed.
+    outbox: Outbox,
     durable: Epoch,
     /// The largest value a transaction may write.
     value_bytes_max: usize,
@@ -229,6 +251,10 @@ pub struct Executor<S: Store> {
     reads_bytes_max: usize,
     /// The plan subscription and the stall timers.
     feed: Feed,
+    /// The gateways that order deliveries, tried in turn; none: letters wait.
+    gateways: Vec<NodeId>,
+    /// Deliveries asked for so far, to pick the next gateway.
+    delivery_attempts: usize,
     bugs: ExecutorBugs,
     stats: ExecutorStats,
 }
@@ -248,6 +274,7 @@ impl<S: Store> Executor<S> {
         );
         let next_epoch = store.applied_epoch().next();
         let book = Bookkeeping::load(&store);
+        let outbox = Outbox::load(partition, &store);
         let durable = store.applied_epoch();
         Executor {
             partition,
@@ -260,10 +287,13 @@ impl<S: Store> Executor<S> {
             sent_at_cursor: false,
             inbox: BTreeMap::new(),
             book,
+            outbox,
             durable,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
             feed: Feed::new(partition, Vec::new()),
+            gateways: Vec::new(),
+            delivery_attempts: 0,
             bugs: ExecutorBugs::default(),
             stats: ExecutorStats::default(),
         }
@@ -302,6 +332,12 @@ impl<S: Store> Executor<S> {
     /// hands plans in directly and the executor keeps no timers.
     pub fn set_plan_sources(&mut self, replicas: Vec<NodeId>) {
         self.feed = Feed::new(self.partition, replicas);
+    }
+
+    /// Sets the gateways that order this partition's deliveries of letters, the preferred
+    /// one first (by default none, and letters wait in the outbox).
+    pub fn set_delivery_gateways(&mut self, gateways: Vec<NodeId>) {
+        self.gateways = gateways;
     }
 
     /// Plants bugs (tests of the simulator's checkers only).
@@ -350,6 +386,11 @@ impl<S: Store> Executor<S> {
     /// Read messages sent and not yet acknowledged.
     pub fn outbox_len(&self) -> usize {
         self.book.outbox_len()
+    }
+
+    /// Letters this partition's transactions sent that were not consumed yet.
+    pub fn letters_pending(&self) -> u64 {
+        self.outbox.pending()
     }
 
     /// Sets how many epochs of results the result table keeps.
@@ -650,15 +691,17 @@ impl<S: Store> Executor<S> {
 
     fn execute_local(&mut self, txn: &RoutedTxn, out: &mut Vec<Output>) {
         self.stats.executed += 1;
-        let (outcome, writes) = serial::run(
+        let (outcome, effects) = serial::run(
             &self.registry,
             &txn.txn,
             &StoreView(&self.store),
             self.value_bytes_max,
         );
-        for (key, value) in writes.into_iter().flatten() {
+        let effects = effects.unwrap_or_default();
+        for (key, value) in effects.writes {
             self.apply(key, value);
         }
+        self.post_letters(effects.letters, effects.consumed.len());
         self.report(txn, outcome, out);
     }
 
@@ -675,15 +718,50 @@ impl<S: Store> Executor<S> {
             txn,
             remote,
         };
-        let (outcome, writes) = serial::run(&self.registry, &txn.txn, &view, self.value_bytes_max);
-        for (key, value) in writes.into_iter().flatten() {
+        let (outcome, effects) = serial::run(&self.registry, &txn.txn, &view, self.value_bytes_max);
+        let effects = effects.unwrap_or_default();
+        for (key, value) in effects.writes {
             let owned = owner_of(txn, &key) == Some(Owner::Partition(self.partition));
             if owned || self.bugs.write_outside_partition {
                 self.apply(key, value);
             }
         }
         if txn.designated() == self.partition {
+            self.post_letters(effects.letters, effects.consumed.len());
             self.report(txn, outcome, out);
+        }
+    }
+
+    /// Posts a committed transaction's letters to this partition's outbox (only the
+    /// designated participant does, so each letter is posted once) and counts the letters
+    /// it consumed.
+    fn post_letters(&mut self, letters: Vec<detflow_protocol::mailbox::Letter>, consumed: usize) {
+        self.stats.letters_consumed += consumed as u64;
+        if letters.is_empty() {
+            return;
+        }
+        self.stats.letters_posted += letters.len() as u64;
+        let (records, numbered) = mailbox::post(self.partition, self.outbox.next(), letters);
+        self.outbox
+            .posted(self.outbox.next() + numbered.len() as u64);
+        for (key, value) in records {
+            self.store.put(key, value);
+        }
+    }
+
+    /// Asks for the next delivery of this partition's letters, if one is due. Only once
+    /// caught up with the plans received: an executor replaying would ask on a stale mark.
+    fn poll_outbox(&mut self, now: Time, out: &mut Vec<Output>) {
+        if !self.plans.is_empty() || self.gateways.is_empty() {
+            return;
+        }
+        self.outbox.refresh(&self.store);
+        let retry = !self.bugs.no_delivery_retry;
+        if let Some(delivery) = self.outbox.poll(now, &self.store, retry) {
+            self.stats.deliveries_requested += 1;
+            let gateway = self.gateways[self.delivery_attempts % self.gateways.len()];
+            self.delivery_attempts += 1;
+            out.push(Output::Deliver { gateway, delivery });
         }
     }
 
@@ -783,8 +861,10 @@ impl<S: Store> Machine for Executor<S> {
                 self.feed.start(now);
                 self.subscribe(out);
                 self.greet_peers(out);
+                self.poll_outbox(now, out);
             }
             Input::Tick => {
+                self.poll_outbox(now, out);
                 let actions = self.feed.check(now, !self.is_idle());
                 if actions.resubscribe.is_some() {
                     self.stats.resubscribed += 1;
@@ -798,11 +878,19 @@ impl<S: Store> Machine for Executor<S> {
         }
         if self.next_epoch != applied {
             self.feed.progressed(now);
+            self.poll_outbox(now, out);
         }
     }
 
     fn next_deadline(&self) -> Option<Time> {
-        self.feed.deadline()
+        // Only when a poll could ask (see `poll_outbox`); otherwise the next applied epoch
+        // polls, and a deadline left in the past would fire without end.
+        let can_ask = self.plans.is_empty() && !self.gateways.is_empty();
+        let retry = match self.bugs.no_delivery_retry || !can_ask {
+            true => None,
+            false => self.outbox.deadline(),
+        };
+        [self.feed.deadline(), retry].into_iter().flatten().min()
     }
 }
 

@@ -4,28 +4,51 @@
 //! the engine-overhead benchmark. It shares only the [`Txn`] API and the procedures with
 //! the executor: no partitioning, no plans, no remote reads.
 
+use crate::mailbox;
 use crate::registry::Registry;
-use crate::txn::{Txn, VALUE_BYTES_MAX_DEFAULT};
-use detflow_protocol::{AbortReason, Key, Outcome, Transaction, Value};
+use crate::txn::{Effects, Txn, VALUE_BYTES_MAX_DEFAULT};
+use detflow_protocol::mailbox::{DELIVER_PROCEDURE, Letter, next_letter_key};
+use detflow_protocol::{AbortReason, Key, Outcome, PartitionId, Transaction, Value, codec};
 use std::collections::BTreeMap;
 
 /// Runs `txn` against `view`, writing values of at most `value_bytes_max` bytes: the
-/// outcome and, when committed, the writes to apply.
+/// outcome and, when committed, its effects (writes to apply, letters to post).
 ///
 /// A procedure that panics aborts with [`AbortReason::Panicked`] and its writes are
 /// discarded; a panic of the view itself (a failing store) is not caught (see
-/// [`in_procedure`](crate::in_procedure)).
+/// [`in_procedure`](crate::in_procedure)). A [`DELIVER_PROCEDURE`] transaction consumes
+/// letters (see [`detflow_protocol::mailbox`]).
 pub fn run(
     registry: &Registry,
     txn: &Transaction,
     view: &dyn crate::txn::ReadView,
     value_bytes_max: usize,
-) -> (Outcome, Option<crate::txn::WriteSet>) {
+) -> (Outcome, Option<Effects>) {
     let mut tx = Txn::new(&txn.footprint, view).with_value_bytes_max(value_bytes_max);
-    match registry.execute(&txn.procedure, &mut tx, &txn.args) {
-        Ok(output) => (Outcome::Committed(output), Some(tx.into_writes())),
+    let output = if txn.procedure == DELIVER_PROCEDURE {
+        mailbox::deliver(registry, &mut tx, &txn.args)
+    } else {
+        registry.execute(&txn.procedure, &mut tx, &txn.args)
+    };
+    let checked = output.and_then(|output| {
+        mailbox::check_letters(registry, tx.letters())?;
+        Ok(output)
+    });
+    match checked {
+        Ok(output) => (Outcome::Committed(output), Some(tx.into_effects())),
         Err(reason) => (Outcome::Aborted(reason), None),
     }
+}
+
+/// What the reference did with one transaction.
+#[derive(Debug)]
+pub struct Executed {
+    /// Commit or abort.
+    pub outcome: Outcome,
+    /// The letters it sent, with the numbers its outbox gave them.
+    pub sent: Vec<(u64, Letter)>,
+    /// The letters it consumed, by outbox and number.
+    pub consumed: Vec<(PartitionId, u64)>,
 }
 
 /// A single map and the procedures, executing one transaction at a time.
@@ -55,17 +78,51 @@ impl<'r> SerialExecutor<'r> {
     /// Executes one transaction. `rejected` is the routing verdict, which depends on the
     /// partition map rather than on execution.
     pub fn execute(&mut self, txn: &Transaction, rejected: Option<&AbortReason>) -> Outcome {
+        self.execute_posting(txn, rejected, || PartitionId(0))
+            .outcome
+    }
+
+    /// Executes one transaction, posting the letters it sends to the outbox of the
+    /// partition `outbox` names (the one that reports its result, which routing decides;
+    /// asked only if there are letters).
+    pub fn execute_posting(
+        &mut self,
+        txn: &Transaction,
+        rejected: Option<&AbortReason>,
+        outbox: impl FnOnce() -> PartitionId,
+    ) -> Executed {
         if let Some(reason) = rejected {
-            return Outcome::Aborted(reason.clone());
+            return Executed {
+                outcome: Outcome::Aborted(reason.clone()),
+                sent: Vec::new(),
+                consumed: Vec::new(),
+            };
         }
-        let (outcome, writes) = run(self.registry, txn, &self.state, self.value_bytes_max);
-        for (key, value) in writes.into_iter().flatten() {
+        let (outcome, effects) = run(self.registry, txn, &self.state, self.value_bytes_max);
+        let effects = effects.unwrap_or_default();
+        for (key, value) in effects.writes {
             match value {
                 Some(v) => self.state.insert(key, v),
                 None => self.state.remove(&key),
             };
         }
-        outcome
+        let mut sent = Vec::new();
+        if !effects.letters.is_empty() {
+            let outbox = outbox();
+            let next = self
+                .state
+                .get(&next_letter_key(outbox))
+                .and_then(|bytes| codec::decode(bytes).ok())
+                .unwrap_or(1);
+            let (records, numbered) = mailbox::post(outbox, next, effects.letters);
+            self.state.extend(records);
+            sent = numbered;
+        }
+        Executed {
+            outcome,
+            sent,
+            consumed: effects.consumed,
+        }
     }
 
     /// The current state.

@@ -164,7 +164,7 @@ impl Bookkeeping {
     }
 }
 
-fn decode_record<T: serde::de::DeserializeOwned>(key: &Key, bytes: &[u8]) -> T {
+pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(key: &Key, bytes: &[u8]) -> T {
     codec::decode(bytes).unwrap_or_else(|e| panic!("corrupt bookkeeping record {key}: {e}"))
 }
 

@@ -2,7 +2,8 @@
 
 use crate::store::MemStore;
 use crate::unwind;
-use detflow_protocol::{AbortReason, Footprint, Key, Value, codec};
+use detflow_protocol::mailbox::Letter;
+use detflow_protocol::{AbortReason, Footprint, Key, PartitionId, Value, codec};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -63,6 +64,22 @@ pub struct Txn<'a> {
     view: &'a dyn ReadView,
     writes: WriteSet,
     value_bytes_max: usize,
+    /// Letters sent, in send order; they leave only if the transaction commits.
+    letters: Vec<Letter>,
+    /// Letters this transaction consumed (a delivery), by outbox and number.
+    consumed: Vec<(PartitionId, u64)>,
+}
+
+/// What a committed transaction leaves besides its output: its writes, the letters it
+/// sent and the letters it consumed.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// The buffered writes, in key order.
+    pub writes: WriteSet,
+    /// Letters sent, in send order.
+    pub letters: Vec<Letter>,
+    /// Letters consumed, by outbox and number, in delivery order.
+    pub consumed: Vec<(PartitionId, u64)>,
 }
 
 impl<'a> Txn<'a> {
@@ -74,6 +91,8 @@ impl<'a> Txn<'a> {
             view,
             writes: WriteSet::new(),
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            letters: Vec::new(),
+            consumed: Vec::new(),
         }
     }
 
@@ -90,6 +109,56 @@ impl<'a> Txn<'a> {
     /// returns (propagated with `?`) aborts the whole transaction.
     pub fn call<P: crate::Procedure>(&mut self, args: P::Args) -> Result<P::Output, AbortReason> {
         P::execute(self, args)
+    }
+
+    /// Sends procedure `P` a letter: a one-way call with `args`, ordered as a transaction
+    /// of its own in a later epoch if this one commits (and never if it aborts), consumed
+    /// exactly once, after every letter this partition sent before it. `P` usually belongs
+    /// to another service; its footprint comes from `args` alone, as for a client's call.
+    ///
+    /// A letter whose procedure the cluster does not run, or whose arguments give no
+    /// footprint, aborts this transaction with [`AbortReason::BadLetter`].
+    pub fn send<P: crate::Procedure>(&mut self, args: &P::Args) -> Result<(), AbortReason> {
+        self.letters.push(Letter {
+            procedure: P::NAME.to_owned(),
+            args: codec::encode(args),
+        });
+        Ok(())
+    }
+
+    /// Runs `body` as a sub-transaction confined to `footprint`: it sees this
+    /// transaction's writes; its writes and letters join this transaction only if it
+    /// returns `Ok`, so an abort inside rolls back the sub-transaction alone.
+    pub(crate) fn nested<T>(
+        &mut self,
+        footprint: &Footprint,
+        body: impl FnOnce(&mut Txn<'_>) -> Result<T, AbortReason>,
+    ) -> Result<T, AbortReason> {
+        let (result, effects) = {
+            let overlay = Overlay {
+                base: self.view,
+                writes: &self.writes,
+            };
+            let mut sub = Txn::new(footprint, &overlay).with_value_bytes_max(self.value_bytes_max);
+            let result = body(&mut sub);
+            (result, sub.into_effects())
+        };
+        if result.is_ok() {
+            self.writes.extend(effects.writes);
+            self.letters.extend(effects.letters);
+            self.consumed.extend(effects.consumed);
+        }
+        result
+    }
+
+    /// The letters sent so far.
+    pub(crate) fn letters(&self) -> &[Letter] {
+        &self.letters
+    }
+
+    /// Notes that this transaction consumes letter `seq` of `from`'s outbox.
+    pub(crate) fn consume(&mut self, from: PartitionId, seq: u64) {
+        self.consumed.push((from, seq));
     }
 
     /// The value of `key`, seeing this transaction's own writes.
@@ -160,20 +229,11 @@ impl<'a> Txn<'a> {
         if !self.footprint.allows_scan(prefix) {
             return Err(outside(prefix, false));
         }
-        let mut merged: BTreeMap<Key, Value> = unwind::engine(|| self.view.scan_prefix(prefix))
-            .into_iter()
-            .collect();
-        let own = self
-            .writes
-            .range((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix));
-        for (k, v) in own {
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
-        }
-        Ok(merged.into_iter().collect())
+        let overlay = Overlay {
+            base: self.view,
+            writes: &self.writes,
+        };
+        Ok(unwind::engine(|| overlay.scan_prefix(prefix)))
     }
 
     /// The first key under `prefix` with its value, seeing this transaction's own writes
@@ -197,6 +257,46 @@ impl<'a> Txn<'a> {
     /// The buffered writes, in key order.
     pub fn into_writes(self) -> WriteSet {
         self.writes
+    }
+
+    /// The writes, the letters sent and the letters consumed.
+    pub fn into_effects(self) -> Effects {
+        Effects {
+            writes: self.writes,
+            letters: self.letters,
+            consumed: self.consumed,
+        }
+    }
+}
+
+/// A transaction's state as a sub-transaction reads it: the committed view under the
+/// outer transaction's writes.
+struct Overlay<'v> {
+    base: &'v dyn ReadView,
+    writes: &'v WriteSet,
+}
+
+impl ReadView for Overlay<'_> {
+    fn get(&self, key: &Key) -> Option<Value> {
+        match self.writes.get(key) {
+            Some(v) => v.clone(),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &Key) -> Vec<(Key, Value)> {
+        let mut merged: BTreeMap<Key, Value> = self.base.scan_prefix(prefix).into_iter().collect();
+        let own = self
+            .writes
+            .range((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        for (k, v) in own {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        merged.into_iter().collect()
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  Call ─────────▶ Gateway ──▶ Submit(txn) to the leader it believes in
+//!  Deliver ──────▶         ──▶ Submit(delivery txn), never answered (see below)
 //!  NotLeader ────▶         ──▶ Submit again at the hinted leader, or Reply::Unavailable
 //!  Duplicate ────▶         ──▶ Query the designated partition's result table
 //!  Result ───────▶         ──▶ Reply::Done
@@ -25,10 +26,21 @@
 //! footprint over its entry limit, or a footprint key or prefix that is not a valid key
 //! (one a node could not load again after storing it) is refused with a typed
 //! [`Rejection`] and never reaches the log.
+//!
+//! An executor of the same node hands the gateway [`Delivery`] requests for its outbox's
+//! letters (see [`detflow_protocol::mailbox`]). The gateway computes the delivery's
+//! footprint from the letters' own, carrying as many letters as fit its entry limit, and
+//! marks letters that cannot be ordered (no footprint, unroutable) so that the delivery
+//! consumes them with that abort instead of blocking their outbox. A delivery is ordered
+//! like a call under its outbox's session ([`mailbox_client`]); nobody waits for its
+//! reply, since the executor sees the delivery in its own store.
 
 #![forbid(unsafe_code)]
 
 use detflow_executor::Registry;
+use detflow_protocol::mailbox::{
+    DELIVER_PROCEDURE, Delivery, is_mailbox_client, letter_key, mailbox_client, mark_key,
+};
 use detflow_protocol::message::{Call, Rejection, Reply};
 use detflow_protocol::{
     CallId, ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time,
@@ -43,6 +55,8 @@ use std::sync::Arc;
 pub enum Input {
     /// A client's call (or its retry).
     Call(Call),
+    /// An executor of this node asks for letters of its outbox to be delivered.
+    Deliver(Delivery),
     /// A replica that does not lead handed a submission back.
     NotLeader {
         /// The replica.
@@ -145,6 +159,8 @@ pub struct GatewayStats {
     pub overloaded: u64,
     /// Calls answered `Unavailable` because their deadline passed.
     pub timed_out: u64,
+    /// Deliveries of letters submitted.
+    pub deliveries: u64,
 }
 
 /// A call waiting in the gateway.
@@ -297,7 +313,131 @@ impl Gateway {
         Some(call)
     }
 
+    /// Holds `txn` as in flight and submits it to the leader it believes in.
+    fn submit(&mut self, now: Time, txn: Arc<Transaction>, out: &mut Vec<Output>) {
+        let key = txn.call_id();
+        // A retry of a call still in flight here: its last submission got no answer, so
+        // the replica it went to may be dead (a gateway hears of a new leader only from a
+        // live replica). Never send the retry to the same one: the next replica either
+        // leads or answers NotLeader with the leader.
+        if let Some(silent) = self.remove(key)
+            && silent.submitted_to == self.leader()
+            && self.replicas.len() > 1
+        {
+            self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
+        }
+        let to = self.leader();
+        let deadline = now.plus_us(self.call_deadline_us);
+        self.deadlines.insert((deadline, key));
+        let in_flight = InFlight {
+            txn: txn.clone(),
+            submitted_to: to,
+            deadline,
+        };
+        self.pending.insert(key, in_flight);
+        out.push(Output::Submit { to, txn });
+    }
+
+    /// Answers a call, unless it is a delivery, whose executor learns its fate from its
+    /// own store.
+    fn reply(client: ClientId, seq: RequestSeq, reply: Reply, out: &mut Vec<Output>) {
+        if !is_mailbox_client(client) {
+            out.push(Output::Reply { client, seq, reply });
+        }
+    }
+
+    /// The footprint of one letter, checked as a call's would be (except for its size,
+    /// which the delivery bounds), or why it cannot be ordered.
+    fn letter_footprint(&self, procedure: &str, args: &[u8]) -> Result<Footprint, String> {
+        let footprint = self
+            .registry
+            .footprint(procedure, args)
+            .map_err(|r| r.to_string())?;
+        footprint
+            .validate()
+            .map_err(|e| Rejection::BadKey(e.to_string()).to_string())?;
+        let probe = Arc::new(Transaction {
+            client: ClientId(0),
+            seq: RequestSeq(0),
+            gateway: self.id,
+            procedure: procedure.to_owned(),
+            args: Vec::new(),
+            footprint,
+        });
+        let routed = detflow_scheduler::route(Position::default(), probe.clone(), &self.map);
+        match routed.rejected {
+            Some(reason) => Err(reason.to_string()),
+            None => Ok(Arc::unwrap_or_clone(probe).footprint),
+        }
+    }
+
+    fn on_deliver(&mut self, now: Time, mut delivery: Delivery, out: &mut Vec<Output>) {
+        let from = delivery.from;
+        if from.0 >= self.map.partitions() || delivery.letters.is_empty() {
+            return;
+        }
+        let key = CallId::new(mailbox_client(from), RequestSeq(delivery.batch));
+        if self.pending.len() >= self.calls_in_flight_max && !self.pending.contains_key(&key) {
+            // The executor asks again later.
+            self.stats.overloaded += 1;
+            return;
+        }
+        let mut footprint = Footprint::new().write(mark_key(from));
+        let mut refused = BTreeMap::new();
+        let mut kept = 0;
+        for (i, letter) in delivery.letters.iter().enumerate() {
+            let own = self.letter_footprint(&letter.procedure, &letter.args);
+            let entries = footprint.len() + 1 + own.as_ref().map_or(0, Footprint::len);
+            if kept > 0 && entries > self.footprint_entries_max {
+                break;
+            }
+            footprint.add(
+                detflow_protocol::KeySpec::Exact(letter_key(from, delivery.first + i as u64)),
+                detflow_protocol::Access::Write,
+            );
+            match own {
+                Ok(own) if own.len() + 2 > self.footprint_entries_max => {
+                    let too_large = Rejection::FootprintTooLarge {
+                        entries: own.len(),
+                        max: self.footprint_entries_max,
+                    };
+                    refused.insert(i as u32, too_large.to_string());
+                }
+                Ok(own) => own
+                    .entries
+                    .into_iter()
+                    .for_each(|(spec, access)| footprint.add(spec, access)),
+                Err(reason) => {
+                    refused.insert(i as u32, reason);
+                }
+            }
+            kept += 1;
+        }
+        delivery.letters.truncate(kept);
+        delivery.refused = refused;
+        self.stats.deliveries += 1;
+        let txn = Arc::new(Transaction {
+            client: key.client,
+            seq: key.seq,
+            gateway: self.id,
+            procedure: DELIVER_PROCEDURE.to_owned(),
+            args: detflow_protocol::codec::encode(&delivery),
+            footprint,
+        });
+        self.submit(now, txn, out);
+    }
+
     fn on_call(&mut self, now: Time, call: Call, out: &mut Vec<Output>) {
+        if is_mailbox_client(call.client) {
+            self.stats.rejected += 1;
+            let reply = Reply::Rejected(Rejection::ForeignSession(call.client.0));
+            out.push(Output::Reply {
+                client: call.client,
+                seq: call.seq,
+                reply,
+            });
+            return;
+        }
         let key = CallId::new(call.client, call.seq);
         // A malformed call gets its precise refusal even at the limit: the limit bounds
         // what the gateway holds, and a refused call holds nothing.
@@ -312,16 +452,6 @@ impl Gateway {
         });
         match footprint {
             Ok(footprint) => {
-                // A retry of a call still in flight here: its last submission got no
-                // answer, so the replica it went to may be dead (a gateway hears of a new
-                // leader only from a live replica). Never send the retry to the same one:
-                // the next replica either leads or answers NotLeader with the leader.
-                if let Some(silent) = self.remove(key)
-                    && silent.submitted_to == self.leader()
-                    && self.replicas.len() > 1
-                {
-                    self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
-                }
                 let txn = Arc::new(Transaction {
                     client: call.client,
                     seq: call.seq,
@@ -330,16 +460,7 @@ impl Gateway {
                     args: call.args,
                     footprint,
                 });
-                let to = self.leader();
-                let deadline = now.plus_us(self.call_deadline_us);
-                self.deadlines.insert((deadline, key));
-                let in_flight = InFlight {
-                    txn: txn.clone(),
-                    submitted_to: to,
-                    deadline,
-                };
-                self.pending.insert(key, in_flight);
-                out.push(Output::Submit { to, txn });
+                self.submit(now, txn, out);
             }
             Err(rejection) => {
                 match rejection {
@@ -381,11 +502,7 @@ impl Gateway {
             _ => {
                 self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
                 self.remove(key);
-                out.push(Output::Reply {
-                    client: txn.client,
-                    seq: txn.seq,
-                    reply: Reply::Unavailable,
-                });
+                Gateway::reply(txn.client, txn.seq, Reply::Unavailable, out);
             }
         }
     }
@@ -411,14 +528,11 @@ impl Gateway {
         if recovered {
             self.stats.recovered_results += 1;
         }
-        out.push(Output::Reply {
-            client: result.client,
-            seq: result.seq,
-            reply: Reply::Done {
-                position: result.position,
-                outcome: result.outcome,
-            },
-        });
+        let reply = Reply::Done {
+            position: result.position,
+            outcome: result.outcome,
+        };
+        Gateway::reply(result.client, result.seq, reply, out);
     }
 
     /// Answers `Unavailable` to the calls whose deadline passed by `now`.
@@ -432,21 +546,13 @@ impl Gateway {
             }
             self.remove(key);
             self.stats.timed_out += 1;
-            out.push(Output::Reply {
-                client: key.client,
-                seq: key.seq,
-                reply: Reply::Unavailable,
-            });
+            Gateway::reply(key.client, key.seq, Reply::Unavailable, out);
         }
     }
 
     fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
         if self.remove(CallId::new(client, seq)).is_some() {
-            out.push(Output::Reply {
-                client,
-                seq,
-                reply: Reply::Unavailable,
-            });
+            Gateway::reply(client, seq, Reply::Unavailable, out);
         }
     }
 }
@@ -458,6 +564,7 @@ impl Machine for Gateway {
     fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
         match input {
             Input::Call(call) => self.on_call(now, call, out),
+            Input::Deliver(delivery) => self.on_deliver(now, delivery, out),
             Input::NotLeader { from, txn, leader } => self.on_not_leader(from, txn, leader, out),
             Input::Duplicate { client, seq } => self.on_duplicate(client, seq, out),
             Input::Result { result, recovered } => self.on_result(result, recovered, out),

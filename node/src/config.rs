@@ -310,7 +310,16 @@ impl Config {
         self.cluster.iter().map(|n| n.partitions.len() as u32).sum()
     }
 
-    /// The replica node ids, ascending.
+    /// The nodes that run a gateway.
+    pub fn gateways(&self) -> Vec<NodeId> {
+        self.cluster
+            .iter()
+            .filter(|n| n.gateway)
+            .map(|n| NodeId(n.id))
+            .collect()
+    }
+
+    /// The nodes that run a sequencer replica.
     pub fn replicas(&self) -> Vec<NodeId> {
         self.cluster
             .iter()

@@ -11,6 +11,7 @@
 //! - [`plan`]: what one partition executes in one epoch.
 //! - [`message`] and [`frame`]: messages between components and their wire framing.
 //! - [`replication`]: the log entries and messages the sequencer replicas exchange (Raft).
+//! - [`mailbox`]: asynchronous messages (letters) between services and their delivery.
 //! - [`rng`]: the seeded generator every component draws from.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod ids;
 pub mod key;
 pub mod machine;
+pub mod mailbox;
 pub mod message;
 pub mod partition;
 pub mod plan;

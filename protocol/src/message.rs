@@ -192,6 +192,8 @@ pub enum Message {
     },
     /// Client → gateway.
     Call(Call),
+    /// Executor → its node's gateway: have these letters of its outbox delivered.
+    Deliver(crate::mailbox::Delivery),
     /// Replica → gateway: the call is already in the leader's log.
     Duplicate {
         /// The session.
@@ -327,6 +329,7 @@ impl Message {
         match self {
             client_message!() => true,
             Message::Ack { .. }
+            | Message::Deliver(_)
             | Message::Duplicate { .. }
             | Message::Hello { .. }
             | Message::NotLeader { .. }

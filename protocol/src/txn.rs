@@ -108,6 +108,16 @@ pub enum AbortReason {
         /// The limit.
         max: usize,
     },
+    /// A letter the procedure sent cannot be delivered (its procedure is unknown, or its
+    /// arguments do not give a footprint); or a delivery found a letter that its outbox
+    /// does not hold as sent.
+    #[error("letter to {procedure:?}: {reason}")]
+    BadLetter {
+        /// The letter's procedure.
+        procedure: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// How a transaction ended.

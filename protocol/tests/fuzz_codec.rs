@@ -25,6 +25,7 @@ use detflow_protocol::bin::Blob;
 use detflow_protocol::codec;
 use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
+use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
     Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
@@ -34,7 +35,7 @@ use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult}
 use detflow_protocol::{
     ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, Term,
 };
-use proptest::collection::vec;
+use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::strategy::ValueTree;
@@ -225,6 +226,8 @@ fn abort_reason() -> impl Strategy<Value = AbortReason> + Clone {
         text().prop_map(AbortReason::BadKey),
         (key(), any::<usize>(), any::<usize>())
             .prop_map(|(key, bytes, max)| AbortReason::ValueTooLarge { key, bytes, max }),
+        (text(), text())
+            .prop_map(|(procedure, reason)| AbortReason::BadLetter { procedure, reason }),
     ]
 }
 
@@ -369,6 +372,24 @@ fn call() -> impl Strategy<Value = Call> + Clone {
     })
 }
 
+fn delivery() -> impl Strategy<Value = Delivery> + Clone {
+    let letter = (text(), bytes(16)).prop_map(|(procedure, args)| Letter { procedure, args });
+    (
+        partition(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(letter, 0..3),
+        btree_map(any::<u32>(), text(), 0..2),
+    )
+        .prop_map(|(from, batch, first, letters, refused)| Delivery {
+            from,
+            batch,
+            first,
+            letters,
+            refused,
+        })
+}
+
 fn token() -> impl Strategy<Value = SessionToken> + Clone {
     any::<[u8; 16]>().prop_map(SessionToken)
 }
@@ -382,6 +403,7 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             durable
         }),
         call().prop_map(Message::Call),
+        delivery().prop_map(Message::Deliver),
         (client(), request_seq()).prop_map(|(client, seq)| Message::Duplicate { client, seq }),
         (partition(), partition(), epoch()).prop_map(|(from, to, durable)| Message::Hello {
             from,
@@ -430,9 +452,10 @@ fn message() -> impl Strategy<Value = Message> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 19] = [
+const MESSAGE_VARIANTS: [&str; 20] = [
     "Ack",
     "Call",
+    "Deliver",
     "Duplicate",
     "Hello",
     "NotLeader",
@@ -456,6 +479,7 @@ fn message_variant(msg: &Message) -> &'static str {
     match msg {
         Message::Ack { .. } => "Ack",
         Message::Call(_) => "Call",
+        Message::Deliver(_) => "Deliver",
         Message::Duplicate { .. } => "Duplicate",
         Message::Hello { .. } => "Hello",
         Message::NotLeader { .. } => "NotLeader",
@@ -513,7 +537,7 @@ fn rejection_variant(rejection: &Rejection) -> &'static str {
     }
 }
 
-const ABORT_VARIANTS: [&str; 12] = [
+const ABORT_VARIANTS: [&str; 13] = [
     "BadArgs",
     "BadValue",
     "OutsideFootprint",
@@ -526,6 +550,7 @@ const ABORT_VARIANTS: [&str; 12] = [
     "Overflow",
     "BadKey",
     "ValueTooLarge",
+    "BadLetter",
 ];
 
 fn abort_variant(reason: &AbortReason) -> &'static str {
@@ -542,6 +567,7 @@ fn abort_variant(reason: &AbortReason) -> &'static str {
         AbortReason::Overflow(_) => "Overflow",
         AbortReason::BadKey(_) => "BadKey",
         AbortReason::ValueTooLarge { .. } => "ValueTooLarge",
+        AbortReason::BadLetter { .. } => "BadLetter",
     }
 }
 

@@ -18,6 +18,7 @@ pub mod plan_server;
 pub use map::{PartitionMap, RouteError, SchemeError};
 pub use plan_server::PlanServer;
 
+use detflow_protocol::mailbox::{DELIVER_PROCEDURE, outbox_partition};
 use detflow_protocol::{
     AbortReason, Batch, Key, LOG_FORMAT_VERSION, Owner, PLAN_FORMAT_VERSION, PartitionId, Plan,
     Position, RoutedTxn, SYSTEM_TABLE, Transaction,
@@ -72,6 +73,15 @@ pub fn route(position: Position, txn: Arc<Transaction>, map: &PartitionMap) -> R
     let mut owners = Vec::with_capacity(txn.footprint.entries.len());
     let mut rejected = None;
     for (spec, access) in &txn.footprint.entries {
+        // A delivery names its sender's outbox, which that partition holds.
+        let outbox = match txn.procedure == DELIVER_PROCEDURE {
+            true => outbox_partition(spec.key()).filter(|p| p.0 < map.partitions()),
+            false => None,
+        };
+        if let Some(p) = outbox {
+            owners.push(Owner::Partition(p));
+            continue;
+        }
         if spec.key().is_system() || Key::table(SYSTEM_TABLE).starts_with(spec.key()) {
             rejected = Some(AbortReason::Unroutable(format!(
                 "{} names the reserved table {SYSTEM_TABLE:?}",

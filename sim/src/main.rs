@@ -99,6 +99,8 @@ enum Bug {
     NoHelloOnStall,
     /// A client session numbers the call after a retried one with the same number.
     ReuseSeqAfterRetry,
+    /// An executor asks for each delivery of its letters once, never again.
+    NoDeliveryRetry,
 }
 
 impl Bug {
@@ -111,6 +113,7 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::CommitUncommitted => "commit-uncommitted",
             Bug::DedupOff => "dedup-off",
+            Bug::NoDeliveryRetry => "no-delivery-retry",
             Bug::NoHelloOnStall => "no-hello-on-stall",
             Bug::ReuseSeqAfterRetry => "reuse-seq-after-retry",
         }
@@ -237,6 +240,7 @@ fn run(args: RunArgs) -> Result<bool> {
         write_outside_partition: matches!(args.bug, Some(Bug::WriteOutsidePartition)),
         replay_from_wrong_epoch: matches!(args.bug, Some(Bug::ReplayFromWrongEpoch)),
         no_hello_on_stall: matches!(args.bug, Some(Bug::NoHelloOnStall)),
+        no_delivery_retry: matches!(args.bug, Some(Bug::NoDeliveryRetry)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),

@@ -1,6 +1,8 @@
 //! Every checker must catch the class of bug it exists for: a planted bug must make some
 //! seed fail within a bounded number of seeds. A checker that cannot fail proves nothing.
 
+mod support;
+
 use detflow_sim::{
     ExecutorBugs, FaultConfig, GatewayBugs, ReplicaBugs, SessionBugs, SimConfig, run_seed,
 };
@@ -243,5 +245,31 @@ fn a_gateway_that_keeps_expired_calls_is_caught() {
     assert!(
         failures.iter().any(|f| f.contains("past their deadline")),
         "seed {seed}: {failures:?}"
+    );
+}
+
+#[test]
+fn letters_that_are_never_delivered_are_caught() {
+    // An executor that asks for each delivery once: a request lost with a crashed gateway
+    // or leader leaves its letters in the outbox. Only the letters checker sees it: the
+    // log and every state agree with the reference, and no client waits for a letter.
+    let bugs = ExecutorBugs {
+        no_delivery_retry: true,
+        ..ExecutorBugs::default()
+    };
+    let (seed, failures) = first_failure(|seed| SimConfig {
+        executor_bugs: bugs,
+        faults: FaultConfig::all(),
+        txns: 150,
+        ..SimConfig::custom("payments", support::payments_with(false, false), seed)
+    })
+    .expect("letters left undelivered went unnoticed");
+    assert!(
+        failures.iter().any(|f| f.contains("never consumed")),
+        "seed {seed}: {failures:?}"
+    );
+    assert!(
+        failures.iter().all(|f| f.contains("letter")),
+        "seed {seed}: another checker saw it too: {failures:?}"
     );
 }

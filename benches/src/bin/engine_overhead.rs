@@ -270,6 +270,7 @@ impl Pipeline {
                     continue;
                 }
                 Output::ResultUnknown { .. } => bail!("a result query nobody made"),
+                Output::Deliver { .. } => bail!("a delivery of letters, but no gateway is set"),
                 Output::SendAck { to, durable } => {
                     To::Executor(to, Input::Ack { from: p, durable })
                 }

@@ -42,6 +42,7 @@ use detflow_protocol::bin::Blob;
 use detflow_protocol::codec;
 use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
+use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
     Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
@@ -953,8 +954,12 @@ fn peer_message(rng: &mut DetRng) -> PeerMessage {
 }
 
 fn abort_reason(rng: &mut DetRng) -> AbortReason {
-    match rng.below(12) {
+    match rng.below(13) {
         0 => AbortReason::BadArgs(text(rng)),
+        11 => AbortReason::BadLetter {
+            procedure: text(rng),
+            reason: text(rng),
+        },
         1 => AbortReason::BadValue {
             key: key(rng),
             error: text(rng),
@@ -1086,7 +1091,26 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 19;
+const MESSAGE_VARIANTS: usize = 20;
+
+fn delivery(rng: &mut DetRng) -> Delivery {
+    let letters = (0..rng.below(3))
+        .map(|_| Letter {
+            procedure: text(rng),
+            args: text(rng).into_bytes(),
+        })
+        .collect();
+    let refused = (0..rng.below(2))
+        .map(|_| (rng.next_u64() as u32, text(rng)))
+        .collect();
+    Delivery {
+        from: partition(rng),
+        batch: rng.next_u64(),
+        first: rng.next_u64(),
+        letters,
+        refused,
+    }
+}
 
 fn message(rng: &mut DetRng) -> Message {
     match rng.below(MESSAGE_VARIANTS as u64) {
@@ -1155,6 +1179,7 @@ fn message(rng: &mut DetRng) -> Message {
         15 => Message::Status,
         16 => Message::StatusReply(node_status(rng)),
         17 => Message::Submit(Arc::new(transaction(rng))),
+        18 => Message::Deliver(delivery(rng)),
         _ => Message::Subscribe {
             partition: partition(rng),
             from: epoch(rng),
@@ -1168,6 +1193,7 @@ fn message_variant(msg: &Message) -> &'static str {
     match msg {
         Message::Ack { .. } => "Ack",
         Message::Call(_) => "Call",
+        Message::Deliver(_) => "Deliver",
         Message::Duplicate { .. } => "Duplicate",
         Message::Hello { .. } => "Hello",
         Message::NotLeader { .. } => "NotLeader",

@@ -1,14 +1,19 @@
 //! The shop's client: stocks the shelves, funds the customers, places orders from several
 //! sessions at once, then reads everything back and checks the shop's invariants against
-//! what the cluster acknowledged.
+//! what the cluster acknowledged, and waits until every paid order has been shipped (by
+//! the letter `orders.place` sends `shipping.ship`), exactly once.
 
 use crate::{
-    Balance, CUSTOMERS, Cents, Deposit, GetOrder, INITIAL_CENTS, INITIAL_UNITS, ITEMS, Level,
-    Order, Place, Restock, Units, price,
+    Balance, CUSTOMERS, Cents, Deposit, GetOrder, GetShipment, INITIAL_CENTS, INITIAL_UNITS, ITEMS,
+    Level, Order, Place, Restock, Units, price,
 };
 use anyhow::{Context, Result, bail};
 use detflow_client::{CallError, Client, Tls};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long the drive waits for the paid orders to be shipped.
+const SHIPPING_WAIT: Duration = Duration::from_secs(30);
 
 /// What a drive did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +26,8 @@ pub struct DriveReport {
     pub units_left: u64,
     /// Cents left, all customers together.
     pub cents_left: i64,
+    /// Orders shipped (each exactly once): all the placed ones.
+    pub shipped: u64,
 }
 
 /// Drives the shop on the cluster at `gateways`: `sessions` sessions place `orders` orders
@@ -141,11 +148,47 @@ pub async fn drive(
             );
         }
     }
+    let shipped = await_shipping(&admin, &placed, &refused).await?;
     admin.close();
     Ok(DriveReport {
         placed: placed.len() as u64,
         refused: refused.len() as u64,
         units_left,
         cents_left,
+        shipped,
     })
+}
+
+/// Waits until every placed order is shipped, once, and checks no refused one is.
+async fn await_shipping(admin: &Client, placed: &[Order], refused: &[Order]) -> Result<u64> {
+    let began = Instant::now();
+    let mut waiting: Vec<Order> = placed.to_vec();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for order in waiting {
+            match admin.call::<GetShipment>(&order.id).await? {
+                None => still.push(order),
+                Some(s) if s.times == 1 && s.order == order => {}
+                Some(s) => bail!("order {} shipped as {s:?}", order.id),
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            if began.elapsed() > SHIPPING_WAIT {
+                bail!(
+                    "{} paid orders not shipped after {} s, the first order {}",
+                    waiting.len(),
+                    SHIPPING_WAIT.as_secs(),
+                    waiting[0].id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for order in refused {
+        if let Some(s) = admin.call::<GetShipment>(&order.id).await? {
+            bail!("order {} was refused, but shipped as {s:?}", order.id);
+        }
+    }
+    Ok(placed.len() as u64)
 }

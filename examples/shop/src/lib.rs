@@ -8,11 +8,14 @@
 //! - `orders` owns `orders` (one record per order): `orders.place` reserves the stock and
 //!   charges the customer by calling the other two services' procedures inside its own
 //!   transaction, so an order exists exactly when its stock was taken and its price paid;
-//!   `orders.get` reads one.
+//!   then it sends `shipping.ship` a letter; `orders.get` reads one;
+//! - `shipping` owns `shipments`: `shipping.ship` runs later, in a transaction of its own,
+//!   once per paid order (the letter is delivered exactly once); `shipping.get` reads one.
 //!
 //! [`services`] is what a node registers ([`NodeBuilder`](detflow_node::NodeBuilder), see
 //! `src/bin/shop-node.rs`); [`ShopWorkload`] is what the simulator runs (a generator and
-//! the invariants: stock and money conserved, one record per committed order); [`drive`]
+//! the invariants: stock and money conserved, one record per committed order, every paid
+//! order shipped exactly once); [`drive`]
 //! is the client the demo and the process test run against a cluster.
 
 use detflow_executor::{Abort, CallFootprint, FieldType, Procedure, Service, Table, Txn};
@@ -38,6 +41,11 @@ pub fn balance_key(customer: u64) -> Key {
 /// The record of order `id`.
 pub fn order_key(id: u64) -> Key {
     Key::table("orders").u64(id)
+}
+
+/// The shipment of order `id`.
+pub fn shipment_key(id: u64) -> Key {
+    Key::table("shipments").u64(id)
 }
 
 /// Items and how many units.
@@ -71,6 +79,15 @@ pub struct Order {
     pub units: u64,
     /// The price in cents.
     pub cents: i64,
+}
+
+/// A shipment, as `shipping` stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    /// The order shipped.
+    pub order: Order,
+    /// How many times it was shipped: 1, since its letter is consumed exactly once.
+    pub times: u32,
 }
 
 fn read_u64(tx: &Txn<'_>, key: &Key) -> Result<u64, Abort> {
@@ -237,7 +254,51 @@ fn place(tx: &mut Txn<'_>, order: Order, charged: i64) -> Result<(), Abort> {
         customer: order.customer,
         cents: charged,
     })?;
-    tx.put_as(order_key(order.id), &order)
+    tx.put_as(order_key(order.id), &order)?;
+    // Shipping happens later, in its own transaction: the order does not wait for it, and
+    // the letter is sent only if the order commits.
+    tx.send::<Ship>(&order)
+}
+
+/// Ships an order: what `orders.place` asks, by letter, once the order is paid.
+pub struct Ship;
+
+impl Procedure for Ship {
+    const NAME: &'static str = "shipping.ship";
+    type Args = Order;
+    type Output = u32;
+
+    fn footprint(order: &Order) -> Footprint {
+        Footprint::new().write(shipment_key(order.id))
+    }
+
+    fn execute(tx: &mut Txn<'_>, order: Order) -> Result<u32, Abort> {
+        // Counting rather than refusing a second shipment keeps a duplicate visible to the
+        // invariant instead of hiding it.
+        let times = tx
+            .get_as::<Shipment>(&shipment_key(order.id))?
+            .map_or(0, |s| s.times)
+            + 1;
+        tx.put_as(shipment_key(order.id), &Shipment { order, times })?;
+        Ok(times)
+    }
+}
+
+/// Reads a shipment.
+pub struct GetShipment;
+
+impl Procedure for GetShipment {
+    const NAME: &'static str = "shipping.get";
+    type Args = u64;
+    type Output = Option<Shipment>;
+
+    fn footprint(id: &u64) -> Footprint {
+        Footprint::new().read(shipment_key(*id))
+    }
+
+    fn execute(tx: &mut Txn<'_>, id: u64) -> Result<Option<Shipment>, Abort> {
+        tx.get_as(&shipment_key(id))
+    }
 }
 
 /// Places an order (see [`Order`]).
@@ -297,7 +358,7 @@ impl Procedure for GetOrder {
     }
 }
 
-/// The shop's three services; `planted_bug` swaps in [`DiscountingPlace`].
+/// The shop's four services; `planted_bug` swaps in [`DiscountingPlace`].
 pub fn services_with(planted_bug: bool) -> Vec<Service> {
     let inventory = Service::new("inventory")
         .table(
@@ -333,10 +394,19 @@ pub fn services_with(planted_bug: bool) -> Vec<Service> {
     } else {
         orders.procedure::<Place>()
     };
-    vec![inventory, payments, orders]
+    let shipping = Service::new("shipping")
+        .table(
+            Table::new("shipments")
+                .key("id", FieldType::U64)
+                .column("order", FieldType::Bytes)
+                .column("times", FieldType::U64),
+        )
+        .procedure::<Ship>()
+        .procedure::<GetShipment>();
+    vec![inventory, payments, orders, shipping]
 }
 
-/// The shop's three services.
+/// The shop's four services.
 pub fn services() -> Vec<Service> {
     services_with(false)
 }
@@ -384,7 +454,7 @@ impl Workload for ShopWorkload {
     }
 
     fn scheme(&self) -> PartitionScheme {
-        ["stock", "balance", "orders"]
+        ["stock", "balance", "orders", "shipments"]
             .into_iter()
             .fold(PartitionScheme::hashed(self.partitions), |s, t| {
                 s.table(t, TableRule::Hash { fields: 1 })
@@ -453,11 +523,17 @@ impl Workload for ShopWorkload {
             .filter(|(k, _)| k.starts_with(&Key::table("orders")))
             .filter_map(|(_, v)| codec::decode(v).ok())
             .collect();
+        let shipments: Vec<Shipment> = state
+            .iter()
+            .filter(|(k, _)| k.starts_with(&Key::table("shipments")))
+            .filter_map(|(_, v)| codec::decode(v).ok())
+            .collect();
         let violation = |detail: String| Violation {
             workload: "shop",
             detail,
         };
-        check_conservation(&totals, stock, money, &orders).map_err(violation)
+        check_conservation(&totals, stock, money, &orders).map_err(violation)?;
+        check_shipped(&orders, &shipments).map_err(violation)
     }
 }
 
@@ -519,6 +595,34 @@ fn check_conservation(
             "{} orders recorded, {} committed (or they differ)",
             recorded.len(),
             totals.orders.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Every recorded (so paid) order shipped exactly once, and nothing else shipped.
+fn check_shipped(orders: &[Order], shipments: &[Shipment]) -> Result<(), String> {
+    let shipped: BTreeMap<u64, Shipment> = shipments.iter().map(|s| (s.order.id, *s)).collect();
+    for order in orders {
+        match shipped.get(&order.id) {
+            None => return Err(format!("order {} was paid but never shipped", order.id)),
+            Some(s) if s.times != 1 => {
+                return Err(format!("order {} was shipped {} times", order.id, s.times));
+            }
+            Some(s) if s.order != *order => {
+                return Err(format!(
+                    "order {} shipped as {:?}, placed as {order:?}",
+                    order.id, s.order
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if shipped.len() != orders.len() {
+        return Err(format!(
+            "{} shipments for {} paid orders",
+            shipped.len(),
+            orders.len()
         ));
     }
     Ok(())

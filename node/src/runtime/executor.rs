@@ -46,6 +46,9 @@ fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
         Output::SendReads { to, reads } => {
             router.to_executor(to, Message::RemoteReads { to, reads });
         }
+        Output::Deliver { gateway, delivery } => {
+            router.to_gateway(gateway, Message::Deliver(delivery));
+        }
         Output::Subscribe { to, from } => router.to_replica(
             to,
             Message::Subscribe {

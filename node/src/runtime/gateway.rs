@@ -32,6 +32,7 @@ fn reason_label(reason: &detflow_protocol::AbortReason) -> &'static str {
         A::Overflow(_) => "overflow",
         A::BadKey(_) => "bad_key",
         A::ValueTooLarge { .. } => "value_too_large",
+        A::BadLetter { .. } => "bad_letter",
     }
 }
 
@@ -65,6 +66,7 @@ pub(super) async fn gateway_task(
             Some(Event::Msg(Message::NotLeader { from, txn, leader })) => {
                 gateway::Input::NotLeader { from, txn, leader }
             }
+            Some(Event::Msg(Message::Deliver(delivery))) => gateway::Input::Deliver(delivery),
             Some(Event::Msg(Message::Duplicate { client, seq })) => {
                 gateway::Input::Duplicate { client, seq }
             }

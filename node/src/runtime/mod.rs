@@ -208,6 +208,10 @@ impl Node {
             let mut executor =
                 Executor::new(partition, config.partitions(), registry.clone(), store);
             executor.set_plan_sources(config.replicas());
+            // This node's own gateway first: no hop while it lives.
+            let mut gateways = config.gateways();
+            gateways.sort_by_key(|g| *g != me);
+            executor.set_delivery_gateways(gateways);
             let peers: Vec<(PartitionId, NodeId)> = config
                 .placement()
                 .into_iter()

@@ -25,7 +25,7 @@ pub enum ChannelHeader {
     Reads(u32),
     /// Executor → replica (subscriptions).
     Subscriptions,
-    /// Executor ↔ gateway (results, queries).
+    /// Executor ↔ gateway (results, queries, deliveries).
     Results,
 }
 
@@ -40,9 +40,10 @@ pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
             ChannelHeader::Reads(to.0)
         }
         Message::Subscribe { .. } => ChannelHeader::Subscriptions,
-        Message::Query { .. } | Message::Result { .. } | Message::ResultUnknown { .. } => {
-            ChannelHeader::Results
-        }
+        Message::Deliver(_)
+        | Message::Query { .. }
+        | Message::Result { .. }
+        | Message::ResultUnknown { .. } => ChannelHeader::Results,
         // No task sends these to a node (and a node refuses them on any channel); they are
         // named here only so a new variant cannot slip onto a channel unnoticed.
         client_message!() => ChannelHeader::Results,
@@ -99,7 +100,8 @@ impl Router {
             | Message::Ack { to, .. }
             | Message::Hello { to, .. } => self.executors.get(to),
             Message::Query { partition, .. } => self.executors.get(partition),
-            Message::Duplicate { .. }
+            Message::Deliver(_)
+            | Message::Duplicate { .. }
             | Message::NotLeader { .. }
             | Message::Result { .. }
             | Message::ResultUnknown { .. } => self.gateway.as_ref(),
@@ -178,6 +180,10 @@ impl Router {
             Message::Ack { from, to, .. } | Message::Hello { from, to, .. } => check(
                 hosts(from) && mine(to),
                 "an ack or hello for a partition it does not host",
+            ),
+            Message::Deliver(delivery) => check(
+                hosts(&delivery.from) && self.gateway.is_some(),
+                "a delivery for a partition it does not host, or to a node without a gateway",
             ),
             Message::Query { gateway, .. } => check(
                 spec.gateway && *gateway == sender,

@@ -5,6 +5,7 @@
 
 pub(crate) mod agreement;
 pub(crate) mod exactly_once;
+pub(crate) mod letters;
 pub(crate) mod liveness;
 pub(crate) mod placement;
 pub(crate) mod raft;
@@ -36,6 +37,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(placement_failures);
     let reference = serial::replay(run);
     failures.extend(serial::compare(run, &reference, &state));
+    failures.extend(letters::check(run, &reference));
     let executed: Vec<_> = reference
         .executed
         .iter()

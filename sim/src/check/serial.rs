@@ -34,10 +34,11 @@
 use crate::world::Outcome;
 use detflow_executor::serial::SerialExecutor;
 use detflow_protocol::CallId;
+use detflow_protocol::mailbox::{DELIVER_PROCEDURE, Letter, outbox_partition};
 use detflow_protocol::message::Reply;
 use detflow_protocol::{
-    AbortReason, Access, Elem, Footprint, Key, KeySpec, Outcome as TxnOutcome, PartitionScheme,
-    Position, SYSTEM_TABLE, TableRule, Transaction, Value,
+    AbortReason, Access, Elem, Footprint, Key, KeySpec, Outcome as TxnOutcome, PartitionId,
+    PartitionScheme, Position, SYSTEM_TABLE, TableRule, Transaction, Value,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +51,10 @@ pub(crate) struct Reference {
     /// Ordered transactions whose footprint is not the one their procedure declares for
     /// their arguments: the gateway computed it wrongly, or the log was altered.
     pub(crate) footprint_failures: Vec<String>,
+    /// Letters sent: by outbox and number, where and what.
+    pub(crate) letters_sent: BTreeMap<(PartitionId, u64), (Position, Letter)>,
+    /// Letters consumed, in log order: where, and which (outbox, number).
+    pub(crate) letters_consumed: Vec<(Position, PartitionId, u64)>,
 }
 
 /// Executes the run's log on one map, with the workload's procedures and its own verdict
@@ -62,6 +67,8 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
     let mut executed = Vec::new();
     let mut outcomes = BTreeMap::new();
     let mut footprint_failures = Vec::new();
+    let mut letters_sent = BTreeMap::new();
+    let mut letters_consumed = Vec::new();
     for batch in &run.log {
         for (i, txn) in batch.txns.iter().enumerate() {
             let position = Position::new(batch.epoch, i as u32);
@@ -82,12 +89,24 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
                 }
                 Err(_) => txn.footprint.clone(),
             };
-            let refused = rules.refusal(&footprint);
+            let refused = rules.refusal(&footprint, &txn.procedure);
             let own = (footprint != txn.footprint).then(|| Transaction {
                 footprint,
                 ..(**txn).clone()
             });
-            let outcome = serial.execute(own.as_ref().unwrap_or(txn), refused.as_ref());
+            // Where a transaction's letters wait is the router's choice (the partition
+            // that reports its result); the letters checker judges what happens to them.
+            let outbox = || detflow_scheduler::route(position, txn.clone(), &run.map).designated();
+            let done =
+                serial.execute_posting(own.as_ref().unwrap_or(txn), refused.as_ref(), outbox);
+            let outcome = done.outcome;
+            for (seq, letter) in done.sent {
+                let from = outbox();
+                letters_sent.insert((from, seq), (position, letter));
+            }
+            for (from, seq) in done.consumed {
+                letters_consumed.push((position, from, seq));
+            }
             executed.push((txn.procedure.clone(), txn.args.clone(), outcome.clone()));
             outcomes.insert(position, outcome);
         }
@@ -97,6 +116,8 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
         outcomes,
         state: serial.into_state(),
         footprint_failures,
+        letters_sent,
+        letters_consumed,
     }
 }
 
@@ -124,7 +145,9 @@ pub(crate) fn compare(
             }
         }
     }
-    let keys: BTreeSet<&Key> = state.keys().chain(reference.state.keys()).collect();
+    // The reference keeps its outboxes beside the data; the stores keep theirs apart.
+    let user = reference.state.keys().filter(|k| !k.is_system());
+    let keys: BTreeSet<&Key> = state.keys().chain(user).collect();
     for key in keys {
         let (got, want) = (state.get(key), reference.state.get(key));
         if got != want {
@@ -166,12 +189,14 @@ impl<'s> Placement<'s> {
         }
     }
 
-    /// Why the system must refuse `footprint`, if it must: the first refused entry's
-    /// reason.
-    fn refusal(&self, footprint: &Footprint) -> Option<AbortReason> {
+    /// Why the system must refuse `footprint` of a call of `procedure`, if it must: the
+    /// first refused entry's reason. A delivery may name its sender's outbox.
+    fn refusal(&self, footprint: &Footprint, procedure: &str) -> Option<AbortReason> {
+        let delivery = procedure == DELIVER_PROCEDURE;
         footprint
             .entries
             .iter()
+            .filter(|(spec, _)| !(delivery && outbox_partition(spec.key()).is_some()))
             .find_map(|(spec, access)| self.entry_refusal(spec, *access))
     }
 
@@ -266,7 +291,7 @@ mod tests {
     fn refusals_follow_the_contract() {
         let scheme = scheme(3);
         let rules = Placement::new(&scheme);
-        let verdict = |fp: Footprint| kind(&rules.refusal(&fp));
+        let verdict = |fp: Footprint| kind(&rules.refusal(&fp, ""));
         let acct = Key::table("acct");
         assert_eq!(
             verdict(Footprint::new().write(acct.clone().u64(1))),
@@ -372,7 +397,7 @@ mod tests {
                 footprint: footprint.clone(),
             });
             let routed = detflow_scheduler::route(Position::default(), txn, &map);
-            let ours = Placement::new(&scheme).refusal(&footprint);
+            let ours = Placement::new(&scheme).refusal(&footprint, "");
             prop_assert_eq!(kind(&ours), kind(&routed.rejected), "{:?}", footprint);
             if let Some(AbortReason::ReplicatedWrite { .. }) = &ours {
                 prop_assert_eq!(&ours, &routed.rejected);

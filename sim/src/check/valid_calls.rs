@@ -91,7 +91,8 @@ fn aborts_form(reason: &AbortReason) -> bool {
         | AbortReason::ReplicatedWrite { .. }
         | AbortReason::UnknownProcedure(_)
         | AbortReason::Unroutable(_) => true,
-        AbortReason::BadValue { .. }
+        AbortReason::BadLetter { .. }
+        | AbortReason::BadValue { .. }
         | AbortReason::FootprintChanged(_)
         | AbortReason::Overflow(_)
         | AbortReason::Panicked(_)

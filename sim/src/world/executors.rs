@@ -78,6 +78,9 @@ impl World {
                 Output::SendReads { to, reads } => {
                     self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
                 }
+                Output::Deliver { gateway, delivery } => {
+                    self.send(me, Addr::Gateway(gateway.0 - 200), Msg::Deliver(delivery));
+                }
                 Output::Subscribe { to, from } => {
                     let msg = Msg::Subscribe {
                         partition: PartitionId(p),
@@ -88,6 +91,11 @@ impl World {
             }
         }
         self.arm_executor_timer(p);
+        let letters = self.letters_pending();
+        if letters != self.letters {
+            self.letters = letters;
+            self.last_letter = self.now;
+        }
     }
 
     pub(super) fn arm_executor_timer(&mut self, p: u32) {

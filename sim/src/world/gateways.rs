@@ -16,6 +16,10 @@ impl World {
                     leader,
                 }
             }
+            Msg::Deliver(delivery) => {
+                let Addr::Executor(_) = from else { return };
+                Input::Deliver(delivery)
+            }
             Msg::Duplicate { client, seq } => Input::Duplicate { client, seq },
             Msg::Result { result, recovered } => Input::Result { result, recovered },
             Msg::ResultUnknown { client, seq } => Input::ResultUnknown { client, seq },

@@ -71,6 +71,14 @@ impl World {
         );
         machine.set_bugs(self.config.executor_bugs);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
+        // Partitions spread their deliveries over the gateways.
+        let gateways = self.config.gateways;
+        let first = p % gateways;
+        machine.set_delivery_gateways(
+            (0..gateways)
+                .map(|g| gateway_id((first + g) % gateways))
+                .collect(),
+        );
         node.machine = Some(machine);
         node.incarnation += 1;
         node.sync_scheduled = false;

@@ -252,6 +252,8 @@ pub(crate) struct Outcome {
     pub(crate) online_failures: Vec<String>,
     /// Calls without a final answer at the end.
     pub(crate) unanswered: u64,
+    /// Each partition's letters not consumed at the end.
+    pub(crate) letters_pending: Vec<u64>,
     /// The registry the run used.
     pub(crate) registry: Arc<Registry>,
     /// The partition map the run used.
@@ -370,6 +372,9 @@ pub(crate) struct World {
     issued: u64,
     answered: u64,
     last_answer: Time,
+    /// When the letters pending last changed (the run waits for their deliveries too).
+    last_letter: Time,
+    letters: u64,
     config: SimConfig,
     events: u64,
 }
@@ -517,6 +522,8 @@ impl World {
             issued: 0,
             answered: 0,
             last_answer: Time::ZERO,
+            last_letter: Time::ZERO,
+            letters: 0,
             config,
             events: 0,
         })
@@ -564,10 +571,20 @@ impl World {
         }
     }
 
+    /// Letters posted and not consumed, over every running executor.
+    fn letters_pending(&self) -> u64 {
+        self.executors
+            .iter()
+            .filter_map(|e| e.machine.as_ref())
+            .map(|m| m.letters_pending())
+            .sum()
+    }
+
     fn finished(&self) -> bool {
         let all_answered = self.answered == self.config.txns;
-        if all_answered && self.healed {
-            return self.now.since_us(self.last_answer.max(self.healed_at)) > QUIET_US;
+        if all_answered && self.healed && self.letters_pending() == 0 {
+            let quiet_since = self.last_answer.max(self.healed_at).max(self.last_letter);
+            return self.now.since_us(quiet_since) > QUIET_US;
         }
         self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
     }
@@ -606,9 +623,15 @@ impl World {
                 None => detflow_executor::MemStore::new(),
             })
             .collect();
+        let letters_pending = self
+            .executors
+            .iter()
+            .map(|e| e.machine.as_ref().map_or(0, |m| m.letters_pending()))
+            .collect();
         Outcome {
             log,
             unanswered: self.config.txns - self.answered,
+            letters_pending,
             calls: self.calls,
             stores,
             executor_epochs,
