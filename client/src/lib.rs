@@ -26,9 +26,11 @@
 //! accepts the token, and no other client can use the session.
 
 mod kv;
+mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
 pub use kv::KvBuilder;
+pub use subscribe::{Offset, StreamEvent, SubscribeError, Subscription};
 
 use detflow_executor::Procedure;
 use detflow_net::{Connection, Endpoint, Limits};

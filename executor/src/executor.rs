@@ -32,6 +32,9 @@ use crate::system::Bookkeeping;
 use crate::txn::{ReadView, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::mailbox::Delivery;
 use detflow_protocol::message::RemoteReads;
+use detflow_protocol::stream::{
+    Offset, StreamEvent, StreamPart, event_key, offset_of, stream_prefix,
+};
 use detflow_protocol::{
     ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PLAN_FORMAT_VERSION,
     PartitionId, Plan, Position, RequestSeq, RoutedTxn, Time, TxnResult, Value,
@@ -86,6 +89,19 @@ pub enum Input {
     /// The executor (re)started: subscribe to plans and greet every peer, so that each
     /// re-sends the reads this partition lacks.
     Start,
+    /// A gateway reads a stream: this partition's events from `from` on.
+    StreamRead {
+        /// Where the answer goes.
+        gateway: NodeId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: Offset,
+        /// The most events to return.
+        max: u32,
+    },
     /// [`Machine::next_deadline`] passed: check for a silent plan source or stalled work.
     Tick,
 }
@@ -142,6 +158,15 @@ pub enum Output {
         gateway: NodeId,
         /// The letters.
         delivery: Delivery,
+    },
+    /// Answer a gateway's stream read.
+    StreamPart {
+        /// The gateway.
+        gateway: NodeId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// This partition's share.
+        part: StreamPart,
     },
     /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
     Subscribe {
@@ -210,6 +235,8 @@ pub struct ExecutorStats {
     pub letters_consumed: u64,
     /// Deliveries asked for (retries included).
     pub deliveries_requested: u64,
+    /// Events this partition's transactions published.
+    pub events_published: u64,
 }
 
 /// The chunks of one sender's reads of one transaction, as they arrive.
@@ -702,6 +729,7 @@ impl<S: Store> Executor<S> {
             self.apply(key, value);
         }
         self.post_letters(effects.letters, effects.consumed.len());
+        self.keep_events(txn.position, effects.events);
         self.report(txn, outcome, out);
     }
 
@@ -728,6 +756,7 @@ impl<S: Store> Executor<S> {
         }
         if txn.designated() == self.partition {
             self.post_letters(effects.letters, effects.consumed.len());
+            self.keep_events(txn.position, effects.events);
             self.report(txn, outcome, out);
         }
     }
@@ -746,6 +775,44 @@ impl<S: Store> Executor<S> {
             .posted(self.outbox.next() + numbered.len() as u64);
         for (key, value) in records {
             self.store.put(key, value);
+        }
+    }
+
+    /// Keeps the events a committed transaction published, at their offsets (only the
+    /// designated participant does, so each is kept once).
+    fn keep_events(&mut self, position: Position, events: Vec<(String, Value)>) {
+        self.stats.events_published += events.len() as u64;
+        for (index, (stream, data)) in events.into_iter().enumerate() {
+            let offset = Offset {
+                position,
+                index: index as u32,
+            };
+            self.store.put(event_key(&stream, offset), data);
+        }
+    }
+
+    /// This partition's events of `stream` from `from` on, at most `max` of them.
+    fn stream_part(&self, stream: &str, from: Offset, max: u32) -> StreamPart {
+        let applied = Epoch(self.next_epoch.0 - 1);
+        let max = max.max(1) as usize;
+        // One more than asked tells whether the limit cut them.
+        let rows = self
+            .store
+            .scan_from(&stream_prefix(stream), &event_key(stream, from), max + 1);
+        let complete = rows.len() <= max;
+        let events = rows
+            .into_iter()
+            .take(max)
+            .filter_map(|(key, data)| {
+                let offset = offset_of(&key)?;
+                (offset.position.epoch <= applied).then_some(StreamEvent { offset, data })
+            })
+            .collect();
+        StreamPart {
+            partition: self.partition,
+            events,
+            applied,
+            complete,
         }
     }
 
@@ -857,6 +924,20 @@ impl<S: Store> Machine for Executor<S> {
                 client,
                 seq,
             } => self.on_result_query(gateway, client, seq, out),
+            Input::StreamRead {
+                gateway,
+                read,
+                stream,
+                from,
+                max,
+            } => {
+                let part = self.stream_part(&stream, from, max);
+                out.push(Output::StreamPart {
+                    gateway,
+                    read,
+                    part,
+                });
+            }
             Input::Start => {
                 self.feed.start(now);
                 self.subscribe(out);

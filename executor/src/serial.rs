@@ -49,6 +49,8 @@ pub struct Executed {
     pub sent: Vec<(u64, Letter)>,
     /// The letters it consumed, by outbox and number.
     pub consumed: Vec<(PartitionId, u64)>,
+    /// The events it published, in order: (stream, data).
+    pub events: Vec<(String, Value)>,
 }
 
 /// A single map and the procedures, executing one transaction at a time.
@@ -96,6 +98,7 @@ impl<'r> SerialExecutor<'r> {
                 outcome: Outcome::Aborted(reason.clone()),
                 sent: Vec::new(),
                 consumed: Vec::new(),
+                events: Vec::new(),
             };
         }
         let (outcome, effects) = run(self.registry, txn, &self.state, self.value_bytes_max);
@@ -122,6 +125,7 @@ impl<'r> SerialExecutor<'r> {
             outcome,
             sent,
             consumed: effects.consumed,
+            events: effects.events,
         }
     }
 

@@ -18,6 +18,14 @@ pub trait Store {
     fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
         self.scan_prefix(prefix).into_iter().next()
     }
+    /// At most `limit` keys under `prefix`, from `from` on, with their values, ascending.
+    fn scan_from(&self, prefix: &Key, from: &Key, limit: usize) -> Vec<(Key, Value)> {
+        self.scan_prefix(prefix)
+            .into_iter()
+            .filter(|(k, _)| k >= from)
+            .take(limit)
+            .collect()
+    }
     /// Sets `key` to `value`.
     fn put(&mut self, key: Key, value: Value);
     /// Removes `key`.
@@ -98,6 +106,16 @@ impl Store for MemStore {
 
     fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
         first_in(self.space(prefix), prefix)
+    }
+
+    fn scan_from(&self, prefix: &Key, from: &Key, limit: usize) -> Vec<(Key, Value)> {
+        let start = from.max(prefix);
+        self.space(prefix)
+            .range::<Key, _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn put(&mut self, key: Key, value: Value) {

@@ -68,6 +68,8 @@ pub struct Txn<'a> {
     letters: Vec<Letter>,
     /// Letters this transaction consumed (a delivery), by outbox and number.
     consumed: Vec<(PartitionId, u64)>,
+    /// Events published, in order: (stream, data).
+    events: Vec<(String, Value)>,
 }
 
 /// What a committed transaction leaves besides its output: its writes, the letters it
@@ -80,6 +82,8 @@ pub struct Effects {
     pub letters: Vec<Letter>,
     /// Letters consumed, by outbox and number, in delivery order.
     pub consumed: Vec<(PartitionId, u64)>,
+    /// Events published, in order: (stream, data).
+    pub events: Vec<(String, Value)>,
 }
 
 impl<'a> Txn<'a> {
@@ -93,6 +97,7 @@ impl<'a> Txn<'a> {
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             letters: Vec::new(),
             consumed: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -126,6 +131,26 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
+    /// Publishes `event` (as MessagePack) to the egress stream `stream`, if this
+    /// transaction commits. Consumers read it from its offset (the transaction's position
+    /// and the event's index among its events) with `client.subscribe(stream, from)`.
+    ///
+    /// Aborts with [`AbortReason::BadKey`] for a stream name of 0 or more than 256 bytes,
+    /// and with [`AbortReason::ValueTooLarge`] for an event over the value limit.
+    pub fn publish<T: Serialize>(&mut self, stream: &str, event: &T) -> Result<(), AbortReason> {
+        detflow_protocol::stream::check_stream_name(stream).map_err(AbortReason::BadKey)?;
+        let data = codec::encode(event);
+        if data.len() > self.value_bytes_max {
+            return Err(AbortReason::ValueTooLarge {
+                key: detflow_protocol::stream::stream_prefix(stream),
+                bytes: data.len(),
+                max: self.value_bytes_max,
+            });
+        }
+        self.events.push((stream.to_owned(), data));
+        Ok(())
+    }
+
     /// Runs `body` as a sub-transaction confined to `footprint`: it sees this
     /// transaction's writes; its writes and letters join this transaction only if it
     /// returns `Ok`, so an abort inside rolls back the sub-transaction alone.
@@ -147,6 +172,7 @@ impl<'a> Txn<'a> {
             self.writes.extend(effects.writes);
             self.letters.extend(effects.letters);
             self.consumed.extend(effects.consumed);
+            self.events.extend(effects.events);
         }
         result
     }
@@ -265,6 +291,7 @@ impl<'a> Txn<'a> {
             writes: self.writes,
             letters: self.letters,
             consumed: self.consumed,
+            events: self.events,
         }
     }
 }

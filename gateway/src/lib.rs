@@ -10,6 +10,8 @@
 //!  ResultUnknown ▶         ──▶ Reply::Unavailable (the client retries later)
 //!  Leader(node) ─▶         ──▶ (submits there from now on)
 //!  Tick ─────────▶         ──▶ Reply::Unavailable to calls past their deadline
+//!  ReadStream ───▶         ──▶ StreamQuery to every partition
+//!  StreamPart ───▶         ──▶ StreamAnswer once every partition answered
 //! ```
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
@@ -34,6 +36,12 @@
 //! consumes them with that abort instead of blocking their outbox. A delivery is ordered
 //! like a call under its outbox's session ([`mailbox_client`]); nobody waits for its
 //! reply, since the executor sees the delivery in its own store.
+//!
+//! A stream read asks every partition for its events from an offset and merges the answers
+//! up to the offset every partition has covered (each holds every event of the epochs it
+//! applied), so a reader never misses an event that a later read would show before one it
+//! got. A read not answered by every partition within [`STREAM_READ_DEADLINE_US`] is
+//! answered `Unavailable`.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +50,9 @@ use detflow_protocol::mailbox::{
     DELIVER_PROCEDURE, Delivery, is_mailbox_client, letter_key, mailbox_client, mark_key,
 };
 use detflow_protocol::message::{Call, Rejection, Reply};
+use detflow_protocol::stream::{
+    Offset, STREAM_READ_EVENTS_DEFAULT, StreamPart, StreamReply, check_stream_name,
+};
 use detflow_protocol::{
     CallId, ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time,
     Transaction, TxnResult,
@@ -92,6 +103,24 @@ pub enum Input {
     Leader(NodeId),
     /// [`Machine::next_deadline`] passed: answer the calls that waited too long.
     Tick,
+    /// A client reads a stream.
+    ReadStream {
+        /// The driver's number for the waiting reader, echoed in the answer.
+        reader: u64,
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: Offset,
+        /// The most events wanted (0: the default).
+        max: u32,
+    },
+    /// A partition's share of a stream read.
+    StreamPart {
+        /// The read.
+        read: u64,
+        /// The share.
+        part: StreamPart,
+    },
 }
 
 /// An effect of the gateway.
@@ -115,6 +144,26 @@ pub enum Output {
         /// The answer.
         reply: Reply,
     },
+    /// Ask a partition for its events of a stream.
+    StreamQuery {
+        /// The partition.
+        to: PartitionId,
+        /// This gateway's number for the read.
+        read: u64,
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: Offset,
+        /// The most events wanted.
+        max: u32,
+    },
+    /// Answer a stream reader.
+    StreamAnswer {
+        /// The driver's number for the reader.
+        reader: u64,
+        /// The answer.
+        reply: StreamReply,
+    },
     /// Forward a transaction to a sequencer replica.
     Submit {
         /// The replica believed to lead.
@@ -135,6 +184,12 @@ pub const CALL_DEADLINE_US_DEFAULT: u64 = 10_000_000;
 /// How many calls a gateway holds at once by default; more are refused `Overloaded`.
 pub const CALLS_IN_FLIGHT_MAX_DEFAULT: usize = 16_384;
 
+/// How long a stream read waits for every partition's share.
+pub const STREAM_READ_DEADLINE_US: u64 = 2_000_000;
+
+/// The most events one stream read returns.
+pub const STREAM_READ_EVENTS_MAX: u32 = 10_000;
+
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayBugs {
@@ -144,6 +199,9 @@ pub struct GatewayBugs {
     /// Take a call past its deadline off the timer without answering or forgetting it: a
     /// leak of calls nobody waits for.
     pub keep_expired_calls: bool,
+    /// Merge a stream read's shares up to the partition that covered the most, not the
+    /// least: events a lagging partition has yet to apply are skipped for good.
+    pub merge_past_frontier: bool,
 }
 
 /// Counters of a gateway's work.
@@ -161,6 +219,17 @@ pub struct GatewayStats {
     pub timed_out: u64,
     /// Deliveries of letters submitted.
     pub deliveries: u64,
+    /// Stream reads answered with events (perhaps none).
+    pub stream_reads: u64,
+}
+
+/// A stream read waiting for the partitions' shares.
+struct Gather {
+    reader: u64,
+    from: Offset,
+    max: u32,
+    parts: BTreeMap<PartitionId, StreamPart>,
+    deadline: Time,
 }
 
 /// A call waiting in the gateway.
@@ -186,6 +255,11 @@ pub struct Gateway {
     pending: BTreeMap<CallId, InFlight>,
     /// The deadlines of `pending`, earliest first.
     deadlines: BTreeSet<(Time, CallId)>,
+    /// Stream reads in progress, by this gateway's number.
+    reads: BTreeMap<u64, Gather>,
+    /// Their deadlines, earliest first.
+    read_deadlines: BTreeSet<(Time, u64)>,
+    next_read: u64,
     bugs: GatewayBugs,
     stats: GatewayStats,
 }
@@ -213,6 +287,9 @@ impl Gateway {
             calls_in_flight_max: CALLS_IN_FLIGHT_MAX_DEFAULT,
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            reads: BTreeMap::new(),
+            read_deadlines: BTreeSet::new(),
+            next_read: 0,
             bugs: GatewayBugs::default(),
             stats: GatewayStats::default(),
         }
@@ -535,8 +612,19 @@ impl Gateway {
         Gateway::reply(result.client, result.seq, reply, out);
     }
 
-    /// Answers `Unavailable` to the calls whose deadline passed by `now`.
+    /// Answers `Unavailable` to the calls and stream reads whose deadline passed by `now`.
     fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
+        while let Some(&(at, read)) = self.read_deadlines.first()
+            && at <= now
+        {
+            self.read_deadlines.remove(&(at, read));
+            if let Some(gather) = self.reads.remove(&read) {
+                out.push(Output::StreamAnswer {
+                    reader: gather.reader,
+                    reply: StreamReply::Unavailable,
+                });
+            }
+        }
         while let Some(&(at, key)) = self.deadlines.first()
             && at <= now
         {
@@ -548,6 +636,79 @@ impl Gateway {
             self.stats.timed_out += 1;
             Gateway::reply(key.client, key.seq, Reply::Unavailable, out);
         }
+    }
+
+    fn on_read_stream(
+        &mut self,
+        now: Time,
+        reader: u64,
+        stream: String,
+        from: Offset,
+        max: u32,
+        out: &mut Vec<Output>,
+    ) {
+        let refuse = |reply, out: &mut Vec<Output>| {
+            out.push(Output::StreamAnswer { reader, reply });
+        };
+        if let Err(why) = check_stream_name(&stream) {
+            return refuse(StreamReply::Refused(why), out);
+        }
+        if self.reads.len() >= self.calls_in_flight_max {
+            return refuse(StreamReply::Unavailable, out);
+        }
+        let max = match max {
+            0 => STREAM_READ_EVENTS_DEFAULT,
+            n => n.min(STREAM_READ_EVENTS_MAX),
+        };
+        self.next_read += 1;
+        let read = self.next_read;
+        let deadline = now.plus_us(STREAM_READ_DEADLINE_US);
+        self.read_deadlines.insert((deadline, read));
+        self.reads.insert(
+            read,
+            Gather {
+                reader,
+                from,
+                max,
+                parts: BTreeMap::new(),
+                deadline,
+            },
+        );
+        for p in 0..self.map.partitions() {
+            out.push(Output::StreamQuery {
+                to: PartitionId(p),
+                read,
+                stream: stream.clone(),
+                from,
+                max,
+            });
+        }
+    }
+
+    fn on_stream_part(&mut self, read: u64, part: StreamPart, out: &mut Vec<Output>) {
+        let partitions = self.map.partitions();
+        let Some(gather) = self.reads.get_mut(&read) else {
+            return;
+        };
+        if part.partition.0 >= partitions {
+            return;
+        }
+        gather.parts.insert(part.partition, part);
+        if gather.parts.len() < partitions as usize {
+            return;
+        }
+        let gather = self.reads.remove(&read).expect("just found");
+        self.read_deadlines.remove(&(gather.deadline, read));
+        self.stats.stream_reads += 1;
+        out.push(Output::StreamAnswer {
+            reader: gather.reader,
+            reply: merge_parts(
+                gather.from,
+                gather.max,
+                gather.parts.into_values(),
+                self.bugs.merge_past_frontier,
+            ),
+        });
     }
 
     fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
@@ -571,18 +732,63 @@ impl Machine for Gateway {
             Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
             Input::Leader(leader) => self.observe_leader(leader),
             Input::Tick => self.expire(now, out),
+            Input::ReadStream {
+                reader,
+                stream,
+                from,
+                max,
+            } => self.on_read_stream(now, reader, stream, from, max, out),
+            Input::StreamPart { read, part } => self.on_stream_part(read, part, out),
         }
     }
 
     fn next_deadline(&self) -> Option<Time> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let calls = self.deadlines.first().map(|(at, _)| *at);
+        let reads = self.read_deadlines.first().map(|(at, _)| *at);
+        [calls, reads].into_iter().flatten().min()
     }
+}
+
+/// Merges the partitions' shares of a read from `from`: the events below the offset every
+/// partition covered (all of its applied epochs, or up to its last event when the limit
+/// cut its share), in order, at most `max`.
+fn merge_parts(
+    from: Offset,
+    max: u32,
+    parts: impl Iterator<Item = StreamPart>,
+    past_frontier: bool,
+) -> StreamReply {
+    let mut covered: Option<Offset> = None;
+    let mut events = Vec::new();
+    for part in parts {
+        let upto = match (part.complete, part.events.last()) {
+            (true, _) => Offset::after_epoch(part.applied),
+            (false, Some(last)) => last.offset.next(),
+            (false, None) => from,
+        };
+        covered = Some(covered.map_or(upto, |c| match past_frontier {
+            true => c.max(upto),
+            false => c.min(upto),
+        }));
+        events.extend(part.events);
+    }
+    let covered = covered.unwrap_or(from).max(from);
+    events.retain(|e| e.offset >= from && e.offset < covered);
+    events.sort_by_key(|e| e.offset);
+    let next = if events.len() > max as usize {
+        events.truncate(max as usize);
+        events.last().map_or(from, |e| e.offset.next())
+    } else {
+        covered
+    };
+    StreamReply::Events { events, next }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use detflow_executor::{Abort, Procedure, Txn};
+    use detflow_protocol::stream::StreamEvent;
     use detflow_protocol::{Key, PartitionScheme, codec};
 
     struct Touch;
@@ -900,5 +1106,61 @@ mod tests {
         );
         assert!(!detflow_executor::in_procedure());
         assert_eq!(rejection(&mut g, Fussy::NAME, codec::encode(&12u64)), None);
+    }
+
+    fn event(epoch: u64, index: u32) -> StreamEvent {
+        StreamEvent {
+            offset: Offset {
+                position: Position::new(detflow_protocol::Epoch(epoch), index),
+                index: 0,
+            },
+            data: vec![epoch as u8],
+        }
+    }
+
+    fn part(p: u32, events: Vec<StreamEvent>, applied: u64, complete: bool) -> StreamPart {
+        StreamPart {
+            partition: PartitionId(p),
+            events,
+            applied: detflow_protocol::Epoch(applied),
+            complete,
+        }
+    }
+
+    #[test]
+    fn a_stream_read_returns_only_what_every_partition_covered() {
+        // Partition 0 applied epoch 5, partition 1 only epoch 3: an event of epoch 4 may
+        // still come from partition 1, so nothing past epoch 3 is returned.
+        let parts = vec![
+            part(0, vec![event(2, 0), event(5, 1)], 5, true),
+            part(1, vec![event(3, 0)], 3, true),
+        ];
+        let StreamReply::Events { events, next } =
+            merge_parts(Offset::START, 10, parts.clone().into_iter(), false)
+        else {
+            panic!("no events")
+        };
+        let offsets: Vec<u64> = events.iter().map(|e| e.offset.position.epoch.0).collect();
+        assert_eq!(offsets, [2, 3]);
+        assert_eq!(next, Offset::after_epoch(detflow_protocol::Epoch(3)));
+        // A share cut by the limit covers up to its last event only.
+        let cut = vec![
+            part(0, vec![event(2, 0)], 5, false),
+            part(1, vec![event(3, 0)], 5, true),
+        ];
+        let StreamReply::Events { events, next } =
+            merge_parts(Offset::START, 1, cut.into_iter(), false)
+        else {
+            panic!("no events")
+        };
+        assert_eq!(events, [event(2, 0)]);
+        assert_eq!(next, event(2, 0).offset.next());
+        // The planted bug returns epoch 5 and moves past epoch 4 for good.
+        let StreamReply::Events { next, .. } =
+            merge_parts(Offset::START, 10, parts.into_iter(), true)
+        else {
+            panic!("no events")
+        };
+        assert_eq!(next, Offset::after_epoch(detflow_protocol::Epoch(5)));
     }
 }

@@ -495,7 +495,7 @@ impl FjallStore {
     /// Every bookkeeping row (`_sys` keys), ascending, including writes of the epoch in
     /// progress.
     pub fn system_rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
-        self.try_scan(&self.system, &Key::default(), usize::MAX)
+        self.try_scan(&self.system, &Key::default(), &Key::default(), usize::MAX)
     }
 
     /// Flushes the loaded rows and compacts them into one sorted run, now, while nothing
@@ -564,25 +564,34 @@ impl FjallStore {
     /// Every row of `space` under `prefix`, ascending: fjall's rows merged with the
     /// overlay, which wins on equal keys and hides deleted ones.
     /// The first `limit` rows under `prefix`, merging the epoch overlay over the tree.
+    /// At most `limit` rows under `prefix` from `from` on (the committed tree under the
+    /// epoch's pending writes).
     fn try_scan(
         &self,
         space: &Space,
         prefix: &Key,
+        from: &Key,
         limit: usize,
     ) -> Result<Vec<(Key, Value)>, StorageError> {
+        let from = from.max(prefix);
         let mut rows = Vec::new();
         let mut pending = space
             .overlay
-            .range::<Key, _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<Key, _>((Bound::Included(from), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
-        for guard in space.tree.prefix(prefix.as_bytes()) {
+        for guard in space.tree.range(from.as_bytes().to_vec()..) {
             if rows.len() >= limit {
                 break;
             }
             let (key, value) = guard
                 .into_inner()
                 .map_err(fjall_error(&self.path, "scanning"))?;
+            if !key.starts_with(prefix.as_bytes())
+                || key.get(prefix.as_bytes().len()) == Some(&0xFF)
+            {
+                break;
+            }
             while let Some((k, v)) = pending.next_if(|(k, _)| k.as_bytes() < &*key) {
                 if let Some(v) = v {
                     rows.push((k.clone(), v.clone()));
@@ -652,7 +661,19 @@ impl Store for FjallStore {
         if !prefix.is_system() {
             return self.mirror_rows(prefix).collect();
         }
-        self.try_scan(self.space(prefix), prefix, usize::MAX)
+        self.try_scan(self.space(prefix), prefix, prefix, usize::MAX)
+            .unwrap_or_else(|e| self.fail(e))
+    }
+
+    fn scan_from(&self, prefix: &Key, from: &Key, limit: usize) -> Vec<(Key, Value)> {
+        if !prefix.is_system() {
+            return self
+                .mirror_rows(prefix)
+                .filter(|(k, _)| k >= from)
+                .take(limit)
+                .collect();
+        }
+        self.try_scan(self.space(prefix), prefix, from, limit)
             .unwrap_or_else(|e| self.fail(e))
     }
 
@@ -660,7 +681,7 @@ impl Store for FjallStore {
         if !prefix.is_system() {
             return self.mirror_rows(prefix).next();
         }
-        self.try_scan(self.space(prefix), prefix, 1)
+        self.try_scan(self.space(prefix), prefix, prefix, 1)
             .unwrap_or_else(|e| self.fail(e))
             .into_iter()
             .next()

@@ -12,6 +12,7 @@
 //! - [`message`] and [`frame`]: messages between components and their wire framing.
 //! - [`replication`]: the log entries and messages the sequencer replicas exchange (Raft).
 //! - [`mailbox`]: asynchronous messages (letters) between services and their delivery.
+//! - [`stream`]: egress streams: events procedures publish, read from an offset.
 //! - [`rng`]: the seeded generator every component draws from.
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod replication;
 pub mod rng;
 pub mod session;
+pub mod stream;
 pub mod txn;
 
 pub use footprint::{Access, Footprint, KeySpec};

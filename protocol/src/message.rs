@@ -176,6 +176,15 @@ pub enum ClientRequest {
     },
     /// Report status.
     Status,
+    /// Read a stream from an offset.
+    ReadStream {
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: crate::stream::Offset,
+        /// The most events wanted (0: the gateway's default).
+        max: u32,
+    },
 }
 
 /// Every message that travels between components. Variant names are wire tags.
@@ -194,6 +203,8 @@ pub enum Message {
     Call(Call),
     /// Executor → its node's gateway: have these letters of its outbox delivered.
     Deliver(crate::mailbox::Delivery),
+    /// Gateway → client: the answer to [`Message::ReadStream`].
+    Events(crate::stream::StreamReply),
     /// Replica → gateway: the call is already in the leader's log.
     Duplicate {
         /// The session.
@@ -231,6 +242,15 @@ pub enum Message {
     OpenSession,
     /// Replica → executor: one epoch's plan.
     Plan(Arc<Plan>),
+    /// Client → gateway: read a stream from an offset (answered [`Message::Events`]).
+    ReadStream {
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: crate::stream::Offset,
+        /// The most events wanted (0: the gateway's default).
+        max: u32,
+    },
     /// Gateway → executor: the result of a call, from the result table.
     Query {
         /// The session.
@@ -289,6 +309,28 @@ pub enum Message {
     },
     /// Anyone → node: report status.
     Status,
+    /// Executor → gateway: its share of a stream read.
+    StreamPart {
+        /// The gateway's number for the read.
+        read: u64,
+        /// The share.
+        part: crate::stream::StreamPart,
+    },
+    /// Gateway → executor: this partition's events of a stream from an offset.
+    StreamQuery {
+        /// The partition.
+        partition: PartitionId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// The asking gateway.
+        gateway: NodeId,
+        /// The stream.
+        stream: String,
+        /// The first offset wanted.
+        from: crate::stream::Offset,
+        /// The most events wanted.
+        max: u32,
+    },
     /// Node → asker.
     StatusReply(NodeStatus),
     /// Gateway → replica.
@@ -312,7 +354,9 @@ pub enum Message {
 macro_rules! client_message {
     () => {
         $crate::message::Message::Call(_)
+            | $crate::message::Message::Events(_)
             | $crate::message::Message::OpenSession
+            | $crate::message::Message::ReadStream { .. }
             | $crate::message::Message::Reply { .. }
             | $crate::message::Message::SessionCall { .. }
             | $crate::message::Message::SessionOpened { .. }
@@ -339,6 +383,8 @@ impl Message {
             | Message::RemoteReads { .. }
             | Message::Result { .. }
             | Message::ResultUnknown { .. }
+            | Message::StreamPart { .. }
+            | Message::StreamQuery { .. }
             | Message::Submit(_)
             | Message::Subscribe { .. } => false,
         }

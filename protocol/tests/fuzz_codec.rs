@@ -31,6 +31,7 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
     ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, Term,
@@ -372,6 +373,25 @@ fn call() -> impl Strategy<Value = Call> + Clone {
     })
 }
 
+fn offset() -> impl Strategy<Value = Offset> + Clone {
+    (position(), any::<u32>()).prop_map(|(position, index)| Offset { position, index })
+}
+
+fn stream_events() -> impl Strategy<Value = Vec<StreamEvent>> + Clone {
+    vec(
+        (offset(), bytes(8)).prop_map(|(offset, data)| StreamEvent { offset, data }),
+        0..3,
+    )
+}
+
+fn stream_reply() -> impl Strategy<Value = StreamReply> + Clone {
+    prop_oneof![
+        (stream_events(), offset()).prop_map(|(events, next)| StreamReply::Events { events, next }),
+        Just(StreamReply::Unavailable),
+        text().prop_map(StreamReply::Refused),
+    ]
+}
+
 fn delivery() -> impl Strategy<Value = Delivery> + Clone {
     let letter = (text(), bytes(16)).prop_map(|(procedure, args)| Letter { procedure, args });
     (
@@ -404,6 +424,48 @@ fn message() -> impl Strategy<Value = Message> + Clone {
         }),
         call().prop_map(Message::Call),
         delivery().prop_map(Message::Deliver),
+        stream_reply().prop_map(Message::Events),
+        (text(), offset(), any::<u32>()).prop_map(|(stream, from, max)| Message::ReadStream {
+            stream,
+            from,
+            max
+        }),
+        (
+            any::<u64>(),
+            partition(),
+            stream_events(),
+            epoch(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(read, partition, events, applied, complete)| Message::StreamPart {
+                    read,
+                    part: StreamPart {
+                        partition,
+                        events,
+                        applied,
+                        complete,
+                    },
+                }
+            ),
+        (
+            partition(),
+            any::<u64>(),
+            node(),
+            text(),
+            offset(),
+            any::<u32>()
+        )
+            .prop_map(|(partition, read, gateway, stream, from, max)| {
+                Message::StreamQuery {
+                    partition,
+                    read,
+                    gateway,
+                    stream,
+                    from,
+                    max,
+                }
+            }),
         (client(), request_seq()).prop_map(|(client, seq)| Message::Duplicate { client, seq }),
         (partition(), partition(), epoch()).prop_map(|(from, to, durable)| Message::Hello {
             from,
@@ -452,10 +514,14 @@ fn message() -> impl Strategy<Value = Message> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 20] = [
+const MESSAGE_VARIANTS: [&str; 24] = [
     "Ack",
     "Call",
     "Deliver",
+    "Events",
+    "ReadStream",
+    "StreamPart",
+    "StreamQuery",
     "Duplicate",
     "Hello",
     "NotLeader",
@@ -480,6 +546,10 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::Ack { .. } => "Ack",
         Message::Call(_) => "Call",
         Message::Deliver(_) => "Deliver",
+        Message::Events(_) => "Events",
+        Message::ReadStream { .. } => "ReadStream",
+        Message::StreamPart { .. } => "StreamPart",
+        Message::StreamQuery { .. } => "StreamQuery",
         Message::Duplicate { .. } => "Duplicate",
         Message::Hello { .. } => "Hello",
         Message::NotLeader { .. } => "NotLeader",

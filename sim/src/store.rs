@@ -96,6 +96,10 @@ impl Store for SimStore {
         self.mem.first_in(prefix)
     }
 
+    fn scan_from(&self, prefix: &Key, from: &Key, limit: usize) -> Vec<(Key, Value)> {
+        self.mem.scan_from(prefix, from, limit)
+    }
+
     fn put(&mut self, key: Key, value: Value) {
         self.epoch_writes.push((key.clone(), Some(value.clone())));
         self.mem.put(key, value);

@@ -273,3 +273,24 @@ fn letters_that_are_never_delivered_are_caught() {
         "seed {seed}: another checker saw it too: {failures:?}"
     );
 }
+
+#[test]
+fn a_stream_read_past_a_lagging_partition_is_caught() {
+    // A gateway that merges a read's shares up to the partition that applied the most:
+    // events of a partition that has not applied those epochs yet are skipped for good.
+    // Only the streams checker sees it: no state, result or letter changes.
+    let bugs = GatewayBugs {
+        merge_past_frontier: true,
+        ..GatewayBugs::default()
+    };
+    let (seed, failures) = first_failure(|seed| SimConfig {
+        gateway_bugs: bugs,
+        txns: 150,
+        ..SimConfig::custom("payments", support::payments_with(false, false), seed)
+    })
+    .expect("a reader skipping events went unnoticed");
+    assert!(
+        failures.iter().all(|f| f.contains("stream")),
+        "seed {seed}: another checker saw it too: {failures:?}"
+    );
+}

@@ -166,6 +166,12 @@ pub trait Workload: Send {
         None
     }
 
+    /// The egress streams its procedures publish to, which the simulator reads from the
+    /// start while the workload runs.
+    fn streams(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Checks what must hold right after loading, on the loaded state.
     fn check_initial(&self, state: &BTreeMap<Key, Value>) -> Result<(), Violation> {
         let _ = state;

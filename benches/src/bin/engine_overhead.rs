@@ -271,6 +271,7 @@ impl Pipeline {
                 }
                 Output::ResultUnknown { .. } => bail!("a result query nobody made"),
                 Output::Deliver { .. } => bail!("a delivery of letters, but no gateway is set"),
+                Output::StreamPart { .. } => bail!("a stream read nobody made"),
                 Output::SendAck { to, durable } => {
                     To::Executor(to, Input::Ack { from: p, durable })
                 }

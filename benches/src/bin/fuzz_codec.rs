@@ -48,6 +48,7 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
     ClientId, DetRng, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq,
@@ -1091,7 +1092,34 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 20;
+const MESSAGE_VARIANTS: usize = 24;
+
+fn offset(rng: &mut DetRng) -> Offset {
+    Offset {
+        position: position(rng),
+        index: rng.next_u64() as u32,
+    }
+}
+
+fn stream_events(rng: &mut DetRng) -> Vec<StreamEvent> {
+    (0..rng.below(3))
+        .map(|_| StreamEvent {
+            offset: offset(rng),
+            data: text(rng).into_bytes(),
+        })
+        .collect()
+}
+
+fn stream_reply(rng: &mut DetRng) -> StreamReply {
+    match rng.below(3) {
+        0 => StreamReply::Events {
+            events: stream_events(rng),
+            next: offset(rng),
+        },
+        1 => StreamReply::Unavailable,
+        _ => StreamReply::Refused(text(rng)),
+    }
+}
 
 fn delivery(rng: &mut DetRng) -> Delivery {
     let letters = (0..rng.below(3))
@@ -1180,6 +1208,29 @@ fn message(rng: &mut DetRng) -> Message {
         16 => Message::StatusReply(node_status(rng)),
         17 => Message::Submit(Arc::new(transaction(rng))),
         18 => Message::Deliver(delivery(rng)),
+        19 => Message::Events(stream_reply(rng)),
+        20 => Message::ReadStream {
+            stream: text(rng),
+            from: offset(rng),
+            max: rng.next_u64() as u32,
+        },
+        21 => Message::StreamPart {
+            read: rng.next_u64(),
+            part: StreamPart {
+                partition: partition(rng),
+                events: stream_events(rng),
+                applied: epoch(rng),
+                complete: rng.chance(0.5),
+            },
+        },
+        22 => Message::StreamQuery {
+            partition: partition(rng),
+            read: rng.next_u64(),
+            gateway: node(rng),
+            stream: text(rng),
+            from: offset(rng),
+            max: rng.next_u64() as u32,
+        },
         _ => Message::Subscribe {
             partition: partition(rng),
             from: epoch(rng),
@@ -1194,6 +1245,10 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::Ack { .. } => "Ack",
         Message::Call(_) => "Call",
         Message::Deliver(_) => "Deliver",
+        Message::Events(_) => "Events",
+        Message::ReadStream { .. } => "ReadStream",
+        Message::StreamPart { .. } => "StreamPart",
+        Message::StreamQuery { .. } => "StreamQuery",
         Message::Duplicate { .. } => "Duplicate",
         Message::Hello { .. } => "Hello",
         Message::NotLeader { .. } => "NotLeader",

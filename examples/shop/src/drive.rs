@@ -8,7 +8,7 @@ use crate::{
     Level, Order, Place, Restock, Units, price,
 };
 use anyhow::{Context, Result, bail};
-use detflow_client::{CallError, Client, Tls};
+use detflow_client::{CallError, Client, Offset, Tls};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub struct DriveReport {
     pub cents_left: i64,
     /// Orders shipped (each exactly once): all the placed ones.
     pub shipped: u64,
+    /// Shipments read from the `shipments` stream (each once): all the shipped ones.
+    pub streamed: u64,
 }
 
 /// Drives the shop on the cluster at `gateways`: `sessions` sessions place `orders` orders
@@ -149,6 +151,7 @@ pub async fn drive(
         }
     }
     let shipped = await_shipping(&admin, &placed, &refused).await?;
+    let streamed = follow_shipments(&admin, &placed).await?;
     admin.close();
     Ok(DriveReport {
         placed: placed.len() as u64,
@@ -156,7 +159,40 @@ pub async fn drive(
         units_left,
         cents_left,
         shipped,
+        streamed,
     })
+}
+
+/// Reads the `shipments` stream from the start, as a warehouse outside the cluster would,
+/// until every placed order came by, and checks each came once and nothing else did.
+async fn follow_shipments(admin: &Client, placed: &[Order]) -> Result<u64> {
+    let began = Instant::now();
+    let mut expected: std::collections::BTreeMap<u64, Order> =
+        placed.iter().map(|o| (o.id, *o)).collect();
+    let mut seen = 0;
+    let mut shipments = admin.subscribe(crate::SHIPMENTS_STREAM, Offset::START);
+    while !expected.is_empty() {
+        if began.elapsed() > SHIPPING_WAIT {
+            bail!(
+                "{} shipped orders never came on the stream, the first {:?}",
+                expected.len(),
+                expected.keys().next()
+            );
+        }
+        for event in shipments.poll().await? {
+            let order: Order = detflow_protocol::codec::decode(&event.data)
+                .with_context(|| format!("the event at {}", event.offset))?;
+            if expected.remove(&order.id) != Some(order) {
+                bail!(
+                    "the stream holds {order:?} at {}, unexpected or twice",
+                    event.offset
+                );
+            }
+            seen += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(seen)
 }
 
 /// Waits until every placed order is shipped, once, and checks no refused one is.

@@ -260,7 +260,11 @@ fn place(tx: &mut Txn<'_>, order: Order, charged: i64) -> Result<(), Abort> {
     tx.send::<Ship>(&order)
 }
 
-/// Ships an order: what `orders.place` asks, by letter, once the order is paid.
+/// The egress stream `shipping.ship` publishes each shipped order to.
+pub const SHIPMENTS_STREAM: &str = "shipments";
+
+/// Ships an order: what `orders.place` asks, by letter, once the order is paid, publishing
+/// it to [`SHIPMENTS_STREAM`].
 pub struct Ship;
 
 impl Procedure for Ship {
@@ -280,6 +284,8 @@ impl Procedure for Ship {
             .map_or(0, |s| s.times)
             + 1;
         tx.put_as(shipment_key(order.id), &Shipment { order, times })?;
+        // The warehouse outside the cluster follows this stream.
+        tx.publish(SHIPMENTS_STREAM, &order)?;
         Ok(times)
     }
 }
@@ -451,6 +457,10 @@ impl Workload for ShopWorkload {
 
     fn services(&self) -> Vec<Service> {
         services_with(self.planted_bug)
+    }
+
+    fn streams(&self) -> Vec<String> {
+        vec![SHIPMENTS_STREAM.into()]
     }
 
     fn scheme(&self) -> PartitionScheme {

@@ -47,6 +47,7 @@ fn a_cluster_of_shop_nodes_sells_and_keeps_its_books() {
         assert_eq!(report.placed + report.refused, 45);
         assert!(report.placed > 0, "{report:?}");
         assert_eq!(report.shipped, report.placed, "{report:?}");
+        assert_eq!(report.streamed, report.placed, "{report:?}");
         cluster.check_running().expect("every node still runs");
         cluster.stop();
     });

@@ -11,6 +11,7 @@ use crate::transport::Connection;
 use detflow_executor::Registry;
 use detflow_protocol::NodeId;
 use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
+use detflow_protocol::stream::{Offset, StreamReply};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -76,6 +77,9 @@ impl ClientService {
             ClientRequest::Status => {
                 return Message::StatusReply(status(&self.stats, self.me, self.clock));
             }
+            ClientRequest::ReadStream { stream, from, max } => {
+                return Message::Events(self.read_stream(stream, from, max).await);
+            }
             ClientRequest::SessionCall { token, call } => {
                 let (client, seq) = (call.client, call.seq);
                 let reply = if !self.sessions.verify(client, fingerprint, &token) {
@@ -109,6 +113,23 @@ impl ClientService {
             .deliver(gateway, Event::Client { call, reply: tx });
         // A dropped sender means the call was shed on the way (a full inbox).
         rx.await.unwrap_or(Reply::Unavailable)
+    }
+
+    /// Hands a stream read to the gateway and waits for its answer (by the read's
+    /// deadline at the latest). Any client of the cluster may read any stream.
+    async fn read_stream(&self, stream: String, from: Offset, max: u32) -> StreamReply {
+        let Some(gateway) = &self.router.gateway else {
+            return StreamReply::Unavailable;
+        };
+        let (tx, rx) = oneshot::channel();
+        let read = Event::ClientRead {
+            stream,
+            from,
+            max,
+            reply: tx,
+        };
+        self.router.deliver(gateway, read);
+        rx.await.unwrap_or(StreamReply::Unavailable)
     }
 
     fn refuse(&self, rejection: Rejection) -> Reply {

@@ -46,6 +46,11 @@ fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
         Output::SendReads { to, reads } => {
             router.to_executor(to, Message::RemoteReads { to, reads });
         }
+        Output::StreamPart {
+            gateway,
+            read,
+            part,
+        } => router.to_gateway(gateway, Message::StreamPart { read, part }),
         Output::Deliver { gateway, delivery } => {
             router.to_gateway(gateway, Message::Deliver(delivery));
         }
@@ -90,6 +95,20 @@ pub(super) async fn executor_task(
                 Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
                 Event::Msg(Message::Ack { from, durable, .. }) => Input::Ack { from, durable },
                 Event::Msg(Message::Hello { from, durable, .. }) => Input::Hello { from, durable },
+                Event::Msg(Message::StreamQuery {
+                    read,
+                    gateway,
+                    stream,
+                    from,
+                    max,
+                    ..
+                }) => Input::StreamRead {
+                    gateway,
+                    read,
+                    stream,
+                    from,
+                    max,
+                },
                 Event::Msg(Message::Query {
                     client,
                     seq,

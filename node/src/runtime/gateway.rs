@@ -8,6 +8,7 @@ use detflow_gateway::{self as gateway, Gateway};
 use detflow_protocol::CallId;
 use detflow_protocol::Machine;
 use detflow_protocol::message::{Message, Reply};
+use detflow_protocol::stream::StreamReply;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +45,8 @@ pub(super) async fn gateway_task(
     clock: Clock,
 ) {
     let mut waiting: BTreeMap<CallId, Waiting> = BTreeMap::new();
+    let mut readers: BTreeMap<u64, oneshot::Sender<StreamReply>> = BTreeMap::new();
+    let mut next_reader = 0u64;
     let mut out = Vec::new();
     let mut timed_out = 0;
     loop {
@@ -63,6 +66,24 @@ pub(super) async fn gateway_task(
                 gateway::Input::Call(call)
             }
             Some(Event::Leader(leader)) => gateway::Input::Leader(leader),
+            Some(Event::ClientRead {
+                stream,
+                from,
+                max,
+                reply,
+            }) => {
+                next_reader += 1;
+                readers.insert(next_reader, reply);
+                gateway::Input::ReadStream {
+                    reader: next_reader,
+                    stream,
+                    from,
+                    max,
+                }
+            }
+            Some(Event::Msg(Message::StreamPart { read, part })) => {
+                gateway::Input::StreamPart { read, part }
+            }
             Some(Event::Msg(Message::NotLeader { from, txn, leader })) => {
                 gateway::Input::NotLeader { from, txn, leader }
             }
@@ -82,6 +103,28 @@ pub(super) async fn gateway_task(
         for effect in out.drain(..) {
             match effect {
                 gateway::Output::Submit { to, txn } => router.to_replica(to, Message::Submit(txn)),
+                gateway::Output::StreamQuery {
+                    to,
+                    read,
+                    stream,
+                    from,
+                    max,
+                } => {
+                    let msg = Message::StreamQuery {
+                        partition: to,
+                        read,
+                        gateway: router.me,
+                        stream,
+                        from,
+                        max,
+                    };
+                    router.to_executor(to, msg);
+                }
+                gateway::Output::StreamAnswer { reader, reply } => {
+                    if let Some(waiter) = readers.remove(&reader) {
+                        let _ = waiter.send(reply);
+                    }
+                }
                 gateway::Output::Query { to, client, seq } => {
                     let msg = Message::Query {
                         client,

@@ -67,6 +67,13 @@ pub(crate) enum Event {
         call: Call,
         reply: oneshot::Sender<Reply>,
     },
+    /// A client's stream read, answered through `reply`.
+    ClientRead {
+        stream: String,
+        from: detflow_protocol::stream::Offset,
+        max: u32,
+        reply: oneshot::Sender<detflow_protocol::stream::StreamReply>,
+    },
 }
 
 type Inbox = mpsc::Sender<Event>;

@@ -43,7 +43,9 @@ pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
         Message::Deliver(_)
         | Message::Query { .. }
         | Message::Result { .. }
-        | Message::ResultUnknown { .. } => ChannelHeader::Results,
+        | Message::ResultUnknown { .. }
+        | Message::StreamPart { .. }
+        | Message::StreamQuery { .. } => ChannelHeader::Results,
         // No task sends these to a node (and a node refuses them on any channel); they are
         // named here only so a new variant cannot slip onto a channel unnoticed.
         client_message!() => ChannelHeader::Results,
@@ -99,8 +101,11 @@ impl Router {
             Message::RemoteReads { to, .. }
             | Message::Ack { to, .. }
             | Message::Hello { to, .. } => self.executors.get(to),
-            Message::Query { partition, .. } => self.executors.get(partition),
+            Message::Query { partition, .. } | Message::StreamQuery { partition, .. } => {
+                self.executors.get(partition)
+            }
             Message::Deliver(_)
+            | Message::StreamPart { .. }
             | Message::Duplicate { .. }
             | Message::NotLeader { .. }
             | Message::Result { .. }
@@ -184,6 +189,14 @@ impl Router {
             Message::Deliver(delivery) => check(
                 hosts(&delivery.from) && self.gateway.is_some(),
                 "a delivery for a partition it does not host, or to a node without a gateway",
+            ),
+            Message::StreamQuery { gateway, .. } => check(
+                spec.gateway && *gateway == sender,
+                "a stream query on behalf of another gateway",
+            ),
+            Message::StreamPart { part, .. } => check(
+                hosts(&part.partition),
+                "a stream share of a partition it does not host",
             ),
             Message::Query { gateway, .. } => check(
                 spec.gateway && *gateway == sender,

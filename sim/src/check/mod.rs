@@ -10,6 +10,7 @@ pub(crate) mod liveness;
 pub(crate) mod placement;
 pub(crate) mod raft;
 pub(crate) mod serial;
+pub(crate) mod streams;
 pub(crate) mod valid_calls;
 
 use crate::world::Outcome;
@@ -38,6 +39,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     let reference = serial::replay(run);
     failures.extend(serial::compare(run, &reference, &state));
     failures.extend(letters::check(run, &reference));
+    failures.extend(streams::check(run, &reference));
     let executed: Vec<_> = reference
         .executed
         .iter()

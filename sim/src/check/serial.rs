@@ -36,6 +36,7 @@ use detflow_executor::serial::SerialExecutor;
 use detflow_protocol::CallId;
 use detflow_protocol::mailbox::{DELIVER_PROCEDURE, Letter, outbox_partition};
 use detflow_protocol::message::Reply;
+use detflow_protocol::stream::{Offset, StreamEvent};
 use detflow_protocol::{
     AbortReason, Access, Elem, Footprint, Key, KeySpec, Outcome as TxnOutcome, PartitionId,
     PartitionScheme, Position, SYSTEM_TABLE, TableRule, Transaction, Value,
@@ -55,6 +56,8 @@ pub(crate) struct Reference {
     pub(crate) letters_sent: BTreeMap<(PartitionId, u64), (Position, Letter)>,
     /// Letters consumed, in log order: where, and which (outbox, number).
     pub(crate) letters_consumed: Vec<(Position, PartitionId, u64)>,
+    /// Events published, by stream, in offset order.
+    pub(crate) events: BTreeMap<String, Vec<StreamEvent>>,
 }
 
 /// Executes the run's log on one map, with the workload's procedures and its own verdict
@@ -69,6 +72,7 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
     let mut footprint_failures = Vec::new();
     let mut letters_sent = BTreeMap::new();
     let mut letters_consumed = Vec::new();
+    let mut events: BTreeMap<String, Vec<StreamEvent>> = BTreeMap::new();
     for batch in &run.log {
         for (i, txn) in batch.txns.iter().enumerate() {
             let position = Position::new(batch.epoch, i as u32);
@@ -107,6 +111,16 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
             for (from, seq) in done.consumed {
                 letters_consumed.push((position, from, seq));
             }
+            for (index, (stream, data)) in done.events.into_iter().enumerate() {
+                let offset = Offset {
+                    position,
+                    index: index as u32,
+                };
+                events
+                    .entry(stream)
+                    .or_default()
+                    .push(StreamEvent { offset, data });
+            }
             executed.push((txn.procedure.clone(), txn.args.clone(), outcome.clone()));
             outcomes.insert(position, outcome);
         }
@@ -118,6 +132,7 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
         footprint_failures,
         letters_sent,
         letters_consumed,
+        events,
     }
 }
 

@@ -18,6 +18,20 @@ impl World {
                 }
             }
             Msg::RemoteReads { reads, .. } => Input::RemoteReads(reads),
+            Msg::StreamQuery {
+                read,
+                gateway,
+                stream,
+                from,
+                max,
+                ..
+            } => Input::StreamRead {
+                gateway,
+                read,
+                stream,
+                from,
+                max,
+            },
             other => panic!("executor got {other:?}"),
         };
         self.executor_input(p, input);
@@ -77,6 +91,14 @@ impl World {
                 }
                 Output::SendReads { to, reads } => {
                     self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
+                }
+                Output::StreamPart {
+                    gateway,
+                    read,
+                    part,
+                } => {
+                    let msg = Msg::StreamPart { read, part };
+                    self.send(me, Addr::Gateway(gateway.0 - 200), msg);
                 }
                 Output::Deliver { gateway, delivery } => {
                     self.send(me, Addr::Gateway(gateway.0 - 200), Msg::Deliver(delivery));

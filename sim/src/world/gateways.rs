@@ -21,6 +21,20 @@ impl World {
                 Input::Deliver(delivery)
             }
             Msg::Duplicate { client, seq } => Input::Duplicate { client, seq },
+            Msg::ReadStream {
+                stream,
+                from: offset,
+                max,
+            } => {
+                let Addr::Reader(i) = from else { return };
+                Input::ReadStream {
+                    reader: u64::from(i),
+                    stream,
+                    from: offset,
+                    max,
+                }
+            }
+            Msg::StreamPart { read, part } => Input::StreamPart { read, part },
             Msg::Result { result, recovered } => Input::Result { result, recovered },
             Msg::ResultUnknown { client, seq } => Input::ResultUnknown { client, seq },
             other => panic!("gateway got {other:?}"),
@@ -52,6 +66,27 @@ impl World {
                 Output::Reply { client, seq, reply } => {
                     let to = Addr::Client(client.0 as u32);
                     self.send(Addr::Gateway(g), to, Msg::Reply { client, seq, reply });
+                }
+                Output::StreamQuery {
+                    to,
+                    read,
+                    stream,
+                    from,
+                    max,
+                } => {
+                    let msg = Msg::StreamQuery {
+                        partition: to,
+                        read,
+                        gateway: gateway_id(g),
+                        stream,
+                        from,
+                        max,
+                    };
+                    self.send(Addr::Gateway(g), Addr::Executor(to.0), msg);
+                }
+                Output::StreamAnswer { reader, reply } => {
+                    let to = Addr::Reader(reader as u32);
+                    self.send(Addr::Gateway(g), to, Msg::Events(reply));
                 }
                 Output::Submit { to, txn } => {
                     self.send(

@@ -9,7 +9,7 @@ impl World {
             return;
         }
         match addr {
-            Addr::Client(_) => {}
+            Addr::Client(_) | Addr::Reader(_) => {}
             Addr::Replica(r) => self.start_replica(r),
             Addr::Executor(p) => self.start_executor(p),
             Addr::Gateway(g) => {
@@ -93,7 +93,7 @@ impl World {
         self.counts.crashes += 1;
         let tear = self.rng.chance(self.plan.tear_chance);
         match addr {
-            Addr::Client(_) => {}
+            Addr::Client(_) | Addr::Reader(_) => {}
             Addr::Replica(r) => {
                 let node = &mut self.replicas[r as usize];
                 node.machine = None;

@@ -38,12 +38,17 @@ mod fault_injection;
 mod gateways;
 mod lifecycle;
 mod network;
+mod readers;
 mod replicas;
+
+pub(crate) use readers::Reader;
 
 /// A simulated component's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Addr {
     Client(u32),
+    /// A consumer of a stream the workload publishes to.
+    Reader(u32),
     Executor(u32),
     Gateway(u32),
     Replica(u32),
@@ -67,6 +72,8 @@ enum Event {
         incarnation: u64,
     },
     FaultTick,
+    /// A stream reader reads again (or gives up on a read that got no answer).
+    ReaderWake(u32),
     GatewayTimer {
         g: u32,
         incarnation: u64,
@@ -254,6 +261,8 @@ pub(crate) struct Outcome {
     pub(crate) unanswered: u64,
     /// Each partition's letters not consumed at the end.
     pub(crate) letters_pending: Vec<u64>,
+    /// What each stream reader read.
+    pub(crate) readers: Vec<Reader>,
     /// The registry the run used.
     pub(crate) registry: Arc<Registry>,
     /// The partition map the run used.
@@ -361,6 +370,7 @@ pub(crate) struct World {
     executors: Vec<ExecutorNode>,
     gateways: Vec<GatewayNode>,
     clients: Vec<ClientNode>,
+    readers: Vec<Reader>,
     map: PartitionMap,
     workload: Box<dyn Workload>,
     registry: Arc<Registry>,
@@ -497,7 +507,9 @@ impl World {
                 }
             })
             .collect();
+        let readers = workload.streams().into_iter().map(Reader::new).collect();
         Ok(World {
+            readers,
             now: Time::ZERO,
             queue: EventQueue::new(),
             net: Network::new(),
@@ -543,6 +555,10 @@ impl World {
             let start = self.rng.below(1_000);
             self.schedule(Time(start), Event::ClientWake(c));
         }
+        for i in 0..self.readers.len() as u32 {
+            let start = self.rng.below(10_000);
+            self.schedule(Time(start), Event::ReaderWake(i));
+        }
         if !self.healed {
             self.schedule(Time(self.plan.interval_us), Event::FaultTick);
         }
@@ -584,7 +600,9 @@ impl World {
         let all_answered = self.answered == self.config.txns;
         if all_answered && self.healed && self.letters_pending() == 0 {
             let quiet_since = self.last_answer.max(self.healed_at).max(self.last_letter);
-            return self.now.since_us(quiet_since) > QUIET_US;
+            // Every reader made a read after everything else settled and found no more.
+            let read_all = self.readers.iter().all(|r| r.read_all_since(quiet_since));
+            return read_all && self.now.since_us(quiet_since) > QUIET_US;
         }
         self.healed && self.now.since_us(self.healed_at) > LIVENESS_US + QUIET_US
     }
@@ -632,6 +650,7 @@ impl World {
             log,
             unanswered: self.config.txns - self.answered,
             letters_pending,
+            readers: self.readers,
             calls: self.calls,
             stores,
             executor_epochs,
@@ -660,6 +679,7 @@ impl World {
             Event::ExecutorTimer { p, incarnation } => self.on_executor_timer(p, incarnation),
             Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
             Event::FaultTick => self.on_fault_tick(),
+            Event::ReaderWake(i) => self.on_reader_wake(i),
             Event::GatewayTimer { g, incarnation } => self.on_gateway_timer(g, incarnation),
             Event::HealPartition(id) => self.heal_partition(id),
             Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),

@@ -78,6 +78,8 @@ impl Procedure for Issue {
     fn execute(tx: &mut Txn<'_>, args: RecordArgs) -> Result<u32, Abort> {
         let issued = tx.get_as::<u32>(&receipt(args.id))?.unwrap_or(0) + 1;
         tx.put_as(receipt(args.id), &issued)?;
+        // For whoever follows the payments from outside: a reader of the stream.
+        tx.publish("receipts", &(args.id, args.cents))?;
         Ok(issued)
     }
 }
@@ -191,6 +193,10 @@ impl Workload for Payments {
         ]
     }
 
+    fn streams(&self) -> Vec<String> {
+        vec!["receipts".into()]
+    }
+
     fn scheme(&self) -> PartitionScheme {
         PartitionScheme::hashed(self.partitions)
             .table("wallet", TableRule::Hash { fields: 1 })
@@ -270,12 +276,12 @@ impl Workload for Payments {
 }
 
 /// The payments workload; `buggy` plants a bug in `wallet.pay`.
-pub fn payments(buggy: bool) -> impl Fn(u32) -> Box<dyn Workload> + Send + Sync + 'static {
+pub(crate) fn payments(buggy: bool) -> impl Fn(u32) -> Box<dyn Workload> + Send + Sync + 'static {
     payments_with(buggy, true)
 }
 
 /// The payments workload, its invariants blind to receipts unless `check_receipts`.
-pub fn payments_with(
+pub(crate) fn payments_with(
     buggy: bool,
     check_receipts: bool,
 ) -> impl Fn(u32) -> Box<dyn Workload> + Send + Sync + 'static {

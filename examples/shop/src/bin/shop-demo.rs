@@ -30,10 +30,11 @@ async fn main() -> Result<()> {
     let report =
         detflow_example_shop::drive(cluster.gateways(), cluster.client_tls()?, 4, 25, 1).await?;
     println!(
-        "{} orders placed, {} refused by the shop's rules, {} shipped, in {:.1} s; {} units and {} cents left; stock, money, orders and shipments all check",
+        "{} orders placed, {} refused by the shop's rules, {} shipped and {} read from the shipments stream, in {:.1} s; {} units and {} cents left; stock, money, orders and shipments all check",
         report.placed,
         report.refused,
         report.shipped,
+        report.streamed,
         started.elapsed().as_secs_f64(),
         report.units_left,
         report.cents_left
