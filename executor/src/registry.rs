@@ -123,6 +123,40 @@ impl Registry {
         rules
     }
 
+    /// Whether the row `key` → `value` matches the schema its table declares (a row of a
+    /// table no service declares is not checked).
+    pub fn check_row(
+        &self,
+        key: &detflow_protocol::Key,
+        value: &[u8],
+    ) -> Result<(), crate::SchemaError> {
+        let Some(table) = key.table_name() else {
+            return Ok(());
+        };
+        let Some(owner) = self.owners.get(table) else {
+            return Ok(());
+        };
+        let declared = self.services[owner].iter().find(|t| t.name() == table);
+        declared.map_or(Ok(()), |t| t.check_row(key, value))
+    }
+
+    /// Checks the first `rows_per_table` rows of every declared table in `store` against
+    /// the table's schema: what a node does before it serves, so that a store written
+    /// under other declarations stops it with the row and the mismatch named.
+    pub fn check_stored<S: crate::Store>(
+        &self,
+        store: &S,
+        rows_per_table: usize,
+    ) -> Result<(), crate::SchemaError> {
+        for table in self.services.values().flatten() {
+            let prefix = detflow_protocol::Key::table(table.name());
+            for (key, value) in store.scan_from(&prefix, &prefix, rows_per_table) {
+                table.check_row(&key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The service that owns `table`, if any.
     pub fn owner_of(&self, table: &str) -> Option<&str> {
         self.owners.get(table).map(|s| &**s)

@@ -74,6 +74,8 @@ pub enum FieldType {
     Bool,
     /// A 64-bit float.
     F64,
+    /// Any MessagePack value, kept encoded (a nested record, or an opaque value).
+    Any,
 }
 
 /// A named, typed field of a table's key or of its rows.

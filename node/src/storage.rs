@@ -1040,4 +1040,60 @@ mod tests {
         let err = LogStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     }
+
+    #[test]
+    fn scans_from_a_key_see_committed_and_pending_rows_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path()).unwrap();
+        let prefix = Key::table(detflow_protocol::SYSTEM_TABLE)
+            .str("stream")
+            .str("s");
+        for i in [1u64, 3, 5] {
+            store.put(prefix.clone().u64(i), vec![i as u8]);
+        }
+        store.commit_epoch(Epoch(1));
+        store.put(prefix.clone().u64(4), vec![4]);
+        store.delete(&prefix.clone().u64(5));
+        store.put(
+            Key::table(detflow_protocol::SYSTEM_TABLE)
+                .str("stream")
+                .str("t")
+                .u64(2),
+            vec![9],
+        );
+        let from = prefix.clone().u64(2);
+        let got: Vec<u8> = store
+            .scan_from(&prefix, &from, 10)
+            .into_iter()
+            .map(|(_, v)| v[0])
+            .collect();
+        assert_eq!(got, [3, 4]);
+        assert_eq!(store.scan_from(&prefix, &prefix, 2).len(), 2);
+    }
+
+    #[test]
+    fn stored_rows_of_another_schema_are_named() {
+        use detflow_executor::{FieldType, Registry, Service, Table};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path()).unwrap();
+        // A shop's stock: (stock, item) -> units.
+        let rows = vec![(
+            Key::table("stock").u64(1),
+            detflow_protocol::codec::encode(&40u64),
+        )];
+        store.load(rows).unwrap();
+        // The same table as another service declares it: (stock, w, i) -> a record.
+        let stock = Table::new("stock")
+            .key("w_id", FieldType::U64)
+            .key("i_id", FieldType::U64)
+            .column("quantity", FieldType::I64)
+            .column("data", FieldType::Str);
+        let mut registry = Registry::new();
+        registry
+            .add_service(Service::new("warehouse").table(stock))
+            .unwrap();
+        let err = registry.check_stored(&store, 1_000).unwrap_err();
+        assert_eq!(err.table, "stock");
+        assert!(err.reason.contains("1 fields"), "{err}");
+    }
 }

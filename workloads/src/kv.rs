@@ -407,7 +407,8 @@ impl Workload for Kv {
     fn services(&self) -> Vec<Service> {
         let entries = crate::table_in(&self.scheme(), TABLE)
             .key("id", FieldType::U64)
-            .column("value", FieldType::Bytes);
+            // Whatever `kv.txn` puts: a list of appends, or any value.
+            .column("value", FieldType::Any);
         vec![
             Service::new("kv")
                 .table(entries)

@@ -208,7 +208,8 @@ impl Workload for Ycsb {
     fn services(&self) -> Vec<Service> {
         let records = crate::table_in(&self.scheme(), TABLE)
             .key("id", FieldType::U64)
-            .column("value", FieldType::Bytes);
+            .column("counter", FieldType::U64)
+            .column("pad", FieldType::Bytes);
         vec![
             Service::new("ycsb")
                 .table(records)

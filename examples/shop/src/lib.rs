@@ -404,7 +404,7 @@ pub fn services_with(planted_bug: bool) -> Vec<Service> {
         .table(
             Table::new("shipments")
                 .key("id", FieldType::U64)
-                .column("order", FieldType::Bytes)
+                .column("order", FieldType::Any)
                 .column("times", FieldType::U64),
         )
         .procedure::<Ship>()

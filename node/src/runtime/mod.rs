@@ -53,6 +53,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How many rows of each declared table a node checks against the table's schema before
+/// it serves (a sample: a full scan of a large store would delay every start).
+const SCHEMA_CHECK_ROWS: usize = 1_000;
+
 /// An inbox event of a component task.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -212,6 +216,11 @@ impl Node {
                     began.elapsed().as_secs_f64()
                 );
             }
+            // Rows stored under other declarations (another build of a service, another
+            // workload) stop the node here, before it serves anything.
+            registry
+                .check_stored(&store, SCHEMA_CHECK_ROWS)
+                .with_context(|| format!("partition {p} at {}", dir.display()))?;
             let mut executor =
                 Executor::new(partition, config.partitions(), registry.clone(), store);
             executor.set_plan_sources(config.replicas());

@@ -296,6 +296,9 @@ pub enum SetupError {
     /// The workload's service does not register.
     #[error(transparent)]
     Service(#[from] detflow_executor::ServiceError),
+    /// A row the workload loads does not match its table's declared schema.
+    #[error(transparent)]
+    Schema(#[from] detflow_executor::SchemaError),
 }
 
 /// After healing, every call must be answered within this much virtual time.
@@ -436,6 +439,9 @@ impl World {
         let plan = FaultPlan::draw(&config.faults, &mut rng);
 
         let initial = workload.load();
+        for (key, value) in &initial {
+            registry.check_row(key, value)?;
+        }
         let loaded: BTreeMap<Key, Value> = initial.iter().cloned().collect();
         workload
             .check_initial(&loaded)

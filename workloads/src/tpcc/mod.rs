@@ -16,7 +16,7 @@ pub mod rows;
 
 use crate::{Answer, Audit, Executed, LiveCheck, Request, Violation, Workload, committed_output};
 use check::{Check, CheckArgs, WarehouseCheck, check_warehouse, combine};
-use detflow_executor::{Abort, Procedure, Service};
+use detflow_executor::{Abort, FieldType, Procedure, Service, Table};
 use detflow_protocol::{DetRng, Key, PartitionScheme, TableRule, Value, codec};
 use procs::{
     CustomerByLast, CustomerByLastArgs, CustomerByLastOutput, CustomerRef, Delivery, DeliveryArgs,
@@ -714,7 +714,7 @@ impl Workload for Tpcc {
             .tables
             .iter()
             .fold(Service::new("tpcc"), |service, (table, _)| {
-                service.table(crate::table_in(&scheme, table))
+                service.table(schema(crate::table_in(&scheme, table)))
             })
             .procedure::<NewOrder>()
             .procedure::<Payment>()
@@ -999,3 +999,112 @@ fn address(rng: &mut DetRng) -> [String; 5] {
 
 #[cfg(test)]
 mod tests;
+
+/// Declares the schema of TPC-C table `table` (its key fields after the table name and the
+/// columns of `rows`, in their serialized order). Nested values (addresses, the stock's
+/// district strings, the history's customer) and optional ones are `Any`.
+fn schema(table: Table) -> Table {
+    use FieldType::{Any, Bool, I64, Str, U64};
+    let keyed = |t: Table, fields: &[&str]| fields.iter().fold(t, |t, f| t.key(f, U64));
+    let columns =
+        |t: Table, cols: &[(&str, FieldType)]| cols.iter().fold(t, |t, (c, ty)| t.column(c, *ty));
+    let name = table.name().to_owned();
+    match name.as_str() {
+        keys::WAREHOUSE => columns(
+            keyed(table, &["w_id"]),
+            &[
+                ("name", Str),
+                ("address", Any),
+                ("tax_bp", U64),
+                ("ytd_cents", I64),
+            ],
+        ),
+        keys::DISTRICT => columns(
+            keyed(table, &["w_id", "d_id"]),
+            &[
+                ("name", Str),
+                ("address", Any),
+                ("tax_bp", U64),
+                ("ytd_cents", I64),
+                ("next_o_id", U64),
+                ("next_h_id", U64),
+            ],
+        ),
+        keys::CUSTOMER => columns(
+            keyed(table, &["w_id", "d_id", "c_id"]),
+            &[
+                ("first", Str),
+                ("middle", Str),
+                ("last", Str),
+                ("address", Any),
+                ("phone", Str),
+                ("since", U64),
+                ("credit", Str),
+                ("credit_lim_cents", I64),
+                ("discount_bp", U64),
+                ("balance_cents", I64),
+                ("ytd_payment_cents", I64),
+                ("payment_cnt", U64),
+                ("delivery_cnt", U64),
+                ("data", Str),
+            ],
+        ),
+        keys::CUSTOMER_LAST => keyed(table, &["w_id", "d_id"])
+            .key("last", Str)
+            .key("first", Str)
+            .key("c_id", U64),
+        keys::HISTORY => columns(
+            keyed(table, &["w_id", "d_id", "h_id"]),
+            &[
+                ("customer", Any),
+                ("date", U64),
+                ("amount_cents", I64),
+                ("data", Str),
+            ],
+        ),
+        keys::NEW_ORDER => keyed(table, &["w_id", "d_id", "o_id"]),
+        keys::ORDERS => columns(
+            keyed(table, &["w_id", "d_id", "o_id"]),
+            &[
+                ("c_id", U64),
+                ("entry_d", U64),
+                ("carrier_id", Any),
+                ("ol_cnt", U64),
+                ("all_local", Bool),
+            ],
+        ),
+        keys::ORDER_CUSTOMER => keyed(table, &["w_id", "d_id", "c_id", "o_id"]),
+        keys::ORDER_LINE => columns(
+            keyed(table, &["w_id", "d_id", "o_id", "number"]),
+            &[
+                ("i_id", U64),
+                ("supply_w_id", U64),
+                ("delivery_d", Any),
+                ("quantity", U64),
+                ("amount_cents", I64),
+                ("dist_info", Str),
+            ],
+        ),
+        keys::ITEM => columns(
+            keyed(table, &["i_id"]),
+            &[
+                ("im_id", U64),
+                ("name", Str),
+                ("price_cents", I64),
+                ("data", Str),
+            ],
+        ),
+        keys::STOCK => columns(
+            keyed(table, &["w_id", "i_id"]),
+            &[
+                ("quantity", I64),
+                ("dist", Any),
+                ("ytd", U64),
+                ("order_cnt", U64),
+                ("remote_cnt", U64),
+                ("data", Str),
+            ],
+        ),
+        _ => table,
+    }
+}
