@@ -19,13 +19,16 @@ pub const DELIVERY_LETTERS_MAX: usize = 64;
 /// again (the request or the transaction may have been lost with a gateway or a leader).
 pub const DELIVERY_RETRY_US: u64 = 1_000_000;
 
+/// Records to write to a store.
+pub(crate) type Records = Vec<(Key, Value)>;
+
 /// The records that post `letters` to `from`'s outbox, numbered from `next`: each letter,
 /// then the new next number. Returns the records and the numbered letters.
 pub(crate) fn post(
     from: PartitionId,
     next: u64,
     letters: Vec<Letter>,
-) -> (Vec<(Key, Value)>, Vec<(u64, Letter)>) {
+) -> (Records, Vec<(u64, Letter)>) {
     let numbered: Vec<(u64, Letter)> = (next..).zip(letters).collect();
     let mut records: Vec<(Key, Value)> = numbered
         .iter()

@@ -3,6 +3,9 @@
 //! what the cluster acknowledged, and waits until every paid order has been shipped (by
 //! the letter `orders.place` sends `shipping.ship`), exactly once.
 
+// A client driver, not a state machine: it waits on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use crate::{
     Balance, CUSTOMERS, Cents, Deposit, GetOrder, GetShipment, INITIAL_CENTS, INITIAL_UNITS, ITEMS,
     Level, Order, Place, Restock, Units, price,
