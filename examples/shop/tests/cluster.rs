@@ -30,10 +30,10 @@ fn a_cluster_of_shop_nodes_sells_and_keeps_its_books() {
             .await
             .expect("a client");
         let unknown = client
-            .call_raw("shipping.ship", codec::encode(&1u64))
+            .call_raw("returns.accept", codec::encode(&1u64))
             .await;
         assert!(
-            matches!(&unknown, Err(CallError::Rejected(Rejection::UnknownProcedure(p))) if p == "shipping.ship"),
+            matches!(&unknown, Err(CallError::Rejected(Rejection::UnknownProcedure(p))) if p == "returns.accept"),
             "{unknown:?}"
         );
         client.close();
