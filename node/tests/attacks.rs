@@ -50,8 +50,8 @@ use detflow_node::runtime::ChannelHeader;
 use detflow_node::transport::{Connection, Endpoint};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
-use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
 use detflow_protocol::replication::PeerMessage;
+use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
 use detflow_protocol::{
     ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
     Transaction, codec,
