@@ -27,6 +27,11 @@
 //!   at once, the two waiting ones are answered `Unavailable` at their deadline, and their
 //!   retries (same numbers) commit exactly once under the next leader.
 //!
+//! - `stream_reads_are_checked_and_bounded`: a client reads streams with names of 0 and
+//!   100,000 bytes and asks for 4 billion events at once. Each bad name is refused
+//!   (`StreamReply::Refused`), the huge read is answered within the gateway's bound, and the
+//!   cluster keeps executing.
+//!
 //! Every test stops by itself (a budget on each scenario, deadlines on each poll) and kills
 //! its processes on drop; on failure the cluster's folder is kept and the logs printed.
 
@@ -43,8 +48,10 @@ use detflow_client::{CallError, Client, RetryPolicy};
 use detflow_node::certs::{self, CertKind};
 use detflow_node::runtime::ChannelHeader;
 use detflow_node::transport::{Connection, Endpoint};
+use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
 use detflow_protocol::replication::PeerMessage;
+use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
 use detflow_protocol::{
     ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
     Transaction, codec,
@@ -211,6 +218,44 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
                 seq: RequestSeq(1),
                 partition: leader_partition,
                 gateway: NodeId(other),
+            },
+        ),
+        // Letters of a partition we do not host: a forged deposit by letter.
+        (
+            ChannelHeader::Results,
+            Message::Deliver(Delivery {
+                from: other_partition,
+                batch: 1,
+                first: 1,
+                letters: vec![Letter {
+                    procedure: "bank.deposit".into(),
+                    args: txn.args.clone(),
+                }],
+                refused: Default::default(),
+            }),
+        ),
+        // A stream share of a partition we do not host, and a read for another gateway.
+        (
+            ChannelHeader::Results,
+            Message::StreamPart {
+                read: 1,
+                part: StreamPart {
+                    partition: other_partition,
+                    events: Vec::new(),
+                    applied: Epoch(u64::MAX),
+                    complete: true,
+                },
+            },
+        ),
+        (
+            ChannelHeader::Results,
+            Message::StreamQuery {
+                partition: leader_partition,
+                read: 1,
+                gateway: NodeId(other),
+                stream: "receipts".into(),
+                from: Offset::START,
+                max: u32::MAX,
             },
         ),
     ];
@@ -698,4 +743,54 @@ async fn unanswered_calls(cluster: &mut Cluster) {
     }
     assert_eq!(balance(&alice, 5).await, start + 100 + 200 + 300);
     cluster.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream reads.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn stream_reads_are_checked_and_bounded() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(120), hostile_stream_reads(&mut cluster)).await;
+    });
+}
+
+async fn hostile_stream_reads(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let client = cluster.client(balance_policy()).await;
+    let before = balance(&client, 3).await;
+    let gateway = cluster.at(all[0]).addr();
+    let (_endpoint, conn) = connect_as(cluster, "client", gateway).await;
+    for name in [String::new(), "s".repeat(100_000)] {
+        let read = Message::ReadStream {
+            stream: name.clone(),
+            from: Offset::START,
+            max: 1,
+        };
+        match request(&conn, &read).await {
+            Message::Events(StreamReply::Refused(why)) => assert!(why.contains("256"), "{why}"),
+            other => panic!("a stream name of {} bytes got {other:?}", name.len()),
+        }
+    }
+    let greedy = Message::ReadStream {
+        stream: "receipts".into(),
+        from: Offset::START,
+        max: u32::MAX,
+    };
+    match request(&conn, &greedy).await {
+        Message::Events(StreamReply::Events { events, next }) => {
+            assert!(events.len() <= 10_000, "{} events", events.len());
+            assert!(next > Offset::START, "the read moved nowhere: {next}");
+        }
+        other => panic!("a greedy read got {other:?}"),
+    }
+    deposit(&client, 3, 5).await;
+    assert_eq!(balance(&client, 3).await, before + 5);
+    cluster.assert_running();
+    println!("bad stream names refused, a read of u32::MAX events bounded; deposits go on");
 }

@@ -152,6 +152,27 @@ pub enum PeerMessage {
         /// Whether the vote is granted.
         granted: bool,
     },
+    /// Would-be candidate → voter: would you vote for me in `term` (one past my own)? Asked
+    /// before campaigning, changing nobody's term or vote (Raft thesis §9.6, PreVote), so a
+    /// replica that was cut off does not depose a healthy leader when it comes back.
+    PreVote {
+        /// The term the sender would campaign in.
+        term: Term,
+        /// The would-be candidate (also the sender).
+        candidate: NodeId,
+        /// Its last log epoch.
+        last_epoch: Epoch,
+        /// The term of its last log entry.
+        last_term: Term,
+    },
+    /// Voter → would-be candidate: the answer to a `PreVote`.
+    PreVoteReply {
+        /// Granted: the term asked about. Refused: the voter's own term, so a would-be
+        /// candidate behind the group's term catches up.
+        term: Term,
+        /// Whether the voter would vote.
+        granted: bool,
+    },
 }
 
 impl PeerMessage {
@@ -161,7 +182,9 @@ impl PeerMessage {
             PeerMessage::AppendEntries { term, .. }
             | PeerMessage::AppendReply { term, .. }
             | PeerMessage::RequestVote { term, .. }
-            | PeerMessage::Vote { term, .. } => *term,
+            | PeerMessage::Vote { term, .. }
+            | PeerMessage::PreVote { term, .. }
+            | PeerMessage::PreVoteReply { term, .. } => *term,
         }
     }
 }

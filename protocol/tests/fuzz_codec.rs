@@ -208,6 +208,16 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> + Clone {
             }
         }),
         (term(), any::<bool>()).prop_map(|(term, granted)| PeerMessage::Vote { term, granted }),
+        (term(), node(), epoch(), term()).prop_map(|(term, candidate, last_epoch, last_term)| {
+            PeerMessage::PreVote {
+                term,
+                candidate,
+                last_epoch,
+                last_term,
+            }
+        }),
+        (term(), any::<bool>())
+            .prop_map(|(term, granted)| PeerMessage::PreVoteReply { term, granted }),
     ]
 }
 
@@ -570,7 +580,14 @@ fn message_variant(msg: &Message) -> &'static str {
     }
 }
 
-const PEER_VARIANTS: [&str; 4] = ["AppendEntries", "AppendReply", "RequestVote", "Vote"];
+const PEER_VARIANTS: [&str; 6] = [
+    "AppendEntries",
+    "AppendReply",
+    "RequestVote",
+    "Vote",
+    "PreVote",
+    "PreVoteReply",
+];
 
 fn peer_variant(msg: &PeerMessage) -> &'static str {
     match msg {
@@ -578,6 +595,8 @@ fn peer_variant(msg: &PeerMessage) -> &'static str {
         PeerMessage::AppendReply { .. } => "AppendReply",
         PeerMessage::RequestVote { .. } => "RequestVote",
         PeerMessage::Vote { .. } => "Vote",
+        PeerMessage::PreVote { .. } => "PreVote",
+        PeerMessage::PreVoteReply { .. } => "PreVoteReply",
     }
 }
 

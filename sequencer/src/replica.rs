@@ -106,6 +106,10 @@ pub struct ReplicaConfig {
     /// The leader keeps its epoch open (and finally refuses submissions) while this many
     /// appended epochs are not yet committed: bounds the log a leader without a quorum grows.
     pub uncommitted_epochs_max: u64,
+    /// Whether a follower whose election timer fires first asks for pre-votes and
+    /// campaigns only if a majority would vote for it (and has not heard from a leader
+    /// within `election_timeout_min_us`). On by default.
+    pub pre_vote: bool,
 }
 
 impl ReplicaConfig {
@@ -121,6 +125,7 @@ impl ReplicaConfig {
             entries_per_message_max: 64,
             append_bytes_max: 8 << 20,
             uncommitted_epochs_max: 1_000,
+            pre_vote: true,
         }
     }
 
@@ -369,6 +374,8 @@ pub struct ReplicaStats {
     pub batches: u64,
     /// Elections started.
     pub elections: u64,
+    /// Pre-vote rounds started (each may lead to an election).
+    pub pre_votes: u64,
     /// Terms in which this replica became leader.
     pub terms_led: u64,
     /// Times this replica stopped leading.
@@ -511,6 +518,10 @@ struct LeaderState {
 #[derive(Clone, Debug)]
 enum Role {
     Follower,
+    /// Asking for pre-votes for the next term (nothing changed yet).
+    PreCandidate {
+        votes: BTreeSet<NodeId>,
+    },
     Candidate {
         votes: BTreeSet<NodeId>,
         /// The write that records this candidacy's term and self-vote.
@@ -542,6 +553,8 @@ pub struct Replica {
     term: Term,
     voted_for: Option<NodeId>,
     leader: Option<NodeId>,
+    /// When a leader of the current term was last heard from.
+    leader_heard: Option<Time>,
     /// The leader last announced with `Output::LeaderKnown`.
     announced_leader: Option<NodeId>,
     role: Role,
@@ -595,6 +608,7 @@ impl Replica {
             term: durable.term,
             voted_for: durable.voted_for,
             leader: None,
+            leader_heard: None,
             announced_leader: None,
             role: Role::Follower,
             log: durable.log,
@@ -751,6 +765,95 @@ impl Replica {
                 self.on_request_vote(now, from, ask, out);
             }
             PeerMessage::Vote { term, granted } => self.on_vote(now, from, term, granted, out),
+            PeerMessage::PreVote {
+                term,
+                candidate,
+                last_epoch,
+                last_term,
+            } => {
+                let ask = VoteRequest {
+                    term,
+                    candidate,
+                    last_epoch,
+                    last_term,
+                };
+                self.on_pre_vote(now, from, ask);
+            }
+            PeerMessage::PreVoteReply { term, granted } => {
+                self.on_pre_vote_reply(now, from, term, granted, out)
+            }
+        }
+    }
+
+    /// Answers a pre-vote: yes if a vote in `ask.term` would be granted now by the log
+    /// rule, the term is beyond ours, and no leader was heard from within the shortest
+    /// election timeout (a healthy leader keeps its followers' pre-votes). Changes nothing.
+    fn on_pre_vote(&mut self, now: Time, from: NodeId, ask: VoteRequest) {
+        if let Some(reason) = self.ignore_request_vote(from, &ask) {
+            self.drop_peer_message(reason);
+            return;
+        }
+        let up_to_date = (ask.last_term, ask.last_epoch) >= (self.last_term(), self.last_epoch());
+        let leader_alive = self.is_leader()
+            || self
+                .leader_heard
+                .is_some_and(|t| now.since_us(t) < self.config.election_timeout_min_us);
+        let granted = ask.term > self.term && up_to_date && !leader_alive;
+        let term = if granted { ask.term } else { self.term };
+        let msg = PeerMessage::PreVoteReply { term, granted };
+        self.sends.push((ask.candidate, msg, When::Now));
+    }
+
+    fn on_pre_vote_reply(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        term: Term,
+        granted: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(reason) = self.ignore_vote(from, term) {
+            self.drop_peer_message(reason);
+            return;
+        }
+        if !granted {
+            // A voter in a later term: catch up, so the next round asks past it.
+            if term > self.term {
+                self.step_down(now, term, out);
+            }
+            return;
+        }
+        let majority = self.majority();
+        let proposed = self.term.next();
+        let Role::PreCandidate { votes } = &mut self.role else {
+            return;
+        };
+        if term != proposed {
+            return;
+        }
+        votes.insert(from);
+        if votes.len() + 1 >= majority {
+            self.campaign(now);
+        }
+    }
+
+    /// Asks every peer whether it would vote for this replica in the next term.
+    fn pre_campaign(&mut self, now: Time) {
+        self.role = Role::PreCandidate {
+            votes: BTreeSet::new(),
+        };
+        self.leader = None;
+        self.election_deadline = Some(self.election_timeout(now));
+        self.stats.pre_votes += 1;
+        let (last_epoch, last_term) = (self.last_epoch(), self.last_term());
+        for peer in self.peers() {
+            let msg = PeerMessage::PreVote {
+                term: self.term.next(),
+                candidate: self.config.id,
+                last_epoch,
+                last_term,
+            };
+            self.sends.push((peer, msg, When::Now));
         }
     }
 
@@ -843,6 +946,7 @@ impl Replica {
         );
         self.role = Role::Follower;
         self.leader = Some(msg.leader);
+        self.leader_heard = Some(now);
         self.election_deadline = Some(self.election_timeout(now));
         if msg.prev_epoch > self.last_epoch() || self.term_at(msg.prev_epoch) != msg.prev_term {
             self.reject_append(msg.leader, msg.prev_epoch);
@@ -1103,7 +1207,7 @@ impl Replica {
         match self.role {
             Role::Candidate { .. } => self.maybe_win(now, out),
             Role::Leader(_) => self.advance_commit(now, out),
-            Role::Follower => {}
+            Role::Follower | Role::PreCandidate { .. } => {}
         }
     }
 
@@ -1142,7 +1246,10 @@ impl Replica {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output>) {
         let Role::Leader(leader) = &self.role else {
             if self.election_deadline.is_some_and(|d| now >= d) {
-                self.campaign(now);
+                match self.config.pre_vote && self.config.replicas.len() > 1 {
+                    true => self.pre_campaign(now),
+                    false => self.campaign(now),
+                }
             }
             return;
         };
@@ -1675,8 +1782,11 @@ mod tests {
         })
     }
 
+    /// Without pre-votes: these tests drive elections message by message (pre-votes have
+    /// tests of their own).
     fn config(id: NodeId, n: u32) -> ReplicaConfig {
         let mut config = ReplicaConfig::new(id, (1..=n).map(NodeId).collect());
+        config.pre_vote = false;
         config.batching = Config {
             epoch_us: 5_000,
             batch_txns_max: 100,
@@ -1703,6 +1813,101 @@ mod tests {
         r.handle(Time(now), input, &mut out);
         out.retain(|o| !matches!(o, Output::LeaderKnown(_)));
         out
+    }
+
+    fn with_pre_vote(id: NodeId, n: u32) -> Replica {
+        let mut config = config(id, n);
+        config.pre_vote = true;
+        Replica::new(config, Durable::default(), DetRng::new(u64::from(id.0)))
+    }
+
+    /// The pre-votes in `out`, by recipient.
+    fn pre_votes(out: &[Output]) -> Vec<(NodeId, PeerMessage)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { to, msg } if matches!(msg, PeerMessage::PreVote { .. }) => {
+                    Some((*to, msg.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply_to(out: &[Output], to: NodeId) -> PeerMessage {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Send { to: t, msg } if *t == to => Some(msg.clone()),
+                _ => None,
+            })
+            .expect("a reply")
+    }
+
+    #[test]
+    fn a_returning_replica_cannot_depose_a_live_leader_and_campaigns_with_pre_votes() {
+        let mut r2 = with_pre_vote(N2, 3);
+        let mut r3 = with_pre_vote(N3, 3);
+        let heartbeat = PeerMessage::AppendEntries {
+            term: Term(1),
+            leader: N1,
+            prev_epoch: Epoch(0),
+            prev_term: Term(0),
+            entries: Vec::new(),
+            leader_commit: Epoch(0),
+        };
+        run(
+            &mut r2,
+            1_000_000,
+            Input::Peer {
+                from: N1,
+                msg: heartbeat,
+            },
+        );
+        // r3 was cut off; its timer fires. It asks, changing nothing.
+        run(&mut r3, 0, Input::Tick);
+        let out = run(&mut r3, 10_000_000, Input::Tick);
+        let asks = pre_votes(&out);
+        assert_eq!(asks.len(), 2, "{out:?}");
+        assert_eq!(r3.term(), Term(0));
+        assert_eq!(r3.stats().elections, 0);
+        let (_, ask) = asks
+            .iter()
+            .find(|(to, _)| *to == N2)
+            .expect("asks N2")
+            .clone();
+        // r2 heard its leader 50 ms ago: no, and here is my term.
+        let out = run(&mut r2, 1_050_000, Input::Peer { from: N3, msg: ask });
+        let no = reply_to(&out, N3);
+        assert_eq!(
+            no,
+            PeerMessage::PreVoteReply {
+                term: Term(1),
+                granted: false
+            }
+        );
+        assert_eq!(r2.term(), Term(1), "a pre-vote changes no term");
+        run(&mut r3, 10_001_000, Input::Peer { from: N2, msg: no });
+        assert_eq!(r3.term(), Term(1), "r3 caught up with the group's term");
+        assert_eq!(r3.stats().elections, 0);
+
+        // Much later, the leader silent: r2 would vote, and r3 campaigns in term 2.
+        let out = run(&mut r3, 20_000_000, Input::Tick);
+        let (_, ask) = pre_votes(&out)
+            .into_iter()
+            .find(|(to, _)| *to == N2)
+            .expect("asks N2 again");
+        let out = run(&mut r2, 20_000_000, Input::Peer { from: N3, msg: ask });
+        let yes = reply_to(&out, N3);
+        assert_eq!(
+            yes,
+            PeerMessage::PreVoteReply {
+                term: Term(2),
+                granted: true
+            }
+        );
+        assert_eq!(r2.term(), Term(1));
+        run(&mut r3, 20_001_000, Input::Peer { from: N2, msg: yes });
+        assert_eq!(r3.term(), Term(2));
+        assert_eq!(r3.stats().elections, 1);
     }
 
     #[test]

@@ -923,7 +923,17 @@ fn batch(rng: &mut DetRng) -> Batch {
 }
 
 fn peer_message(rng: &mut DetRng) -> PeerMessage {
-    match rng.below(4) {
+    match rng.below(6) {
+        4 => PeerMessage::PreVote {
+            term: Term(rng.next_u64()),
+            candidate: node(rng),
+            last_epoch: epoch(rng),
+            last_term: Term(rng.next_u64()),
+        },
+        5 => PeerMessage::PreVoteReply {
+            term: Term(rng.next_u64()),
+            granted: rng.chance(0.5),
+        },
         0 => PeerMessage::AppendEntries {
             term: Term(rng.next_u64()),
             leader: node(rng),
