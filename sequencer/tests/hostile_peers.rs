@@ -250,12 +250,15 @@ impl Cluster {
         let other = NodeId(leader.0 % REPLICAS + 1);
         match &mut msg {
             PeerMessage::AppendEntries { leader: who, .. }
-            | PeerMessage::RequestVote { candidate: who, .. } => {
+            | PeerMessage::RequestVote { candidate: who, .. }
+            | PeerMessage::PreVote { candidate: who, .. } => {
                 if *who == from {
                     *who = other;
                 }
             }
-            PeerMessage::AppendReply { .. } | PeerMessage::Vote { .. } => {}
+            PeerMessage::AppendReply { .. }
+            | PeerMessage::Vote { .. }
+            | PeerMessage::PreVoteReply { .. } => {}
         }
         (leader, other, msg)
     }
@@ -323,6 +326,21 @@ impl Cluster {
                 term: t(term),
                 granted,
             },
+            PeerMessage::PreVote {
+                term,
+                candidate,
+                last_epoch,
+                last_term,
+            } => PeerMessage::PreVote {
+                term: t(term),
+                candidate,
+                last_epoch: e(last_epoch),
+                last_term: t(last_term),
+            },
+            PeerMessage::PreVoteReply { term, granted } => PeerMessage::PreVoteReply {
+                term: t(term),
+                granted,
+            },
         }
     }
 
@@ -352,6 +370,10 @@ impl Cluster {
             PeerMessage::RequestVote {
                 term, candidate, ..
             } => candidate == from && term >= r.term(),
+            // A forged pre-vote changes nothing; a forged grant only starts an election,
+            // which still needs real votes, but is as undetectable as a forged vote.
+            PeerMessage::PreVote { .. } => false,
+            PeerMessage::PreVoteReply { term, granted } => granted && term > r.term(),
         };
         !(member && believable)
     }
@@ -624,6 +646,16 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             }
         ),
         2 => (term(), any::<bool>()).prop_map(|(term, granted)| PeerMessage::Vote { term: Term(term), granted }),
+        1 => (term(), node(), epoch(), term()).prop_map(
+            |(term, candidate, last_epoch, last_term)| PeerMessage::PreVote {
+                term: Term(term),
+                candidate,
+                last_epoch,
+                last_term: Term(last_term),
+            }
+        ),
+        1 => (term(), any::<bool>())
+            .prop_map(|(term, granted)| PeerMessage::PreVoteReply { term: Term(term), granted }),
     ]
 }
 
@@ -644,8 +676,11 @@ fn injection() -> impl Strategy<Value = Injection> {
                 }
                 match &mut msg {
                     PeerMessage::AppendEntries { leader: who, .. }
-                    | PeerMessage::RequestVote { candidate: who, .. } => *who = from,
-                    PeerMessage::AppendReply { .. } | PeerMessage::Vote { .. } => {}
+                    | PeerMessage::RequestVote { candidate: who, .. }
+                    | PeerMessage::PreVote { candidate: who, .. } => *who = from,
+                    PeerMessage::AppendReply { .. }
+                    | PeerMessage::Vote { .. }
+                    | PeerMessage::PreVoteReply { .. } => {}
                 }
             }
             Injection {
