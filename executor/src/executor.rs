@@ -24,12 +24,12 @@
 
 use crate::chunk::{Chunker, READS_BYTES_MAX_DEFAULT, READS_BYTES_MIN};
 use crate::feed::Feed;
-use crate::mailbox::{self, Outbox};
+use crate::mailbox::Outbox;
 use crate::registry::Registry;
 use crate::serial;
 use crate::store::Store;
 use crate::system::Bookkeeping;
-use crate::txn::{ReadView, VALUE_BYTES_MAX_DEFAULT};
+use crate::txn::{Effects, ReadView, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::mailbox::Delivery;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::stream::{
@@ -724,12 +724,11 @@ impl<S: Store> Executor<S> {
             &StoreView(&self.store),
             self.value_bytes_max,
         );
-        let effects = effects.unwrap_or_default();
-        for (key, value) in effects.writes {
+        let mut effects = effects.unwrap_or_default();
+        for (key, value) in std::mem::take(&mut effects.writes) {
             self.apply(key, value);
         }
-        self.post_letters(effects.letters, effects.consumed.len());
-        self.keep_events(txn.position, effects.events);
+        self.keep_sent(txn.position, effects);
         self.report(txn, outcome, out);
     }
 
@@ -747,42 +746,32 @@ impl<S: Store> Executor<S> {
             remote,
         };
         let (outcome, effects) = serial::run(&self.registry, &txn.txn, &view, self.value_bytes_max);
-        let effects = effects.unwrap_or_default();
-        for (key, value) in effects.writes {
+        let mut effects = effects.unwrap_or_default();
+        for (key, value) in std::mem::take(&mut effects.writes) {
             let owned = owner_of(txn, &key) == Some(Owner::Partition(self.partition));
             if owned || self.bugs.write_outside_partition {
                 self.apply(key, value);
             }
         }
         if txn.designated() == self.partition {
-            self.post_letters(effects.letters, effects.consumed.len());
-            self.keep_events(txn.position, effects.events);
+            self.keep_sent(txn.position, effects);
             self.report(txn, outcome, out);
         }
     }
 
-    /// Posts a committed transaction's letters to this partition's outbox (only the
-    /// designated participant does, so each letter is posted once) and counts the letters
-    /// it consumed.
-    fn post_letters(&mut self, letters: Vec<detflow_protocol::mailbox::Letter>, consumed: usize) {
-        self.stats.letters_consumed += consumed as u64;
-        if letters.is_empty() {
-            return;
+    /// Keeps what a committed transaction sent beyond its writes (only the designated
+    /// participant does, so each is kept once): its letters, posted to this partition's
+    /// outbox, and its events, at their offsets. Counts the letters it consumed.
+    fn keep_sent(&mut self, position: Position, effects: Effects) {
+        self.stats.letters_consumed += effects.consumed.len() as u64;
+        if !effects.letters.is_empty() {
+            self.stats.letters_posted += effects.letters.len() as u64;
+            for (key, value) in self.outbox.post(effects.letters) {
+                self.store.put(key, value);
+            }
         }
-        self.stats.letters_posted += letters.len() as u64;
-        let (records, numbered) = mailbox::post(self.partition, self.outbox.next(), letters);
-        self.outbox
-            .posted(self.outbox.next() + numbered.len() as u64);
-        for (key, value) in records {
-            self.store.put(key, value);
-        }
-    }
-
-    /// Keeps the events a committed transaction published, at their offsets (only the
-    /// designated participant does, so each is kept once).
-    fn keep_events(&mut self, position: Position, events: Vec<(String, Value)>) {
-        self.stats.events_published += events.len() as u64;
-        for (index, (stream, data)) in events.into_iter().enumerate() {
+        self.stats.events_published += effects.events.len() as u64;
+        for (index, (stream, data)) in effects.events.into_iter().enumerate() {
             let offset = Offset {
                 position,
                 index: index as u32,
@@ -819,7 +808,7 @@ impl<S: Store> Executor<S> {
     /// Asks for the next delivery of this partition's letters, if one is due. Only once
     /// caught up with the plans received: an executor replaying would ask on a stale mark.
     fn poll_outbox(&mut self, now: Time, out: &mut Vec<Output>) {
-        if !self.plans.is_empty() || self.gateways.is_empty() {
+        if !self.can_ask_delivery() {
             return;
         }
         self.outbox.refresh(&self.store);
@@ -830,6 +819,11 @@ impl<S: Store> Executor<S> {
             self.delivery_attempts += 1;
             out.push(Output::Deliver { gateway, delivery });
         }
+    }
+
+    /// Whether a delivery may be asked for now: caught up, and with a gateway to ask.
+    fn can_ask_delivery(&self) -> bool {
+        self.plans.is_empty() && !self.gateways.is_empty()
     }
 
     fn apply(&mut self, key: Key, value: Option<Value>) {
@@ -966,8 +960,7 @@ impl<S: Store> Machine for Executor<S> {
     fn next_deadline(&self) -> Option<Time> {
         // Only when a poll could ask (see `poll_outbox`); otherwise the next applied epoch
         // polls, and a deadline left in the past would fire without end.
-        let can_ask = self.plans.is_empty() && !self.gateways.is_empty();
-        let retry = match self.bugs.no_delivery_retry || !can_ask {
+        let retry = match self.bugs.no_delivery_retry || !self.can_ask_delivery() {
             true => None,
             false => self.outbox.deadline(),
         };

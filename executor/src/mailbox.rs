@@ -7,7 +7,8 @@ use crate::store::Store;
 use crate::system::decode_record;
 use crate::txn::Txn;
 use detflow_protocol::mailbox::{
-    DELIVER_PROCEDURE, Delivery, Letter, MailboxMark, letter_key, mark_key, next_letter_key,
+    DELIVER_PROCEDURE, Delivery, Letter, MailboxMark, letter_key, letters_prefix, mark_key,
+    next_letter_key,
 };
 use detflow_protocol::{AbortReason, Key, Outcome, PartitionId, Time, Value, codec};
 
@@ -167,18 +168,15 @@ impl Outbox {
         if let Some(bytes) = store.get(&next_letter_key(partition)) {
             outbox.next = decode_record(&next_letter_key(partition), &bytes);
         }
-        outbox.refresh(store);
+        outbox.read_mark(store);
         outbox
     }
 
-    /// The number the next posted letter gets.
-    pub(crate) fn next(&self) -> u64 {
-        self.next
-    }
-
-    /// Notes letters posted up to (excluding) `next`.
-    pub(crate) fn posted(&mut self, next: u64) {
-        self.next = next;
+    /// Numbers `letters` after those posted before: the records to write.
+    pub(crate) fn post(&mut self, letters: Vec<Letter>) -> Records {
+        let (records, numbered) = post(self.partition, self.next, letters);
+        self.next += numbered.len() as u64;
+        records
     }
 
     /// Letters posted and not consumed as of the last refresh.
@@ -186,8 +184,15 @@ impl Outbox {
         self.next - 1 - self.mark.delivered
     }
 
-    /// Rereads the mark, which deliveries advance.
+    /// Rereads the mark, which deliveries advance. Only a delivery of this outbox's letters
+    /// moves it, so with none pending there is nothing to read.
     pub(crate) fn refresh<S: Store>(&mut self, store: &S) {
+        if self.pending() > 0 {
+            self.read_mark(store);
+        }
+    }
+
+    fn read_mark<S: Store>(&mut self, store: &S) {
         let key = mark_key(self.partition);
         if let Some(bytes) = store.get(&key) {
             self.mark = decode_record(&key, &bytes);
@@ -210,16 +215,27 @@ impl Outbox {
             return None;
         }
         let first = self.mark.delivered + 1;
-        let count = self.pending().min(DELIVERY_LETTERS_MAX as u64);
-        let letters = (first..first + count)
-            .map(|seq| {
-                let key = letter_key(self.partition, seq);
-                match store.get(&key) {
-                    Some(bytes) => decode_record(&key, &bytes),
-                    None => panic!("outbox of partition {} lost letter {seq}", self.partition),
-                }
+        let count = self.pending().min(DELIVERY_LETTERS_MAX as u64) as usize;
+        let prefix = letters_prefix(self.partition);
+        let rows = store.scan_from(&prefix, &letter_key(self.partition, first), count);
+        let letters: Vec<Letter> = (first..)
+            .zip(&rows)
+            .map(|(seq, (key, bytes))| {
+                assert_eq!(
+                    *key,
+                    letter_key(self.partition, seq),
+                    "outbox of partition {} lost letter {seq}",
+                    self.partition
+                );
+                decode_record(key, bytes)
             })
             .collect();
+        assert_eq!(
+            letters.len(),
+            count,
+            "outbox of partition {} lost letters after {first}",
+            self.partition
+        );
         self.requested = Some(Requested { batch, at: now });
         Some(Delivery {
             from: self.partition,

@@ -47,6 +47,8 @@ pub struct Executed {
     pub outcome: Outcome,
     /// The letters it sent, with the numbers its outbox gave them.
     pub sent: Vec<(u64, Letter)>,
+    /// The partition whose outbox holds them, when there are any.
+    pub posted_to: Option<PartitionId>,
     /// The letters it consumed, by outbox and number.
     pub consumed: Vec<(PartitionId, u64)>,
     /// The events it published, in order: (stream, data).
@@ -97,6 +99,7 @@ impl<'r> SerialExecutor<'r> {
             return Executed {
                 outcome: Outcome::Aborted(reason.clone()),
                 sent: Vec::new(),
+                posted_to: None,
                 consumed: Vec::new(),
                 events: Vec::new(),
             };
@@ -110,8 +113,10 @@ impl<'r> SerialExecutor<'r> {
             };
         }
         let mut sent = Vec::new();
+        let mut posted_to = None;
         if !effects.letters.is_empty() {
             let outbox = outbox();
+            posted_to = Some(outbox);
             let next = self
                 .state
                 .get(&next_letter_key(outbox))
@@ -124,6 +129,7 @@ impl<'r> SerialExecutor<'r> {
         Executed {
             outcome,
             sent,
+            posted_to,
             consumed: effects.consumed,
             events: effects.events,
         }

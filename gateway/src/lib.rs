@@ -473,6 +473,7 @@ impl Gateway {
                 detflow_protocol::Access::Write,
             );
             match own {
+                // Alone with the mark and its record, it must still fit.
                 Ok(own) if own.len() + 2 > self.footprint_entries_max => {
                     let too_large = Rejection::FootprintTooLarge {
                         entries: own.len(),

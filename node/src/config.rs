@@ -312,18 +312,18 @@ impl Config {
 
     /// The nodes that run a gateway.
     pub fn gateways(&self) -> Vec<NodeId> {
-        self.cluster
-            .iter()
-            .filter(|n| n.gateway)
-            .map(|n| NodeId(n.id))
-            .collect()
+        self.nodes_that(|n| n.gateway)
     }
 
     /// The nodes that run a sequencer replica.
     pub fn replicas(&self) -> Vec<NodeId> {
+        self.nodes_that(|n| n.replica)
+    }
+
+    fn nodes_that(&self, runs: impl Fn(&NodeSpec) -> bool) -> Vec<NodeId> {
         self.cluster
             .iter()
-            .filter(|n| n.replica)
+            .filter(|n| runs(n))
             .map(|n| NodeId(n.id))
             .collect()
     }

@@ -75,9 +75,14 @@ pub fn outbox_prefix(from: PartitionId) -> Key {
     Key::table(SYSTEM_TABLE).str("mail").u64(u64::from(from.0))
 }
 
+/// The letters of `from`'s outbox, in number order, under this prefix.
+pub fn letters_prefix(from: PartitionId) -> Key {
+    outbox_prefix(from).str("letter")
+}
+
 /// Letter `seq` of `from`'s outbox.
 pub fn letter_key(from: PartitionId, seq: u64) -> Key {
-    outbox_prefix(from).str("letter").u64(seq)
+    letters_prefix(from).u64(seq)
 }
 
 /// `from`'s [`MailboxMark`].

@@ -755,30 +755,26 @@ impl Replica {
                 candidate,
                 last_epoch,
                 last_term,
-            } => {
-                let ask = VoteRequest {
-                    term,
-                    candidate,
-                    last_epoch,
-                    last_term,
-                };
-                self.on_request_vote(now, from, ask, out);
             }
-            PeerMessage::Vote { term, granted } => self.on_vote(now, from, term, granted, out),
-            PeerMessage::PreVote {
+            | PeerMessage::PreVote {
                 term,
                 candidate,
                 last_epoch,
                 last_term,
             } => {
+                let pre = matches!(msg, PeerMessage::PreVote { .. });
                 let ask = VoteRequest {
                     term,
                     candidate,
                     last_epoch,
                     last_term,
                 };
-                self.on_pre_vote(now, from, ask);
+                match pre {
+                    true => self.on_pre_vote(now, from, ask),
+                    false => self.on_request_vote(now, from, ask, out),
+                }
             }
+            PeerMessage::Vote { term, granted } => self.on_vote(now, from, term, granted, out),
             PeerMessage::PreVoteReply { term, granted } => {
                 self.on_pre_vote_reply(now, from, term, granted, out)
             }
@@ -793,12 +789,11 @@ impl Replica {
             self.drop_peer_message(reason);
             return;
         }
-        let up_to_date = (ask.last_term, ask.last_epoch) >= (self.last_term(), self.last_epoch());
         let leader_alive = self.is_leader()
             || self
                 .leader_heard
                 .is_some_and(|t| now.since_us(t) < self.config.election_timeout_min_us);
-        let granted = ask.term > self.term && up_to_date && !leader_alive;
+        let granted = ask.term > self.term && self.is_up_to_date(&ask) && !leader_alive;
         let term = if granted { ask.term } else { self.term };
         let msg = PeerMessage::PreVoteReply { term, granted };
         self.sends.push((ask.candidate, msg, When::Now));
@@ -845,16 +840,36 @@ impl Replica {
         self.leader = None;
         self.election_deadline = Some(self.election_timeout(now));
         self.stats.pre_votes += 1;
-        let (last_epoch, last_term) = (self.last_epoch(), self.last_term());
+        // Nothing changed, so nothing needs to be durable first.
+        self.ask_votes(self.term.next(), true, When::Now);
+    }
+
+    /// Asks every peer for its vote (or pre-vote) in `term`.
+    fn ask_votes(&mut self, term: Term, pre: bool, when: When) {
+        let (candidate, last_epoch, last_term) =
+            (self.config.id, self.last_epoch(), self.last_term());
         for peer in self.peers() {
-            let msg = PeerMessage::PreVote {
-                term: self.term.next(),
-                candidate: self.config.id,
-                last_epoch,
-                last_term,
+            let msg = match pre {
+                true => PeerMessage::PreVote {
+                    term,
+                    candidate,
+                    last_epoch,
+                    last_term,
+                },
+                false => PeerMessage::RequestVote {
+                    term,
+                    candidate,
+                    last_epoch,
+                    last_term,
+                },
             };
-            self.sends.push((peer, msg, When::Now));
+            self.sends.push((peer, msg, when));
         }
+    }
+
+    /// Whether `ask`'s log is at least as up to date as this replica's (Raft §5.4.1).
+    fn is_up_to_date(&self, ask: &VoteRequest) -> bool {
+        (ask.last_term, ask.last_epoch) >= (self.last_term(), self.last_epoch())
     }
 
     /// Counts a peer message that is dropped unread.
@@ -1116,12 +1131,7 @@ impl Replica {
             self.drop_peer_message(reason);
             return;
         }
-        let VoteRequest {
-            term,
-            candidate,
-            last_epoch,
-            last_term,
-        } = ask;
+        let (term, candidate) = (ask.term, ask.candidate);
         if term < self.term {
             self.send_vote(candidate, false);
             return;
@@ -1129,7 +1139,7 @@ impl Replica {
         if term > self.term {
             self.step_down(now, term, out);
         }
-        let up_to_date = (last_term, last_epoch) >= (self.last_term(), self.last_epoch());
+        let up_to_date = self.is_up_to_date(&ask);
         let free = self.voted_for.is_none_or(|v| v == candidate);
         let granted = up_to_date && free;
         if granted && self.voted_for.is_none() {
@@ -1283,16 +1293,7 @@ impl Replica {
         };
         self.election_deadline = Some(self.election_timeout(now));
         self.stats.elections += 1;
-        let (last_epoch, last_term) = (self.last_epoch(), self.last_term());
-        for peer in self.peers() {
-            let msg = PeerMessage::RequestVote {
-                term: self.term,
-                candidate: self.config.id,
-                last_epoch,
-                last_term,
-            };
-            self.sends.push((peer, msg, When::AfterWrites));
-        }
+        self.ask_votes(self.term, false, When::AfterWrites);
     }
 
     fn maybe_win(&mut self, now: Time, out: &mut Vec<Output>) {

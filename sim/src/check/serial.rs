@@ -104,9 +104,10 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
             let done =
                 serial.execute_posting(own.as_ref().unwrap_or(txn), refused.as_ref(), outbox);
             let outcome = done.outcome;
-            for (seq, letter) in done.sent {
-                let from = outbox();
-                letters_sent.insert((from, seq), (position, letter));
+            if let Some(from) = done.posted_to {
+                for (seq, letter) in done.sent {
+                    letters_sent.insert((from, seq), (position, letter));
+                }
             }
             for (from, seq) in done.consumed {
                 letters_consumed.push((position, from, seq));
