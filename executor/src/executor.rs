@@ -16,6 +16,14 @@
 //! bytes (see [`READS_BYTES_MAX_DEFAULT`](crate::READS_BYTES_MAX_DEFAULT)); a receiver waits
 //! for all of them.
 //!
+//! A partition may have several replicas (its replica set, see
+//! [`Placement`](detflow_protocol::Placement)), each an executor on its own node running
+//! the same plans from its own store. A replica sends its reads to every replica of each
+//! other participant and keeps the first copy it receives of each (position, sending
+//! partition): a receiver proceeds as soon as any replica of each peer has answered. Every
+//! replica of the designated partition reports the result; the gateway answers with the
+//! first and compares the rest.
+//!
 //! Plans, remote reads, acks and hellos come from peers. Input that contradicts the
 //! protocol (a plan for another partition or one no scheduler would write, reads from a
 //! partition that does not take part in the transaction) is dropped and counted in
@@ -36,8 +44,9 @@ use detflow_protocol::stream::{
     Offset, StreamEvent, StreamPart, event_key, offset_of, stream_prefix,
 };
 use detflow_protocol::{
-    ClientId, Epoch, Key, KeySpec, Machine, NodeId, Outcome, Owner, PLAN_FORMAT_VERSION,
-    PartitionId, Plan, Position, RequestSeq, RoutedTxn, Time, TxnResult, Value,
+    ClientId, Epoch, ExecutorId, Key, KeySpec, Machine, NodeId, Outcome, Owner,
+    PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn, Time,
+    TxnResult, Value,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,13 +59,16 @@ pub enum Input {
     Ack {
         /// The acknowledging partition.
         from: PartitionId,
+        /// The node of the acknowledging replica.
+        node: NodeId,
         /// Its durable epoch.
         durable: Epoch,
     },
-    /// The connection to `peer` was (re)established: tell it where this partition stands.
+    /// The connection to node `node` was (re)established: tell the replicas of other
+    /// partitions it runs where this partition stands.
     Connected {
-        /// The peer.
-        peer: PartitionId,
+        /// The node.
+        node: NodeId,
     },
     /// The connection to a sequencer replica was (re)established: if plans come from it,
     /// subscribe again (what was in flight on the old connection is lost).
@@ -70,6 +82,8 @@ pub enum Input {
     Hello {
         /// The peer.
         from: PartitionId,
+        /// The node of the peer's replica.
+        node: NodeId,
         /// Its durable epoch.
         durable: Epoch,
     },
@@ -131,22 +145,22 @@ pub enum Output {
     },
     /// Tell a peer that this partition is durable up to `durable`.
     SendAck {
-        /// The peer.
-        to: PartitionId,
+        /// The peer replica.
+        to: ExecutorId,
         /// This partition's durable epoch.
         durable: Epoch,
     },
     /// Tell a peer where this partition stands after a (re)connect, so it resends.
     SendHello {
-        /// The peer.
-        to: PartitionId,
+        /// The peer replica.
+        to: ExecutorId,
         /// This partition's durable epoch.
         durable: Epoch,
     },
     /// Send this partition's reads of a transaction to another executor.
     SendReads {
-        /// The receiving partition.
-        to: PartitionId,
+        /// The receiving replica.
+        to: ExecutorId,
         /// The reads.
         reads: Arc<RemoteReads>,
     },
@@ -258,6 +272,10 @@ impl Received {
 pub struct Executor<S: Store> {
     partition: PartitionId,
     partitions: u32,
+    /// The node this replica runs on.
+    me: NodeId,
+    /// Every partition's replica set.
+    placement: Arc<Placement>,
     registry: Arc<Registry>,
     store: S,
     plans: BTreeMap<Epoch, Plan>,
@@ -306,6 +324,8 @@ impl<S: Store> Executor<S> {
         Executor {
             partition,
             partitions,
+            me: NodeId(0),
+            placement: Arc::new(Placement::single(partitions, NodeId(0))),
             registry,
             store,
             plans: BTreeMap::new(),
@@ -318,7 +338,7 @@ impl<S: Store> Executor<S> {
             durable,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
-            feed: Feed::new(partition, Vec::new()),
+            feed: Feed::new(partition.0 as usize, Vec::new()),
             gateways: Vec::new(),
             delivery_attempts: 0,
             bugs: ExecutorBugs::default(),
@@ -358,7 +378,41 @@ impl<S: Store> Executor<S> {
     /// when it goes silent (see the `feed` module). Without sources (the default) a driver
     /// hands plans in directly and the executor keeps no timers.
     pub fn set_plan_sources(&mut self, replicas: Vec<NodeId>) {
-        self.feed = Feed::new(self.partition, replicas);
+        // The replicas of one partition start at different sources.
+        let spread = self.partition.0 as usize + self.replica_index();
+        self.feed = Feed::new(spread, replicas);
+    }
+
+    /// Places this executor: it is the replica of its partition on node `me`, and
+    /// `placement` names every partition's replicas (by default each partition has one,
+    /// on node 0). Set it before [`set_plan_sources`](Executor::set_plan_sources).
+    ///
+    /// # Panics
+    ///
+    /// If `placement` has another partition count or does not put this partition on `me`.
+    pub fn set_placement(&mut self, me: NodeId, placement: Arc<Placement>) {
+        assert_eq!(placement.partitions(), self.partitions, "placement size");
+        assert!(
+            placement.hosts(self.partition, me),
+            "partition {} is not placed on {me}",
+            self.partition
+        );
+        self.me = me;
+        self.placement = placement;
+    }
+
+    /// This replica's rank in its partition's replica set (0: first).
+    fn replica_index(&self) -> usize {
+        let replicas = self.placement.replicas(self.partition);
+        replicas.iter().position(|n| *n == self.me).unwrap_or(0)
+    }
+
+    /// This replica: its partition and node.
+    pub fn id(&self) -> ExecutorId {
+        ExecutorId {
+            partition: self.partition,
+            node: self.me,
+        }
     }
 
     /// Sets the gateways that order this partition's deliveries of letters, the preferred
@@ -445,32 +499,40 @@ impl<S: Store> Executor<S> {
         }
     }
 
-    fn peers(&self) -> impl Iterator<Item = PartitionId> + use<S> {
+    /// Every replica of every other partition.
+    fn peers(&self) -> impl Iterator<Item = ExecutorId> + '_ {
         let me = self.partition;
-        (0..self.partitions)
-            .map(PartitionId)
-            .filter(move |p| *p != me)
+        self.placement
+            .executors()
+            .filter(move |peer| peer.partition != me)
+    }
+
+    /// Whether `peer` is a replica of another partition of the cluster.
+    fn is_peer(&self, peer: ExecutorId) -> bool {
+        peer.partition != self.partition && self.placement.hosts(peer.partition, peer.node)
     }
 
     /// Whether `p` is another partition of the cluster.
-    fn is_peer(&self, p: PartitionId) -> bool {
+    fn is_peer_partition(&self, p: PartitionId) -> bool {
         p != self.partition && p.0 < self.partitions
     }
 
-    fn on_ack(&mut self, from: PartitionId, durable: Epoch) {
+    fn on_ack(&mut self, from: ExecutorId, durable: Epoch) {
         if !self.is_peer(from) {
             self.stats.peer_inputs_dropped += 1;
             return;
         }
-        self.book.ack(&mut self.store, from, durable);
+        self.book
+            .ack(&mut self.store, &self.placement, from, durable);
     }
 
-    fn on_hello(&mut self, from: PartitionId, durable: Epoch, out: &mut Vec<Output>) {
+    fn on_hello(&mut self, from: ExecutorId, durable: Epoch, out: &mut Vec<Output>) {
         if !self.is_peer(from) {
             self.stats.peer_inputs_dropped += 1;
             return;
         }
-        self.book.ack(&mut self.store, from, durable);
+        self.book
+            .ack(&mut self.store, &self.placement, from, durable);
         for reads in self.book.unacked(from) {
             self.stats.reads_resent += 1;
             out.push(Output::SendReads {
@@ -593,7 +655,7 @@ impl<S: Store> Executor<S> {
         let (position, from) = (reads.position, reads.from);
         // Senders that predate chunking say 0 of 0: one whole message.
         let chunks = reads.chunks.max(1);
-        if !self.is_peer(from) || reads.chunk >= chunks {
+        if !self.is_peer_partition(from) || reads.chunk >= chunks {
             self.stats.reads_refused += 1;
             return;
         }
@@ -852,13 +914,19 @@ impl<S: Store> Executor<S> {
         }
         for to in txn.executors().iter().filter(|p| **p != self.partition) {
             for reads in &chunks {
-                self.stats.reads_sent += 1;
                 self.book
                     .record_sent(*to, txn.position.epoch, reads.clone());
-                out.push(Output::SendReads {
-                    to: *to,
-                    reads: reads.clone(),
-                });
+                for node in self.placement.replicas(*to) {
+                    self.stats.reads_sent += 1;
+                    let to = ExecutorId {
+                        partition: *to,
+                        node: *node,
+                    };
+                    out.push(Output::SendReads {
+                        to,
+                        reads: reads.clone(),
+                    });
+                }
             }
         }
     }
@@ -890,13 +958,22 @@ impl<S: Store> Machine for Executor<S> {
     fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
         let applied = self.next_epoch;
         match input {
-            Input::Ack { from, durable } => self.on_ack(from, durable),
-            Input::Connected { peer } => {
-                if self.is_peer(peer) {
-                    out.push(Output::SendHello {
-                        to: peer,
-                        durable: self.durable,
-                    });
+            Input::Ack {
+                from,
+                node,
+                durable,
+            } => self.on_ack(
+                ExecutorId {
+                    partition: from,
+                    node,
+                },
+                durable,
+            ),
+            Input::Connected { node } => {
+                let durable = self.durable;
+                let on_node: Vec<_> = self.peers().filter(|peer| peer.node == node).collect();
+                for to in on_node {
+                    out.push(Output::SendHello { to, durable });
                 }
             }
             Input::ReplicaConnected(replica) => {
@@ -905,7 +982,18 @@ impl<S: Store> Machine for Executor<S> {
                 }
             }
             Input::Durable { up_to } => self.on_durable(up_to, out),
-            Input::Hello { from, durable } => self.on_hello(from, durable, out),
+            Input::Hello {
+                from,
+                node,
+                durable,
+            } => self.on_hello(
+                ExecutorId {
+                    partition: from,
+                    node,
+                },
+                durable,
+                out,
+            ),
             Input::Plan(plan) => {
                 if plan.partition == self.partition {
                     self.feed.plan_arrived(now);
@@ -1197,6 +1285,14 @@ mod tests {
         Store::get(e.store(), key).map(|v| codec::decode(&v).unwrap())
     }
 
+    /// Partition `p`'s replica on node 0, where executors are placed by default.
+    fn peer(p: u32) -> ExecutorId {
+        ExecutorId {
+            partition: PartitionId(p),
+            node: NodeId(0),
+        }
+    }
+
     fn at(e: &mut Executor<MemStore>, now: Time, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
         e.handle(now, input, &mut out);
@@ -1215,7 +1311,7 @@ mod tests {
             from: Epoch(from),
         };
         let hello = Output::SendHello {
-            to: PartitionId(1),
+            to: peer(1),
             durable: Epoch(0),
         };
         // Partition 0 starts at the first replica, and greets its peer.
@@ -1255,7 +1351,7 @@ mod tests {
         assert_eq!(
             out,
             [Output::SendHello {
-                to: PartitionId(0),
+                to: peer(0),
                 durable: Epoch(0)
             }]
         );
@@ -1272,13 +1368,13 @@ mod tests {
         let [Output::SendReads { to, reads: r0 }] = &out0[..] else {
             panic!("expected one SendReads, got {out0:?}")
         };
-        assert_eq!(*to, PartitionId(1));
+        assert_eq!(*to, peer(1));
         assert_eq!(r0.exact, vec![(f.a.clone(), Some(codec::encode(&5u64)))]);
         let out1 = feed(&mut f.executors[1], Input::Plan(p1));
         let [Output::SendReads { to, reads: r1 }] = &out1[..] else {
             panic!("expected one SendReads, got {out1:?}")
         };
-        assert_eq!(*to, PartitionId(0));
+        assert_eq!(*to, peer(0));
 
         // With the peer's reads both execute; only partition 0, the designated one, reports.
         let out1 = feed(&mut f.executors[1], Input::RemoteReads(r0.clone()));
@@ -1393,11 +1489,12 @@ mod tests {
                 &mut restarted,
                 Input::Hello {
                     from: PartitionId(1),
+                    node: NodeId(0),
                     durable: Epoch(0)
                 }
             ),
             vec![Output::SendReads {
-                to: PartitionId(1),
+                to: peer(1),
                 reads: reads.clone()
             }]
         );
@@ -1407,6 +1504,7 @@ mod tests {
                 &mut restarted,
                 Input::Ack {
                     from: PartitionId(1),
+                    node: NodeId(0),
                     durable: Epoch(1)
                 }
             )
@@ -1421,14 +1519,9 @@ mod tests {
         );
         assert_eq!(again.outbox_len(), 0);
         assert_eq!(
-            feed(
-                &mut restarted,
-                Input::Connected {
-                    peer: PartitionId(1)
-                }
-            ),
+            feed(&mut restarted, Input::Connected { node: NodeId(0) }),
             vec![Output::SendHello {
-                to: PartitionId(1),
+                to: peer(1),
                 durable: Epoch(1)
             }]
         );
@@ -1466,7 +1559,7 @@ mod tests {
         assert_eq!(
             feed(&mut f.executors[0], Input::Durable { up_to: Epoch(1) }),
             vec![Output::SendAck {
-                to: PartitionId(1),
+                to: peer(1),
                 durable: Epoch(1)
             }]
         );
@@ -1552,5 +1645,82 @@ mod tests {
             reported[0], first,
             "the planted bug runs the second transaction first"
         );
+    }
+
+    #[test]
+    fn replicas_share_reads_keep_the_first_copy_and_free_reads_only_when_all_acked() {
+        let mut f = fixture();
+        // Both partitions on nodes 1 and 2; executors[0] is partition 0 on node 1.
+        let placement = Arc::new(Placement::spread(2, &[NodeId(1), NodeId(2)], 2));
+        let mut sibling = Executor::new(
+            PartitionId(1),
+            2,
+            f.executors[1].registry.clone(),
+            MemStore::new(),
+        );
+        f.executors[0].set_placement(NodeId(1), placement.clone());
+        f.executors[1].set_placement(NodeId(2), placement.clone());
+        sibling.set_placement(NodeId(1), placement);
+        let [p0, p1]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+        let at = |p: u32, n: u32| ExecutorId {
+            partition: PartitionId(p),
+            node: NodeId(n),
+        };
+        // Partition 0's reads go to both replicas of partition 1.
+        let out0 = feed(&mut f.executors[0], Input::Plan(p0));
+        let sent: Vec<_> = out0
+            .iter()
+            .map(|o| match o {
+                Output::SendReads { to, .. } => *to,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, [at(1, 2), at(1, 1)]);
+        let Output::SendReads { reads: r0, .. } = &out0[0] else {
+            unreachable!()
+        };
+        // Both replicas of partition 1 send theirs; the first copy runs the transaction.
+        let r1a = feed(&mut f.executors[1], Input::Plan(p1.clone()));
+        let r1b = feed(&mut sibling, Input::Plan(p1));
+        let reads = |out: &[Output]| match &out[0] {
+            Output::SendReads { reads, .. } => reads.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reads(&r1a), reads(&r1b), "replicas read the same");
+        let done = feed(&mut f.executors[0], Input::RemoteReads(reads(&r1b)));
+        assert!(
+            done.iter().any(|o| matches!(o, Output::Result { .. })),
+            "{done:?}"
+        );
+        let late = feed(&mut f.executors[0], Input::RemoteReads(reads(&r1a)));
+        assert!(late.is_empty(), "{late:?}");
+        assert_eq!(f.executors[0].stats().reads_dropped, 1);
+        // Both replicas of partition 1 apply the same writes.
+        feed(&mut f.executors[1], Input::RemoteReads(r0.clone()));
+        feed(&mut sibling, Input::RemoteReads(r0.clone()));
+        assert_eq!(counter(&f.executors[1], &f.b), Some(1));
+        assert_eq!(counter(&sibling, &f.b), Some(1));
+        // The reads are kept until every replica of partition 1 acked them.
+        let e = &mut f.executors[0];
+        let ack = |node| Input::Ack {
+            from: PartitionId(1),
+            node: NodeId(node),
+            durable: Epoch(1),
+        };
+        assert_eq!(e.outbox_len(), 1);
+        feed(e, ack(2));
+        assert_eq!(e.outbox_len(), 1, "one replica acked");
+        // The one that did not ack gets them again on its hello; the other gets nothing.
+        let hello = |node| Input::Hello {
+            from: PartitionId(1),
+            node: NodeId(node),
+            durable: Epoch(0),
+        };
+        assert_eq!(feed(e, hello(1)).len(), 1);
+        feed(e, ack(1));
+        assert_eq!(e.outbox_len(), 0);
+        // A node that runs no replica of partition 1 is not a peer.
+        feed(e, ack(7));
+        assert_eq!(e.stats().peer_inputs_dropped, 1);
     }
 }

@@ -15,7 +15,7 @@
 //! exercises them; the drivers only deliver [`Input::Tick`](crate::Input::Tick) when
 //! [`next_deadline`](detflow_protocol::Machine::next_deadline) passes.
 
-use detflow_protocol::{NodeId, PartitionId, Time};
+use detflow_protocol::{NodeId, Time};
 
 /// How long an executor waits for a plan, or for progress on waiting work, before it acts.
 pub const STALL_US: u64 = 250_000;
@@ -45,12 +45,12 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    /// A feed from `sources`, starting at a replica chosen by `partition` so that the
-    /// partitions of a cluster spread over the replicas.
-    pub(crate) fn new(partition: PartitionId, sources: Vec<NodeId>) -> Feed {
+    /// A feed from `sources`, starting at the one `spread` picks (its remainder by their
+    /// number) so that the executors of a cluster spread over the replicas.
+    pub(crate) fn new(spread: usize, sources: Vec<NodeId>) -> Feed {
         let source = match sources.len() {
             0 => 0,
-            n => partition.0 as usize % n,
+            n => spread % n,
         };
         Feed {
             sources,
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_silent_source_is_replaced_round_robin() {
-        let mut feed = Feed::new(PartitionId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        let mut feed = Feed::new(1, vec![NodeId(1), NodeId(2), NodeId(3)]);
         assert_eq!(feed.source(), Some(NodeId(2)));
         feed.start(Time(0));
         assert_eq!(feed.deadline(), Some(Time(STALL_US)));
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn waiting_work_without_progress_greets_the_peers_again() {
-        let mut feed = Feed::new(PartitionId(0), vec![NodeId(1)]);
+        let mut feed = Feed::new(0, vec![NodeId(1)]);
         feed.start(Time(0));
         feed.plan_arrived(Time(STALL_US));
         feed.progressed(Time(STALL_US));
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_directly_fed_executor_has_no_timers() {
-        let mut feed = Feed::new(PartitionId(0), Vec::new());
+        let mut feed = Feed::new(0, Vec::new());
         feed.start(Time(0));
         assert_eq!(feed.deadline(), None);
         assert_eq!(

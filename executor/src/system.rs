@@ -4,8 +4,12 @@
 //! - the result table: one record per epoch, `("_sys", "results", epoch)` → the results
 //!   this partition reported in that epoch, so a retried call returns its original
 //!   result. Records older than the retention window are deleted (epoch-aged).
-//! - the outbox: one record per peer and epoch, `("_sys", "outbox", to, epoch)` → the reads
-//!   sent to that peer in that epoch and not yet acknowledged as durable there.
+//! - the outbox: one record per peer partition and epoch, `("_sys", "outbox", to, epoch)`
+//!   → the reads sent to that partition's replicas in that epoch, kept until every one of
+//!   them acknowledged the epoch as durable. Which replica acknowledged what is kept in
+//!   memory only: after a restart the replicas' next acks (or hellos) say it again. So the
+//!   outbox's records differ between the replicas of a partition, as acks reach them at
+//!   different times; every other record is the same on every replica.
 //!
 //! Both are also indexed in memory; the index is rebuilt from the store on restart.
 //! Footprints may not name the `_sys` table (the scheduler rejects them).
@@ -13,7 +17,8 @@
 use crate::store::Store;
 use detflow_protocol::message::RemoteReads;
 use detflow_protocol::{
-    CallId, ClientId, Elem, Epoch, Key, PartitionId, RequestSeq, SYSTEM_TABLE, TxnResult, codec,
+    CallId, ClientId, Elem, Epoch, ExecutorId, Key, PartitionId, Placement, RequestSeq,
+    SYSTEM_TABLE, TxnResult, codec,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -45,6 +50,8 @@ pub(crate) struct Bookkeeping {
     result_epochs: VecDeque<(Epoch, Vec<CallId>)>,
     pending_results: Vec<TxnResult>,
     outbox: BTreeMap<(PartitionId, Epoch), Vec<Arc<RemoteReads>>>,
+    /// Per peer replica, the last epoch it acknowledged as durable.
+    acked: BTreeMap<ExecutorId, Epoch>,
     retained_epochs: u64,
 }
 
@@ -138,23 +145,46 @@ impl Bookkeeping {
         find(&decode_record::<Vec<TxnResult>>(&key, &bytes))
     }
 
-    /// Forgets reads `from` has made durable.
-    pub(crate) fn ack<S: Store>(&mut self, store: &mut S, from: PartitionId, durable: Epoch) {
-        let acked: Vec<_> = self
+    /// Notes that replica `from` made every epoch up to `durable` durable, and forgets the
+    /// reads every replica of its partition (as `placement` has them) made durable.
+    pub(crate) fn ack<S: Store>(
+        &mut self,
+        store: &mut S,
+        placement: &Placement,
+        from: ExecutorId,
+        durable: Epoch,
+    ) {
+        let acked = self.acked.entry(from).or_insert(Epoch(0));
+        *acked = (*acked).max(durable);
+        let partition = from.partition;
+        let all = placement
+            .replicas(partition)
+            .iter()
+            .map(|node| {
+                let replica = ExecutorId {
+                    partition,
+                    node: *node,
+                };
+                self.acked.get(&replica).copied().unwrap_or(Epoch(0))
+            })
+            .min()
+            .unwrap_or(Epoch(0));
+        let done: Vec<_> = self
             .outbox
-            .range((from, Epoch(0))..=(from, durable))
+            .range((partition, Epoch(0))..=(partition, all))
             .map(|(k, _)| *k)
             .collect();
-        for (to, epoch) in acked {
+        for (to, epoch) in done {
             self.outbox.remove(&(to, epoch));
             store.delete(&outbox_key(to, epoch));
         }
     }
 
-    /// Every unacknowledged read for `to`, in position order.
-    pub(crate) fn unacked(&self, to: PartitionId) -> impl Iterator<Item = &Arc<RemoteReads>> {
+    /// Every read replica `to` has not acknowledged, in position order.
+    pub(crate) fn unacked(&self, to: ExecutorId) -> impl Iterator<Item = &Arc<RemoteReads>> {
+        let after = self.acked.get(&to).copied().unwrap_or(Epoch(0)).next();
         self.outbox
-            .range((to, Epoch(0))..=(to, Epoch(u64::MAX)))
+            .range((to.partition, after)..=(to.partition, Epoch(u64::MAX)))
             .flat_map(|(_, reads)| reads.iter())
     }
 

@@ -11,7 +11,7 @@ use detflow_executor::{
 };
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES};
 use detflow_protocol::message::{Message, RemoteReads};
-use detflow_protocol::{Epoch, Key, Outcome, PartitionId, TxnResult, codec};
+use detflow_protocol::{Epoch, Key, NodeId, Outcome, PartitionId, TxnResult, codec};
 use std::sync::Arc;
 
 fn outcomes(results: &[TxnResult]) -> Vec<&Outcome> {
@@ -78,6 +78,7 @@ fn a_panicking_procedure_aborts_everywhere_and_later_transactions_proceed() {
         0,
         Input::Hello {
             from: PartitionId(1),
+            node: NodeId(0),
             durable: Epoch(0),
         },
     ));
@@ -115,7 +116,7 @@ fn check_bounded(out: &[Output], reads_bytes_max: usize) -> Vec<Arc<RemoteReads>
             continue;
         };
         let msg = Message::RemoteReads {
-            to: *to,
+            to: to.partition,
             reads: reads.clone(),
         };
         let bytes = frame::encode(&msg, DEFAULT_MAX_FRAME_BYTES)
@@ -221,6 +222,7 @@ fn chunks_survive_reordering_duplicates_and_restarts() {
         0,
         Input::Hello {
             from: PartitionId(1),
+            node: NodeId(0),
             durable: Epoch(0),
         },
     );

@@ -149,7 +149,7 @@ fn reads_from_outside_the_transaction_are_refused() {
 
     let out = c.feed(0, Input::Plan(plans[0].clone()));
     assert!(
-        matches!(&out[..], [Output::SendReads { to, .. }] if *to == PartitionId(1)),
+        matches!(&out[..], [Output::SendReads { to, .. }] if to.partition == PartitionId(1)),
         "{out:?}"
     );
     assert_eq!(c.executors[0].stats().reads_refused, 2);
@@ -215,23 +215,34 @@ fn acks_and_hellos_from_no_peer_are_dropped() {
     let plans = c.plans(1, &[call::<Move>(&(a.clone(), b.clone()))]);
     c.run(plans, &[0, 1]);
     assert_eq!(c.executors[0].outbox_len(), 1);
-    for from in [PartitionId(0), PartitionId(2), PartitionId(u32::MAX)] {
+    // Itself, partitions that do not exist, and the peer's partition on a node that runs
+    // no replica of it (executors are placed on node 0 by default).
+    let strangers = [
+        (PartitionId(0), NodeId(0)),
+        (PartitionId(2), NodeId(0)),
+        (PartitionId(u32::MAX), NodeId(0)),
+        (PartitionId(1), NodeId(5)),
+    ];
+    for (from, node) in strangers {
         let ack = Input::Ack {
             from,
+            node,
             durable: Epoch(u64::MAX),
         };
         assert_eq!(c.feed(0, ack), []);
         let hello = Input::Hello {
             from,
+            node,
             durable: Epoch(0),
         };
         assert_eq!(c.feed(0, hello), []);
     }
-    assert_eq!(c.executors[0].stats().peer_inputs_dropped, 6);
+    assert_eq!(c.executors[0].stats().peer_inputs_dropped, 8);
     assert_eq!(c.executors[0].outbox_len(), 1, "nothing forgotten");
     // A peer claiming to be durable far ahead only releases what it was sent.
     let hello = Input::Hello {
         from: PartitionId(1),
+        node: NodeId(0),
         durable: Epoch(u64::MAX),
     };
     assert_eq!(c.feed(0, hello), []);

@@ -5,14 +5,20 @@
 //!  Call ─────────▶ Gateway ──▶ Submit(txn) to the leader it believes in
 //!  Deliver ──────▶         ──▶ Submit(delivery txn), never answered (see below)
 //!  NotLeader ────▶         ──▶ Submit again at the hinted leader, or Reply::Unavailable
-//!  Duplicate ────▶         ──▶ Query the designated partition's result table
-//!  Result ───────▶         ──▶ Reply::Done
-//!  ResultUnknown ▶         ──▶ Reply::Unavailable (the client retries later)
+//!  Duplicate ────▶         ──▶ Query the result table of each replica of the
+//!                              designated partition
+//!  Result ───────▶         ──▶ Reply::Done (the first); later ones are compared
+//!  ResultUnknown ▶         ──▶ Reply::Unavailable once every replica asked said so
 //!  Leader(node) ─▶         ──▶ (submits there from now on)
 //!  Tick ─────────▶         ──▶ Reply::Unavailable to calls past their deadline
-//!  ReadStream ───▶         ──▶ StreamQuery to every partition
-//!  StreamPart ───▶         ──▶ StreamAnswer once every partition answered
+//!  ReadStream ───▶         ──▶ StreamQuery to every replica of every partition
+//!  StreamPart ───▶         ──▶ StreamAnswer once a replica of every partition answered
 //! ```
+//!
+//! Every replica of a partition executes its plans, so a call's result comes from each
+//! replica of its designated partition: the first answers the client, the others are
+//! compared with it (see [`compare`]); a difference is a [`Divergence`], reported as
+//! [`Output::Diverged`] and counted.
 //!
 //! A gateway keeps only its calls in flight; after a crash it knows nothing, and clients
 //! retry elsewhere. The simulator and the `node` runtime drive the same machine.
@@ -45,6 +51,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compare;
+
+pub use compare::Divergence;
+
+use compare::Answered;
 use detflow_executor::Registry;
 use detflow_protocol::mailbox::{
     DELIVER_PROCEDURE, Delivery, is_mailbox_client, letter_key, mailbox_client, mark_key,
@@ -54,8 +65,8 @@ use detflow_protocol::stream::{
     Offset, STREAM_READ_EVENTS_DEFAULT, StreamPart, StreamReply, check_stream_name,
 };
 use detflow_protocol::{
-    CallId, ClientId, Footprint, Machine, NodeId, PartitionId, Position, RequestSeq, Time,
-    Transaction, TxnResult,
+    CallId, ClientId, ExecutorId, Footprint, Machine, NodeId, PartitionId, Placement, Position,
+    RequestSeq, Time, Transaction, TxnResult,
 };
 use detflow_scheduler::PartitionMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,8 +95,11 @@ pub enum Input {
         /// The call number.
         seq: RequestSeq,
     },
-    /// A result, from the designated participant or from a result-table query.
+    /// A result, from a replica of the designated participant or from a result-table
+    /// query.
     Result {
+        /// The reporting partition.
+        from: PartitionId,
         /// The result.
         result: TxnResult,
         /// Whether it came from a result table.
@@ -126,10 +140,10 @@ pub enum Input {
 /// An effect of the gateway.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    /// Ask a partition's result table for a call's result.
+    /// Ask a replica's result table for a call's result.
     Query {
-        /// The designated partition of the call.
-        to: PartitionId,
+        /// A replica of the designated partition of the call.
+        to: ExecutorId,
         /// The session.
         client: ClientId,
         /// The call number.
@@ -144,10 +158,10 @@ pub enum Output {
         /// The answer.
         reply: Reply,
     },
-    /// Ask a partition for its events of a stream.
+    /// Ask a replica of a partition for its events of a stream.
     StreamQuery {
-        /// The partition.
-        to: PartitionId,
+        /// The replica.
+        to: ExecutorId,
         /// This gateway's number for the read.
         read: u64,
         /// The stream.
@@ -164,6 +178,9 @@ pub enum Output {
         /// The answer.
         reply: StreamReply,
     },
+    /// Replicas of a partition reported different results for one call: a determinism
+    /// failure, for the driver to report loudly.
+    Diverged(Divergence),
     /// Forward a transaction to a sequencer replica.
     Submit {
         /// The replica believed to lead.
@@ -221,6 +238,10 @@ pub struct GatewayStats {
     pub deliveries: u64,
     /// Stream reads answered with events (perhaps none).
     pub stream_reads: u64,
+    /// Later results that matched the answer given (replicas agreeing).
+    pub results_compared: u64,
+    /// Later results that differed from the answer given: determinism failures.
+    pub divergences: u64,
 }
 
 /// A stream read waiting for the partitions' shares.
@@ -237,6 +258,10 @@ struct InFlight {
     txn: Arc<Transaction>,
     /// The replica it was last submitted to.
     submitted_to: NodeId,
+    /// Result tables asked for its result since the last submission.
+    queried: usize,
+    /// Of those, the ones that did not hold it.
+    unknown: usize,
     /// When it is answered `Unavailable` if nothing else answered it.
     deadline: Time,
 }
@@ -246,6 +271,8 @@ pub struct Gateway {
     id: NodeId,
     registry: Arc<Registry>,
     map: PartitionMap,
+    /// Where each partition's replicas run.
+    placement: Arc<Placement>,
     replicas: Vec<NodeId>,
     leader_hint: usize,
     footprint_entries_max: usize,
@@ -260,6 +287,8 @@ pub struct Gateway {
     /// Their deadlines, earliest first.
     read_deadlines: BTreeSet<(Time, u64)>,
     next_read: u64,
+    /// Results answered recently, to compare the other replicas' with.
+    answered: Answered,
     bugs: GatewayBugs,
     stats: GatewayStats,
 }
@@ -275,10 +304,12 @@ impl Gateway {
         footprint_entries_max: usize,
     ) -> Gateway {
         assert!(!replicas.is_empty(), "a gateway needs a sequencer");
+        let placement = Arc::new(Placement::single(map.partitions(), NodeId(0)));
         Gateway {
             id,
             registry,
             map,
+            placement,
             replicas,
             leader_hint: 0,
             footprint_entries_max,
@@ -290,9 +321,36 @@ impl Gateway {
             reads: BTreeMap::new(),
             read_deadlines: BTreeSet::new(),
             next_read: 0,
+            answered: Answered::default(),
             bugs: GatewayBugs::default(),
             stats: GatewayStats::default(),
         }
+    }
+
+    /// Sets where each partition's replicas run (by default each partition has one, on
+    /// node 0).
+    ///
+    /// # Panics
+    ///
+    /// If `placement` has another partition count than the map.
+    pub fn set_placement(&mut self, placement: Arc<Placement>) {
+        assert_eq!(
+            placement.partitions(),
+            self.map.partitions(),
+            "placement size"
+        );
+        self.placement = placement;
+    }
+
+    /// The replicas of `partition`.
+    fn replicas_of(&self, partition: PartitionId) -> impl Iterator<Item = ExecutorId> + '_ {
+        self.placement
+            .replicas(partition)
+            .iter()
+            .map(move |node| ExecutorId {
+                partition,
+                node: *node,
+            })
     }
 
     /// Sets the largest call accepted, procedure name and arguments together, in bytes
@@ -409,6 +467,8 @@ impl Gateway {
         let in_flight = InFlight {
             txn: txn.clone(),
             submitted_to: to,
+            queried: 0,
+            unknown: 0,
             deadline,
         };
         self.pending.insert(key, in_flight);
@@ -590,19 +650,37 @@ impl Gateway {
             return;
         };
         let routed = detflow_scheduler::route(Position::default(), call.txn.clone(), &self.map);
-        out.push(Output::Query {
-            to: routed.designated(),
-            client,
-            seq,
-        });
+        let replicas: Vec<ExecutorId> = self.replicas_of(routed.designated()).collect();
+        if let Some(call) = self.pending.get_mut(&CallId::new(client, seq)) {
+            call.queried += replicas.len();
+        }
+        for to in replicas {
+            out.push(Output::Query { to, client, seq });
+        }
     }
 
-    fn on_result(&mut self, result: TxnResult, recovered: bool, out: &mut Vec<Output>) {
+    fn on_result(
+        &mut self,
+        now: Time,
+        from: PartitionId,
+        result: TxnResult,
+        recovered: bool,
+        out: &mut Vec<Output>,
+    ) {
         // Results of calls this gateway no longer holds (answered, or from before a crash)
-        // are dropped: the client has its answer or will retry.
+        // are compared with the answer given, if it is still kept, and dropped: the client
+        // has its answer or will retry.
         if self.remove(result.call_id()).is_none() {
+            match self.answered.compare(now, from, &result) {
+                Some(divergence) => {
+                    self.stats.divergences += 1;
+                    out.push(Output::Diverged(divergence));
+                }
+                None => self.stats.results_compared += 1,
+            }
             return;
         }
+        self.answered.keep(now, &result);
         if recovered {
             self.stats.recovered_results += 1;
         }
@@ -675,9 +753,10 @@ impl Gateway {
                 deadline,
             },
         );
-        for p in 0..self.map.partitions() {
+        let replicas: Vec<ExecutorId> = self.placement.executors().collect();
+        for to in replicas {
             out.push(Output::StreamQuery {
-                to: PartitionId(p),
+                to,
                 read,
                 stream: stream.clone(),
                 from,
@@ -694,7 +773,8 @@ impl Gateway {
         if part.partition.0 >= partitions {
             return;
         }
-        gather.parts.insert(part.partition, part);
+        // The first replica of each partition to answer gives its share.
+        gather.parts.entry(part.partition).or_insert(part);
         if gather.parts.len() < partitions as usize {
             return;
         }
@@ -712,8 +792,16 @@ impl Gateway {
         });
     }
 
+    /// A replica's result table does not hold the call: once none of those asked does,
+    /// the client is told to retry (a replica that lags may not have executed it yet).
     fn on_result_unknown(&mut self, client: ClientId, seq: RequestSeq, out: &mut Vec<Output>) {
-        if self.remove(CallId::new(client, seq)).is_some() {
+        let key = CallId::new(client, seq);
+        let Some(call) = self.pending.get_mut(&key) else {
+            return;
+        };
+        call.unknown += 1;
+        if call.unknown >= call.queried {
+            self.remove(key);
             Gateway::reply(client, seq, Reply::Unavailable, out);
         }
     }
@@ -729,7 +817,11 @@ impl Machine for Gateway {
             Input::Deliver(delivery) => self.on_deliver(now, delivery, out),
             Input::NotLeader { from, txn, leader } => self.on_not_leader(from, txn, leader, out),
             Input::Duplicate { client, seq } => self.on_duplicate(client, seq, out),
-            Input::Result { result, recovered } => self.on_result(result, recovered, out),
+            Input::Result {
+                from,
+                result,
+                recovered,
+            } => self.on_result(now, from, result, recovered, out),
             Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
             Input::Leader(leader) => self.observe_leader(leader),
             Input::Tick => self.expire(now, out),
@@ -917,11 +1009,85 @@ mod tests {
         };
         out.clear();
         let late = Input::Result {
+            from: PartitionId(0),
             result,
             recovered: false,
         };
         g.handle(Time(2_000), late, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_first_replica_answers_and_a_differing_replica_is_a_divergence() {
+        let mut g = gateway();
+        let partitions = g.map.partitions();
+        g.set_placement(Arc::new(Placement::spread(
+            partitions,
+            &[NodeId(1), NodeId(2)],
+            2,
+        )));
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        out.clear();
+        let result = |bytes: Vec<u8>| Input::Result {
+            from: PartitionId(0),
+            result: TxnResult {
+                client: ClientId(1),
+                seq: RequestSeq(1),
+                position: Position::default(),
+                outcome: detflow_protocol::Outcome::Committed(bytes),
+            },
+            recovered: false,
+        };
+        g.handle(Time(1), result(vec![1]), &mut out);
+        assert!(matches!(&out[..], [Output::Reply { .. }]), "{out:?}");
+        out.clear();
+        g.handle(Time(2), result(vec![1]), &mut out);
+        assert!(out.is_empty());
+        g.handle(Time(3), result(vec![2]), &mut out);
+        assert!(matches!(&out[..], [Output::Diverged(_)]), "{out:?}");
+        assert_eq!((g.stats().results_compared, g.stats().divergences), (1, 1));
+    }
+
+    #[test]
+    fn a_duplicate_asks_every_replica_and_waits_for_all_to_not_know() {
+        let mut g = gateway();
+        let partitions = g.map.partitions();
+        g.set_placement(Arc::new(Placement::spread(
+            partitions,
+            &[NodeId(1), NodeId(2)],
+            2,
+        )));
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        out.clear();
+        let duplicate = Input::Duplicate {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+        };
+        g.handle(Time(1), duplicate, &mut out);
+        let asked: Vec<NodeId> = out
+            .drain(..)
+            .map(|o| match o {
+                Output::Query { to, .. } => to.node,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(asked.len(), 2);
+        let unknown = || Input::ResultUnknown {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+        };
+        g.handle(Time(2), unknown(), &mut out);
+        assert!(out.is_empty(), "one replica may lag");
+        g.handle(Time(3), unknown(), &mut out);
+        assert!(matches!(
+            &out[..],
+            [Output::Reply {
+                reply: Reply::Unavailable,
+                ..
+            }]
+        ));
     }
 
     #[test]

@@ -115,6 +115,11 @@ pub(crate) struct DemoArgs {
     /// Executor partitions, spread over the nodes.
     #[arg(long, default_value_t = 4)]
     pub(crate) partitions: u32,
+    /// Replicas of each partition, on distinct nodes: every replica executes every plan,
+    /// so the cluster keeps committing while one node of each replica set is down
+    /// (default: 2, or 1 with one node).
+    #[arg(long)]
+    pub(crate) replication: Option<u32>,
     /// The workload to drive (bank, ycsb, kv or tpcc).
     #[arg(long, default_value = "bank")]
     pub(crate) workload: String,
@@ -185,6 +190,9 @@ pub(crate) struct BenchArgs {
     /// 4). With --connect, the cluster's (default: asked from the nodes).
     #[arg(long)]
     pub(crate) partitions: Option<u32>,
+    /// Replicas of each partition in the embedded cluster, on distinct nodes (default 2).
+    #[arg(long)]
+    pub(crate) replication: Option<u32>,
     /// Print the report as one line of JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub(crate) json: bool,

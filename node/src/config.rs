@@ -32,14 +32,15 @@
 //! addr = "127.0.0.1:7001"
 //! replica = true
 //! gateway = true
-//! partitions = [0, 1]
+//! partitions = [0, 1]            # a partition listed on several nodes has a replica on
+//!                                 # each; every replica executes every plan of it
 //! ```
 //!
 //! A TPC-C node generates only the warehouses of the partitions it executes (plus the
 //! replicated `item` table), warehouse by warehouse, logging each one; a full-size
 //! warehouse is about 500,000 rows. A node restarted on a loaded data dir loads nothing.
 
-use detflow_protocol::{NodeId, PartitionId};
+use detflow_protocol::{NodeId, Placement};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -239,19 +240,22 @@ impl Config {
         if !self.cluster.iter().any(|n| n.gateway) {
             return invalid("the cluster needs at least one gateway".into());
         }
-        let mut owners = BTreeMap::new();
+        // A partition listed on several nodes has a replica on each (its replica set).
+        let mut replicas: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for n in &self.cluster {
             for p in &n.partitions {
-                if let Some(other) = owners.insert(*p, n.id) {
-                    return invalid(format!("partition {p} is on nodes {other} and {}", n.id));
+                let set = replicas.entry(*p).or_default();
+                if set.contains(&n.id) {
+                    return invalid(format!("node {} lists partition {p} twice", n.id));
                 }
+                set.push(n.id);
             }
         }
-        let count = owners.len() as u32;
-        if count == 0 || owners.keys().copied().ne(0..count) {
+        let count = replicas.len() as u32;
+        if count == 0 || replicas.keys().copied().ne(0..count) {
             return invalid(format!(
                 "partitions must be numbered 0..N without gaps, got {:?}",
-                owners.keys().collect::<Vec<_>>()
+                replicas.keys().collect::<Vec<_>>()
             ));
         }
         if self.epoch_us == 0 {
@@ -305,9 +309,16 @@ impl Config {
             .unwrap_or_else(|| panic!("validated: node {} is in the cluster", self.id))
     }
 
-    /// The number of partitions in the cluster.
+    /// The number of partitions in the cluster (each may have several replicas).
     pub fn partitions(&self) -> u32 {
-        self.cluster.iter().map(|n| n.partitions.len() as u32).sum()
+        let mut all: Vec<u32> = self
+            .cluster
+            .iter()
+            .flat_map(|n| n.partitions.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len() as u32
     }
 
     /// The nodes that run a gateway.
@@ -328,16 +339,18 @@ impl Config {
             .collect()
     }
 
-    /// Which node executes each partition.
-    pub fn placement(&self) -> BTreeMap<PartitionId, NodeId> {
-        self.cluster
-            .iter()
-            .flat_map(|n| {
-                n.partitions
+    /// Which nodes execute each partition: its replica set, in the cluster's order.
+    pub fn placement(&self) -> Placement {
+        let sets = (0..self.partitions())
+            .map(|p| {
+                self.cluster
                     .iter()
-                    .map(move |p| (PartitionId(*p), NodeId(n.id)))
+                    .filter(|n| n.partitions.contains(&p))
+                    .map(|n| NodeId(n.id))
+                    .collect()
             })
-            .collect()
+            .collect();
+        Placement::new(sets).unwrap_or_else(|e| panic!("validated placement: {e}"))
     }
 
     /// The address of node `id`.

@@ -38,6 +38,7 @@ type Configure = Box<dyn Fn(&mut Config)>;
 pub struct Builder {
     nodes: u32,
     partitions: u32,
+    replication: Option<u32>,
     workload: String,
     options: Options,
     dir: Option<PathBuf>,
@@ -98,14 +99,22 @@ impl Builder {
         self
     }
 
+    /// Runs `r` replicas of each partition, on distinct nodes (default: 2, or 1 for a
+    /// one-node cluster).
+    pub fn replication(mut self, r: u32) -> Builder {
+        self.replication = Some(r);
+        self
+    }
+
     /// Adjusts every node's configuration before it is validated and written.
     pub fn configure(mut self, configure: impl Fn(&mut Config) + 'static) -> Builder {
         self.configure = Some(Box::new(configure));
         self
     }
 
-    /// Writes certificates and one configuration per node (each a replica and a gateway,
-    /// partitions spread round-robin) and starts every node. Returns once the processes
+    /// Writes certificates and one configuration per node (each a replica and a gateway;
+    /// partition `p`'s replicas on nodes `p`, `p + 1`, … round-robin) and starts every
+    /// node. Returns once the processes
     /// are started; [`LocalCluster::wait_ready`] waits until they serve.
     pub fn start(self) -> Result<LocalCluster> {
         if self.nodes == 0 {
@@ -113,6 +122,13 @@ impl Builder {
         }
         if self.partitions == 0 {
             bail!("a cluster needs at least one partition");
+        }
+        let replication = self.replication.unwrap_or(self.nodes.min(2));
+        if replication == 0 || replication > self.nodes {
+            bail!(
+                "{replication} replicas per partition need as many nodes, and the cluster has {}",
+                self.nodes
+            );
         }
         detflow_workloads::by_name_with(&self.workload, self.partitions, &self.options)?;
         let binary = match self.binary {
@@ -144,7 +160,7 @@ impl Builder {
                 replica: true,
                 gateway: true,
                 partitions: (0..self.partitions)
-                    .filter(|p| p % self.nodes == i)
+                    .filter(|p| (0..replication).any(|k| (p + k) % self.nodes == i))
                     .collect(),
             })
             .collect();
@@ -310,6 +326,7 @@ impl LocalCluster {
         Builder {
             nodes,
             partitions,
+            replication: None,
             workload: workload.to_owned(),
             options: Options::default(),
             dir: None,

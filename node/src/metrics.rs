@@ -81,6 +81,16 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.partition_next_epoch.clone(),
     );
     registry.register(
+        "partition_lag_epochs",
+        "Epochs this node's replica of a partition trails the local sequencer replica's commit.",
+        stats.partition_lag.clone(),
+    );
+    registry.register(
+        "determinism_failures",
+        "Calls on which replicas of a partition reported different results.",
+        stats.determinism_failures.clone(),
+    );
+    registry.register(
         "aborts_by_reason",
         "Deterministic aborts by reason.",
         stats.aborts_by_reason.clone(),

@@ -154,7 +154,15 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
     let rejected_before = metric(metrics, PEER_REJECTED).await;
     let (_endpoint, conn) = connect_as(cluster, &format!("node-{rogue}"), target).await;
 
-    let other_partition = PartitionId(cluster.at(other).partitions()[0]);
+    // A partition `other` hosts and `rogue` does not (partitions have replicas).
+    let rogue_hosts = cluster.at(rogue).partitions();
+    let other_partition = cluster
+        .at(other)
+        .partitions()
+        .iter()
+        .find(|p| !rogue_hosts.contains(p))
+        .map(|p| PartitionId(*p))
+        .expect("a partition of the third node that the rogue does not host");
     let leader_partition = PartitionId(cluster.at(leader).partitions()[0]);
     let txn = Arc::new(Transaction {
         client: ClientId(99),
@@ -200,6 +208,7 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
             ChannelHeader::Reads(leader_partition.0),
             Message::Hello {
                 from: other_partition,
+                node: NodeId(other),
                 to: leader_partition,
                 durable: Epoch(0),
             },
@@ -208,6 +217,7 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
             ChannelHeader::Subscriptions,
             Message::Subscribe {
                 partition: other_partition,
+                node: NodeId(other),
                 from: Epoch(1),
             },
         ),

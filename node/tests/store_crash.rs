@@ -324,8 +324,9 @@ impl<S: Store> Pair<S> {
         peer.set_result_epochs_retained(RESULT_EPOCHS_RETAINED);
         let mut pair = Pair { under, peer };
         pair.deliver(vec![
-            (UNDER_TEST, Input::Connected { peer: PEER }),
-            (PEER, Input::Connected { peer: UNDER_TEST }),
+            // Both run on node 0, where executors are placed by default.
+            (UNDER_TEST, Input::Connected { node: NodeId(0) }),
+            (PEER, Input::Connected { node: NodeId(0) }),
         ])?;
         Ok(pair)
     }
@@ -376,13 +377,25 @@ impl<S: Store> Pair<S> {
             for output in out.drain(..) {
                 match output {
                     Output::SendReads { to, reads } => {
-                        queue.push_back((to, Input::RemoteReads(reads)));
+                        queue.push_back((to.partition, Input::RemoteReads(reads)));
                     }
                     Output::SendAck { to, durable } => {
-                        queue.push_back((to, Input::Ack { from, durable }));
+                        let node = NodeId(0);
+                        let ack = Input::Ack {
+                            from,
+                            node,
+                            durable,
+                        };
+                        queue.push_back((to.partition, ack));
                     }
                     Output::SendHello { to, durable } => {
-                        queue.push_back((to, Input::Hello { from, durable }));
+                        let node = NodeId(0);
+                        let hello = Input::Hello {
+                            from,
+                            node,
+                            durable,
+                        };
+                        queue.push_back((to.partition, hello));
                     }
                     // Results go to gateways and applied epochs to the driver: neither
                     // touches a store (the result table is checked where it is kept).

@@ -27,6 +27,7 @@ pub mod machine;
 pub mod mailbox;
 pub mod message;
 pub mod partition;
+pub mod placement;
 pub mod plan;
 pub mod replication;
 pub mod rng;
@@ -41,6 +42,7 @@ pub use ids::{
 pub use key::{Elem, Key, SYSTEM_TABLE};
 pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};
+pub use placement::{ExecutorId, Placement, PlacementError};
 pub use plan::{Owner, Plan, RoutedTxn};
 pub use replication::{ENTRIES_PER_MESSAGE_LIMIT, LogEntry, PeerMessage};
 pub use rng::DetRng;

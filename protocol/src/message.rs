@@ -153,6 +153,13 @@ pub struct NodeStatus {
     /// TPC-C warehouses among them (0 for other workloads), for loading progress.
     #[serde(default)]
     pub warehouses_loaded: u32,
+    /// Results of a call on which replicas of a partition disagreed, seen by its gateway
+    /// since it started: determinism failures.
+    #[serde(default)]
+    pub determinism_failures: u64,
+    /// The last of them, described.
+    #[serde(default)]
+    pub last_divergence: Option<String>,
 }
 
 /// What a client may send a node: the client-facing subset of [`Message`], with the same
@@ -194,6 +201,8 @@ pub enum Message {
     Ack {
         /// The sending partition.
         from: PartitionId,
+        /// The node of the sending replica.
+        node: NodeId,
         /// The receiving partition.
         to: PartitionId,
         /// The sender's durable epoch.
@@ -217,6 +226,8 @@ pub enum Message {
     Hello {
         /// The sending partition.
         from: PartitionId,
+        /// The node of the sending replica.
+        node: NodeId,
         /// The receiving partition.
         to: PartitionId,
         /// The sender's durable epoch.
@@ -280,6 +291,8 @@ pub enum Message {
     },
     /// Executor → gateway.
     Result {
+        /// The reporting partition (the call's designated one).
+        from: PartitionId,
         /// The result.
         result: TxnResult,
         /// Whether it came from the result table (a retried call).
@@ -339,6 +352,8 @@ pub enum Message {
     Subscribe {
         /// The partition.
         partition: PartitionId,
+        /// The node of the subscribing replica (plans go there).
+        node: NodeId,
         /// The first epoch wanted.
         from: Epoch,
     },
@@ -430,6 +445,7 @@ mod tests {
         }
         let node_only = Message::Subscribe {
             partition: crate::ids::PartitionId(0),
+            node: crate::ids::NodeId(1),
             from: crate::ids::Epoch(1),
         };
         let bytes = rmp_serde::to_vec(&node_only).expect("encode");
@@ -463,6 +479,7 @@ mod tests {
         }
         let subscribe = Message::Subscribe {
             partition: crate::ids::PartitionId(0),
+            node: crate::ids::NodeId(1),
             from: crate::ids::Epoch(1),
         };
         assert!(!subscribe.is_client_message());

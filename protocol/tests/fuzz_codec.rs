@@ -323,16 +323,21 @@ fn node_status() -> impl Strategy<Value = NodeStatus> + Clone {
         any::<u64>(),
         any::<u64>(),
         loaded,
+        (any::<u64>(), proptest::option::of(text())),
     )
         .prop_map(
-            |(node, replica, partitions, calls_answered, uptime_us, loaded)| NodeStatus {
-                node,
-                replica,
-                partitions,
-                calls_answered,
-                uptime_us,
-                rows_loaded: loaded.0,
-                warehouses_loaded: loaded.1,
+            |(node, replica, partitions, calls_answered, uptime_us, loaded, divergences)| {
+                NodeStatus {
+                    node,
+                    replica,
+                    partitions,
+                    calls_answered,
+                    uptime_us,
+                    rows_loaded: loaded.0,
+                    warehouses_loaded: loaded.1,
+                    determinism_failures: divergences.0,
+                    last_divergence: divergences.1,
+                }
             },
         )
 }
@@ -427,10 +432,13 @@ fn token() -> impl Strategy<Value = SessionToken> + Clone {
 /// Any message, every variant equally likely.
 fn message() -> impl Strategy<Value = Message> + Clone {
     prop_oneof![
-        (partition(), partition(), epoch()).prop_map(|(from, to, durable)| Message::Ack {
-            from,
-            to,
-            durable
+        (partition(), node(), partition(), epoch()).prop_map(|(from, node, to, durable)| {
+            Message::Ack {
+                from,
+                node,
+                to,
+                durable,
+            }
         }),
         call().prop_map(Message::Call),
         delivery().prop_map(Message::Deliver),
@@ -477,10 +485,13 @@ fn message() -> impl Strategy<Value = Message> + Clone {
                 }
             }),
         (client(), request_seq()).prop_map(|(client, seq)| Message::Duplicate { client, seq }),
-        (partition(), partition(), epoch()).prop_map(|(from, to, durable)| Message::Hello {
-            from,
-            to,
-            durable
+        (partition(), node(), partition(), epoch()).prop_map(|(from, node, to, durable)| {
+            Message::Hello {
+                from,
+                node,
+                to,
+                durable,
+            }
         }),
         (node(), transaction(), proptest::option::of(node())).prop_map(|(from, txn, leader)| {
             Message::NotLeader {
@@ -511,13 +522,22 @@ fn message() -> impl Strategy<Value = Message> + Clone {
         Just(Message::OpenSession),
         (token(), call()).prop_map(|(token, call)| Message::SessionCall { token, call }),
         (client(), token()).prop_map(|(client, token)| Message::SessionOpened { client, token }),
-        (txn_result(), any::<bool>())
-            .prop_map(|(result, recovered)| Message::Result { result, recovered }),
+        (partition(), txn_result(), any::<bool>()).prop_map(|(from, result, recovered)| {
+            Message::Result {
+                from,
+                result,
+                recovered,
+            }
+        }),
         (client(), request_seq()).prop_map(|(client, seq)| Message::ResultUnknown { client, seq }),
         Just(Message::Status),
         node_status().prop_map(Message::StatusReply),
         transaction().prop_map(|txn| Message::Submit(Arc::new(txn))),
-        (partition(), epoch()).prop_map(|(partition, from)| Message::Subscribe { partition, from }),
+        (partition(), node(), epoch()).prop_map(|(partition, node, from)| Message::Subscribe {
+            partition,
+            node,
+            from
+        }),
     ]
 }
 
@@ -1212,8 +1232,8 @@ fn deep_nesting_is_refused_not_a_stack_overflow() {
 #[test]
 fn depth_limit_is_where_we_think() {
     let ack = |depth: usize| {
-        let mut out = vec![0x81, 0xa3, b'A', b'c', b'k', 0x84];
-        for field in ["from", "to", "durable"] {
+        let mut out = vec![0x81, 0xa3, b'A', b'c', b'k', 0x85];
+        for field in ["from", "node", "to", "durable"] {
             out.push(0xa0 | field.len() as u8);
             out.extend_from_slice(field.as_bytes());
             out.push(0x01);
@@ -1225,6 +1245,7 @@ fn depth_limit_is_where_we_think() {
     };
     let expected = Message::Ack {
         from: PartitionId(1),
+        node: NodeId(1),
         to: PartitionId(1),
         durable: Epoch(1),
     };

@@ -2,18 +2,19 @@
 //! partition's plans, in epoch order.
 //!
 //! ```text
-//!  Committed(batch) ──▶ PlanServer ──▶ Plan { to: partition, plan }   (epoch order)
-//!  Subscribe(p, e) ───▶            ──▶ every committed plan of p from e on, then new ones
+//!  Committed(batch) ──▶ PlanServer ──▶ Plan { to, node, plan }   (epoch order)
+//!  Subscribe(p, n, e) ▶            ──▶ every committed plan of p from e on, then new ones
 //! ```
 //!
-//! One runs beside every replica. A subscription replaces the partition's previous one: an
-//! executor re-subscribes (from the epoch it needs next) after a reconnect or when it fails
+//! One runs beside every replica. Each replica of a partition (the partition on one node)
+//! subscribes on its own, and its subscription replaces its previous one: an executor
+//! re-subscribes (from the epoch it needs next) after a reconnect or when it fails
 //! over from a silent replica, and gets everything from there again; duplicates are its
 //! to drop. The replica reports every committed batch again after a restart, so the server
 //! starts empty with each incarnation.
 
 use crate::{PartitionMap, schedule};
-use detflow_protocol::{Batch, Epoch, Machine, PartitionId, Plan, Time};
+use detflow_protocol::{Batch, Epoch, ExecutorId, Machine, NodeId, PartitionId, Plan, Time};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -26,10 +27,12 @@ const PLANS_CACHED_MAX: usize = 1_024;
 pub enum Input {
     /// The replica committed the next batch (epochs come in order from 1).
     Committed(Arc<Batch>),
-    /// A partition wants its plans from epoch `from` on.
+    /// A replica of a partition wants its plans from epoch `from` on.
     Subscribe {
         /// The partition.
         partition: PartitionId,
+        /// The node of the subscribing replica.
+        node: NodeId,
         /// The first epoch it lacks.
         from: Epoch,
     },
@@ -38,10 +41,12 @@ pub enum Input {
 /// An effect of the plan server.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    /// Send a plan to the executor of its partition.
+    /// Send a plan to a replica of its partition.
     Plan {
         /// The partition.
         to: PartitionId,
+        /// The node of the replica.
+        node: NodeId,
         /// Its plan of one epoch.
         plan: Arc<Plan>,
     },
@@ -61,8 +66,8 @@ pub struct PlanServer {
     map: PartitionMap,
     committed: Vec<Arc<Batch>>,
     plans: BTreeMap<Epoch, Vec<Arc<Plan>>>,
-    /// Per subscribed partition, the next epoch to send.
-    subscribers: BTreeMap<PartitionId, Epoch>,
+    /// Per subscribed replica, the next epoch to send.
+    subscribers: BTreeMap<ExecutorId, Epoch>,
     stats: PlanServerStats,
 }
 
@@ -100,7 +105,8 @@ impl PlanServer {
     /// Sends every subscriber what it lacks of what is committed.
     fn serve(&mut self, out: &mut Vec<Output>) {
         let committed = self.committed_epoch();
-        for (p, next) in self.subscribers.iter_mut() {
+        for (subscriber, next) in self.subscribers.iter_mut() {
+            let p = subscriber.partition;
             while *next <= committed {
                 let epoch = *next;
                 let plans = self.plans.entry(epoch).or_insert_with(|| {
@@ -117,7 +123,8 @@ impl PlanServer {
                 });
                 self.stats.plans_sent += 1;
                 out.push(Output::Plan {
-                    to: *p,
+                    to: p,
+                    node: subscriber.node,
                     plan: plans[p.0 as usize].clone(),
                 });
                 *next = epoch.next();
@@ -136,13 +143,18 @@ impl Machine for PlanServer {
     fn handle(&mut self, _now: Time, input: Input, out: &mut Vec<Output>) {
         match input {
             Input::Committed(batch) => self.on_committed(batch),
-            Input::Subscribe { partition, from } => {
+            Input::Subscribe {
+                partition,
+                node,
+                from,
+            } => {
                 if partition.0 >= self.map.partitions() {
                     self.stats.subscriptions_refused += 1;
                     return;
                 }
                 // Epochs count from 1.
-                self.subscribers.insert(partition, from.max(Epoch(1)));
+                let subscriber = ExecutorId { partition, node };
+                self.subscribers.insert(subscriber, from.max(Epoch(1)));
             }
         }
         self.serve(out);
@@ -173,7 +185,7 @@ mod tests {
 
     fn sent(out: &[Output]) -> Vec<(u32, u64)> {
         out.iter()
-            .map(|Output::Plan { to, plan }| (to.0, plan.epoch.0))
+            .map(|Output::Plan { to, plan, .. }| (to.0, plan.epoch.0))
             .collect()
     }
 
@@ -187,6 +199,7 @@ mod tests {
         assert!(out.is_empty(), "no subscriber yet");
         let subscribe = Input::Subscribe {
             partition: PartitionId(1),
+            node: NodeId(0),
             from: Epoch(2),
         };
         server.handle(Time(0), subscribe, &mut out);
@@ -204,6 +217,7 @@ mod tests {
         for from in [Epoch(0), Epoch(1)] {
             let subscribe = Input::Subscribe {
                 partition: PartitionId(0),
+                node: NodeId(0),
                 from,
             };
             server.handle(Time(0), subscribe, &mut out);
@@ -212,10 +226,33 @@ mod tests {
         out.clear();
         let stranger = Input::Subscribe {
             partition: PartitionId(7),
+            node: NodeId(0),
             from: Epoch(1),
         };
         server.handle(Time(0), stranger, &mut out);
         assert!(out.is_empty());
         assert_eq!(server.stats().subscriptions_refused, 1);
+    }
+
+    #[test]
+    fn each_replica_of_a_partition_has_its_own_subscription() {
+        let mut server = server();
+        let mut out = Vec::new();
+        server.handle(Time(0), Input::Committed(batch(1)), &mut out);
+        for (node, from) in [(1, 1), (2, 2)] {
+            let subscribe = Input::Subscribe {
+                partition: PartitionId(0),
+                node: NodeId(node),
+                from: Epoch(from),
+            };
+            server.handle(Time(0), subscribe, &mut out);
+        }
+        out.clear();
+        server.handle(Time(0), Input::Committed(batch(2)), &mut out);
+        let to: Vec<_> = out
+            .iter()
+            .map(|Output::Plan { node, plan, .. }| (node.0, plan.epoch.0))
+            .collect();
+        assert_eq!(to, [(1, 2), (2, 2)]);
     }
 }

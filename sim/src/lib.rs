@@ -15,6 +15,9 @@
 //! - exactly once: every answered call is in the log exactly once, at the position its
 //!   answer names, and every answer to it is the same; nothing executes twice;
 //! - every key only on its owner;
+//! - partition replicas agree: every replica of a partition ends with the same state, and
+//!   the gateways found no two replicas reporting different results for a call (checked
+//!   as the run goes);
 //! - liveness: after healing, every call is answered and every partition applies the whole
 //!   log within a bounded virtual time;
 //! - the workload's own invariants.
@@ -74,6 +77,8 @@ pub struct SeedReport {
     pub virtual_us: u64,
     /// Faults injected.
     pub faults: FaultCounts,
+    /// Replicas of each partition in the run.
+    pub partition_replicas: u32,
 }
 
 impl SeedReport {
@@ -105,6 +110,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
                 epochs: 0,
                 virtual_us: 0,
                 faults: FaultCounts::default(),
+                partition_replicas: config.partition_replicas,
             });
         }
     };
@@ -120,6 +126,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
         epochs: run.log.len() as u64,
         virtual_us: run.end.0,
         faults: run.faults,
+        partition_replicas: run.partition_replicas,
     })
 }
 

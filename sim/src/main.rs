@@ -146,6 +146,10 @@ struct RunArgs {
     /// Sequencer replicas (1, 3 or 5).
     #[arg(long, default_value_t = 3)]
     replicas: u32,
+    /// Replicas of each partition (executors running the same plans): 1, 2 or 3; 0 draws
+    /// one per seed.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3))]
+    partition_replicas: u32,
     /// Faults to inject: `all` (every type, swarm mode), `none`, or a comma-separated list
     /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, silent-drops, swarm.
     #[arg(long, default_value = "none")]
@@ -261,6 +265,7 @@ fn run(args: RunArgs) -> Result<bool> {
             clients: args.clients,
             epoch_us: args.epoch_us,
             replicas: args.replicas,
+            partition_replicas: args.partition_replicas,
             faults: fault_config,
             executor_bugs: bugs,
             replica_bugs,
@@ -290,7 +295,10 @@ fn run(args: RunArgs) -> Result<bool> {
             passed += 1;
         } else {
             failed += 1;
-            println!("seed {seed} FAILED:");
+            println!(
+                "seed {seed} FAILED ({} replicas per partition):",
+                report.partition_replicas
+            );
             for f in &report.failures {
                 println!("  {f}");
             }
@@ -323,10 +331,11 @@ fn run(args: RunArgs) -> Result<bool> {
 
 fn replay_command(args: &RunArgs, seed: u64) -> String {
     let mut cmd = format!(
-        "cargo run --release -p detflow-sim -- run --workload {} --seed {seed} --partitions {} --replicas {} --txns {} --clients {} --epoch-us {} --faults {}",
+        "cargo run --release -p detflow-sim -- run --workload {} --seed {seed} --partitions {} --replicas {} --partition-replicas {} --txns {} --clients {} --epoch-us {} --faults {}",
         args.workload.name(),
         args.partitions,
         args.replicas,
+        args.partition_replicas,
         args.txns,
         args.clients,
         args.epoch_us,

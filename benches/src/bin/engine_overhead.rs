@@ -247,7 +247,7 @@ impl Pipeline {
     fn plan_server_input(&mut self, input: plan_server::Input) {
         let mut out = std::mem::take(&mut self.plan_out);
         self.plans.handle(self.now, input, &mut out);
-        for plan_server::Output::Plan { to, plan } in out.drain(..) {
+        for plan_server::Output::Plan { to, plan, .. } in out.drain(..) {
             // The server keeps the plans it sent for late subscribers: a copy travels, as
             // it would over a connection.
             let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
@@ -272,18 +272,35 @@ impl Pipeline {
                 Output::ResultUnknown { .. } => bail!("a result query nobody made"),
                 Output::Deliver { .. } => bail!("a delivery of letters, but no gateway is set"),
                 Output::StreamPart { .. } => bail!("a stream read nobody made"),
-                Output::SendAck { to, durable } => {
-                    To::Executor(to, Input::Ack { from: p, durable })
+                // One replica per partition, on node 0 (the default placement).
+                Output::SendAck { to, durable } => To::Executor(
+                    to.partition,
+                    Input::Ack {
+                        from: p,
+                        node: to.node,
+                        durable,
+                    },
+                ),
+                Output::SendHello { to, durable } => To::Executor(
+                    to.partition,
+                    Input::Hello {
+                        from: p,
+                        node: to.node,
+                        durable,
+                    },
+                ),
+                Output::SendReads { to, reads } => {
+                    To::Executor(to.partition, Input::RemoteReads(reads))
                 }
-                Output::SendHello { to, durable } => {
-                    To::Executor(to, Input::Hello { from: p, durable })
-                }
-                Output::SendReads { to, reads } => To::Executor(to, Input::RemoteReads(reads)),
                 Output::Subscribe { to, from } => {
                     if to != REPLICA {
                         bail!("partition {p} subscribed to {to}, which does not exist");
                     }
-                    To::PlanServer(plan_server::Input::Subscribe { partition: p, from })
+                    To::PlanServer(plan_server::Input::Subscribe {
+                        partition: p,
+                        node: NodeId(0),
+                        from,
+                    })
                 }
             };
             self.queue.push_back(to);

@@ -1060,6 +1060,8 @@ fn node_status(rng: &mut DetRng) -> NodeStatus {
         uptime_us: rng.next_u64(),
         rows_loaded: rng.next_u64(),
         warehouses_loaded: rng.next_u64() as u32,
+        determinism_failures: rng.next_u64(),
+        last_divergence: option(rng, |rng| format!("{}", rng.next_u64())),
     }
 }
 
@@ -1154,6 +1156,7 @@ fn message(rng: &mut DetRng) -> Message {
     match rng.below(MESSAGE_VARIANTS as u64) {
         0 => Message::Ack {
             from: partition(rng),
+            node: node(rng),
             to: partition(rng),
             durable: epoch(rng),
         },
@@ -1164,6 +1167,7 @@ fn message(rng: &mut DetRng) -> Message {
         },
         3 => Message::Hello {
             from: partition(rng),
+            node: node(rng),
             to: partition(rng),
             durable: epoch(rng),
         },
@@ -1194,6 +1198,7 @@ fn message(rng: &mut DetRng) -> Message {
             reply: reply(rng),
         },
         11 => Message::Result {
+            from: partition(rng),
             result: TxnResult {
                 client: client(rng),
                 seq: request_seq(rng),
@@ -1243,6 +1248,7 @@ fn message(rng: &mut DetRng) -> Message {
         },
         _ => Message::Subscribe {
             partition: partition(rng),
+            node: node(rng),
             from: epoch(rng),
         },
     }

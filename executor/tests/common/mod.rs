@@ -199,8 +199,9 @@ impl Cluster {
         while let Some((from, output)) = queue.pop_front() {
             match output {
                 Output::SendReads { to, reads } => {
-                    let out = self.feed(to.0, Input::RemoteReads(reads));
-                    queue.extend(out.into_iter().map(|o| (to.0, o)));
+                    let p = to.partition.0;
+                    let out = self.feed(p, Input::RemoteReads(reads));
+                    queue.extend(out.into_iter().map(|o| (p, o)));
                 }
                 other => rest.push((from, other)),
             }

@@ -24,7 +24,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
             args.workload
         );
         Some((
-            Local::start(3, partitions, &args.workload, options.clone(), None).await?,
+            Local::start(
+                3,
+                partitions,
+                args.replication,
+                &args.workload,
+                options.clone(),
+                None,
+            )
+            .await?,
             partitions,
         ))
     } else {

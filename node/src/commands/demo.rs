@@ -17,12 +17,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool> {
     let tpcc = args.workload == "tpcc";
     let options = args.tpcc.options(&args.workload, 100);
     println!(
-        "starting a local cluster: {} node processes (each a sequencer replica and a gateway), {} partitions, workload {}",
-        args.replicas, args.partitions, args.workload
+        "starting a local cluster: {} node processes (each a sequencer replica and a gateway), {} partitions with {} replicas each, workload {}",
+        args.replicas,
+        args.partitions,
+        args.replication.unwrap_or(args.replicas.min(2)),
+        args.workload
     );
     let local = Local::start(
         args.replicas,
         args.partitions,
+        args.replication,
         &args.workload,
         options.clone(),
         args.keep.clone(),

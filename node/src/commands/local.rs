@@ -30,12 +30,16 @@ impl Local {
     pub(super) async fn start(
         replicas: u32,
         partitions: u32,
+        replication: Option<u32>,
         workload: &str,
         options: Options,
         keep: Option<PathBuf>,
     ) -> Result<Local> {
         let mut builder =
             LocalCluster::builder(replicas, partitions, workload).options(options.clone());
+        if let Some(r) = replication {
+            builder = builder.replication(r);
+        }
         if let Some(dir) = keep {
             builder = builder.dir(dir);
         }

@@ -3,6 +3,7 @@
 use crate::cli::ConnectArgs;
 use anyhow::Result;
 use detflow_client::{Client, Tls};
+use detflow_protocol::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
         .filter_map(|(addr, s)| s.ok().map(|s| (addr, (s.calls_answered, s.uptime_us))))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Per partition, each replica's node and last applied epoch.
+    let mut replicas: BTreeMap<u32, Vec<(NodeId, u64)>> = BTreeMap::new();
+    let mut committed = 0;
     for (addr, status) in client.status().await {
         match status {
             Ok(s) => {
@@ -35,10 +39,13 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
                     _ => "recent throughput unknown (restarted?)".to_owned(),
                 };
                 let replica = match s.replica {
-                    Some((term, leader, commit)) => format!(
-                        "replica term {term}, leader {}, committed epoch {commit}",
-                        leader.map_or("none".to_owned(), |l| format!("node {l}"))
-                    ),
+                    Some((term, leader, commit)) => {
+                        committed = committed.max(commit.0);
+                        format!(
+                            "replica term {term}, leader {}, committed epoch {commit}",
+                            leader.map_or("none".to_owned(), |l| format!("node {l}"))
+                        )
+                    }
                     None => "no replica".to_owned(),
                 };
                 println!(
@@ -47,11 +54,19 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
                     s.calls_answered,
                     s.uptime_us as f64 / 1e6,
                 );
-                for (p, next, durable) in s.partitions {
+                if s.determinism_failures > 0 {
                     println!(
-                        "  partition {p}: applied through epoch {}, durable through {durable}",
-                        next.0.saturating_sub(1)
+                        "  DETERMINISM FAILURES: {} (last: {})",
+                        s.determinism_failures,
+                        s.last_divergence.as_deref().unwrap_or("unknown")
                     );
+                }
+                for (p, next, durable) in s.partitions {
+                    let applied = next.0.saturating_sub(1);
+                    println!(
+                        "  partition {p}: applied through epoch {applied}, durable through {durable}"
+                    );
+                    replicas.entry(p.0).or_default().push((s.node, applied));
                 }
             }
             Err(e) => {
@@ -59,6 +74,23 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
                 println!("{addr}: unreachable ({e})");
             }
         }
+    }
+    if !replicas.is_empty() {
+        println!(
+            "partitions (replicas: node, applied epoch, lag behind the committed epoch {committed}):"
+        );
+    }
+    for (p, nodes) in &replicas {
+        let line: Vec<String> = nodes
+            .iter()
+            .map(|(node, applied)| {
+                format!(
+                    "node {node} at {applied} (lag {})",
+                    committed.saturating_sub(*applied)
+                )
+            })
+            .collect();
+        println!("  partition {p}: {}", line.join(", "));
     }
     client.close();
     Ok(all_up)

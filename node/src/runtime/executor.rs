@@ -8,43 +8,56 @@ use crate::failstop::fatal;
 use crate::storage::FjallStore;
 use detflow_executor::{Executor, Input, Output, Store};
 use detflow_protocol::message::Message;
-use detflow_protocol::{Machine, NodeId, PartitionId};
+use detflow_protocol::{ExecutorId, Machine};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Sends one of partition `me`'s outputs where it goes; true if it reports an applied
-/// epoch (which the caller makes durable).
-fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
+/// Sends one of replica `me`'s outputs where it goes; true if it reports an applied epoch
+/// (which the caller makes durable).
+fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
     match effect {
         Output::EpochApplied(_) => return true,
         Output::Result {
             gateway,
             result,
             recovered,
-        } => router.to_gateway(gateway, Message::Result { result, recovered }),
+        } => {
+            let msg = Message::Result {
+                from: me.partition,
+                result,
+                recovered,
+            };
+            router.to_gateway(gateway, msg);
+        }
         Output::ResultUnknown {
             gateway,
             client,
             seq,
         } => router.to_gateway(gateway, Message::ResultUnknown { client, seq }),
-        Output::SendAck { to, durable } => router.to_executor(
-            to,
-            Message::Ack {
-                from: me,
-                to,
+        Output::SendAck { to, durable } => {
+            let msg = Message::Ack {
+                from: me.partition,
+                node: me.node,
+                to: to.partition,
                 durable,
-            },
-        ),
-        Output::SendHello { to, durable } => router.to_executor(
-            to,
-            Message::Hello {
-                from: me,
-                to,
+            };
+            router.to_executor(to, msg);
+        }
+        Output::SendHello { to, durable } => {
+            let msg = Message::Hello {
+                from: me.partition,
+                node: me.node,
+                to: to.partition,
                 durable,
-            },
-        ),
+            };
+            router.to_executor(to, msg);
+        }
         Output::SendReads { to, reads } => {
-            router.to_executor(to, Message::RemoteReads { to, reads });
+            let msg = Message::RemoteReads {
+                to: to.partition,
+                reads,
+            };
+            router.to_executor(to, msg);
         }
         Output::StreamPart {
             gateway,
@@ -57,7 +70,8 @@ fn route_output(router: &Router, me: PartitionId, effect: Output) -> bool {
         Output::Subscribe { to, from } => router.to_replica(
             to,
             Message::Subscribe {
-                partition: me,
+                partition: me.partition,
+                node: me.node,
                 from,
             },
         ),
@@ -69,11 +83,11 @@ pub(super) async fn executor_task(
     mut executor: Executor<FjallStore>,
     mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
-    peers: Vec<(PartitionId, NodeId)>,
     stats: Arc<NodeStats>,
     clock: Clock,
 ) {
-    let me = executor.partition();
+    let me = executor.id();
+    let partition = me.partition;
     let mut out = Vec::new();
     executor.handle(clock.now(), Input::Start, &mut out);
     let mut published_drops = 0;
@@ -93,8 +107,26 @@ pub(super) async fn executor_task(
             let input = match ev {
                 Event::Msg(Message::Plan(plan)) => Input::Plan((*plan).clone()),
                 Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
-                Event::Msg(Message::Ack { from, durable, .. }) => Input::Ack { from, durable },
-                Event::Msg(Message::Hello { from, durable, .. }) => Input::Hello { from, durable },
+                Event::Msg(Message::Ack {
+                    from,
+                    node,
+                    durable,
+                    ..
+                }) => Input::Ack {
+                    from,
+                    node,
+                    durable,
+                },
+                Event::Msg(Message::Hello {
+                    from,
+                    node,
+                    durable,
+                    ..
+                }) => Input::Hello {
+                    from,
+                    node,
+                    durable,
+                },
                 Event::Msg(Message::StreamQuery {
                     read,
                     gateway,
@@ -123,9 +155,7 @@ pub(super) async fn executor_task(
                     // The machine decides what a new connection means: a replica may be
                     // its plan source, a partition may lack reads.
                     executor.handle(clock.now(), Input::ReplicaConnected(node), &mut out);
-                    for (peer, _) in peers.iter().filter(|(_, n)| *n == node) {
-                        executor.handle(clock.now(), Input::Connected { peer: *peer }, &mut out);
-                    }
+                    executor.handle(clock.now(), Input::Connected { node }, &mut out);
                     continue;
                 }
                 _ => continue,
@@ -139,7 +169,7 @@ pub(super) async fn executor_task(
         if applied {
             let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
                 Ok(epoch) => epoch,
-                Err(e) => fatal(format!("cannot fsync partition {me}: {e}")),
+                Err(e) => fatal(format!("cannot fsync partition {partition}: {e}")),
             };
             executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
             for effect in out.drain(..) {
@@ -149,10 +179,14 @@ pub(super) async fn executor_task(
         let next = executor.next_epoch().0;
         if let Ok(mut parts) = stats.partitions.lock() {
             let durable = executor.store().applied_epoch().0;
-            parts.insert(me, (next, durable));
+            parts.insert(partition, (next, durable));
         }
-        let label = PartitionLabel { partition: me.0 };
+        let label = PartitionLabel {
+            partition: partition.0,
+        };
         stats.partition_next_epoch.get_or_create(&label).set(next);
+        let lag = stats.commit.get().saturating_sub(next.saturating_sub(1));
+        stats.partition_lag.get_or_create(&label).set(lag);
         let s = executor.stats();
         let dropped = s.peer_inputs_dropped + s.plans_dropped + s.reads_refused;
         if dropped != published_drops {

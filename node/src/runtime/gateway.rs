@@ -91,9 +91,15 @@ pub(super) async fn gateway_task(
             Some(Event::Msg(Message::Duplicate { client, seq })) => {
                 gateway::Input::Duplicate { client, seq }
             }
-            Some(Event::Msg(Message::Result { result, recovered })) => {
-                gateway::Input::Result { result, recovered }
-            }
+            Some(Event::Msg(Message::Result {
+                from,
+                result,
+                recovered,
+            })) => gateway::Input::Result {
+                from,
+                result,
+                recovered,
+            },
             Some(Event::Msg(Message::ResultUnknown { client, seq })) => {
                 gateway::Input::ResultUnknown { client, seq }
             }
@@ -111,7 +117,7 @@ pub(super) async fn gateway_task(
                     max,
                 } => {
                     let msg = Message::StreamQuery {
-                        partition: to,
+                        partition: to.partition,
                         read,
                         gateway: router.me,
                         stream,
@@ -129,10 +135,17 @@ pub(super) async fn gateway_task(
                     let msg = Message::Query {
                         client,
                         seq,
-                        partition: to,
+                        partition: to.partition,
                         gateway: router.me,
                     };
                     router.to_executor(to, msg);
+                }
+                gateway::Output::Diverged(divergence) => {
+                    stats.determinism_failures.inc();
+                    tracing::error!("{divergence}");
+                    if let Ok(mut last) = stats.last_divergence.lock() {
+                        *last = Some(divergence.to_string());
+                    }
                 }
                 gateway::Output::Reply { client, seq, reply } => {
                     count_reply(&stats, &reply);

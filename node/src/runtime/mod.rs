@@ -165,6 +165,7 @@ impl Node {
             loading,
         ));
 
+        let placement = Arc::new(config.placement());
         let mut router = Router {
             me,
             nodes: config
@@ -172,7 +173,7 @@ impl Node {
                 .iter()
                 .map(|n| (NodeId(n.id), n.clone()))
                 .collect(),
-            placement: config.placement(),
+            placement: placement.clone(),
             replica: None,
             gateway: None,
             executors: BTreeMap::new(),
@@ -223,21 +224,15 @@ impl Node {
                 .with_context(|| format!("partition {p} at {}", dir.display()))?;
             let mut executor =
                 Executor::new(partition, config.partitions(), registry.clone(), store);
+            executor.set_placement(me, placement.clone());
             executor.set_plan_sources(config.replicas());
             // This node's own gateway first: no hop while it lives.
             let mut gateways = config.gateways();
             gateways.sort_by_key(|g| *g != me);
             executor.set_delivery_gateways(gateways);
-            let peers: Vec<(PartitionId, NodeId)> = config
-                .placement()
-                .into_iter()
-                .filter(|(q, _)| *q != partition)
-                .collect();
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                Box::pin(executor::executor_task(
-                    executor, rx, router, peers, stats, clock,
-                ))
+                Box::pin(executor::executor_task(executor, rx, router, stats, clock))
             }));
         }
         if spec.gateway {
@@ -245,6 +240,7 @@ impl Node {
             router.gateway = Some(tx);
             let mut gateway =
                 Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
+            gateway.set_placement(placement.clone());
             gateway.set_call_deadline_us(limits.call_deadline_ms.saturating_mul(1_000));
             gateway.set_calls_in_flight_max(limits.calls_in_flight_max);
             let stats = stats.clone();

@@ -7,7 +7,7 @@ use super::{Clock, Event, NodeStats, drain, sleep_until};
 use crate::failstop::fatal;
 use crate::storage::LogStore;
 use detflow_protocol::message::Message;
-use detflow_protocol::{Epoch, Machine};
+use detflow_protocol::{Epoch, ExecutorId, Machine};
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::replica::{self, Replica};
 use std::collections::BTreeMap;
@@ -18,7 +18,11 @@ use tokio::sync::mpsc;
 
 /// Sends the plan server's plans to their partitions.
 fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) {
-    for plan_server::Output::Plan { to, plan } in out.drain(..) {
+    for plan_server::Output::Plan { to, node, plan } in out.drain(..) {
+        let to = ExecutorId {
+            partition: to,
+            node,
+        };
         router.to_executor(to, Message::Plan(plan));
     }
 }
@@ -56,8 +60,16 @@ pub(super) async fn replica_task(
             let input = match ev {
                 Event::Msg(Message::Peer { from, msg }) => replica::Input::Peer { from, msg },
                 Event::Msg(Message::Submit(txn)) => replica::Input::Submit(txn),
-                Event::Msg(Message::Subscribe { partition, from }) => {
-                    let input = plan_server::Input::Subscribe { partition, from };
+                Event::Msg(Message::Subscribe {
+                    partition,
+                    node,
+                    from,
+                }) => {
+                    let input = plan_server::Input::Subscribe {
+                        partition,
+                        node,
+                        from,
+                    };
                     server.handle(clock.now(), input, &mut plans);
                     send_plans(&router, &mut plans);
                     continue;

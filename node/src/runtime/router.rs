@@ -5,7 +5,7 @@ use super::{Event, Inbox, NodeStats};
 use crate::config::NodeSpec;
 use detflow_protocol::client_message;
 use detflow_protocol::message::Message;
-use detflow_protocol::{NodeId, PartitionId};
+use detflow_protocol::{ExecutorId, NodeId, PartitionId, Placement};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub(crate) struct Router {
     pub(super) me: NodeId,
     /// Every node's roles, for checking what a peer may send.
     pub(super) nodes: BTreeMap<NodeId, NodeSpec>,
-    pub(super) placement: BTreeMap<PartitionId, NodeId>,
+    pub(super) placement: Arc<Placement>,
     pub(super) replica: Option<Inbox>,
     pub(super) gateway: Option<Inbox>,
     pub(super) executors: BTreeMap<PartitionId, Inbox>,
@@ -78,12 +78,12 @@ impl Router {
         self.to_node(replica, msg);
     }
 
-    pub(super) fn to_executor(&self, partition: PartitionId, msg: Message) {
-        match self.placement.get(&partition) {
-            Some(node) => self.to_node(*node, msg),
-            None => {
-                self.stats.unroutable.inc();
-            }
+    /// Sends to replica `to` of a partition: its node's link, or this node's executor.
+    pub(super) fn to_executor(&self, to: ExecutorId, msg: Message) {
+        if self.placement.hosts(to.partition, to.node) {
+            self.to_node(to.node, msg);
+        } else {
+            self.stats.unroutable.inc();
         }
     }
 
@@ -153,8 +153,8 @@ impl Router {
             .nodes
             .get(&sender)
             .ok_or("not a node of this cluster")?;
-        let hosts = |p: &PartitionId| self.placement.get(p) == Some(&sender);
-        let mine = |p: &PartitionId| self.placement.get(p) == Some(&self.me);
+        let hosts = |p: &PartitionId| self.placement.hosts(*p, sender);
+        let mine = |p: &PartitionId| self.placement.hosts(*p, self.me);
         let check = |ok: bool, reason| if ok { Ok(()) } else { Err(reason) };
         match msg {
             Message::Peer { from, .. } => check(
@@ -170,9 +170,11 @@ impl Router {
                 "a refusal on behalf of another replica",
             ),
             Message::Duplicate { .. } => check(spec.replica, "a duplicate from a non-replica"),
-            Message::Subscribe { partition, .. } => check(
-                hosts(partition),
-                "a subscription for a partition it does not host",
+            Message::Subscribe {
+                partition, node, ..
+            } => check(
+                hosts(partition) && *node == sender,
+                "a subscription for a partition it does not host, or for another node",
             ),
             Message::Plan(plan) => check(
                 spec.replica && mine(&plan.partition),
@@ -182,8 +184,8 @@ impl Router {
                 hosts(&reads.from) && mine(to),
                 "reads of a partition it does not host",
             ),
-            Message::Ack { from, to, .. } | Message::Hello { from, to, .. } => check(
-                hosts(from) && mine(to),
+            Message::Ack { from, node, to, .. } | Message::Hello { from, node, to, .. } => check(
+                hosts(from) && *node == sender && mine(to),
                 "an ack or hello for a partition it does not host",
             ),
             Message::Deliver(delivery) => check(
@@ -202,7 +204,10 @@ impl Router {
                 spec.gateway && *gateway == sender,
                 "a query on behalf of another gateway",
             ),
-            Message::Result { .. } | Message::ResultUnknown { .. } => check(
+            Message::Result { from, .. } => {
+                check(hosts(from), "a result for a partition it does not host")
+            }
+            Message::ResultUnknown { .. } => check(
                 !spec.partitions.is_empty(),
                 "a result from a node without partitions",
             ),

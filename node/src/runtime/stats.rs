@@ -86,6 +86,9 @@ pub struct NodeStats {
     pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
     /// Per partition: the next epoch to apply, for the metrics.
     pub partition_next_epoch: Family<PartitionLabel, CountGauge>,
+    /// Per partition: epochs this node's replica trails the local sequencer replica's
+    /// commit epoch (0 without a local sequencer replica).
+    pub partition_lag: Family<PartitionLabel, CountGauge>,
     /// Aborts by reason (`user`, `outside_footprint`, …).
     pub aborts_by_reason: Family<ReasonLabel, Counter>,
     /// Call latency at the gateway in seconds, from the call's arrival to its reply.
@@ -95,6 +98,11 @@ pub struct NodeStats {
     pub epoch_latency: Histogram,
     /// Messages queued for each peer node and not yet written.
     pub backlogs: Family<PeerLabel, CountGauge>,
+    /// Calls on which replicas of a partition reported different results (seen by this
+    /// node's gateway): determinism failures.
+    pub determinism_failures: Counter,
+    /// The last determinism failure, described, for `status`.
+    pub last_divergence: Mutex<Option<String>>,
 }
 
 impl Default for NodeStats {
@@ -116,10 +124,13 @@ impl Default for NodeStats {
             executor_drops: Family::default(),
             partitions: Mutex::default(),
             partition_next_epoch: Family::default(),
+            partition_lag: Family::default(),
             aborts_by_reason: Family::default(),
             call_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
             epoch_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
             backlogs: Family::default(),
+            determinism_failures: Counter::default(),
+            last_divergence: Mutex::default(),
         }
     }
 }
@@ -148,5 +159,7 @@ pub(super) fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus 
         uptime_us: clock.now().0,
         rows_loaded: crate::load::rows_loaded(),
         warehouses_loaded: crate::load::warehouses_loaded(),
+        determinism_failures: stats.determinism_failures.get(),
+        last_divergence: stats.last_divergence.lock().ok().and_then(|d| d.clone()),
     }
 }

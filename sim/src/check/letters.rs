@@ -59,10 +59,10 @@ pub(crate) fn check(run: &Outcome, reference: &Reference) -> Vec<String> {
             letter.procedure
         ));
     }
-    for (p, pending) in run.letters_pending.iter().enumerate() {
+    for (replica, pending) in &run.letters_pending {
         if *pending > 0 {
             failures.push(format!(
-                "partition {p} still counts {pending} letter(s) to deliver at the end"
+                "{replica} still counts {pending} letter(s) to deliver at the end"
             ));
         }
     }

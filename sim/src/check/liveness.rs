@@ -16,10 +16,10 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
         ));
     }
     let last = run.log.len() as u64;
-    for (p, next) in run.executor_epochs.iter().enumerate() {
+    for (replica, next) in &run.executor_epochs {
         if next.0 != last + 1 {
             failures.push(format!(
-                "partition {p} stopped before epoch {next}, the committed log ends at epoch {last}"
+                "{replica} stopped before epoch {next}, the committed log ends at epoch {last}"
             ));
         }
     }

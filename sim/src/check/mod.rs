@@ -7,6 +7,7 @@ pub(crate) mod agreement;
 pub(crate) mod exactly_once;
 pub(crate) mod letters;
 pub(crate) mod liveness;
+pub(crate) mod partition_replicas;
 pub(crate) mod placement;
 pub(crate) mod raft;
 pub(crate) mod serial;
@@ -32,6 +33,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     let mut failures = Vec::new();
     failures.extend(agreement::check(run));
     failures.extend(liveness::check(run));
+    failures.extend(partition_replicas::check(run));
     failures.extend(exactly_once::check(run));
     failures.extend(valid_calls::check(run));
     let (state, placement_failures) = placement::merged_state(run);

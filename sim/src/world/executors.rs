@@ -6,8 +6,26 @@ impl World {
     pub(super) fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
         use detflow_executor::Input;
         let input = match msg {
-            Msg::Ack { from, durable, .. } => Input::Ack { from, durable },
-            Msg::Hello { from, durable, .. } => Input::Hello { from, durable },
+            Msg::Ack {
+                from,
+                node,
+                durable,
+                ..
+            } => Input::Ack {
+                from,
+                node,
+                durable,
+            },
+            Msg::Hello {
+                from,
+                node,
+                durable,
+                ..
+            } => Input::Hello {
+                from,
+                node,
+                durable,
+            },
             Msg::Plan(plan) => Input::Plan((*plan).clone()),
             Msg::Query { client, seq, .. } => {
                 let Addr::Gateway(g) = from else { return };
@@ -45,6 +63,7 @@ impl World {
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
         let me = Addr::Executor(p);
+        let id = self.executors[p as usize].id;
         for effect in out {
             match effect {
                 Output::EpochApplied(_) => self.schedule_executor_sync(p),
@@ -53,7 +72,11 @@ impl World {
                     result,
                     recovered,
                 } => {
-                    let msg = Msg::Result { result, recovered };
+                    let msg = Msg::Result {
+                        from: id.partition,
+                        result,
+                        recovered,
+                    };
                     self.send(me, Addr::Gateway(gateway.0 - 200), msg);
                 }
                 Output::ResultUnknown {
@@ -68,29 +91,29 @@ impl World {
                     );
                 }
                 Output::SendAck { to, durable } => {
-                    self.send(
-                        me,
-                        Addr::Executor(to.0),
-                        Msg::Ack {
-                            from: PartitionId(p),
-                            to,
-                            durable,
-                        },
-                    );
+                    let msg = Msg::Ack {
+                        from: id.partition,
+                        node: id.node,
+                        to: to.partition,
+                        durable,
+                    };
+                    self.send_to_executor(me, to, msg);
                 }
                 Output::SendHello { to, durable } => {
-                    self.send(
-                        me,
-                        Addr::Executor(to.0),
-                        Msg::Hello {
-                            from: PartitionId(p),
-                            to,
-                            durable,
-                        },
-                    );
+                    let msg = Msg::Hello {
+                        from: id.partition,
+                        node: id.node,
+                        to: to.partition,
+                        durable,
+                    };
+                    self.send_to_executor(me, to, msg);
                 }
                 Output::SendReads { to, reads } => {
-                    self.send(me, Addr::Executor(to.0), Msg::RemoteReads { to, reads })
+                    let msg = Msg::RemoteReads {
+                        to: to.partition,
+                        reads,
+                    };
+                    self.send_to_executor(me, to, msg);
                 }
                 Output::StreamPart {
                     gateway,
@@ -105,7 +128,8 @@ impl World {
                 }
                 Output::Subscribe { to, from } => {
                     let msg = Msg::Subscribe {
-                        partition: PartitionId(p),
+                        partition: id.partition,
+                        node: id.node,
                         from,
                     };
                     self.send(me, Addr::Replica(to.0 - 100), msg);
@@ -118,6 +142,15 @@ impl World {
             self.letters = letters;
             self.last_letter = self.now;
         }
+    }
+
+    /// Sends to the executor that is replica `to`; a machine naming a replica that does
+    /// not exist is a bug of the machine.
+    pub(super) fn send_to_executor(&mut self, from: Addr, to: ExecutorId, msg: Msg) {
+        let addr = self
+            .executor_addr(to)
+            .unwrap_or_else(|| panic!("no executor is {to}"));
+        self.send(from, addr, msg);
     }
 
     pub(super) fn arm_executor_timer(&mut self, p: u32) {

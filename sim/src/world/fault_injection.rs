@@ -60,7 +60,7 @@ impl World {
     /// announced when it ends. Half the time between two executors (their remote reads),
     /// else between any two servers.
     pub(super) fn start_silent_drop(&mut self, servers: &[Addr]) {
-        let executors = self.config.partitions;
+        let executors = self.executors.len() as u32;
         let (from, to) = if executors > 1 && self.rng.chance(0.5) {
             let a = self.rng.below(u64::from(executors)) as u32;
             let b = (a + 1 + self.rng.below(u64::from(executors) - 1) as u32) % executors;

@@ -35,7 +35,15 @@ impl World {
                 }
             }
             Msg::StreamPart { read, part } => Input::StreamPart { read, part },
-            Msg::Result { result, recovered } => Input::Result { result, recovered },
+            Msg::Result {
+                from,
+                result,
+                recovered,
+            } => Input::Result {
+                from,
+                result,
+                recovered,
+            },
             Msg::ResultUnknown { client, seq } => Input::ResultUnknown { client, seq },
             other => panic!("gateway got {other:?}"),
         };
@@ -52,16 +60,17 @@ impl World {
         for effect in out {
             match effect {
                 Output::Query { to, client, seq } => {
-                    self.send(
-                        Addr::Gateway(g),
-                        Addr::Executor(to.0),
-                        Msg::Query {
-                            client,
-                            seq,
-                            partition: to,
-                            gateway: gateway_id(g),
-                        },
-                    );
+                    let msg = Msg::Query {
+                        client,
+                        seq,
+                        partition: to.partition,
+                        gateway: gateway_id(g),
+                    };
+                    self.send_to_executor(Addr::Gateway(g), to, msg);
+                }
+                Output::Diverged(divergence) => {
+                    self.online_failures
+                        .push(format!("gateway {g} at {}: {divergence}", self.now));
                 }
                 Output::Reply { client, seq, reply } => {
                     let to = Addr::Client(client.0 as u32);
@@ -75,14 +84,14 @@ impl World {
                     max,
                 } => {
                     let msg = Msg::StreamQuery {
-                        partition: to,
+                        partition: to.partition,
                         read,
                         gateway: gateway_id(g),
                         stream,
                         from,
                         max,
                     };
-                    self.send(Addr::Gateway(g), Addr::Executor(to.0), msg);
+                    self.send_to_executor(Addr::Gateway(g), to, msg);
                 }
                 Output::StreamAnswer { reader, reply } => {
                     let to = Addr::Reader(reader as u32);

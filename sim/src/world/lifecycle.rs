@@ -23,6 +23,7 @@ impl World {
                     (0..self.config.replicas).map(replica_id).collect(),
                     FOOTPRINT_ENTRIES_MAX,
                 );
+                gateway.set_placement(self.placement.clone());
                 gateway.set_bugs(self.config.gateway_bugs);
                 node.machine = Some(gateway);
             }
@@ -60,30 +61,33 @@ impl World {
         self.arm_replica_timer(r);
     }
 
-    pub(super) fn start_executor(&mut self, p: u32) {
-        let node = &mut self.executors[p as usize];
+    pub(super) fn start_executor(&mut self, e: u32) {
+        let node = &mut self.executors[e as usize];
         let store = node.parked.take().expect("a down executor parks its store");
+        let id = node.id;
         let mut machine = Executor::new(
-            PartitionId(p),
+            id.partition,
             self.config.partitions,
             self.registry.clone(),
             store,
         );
+        machine.set_placement(id.node, self.placement.clone());
         machine.set_bugs(self.config.executor_bugs);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
-        // Partitions spread their deliveries over the gateways.
+        // Executors spread their deliveries over the gateways.
         let gateways = self.config.gateways;
-        let first = p % gateways;
+        let first = e % gateways;
         machine.set_delivery_gateways(
             (0..gateways)
                 .map(|g| gateway_id((first + g) % gateways))
                 .collect(),
         );
+        let node = &mut self.executors[e as usize];
         node.machine = Some(machine);
         node.incarnation += 1;
         node.sync_scheduled = false;
         node.timer = Timer::default();
-        self.executor_input(p, detflow_executor::Input::Start);
+        self.executor_input(e, detflow_executor::Input::Start);
     }
 
     pub(super) fn crash(&mut self, addr: Addr, downtime_us: u64) {
@@ -131,12 +135,8 @@ impl World {
         for (x, y) in [(a, b), (b, a)] {
             match (x, y) {
                 (Addr::Executor(p), Addr::Executor(q)) if self.is_up(x) => {
-                    self.executor_input(
-                        p,
-                        detflow_executor::Input::Connected {
-                            peer: PartitionId(q),
-                        },
-                    );
+                    let node = self.executors[q as usize].id.node;
+                    self.executor_input(p, detflow_executor::Input::Connected { node });
                 }
                 (Addr::Executor(p), Addr::Replica(r)) if self.is_up(x) => {
                     self.executor_input(
@@ -166,7 +166,7 @@ impl World {
     pub(super) fn servers(&self) -> Vec<Addr> {
         (0..self.config.replicas)
             .map(Addr::Replica)
-            .chain((0..self.config.partitions).map(Addr::Executor))
+            .chain((0..self.executors.len() as u32).map(Addr::Executor))
             .chain((0..self.config.gateways).map(Addr::Gateway))
             .collect()
     }

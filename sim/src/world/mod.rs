@@ -23,8 +23,8 @@ use detflow_protocol::WriteId;
 use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::session::{self, Pending, RetryPolicy, Session, SessionBugs};
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Key, LogEntry, Machine, NodeId, Owner, PartitionId, RequestSeq,
-    Time, Value,
+    Batch, ClientId, DetRng, Epoch, ExecutorId, Key, LogEntry, Machine, NodeId, Owner, PartitionId,
+    Placement, RequestSeq, Time, Value,
 };
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::replica::{self, LogWrite, Replica, ReplicaBugs, ReplicaConfig};
@@ -152,6 +152,9 @@ pub struct SimConfig {
     pub partitions: u32,
     /// Sequencer replicas (1, 3 or 5).
     pub replicas: u32,
+    /// Replicas of each partition (executors running the same plans); 0: drawn per seed
+    /// from 1, 2 and 3.
+    pub partition_replicas: u32,
     /// Gateways.
     pub gateways: u32,
     /// Calls the clients make in total.
@@ -200,6 +203,7 @@ impl SimConfig {
             seed,
             partitions: 4,
             replicas: 3,
+            partition_replicas: 0,
             gateways: 2,
             txns: 400,
             clients: 16,
@@ -249,18 +253,22 @@ pub(crate) struct Outcome {
     pub(crate) log: Vec<Arc<Batch>>,
     /// Every call by `(client, seq)`.
     pub(crate) calls: BTreeMap<CallId, CallRecord>,
-    /// Each executor's final store, by partition.
+    /// The first replica's final store, by partition.
     pub(crate) stores: Vec<detflow_executor::MemStore>,
-    /// Each executor's next epoch to apply.
-    pub(crate) executor_epochs: Vec<Epoch>,
+    /// Every replica's final store, by partition then replica.
+    pub(crate) replica_stores: Vec<Vec<detflow_executor::MemStore>>,
+    /// Each executor's next epoch to apply, with its replica.
+    pub(crate) executor_epochs: Vec<(ExecutorId, Epoch)>,
+    /// Replicas of each partition in this run.
+    pub(crate) partition_replicas: u32,
     /// Each replica's log and commit epoch at the end.
     pub(crate) replica_logs: Vec<(Vec<LogEntry>, Epoch)>,
     /// Failures the run noticed as it went (replicas committing different batches).
     pub(crate) online_failures: Vec<String>,
     /// Calls without a final answer at the end.
     pub(crate) unanswered: u64,
-    /// Each partition's letters not consumed at the end.
-    pub(crate) letters_pending: Vec<u64>,
+    /// Each replica's letters not consumed at the end.
+    pub(crate) letters_pending: Vec<(ExecutorId, u64)>,
     /// What each stream reader read.
     pub(crate) readers: Vec<Reader>,
     /// The registry the run used.
@@ -317,6 +325,12 @@ fn gateway_id(g: u32) -> NodeId {
     NodeId(200 + g)
 }
 
+/// The simulated node that runs replica `k` of the partitions: a partition's replicas
+/// are executors on distinct nodes, as in a cluster.
+fn executor_host(k: u32) -> NodeId {
+    NodeId(300 + k)
+}
+
 struct ReplicaNode {
     machine: Option<Replica>,
     disk: Disk,
@@ -330,6 +344,8 @@ struct ReplicaNode {
 }
 
 struct ExecutorNode {
+    /// The replica this executor is: its partition and node.
+    id: ExecutorId,
     machine: Option<Executor<SimStore>>,
     /// The store while the node is down (its disk survives the crash).
     parked: Option<SimStore>,
@@ -370,7 +386,12 @@ pub(crate) struct World {
     healed: bool,
     healed_at: Time,
     replicas: Vec<ReplicaNode>,
+    /// Partition `p`'s replica on host `k` at index `p * R + k`.
     executors: Vec<ExecutorNode>,
+    /// Where the partitions' replicas run.
+    placement: Arc<Placement>,
+    /// Replicas per partition (R).
+    partition_replicas: u32,
     gateways: Vec<GatewayNode>,
     clients: Vec<ClientNode>,
     readers: Vec<Reader>,
@@ -464,16 +485,32 @@ impl World {
                 }
             }
         }
-        let executors = per_partition
-            .into_iter()
-            .map(|rows| ExecutorNode {
-                machine: None,
-                parked: Some(SimStore::loaded(rows)),
-                incarnation: 0,
-                timer: Timer::default(),
-                sync_scheduled: false,
-            })
-            .collect();
+        let partition_replicas = match config.partition_replicas {
+            0 => 1 + rng.fork(9_000).below(3) as u32,
+            r => r,
+        };
+        let hosts: Vec<NodeId> = (0..partition_replicas).map(executor_host).collect();
+        let placement = Arc::new(Placement::spread(
+            config.partitions,
+            &hosts,
+            partition_replicas as usize,
+        ));
+        let mut executors = Vec::new();
+        for (p, rows) in per_partition.into_iter().enumerate() {
+            for k in 0..partition_replicas {
+                executors.push(ExecutorNode {
+                    id: ExecutorId {
+                        partition: PartitionId(p as u32),
+                        node: executor_host(k),
+                    },
+                    machine: None,
+                    parked: Some(SimStore::loaded(rows.clone())),
+                    incarnation: 0,
+                    timer: Timer::default(),
+                    sync_scheduled: false,
+                });
+            }
+        }
         let replicas = (0..config.replicas)
             .map(|_| ReplicaNode {
                 machine: None,
@@ -528,6 +565,8 @@ impl World {
             healed_at: Time::ZERO,
             replicas,
             executors,
+            placement,
+            partition_replicas,
             gateways,
             clients,
             map,
@@ -551,8 +590,8 @@ impl World {
         for r in 0..self.config.replicas {
             self.start(Addr::Replica(r));
         }
-        for p in 0..self.config.partitions {
-            self.start(Addr::Executor(p));
+        for e in 0..self.executors.len() as u32 {
+            self.start(Addr::Executor(e));
         }
         for g in 0..self.config.gateways {
             self.start(Addr::Gateway(g));
@@ -637,20 +676,31 @@ impl World {
         let executor_epochs = self
             .executors
             .iter()
-            .map(|e| e.machine.as_ref().map_or(Epoch(0), |m| m.next_epoch()))
-            .collect();
-        let stores = self
-            .executors
-            .iter()
-            .map(|e| match &e.machine {
-                Some(m) => m.store().mem().clone(),
-                None => detflow_executor::MemStore::new(),
+            .map(|e| {
+                (
+                    e.id,
+                    e.machine.as_ref().map_or(Epoch(0), |m| m.next_epoch()),
+                )
             })
             .collect();
+        let replica_stores: Vec<Vec<detflow_executor::MemStore>> = self
+            .executors
+            .chunks(self.partition_replicas as usize)
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .map(|e| match &e.machine {
+                        Some(m) => m.store().mem().clone(),
+                        None => detflow_executor::MemStore::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let stores = replica_stores.iter().map(|r| r[0].clone()).collect();
         let letters_pending = self
             .executors
             .iter()
-            .map(|e| e.machine.as_ref().map_or(0, |m| m.letters_pending()))
+            .map(|e| (e.id, e.machine.as_ref().map_or(0, |m| m.letters_pending())))
             .collect();
         Outcome {
             log,
@@ -659,7 +709,9 @@ impl World {
             readers: self.readers,
             calls: self.calls,
             stores,
+            replica_stores,
             executor_epochs,
+            partition_replicas: self.partition_replicas,
             replica_logs,
             online_failures: self.online_failures,
             registry: self.registry,
@@ -671,6 +723,15 @@ impl World {
             events: self.events,
             faults: self.counts,
         }
+    }
+
+    /// The address of the executor that is replica `id`, if there is one.
+    fn executor_addr(&self, id: ExecutorId) -> Option<Addr> {
+        let k = id.node.0.checked_sub(executor_host(0).0)?;
+        if id.partition.0 >= self.config.partitions || k >= self.partition_replicas {
+            return None;
+        }
+        Some(Addr::Executor(id.partition.0 * self.partition_replicas + k))
     }
 
     fn schedule(&mut self, at: Time, event: Event) {

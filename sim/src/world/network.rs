@@ -99,8 +99,25 @@ impl World {
             (Addr::Replica(r), Msg::Submit(txn)) => {
                 self.replica_input(r, replica::Input::Submit(txn))
             }
-            (Addr::Replica(r), Msg::Subscribe { partition, from }) => {
-                self.plan_server_input(r, plan_server::Input::Subscribe { partition, from });
+            (
+                Addr::Replica(r),
+                Msg::Subscribe {
+                    partition,
+                    node,
+                    from: epoch,
+                },
+            ) => {
+                // As a node's router, admit a subscription only for the sender itself.
+                let Addr::Executor(e) = from else { return };
+                if self.executors[e as usize].id != (ExecutorId { partition, node }) {
+                    return;
+                }
+                let input = plan_server::Input::Subscribe {
+                    partition,
+                    node,
+                    from: epoch,
+                };
+                self.plan_server_input(r, input);
             }
             (Addr::Executor(p), msg) => self.executor_message(p, from, msg),
             (to, msg) => panic!("simulator routed {msg:?} to {to:?}"),

@@ -130,8 +130,13 @@ impl World {
         };
         let mut out = Vec::new();
         server.handle(self.now, input, &mut out);
-        for plan_server::Output::Plan { to, plan } in out {
-            self.send(Addr::Replica(r), Addr::Executor(to.0), Msg::Plan(plan));
+        for plan_server::Output::Plan { to, node, plan } in out {
+            // A subscription names the replica that sent it (the network says so).
+            let to = ExecutorId {
+                partition: to,
+                node,
+            };
+            self.send_to_executor(Addr::Replica(r), to, Msg::Plan(plan));
         }
     }
 }
