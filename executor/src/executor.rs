@@ -48,7 +48,7 @@ use detflow_protocol::{
     PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn, Time,
     TxnResult, Value,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// An input to the executor.
@@ -206,6 +206,15 @@ pub struct ExecutorBugs {
     /// Ask for each delivery once, never again (letters whose delivery was lost with a
     /// gateway or a leader then wait forever).
     pub no_delivery_retry: bool,
+    /// A replica other than the first of its partition silently skips one write now and
+    /// then: the first write it applies in every epoch whose number is 3 modulo 4.
+    pub skip_one_write: bool,
+    /// A replica other than the first of its partition sends its reads of a transaction
+    /// from a stale position: before the transactions ahead of it in the epoch have run.
+    /// When it sends the reads of one multi-partition transaction it also sends those of
+    /// every later one of the epoch, read from its store as it is now, and does not send
+    /// them again when it reaches them.
+    pub stale_remote_reads: bool,
 }
 
 /// Counters of an executor's work.
@@ -301,6 +310,10 @@ pub struct Executor<S: Store> {
     /// Deliveries asked for so far, to pick the next gateway.
     delivery_attempts: usize,
     bugs: ExecutorBugs,
+    /// Planted bugs' own state: the last epoch in which `skip_one_write` skipped a write,
+    /// and the positions whose reads `stale_remote_reads` sent ahead of time.
+    bug_skipped_in: Option<Epoch>,
+    bug_sent_early: BTreeSet<Position>,
     stats: ExecutorStats,
 }
 
@@ -342,6 +355,8 @@ impl<S: Store> Executor<S> {
             gateways: Vec::new(),
             delivery_attempts: 0,
             bugs: ExecutorBugs::default(),
+            bug_skipped_in: None,
+            bug_sent_early: BTreeSet::new(),
             stats: ExecutorStats::default(),
         }
     }
@@ -751,7 +766,11 @@ impl<S: Store> Executor<S> {
             return true;
         }
         if !self.sent_at_cursor {
-            self.send_reads(txn, out);
+            // Planted bug `stale_remote_reads`: reads sent ahead of time are not sent again.
+            if !self.bug_sent_early.remove(&txn.position) {
+                self.send_reads(txn, out);
+                self.send_reads_early(out);
+            }
             self.sent_at_cursor = true;
         }
         if !txn.is_executor(self.partition) {
@@ -889,6 +908,15 @@ impl<S: Store> Executor<S> {
     }
 
     fn apply(&mut self, key: Key, value: Option<Value>) {
+        // Planted bug `skip_one_write`.
+        if self.bugs.skip_one_write
+            && self.replica_index() >= 1
+            && self.next_epoch.0 % 4 == 3
+            && self.bug_skipped_in != Some(self.next_epoch)
+        {
+            self.bug_skipped_in = Some(self.next_epoch);
+            return;
+        }
         match value {
             Some(v) => self.store.put(key, v),
             None => self.store.delete(&key),
@@ -928,6 +956,28 @@ impl<S: Store> Executor<S> {
                     });
                 }
             }
+        }
+    }
+
+    /// Planted bug `stale_remote_reads`: in a replica other than the first, sends the reads
+    /// of every later multi-partition transaction of the epoch now, from the store as it is
+    /// before the transactions between have run.
+    fn send_reads_early(&mut self, out: &mut Vec<Output>) {
+        if !self.bugs.stale_remote_reads || self.replica_index() == 0 {
+            return;
+        }
+        let Some(plan) = self.plans.get(&self.next_epoch) else {
+            return;
+        };
+        let later: Vec<Arc<RoutedTxn>> = plan.txns[self.cursor + 1..]
+            .iter()
+            .filter(|t| t.rejected.is_none() && !t.is_single_partition())
+            .filter(|t| !self.bug_sent_early.contains(&t.position))
+            .cloned()
+            .collect();
+        for txn in later {
+            self.send_reads(&txn, out);
+            self.bug_sent_early.insert(txn.position);
         }
     }
 

@@ -182,7 +182,9 @@ impl Bookkeeping {
 
     /// Every read replica `to` has not acknowledged, in position order.
     pub(crate) fn unacked(&self, to: ExecutorId) -> impl Iterator<Item = &Arc<RemoteReads>> {
-        let after = self.acked.get(&to).copied().unwrap_or(Epoch(0)).next();
+        // A peer may claim any epoch: no overflow past the last.
+        let acked = self.acked.get(&to).copied().unwrap_or(Epoch(0));
+        let after = Epoch(acked.0.saturating_add(1));
         self.outbox
             .range((to.partition, after)..=(to.partition, Epoch(u64::MAX)))
             .flat_map(|(_, reads)| reads.iter())

@@ -228,6 +228,8 @@ pub struct GatewayStats {
     pub rejected: u64,
     /// Submissions redirected to another replica.
     pub redirects: u64,
+    /// Calls submitted again to a new leader when the leader changed.
+    pub resubmitted: u64,
     /// Retried calls answered from a result table.
     pub recovered_results: u64,
     /// Calls refused because the gateway held its limit of calls in flight.
@@ -395,10 +397,26 @@ impl Gateway {
         self.replicas[self.leader_hint]
     }
 
-    /// Adopts `leader` as the replica to submit to, if it is one of ours.
-    fn observe_leader(&mut self, leader: NodeId) {
-        if let Some(i) = self.replicas.iter().position(|r| *r == leader) {
-            self.leader_hint = i;
+    /// Adopts `leader` as the replica to submit to, if it is one of ours, and submits to
+    /// it again every call waiting on another replica: that one was deposed (or died) and
+    /// may have lost them. The log's de-duplication answers `Duplicate` for any it had
+    /// ordered, so nothing runs twice, and a failover costs an election, not a client's
+    /// attempt timeout.
+    fn observe_leader(&mut self, leader: NodeId, out: &mut Vec<Output>) {
+        let Some(i) = self.replicas.iter().position(|r| *r == leader) else {
+            return;
+        };
+        self.leader_hint = i;
+        for call in self.pending.values_mut() {
+            // A call whose result is being looked up is ordered already.
+            if call.submitted_to != leader && call.queried == 0 {
+                call.submitted_to = leader;
+                self.stats.resubmitted += 1;
+                out.push(Output::Submit {
+                    to: leader,
+                    txn: call.txn.clone(),
+                });
+            }
         }
     }
 
@@ -823,7 +841,7 @@ impl Machine for Gateway {
                 recovered,
             } => self.on_result(now, from, result, recovered, out),
             Input::ResultUnknown { client, seq } => self.on_result_unknown(client, seq, out),
-            Input::Leader(leader) => self.observe_leader(leader),
+            Input::Leader(leader) => self.observe_leader(leader, out),
             Input::Tick => self.expire(now, out),
             Input::ReadStream {
                 reader,
@@ -1167,6 +1185,12 @@ mod tests {
         g.handle(Time(0), Input::Leader(NodeId(42)), &mut out);
         g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(3)]);
+        // A new leader gets every call waiting on the old one, at once.
+        g.handle(Time(1), Input::Leader(NodeId(1)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1), NodeId(1)]);
+        assert_eq!(g.stats().resubmitted, 2);
+        g.handle(Time(2), Input::Leader(NodeId(1)), &mut out);
+        assert!(out.is_empty(), "nothing waits on another replica");
     }
 
     /// A key as a hostile client can send it: raw bytes where a key is expected.

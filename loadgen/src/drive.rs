@@ -84,6 +84,53 @@ pub struct Report {
     pub audit: Audit,
     /// The end-to-end invariant check, or why it failed.
     pub invariants: Result<String, String>,
+    /// Logical transactions answered (committed or rolled back) in each tenth of a second
+    /// of the run, from its start: availability over time.
+    pub timeline: Vec<u32>,
+}
+
+/// The width of a [`Report::timeline`] bucket.
+pub const TIMELINE_BUCKET: Duration = Duration::from_millis(100);
+
+impl Report {
+    /// The longest stretch of the timeline between `from` and `to` (offsets from the start
+    /// of the run) in which nothing was answered, to the bucket's width.
+    pub fn longest_gap(&self, from: Duration, to: Duration) -> Duration {
+        let bucket = |at: Duration| (at.as_millis() / TIMELINE_BUCKET.as_millis()) as usize;
+        let (first, last) = (bucket(from), bucket(to).min(self.timeline.len()));
+        let mut longest = 0;
+        let mut current = 0;
+        for answered in self.timeline.get(first..last).unwrap_or(&[]) {
+            current = if *answered == 0 { current + 1 } else { 0 };
+            longest = longest.max(current);
+        }
+        TIMELINE_BUCKET * longest
+    }
+
+    /// Transactions answered per second between `from` and `to`.
+    pub fn throughput_between(&self, from: Duration, to: Duration) -> f64 {
+        let bucket = |at: Duration| (at.as_millis() / TIMELINE_BUCKET.as_millis()) as usize;
+        let (first, last) = (bucket(from), bucket(to).min(self.timeline.len()));
+        let answered: u64 = self
+            .timeline
+            .get(first..last)
+            .unwrap_or(&[])
+            .iter()
+            .map(|n| u64::from(*n))
+            .sum();
+        answered as f64 / (to.saturating_sub(from).as_secs_f64()).max(1e-9)
+    }
+
+    /// The lowest throughput of any whole second between `from` and `to`.
+    pub fn worst_second_between(&self, from: Duration, to: Duration) -> f64 {
+        let mut worst = f64::INFINITY;
+        let mut at = from;
+        while at + Duration::from_secs(1) <= to {
+            worst = worst.min(self.throughput_between(at, at + Duration::from_secs(1)));
+            at += Duration::from_secs(1);
+        }
+        if worst.is_finite() { worst } else { 0.0 }
+    }
 }
 
 struct Tally {
@@ -146,6 +193,8 @@ enum Ending {
 struct SessionReport {
     tallies: BTreeMap<&'static str, Tally>,
     audit: Audit,
+    /// Its answers per [`TIMELINE_BUCKET`] from the run's start.
+    timeline: Vec<u32>,
 }
 
 /// The workload's end-to-end check, shared by the sessions, which note every acknowledged
@@ -177,6 +226,7 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
             detflow_workloads::by_name_with(&config.workload, config.partitions, &config.options)?;
         let seed = start.elapsed().as_nanos() as u64 ^ (u64::from(c) << 32);
         sessions.push(tokio::spawn(session(
+            start,
             client,
             workload,
             DetRng::new(seed),
@@ -203,9 +253,16 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     let mut all = Tally::new();
     let mut transactions: BTreeMap<String, Tally> = BTreeMap::new();
     let mut audit = Audit::default();
+    let mut timeline: Vec<u32> = Vec::new();
     for session in sessions {
         let report = session.await?;
         audit.merge(&report.audit);
+        if timeline.len() < report.timeline.len() {
+            timeline.resize(report.timeline.len(), 0);
+        }
+        for (total, n) in timeline.iter_mut().zip(&report.timeline) {
+            *total += n;
+        }
         for (name, t) in report.tallies {
             all.add(&t);
             transactions
@@ -241,11 +298,13 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
             .collect(),
         audit,
         invariants,
+        timeline,
     })
 }
 
 /// One session: logical transactions, one call at a time, until `done`.
 async fn session(
+    start: Instant,
     client: Client,
     mut workload: Box<dyn Workload>,
     mut rng: DetRng,
@@ -254,6 +313,7 @@ async fn session(
     check: SharedCheck,
 ) -> SessionReport {
     let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
+    let mut timeline: Vec<u32> = Vec::new();
     while !done.load(Ordering::Relaxed) {
         let mut request = workload.next_call(&mut rng);
         let began = Instant::now();
@@ -296,12 +356,20 @@ async fn session(
             Ending::Aborted => tally.aborted += 1,
             Ending::Failed => tally.failed += 1,
         }
+        if matches!(ending, Ending::Committed | Ending::RolledBack) {
+            let at = (start.elapsed().as_millis() / TIMELINE_BUCKET.as_millis()) as usize;
+            if timeline.len() <= at {
+                timeline.resize(at + 1, 0);
+            }
+            timeline[at] += 1;
+        }
         answered.fetch_add(1, Ordering::Relaxed);
     }
     client.close();
     SessionReport {
         tallies,
         audit: workload.audit(),
+        timeline,
     }
 }
 

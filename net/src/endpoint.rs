@@ -64,7 +64,19 @@ impl Endpoint {
                     .max_incoming(INCOMING_MAX)
                     .incoming_buffer_size(INCOMING_BUFFER_BYTES)
                     .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
-                quinn::Endpoint::server(server, addr).map_err(bind_error)?
+                match &tls.reset_secret {
+                    Some(secret) => {
+                        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+                        let config = quinn::EndpointConfig::new(Arc::new(key));
+                        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+                        let runtime = quinn::default_runtime().ok_or_else(|| {
+                            TransportError::Config("no tokio runtime to bind in".into())
+                        })?;
+                        quinn::Endpoint::new(config, Some(server), socket, runtime)
+                            .map_err(bind_error)?
+                    }
+                    None => quinn::Endpoint::server(server, addr).map_err(bind_error)?,
+                }
             }
             None => quinn::Endpoint::client(addr).map_err(bind_error)?,
         };

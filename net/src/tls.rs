@@ -27,6 +27,24 @@ pub struct Tls {
     pub(crate) client: Arc<QuicClientConfig>,
     /// What our own certificate says we are, if it says something detflow accepts.
     pub(crate) identity: Option<PeerIdentity>,
+    /// The secret behind this endpoint's QUIC stateless resets, derived from the private
+    /// key so that it survives restarts (see [`reset_secret`]).
+    pub(crate) reset_secret: Option<[u8; 32]>,
+}
+
+/// The secret of the stateless-reset key of an endpoint holding `key`: a hash of the key,
+/// so the same on every start of a node. A node that restarts answers its peers' packets
+/// for connections of its previous incarnation with a stateless reset they can verify
+/// (it is keyed like the tokens the old incarnation gave them), and they drop the dead
+/// connection at once instead of after the idle timeout.
+fn reset_secret(key: &PrivateKeyDer<'_>) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"detflow QUIC stateless reset key v1\0");
+    context.update(key.secret_der());
+    let digest = context.finish();
+    let mut secret = [0; 32];
+    secret.copy_from_slice(digest.as_ref());
+    secret
 }
 
 impl fmt::Debug for Tls {
@@ -51,12 +69,14 @@ impl Tls {
             .first()
             .and_then(|leaf| PeerIdentity::of_certificate(leaf).ok());
         let provider = crypto_provider();
+        let reset_secret = Some(reset_secret(&key));
         let server = server_config(&provider, roots.clone(), chain.clone(), key.clone_key())?;
         let client = client_config(&provider, roots, Some((chain, key)))?;
         Ok(Tls {
             server: Some(Arc::new(server)),
             client: Arc::new(client),
             identity,
+            reset_secret,
         })
     }
 
@@ -109,6 +129,7 @@ impl Tls {
             server: None,
             client: Arc::new(client),
             identity: None,
+            reset_secret: None,
         })
     }
 

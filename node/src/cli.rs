@@ -193,6 +193,12 @@ pub(crate) struct BenchArgs {
     /// Replicas of each partition in the embedded cluster, on distinct nodes (default 2).
     #[arg(long)]
     pub(crate) replication: Option<u32>,
+    /// Drive the embedded cluster twice, first without faults, then while one node at a
+    /// time is killed and restarted (kill), frozen with SIGSTOP for 3 s (pause), or killed
+    /// and kept down for the rest of the run (down); report the throughput kept and the
+    /// longest stretch without an answer during each fault.
+    #[arg(long, value_enum)]
+    pub(crate) nemesis: Option<crate::commands::nemesis::Nemesis>,
     /// Print the report as one line of JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub(crate) json: bool,

@@ -379,6 +379,38 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Freezes node `id` (SIGSTOP): it holds its connections and answers nothing, as a
+    /// node in a long pause (a stalled disk, a VM migration) does. Unix only.
+    pub fn pause(&mut self, id: u32) -> Result<()> {
+        self.signal(id, "SIGSTOP")
+    }
+
+    /// Lets node `id` run again after [`LocalCluster::pause`] (SIGCONT). Unix only.
+    pub fn resume(&mut self, id: u32) -> Result<()> {
+        self.signal(id, "SIGCONT")
+    }
+
+    #[cfg(unix)]
+    fn signal(&mut self, id: u32, name: &str) -> Result<()> {
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_ref() else {
+            bail!("node {id} is not running");
+        };
+        let signal = match name {
+            "SIGSTOP" => rustix::process::Signal::STOP,
+            _ => rustix::process::Signal::CONT,
+        };
+        let pid = rustix::process::Pid::from_child(child);
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("{name} to node {id}"))?;
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn signal(&mut self, id: u32, name: &str) -> Result<()> {
+        bail!("cannot send {name} to node {id}: signals need Unix")
+    }
+
     /// SIGKILLs node `id` and starts it again on the same configuration and data.
     pub fn restart(&mut self, id: u32) -> Result<()> {
         self.kill(id)?;

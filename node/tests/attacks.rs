@@ -20,9 +20,9 @@
 //!   zombie with dead tasks. Now: it exits with a clear message, the others carry on, and
 //!   restarted without the limit it catches up.
 //!
-//! - `calls_that_are_never_answered_are_bounded`: calls submitted to a leader that stops
-//!   answering (SIGSTOP) through a gateway with a limit of 2 calls in flight and a 1 s
-//!   deadline. Before (issue #10), the limit and the deadline were node code the simulator
+//! - `calls_that_are_never_answered_are_bounded`: calls submitted while every other node
+//!   (the leader among them) stops answering (SIGSTOP), so that no quorum is left, through
+//!   a gateway with a limit of 2 calls in flight and a 1 s deadline. Before (issue #10), the limit and the deadline were node code the simulator
 //!   never ran; now the gateway machine holds them: the third call is refused `Overloaded`
 //!   at once, the two waiting ones are answered `Unavailable` at their deadline, and their
 //!   retries (same numbers) commit exactly once under the next leader.
@@ -487,7 +487,14 @@ async fn big_values(cluster: &mut Cluster) {
             ..balance_policy()
         })
         .await;
-    let (a, b) = (cluster.at(1).partitions()[0], cluster.at(2).partitions()[0]);
+    // Two partitions (each has replicas on two of the three nodes).
+    let a = cluster.at(1).partitions()[0];
+    let b = *cluster
+        .at(2)
+        .partitions()
+        .iter()
+        .find(|p| **p != a)
+        .expect("a second partition");
     let big = keys_on(a, 3, 5);
     let small = keys_on(b, 3, 1).remove(0);
 
@@ -700,10 +707,13 @@ async fn unanswered_calls(cluster: &mut Cluster) {
         }),
     };
 
-    let leader_pid =
-        rustix::process::Pid::from_raw(cluster.at(leader).pid().expect("a pid") as i32)
-            .expect("a valid pid");
-    rustix::process::kill_process(leader_pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    // Every other node freezes: the leader, and the replica that would elect a new one
+    // with the gateway's own (a gateway submits again to a new leader at once). No quorum
+    // is left, so nothing can be ordered.
+    let others: Vec<u32> = all.iter().copied().filter(|id| *id != via).collect();
+    for id in &others {
+        cluster.pause(*id).expect("SIGSTOP");
+    }
     let first = timed_call(&conn, token, deposit(1));
     let second = timed_call(&conn, token, deposit(2));
     let third = async {
@@ -712,13 +722,15 @@ async fn unanswered_calls(cluster: &mut Cluster) {
         timed_call(&conn, token, deposit(3)).await
     };
     let ((r1, t1), (r2, t2), (r3, t3)) = tokio::join!(first, second, third);
-    rustix::process::kill_process(leader_pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    for id in &others {
+        cluster.resume(*id).expect("SIGCONT");
+    }
     assert!(
         matches!(r3, Reply::Rejected(Rejection::Overloaded(_))) && t3 < Duration::from_millis(500),
         "the call over the limit: {r3:?} after {t3:?}"
     );
     for (reply, took) in [(&r1, t1), (&r2, t2)] {
-        assert_eq!(*reply, Reply::Unavailable, "a call to a silent leader");
+        assert_eq!(*reply, Reply::Unavailable, "a call without a quorum");
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(5),
             "answered after {took:?}, not at its 1 s deadline"

@@ -38,7 +38,9 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
         RetryPolicy {
-            attempt_timeout_us: 3_000_000,
+            // Short enough that a call stuck at a gateway whose node died or froze moves
+            // on within a second; a retry costs a look-up in the log's de-duplication.
+            attempt_timeout_us: 1_000_000,
             backoff_us: 20_000,
             backoff_max_us: 1_000_000,
             attempts_max: 60,

@@ -101,6 +101,10 @@ enum Bug {
     ReuseSeqAfterRetry,
     /// An executor asks for each delivery of its letters once, never again.
     NoDeliveryRetry,
+    /// A partition replica other than the first skips one write now and then.
+    SkipOneWrite,
+    /// A partition replica other than the first sends reads from a stale position.
+    StaleRemoteReads,
 }
 
 impl Bug {
@@ -116,6 +120,8 @@ impl Bug {
             Bug::NoDeliveryRetry => "no-delivery-retry",
             Bug::NoHelloOnStall => "no-hello-on-stall",
             Bug::ReuseSeqAfterRetry => "reuse-seq-after-retry",
+            Bug::SkipOneWrite => "skip-one-write",
+            Bug::StaleRemoteReads => "stale-remote-reads",
         }
     }
 }
@@ -245,6 +251,8 @@ fn run(args: RunArgs) -> Result<bool> {
         replay_from_wrong_epoch: matches!(args.bug, Some(Bug::ReplayFromWrongEpoch)),
         no_hello_on_stall: matches!(args.bug, Some(Bug::NoHelloOnStall)),
         no_delivery_retry: matches!(args.bug, Some(Bug::NoDeliveryRetry)),
+        skip_one_write: matches!(args.bug, Some(Bug::SkipOneWrite)),
+        stale_remote_reads: matches!(args.bug, Some(Bug::StaleRemoteReads)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),

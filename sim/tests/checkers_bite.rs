@@ -36,6 +36,30 @@ fn with_executor_bug(bugs: ExecutorBugs, faults: FaultConfig) -> impl Fn(u64) ->
     }
 }
 
+/// Two replicas per partition, so that a bug of the replicas other than the first has one
+/// to live in.
+fn with_partition_replica_bug(bugs: ExecutorBugs, txns: u64) -> impl Fn(u64) -> SimConfig {
+    move |seed| SimConfig {
+        executor_bugs: bugs,
+        partition_replicas: 2,
+        txns,
+        ..SimConfig::new("bank", seed)
+    }
+}
+
+/// The seeds a planted executor bug was hunted over pass without it: the failures are the
+/// bug's, not the configuration's.
+fn passes_without_the_bug(config: impl Fn(u64) -> SimConfig, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let config = SimConfig {
+            executor_bugs: ExecutorBugs::default(),
+            ..config(seed)
+        };
+        let report = run_seed(&config).expect("valid config");
+        assert!(report.passed(), "seed {seed}: {:?}", report.failures);
+    }
+}
+
 /// Five replicas, so that a minority can hold entries the majority never saw.
 fn with_replica_bug(bugs: ReplicaBugs) -> impl Fn(u64) -> SimConfig {
     with_replica_bug_on(bugs, 5)
@@ -293,4 +317,59 @@ fn a_stream_read_past_a_lagging_partition_is_caught() {
         failures.iter().all(|f| f.contains("stream")),
         "seed {seed}: another checker saw it too: {failures:?}"
     );
+}
+
+/// A replica other than the first that skips a write diverges from the first. Both the
+/// end-state comparison of the replicas and the gateways' comparison of the results the
+/// replicas report must see it. A seed's failures are capped, and the gateway's are listed
+/// first, so 100 calls keep them few enough for the end-state failure to show too.
+#[test]
+fn a_replica_that_skips_a_write_is_caught_by_both_replica_comparisons() {
+    let bugs = ExecutorBugs {
+        skip_one_write: true,
+        ..ExecutorBugs::default()
+    };
+    let config = with_partition_replica_bug(bugs, 100);
+    let (mut end_state, mut online) = (None, None);
+    let mut seeds = 0;
+    while seeds < SEEDS_MAX && (end_state.is_none() || online.is_none()) {
+        let report = run_seed(&config(seeds)).expect("valid config");
+        let seen = |text: &str| report.failures.iter().any(|f| f.contains(text));
+        if seen("ends with another state than the first") {
+            end_state.get_or_insert(seeds);
+        }
+        if seen("determinism failure: replicas of partition") {
+            online.get_or_insert(seeds);
+        }
+        seeds += 1;
+    }
+    let end_state = end_state.expect("no replica ended with another state");
+    let online = online.expect("no gateway saw the replicas disagree");
+    println!("end state: seed {end_state}; gateway: seed {online}");
+    passes_without_the_bug(config, 0..seeds);
+}
+
+/// A replica other than the first that sends its reads ahead of time, before the
+/// transactions between have run: a receiver keeps the first copy it gets, often the stale
+/// one. In the bank a transfer writes only its own partition's account, so the stale
+/// balance shows in the transfer's output: the serial-equivalence checker catches it
+/// ("serial execution gives"), and the gateways when the replicas of the answering
+/// partition kept different copies ("determinism failure").
+#[test]
+fn a_replica_that_sends_stale_reads_is_caught() {
+    let bugs = ExecutorBugs {
+        stale_remote_reads: true,
+        ..ExecutorBugs::default()
+    };
+    let config = with_partition_replica_bug(bugs, 200);
+    let (seed, failures) =
+        first_failure(&config).expect("reads sent from a stale position went unnoticed");
+    assert!(
+        failures.iter().any(|f| f.contains("serial execution")
+            || f.contains("determinism failure")
+            || f.contains("ends with another state")),
+        "seed {seed}: {failures:?}"
+    );
+    println!("seed {seed}: {failures:?}");
+    passes_without_the_bug(config, 0..seed + 1);
 }

@@ -2,6 +2,7 @@
 //! one, as text or JSON.
 
 use super::local::{Local, run_tpcc};
+use super::nemesis;
 use crate::cli::BenchArgs;
 use anyhow::{Result, bail};
 use detflow_client::{Client, Tls};
@@ -12,6 +13,9 @@ use std::net::SocketAddr;
 /// Runs the benchmark; `Ok(false)` when the invariant (or consistency) check failed.
 pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     let tpcc = args.workload == "tpcc";
+    if args.nemesis.is_some() && (tpcc || !args.connect.is_empty()) {
+        bail!("--nemesis needs an embedded cluster and bank, ycsb or kv");
+    }
     let options = args.tpcc.options(&args.workload, 1);
     let local = if args.connect.is_empty() {
         let partitions = args.partitions.unwrap_or(if tpcc {
@@ -38,6 +42,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     } else {
         None
     };
+    let mut local = local;
     let (gateways, tls, partitions) = match &local {
         Some((local, partitions)) => (local.gateways(), local.tls()?, *partitions),
         None => {
@@ -58,7 +63,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         progress: true,
     };
     let load_seconds = local.as_ref().and_then(|(l, _)| l.load_seconds);
-    let ok = if tpcc {
+    let ok = if let (Some(nemesis), Some((local, _))) = (args.nemesis, local.as_mut()) {
+        let report = nemesis::run(local, gateways, tls, config, nemesis).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            nemesis::print(&report);
+        }
+        report.invariants_hold()
+    } else if tpcc {
         let report = run_tpcc(&gateways, &tls, config, load_seconds).await?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);

@@ -62,6 +62,11 @@ impl Local {
         })
     }
 
+    /// The cluster, to stop and start its nodes.
+    pub(super) fn cluster(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+
     /// The nodes' gateways.
     pub(super) fn gateways(&self) -> Vec<SocketAddr> {
         self.cluster.gateways()

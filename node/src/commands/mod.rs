@@ -6,5 +6,6 @@ pub(crate) mod call;
 pub(crate) mod certs;
 pub(crate) mod demo;
 mod local;
+pub(crate) mod nemesis;
 pub(crate) mod node;
 pub(crate) mod status;
