@@ -474,6 +474,18 @@ impl<S: Store> Executor<S> {
         self.stats
     }
 
+    /// Whether peers sent reads for an epoch past every plan this executor holds: they
+    /// follow a replica further ahead than its plan source.
+    fn reads_past_plans(&self) -> bool {
+        let planned = match self.plans.last_key_value() {
+            Some((epoch, _)) => *epoch,
+            None => Epoch(self.next_epoch.0.saturating_sub(1)),
+        };
+        self.inbox
+            .last_key_value()
+            .is_some_and(|(position, _)| position.epoch > planned)
+    }
+
     /// Whether no plan and no remote read is waiting.
     pub fn is_idle(&self) -> bool {
         self.plans.is_empty() && self.inbox.is_empty()
@@ -1093,6 +1105,7 @@ impl<S: Store> Machine for Executor<S> {
             self.feed.progressed(now);
             self.poll_outbox(now, out);
         }
+        self.feed.note_behind(now, self.reads_past_plans());
     }
 
     fn next_deadline(&self) -> Option<Time> {

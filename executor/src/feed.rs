@@ -5,6 +5,9 @@
 //!
 //! - its plan source dies or is cut off: no plan arrives for [`STALL_US`], so it subscribes
 //!   to the next replica (round robin), from the epoch it needs next;
+//! - its plan source lags (a replica that restarted and is catching up its log still sends
+//!   plans, slowly): peers' reads keep arriving for epochs it holds no plan for, for
+//!   [`STALL_US`], so it moves to the next replica the same way;
 //! - remote reads it waits for were sent on a connection that died without either side
 //!   noticing yet (a peer keeps using a connection to this node's previous incarnation
 //!   until the idle timeout): work waits with no epoch applied for [`STALL_US`], so it says
@@ -42,6 +45,8 @@ pub(crate) struct Feed {
     last_progress: Time,
     /// When the next stall check is due.
     next_check: Option<Time>,
+    /// Since when peers' reads have been arriving for epochs past every plan held.
+    behind_since: Option<Time>,
 }
 
 impl Feed {
@@ -58,6 +63,7 @@ impl Feed {
             last_plan: Time::ZERO,
             last_progress: Time::ZERO,
             next_check: None,
+            behind_since: None,
         }
     }
 
@@ -80,6 +86,16 @@ impl Feed {
         self.last_plan = now;
     }
 
+    /// Whether peers' reads are waiting for epochs past every plan held (the plan source
+    /// lags the replicas the peers follow), as of `now`.
+    pub(crate) fn note_behind(&mut self, now: Time, behind: bool) {
+        match (behind, self.behind_since) {
+            (false, _) => self.behind_since = None,
+            (true, None) => self.behind_since = Some(now),
+            (true, Some(_)) => {}
+        }
+    }
+
     /// An epoch was applied.
     pub(crate) fn progressed(&mut self, now: Time) {
         self.last_progress = now;
@@ -100,10 +116,14 @@ impl Feed {
         if now < due {
             return actions;
         }
-        if now.since_us(self.last_plan) >= STALL_US {
+        let lagging = self
+            .behind_since
+            .is_some_and(|since| now.since_us(since) >= STALL_US);
+        if now.since_us(self.last_plan) >= STALL_US || lagging {
             self.source = (self.source + 1) % self.sources.len();
             actions.resubscribe = self.source();
             self.last_plan = now;
+            self.behind_since = None;
         }
         if waiting && now.since_us(self.last_progress) >= STALL_US {
             actions.hello = true;
@@ -134,6 +154,24 @@ mod tests {
         assert!(!actions.hello);
         let later = Time(5 * STALL_US);
         assert_eq!(feed.check(later, false).resubscribe, Some(NodeId(1)));
+    }
+
+    #[test]
+    fn a_source_that_lags_the_peers_is_replaced() {
+        let mut feed = Feed::new(0, vec![NodeId(1), NodeId(2)]);
+        feed.start(Time(0));
+        // Plans keep coming, but peers' reads are ahead of them the whole time.
+        feed.note_behind(Time(10), true);
+        feed.plan_arrived(Time(STALL_US));
+        assert_eq!(feed.check(Time(STALL_US), true).resubscribe, None);
+        feed.note_behind(Time(STALL_US + 5), true);
+        feed.plan_arrived(Time(2 * STALL_US));
+        let actions = feed.check(Time(2 * STALL_US), true);
+        assert_eq!(actions.resubscribe, Some(NodeId(2)));
+        // Caught up again: nothing to do while plans come.
+        feed.note_behind(Time(2 * STALL_US + 1), false);
+        feed.plan_arrived(Time(3 * STALL_US));
+        assert_eq!(feed.check(Time(3 * STALL_US), true).resubscribe, None);
     }
 
     #[test]

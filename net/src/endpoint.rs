@@ -67,7 +67,15 @@ impl Endpoint {
                 match &tls.reset_secret {
                     Some(secret) => {
                         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-                        let config = quinn::EndpointConfig::new(Arc::new(key));
+                        let mut config = quinn::EndpointConfig::new(Arc::new(key));
+                        // The connection ids must verify in the next incarnation too, or
+                        // it drops a stale connection's packets without the reset.
+                        let mut cid_key = [0; 8];
+                        cid_key.copy_from_slice(&secret[..8]);
+                        let cid_key = u64::from_le_bytes(cid_key);
+                        config.cid_generator(move || {
+                            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                        });
                         let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
                         let runtime = quinn::default_runtime().ok_or_else(|| {
                             TransportError::Config("no tokio runtime to bind in".into())

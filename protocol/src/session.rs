@@ -55,7 +55,26 @@ pub struct SessionBugs {
     pub reuse_seq_after_retry: bool,
 }
 
+/// The shortest attempt timeout the session adapts down to, in microseconds.
+pub const ATTEMPT_TIMEOUT_FLOOR_US: u64 = 250_000;
+
+/// How many times the typical latency a session waits for an attempt before it tries the
+/// next gateway (capped by [`RetryPolicy::attempt_timeout_us`], floored by
+/// [`ATTEMPT_TIMEOUT_FLOOR_US`]).
+pub const ATTEMPT_TIMEOUT_LATENCIES: u64 = 8;
+
+/// How long a gateway an attempt timed out at or failed with is passed over by new calls,
+/// in microseconds: long enough to ride out a node's restart, short enough to come back to
+/// it soon after.
+pub const GATEWAY_SUSPECT_US: u64 = 5_000_000;
+
 /// One client session: numbers calls and spreads them over the gateways.
+///
+/// A session learns from its calls: it passes over a gateway whose attempt timed out or
+/// failed for [`GATEWAY_SUSPECT_US`], and it waits for an attempt a few times its typical
+/// latency (never less than [`ATTEMPT_TIMEOUT_FLOOR_US`], never more than the policy's
+/// timeout), so that a call stuck at a dead or frozen gateway moves on in a fraction of a
+/// second. A retry is always safe: the call keeps its number.
 #[derive(Debug)]
 pub struct Session {
     client: ClientId,
@@ -64,6 +83,12 @@ pub struct Session {
     next_seq: u64,
     policy: RetryPolicy,
     rng: DetRng,
+    /// Per gateway, until when new calls pass over it.
+    suspect_until: Vec<Time>,
+    /// The latest time the session heard of (the end of its last call).
+    clock: Time,
+    /// A moving average of the latency of calls answered at their first attempt.
+    latency_us: Option<u64>,
     /// The number and attempts of the last call started, for the planted bug.
     last: Option<(RequestSeq, u32)>,
     bugs: SessionBugs,
@@ -86,6 +111,9 @@ impl Session {
             next_seq: 1,
             policy,
             rng,
+            suspect_until: vec![Time::ZERO; gateways as usize],
+            clock: Time::ZERO,
+            latency_us: None,
             last: None,
             bugs: SessionBugs::default(),
         }
@@ -116,8 +144,20 @@ impl Session {
                 seq
             }
         };
-        let first_gateway = self.next_gateway;
-        self.next_gateway = (self.next_gateway + 1) % self.gateways;
+        // The next gateway not under suspicion (any, if all are).
+        let first_gateway = (0..self.gateways)
+            .map(|i| (self.next_gateway + i) % self.gateways)
+            .find(|g| self.suspect_until[*g as usize] <= self.clock)
+            .unwrap_or(self.next_gateway);
+        self.next_gateway = (first_gateway + 1) % self.gateways;
+        let cap = self.policy.attempt_timeout_us;
+        let attempt_timeout_us = match self.latency_us {
+            Some(latency) => latency
+                .saturating_mul(ATTEMPT_TIMEOUT_LATENCIES)
+                .max(ATTEMPT_TIMEOUT_FLOOR_US)
+                .min(cap),
+            None => cap,
+        };
         Pending {
             call: Call {
                 client: self.client,
@@ -133,12 +173,33 @@ impl Session {
             policy: self.policy,
             rng: self.rng.fork(seq.0),
             last_error: String::from("no attempt made"),
+            attempt_timeout_us,
+            started: None,
+            ended: None,
+            stalls: Vec::new(),
         }
     }
 
-    /// A call ended (however it did): the session remembers how many attempts it took.
+    /// A call ended (however it did): the session remembers how many attempts it took,
+    /// which gateways did not answer, and how long a call takes.
     pub fn finished(&mut self, pending: &Pending) {
         self.last = Some((pending.call.seq, pending.attempt));
+        for (gateway, at) in &pending.stalls {
+            let until = at.plus_us(GATEWAY_SUSPECT_US);
+            let suspect = &mut self.suspect_until[*gateway as usize];
+            *suspect = (*suspect).max(until);
+            self.clock = self.clock.max(*at);
+        }
+        if let (Some(started), Some(ended)) = (pending.started, pending.ended) {
+            self.clock = self.clock.max(ended);
+            if pending.attempt == 1 {
+                let sample = ended.since_us(started);
+                self.latency_us = Some(match self.latency_us {
+                    Some(average) => (average * 7 + sample) / 8,
+                    None => sample,
+                });
+            }
+        }
     }
 }
 
@@ -203,6 +264,14 @@ pub struct Pending {
     policy: RetryPolicy,
     rng: DetRng,
     last_error: String,
+    /// How long each attempt may take (see [`Session`]).
+    attempt_timeout_us: u64,
+    /// When the first attempt was made.
+    started: Option<Time>,
+    /// When the call ended.
+    ended: Option<Time>,
+    /// The gateways whose attempt timed out or failed in transport, and when.
+    stalls: Vec<(u32, Time)>,
 }
 
 impl Pending {
@@ -252,12 +321,20 @@ impl Pending {
         }
         let gateway = self.gateway_of(self.attempt);
         self.attempt += 1;
-        self.state = State::Waiting(now.plus_us(self.policy.attempt_timeout_us));
+        self.state = State::Waiting(now.plus_us(self.attempt_timeout_us));
         out.push(Output::Send {
             gateway,
             attempt: self.attempt,
             call: self.call.clone(),
         });
+    }
+
+    /// The gateway of the attempt in flight did not answer at all: the session will pass
+    /// over it for a while.
+    fn stall(&mut self, now: Time) {
+        if let Some(gateway) = self.gateway() {
+            self.stalls.push((gateway, now));
+        }
     }
 
     /// The attempt in flight failed: wait a jittered back-off before the next one.
@@ -277,20 +354,28 @@ impl Machine for Pending {
     fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
         match (input, self.state) {
             (_, State::Over) => {}
-            (Input::Start, State::Idle) => self.send(now, out),
+            (Input::Start, State::Idle) => {
+                self.started = Some(now);
+                self.send(now, out);
+            }
             (Input::Start, _) => {}
             // A result from any attempt is the call's result: the cluster ran it once.
             (Input::Reply(reply @ (Reply::Done { .. } | Reply::Rejected(_))), _) => {
                 self.state = State::Over;
+                self.ended = Some(now);
                 out.push(Output::Done(reply));
             }
             (Input::Reply(Reply::Unavailable), State::Waiting(_)) => {
                 self.failed(now, format!("attempt {} unavailable", self.attempt));
             }
-            (Input::Failed(why), State::Waiting(_)) => self.failed(now, why),
+            (Input::Failed(why), State::Waiting(_)) => {
+                self.stall(now);
+                self.failed(now, why);
+            }
             // An answer to an attempt already given up on.
             (Input::Reply(Reply::Unavailable) | Input::Failed(_), _) => {}
             (Input::Tick, State::Waiting(until)) if now >= until => {
+                self.stall(now);
                 self.failed(now, format!("attempt {} timed out", self.attempt));
             }
             (Input::Tick, State::BackingOff(until)) if now >= until => self.send(now, out),
@@ -369,10 +454,65 @@ mod tests {
         assert_eq!(out, [Output::Done(done())]);
         assert!(call.is_over() && call.next_deadline().is_none());
         s.finished(&call);
-        // The next call has the next number and starts at the next gateway.
+        // The next call has the next number and starts at the next gateway, passing over
+        // the one that timed out.
         let mut next = s.call("p".into(), vec![]);
         next.handle(wake, Input::Start, &mut out);
-        assert_eq!(sends(&out[1..]), [((g1 + 1) % 3, 1, 2)]);
+        assert_eq!(sends(&out[1..]), [((g1 + 2) % 3, 1, 2)]);
+    }
+
+    #[test]
+    fn a_session_waits_a_few_latencies_and_avoids_a_silent_gateway_for_a_while() {
+        let mut s = session(2);
+        let policy = RetryPolicy::default();
+        // A first call answered in 10 ms at its first attempt.
+        let mut call = s.call("p".into(), vec![]);
+        let mut out = Vec::new();
+        call.handle(Time(0), Input::Start, &mut out);
+        let [(first, 1, _)] = sends(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            call.next_deadline(),
+            Some(Time(policy.attempt_timeout_us)),
+            "no latency known yet: the policy's timeout"
+        );
+        call.handle(Time(10_000), Input::Reply(done()), &mut out);
+        s.finished(&call);
+        // The next waits the floor (8 × 10 ms is less), at the other gateway, which is
+        // silent: the call moves on.
+        let mut call = s.call("p".into(), vec![]);
+        out.clear();
+        call.handle(Time(20_000), Input::Start, &mut out);
+        let [(silent, 1, _)] = sends(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_ne!(silent, first);
+        let timeout = Time(20_000).plus_us(ATTEMPT_TIMEOUT_FLOOR_US);
+        assert_eq!(call.next_deadline(), Some(timeout));
+        call.handle(timeout, Input::Tick, &mut out);
+        let wake = call.next_deadline().expect("a back-off");
+        call.handle(wake, Input::Tick, &mut out);
+        call.handle(wake, Input::Reply(done()), &mut out);
+        s.finished(&call);
+        // New calls pass over the silent gateway until its suspicion ends.
+        for _ in 0..3 {
+            let mut call = s.call("p".into(), vec![]);
+            out.clear();
+            call.handle(wake, Input::Start, &mut out);
+            assert_eq!(sends(&out)[0].0, first);
+            call.handle(wake, Input::Reply(done()), &mut out);
+            s.finished(&call);
+        }
+        let later = timeout.plus_us(GATEWAY_SUSPECT_US + 1);
+        let mut call = s.call("p".into(), vec![]);
+        call.handle(later, Input::Start, &mut out);
+        call.handle(later, Input::Reply(done()), &mut out);
+        s.finished(&call);
+        let mut call = s.call("p".into(), vec![]);
+        out.clear();
+        call.handle(later, Input::Start, &mut out);
+        assert_eq!(sends(&out)[0].0, silent, "trusted again");
     }
 
     #[test]

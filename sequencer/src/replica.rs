@@ -1443,14 +1443,18 @@ impl Replica {
 
     fn send_heartbeats(&mut self, now: Time) {
         let heartbeat_us = self.config.heartbeat_us;
+        // A follower catching up persists (and syncs) what it gets before it answers, so
+        // an answer may take longer than a heartbeat; re-sending after one heartbeat made a
+        // lagging follower receive the same entries over and over and never catch up.
+        let lost_after_us = self.config.election_timeout_min_us.max(heartbeat_us);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         leader.heartbeat_deadline = now.plus_us(heartbeat_us);
         for p in leader.followers.values_mut() {
             let oldest = p.inflight.front().map(|(_, sent)| *sent);
-            if oldest.is_some_and(|sent| now.since_us(sent) >= heartbeat_us) {
-                // Unanswered for a whole heartbeat: presume it (and what followed) lost.
+            if oldest.is_some_and(|sent| now.since_us(sent) >= lost_after_us) {
+                // Unanswered for an election timeout: presume it (and what followed) lost.
                 p.inflight.clear();
                 if !p.probing {
                     p.next = p.matched.next();
@@ -2552,23 +2556,40 @@ mod tests {
         let out = run(&mut r1, t + 5_001, Input::Tick);
         let lost = send(N2, append_entries(1, N1, (1, 1), vec![e2.clone()], 1));
         assert_eq!(out[1], lost);
-        // That message is lost. At the first heartbeat it is 25 ms old, not yet presumed
-        // lost: node 2 gets a plain heartbeat. Node 3 never answered the probe sent at
-        // election time, so it is probed again, with everything it may lack.
+        // That message is lost, and node 3 never answered the probe sent at election time.
+        // Unanswered for a heartbeat is not lost yet (a follower that catches up syncs
+        // before it answers): both get plain heartbeats, at the point each is known to hold.
         let heartbeat_at = deadline(&r1);
         assert_eq!(heartbeat_at, t + 30_000);
-        let probe = append_entries(1, N1, (0, 0), vec![entry(1, 1, vec![]), e2.clone()], 1);
         assert_eq!(
             run(&mut r1, heartbeat_at, Input::Tick),
             vec![
                 send(N2, append_entries(1, N1, (1, 1), vec![], 1)),
-                send(N3, probe.clone()),
+                send(N3, append_entries(1, N1, (0, 0), vec![], 1)),
             ]
         );
-        // A heartbeat later both are presumed lost and sent again.
-        assert_eq!(
-            run(&mut r1, heartbeat_at + 30_000, Input::Tick),
-            vec![lost, send(N3, probe)]
+        // Once a message is an election timeout (150 ms) old it is presumed lost and sent
+        // again, with everything the follower may lack.
+        let probe = append_entries(1, N1, (0, 0), vec![entry(1, 1, vec![]), e2.clone()], 1);
+        let (mut resent_lost, mut resent_probe) = (None, None);
+        let mut now = heartbeat_at;
+        while now < t + 200_000 {
+            now = deadline(&r1);
+            let out = run(&mut r1, now, Input::Tick);
+            if out.contains(&lost) {
+                resent_lost.get_or_insert(now);
+            }
+            if out.contains(&send(N3, probe.clone())) {
+                resent_probe.get_or_insert(now);
+            }
+        }
+        assert!(
+            resent_lost.is_some_and(|at| at >= t + 5_001 + 150_000),
+            "{resent_lost:?}"
+        );
+        assert!(
+            resent_probe.is_some_and(|at| at >= t + 150_000),
+            "{resent_probe:?}"
         );
     }
 

@@ -97,6 +97,48 @@ async fn leader(status: &Client) -> Option<u32> {
         .max()
 }
 
+/// Each node's partition replicas' largest lag behind the highest committed epoch any
+/// node reports, for the progress lines.
+async fn lags(status: &Client) -> String {
+    let statuses: Vec<_> = status
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|(_, s)| s.ok())
+        .collect();
+    let committed = statuses
+        .iter()
+        .filter_map(|s| s.replica.map(|(_, _, commit)| commit.0))
+        .max()
+        .unwrap_or(0);
+    let lags: Vec<String> = statuses
+        .iter()
+        .map(|s| {
+            let lag = s
+                .partitions
+                .iter()
+                .map(|(_, next, _)| committed.saturating_sub(next.0.saturating_sub(1)))
+                .max()
+                .unwrap_or(0);
+            format!("node {}: {lag}", s.node)
+        })
+        .collect();
+    format!("epochs behind {committed}: {}", lags.join(", "))
+}
+
+/// Sleeps until `until`, printing the replicas' lag every second.
+async fn watch_until(status: &Client, start: Instant, until: Instant) {
+    while Instant::now() + Duration::from_secs(1) < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "[{:>5.1}s] nemesis: {}",
+            start.elapsed().as_secs_f64(),
+            lags(status).await
+        );
+    }
+    tokio::time::sleep_until(until.into()).await;
+}
+
 /// Injects faults until `duration` from `start` has passed; every node runs again at
 /// the end.
 async fn inject(
@@ -116,7 +158,7 @@ async fn inject(
             PERIOD / 2
         };
     while next + FAULT < start + duration {
-        tokio::time::sleep_until(next.into()).await;
+        watch_until(status, start, next).await;
         let leader = leader(status).await;
         // The leader's node every other round; otherwise the next node that is not it.
         let victim = match (round % 2, leader) {
@@ -151,7 +193,7 @@ async fn inject(
                 ""
             }
         );
-        tokio::time::sleep_until(until.into()).await;
+        watch_until(status, start, until).await;
         let cluster = local.cluster();
         match nemesis {
             Nemesis::Kill | Nemesis::Down => cluster.start_node(victim)?,

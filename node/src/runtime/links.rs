@@ -44,6 +44,19 @@ pub(super) async fn link_task(
             }
         };
         backoff = Duration::from_millis(20);
+        // What queued while the link was down is stale: a peer that restarted would first
+        // wade through thousands of old plans, reads and acks (a whole outage's worth)
+        // before anything current. Every channel recovers from loss, and the link-up below
+        // makes every machine here re-send what the peer needs now (hellos and the reads
+        // they lack, plan subscriptions, Raft's retransmissions).
+        let mut stale = u64::from(pending.take().is_some());
+        while rx.try_recv().is_ok() {
+            stale += 1;
+        }
+        if stale > 0 {
+            router.stats.shed.inc_by(stale);
+            tracing::info!(%node, stale, "dropped the messages queued while the link was down");
+        }
         tracing::info!(%node, %addr, "link up");
         router.link_up(node);
         let mut writers: BTreeMap<ChannelHeader, FrameWriter> = BTreeMap::new();
