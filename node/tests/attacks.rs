@@ -54,7 +54,7 @@ use detflow_protocol::replication::PeerMessage;
 use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
 use detflow_protocol::{
     ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
-    Transaction, codec,
+    Transaction, TxnResult, codec,
 };
 use detflow_workloads::bank::{Balance, BalanceArgs, Deposit, DepositArgs};
 use detflow_workloads::kv::{self, AdHoc, KvRead, KvTxn};
@@ -228,6 +228,22 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
                 seq: RequestSeq(1),
                 partition: leader_partition,
                 gateway: NodeId(other),
+            },
+        ),
+        // A result on behalf of a partition we do not host: with replicas, the gateway
+        // compares the results of a call's replicas, so a forged one could fake a
+        // determinism failure (or, first, answer a client).
+        (
+            ChannelHeader::Results,
+            Message::Result {
+                from: other_partition,
+                result: TxnResult {
+                    client: ClientId(99),
+                    seq: RequestSeq(1),
+                    position: Position::new(Epoch(1), 0),
+                    outcome: Outcome::Committed(Vec::new()),
+                },
+                recovered: false,
             },
         ),
         // Letters of a partition we do not host: a forged deposit by letter.
