@@ -8,7 +8,7 @@ use crate::failstop::fatal;
 use crate::storage::FjallStore;
 use detflow_executor::{Executor, Input, Output, Store};
 use detflow_protocol::message::Message;
-use detflow_protocol::{ExecutorId, Machine};
+use detflow_protocol::{ExecutorId, Machine, Time};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -79,6 +79,15 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
     false
 }
 
+/// While an executor catches up (more plans waiting than this), it syncs its store at most
+/// every [`CATCH_UP_SYNC_US`] instead of after every round: replaying after a restart, a
+/// round often applies a single epoch, and a sync per epoch bounded the replay at the disk's
+/// fsync rate. Nothing waits for these syncs but the peers' bookkeeping (results do not
+/// wait for durability: the log replays them), so this only delays acks.
+const CATCH_UP_PLANS: usize = 2;
+/// See [`CATCH_UP_PLANS`].
+const CATCH_UP_SYNC_US: u64 = 20_000;
+
 pub(super) async fn executor_task(
     mut executor: Executor<FjallStore>,
     mut inbox: mpsc::Receiver<Event>,
@@ -91,8 +100,15 @@ pub(super) async fn executor_task(
     let mut out = Vec::new();
     executor.handle(clock.now(), Input::Start, &mut out);
     let mut published_drops = 0;
+    // When the first epoch applied since the last sync was applied.
+    let mut unsynced_since: Option<Time> = None;
     loop {
-        let deadline = executor.next_deadline().map(|t| clock.instant(t));
+        let sync_due = unsynced_since.map(|t| t.plus_us(CATCH_UP_SYNC_US));
+        let deadline = [executor.next_deadline(), sync_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| clock.instant(t));
         let first = tokio::select! {
             ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
             _ = sleep_until(deadline) => None,
@@ -100,7 +116,10 @@ pub(super) async fn executor_task(
         let mut events = Vec::new();
         match first {
             Some(ev) => events.push(ev),
-            None => executor.handle(clock.now(), Input::Tick, &mut out),
+            None if executor.next_deadline().is_some_and(|t| t <= clock.now()) => {
+                executor.handle(clock.now(), Input::Tick, &mut out)
+            }
+            None => {}
         }
         drain(&mut inbox, &mut events);
         for ev in events {
@@ -166,7 +185,14 @@ pub(super) async fn executor_task(
         for effect in out.drain(..) {
             applied |= route_output(&router, me, effect);
         }
-        if applied {
+        if applied && unsynced_since.is_none() {
+            unsynced_since = Some(clock.now());
+        }
+        let catching_up = executor.plans_waiting() > CATCH_UP_PLANS;
+        let sync_now = unsynced_since
+            .is_some_and(|since| !catching_up || clock.now().since_us(since) >= CATCH_UP_SYNC_US);
+        if sync_now {
+            unsynced_since = None;
             let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
                 Ok(epoch) => epoch,
                 Err(e) => fatal(format!("cannot fsync partition {partition}: {e}")),
