@@ -1035,15 +1035,18 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    #[test]
-    fn the_first_replica_answers_and_a_differing_replica_is_a_divergence() {
+    /// A gateway whose partitions each have two replicas, on nodes 1 and 2.
+    fn replicated_gateway() -> Gateway {
         let mut g = gateway();
         let partitions = g.map.partitions();
-        g.set_placement(Arc::new(Placement::spread(
-            partitions,
-            &[NodeId(1), NodeId(2)],
-            2,
-        )));
+        let placement = Placement::spread(partitions, &[NodeId(1), NodeId(2)], 2);
+        g.set_placement(Arc::new(placement));
+        g
+    }
+
+    #[test]
+    fn the_first_replica_answers_and_a_differing_replica_is_a_divergence() {
+        let mut g = replicated_gateway();
         let mut out = Vec::new();
         g.handle(Time(0), Input::Call(call(1)), &mut out);
         out.clear();
@@ -1069,13 +1072,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_asks_every_replica_and_waits_for_all_to_not_know() {
-        let mut g = gateway();
-        let partitions = g.map.partitions();
-        g.set_placement(Arc::new(Placement::spread(
-            partitions,
-            &[NodeId(1), NodeId(2)],
-            2,
-        )));
+        let mut g = replicated_gateway();
         let mut out = Vec::new();
         g.handle(Time(0), Input::Call(call(1)), &mut out);
         out.clear();

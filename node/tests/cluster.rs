@@ -301,6 +301,19 @@ async fn session(index: u32, client: Client, load: Arc<Load>) -> SessionReport {
     report
 }
 
+/// Starts [`SESSIONS`] client sessions sharing `load`.
+async fn start_sessions(
+    cluster: &Cluster,
+    load: &Arc<Load>,
+) -> Vec<tokio::task::JoinHandle<SessionReport>> {
+    let mut sessions = Vec::new();
+    for index in 0..SESSIONS {
+        let client = cluster.client(load_policy()).await;
+        sessions.push(tokio::spawn(session(index, client, load.clone())));
+    }
+    sessions
+}
+
 /// Checks the bank: total == initial + acknowledged deposits (+ at most the unknown ones).
 async fn check_bank(client: &Client, reports: &[SessionReport]) -> String {
     let bank = BankConfig::default();
@@ -464,11 +477,7 @@ async fn kill_and_restart(cluster: &mut Cluster) {
     );
 
     let load = Arc::new(Load::default());
-    let mut sessions = Vec::new();
-    for index in 0..SESSIONS {
-        let client = cluster.client(load_policy()).await;
-        sessions.push(tokio::spawn(session(index, client, load.clone())));
-    }
+    let sessions = start_sessions(cluster, &load).await;
     load.wait_answered(cluster, &status, 0, WARMUP, Duration::from_secs(30))
         .await;
 
@@ -693,11 +702,7 @@ async fn failover(cluster: &mut Cluster) {
     let status = cluster.client(quick_policy()).await;
     wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
     let load = Arc::new(Load::default());
-    let mut sessions = Vec::new();
-    for index in 0..SESSIONS {
-        let client = cluster.client(load_policy()).await;
-        sessions.push(tokio::spawn(session(index, client, load.clone())));
-    }
+    let sessions = start_sessions(cluster, &load).await;
     load.wait_answered(cluster, &status, 0, WARMUP, Duration::from_secs(30))
         .await;
     let from = Instant::now();
