@@ -234,8 +234,11 @@ pub struct ExecutorStats {
     pub plans_repeated: u64,
     /// Results reported.
     pub reported: u64,
-    /// Remote-read messages sent (each chunk counts).
+    /// Remote-read messages sent (each chunk counts, once per receiving replica).
     pub reads_sent: u64,
+    /// Remote-read messages not sent because the receiving replica had already made their
+    /// epoch durable (this replica was replaying behind it).
+    pub reads_skipped: u64,
     /// Remote-read messages dropped as duplicates or late.
     pub reads_dropped: u64,
     /// Remote-read messages refused: from a partition that is not a peer or not a
@@ -958,18 +961,32 @@ impl<S: Store> Executor<S> {
         if chunks.len() > 1 {
             self.stats.reads_split += 1;
         }
+        let epoch = txn.position.epoch;
         for to in txn.executors().iter().filter(|p| **p != self.partition) {
+            // A replica that already made this epoch durable has no use for its reads: this
+            // one is replaying behind it (after a restart), and would otherwise make every
+            // peer decode and drop a whole outage's worth of reads while it catches up.
+            let lacking: Vec<ExecutorId> = self
+                .placement
+                .replicas(*to)
+                .iter()
+                .map(|node| ExecutorId {
+                    partition: *to,
+                    node: *node,
+                })
+                .filter(|peer| self.book.acked_through(*peer) < epoch)
+                .collect();
+            self.stats.reads_skipped +=
+                (self.placement.replicas(*to).len() - lacking.len()) as u64 * chunks.len() as u64;
+            if lacking.is_empty() {
+                continue;
+            }
             for reads in &chunks {
-                self.book
-                    .record_sent(*to, txn.position.epoch, reads.clone());
-                for node in self.placement.replicas(*to) {
+                self.book.record_sent(*to, epoch, reads.clone());
+                for peer in &lacking {
                     self.stats.reads_sent += 1;
-                    let to = ExecutorId {
-                        partition: *to,
-                        node: *node,
-                    };
                     out.push(Output::SendReads {
-                        to,
+                        to: *peer,
                         reads: reads.clone(),
                     });
                 }
@@ -1791,5 +1808,48 @@ mod tests {
         // A node that runs no replica of partition 1 is not a peer.
         feed(e, ack(7));
         assert_eq!(e.stats().peer_inputs_dropped, 1);
+    }
+
+    #[test]
+    fn a_replica_replaying_behind_its_peers_sends_reads_only_to_those_that_lack_them() {
+        let mut f = fixture();
+        let placement = Arc::new(Placement::spread(2, &[NodeId(1), NodeId(2)], 2));
+        f.executors[0].set_placement(NodeId(1), placement);
+        let [p0, _]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+        let e = &mut f.executors[0];
+        // Partition 1's replica on node 2 already made epoch 1 durable; node 1's has not.
+        feed(
+            e,
+            Input::Ack {
+                from: PartitionId(1),
+                node: NodeId(2),
+                durable: Epoch(1),
+            },
+        );
+        let out = feed(e, Input::Plan(p0));
+        let sent: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::SendReads { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        let lacking = ExecutorId {
+            partition: PartitionId(1),
+            node: NodeId(1),
+        };
+        assert_eq!(sent, [lacking]);
+        assert_eq!(e.stats().reads_skipped, 1);
+        // Kept until the one that lacks them acks.
+        assert_eq!(e.outbox_len(), 1);
+        feed(
+            e,
+            Input::Ack {
+                from: PartitionId(1),
+                node: NodeId(1),
+                durable: Epoch(1),
+            },
+        );
+        assert_eq!(e.outbox_len(), 0);
     }
 }

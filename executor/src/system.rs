@@ -180,6 +180,11 @@ impl Bookkeeping {
         }
     }
 
+    /// The last epoch replica `peer` acknowledged as durable (0 if none since this start).
+    pub(crate) fn acked_through(&self, peer: ExecutorId) -> Epoch {
+        self.acked.get(&peer).copied().unwrap_or(Epoch(0))
+    }
+
     /// Every read replica `to` has not acknowledged, in position order.
     pub(crate) fn unacked(&self, to: ExecutorId) -> impl Iterator<Item = &Arc<RemoteReads>> {
         // A peer may claim any epoch: no overflow past the last.

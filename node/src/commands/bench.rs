@@ -7,6 +7,7 @@ use crate::cli::BenchArgs;
 use anyhow::{Result, bail};
 use detflow_client::{Client, Tls};
 use detflow_loadgen::drive::{self, DriveConfig};
+use detflow_workloads::Options;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
@@ -17,32 +18,41 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         bail!("--nemesis needs an embedded cluster and bank, ycsb or kv");
     }
     let options = args.tpcc.options(&args.workload, 1);
-    let local = if args.connect.is_empty() {
-        let partitions = args.partitions.unwrap_or(if tpcc {
-            options.warehouses.unwrap_or(4).min(4)
-        } else {
-            4
-        });
+    let partitions_default = args.partitions.unwrap_or(if tpcc {
+        options.warehouses.unwrap_or(4).min(4)
+    } else {
+        4
+    });
+    let start = async || {
         eprintln!(
-            "starting a local cluster: 3 node processes, {partitions} partitions, workload {}",
+            "starting a local cluster: 3 node processes, {partitions_default} partitions, workload {}",
             args.workload
         );
-        Some((
-            Local::start(
-                3,
-                partitions,
-                args.replication,
-                &args.workload,
-                options.clone(),
-                None,
-            )
-            .await?,
-            partitions,
-        ))
+        Local::start(
+            3,
+            partitions_default,
+            args.replication,
+            &args.workload,
+            options.clone(),
+            None,
+        )
+        .await
+    };
+    if let Some(nemesis) = args.nemesis {
+        let config = drive_config(&args, partitions_default, options.clone());
+        let report = nemesis::run(start, config, nemesis).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            nemesis::print(&report);
+        }
+        return Ok(report.invariants_hold());
+    }
+    let local = if args.connect.is_empty() {
+        Some((start().await?, partitions_default))
     } else {
         None
     };
-    let mut local = local;
     let (gateways, tls, partitions) = match &local {
         Some((local, partitions)) => (local.gateways(), local.tls()?, *partitions),
         None => {
@@ -54,24 +64,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
             (args.connect.clone(), tls, partitions)
         }
     };
-    let config = DriveConfig {
-        workload: args.workload.clone(),
-        partitions,
-        options,
-        clients: args.clients,
-        duration: args.duration,
-        progress: true,
-    };
+    let config = drive_config(&args, partitions, options);
     let load_seconds = local.as_ref().and_then(|(l, _)| l.load_seconds);
-    let ok = if let (Some(nemesis), Some((local, _))) = (args.nemesis, local.as_mut()) {
-        let report = nemesis::run(local, gateways, tls, config, nemesis).await?;
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            nemesis::print(&report);
-        }
-        report.invariants_hold()
-    } else if tpcc {
+    let ok = if tpcc {
         let report = run_tpcc(&gateways, &tls, config, load_seconds).await?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -92,6 +87,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         local.stop();
     }
     Ok(ok)
+}
+
+/// What to drive: the workload, its options and the load, from the command line.
+fn drive_config(args: &BenchArgs, partitions: u32, options: Options) -> DriveConfig {
+    DriveConfig {
+        workload: args.workload.clone(),
+        partitions,
+        options,
+        clients: args.clients,
+        duration: args.duration,
+        progress: true,
+    }
 }
 
 /// The partition count of the cluster at `gateways`, from the nodes' status.

@@ -1,15 +1,17 @@
-//! `detflow bench … --nemesis`: the same load twice on one embedded cluster, first without
-//! faults, then while one node at a time is killed, paused or kept down, and how much of
-//! the first run's throughput the second keeps (the failover targets of README.md).
+//! `detflow bench … --nemesis`: the same load twice, each time on a fresh embedded cluster,
+//! first without faults, then while one node at a time is killed, paused or kept down, and
+//! how much of the first run's throughput the second keeps (the failover targets of
+//! README.md). Each run starts from the same empty state because some workloads slow down
+//! as their data grows (kv's lists lengthen with every append): a second run on the first
+//! one's cluster would lose throughput to age and blame it on the faults.
 
 // The nemesis times its faults with the wall clock.
 #![allow(clippy::disallowed_methods)]
 
 use super::local::Local;
 use anyhow::{Context, Result};
-use detflow_client::{Client, Tls};
+use detflow_client::Client;
 use detflow_loadgen::drive::{self, DriveConfig, Report};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Which faults the nemesis injects.
@@ -55,11 +57,10 @@ impl NemesisReport {
 const PERIOD: Duration = Duration::from_secs(8);
 const FAULT: Duration = Duration::from_secs(3);
 
-/// Runs `config` twice against `local`, without faults and then with `nemesis`.
+/// Runs `config` twice, each time on a cluster `start` brings up (and this stops), without
+/// faults and then with `nemesis`.
 pub(super) async fn run(
-    local: &mut Local,
-    gateways: Vec<SocketAddr>,
-    tls: Tls,
+    start: impl AsyncFn() -> Result<Local>,
     config: DriveConfig,
     nemesis: Nemesis,
 ) -> Result<NemesisReport> {
@@ -67,16 +68,25 @@ pub(super) async fn run(
         "nemesis {nemesis:?}: first {:?} without faults",
         config.duration
     );
-    let baseline = drive::drive(gateways.clone(), tls.clone(), config.clone()).await?;
-    eprintln!("nemesis {nemesis:?}: now {:?} with faults", config.duration);
+    let local = start().await?;
+    let baseline = drive::drive(local.gateways(), local.tls()?, config.clone()).await;
+    local.stop();
+    let baseline = baseline?;
+    eprintln!(
+        "nemesis {nemesis:?}: now {:?} with faults, on a fresh cluster",
+        config.duration
+    );
+    let mut local = start().await?;
+    let (gateways, tls) = (local.gateways(), local.tls()?);
     let status = Client::connect(gateways.clone(), tls.clone()).await?;
     let duration = config.duration;
-    let start = Instant::now();
+    let began = Instant::now();
     let (faulted, faults) = tokio::join!(
         drive::drive(gateways, tls, config),
-        inject(local, &status, nemesis, start, duration)
+        inject(&mut local, &status, nemesis, began, duration)
     );
     status.close();
+    local.stop();
     let faults = faults?;
     Ok(NemesisReport {
         nemesis: format!("{nemesis:?}").to_lowercase(),

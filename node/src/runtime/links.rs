@@ -14,6 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long a link must have stayed up for its loss to count as a fresh failure, retried
+/// at once, rather than as one more refusal, retried after a growing pause.
+const LINK_STABLE: Duration = Duration::from_secs(1);
+
+/// The longest pause between handshakes with a peer that keeps closing at once: short,
+/// because the peer is usually a restarted node about to serve.
+const REFUSED_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
 /// Keeps a connection to one node and writes every message for it, one stream per channel.
 pub(super) async fn link_task(
     endpoint: Endpoint,
@@ -43,7 +51,7 @@ pub(super) async fn link_task(
                 continue;
             }
         };
-        backoff = Duration::from_millis(20);
+        let up_since = tokio::time::Instant::now();
         // What queued while the link was down is stale: a peer that restarted would first
         // wade through thousands of old plans, reads and acks (a whole outage's worth)
         // before anything current. Every channel recovers from loss, and the link-up below
@@ -103,6 +111,14 @@ pub(super) async fn link_task(
             }
         }
         // What was written but not delivered is lost; the channels replay it.
+        // A peer that closes at once (it is still loading its stores, or refuses this node)
+        // is not back: keep backing off rather than handshaking with it 30 times a second,
+        // which costs both nodes CPU that their replay needs.
+        if up_since.elapsed() >= LINK_STABLE {
+            backoff = Duration::from_millis(20);
+        } else {
+            backoff = (backoff * 2).min(REFUSED_BACKOFF_MAX);
+        }
         tokio::time::sleep(backoff).await;
     }
 }
