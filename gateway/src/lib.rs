@@ -219,6 +219,10 @@ pub struct GatewayBugs {
     /// Merge a stream read's shares up to the partition that covered the most, not the
     /// least: events a lagging partition has yet to apply are skipped for good.
     pub merge_past_frontier: bool,
+    /// Answer a call only once every replica of its designated partition reported it, as
+    /// a gateway that insists on agreement before it answers would: one replica down stalls
+    /// every call it would have reported.
+    pub answer_after_every_replica: bool,
 }
 
 /// Counters of a gateway's work.
@@ -292,6 +296,8 @@ pub struct Gateway {
     /// Results answered recently, to compare the other replicas' with.
     answered: Answered,
     bugs: GatewayBugs,
+    /// Planted bug `answer_after_every_replica`: reports counted per call held.
+    bug_reports: BTreeMap<CallId, usize>,
     stats: GatewayStats,
 }
 
@@ -325,6 +331,7 @@ impl Gateway {
             next_read: 0,
             answered: Answered::default(),
             bugs: GatewayBugs::default(),
+            bug_reports: BTreeMap::new(),
             stats: GatewayStats::default(),
         }
     }
@@ -688,7 +695,20 @@ impl Gateway {
         // Results of calls this gateway no longer holds (answered, or from before a crash)
         // are compared with the answer given, if it is still kept, and dropped: the client
         // has its answer or will retry.
-        if self.remove(result.call_id()).is_none() {
+        let call = result.call_id();
+        if self.bugs.answer_after_every_replica && self.pending.contains_key(&call) {
+            // Only live reports count: a result table's answer is one replica's word.
+            if recovered {
+                return;
+            }
+            let reports = self.bug_reports.entry(call).or_insert(0);
+            *reports += 1;
+            if *reports < self.placement.replicas(from).len() {
+                return;
+            }
+            self.bug_reports.remove(&call);
+        }
+        if self.remove(call).is_none() {
             match self.answered.compare(now, from, &result) {
                 Some(divergence) => {
                     self.stats.divergences += 1;

@@ -177,6 +177,7 @@ impl Session {
             started: None,
             ended: None,
             stalls: Vec::new(),
+            current: None,
         }
     }
 
@@ -272,6 +273,8 @@ pub struct Pending {
     ended: Option<Time>,
     /// The gateways whose attempt timed out or failed in transport, and when.
     stalls: Vec<(u32, Time)>,
+    /// The gateway of the latest attempt.
+    current: Option<u32>,
 }
 
 impl Pending {
@@ -297,7 +300,7 @@ impl Pending {
 
     /// The gateway of the latest attempt, once one was made.
     pub fn gateway(&self) -> Option<u32> {
-        self.attempt.checked_sub(1).map(|a| self.gateway_of(a))
+        self.current
     }
 
     /// The gateway attempt number `attempt` (from 0) goes to: round robin from the first.
@@ -319,8 +322,16 @@ impl Pending {
             });
             return;
         }
-        let gateway = self.gateway_of(self.attempt);
+        // Round robin from the first gateway, passing over those that did not answer an
+        // earlier attempt of this call (unless every one failed so): retrying a gateway
+        // whose node died costs a whole attempt timeout each time.
+        let stalled = |g: u32| self.stalls.iter().any(|(s, _)| *s == g);
+        let gateway = (0..self.gateways)
+            .map(|i| self.gateway_of(self.attempt + i))
+            .find(|g| !stalled(*g))
+            .unwrap_or_else(|| self.gateway_of(self.attempt));
         self.attempt += 1;
+        self.current = Some(gateway);
         self.state = State::Waiting(now.plus_us(self.attempt_timeout_us));
         out.push(Output::Send {
             gateway,
@@ -335,6 +346,16 @@ impl Pending {
         if let Some(gateway) = self.gateway() {
             self.stalls.push((gateway, now));
         }
+    }
+
+    /// The gateway of the attempt in flight failed (no answer, or no connection): the next
+    /// attempt goes to another gateway after the first back-off only. Backing off longer
+    /// helps a cluster that answered "not now", not one whose gateway is gone.
+    fn moved_on(&mut self, now: Time, why: String) {
+        self.last_error = why;
+        let b = self.policy.backoff_us.max(1);
+        let wait = b / 2 + self.rng.below(b);
+        self.state = State::BackingOff(now.plus_us(wait));
     }
 
     /// The attempt in flight failed: wait a jittered back-off before the next one.
@@ -370,13 +391,13 @@ impl Machine for Pending {
             }
             (Input::Failed(why), State::Waiting(_)) => {
                 self.stall(now);
-                self.failed(now, why);
+                self.moved_on(now, why);
             }
             // An answer to an attempt already given up on.
             (Input::Reply(Reply::Unavailable) | Input::Failed(_), _) => {}
             (Input::Tick, State::Waiting(until)) if now >= until => {
                 self.stall(now);
-                self.failed(now, format!("attempt {} timed out", self.attempt));
+                self.moved_on(now, format!("attempt {} timed out", self.attempt));
             }
             (Input::Tick, State::BackingOff(until)) if now >= until => self.send(now, out),
             (Input::Tick, _) => {}

@@ -24,6 +24,13 @@ pub struct FaultConfig {
     /// connection that died quietly and was replaced before the idle timeout): no reconnect
     /// is announced, so only the machines' own timers recover what was lost.
     pub silent_drops: bool,
+    /// One node of every replica set down for the whole fault window and nothing else
+    /// failing (a partition's replica, a sequencer replica, a gateway): the cluster must
+    /// keep answering meanwhile, each call within [`ONE_DOWN_CALL_BOUND_US`], not only
+    /// after healing. In swarm mode a fifth of the seeds run this profile alone.
+    ///
+    /// [`ONE_DOWN_CALL_BOUND_US`]: crate::ONE_DOWN_CALL_BOUND_US
+    pub one_down: bool,
     /// Pick a random subset of the above and random rates per seed.
     pub swarm: bool,
 }
@@ -44,6 +51,7 @@ impl FaultConfig {
             delay_spikes: true,
             duplicates: true,
             silent_drops: true,
+            one_down: true,
             swarm: true,
         }
     }
@@ -57,10 +65,11 @@ impl FaultConfig {
             || self.delay_spikes
             || self.duplicates
             || self.silent_drops
+            || self.one_down
     }
 
     /// Parses a comma-separated list: `all`, `none`, or fault names
-    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,silent-drops,swarm`).
+    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,silent-drops,one-down,swarm`).
     pub fn parse(list: &str) -> Result<FaultConfig, String> {
         let mut config = FaultConfig::none();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -74,11 +83,12 @@ impl FaultConfig {
                 "delay-spikes" => config.delay_spikes = true,
                 "duplicates" => config.duplicates = true,
                 "silent-drops" => config.silent_drops = true,
+                "one-down" => config.one_down = true,
                 "swarm" => config.swarm = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?} (known: all, none, crashes, torn-writes, \
-                         partitions, resets, delay-spikes, duplicates, silent-drops, swarm)"
+                         partitions, resets, delay-spikes, duplicates, silent-drops, one-down, swarm)"
                     ));
                 }
             }
@@ -106,6 +116,8 @@ pub(crate) struct FaultPlan {
     pub(crate) interval_us: u64,
     /// The longest a crashed node stays down before it restarts.
     pub(crate) downtime_max_us: u64,
+    /// The one-down profile instead of every other fault.
+    pub(crate) one_down: bool,
 }
 
 impl FaultPlan {
@@ -128,9 +140,27 @@ impl FaultPlan {
             interval_us: *rng.pick(&[10_000, 30_000, 100_000]),
             downtime_max_us: *rng.pick(&[50_000, 300_000, 1_000_000]),
             silent_drop_chance: 0.0,
+            one_down: false,
         };
         // Drawn last, so that adding this fault type left every other draw as it was.
         plan.silent_drop_chance = on(rng, config.silent_drops, &[0.02, 0.05, 0.1]);
+        if config.one_down && (!swarm || rng.chance(0.2)) {
+            // The profile is the promise "one node per replica set down, nothing else":
+            // any other fault would void it.
+            plan = FaultPlan {
+                one_down: true,
+                crash_chance: 0.0,
+                crash_after_vote_chance: 0.0,
+                crash_after_append_chance: 0.0,
+                tear_chance: plan.tear_chance,
+                partition_chance: 0.0,
+                reset_chance: 0.0,
+                spike_chance: 0.0,
+                duplicate_chance: 0.0,
+                silent_drop_chance: 0.0,
+                ..plan
+            };
+        }
         plan
     }
 
@@ -142,6 +172,7 @@ impl FaultPlan {
             || self.reset_chance > 0.0
             || self.duplicate_chance > 0.0
             || self.silent_drop_chance > 0.0
+            || self.one_down
     }
 }
 

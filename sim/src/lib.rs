@@ -51,7 +51,9 @@ pub use detflow_protocol::session::SessionBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};
 pub use log_world::{LogConfig, LogProbes, LogReport, run_log_seed};
-pub use world::{CallRecord, SetupError, SimConfig, SimWorkload, WorkloadFactory};
+pub use world::{
+    CallRecord, ONE_DOWN_CALL_BOUND_US, SetupError, SimConfig, SimWorkload, WorkloadFactory,
+};
 
 use detflow_protocol::CallId;
 use detflow_protocol::codec;

@@ -4,8 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use detflow_sim::{
-    ExecutorBugs, FaultConfig, FaultCounts, LogConfig, LogProbes, ReplicaBugs, SessionBugs,
-    SimConfig, run_log_seed, run_seed,
+    ExecutorBugs, FaultConfig, FaultCounts, GatewayBugs, LogConfig, LogProbes, ReplicaBugs,
+    SessionBugs, SimConfig, run_log_seed, run_seed,
 };
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -105,6 +105,8 @@ enum Bug {
     SkipOneWrite,
     /// A partition replica other than the first sends reads from a stale position.
     StaleRemoteReads,
+    /// A gateway answers a call only once every replica of its partition reported it.
+    AnswerAfterEveryReplica,
 }
 
 impl Bug {
@@ -122,6 +124,7 @@ impl Bug {
             Bug::ReuseSeqAfterRetry => "reuse-seq-after-retry",
             Bug::SkipOneWrite => "skip-one-write",
             Bug::StaleRemoteReads => "stale-remote-reads",
+            Bug::AnswerAfterEveryReplica => "answer-after-every-replica",
         }
     }
 }
@@ -258,6 +261,10 @@ fn run(args: RunArgs) -> Result<bool> {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),
     };
     let replica_bugs = replica_bugs(args.bug);
+    let gateway_bugs = GatewayBugs {
+        answer_after_every_replica: matches!(args.bug, Some(Bug::AnswerAfterEveryReplica)),
+        ..GatewayBugs::default()
+    };
     let fault_config = FaultConfig::parse(&args.faults).map_err(anyhow::Error::msg)?;
     let mut faults = FaultCounts::default();
     let (mut passed, mut failed) = (0u64, 0u64);
@@ -278,6 +285,7 @@ fn run(args: RunArgs) -> Result<bool> {
             executor_bugs: bugs,
             replica_bugs,
             session_bugs,
+            gateway_bugs,
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;

@@ -373,3 +373,41 @@ fn a_replica_that_sends_stale_reads_is_caught() {
     println!("seed {seed}: {failures:?}");
     passes_without_the_bug(config, 0..seed + 1);
 }
+
+/// A gateway that answers only once every replica of the call's partition reported it
+/// serves every call once the faults heal, so the liveness check after healing can miss
+/// it; with one node down for the whole fault window, the calls wait for the dead replica,
+/// and only the one-node-down check (each call answered within a bound while it is down)
+/// sees that the cluster stopped serving.
+#[test]
+fn a_gateway_that_waits_for_every_replica_is_caught_while_a_node_is_down() {
+    let config = |seed| SimConfig {
+        gateway_bugs: GatewayBugs {
+            answer_after_every_replica: true,
+            ..GatewayBugs::default()
+        },
+        faults: FaultConfig {
+            one_down: true,
+            ..FaultConfig::none()
+        },
+        partition_replicas: 2,
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    };
+    let only_this_checker = (0..SEEDS_MAX).find_map(|seed| {
+        let report = run_seed(&config(seed)).expect("valid config");
+        let failures = report.failures;
+        (!failures.is_empty()
+            && failures
+                .iter()
+                .all(|f| f.contains("liveness under one node down")))
+        .then_some(seed)
+    });
+    let seed = only_this_checker.expect("waiting for every replica went unnoticed");
+    let without = SimConfig {
+        gateway_bugs: GatewayBugs::default(),
+        ..config(seed)
+    };
+    let report = run_seed(&without).expect("valid config");
+    assert!(report.passed(), "seed {seed}: {:?}", report.failures);
+}

@@ -37,6 +37,7 @@ impl World {
                 args,
                 replies: Vec::new(),
                 attempts: 0,
+                issued: self.now,
             },
         );
         node.request = Some(request);
@@ -110,6 +111,7 @@ impl World {
                     args: Vec::new(),
                     replies: Vec::new(),
                     attempts: 0,
+                    issued: self.now,
                 })
                 .replies
                 .push(reply.clone());
@@ -131,6 +133,11 @@ impl World {
         let node = &mut self.clients[c as usize];
         let pending = node.pending.take().expect("a call ends while in flight");
         node.session.finished(&pending);
+        let call = CallId::new(node.session.client(), pending.seq());
+        if let Some(issued) = self.calls.get(&call).map(|r| r.issued) {
+            self.check_one_down_call(call, issued);
+        }
+        let node = &mut self.clients[c as usize];
         node.timer = Timer::default();
         let answer = match &reply {
             Reply::Done {
