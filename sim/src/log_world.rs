@@ -16,9 +16,33 @@
 //!   a minority, a random split; some one-way);
 //! - a transport that drops what was in flight on a reset, or delivers it late;
 //! - replay on reconnect: a restarted replica's peers resend what they sent it lately;
-//! - buggify (the replicas' rare paths on purpose), and narrow election-timeout spreads
+//! - buggify (the replicas' rare paths on purpose), and narrow election timeout spreads
 //!   that make split votes common;
 //! - clients that submit a call twice (a gateway retrying on reconnect).
+//!
+//! and faults aimed at elections, because a seed of random faults seldom holds several
+//! leader changes while entries are only partly replicated, where Raft's classic mistakes
+//! live (the commit rule, what must be durable before a vote or an acknowledgement):
+//!
+//! - partial appends: the leader's AppendEntries with new entries reaches only some
+//!   followers, and right after those copies arrive the leader is cut off or crashed;
+//! - crashes between a replica's append and the commit it would have learned; new leaders
+//!   crashed before their term's first entry commits (at once when their own vote is not
+//!   durable yet); leaders crashed right after the first commit of their term (when
+//!   entries of earlier terms commit under them) or a commit their own disk lacks;
+//! - rapid successive elections: whoever leads is cut off or crashed briefly, again and
+//!   again;
+//! - one-way links around the leader: it cannot reach some followers, or they cannot
+//!   reach it;
+//! - late votes: a granted vote's connection stalls, so the vote arrives after the
+//!   candidate may have moved on;
+//! - one entry per AppendEntries in some seeds, so a follower can hold an entry of an
+//!   earlier term without the new leader's entry after it.
+//!
+//! Besides the checks after every step (one leader per term, Log Matching, leader
+//! completeness, commits in order and never two ways), each vote or append acknowledgement
+//! a replica sends is checked against what its disk holds durably as it leaves
+//! ([`crate::check::durable_sends`]). Probes ([`LogProbes`]) count that each fault struck.
 //!
 //! The full world exists to check the whole path of a call; this one spends its events on
 //! the replication protocol, where rare interleavings (a split vote meeting a restart) need

@@ -193,3 +193,66 @@ fn same_entry(a: &LogEntry, b: &LogEntry) -> bool {
 fn same_batch(a: &Arc<Batch>, b: &Arc<Batch>) -> bool {
     Arc::ptr_eq(a, b) || **a == **b
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::{
+        ClientId, DetRng, Footprint, LOG_FORMAT_VERSION, RequestSeq, Transaction,
+    };
+    use detflow_sequencer::{Durable, ReplicaConfig};
+
+    fn entry(term: u64, epoch: u64) -> LogEntry {
+        LogEntry {
+            term: Term(term),
+            batch: Arc::new(Batch {
+                version: LOG_FORMAT_VERSION,
+                epoch: Epoch(epoch),
+                txns: Vec::new(),
+            }),
+        }
+    }
+
+    fn replica(id: u32, log: Vec<LogEntry>) -> Replica {
+        let config = ReplicaConfig::new(NodeId(id), (1..=3).map(NodeId).collect());
+        let durable = Durable {
+            term: Term(3),
+            voted_for: None,
+            log,
+        };
+        Replica::new(config, durable, DetRng::new(1))
+    }
+
+    #[test]
+    fn logs_sharing_an_entry_must_agree_before_it() {
+        let mut safety = RaftSafety::default();
+        let shared = entry(2, 2);
+        let a = replica(1, vec![entry(1, 1), shared.clone()]);
+        assert_eq!(safety.after_step(&a, &[]), Ok(()));
+        // The same entry at epoch 2, after an entry of another term: Log Matching broken.
+        let b = replica(2, vec![entry(2, 1), shared]);
+        let failure = safety.after_step(&b, &[]).expect_err("caught");
+        assert!(failure.contains("log matching"), "{failure}");
+        // Equal batches (not the same pointer, as after a restart) agree …
+        let c = replica(3, vec![entry(1, 1), entry(2, 2)]);
+        assert_eq!(safety.after_step(&c, &[]), Ok(()));
+        // … a different batch under one (epoch, term) does not.
+        let mut other = (*entry(2, 2).batch).clone();
+        other.txns.push(Arc::new(Transaction {
+            client: ClientId(1),
+            seq: RequestSeq(1),
+            gateway: NodeId(9),
+            procedure: "p".into(),
+            args: Vec::new(),
+            footprint: Footprint::new(),
+        }));
+        let other = LogEntry {
+            term: Term(2),
+            batch: Arc::new(other),
+        };
+        let d = replica(1, vec![entry(1, 1), other]);
+        safety.restarted(NodeId(1));
+        let failure = safety.after_step(&d, &[]).expect_err("caught");
+        assert!(failure.contains("different batch"), "{failure}");
+    }
+}
