@@ -486,6 +486,78 @@ pub struct ReplicaBugs {
     pub commit_uncommitted: bool,
     /// The leader never reports `Duplicate` and appends resubmissions again.
     pub dedup_off: bool,
+    /// The leader commits an entry of an earlier term once a majority holds it, without an
+    /// entry of its own term above it (Raft's Figure 8).
+    pub commit_earlier_term: bool,
+    /// A voter sends its granted vote before the term and vote it records are durable.
+    pub vote_before_durable: bool,
+    /// A follower acknowledges entries before they are durable.
+    pub ack_before_durable: bool,
+    /// A follower drops every entry after `prev_epoch` when an AppendEntries carries
+    /// entries, even ones that match (so a late or duplicated message shortens its log).
+    pub truncate_on_append: bool,
+    /// A voter grants its vote without checking that the candidate's log is up to date.
+    pub vote_ignores_log: bool,
+    /// A voter compares only the last epochs of the logs, not their last terms.
+    pub vote_compares_length: bool,
+    /// A follower takes the leader's commit epoch without bounding it by the entries the
+    /// message proved it shares with the leader.
+    pub commit_beyond_match: bool,
+    /// A candidate counts a granted vote of an earlier term.
+    pub stale_votes_count: bool,
+    /// The leader counts its own entries toward a quorum before they are durable.
+    pub leader_counts_unsynced: bool,
+    /// A candidate asks for votes, and counts its own, before the term and vote it
+    /// records are durable.
+    pub campaign_before_durable: bool,
+}
+
+/// Each planted bug's name (as the simulator's `--bug` takes it) and its flag.
+type BugFlag = (&'static str, fn(&mut ReplicaBugs) -> &mut bool);
+
+const BUG_FLAGS: [BugFlag; 14] = [
+    ("ack-before-quorum", |b| &mut b.ack_before_quorum),
+    ("forget-vote", |b| &mut b.forget_vote_on_restart),
+    ("commit-uncommitted", |b| &mut b.commit_uncommitted),
+    ("dedup-off", |b| &mut b.dedup_off),
+    ("commit-earlier-term", |b| &mut b.commit_earlier_term),
+    ("vote-before-durable", |b| &mut b.vote_before_durable),
+    ("ack-before-durable", |b| &mut b.ack_before_durable),
+    ("truncate-on-append", |b| &mut b.truncate_on_append),
+    ("vote-ignores-log", |b| &mut b.vote_ignores_log),
+    ("vote-compares-length", |b| &mut b.vote_compares_length),
+    ("commit-beyond-match", |b| &mut b.commit_beyond_match),
+    ("stale-votes-count", |b| &mut b.stale_votes_count),
+    ("leader-counts-unsynced", |b| &mut b.leader_counts_unsynced),
+    ("campaign-before-durable", |b| {
+        &mut b.campaign_before_durable
+    }),
+];
+
+impl ReplicaBugs {
+    /// Every planted bug alone, with its name, in a fixed order.
+    pub fn each() -> impl Iterator<Item = (&'static str, ReplicaBugs)> {
+        BUG_FLAGS.iter().map(|(name, flag)| {
+            let mut bugs = ReplicaBugs::default();
+            *flag(&mut bugs) = true;
+            (*name, bugs)
+        })
+    }
+
+    /// The bug called `name` alone, if there is one.
+    pub fn named(name: &str) -> Option<ReplicaBugs> {
+        ReplicaBugs::each().find_map(|(n, bugs)| (n == name).then_some(bugs))
+    }
+
+    /// The names of the bugs planted here.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut bugs = *self;
+        BUG_FLAGS
+            .iter()
+            .filter(|(_, flag)| *flag(&mut bugs))
+            .map(|(name, _)| *name)
+            .collect()
+    }
 }
 
 /// What the leader knows about one follower.
@@ -524,6 +596,12 @@ enum Role {
     },
     Candidate {
         votes: BTreeSet<NodeId>,
+        /// The peers that answered in this term, granting or not.
+        answered: BTreeSet<NodeId>,
+        /// When the peers that have not answered are asked again: a lost RequestVote or
+        /// Vote costs a heartbeat, not a new term (and a voter that restarted is asked
+        /// again within the election).
+        ask_again_at: Time,
         /// The write that records this candidacy's term and self-vote.
         write: WriteId,
     },
@@ -869,6 +947,12 @@ impl Replica {
 
     /// Whether `ask`'s log is at least as up to date as this replica's (Raft §5.4.1).
     fn is_up_to_date(&self, ask: &VoteRequest) -> bool {
+        if self.bugs.vote_ignores_log {
+            return true;
+        }
+        if self.bugs.vote_compares_length {
+            return ask.last_epoch >= self.last_epoch();
+        }
         (ask.last_term, ask.last_epoch) >= (self.last_term(), self.last_epoch())
     }
 
@@ -972,10 +1056,17 @@ impl Replica {
             return;
         }
         let match_epoch = Epoch(msg.prev_epoch.0 + msg.entries.len() as u64);
+        let truncate_all = self.bugs.truncate_on_append && !msg.entries.is_empty();
+        if truncate_all && msg.prev_epoch < self.last_epoch() && msg.prev_epoch >= self.commit {
+            self.truncate(msg.prev_epoch.next());
+        }
         self.accept_entries(msg.entries);
         // The leader's commit may be ahead of what this message proves we share with it
         // (a heartbeat to a lagging follower): commit only the matching prefix.
-        let commit = msg.leader_commit.min(match_epoch);
+        let commit = match self.bugs.commit_beyond_match {
+            true => msg.leader_commit.min(self.last_epoch()),
+            false => msg.leader_commit.min(match_epoch),
+        };
         if commit > self.commit {
             self.commit = commit;
         }
@@ -1174,10 +1265,17 @@ impl Replica {
             self.step_down(now, term, out);
             return;
         }
-        if term < self.term || !granted {
+        let Role::Candidate {
+            votes, answered, ..
+        } = &mut self.role
+        else {
             return;
+        };
+        if term == self.term {
+            answered.insert(from);
         }
-        if let Role::Candidate { votes, .. } = &mut self.role {
+        let counts = term == self.term || self.bugs.stale_votes_count;
+        if granted && counts {
             votes.insert(from);
             self.maybe_win(now, out);
         }
@@ -1260,6 +1358,8 @@ impl Replica {
                     true => self.pre_campaign(now),
                     false => self.campaign(now),
                 }
+            } else {
+                self.maybe_ask_again(now);
             }
             return;
         };
@@ -1289,19 +1389,66 @@ impl Replica {
         // `flush` issues the write holding this term and self-vote with the next id.
         self.role = Role::Candidate {
             votes: BTreeSet::new(),
+            answered: BTreeSet::new(),
+            ask_again_at: now.plus_us(self.config.heartbeat_us),
             write: WriteId(self.last_write.0 + 1),
         };
         self.election_deadline = Some(self.election_timeout(now));
         self.stats.elections += 1;
-        self.ask_votes(self.term, false, When::AfterWrites);
+        let when = self.campaign_when();
+        self.ask_votes(self.term, false, when);
+    }
+
+    /// Asks the peers that have not answered this candidacy again, once a heartbeat passed
+    /// since the last ask (Raft retries RPCs that get no response).
+    fn maybe_ask_again(&mut self, now: Time) {
+        let due = matches!(self.role, Role::Candidate { ask_again_at, .. } if now >= ask_again_at);
+        if !due {
+            return;
+        }
+        let peers = self.peers();
+        let (term, candidate, last_epoch, last_term) = (
+            self.term,
+            self.config.id,
+            self.last_epoch(),
+            self.last_term(),
+        );
+        let heartbeat_us = self.config.heartbeat_us;
+        let when = self.campaign_when();
+        let Role::Candidate {
+            answered,
+            ask_again_at,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        *ask_again_at = now.plus_us(heartbeat_us);
+        for peer in peers.into_iter().filter(|p| !answered.contains(p)) {
+            let msg = PeerMessage::RequestVote {
+                term,
+                candidate,
+                last_epoch,
+                last_term,
+            };
+            self.sends.push((peer, msg, when));
+        }
+    }
+
+    /// When a candidate's RequestVotes may leave: after its term and self-vote are durable.
+    fn campaign_when(&self) -> When {
+        match self.bugs.campaign_before_durable {
+            true => When::Now,
+            false => When::AfterWrites,
+        }
     }
 
     fn maybe_win(&mut self, now: Time, out: &mut Vec<Output>) {
-        let Role::Candidate { votes, write } = &self.role else {
+        let Role::Candidate { votes, write, .. } = &self.role else {
             return;
         };
         // Our own vote counts only once it is durable.
-        let own_vote_durable = self.persisted_write >= *write;
+        let own_vote_durable = self.persisted_write >= *write || self.bugs.campaign_before_durable;
         if own_vote_durable && votes.len() + 1 >= self.majority() {
             self.become_leader(now, out);
         }
@@ -1426,10 +1573,14 @@ impl Replica {
             return;
         };
         let mut matched: Vec<Epoch> = leader.followers.values().map(|p| p.matched).collect();
-        matched.push(self.persisted_epoch);
+        matched.push(match self.bugs.leader_counts_unsynced {
+            true => self.last_epoch(),
+            false => self.persisted_epoch,
+        });
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let quorum = matched[self.majority() - 1];
-        if quorum > self.commit && self.term_at(quorum) == self.term {
+        let own_term = self.term_at(quorum) == self.term || self.bugs.commit_earlier_term;
+        if quorum > self.commit && own_term {
             self.commit = quorum;
             let upto = if self.bugs.ack_before_quorum {
                 self.commit.max(self.emitted)
@@ -1531,7 +1682,11 @@ impl Replica {
             match_epoch,
             conflict_term,
         };
-        self.sends.push((to, msg, When::AfterWrites));
+        let when = match success && self.bugs.ack_before_durable {
+            true => When::Now,
+            false => When::AfterWrites,
+        };
+        self.sends.push((to, msg, when));
     }
 
     fn send_vote(&mut self, to: NodeId, granted: bool) {
@@ -1539,7 +1694,11 @@ impl Replica {
             term: self.term,
             granted,
         };
-        self.sends.push((to, msg, When::AfterWrites));
+        let when = match granted && self.bugs.vote_before_durable {
+            true => When::Now,
+            false => When::AfterWrites,
+        };
+        self.sends.push((to, msg, when));
     }
 
     // ---- the log, the dedup table and the durable writes ---------------------------
@@ -1685,6 +1844,9 @@ impl Machine for Replica {
             return Some(Time::ZERO);
         };
         let Role::Leader(leader) = &self.role else {
+            if let Role::Candidate { ask_again_at, .. } = &self.role {
+                return Some(election.min(*ask_again_at));
+            }
             return Some(election);
         };
         let mut deadline = leader.heartbeat_deadline.min(leader.quorum_deadline);
@@ -2212,6 +2374,38 @@ mod tests {
             ]
         );
         assert_eq!(r2.commit_epoch(), Epoch(2));
+    }
+
+    #[test]
+    fn a_candidate_asks_the_peers_that_did_not_answer_again_each_heartbeat() {
+        let mut r1 = replica(N1, 3);
+        run(&mut r1, 0, Input::Tick);
+        let t = deadline(&r1);
+        run(&mut r1, t, Input::Tick);
+        assert_eq!(
+            run(&mut r1, t + 10, Input::Persisted { write: WriteId(1) }),
+            vec![
+                send(N2, request_vote(1, N1, (0, 0))),
+                send(N3, request_vote(1, N1, (0, 0))),
+            ]
+        );
+        // Node 2 refuses; node 3's answer (or our request) is lost.
+        assert!(run(&mut r1, t + 20, peer(N2, vote(1, false))).is_empty());
+        assert_eq!(deadline(&r1), t + 30_000);
+        assert_eq!(
+            run(&mut r1, t + 30_000, Input::Tick),
+            vec![send(N3, request_vote(1, N1, (0, 0)))]
+        );
+        assert_eq!(deadline(&r1), t + 60_000);
+        // A vote of an earlier term neither counts nor answers this candidacy.
+        assert!(run(&mut r1, t + 40_000, peer(N3, vote(0, true))).is_empty());
+        assert!(!r1.is_leader());
+        assert_eq!(
+            run(&mut r1, t + 60_000, Input::Tick),
+            vec![send(N3, request_vote(1, N1, (0, 0)))]
+        );
+        run(&mut r1, t + 70_000, peer(N3, vote(1, true)));
+        assert!(r1.is_leader());
     }
 
     #[test]

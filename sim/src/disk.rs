@@ -4,10 +4,15 @@
 //! page cache, some random prefix of the bytes written since (possibly cutting a record in
 //! two: a torn write). Recovery reads records until the first one that is incomplete or
 //! fails its checksum and discards the rest, exactly what a production log reader does.
+//!
+//! A replica's disk ([`ReplicaDisk`]) also keeps what its synced prefix recovers to, so a
+//! world can check, as a message leaves the replica, that what the message vouches for is
+//! already durable ([`crate::check::durable_sends`]).
 
 use detflow_protocol::WriteId;
 use detflow_protocol::{DetRng, LogEntry, codec};
 use detflow_sequencer::{Durable, LogWrite};
+use std::collections::VecDeque;
 
 /// Bytes of a record header: a 4-byte length and a 4-byte checksum.
 const HEADER_BYTES: usize = 8;
@@ -113,6 +118,82 @@ impl Disk {
     }
 }
 
+/// A sequencer replica's disk: its writes as records in a [`Disk`], and the state its
+/// synced prefix recovers to, kept write by write.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReplicaDisk {
+    file: Disk,
+    /// The writes appended since the last sync, oldest first.
+    unsynced: VecDeque<LogWrite>,
+    /// What recovery would return if the replica crashed now and lost every unsynced write.
+    synced: Durable,
+}
+
+impl ReplicaDisk {
+    /// Appends `write` (not yet durable).
+    pub(crate) fn append(&mut self, write: LogWrite) {
+        self.file.append(&log_record(&write));
+        self.unsynced.push_back(write);
+    }
+
+    /// Makes every appended write durable; returns the id of the last, if any.
+    pub(crate) fn sync(&mut self) -> Option<WriteId> {
+        self.sync_first(self.unsynced.len())
+    }
+
+    /// Makes the oldest `count` unsynced writes durable (an fsync that finished before the
+    /// later writes reached it); returns the id of the last of them, if any.
+    pub(crate) fn sync_first(&mut self, count: usize) -> Option<WriteId> {
+        let count = count.min(self.unsynced.len());
+        self.file.sync_first(count);
+        let mut last = None;
+        for write in self.unsynced.drain(..count) {
+            self.synced.apply(&write);
+            last = Some(write.id);
+        }
+        last
+    }
+
+    /// The ids of the writes appended but not yet synced, oldest first.
+    pub(crate) fn unsynced(&self) -> impl DoubleEndedIterator<Item = WriteId> + '_ {
+        self.unsynced.iter().map(|w| w.id)
+    }
+
+    /// The state the synced prefix recovers to: what a message leaving now may vouch for.
+    pub(crate) fn synced(&self) -> &Durable {
+        &self.synced
+    }
+
+    /// Loses what a crash loses (see [`Disk::crash`]); the writes that survive whole are
+    /// durable from now on.
+    pub(crate) fn crash(&mut self, rng: &mut DetRng, tear: bool) -> CrashDamage {
+        let damage = self.file.crash(rng, tear);
+        let kept = self.unsynced.len() - damage.lost;
+        for write in self.unsynced.drain(..kept) {
+            self.synced.apply(&write);
+        }
+        self.unsynced.clear();
+        damage
+    }
+
+    /// The durable state a replica restarts from, read back from the records. It must be
+    /// what the synced writes added up to: the file and the writes tell one story.
+    pub(crate) fn recover(&mut self) -> Durable {
+        assert!(
+            self.unsynced.is_empty(),
+            "recovering a disk with unsynced writes: a replica restarts only after a crash"
+        );
+        let durable = recover_replica(&mut self.file);
+        assert_eq!(
+            durable, self.synced,
+            "the disk's records recover to other state than its synced writes"
+        );
+        // Share the recovered batches, so later comparisons are pointer comparisons.
+        self.synced = durable.clone();
+        durable
+    }
+}
+
 /// The record a replica's [`LogWrite`] is stored as.
 pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
     codec::encode(&(
@@ -124,7 +205,7 @@ pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
 }
 
 /// The durable state a replica restarts from: every record that survived, applied in order.
-pub(crate) fn recover_replica(disk: &mut Disk) -> Durable {
+fn recover_replica(disk: &mut Disk) -> Durable {
     let mut durable = Durable::default();
     for record in disk.recover() {
         let (id, hard_state, truncate_from, append): (WriteId, _, _, Vec<LogEntry>) =

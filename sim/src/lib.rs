@@ -23,16 +23,21 @@
 //! - the workload's own invariants.
 //!
 //! The replicas are also checked as the run goes, after every step: at most one leader per
-//! term, a new leader of term T holds every batch committed in an earlier term, and each
-//! replica reports committed batches in order.
+//! term, logs that share an entry (same epoch and term) are identical up to it, a new
+//! leader of term T holds every batch committed in an earlier term, and each replica
+//! reports committed batches in order. As a replica's messages leave, a granted vote or a
+//! successful append acknowledgement must vouch only for what its simulated disk already
+//! holds durably.
 //!
 //! [`run_seed`] runs and checks one seed; the `detflow-sim` binary runs many.
 //!
 //! A second world, the log-only one ([`run_log_seed`], `detflow-sim log`), runs the
 //! replicated sequencer alone with simple submitting clients on the same network and disk
 //! models, under harsher faults (single messages lost or duplicated, partial fsyncs,
-//! crashes right after a vote, buggify, narrow election timeouts), with the same safety
-//! checks after every step and liveness after healing.
+//! crashes right after a vote, buggify, narrow election timeouts, and faults aimed at
+//! elections: partial appends, crashes between append and commit, deposed leaders, one-way
+//! links around the leader, late votes), with the same safety checks after every step and
+//! liveness after healing.
 
 #![forbid(unsafe_code)]
 

@@ -16,27 +16,51 @@
 //!   a minority, a random split; some one-way);
 //! - a transport that drops what was in flight on a reset, or delivers it late;
 //! - replay on reconnect: a restarted replica's peers resend what they sent it lately;
-//! - buggify (the replicas' rare paths on purpose), and narrow election-timeout spreads
+//! - buggify (the replicas' rare paths on purpose), and narrow election timeout spreads
 //!   that make split votes common;
 //! - clients that submit a call twice (a gateway retrying on reconnect).
+//!
+//! and faults aimed at elections, because a seed of random faults seldom holds several
+//! leader changes while entries are only partly replicated, where Raft's classic mistakes
+//! live (the commit rule, what must be durable before a vote or an acknowledgement):
+//!
+//! - partial appends: the leader's AppendEntries with new entries reaches only some
+//!   followers, and right after those copies arrive the leader is cut off or crashed;
+//! - crashes between a replica's append and the commit it would have learned; new leaders
+//!   crashed before their term's first entry commits (at once when their own vote is not
+//!   durable yet); leaders crashed right after the first commit of their term (when
+//!   entries of earlier terms commit under them) or a commit their own disk lacks;
+//! - rapid successive elections: whoever leads is cut off or crashed briefly, again and
+//!   again;
+//! - one-way links around the leader: it cannot reach some followers, or they cannot
+//!   reach it;
+//! - late votes: a granted vote's connection stalls, so the vote arrives after the
+//!   candidate may have moved on;
+//! - one entry per AppendEntries in some seeds, so a follower can hold an entry of an
+//!   earlier term without the new leader's entry after it.
+//!
+//! Besides the checks after every step (one leader per term, Log Matching, leader
+//! completeness, commits in order and never two ways), each vote or append acknowledgement
+//! a replica sends is checked against what its disk holds durably as it leaves
+//! ([`crate::check::durable_sends`]). Probes ([`LogProbes`]) count that each fault struck.
 //!
 //! The full world exists to check the whole path of a call; this one spends its events on
 //! the replication protocol, where rare interleavings (a split vote meeting a restart) need
 //! many elections per seed.
 
-use crate::check::{agreement, raft::RaftSafety};
-use crate::disk::{self, Disk};
+use crate::check::{agreement, durable_sends, raft::RaftSafety};
+use crate::disk::ReplicaDisk;
 use crate::events::{EventQueue, Timer};
 use crate::network::{self, Network};
 use detflow_protocol::CallId;
+use detflow_protocol::Term;
 use detflow_protocol::{
     Batch, ClientId, DetRng, Epoch, Footprint, Machine, NodeId, PeerMessage, RequestSeq, Time,
     Transaction, codec,
 };
-use detflow_protocol::{Term, WriteId};
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Replica, ReplicaBugs, ReplicaConfig};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Virtual time of the fault phase; the healed (liveness) phase follows.
@@ -104,6 +128,25 @@ pub struct LogProbes {
     pub split_terms: u64,
     /// Terms with a candidate.
     pub candidate_terms: u64,
+    /// RequestVotes a candidate sent again to a peer that had not answered.
+    pub vote_requests_again: u64,
+    /// Leaders elected while some replica held entries beyond the committed log.
+    pub elections_over_uncommitted: u64,
+    /// AppendEntries bursts that reached only some followers before the leader was struck.
+    pub partial_appends: u64,
+    /// Crashes aimed between a replica's append and the commit it would have learned.
+    pub crashes_after_append: u64,
+    /// New leaders crashed before their term's first entry could commit.
+    pub new_leaders_crashed: u64,
+    /// Leaders cut off or crashed to force another election.
+    pub leaders_deposed: u64,
+    /// One-way cuts between the leader and some followers.
+    pub one_way_cuts: u64,
+    /// Leaders crashed right after the first commit of their term, or one they did not
+    /// hold durably yet.
+    pub commit_crashes: u64,
+    /// Granted votes whose connection stalled.
+    pub late_votes: u64,
 }
 
 impl LogProbes {
@@ -121,6 +164,15 @@ impl LogProbes {
         self.not_leader += other.not_leader;
         self.split_terms += other.split_terms;
         self.candidate_terms += other.candidate_terms;
+        self.vote_requests_again += other.vote_requests_again;
+        self.elections_over_uncommitted += other.elections_over_uncommitted;
+        self.partial_appends += other.partial_appends;
+        self.crashes_after_append += other.crashes_after_append;
+        self.new_leaders_crashed += other.new_leaders_crashed;
+        self.leaders_deposed += other.leaders_deposed;
+        self.one_way_cuts += other.one_way_cuts;
+        self.commit_crashes += other.commit_crashes;
+        self.late_votes += other.late_votes;
     }
 }
 
@@ -173,21 +225,13 @@ pub fn run_log_seed(config: &LogConfig) -> LogReport {
 
 /// The command that replays `config`'s seed with a trace.
 fn replay_command(config: &LogConfig) -> String {
-    let bugs = config.replica_bugs;
     let mut cmd = format!(
         "cargo run --release -p detflow-sim -- log --seed {}",
         config.seed
     );
-    for (on, flag) in [
-        (bugs.ack_before_quorum, "ack-before-quorum"),
-        (bugs.forget_vote_on_restart, "forget-vote"),
-        (bugs.commit_uncommitted, "commit-uncommitted"),
-        (bugs.dedup_off, "dedup-off"),
-    ] {
-        if on {
-            cmd.push_str(" --bug ");
-            cmd.push_str(flag);
-        }
+    for name in config.replica_bugs.names() {
+        cmd.push_str(" --bug ");
+        cmd.push_str(name);
     }
     cmd.push_str(" --trace");
     cmd
@@ -227,6 +271,30 @@ struct Params {
     /// Election timeouts are drawn from `[150 ms, 150 ms + spread]`; a narrow spread makes
     /// split votes (and so two candidates of one term) common.
     election_spread_us: u64,
+    /// Mean time between partial appends; 0: none. The leader's next AppendEntries with
+    /// new entries reaches only some followers, and right after those arrive the leader
+    /// is cut off or crashed: the next leader meets a log replicated part-way.
+    partial_append_every_us: u64,
+    /// A replica that appends entries crashes within two disk delays: between its append
+    /// and the commit it would have learned.
+    crash_after_append: f64,
+    /// A newly elected leader crashes before its term's first entry can commit (and
+    /// sometimes before its own vote is durable).
+    crash_new_leader: f64,
+    /// Mean time between depositions of whoever leads (cut off or crashed briefly), for
+    /// rapid successive elections; 0: none.
+    depose_every_us: u64,
+    /// Mean time between one-way cuts around the leader (it cannot reach some followers,
+    /// or they cannot reach it); 0: none.
+    one_way_every_us: u64,
+    /// A leader crashes right after it reports the first commit of its term (when entries
+    /// of earlier terms commit under it) or a commit its own disk does not hold yet.
+    crash_after_commit: f64,
+    /// A granted vote's connection stalls for 100 to 600 ms, so the vote arrives late.
+    late_vote: f64,
+    /// The most entries per AppendEntries: one at a time lets a follower hold an entry of
+    /// an earlier term without the new leader's entry after it.
+    entries_per_message_max: usize,
 }
 
 impl Params {
@@ -247,6 +315,14 @@ impl Params {
             replay_on_reconnect: rng.chance(0.5),
             buggify: rng.chance(0.5),
             election_spread_us: 150_000,
+            partial_append_every_us: *rng.pick(&[0, 150_000, 500_000]),
+            crash_after_append: *rng.pick(&[0.0, 0.005, 0.02]),
+            crash_new_leader: *rng.pick(&[0.0, 0.2, 0.5]),
+            depose_every_us: *rng.pick(&[0, 100_000, 300_000]),
+            one_way_every_us: *rng.pick(&[0, 250_000, 700_000]),
+            crash_after_commit: *rng.pick(&[0.0, 0.3, 0.7]),
+            late_vote: *rng.pick(&[0.0, 0.05, 0.2]),
+            entries_per_message_max: *rng.pick(&[1, 4, 16]),
         };
         // Randomized timeouts break split votes only if their spread exceeds the time an
         // election takes (two disk writes, two network hops), so narrow spreads go with a
@@ -265,10 +341,21 @@ enum Event {
     Crash,
     /// A crash aimed at a replica right after its granted vote arrived.
     CrashNode(NodeId),
+    /// Whoever leads is cut off or crashed briefly.
+    Depose,
     Deliver(Delivery),
     Heal(u64),
+    /// Some directions between the leader and its followers fail.
+    OneWay,
+    /// The next AppendEntries burst with new entries reaches only some followers.
+    PartialAppend,
     Partition,
     Restart(NodeId),
+    /// The leader whose AppendEntries reached only some followers is cut off or crashed.
+    StrikeLeader {
+        node: NodeId,
+        life: u64,
+    },
     Submit {
         to: NodeId,
         txn: Arc<Transaction>,
@@ -297,9 +384,7 @@ struct Node {
     replica: Option<Replica>,
     /// Bumped at every start: messages, fsyncs and timers of an older life are void.
     life: u64,
-    disk: Disk,
-    /// The ids of the writes on the disk not yet synced, oldest first.
-    unsynced: VecDeque<WriteId>,
+    disk: ReplicaDisk,
     disk_busy_until: Time,
     timer: Timer,
 }
@@ -328,6 +413,14 @@ struct LogWorld {
     committed_calls: BTreeMap<CallId, Epoch>,
     /// The candidates of each term, from their `RequestVote`s.
     candidates: BTreeMap<Term, BTreeSet<NodeId>>,
+    /// Every (term, candidate, voter) a `RequestVote` was sent for, to count those asked
+    /// again.
+    vote_requests: BTreeSet<(Term, NodeId, NodeId)>,
+    /// Whether the next AppendEntries burst with new entries is to reach only some
+    /// followers.
+    partial_append_armed: bool,
+    /// The (term, replica) pairs that reported a commit while leading that term.
+    terms_committed: BTreeSet<(Term, NodeId)>,
     probes: LogProbes,
 }
 
@@ -343,8 +436,7 @@ impl LogWorld {
             .map(|_| Node {
                 replica: None,
                 life: 0,
-                disk: Disk::default(),
-                unsynced: VecDeque::new(),
+                disk: ReplicaDisk::default(),
                 disk_busy_until: Time::ZERO,
                 timer: Timer::default(),
             })
@@ -370,6 +462,9 @@ impl LogWorld {
             raft: RaftSafety::default(),
             committed_calls: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            vote_requests: BTreeSet::new(),
+            partial_append_armed: false,
+            terms_committed: BTreeSet::new(),
             probes: LogProbes::default(),
         }
     }
@@ -419,6 +514,16 @@ impl LogWorld {
             let at = self.exp(self.params.partition_every_us);
             self.queue.schedule(at, Event::Partition);
         }
+        for (mean_us, event) in [
+            (self.params.partial_append_every_us, Event::PartialAppend),
+            (self.params.depose_every_us, Event::Depose),
+            (self.params.one_way_every_us, Event::OneWay),
+        ] {
+            if mean_us > 0 {
+                let at = self.exp(mean_us);
+                self.queue.schedule(at, event);
+            }
+        }
         let end = Time(FAULT_PHASE_US + HEALED_PHASE_US);
         while let Some((at, event)) = self.queue.pop() {
             if at > end {
@@ -449,6 +554,14 @@ impl LogWorld {
                 self.crash(id, down_us);
             }
             Event::Deliver(d) => return self.on_deliver(d),
+            Event::Depose => self.on_depose(),
+            Event::OneWay => self.on_one_way(),
+            Event::PartialAppend => {
+                if !self.healed {
+                    self.partial_append_armed = true;
+                }
+            }
+            Event::StrikeLeader { node, life } => self.strike_leader(node, life),
             Event::Heal(id) => {
                 // Replicas hear of no reconnects: their heartbeats find the peers again.
                 self.net.heal(id);
@@ -502,7 +615,7 @@ impl LogWorld {
             batch_txns_max: 8,
             ..Config::default()
         };
-        config.entries_per_message_max = 16;
+        config.entries_per_message_max = self.params.entries_per_message_max;
         config.election_timeout_max_us =
             config.election_timeout_min_us + self.params.election_spread_us;
         config
@@ -519,7 +632,7 @@ impl LogWorld {
             rng.enable_buggify();
         }
         let node = &mut self.nodes[idx(id)];
-        let durable = disk::recover_replica(&mut node.disk);
+        let durable = node.disk.recover();
         if self.config.trace {
             println!("{} {id} starts from term {}", self.now, durable.term);
         }
@@ -527,7 +640,6 @@ impl LogWorld {
         replica.set_bugs(self.config.replica_bugs);
         node.replica = Some(replica);
         node.life += 1;
-        node.unsynced.clear();
         node.disk_busy_until = self.now;
         node.timer = Timer::default();
         self.raft.restarted(id);
@@ -570,20 +682,220 @@ impl LogWorld {
         if trace {
             println!("{now} {id} <- {input:?}");
         }
+        let was_leader = replica.is_leader();
         let mut out = Vec::new();
         replica.handle(now, input, &mut out);
+        let (leads, term) = (replica.is_leader(), replica.term());
+        let elected = !was_leader && leads;
         if trace {
             for output in &out {
                 println!("{now} {id} -> {output:?}");
             }
         }
-        let step = self.raft.after_step(replica);
+        let step = self.raft.after_step(replica, &out);
         step.map_err(|e| self.fail(&e))?;
+        if elected {
+            self.on_elected(id);
+        }
+        if leads && out.iter().any(|o| matches!(o, Output::Committed(_))) {
+            let first = self.terms_committed.insert((term, id));
+            let node = &self.nodes[idx(id)];
+            let commit = node
+                .replica
+                .as_ref()
+                .map_or(Epoch(0), Replica::commit_epoch);
+            let held = node.disk.synced().log.len() as u64;
+            if first || commit.0 > held {
+                self.maybe_crash_after_commit(id);
+            }
+        }
+        let lost = self.partial_append(id, &out);
         for output in out {
+            if let Output::Send {
+                to,
+                msg: PeerMessage::AppendEntries { .. },
+            } = &output
+                && lost.contains(to)
+            {
+                continue;
+            }
             self.perform(id, output)?;
         }
         self.arm_timer(id);
         Ok(())
+    }
+
+    /// Replica `id` just became leader: counts an election over a log replicated part-way,
+    /// and sometimes crashes the new leader before its term's first entry can commit.
+    fn on_elected(&mut self, id: NodeId) {
+        let committed = self.raft.log().len();
+        // Not counting the empty entry the new leader just appended for its term.
+        let ahead = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .any(|r| r.log().len() - usize::from(r.id() == id) > committed);
+        self.probes.elections_over_uncommitted += u64::from(ahead);
+        if !self.healed && self.rng.chance(self.params.crash_new_leader) && self.may_crash() {
+            self.probes.new_leaders_crashed += 1;
+            // At once if the leader's own term and vote are not durable yet.
+            let node = &self.nodes[idx(id)];
+            let term = node.replica.as_ref().map_or(Term(0), Replica::term);
+            let within_us = match node.disk.synced().term < term {
+                true => 1,
+                false => self.params.disk_delay_max_us + 1,
+            };
+            let at = self.now.plus_us(self.rng.below(within_us));
+            self.queue.schedule(at, Event::CrashNode(id));
+        }
+    }
+
+    /// A leader that just reported the first commit of its term, or a commit its own disk
+    /// does not hold yet, sometimes crashes at once.
+    fn maybe_crash_after_commit(&mut self, id: NodeId) {
+        if !self.healed && self.rng.chance(self.params.crash_after_commit) && self.may_crash() {
+            self.probes.commit_crashes += 1;
+            let at = self.now.plus_us(1);
+            self.queue.schedule(at, Event::CrashNode(id));
+        }
+    }
+
+    /// With a partial append armed, when leader `id` just sent new entries to two or more
+    /// followers: the followers whose copy is lost (at least one, never all), and the
+    /// strike on the leader once the others' copies have arrived.
+    fn partial_append(&mut self, id: NodeId, out: &[Output]) -> BTreeSet<NodeId> {
+        let mut lost = BTreeSet::new();
+        let leads = self.nodes[idx(id)]
+            .replica
+            .as_ref()
+            .is_some_and(Replica::is_leader);
+        if !self.partial_append_armed || self.healed || !leads {
+            return lost;
+        }
+        let to: Vec<NodeId> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    to,
+                    msg: PeerMessage::AppendEntries { entries, .. },
+                } if !entries.is_empty() => Some(*to),
+                _ => None,
+            })
+            .collect();
+        if to.len() < 2 {
+            return lost;
+        }
+        self.partial_append_armed = false;
+        let kept = *self.rng.pick(&to);
+        for peer in to.into_iter().filter(|p| *p != kept) {
+            if lost.is_empty() || self.rng.chance(0.5) {
+                lost.insert(peer);
+            }
+        }
+        self.probes.partial_appends += 1;
+        // Every copy sent now arrives within the longest delay (FIFO: so did the earlier).
+        let at = self.now.plus_us(self.params.delay_max_us + 25);
+        let life = self.nodes[idx(id)].life;
+        self.queue
+            .schedule(at, Event::StrikeLeader { node: id, life });
+        let next = self.exp(self.params.partial_append_every_us);
+        self.queue.schedule(next, Event::PartialAppend);
+        lost
+    }
+
+    /// Whether one more replica may crash on purpose: a majority stays up.
+    fn may_crash(&self) -> bool {
+        let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+        down < self.nodes.len() / 2
+    }
+
+    /// The live leader of the highest term, if any.
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.is_leader())
+            .max_by_key(|r| r.term())
+            .map(Replica::id)
+    }
+
+    /// Cuts every link of `id`, both ways, for `for_us`.
+    fn isolate(&mut self, id: NodeId, for_us: u64) {
+        let mut cut = BTreeSet::new();
+        for peer in self.members().into_iter().filter(|p| *p != id) {
+            cut.insert((id, peer));
+            cut.insert((peer, id));
+        }
+        let cut = self.net.cut(cut, false);
+        let at = self.now.plus_us(for_us);
+        self.queue.schedule(at, Event::Heal(cut));
+    }
+
+    /// The leader whose AppendEntries reached only some followers is cut off or crashed
+    /// before it can tell the others (if it still lives the life it sent them in).
+    fn strike_leader(&mut self, id: NodeId, life: u64) {
+        let node = &self.nodes[idx(id)];
+        if self.healed || node.life != life || node.replica.is_none() {
+            return;
+        }
+        if self.rng.chance(0.5) {
+            let down_us = 1_000 + self.rng.below(300_000);
+            self.crash(id, down_us);
+        } else {
+            let for_us = 50_000 + self.rng.below(450_000);
+            self.isolate(id, for_us);
+        }
+    }
+
+    /// Rapid successive elections: whoever leads is cut off or crashed briefly.
+    fn on_depose(&mut self) {
+        if self.healed {
+            return;
+        }
+        let next = self.exp(self.params.depose_every_us);
+        self.queue.schedule(next, Event::Depose);
+        let Some(id) = self.leader() else { return };
+        self.probes.leaders_deposed += 1;
+        if self.rng.chance(0.5) && self.may_crash() {
+            let down_us = 1_000 + self.rng.below(100_000);
+            self.crash(id, down_us);
+        } else {
+            let for_us = 20_000 + self.rng.below(280_000);
+            self.isolate(id, for_us);
+        }
+    }
+
+    /// Asymmetric links around the leader: for some followers one direction to or from the
+    /// leader fails, so a follower hears no heartbeats while the leader hears it, or the
+    /// leader loses their acknowledgements while they still follow it.
+    fn on_one_way(&mut self) {
+        if self.healed {
+            return;
+        }
+        let next = self.exp(self.params.one_way_every_us);
+        self.queue.schedule(next, Event::OneWay);
+        let Some(leader) = self.leader() else { return };
+        let same_way = self.rng.chance(0.5);
+        let outward = self.rng.chance(0.5);
+        let mut cut = BTreeSet::new();
+        for peer in self.members().into_iter().filter(|p| *p != leader) {
+            if !cut.is_empty() && self.rng.chance(0.5) {
+                continue;
+            }
+            let out_of_leader = if same_way {
+                outward
+            } else {
+                self.rng.chance(0.5)
+            };
+            cut.insert(match out_of_leader {
+                true => (leader, peer),
+                false => (peer, leader),
+            });
+        }
+        self.probes.one_way_cuts += 1;
+        let cut = self.net.cut(cut, false);
+        let at = self.now.plus_us(50_000 + self.rng.below(750_000));
+        self.queue.schedule(at, Event::Heal(cut));
     }
 
     fn arm_timer(&mut self, id: NodeId) {
@@ -603,11 +915,22 @@ impl LogWorld {
             Output::NotLeader { txn, leader } => self.on_not_leader(txn, leader),
             Output::Persist(write) => {
                 let node = &mut self.nodes[idx(id)];
-                if let Some(last) = node.unsynced.back() {
+                if let Some(last) = node.disk.unsynced().next_back() {
                     assert_eq!(write.id.0, last.0 + 1, "write ids are consecutive");
                 }
-                node.disk.append(&disk::log_record(&write));
-                node.unsynced.push_back(write.id);
+                let appends = !write.append.is_empty();
+                node.disk.append(write);
+                if appends
+                    && !self.healed
+                    && self.rng.chance(self.params.crash_after_append)
+                    && self.may_crash()
+                {
+                    // Between the append and the commit the replica would have learned.
+                    self.probes.crashes_after_append += 1;
+                    let within = 2 * self.params.disk_delay_max_us;
+                    let at = self.now.plus_us(self.rng.below(within + 1));
+                    self.queue.schedule(at, Event::CrashNode(id));
+                }
                 let delay = 50 + self.rng.below(self.params.disk_delay_max_us);
                 let node = &mut self.nodes[idx(id)];
                 let at = node.disk_busy_until.max(self.now).plus_us(delay);
@@ -621,6 +944,14 @@ impl LogWorld {
                 } = &msg
                 {
                     self.candidates.entry(*term).or_default().insert(*candidate);
+                    if !self.vote_requests.insert((*term, *candidate, to)) {
+                        self.probes.vote_requests_again += 1;
+                    }
+                }
+                let node = &self.nodes[idx(id)];
+                if let Some(replica) = &node.replica {
+                    durable_sends::check(replica, &node.disk, to, &msg)
+                        .map_err(|e| self.fail(&e))?;
                 }
                 self.send(id, to, msg);
             }
@@ -649,9 +980,16 @@ impl LogWorld {
         if self.net.is_blocked(from, to) || self.rng.chance(self.params.loss) {
             return;
         }
+        let voted = matches!(msg, PeerMessage::Vote { granted: true, .. });
+        if voted && !self.healed && self.rng.chance(self.params.late_vote) {
+            // The vote (and what follows it on the connection) arrives after the candidate
+            // may have moved on to a later term.
+            self.probes.late_votes += 1;
+            let until = self.now.plus_us(100_000 + self.rng.below(500_000));
+            self.net.stall(from, to, until);
+        }
         let delay = 20 + self.rng.below(self.params.delay_max_us);
         let at = self.net.arrival(from, to, self.now.plus_us(delay));
-        let voted = matches!(msg, PeerMessage::Vote { granted: true, .. });
         if voted && !self.healed && self.rng.chance(self.params.crash_after_vote) {
             // Right after the vote arrives: before the new leader's first entries can be
             // durable here.
@@ -693,17 +1031,17 @@ impl LogWorld {
     fn on_synced(&mut self, id: NodeId, life: u64) -> Check {
         let all = self.rng.chance(0.3);
         let node = &mut self.nodes[idx(id)];
-        if node.life != life || node.replica.is_none() || node.unsynced.is_empty() {
+        if node.life != life || node.replica.is_none() {
             return Ok(());
         }
-        let count = if all { node.unsynced.len() } else { 1 };
-        node.disk.sync_first(count);
-        let last = node
-            .unsynced
-            .drain(..count)
-            .next_back()
-            .expect("count >= 1");
-        self.input(id, Input::Persisted { write: last })
+        let synced = match all {
+            true => node.disk.sync(),
+            false => node.disk.sync_first(1),
+        };
+        match synced {
+            Some(write) => self.input(id, Input::Persisted { write }),
+            None => Ok(()),
+        }
     }
 
     fn on_committed(&mut self, id: NodeId, batch: Arc<Batch>) -> Check {

@@ -107,6 +107,26 @@ enum Bug {
     StaleRemoteReads,
     /// A gateway answers a call only once every replica of its partition reported it.
     AnswerAfterEveryReplica,
+    /// The leader commits an entry of an earlier term on a majority (Raft's Figure 8).
+    CommitEarlierTerm,
+    /// A voter sends its vote before the vote is durable.
+    VoteBeforeDurable,
+    /// A follower acknowledges entries before they are durable.
+    AckBeforeDurable,
+    /// A follower drops every entry after the match point on any AppendEntries.
+    TruncateOnAppend,
+    /// A voter grants its vote whatever the candidate's log.
+    VoteIgnoresLog,
+    /// A voter compares only the lengths of the logs.
+    VoteComparesLength,
+    /// A follower commits beyond the entries it shares with the leader.
+    CommitBeyondMatch,
+    /// A candidate counts granted votes of earlier terms.
+    StaleVotesCount,
+    /// The leader counts its own entries toward a quorum before they are durable.
+    LeaderCountsUnsynced,
+    /// A candidate campaigns before its term and self-vote are durable.
+    CampaignBeforeDurable,
 }
 
 impl Bug {
@@ -125,6 +145,16 @@ impl Bug {
             Bug::SkipOneWrite => "skip-one-write",
             Bug::StaleRemoteReads => "stale-remote-reads",
             Bug::AnswerAfterEveryReplica => "answer-after-every-replica",
+            Bug::CommitEarlierTerm => "commit-earlier-term",
+            Bug::VoteBeforeDurable => "vote-before-durable",
+            Bug::AckBeforeDurable => "ack-before-durable",
+            Bug::TruncateOnAppend => "truncate-on-append",
+            Bug::VoteIgnoresLog => "vote-ignores-log",
+            Bug::VoteComparesLength => "vote-compares-length",
+            Bug::CommitBeyondMatch => "commit-beyond-match",
+            Bug::StaleVotesCount => "stale-votes-count",
+            Bug::LeaderCountsUnsynced => "leader-counts-unsynced",
+            Bug::CampaignBeforeDurable => "campaign-before-durable",
         }
     }
 }
@@ -203,13 +233,11 @@ fn real_main() -> Result<bool> {
     }
 }
 
+/// The replica bug `bug` names, if it names one (the replica's table of bugs uses the same
+/// names as the command line).
 fn replica_bugs(bug: Option<Bug>) -> ReplicaBugs {
-    ReplicaBugs {
-        ack_before_quorum: matches!(bug, Some(Bug::AckBeforeQuorum)),
-        forget_vote_on_restart: matches!(bug, Some(Bug::ForgetVote)),
-        commit_uncommitted: matches!(bug, Some(Bug::CommitUncommitted)),
-        dedup_off: matches!(bug, Some(Bug::DedupOff)),
-    }
+    bug.and_then(|b| ReplicaBugs::named(b.flag()))
+        .unwrap_or_default()
 }
 
 fn log(args: LogArgs) -> Result<bool> {

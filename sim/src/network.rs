@@ -67,6 +67,13 @@ impl<A: Copy + Ord, M: Clone> Network<A, M> {
         at
     }
 
+    /// Stalls the direction `from → to` until `until`: what is sent on it meanwhile
+    /// arrives then, in order (a connection held up by a full buffer or a paused peer).
+    pub(crate) fn stall(&mut self, from: A, to: A, until: Time) {
+        let last = self.last_delivery.entry((from, to)).or_insert(Time::ZERO);
+        *last = (*last).max(until);
+    }
+
     /// Forgets when the directions touching `addr` last delivered: a restarted node's
     /// connections are new ones.
     pub(crate) fn forget_arrivals(&mut self, addr: A) {

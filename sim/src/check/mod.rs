@@ -4,6 +4,7 @@
 //! involved. A seed passes only when every checker returns none.
 
 pub(crate) mod agreement;
+pub(crate) mod durable_sends;
 pub(crate) mod exactly_once;
 pub(crate) mod letters;
 pub(crate) mod liveness;

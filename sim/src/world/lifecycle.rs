@@ -35,7 +35,7 @@ impl World {
     }
 
     pub(super) fn start_replica(&mut self, r: u32) {
-        let durable = crate::disk::recover_replica(&mut self.replicas[r as usize].disk);
+        let durable = self.replicas[r as usize].disk.recover();
         let mut config = ReplicaConfig::new(
             replica_id(r),
             (0..self.config.replicas).map(replica_id).collect(),

@@ -11,7 +11,7 @@
 //! converge: every call answered, every partition caught up with the committed log.
 
 use crate::check::raft::RaftSafety;
-use crate::disk::Disk;
+use crate::disk::ReplicaDisk;
 use crate::events::{EventQueue, Timer};
 use crate::faults::{FaultConfig, FaultCounts, FaultPlan};
 use crate::network::Network;
@@ -352,7 +352,7 @@ struct OneDown {
 
 struct ReplicaNode {
     machine: Option<Replica>,
-    disk: Disk,
+    disk: ReplicaDisk,
     incarnation: u64,
     timer: Timer,
     sync_scheduled: bool,
@@ -535,7 +535,7 @@ impl World {
         let replicas = (0..config.replicas)
             .map(|_| ReplicaNode {
                 machine: None,
-                disk: Disk::default(),
+                disk: ReplicaDisk::default(),
                 incarnation: 0,
                 timer: Timer::default(),
                 sync_scheduled: false,

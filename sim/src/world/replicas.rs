@@ -9,7 +9,7 @@ impl World {
         };
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
-        if let Err(failure) = self.raft.after_step(machine)
+        if let Err(failure) = self.raft.after_step(machine, &out)
             && self.online_failures.last() != Some(&failure)
         {
             // A second leader stays one until it steps down: report it once per stretch.
@@ -33,6 +33,13 @@ impl World {
                 }
                 replica::Output::Persist(write) => self.persist(r, write),
                 replica::Output::Send { to, msg } => {
+                    let node = &self.replicas[r as usize];
+                    if let Some(machine) = &node.machine
+                        && let Err(failure) =
+                            crate::check::durable_sends::check(machine, &node.disk, to, &msg)
+                    {
+                        self.online_failures.push(failure);
+                    }
                     let from = replica_id(r);
                     self.send(
                         Addr::Replica(r),
@@ -86,10 +93,9 @@ impl World {
                 .plus_us(1 + self.rng.below(self.timing.fsync_max_us * 2));
             self.schedule(at, Event::StepCrash { r, incarnation });
         }
-        let record = crate::disk::log_record(&write);
         let node = &mut self.replicas[r as usize];
-        node.disk.append(&record);
         node.last_write = write.id;
+        node.disk.append(write);
         if !node.sync_scheduled {
             node.sync_scheduled = true;
             let incarnation = node.incarnation;
