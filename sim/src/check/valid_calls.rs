@@ -112,6 +112,7 @@ mod tests {
             args: args.to_vec(),
             replies: vec![reply],
             attempts: 1,
+            issued: detflow_protocol::Time::ZERO,
         }
     }
 
