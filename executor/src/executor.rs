@@ -966,9 +966,8 @@ impl<S: Store> Executor<S> {
             // A replica that already made this epoch durable has no use for its reads: this
             // one is replaying behind it (after a restart), and would otherwise make every
             // peer decode and drop a whole outage's worth of reads while it catches up.
-            let lacking: Vec<ExecutorId> = self
-                .placement
-                .replicas(*to)
+            let replicas = self.placement.replicas(*to);
+            let lacking: Vec<ExecutorId> = replicas
                 .iter()
                 .map(|node| ExecutorId {
                     partition: *to,
@@ -976,8 +975,7 @@ impl<S: Store> Executor<S> {
                 })
                 .filter(|peer| self.book.acked_through(*peer) < epoch)
                 .collect();
-            self.stats.reads_skipped +=
-                (self.placement.replicas(*to).len() - lacking.len()) as u64 * chunks.len() as u64;
+            self.stats.reads_skipped += ((replicas.len() - lacking.len()) * chunks.len()) as u64;
             if lacking.is_empty() {
                 continue;
             }

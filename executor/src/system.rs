@@ -161,11 +161,10 @@ impl Bookkeeping {
             .replicas(partition)
             .iter()
             .map(|node| {
-                let replica = ExecutorId {
+                self.acked_through(ExecutorId {
                     partition,
                     node: *node,
-                };
-                self.acked.get(&replica).copied().unwrap_or(Epoch(0))
+                })
             })
             .min()
             .unwrap_or(Epoch(0));
@@ -188,8 +187,7 @@ impl Bookkeeping {
     /// Every read replica `to` has not acknowledged, in position order.
     pub(crate) fn unacked(&self, to: ExecutorId) -> impl Iterator<Item = &Arc<RemoteReads>> {
         // A peer may claim any epoch: no overflow past the last.
-        let acked = self.acked.get(&to).copied().unwrap_or(Epoch(0));
-        let after = Epoch(acked.0.saturating_add(1));
+        let after = Epoch(self.acked_through(to).0.saturating_add(1));
         self.outbox
             .range((to.partition, after)..=(to.partition, Epoch(u64::MAX)))
             .flat_map(|(_, reads)| reads.iter())
