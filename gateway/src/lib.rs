@@ -479,14 +479,17 @@ impl Gateway {
         // A retry of a call still in flight here: its last submission got no answer, so
         // the replica it went to may be dead (a gateway hears of a new leader only from a
         // live replica). Never send the retry to the same one: the next replica either
-        // leads or answers NotLeader with the leader.
+        // leads or answers NotLeader with the leader. Only this call moves: the shared
+        // hint may already name a leader a live replica reported, and rotating it would
+        // send every later call to whichever replica comes next, the dead one included.
+        let mut to = self.leader();
         if let Some(silent) = self.remove(key)
-            && silent.submitted_to == self.leader()
+            && silent.submitted_to == to
             && self.replicas.len() > 1
         {
-            self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
+            let next = (self.leader_hint + 1) % self.replicas.len();
+            to = self.replicas[next];
         }
-        let to = self.leader();
         let deadline = now.plus_us(self.call_deadline_us);
         self.deadlines.insert((deadline, key));
         let in_flight = InFlight {
@@ -661,9 +664,12 @@ impl Gateway {
                 });
             }
             // No leader known (an election is under way): the client backs off and retries;
-            // meanwhile try the next replica for later calls.
+            // meanwhile try the next replica for later calls, unless the answer came from
+            // another replica than the one the hint names (a silent call's retry).
             _ => {
-                self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
+                if from == self.leader() {
+                    self.leader_hint = (self.leader_hint + 1) % self.replicas.len();
+                }
                 self.remove(key);
                 Gateway::reply(txn.client, txn.seq, Reply::Unavailable, out);
             }
@@ -1165,15 +1171,35 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_retry_leaves_a_reported_leader_alone() {
+        let mut g = gateway();
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1)]);
+        // Node 1 (the old leader) died; a live replica reports node 3 leads, and the
+        // unanswered call is submitted there again.
+        g.handle(Time(0), Input::Leader(NodeId(3)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(3)]);
+        // The client's retry of it finds node 3 silent too and tries the next replica,
+        // the dead node 1; later calls must still go to node 3.
+        g.handle(Time(0), Input::Call(call(1)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1)]);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(3)]);
+    }
+
+    #[test]
     fn a_retry_of_an_unanswered_call_never_goes_to_the_silent_replica() {
         let mut g = gateway();
         let mut out = Vec::new();
         g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(1)]);
-        // Node 1 never answered (its node died): the retry tries the next replica, and
-        // later calls follow.
+        // Node 1 never answered (its node died): the retry tries the next replica. Later
+        // calls keep the shared hint, which moves only on news from a replica.
         g.handle(Time(0), Input::Call(call(1)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(2)]);
+        g.handle(Time(0), Input::Call(call(2)), &mut out);
+        assert_eq!(submitted(&mut out), [NodeId(1)]);
         g.handle(Time(0), Input::Call(call(2)), &mut out);
         assert_eq!(submitted(&mut out), [NodeId(2)]);
         // A redirect records where the call went: a retry after it avoids that replica.
