@@ -49,6 +49,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The storage format version this build writes and understands: the layout of keys and
 /// records in both stores. A store in another version is refused at open.
@@ -265,8 +266,7 @@ impl LogStore {
                 codec::encode(entry),
             );
         }
-        batch
-            .commit()
+        timed(&self.path, "appending to the log", || batch.commit())
             .map_err(fjall_error(&self.path, "appending to the log"))?;
         self.last_epoch = last;
         self.unsynced = true;
@@ -279,9 +279,10 @@ impl LogStore {
         if !self.unsynced {
             return Ok(());
         }
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(fjall_error(&self.path, "syncing the log"))?;
+        timed(&self.path, "syncing the log", || {
+            self.db.persist(PersistMode::SyncAll)
+        })
+        .map_err(fjall_error(&self.path, "syncing the log"))?;
         self.unsynced = false;
         Ok(())
     }
@@ -467,9 +468,10 @@ impl FjallStore {
     /// at once if nothing was committed since the last sync.
     pub fn sync(&mut self) -> Result<Epoch, StorageError> {
         if self.unsynced {
-            self.db
-                .persist(PersistMode::SyncAll)
-                .map_err(fjall_error(&self.path, "syncing the state"))?;
+            timed(&self.path, "syncing the state", || {
+                self.db.persist(PersistMode::SyncAll)
+            })
+            .map_err(fjall_error(&self.path, "syncing the state"))?;
             self.unsynced = false;
         }
         self.durable = self.applied;
@@ -628,8 +630,7 @@ impl FjallStore {
             write_overlay(&mut batch, space);
         }
         batch.insert(&self.meta, APPLIED_EPOCH_KEY, epoch.0.to_be_bytes());
-        batch
-            .commit()
+        timed(&self.path, "committing an epoch", || batch.commit())
             .map_err(fjall_error(&self.path, "committing an epoch"))
     }
 
@@ -947,6 +948,20 @@ fn corrupt(path: &Path, what: String, detail: String) -> StorageError {
         what,
         detail,
     }
+}
+
+/// A storage operation slower than this is logged: a stall here stalls every epoch.
+const SLOW_STORAGE_OP: Duration = Duration::from_millis(100);
+
+/// Runs `op` (`what` on the store at `path`) and logs it if it was slow.
+fn timed<T>(path: &Path, what: &str, op: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let result = op();
+    let took = start.elapsed();
+    if took >= SLOW_STORAGE_OP {
+        tracing::warn!(path = %path.display(), "slow storage operation: {what} took {took:?}");
+    }
+    result
 }
 
 fn fjall_error(path: &Path, doing: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {

@@ -204,6 +204,7 @@ impl World {
             register_keys: REGISTER_KEYS,
             ops_max: OPS_MAX as usize,
             partitions: PARTITIONS,
+            ..KvConfig::default()
         });
         let map = PartitionMap::new(kv.scheme()).expect("the kv scheme is valid");
         let mut registry = Registry::new();

@@ -28,6 +28,10 @@
 //! The generated workload uses keys `("kv", i)` for `i` in `0..keys`: the first
 //! `keys - register_keys` are *lists*, which only ever see appends and gets, and the last
 //! `register_keys` are *registers*, which see puts, compare-and-sets, deletes and gets.
+//! Like Elle's list-append generator, a generator retires a list after it appended to it
+//! [`KvConfig::appends_per_key`] times and uses a fresh key in its place, `("kv", slot +
+//! generation × keys)`: a list is rewritten whole on every append, so lists that grew for
+//! the whole run would make throughput fall with the run's length, not with its faults.
 //! Every generated appended value is unique, which makes lost, duplicated or reordered
 //! appends visible ([`Kv::check`], after Jepsen's Elle list-append workload).
 
@@ -270,6 +274,9 @@ pub struct KvConfig {
     pub ops_max: usize,
     /// Number of partitions of the scheme; at least 1. Default 1.
     pub partitions: u32,
+    /// Appends a generator makes to one list before it moves on to a fresh key; at least
+    /// 1. Default 32.
+    pub appends_per_key: u64,
 }
 
 impl Default for KvConfig {
@@ -279,6 +286,7 @@ impl Default for KvConfig {
             register_keys: 8,
             ops_max: 4,
             partitions: 1,
+            appends_per_key: 32,
         }
     }
 }
@@ -295,6 +303,8 @@ pub struct Kv {
     /// The value the generator last asked each register to hold, as a plausible `expected`
     /// for a compare-and-set (the generator does not see outcomes).
     registers_last: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Per list slot: its key's generation and the appends made to it so far.
+    lists: Vec<(u64, u64)>,
 }
 
 impl Kv {
@@ -310,6 +320,8 @@ impl Kv {
         );
         assert!(config.ops_max >= 1, "ops_max must be at least 1");
         assert!(config.partitions >= 1, "at least one partition");
+        assert!(config.appends_per_key >= 1, "appends_per_key must be at least 1");
+        let lists = vec![(0, 0); (config.keys - config.register_keys) as usize];
         let registers_last = (config.keys - config.register_keys..config.keys)
             .map(|i| (i, Some(REGISTER_INITIAL.to_vec())))
             .collect();
@@ -317,6 +329,7 @@ impl Kv {
             config,
             values_generated: 0,
             registers_last,
+            lists,
         }
     }
 
@@ -336,6 +349,25 @@ impl Kv {
         format!("{tag}{}", self.values_generated).into_bytes()
     }
 
+    /// The key list `slot` uses now.
+    fn list_key(&self, slot: u64) -> Key {
+        let (generation, _) = self.lists[slot as usize];
+        key(slot + generation * self.config.keys)
+    }
+
+    /// The key for an append to list `slot`, retiring the slot's key once it has had its
+    /// appends.
+    fn append_key(&mut self, slot: u64) -> Key {
+        let key = self.list_key(slot);
+        let (generation, appends) = &mut self.lists[slot as usize];
+        *appends += 1;
+        if *appends == self.config.appends_per_key {
+            *generation += 1;
+            *appends = 0;
+        }
+        key
+    }
+
     fn register(&self, rng: &mut DetRng) -> u64 {
         self.config.keys - self.config.register_keys + rng.below(self.config.register_keys)
     }
@@ -349,16 +381,23 @@ impl Kv {
         match roll {
             // 45%: append a unique value to a list.
             0..45 => {
-                let i = rng.below(lists);
+                let slot = rng.below(lists);
                 KvOp::Append {
-                    key: key(i),
+                    key: self.append_key(slot),
                     value: self.fresh('a'),
                 }
             }
             // 35%: read any key.
-            45..80 => KvOp::Get {
-                key: key(rng.below(self.config.keys)),
-            },
+            45..80 => {
+                let i = rng.below(self.config.keys);
+                KvOp::Get {
+                    key: if self.is_register(i) {
+                        key(i)
+                    } else {
+                        self.list_key(i)
+                    },
+                }
+            }
             // 10%: overwrite a register.
             80..90 => {
                 let i = self.register(rng);
@@ -784,6 +823,34 @@ mod tests {
         assert_eq!(decode_list(&bytes).unwrap(), list);
         assert_eq!(decode_list(&codec::encode(&list)).unwrap(), list);
         assert!(decode_list(b"plain").is_err());
+    }
+
+    #[test]
+    fn a_generator_retires_a_list_after_its_appends() {
+        let config = KvConfig {
+            appends_per_key: 3,
+            ..KvConfig::default()
+        };
+        let (keys, lists) = (config.keys, config.keys - config.register_keys);
+        let mut kv = Kv::new(config);
+        let mut rng = DetRng::new(11);
+        let mut appends: BTreeMap<Key, u64> = BTreeMap::new();
+        for _ in 0..2_000 {
+            let txn: KvTxn = codec::decode(&kv.next_call(&mut rng).args).unwrap();
+            for op in txn.ops {
+                if let KvOp::Append { key, .. } = op {
+                    *appends.entry(key).or_default() += 1;
+                }
+            }
+        }
+        assert!(appends.values().all(|n| *n <= 3), "{appends:?}");
+        // Fresh keys never land on a register or on another slot's list.
+        assert!(appends.len() as u64 > lists);
+        let list_keys: BTreeSet<Key> = (0..keys * 1_000)
+            .filter(|i| i % keys < lists)
+            .map(key)
+            .collect();
+        assert!(appends.keys().all(|k| list_keys.contains(k)));
     }
 
     fn generated_run() -> (Kv, testkit::Run) {
