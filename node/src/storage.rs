@@ -365,6 +365,26 @@ pub struct FjallStore {
     unsynced: bool,
 }
 
+/// A sync of a [`FjallStore`] that may run on another thread (see
+/// [`FjallStore::begin_sync`]).
+pub struct SyncJob {
+    db: Database,
+    path: PathBuf,
+    epoch: Epoch,
+}
+
+impl SyncJob {
+    /// Makes the store durable through the epoch committed when the job began (fsync,
+    /// blocking); returns that epoch.
+    pub fn run(self) -> Result<Epoch, StorageError> {
+        timed(&self.path, "syncing the state", || {
+            self.db.persist(PersistMode::SyncAll)
+        })
+        .map_err(fjall_error(&self.path, "syncing the state"))?;
+        Ok(self.epoch)
+    }
+}
+
 /// One keyspace and the writes of the epoch in progress to it (`None`: deleted).
 struct Space {
     tree: Keyspace,
@@ -476,6 +496,26 @@ impl FjallStore {
         }
         self.durable = self.applied;
         Ok(self.durable)
+    }
+
+    /// Starts a sync that runs off the executor's thread: the returned job makes every
+    /// epoch committed so far durable; hand its result to [`FjallStore::synced`]. `None`
+    /// when nothing was committed since the last sync.
+    pub fn begin_sync(&mut self) -> Option<SyncJob> {
+        if !self.unsynced {
+            return None;
+        }
+        self.unsynced = false;
+        Some(SyncJob {
+            db: self.db.clone(),
+            path: self.path.clone(),
+            epoch: self.applied,
+        })
+    }
+
+    /// Records a finished [`SyncJob`]: `epoch` and every one before it are durable.
+    pub fn synced(&mut self, epoch: Epoch) {
+        self.durable = self.durable.max(epoch);
     }
 
     /// The store's directory.

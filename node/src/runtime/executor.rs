@@ -5,10 +5,10 @@ use super::router::Router;
 use super::stats::PartitionLabel;
 use super::{Clock, Event, NodeStats, drain, sleep_until};
 use crate::failstop::fatal;
-use crate::storage::FjallStore;
+use crate::storage::{FjallStore, StorageError};
 use detflow_executor::{Executor, Input, Output, Store};
 use detflow_protocol::message::Message;
-use detflow_protocol::{ExecutorId, Machine, Time};
+use detflow_protocol::{Epoch, ExecutorId, Machine, Time};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -79,14 +79,13 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
     false
 }
 
-/// While an executor catches up (more plans waiting than this), it syncs its store at most
-/// every [`CATCH_UP_SYNC_US`] instead of after every round: replaying after a restart, a
-/// round often applies a single epoch, and a sync per epoch bounded the replay at the disk's
-/// fsync rate. Nothing waits for these syncs but the peers' bookkeeping (results do not
-/// wait for durability: the log replays them), so this only delays acks.
-const CATCH_UP_PLANS: usize = 2;
-/// See [`CATCH_UP_PLANS`].
-const CATCH_UP_SYNC_US: u64 = 20_000;
+/// An executor makes its store durable at most this often, on a blocking thread, one sync
+/// at a time. Nothing waits for these syncs but the peers' bookkeeping (results do not wait
+/// for durability: the log replays them), so they stay off the executor's path: an fsync
+/// inline stalled execution for as long as the disk took, up to hundreds of milliseconds
+/// while another store on the same disk flushed, and a sync per epoch bounded a replay at
+/// the disk's fsync rate.
+const STATE_SYNC_US: u64 = 20_000;
 
 pub(super) async fn executor_task(
     mut executor: Executor<FjallStore>,
@@ -100,18 +99,46 @@ pub(super) async fn executor_task(
     let mut out = Vec::new();
     executor.handle(clock.now(), Input::Start, &mut out);
     let mut published_drops = 0;
-    // When the first epoch applied since the last sync was applied.
+    // When the first epoch applied since the last sync began was applied.
     let mut unsynced_since: Option<Time> = None;
+    let mut syncing: Option<tokio::task::JoinHandle<Result<Epoch, StorageError>>> = None;
     loop {
-        let sync_due = unsynced_since.map(|t| t.plus_us(CATCH_UP_SYNC_US));
+        let sync_due = unsynced_since
+            .filter(|_| syncing.is_none())
+            .map(|t| t.plus_us(STATE_SYNC_US));
         let deadline = [executor.next_deadline(), sync_due]
             .into_iter()
             .flatten()
             .min()
             .map(|t| clock.instant(t));
+        let sync_done = async {
+            match syncing.as_mut() {
+                Some(job) => job.await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
-            ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
-            _ = sleep_until(deadline) => None,
+            ev = inbox.recv() => match ev { Some(ev) => Ok(ev), None => return },
+            done = sync_done => Err(Some(done)),
+            _ = sleep_until(deadline) => Err(None),
+        };
+        let first = match first {
+            Ok(ev) => Some(ev),
+            Err(Some(done)) => {
+                syncing = None;
+                let durable = match done {
+                    Ok(Ok(epoch)) => epoch,
+                    Ok(Err(e)) => fatal(format!("cannot fsync partition {partition}: {e}")),
+                    Err(e) => fatal(format!("the fsync of partition {partition} failed: {e}")),
+                };
+                executor.store_mut().synced(durable);
+                executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
+                for effect in out.drain(..) {
+                    route_output(&router, me, effect);
+                }
+                None
+            }
+            Err(None) => None,
         };
         let mut events = Vec::new();
         match first {
@@ -188,18 +215,12 @@ pub(super) async fn executor_task(
         if applied && unsynced_since.is_none() {
             unsynced_since = Some(clock.now());
         }
-        let catching_up = executor.plans_waiting() > CATCH_UP_PLANS;
-        let sync_now = unsynced_since
-            .is_some_and(|since| !catching_up || clock.now().since_us(since) >= CATCH_UP_SYNC_US);
+        let sync_now = syncing.is_none()
+            && unsynced_since.is_some_and(|since| clock.now().since_us(since) >= STATE_SYNC_US);
         if sync_now {
             unsynced_since = None;
-            let durable = match tokio::task::block_in_place(|| executor.store_mut().sync()) {
-                Ok(epoch) => epoch,
-                Err(e) => fatal(format!("cannot fsync partition {partition}: {e}")),
-            };
-            executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
-            for effect in out.drain(..) {
-                route_output(&router, me, effect);
+            if let Some(job) = executor.store_mut().begin_sync() {
+                syncing = Some(tokio::task::spawn_blocking(move || job.run()));
             }
         }
         let next = executor.next_epoch().0;
