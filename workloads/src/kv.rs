@@ -320,7 +320,10 @@ impl Kv {
         );
         assert!(config.ops_max >= 1, "ops_max must be at least 1");
         assert!(config.partitions >= 1, "at least one partition");
-        assert!(config.appends_per_key >= 1, "appends_per_key must be at least 1");
+        assert!(
+            config.appends_per_key >= 1,
+            "appends_per_key must be at least 1"
+        );
         let lists = vec![(0, 0); (config.keys - config.register_keys) as usize];
         let registers_last = (config.keys - config.register_keys..config.keys)
             .map(|i| (i, Some(REGISTER_INITIAL.to_vec())))

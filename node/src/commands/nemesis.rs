@@ -254,6 +254,13 @@ pub(super) fn print(report: &NemesisReport) {
         );
     }
     let all = Duration::from_secs_f64(run.seconds);
+    // The noise floor: a fault-free run's own worst second, against its own mean.
+    let base_all = Duration::from_secs_f64(base.seconds);
+    println!(
+        "  without faults: worst second {:.0}%, longest stretch without an answer {} ms",
+        100.0 * base.worst_second_between(Duration::ZERO, base_all) / base.throughput.max(1e-9),
+        base.longest_gap(Duration::ZERO, base_all).as_millis()
+    );
     println!(
         "  longest stretch without an answer over the whole run: {} ms; invariants: {}",
         run.longest_gap(Duration::ZERO, all).as_millis(),

@@ -53,6 +53,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// A node's least election timeout; it waits at most twice this, and the leader sends heartbeats
+/// five times as often (see the replica's set-up in `Node::start_with`).
+const ELECTION_TIMEOUT_MIN_US: u64 = 100_000;
+
 /// How many rows of each declared table a node checks against the table's schema before
 /// it serves (a sample: a full scan of a large store would delay every start).
 const SCHEMA_CHECK_ROWS: usize = 1_000;
@@ -190,6 +194,12 @@ impl Node {
                 .with_context(|| format!("opening the log at {}", dir.display()))?;
             let mut rc = ReplicaConfig::new(me, config.replicas());
             rc.batching.epoch_us = config.epoch_us;
+            // A LAN's round trips are well under a millisecond: a dead leader's
+            // followers campaign after 100–200 ms. PreVote and CheckQuorum keep a slow
+            // or rejoining replica from deposing a healthy leader at these timeouts.
+            rc.election_timeout_min_us = ELECTION_TIMEOUT_MIN_US;
+            rc.election_timeout_max_us = 2 * ELECTION_TIMEOUT_MIN_US;
+            rc.heartbeat_us = ELECTION_TIMEOUT_MIN_US / 5;
             let seed =
                 u64::from(me.0) ^ clock.0.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
             let replica = Replica::new(rc, durable, DetRng::new(seed));
