@@ -489,12 +489,6 @@ impl<S: Store> Executor<S> {
             .is_some_and(|(position, _)| position.epoch > planned)
     }
 
-    /// Plans received and not yet applied; more than a couple means the executor is
-    /// catching up (replaying after a restart, or behind its peers).
-    pub fn plans_waiting(&self) -> usize {
-        self.plans.len()
-    }
-
     /// Whether no plan and no remote read is waiting.
     pub fn is_idle(&self) -> bool {
         self.plans.is_empty() && self.inbox.is_empty()

@@ -266,8 +266,7 @@ impl LogStore {
                 codec::encode(entry),
             );
         }
-        timed(&self.path, "appending to the log", || batch.commit())
-            .map_err(fjall_error(&self.path, "appending to the log"))?;
+        fjall_op(&self.path, "appending to the log", || batch.commit())?;
         self.last_epoch = last;
         self.unsynced = true;
         Ok(())
@@ -279,10 +278,7 @@ impl LogStore {
         if !self.unsynced {
             return Ok(());
         }
-        timed(&self.path, "syncing the log", || {
-            self.db.persist(PersistMode::SyncAll)
-        })
-        .map_err(fjall_error(&self.path, "syncing the log"))?;
+        persist(&self.db, &self.path, "syncing the log")?;
         self.unsynced = false;
         Ok(())
     }
@@ -377,10 +373,7 @@ impl SyncJob {
     /// Makes the store durable through the epoch committed when the job began (fsync,
     /// blocking); returns that epoch.
     pub fn run(self) -> Result<Epoch, StorageError> {
-        timed(&self.path, "syncing the state", || {
-            self.db.persist(PersistMode::SyncAll)
-        })
-        .map_err(fjall_error(&self.path, "syncing the state"))?;
+        persist(&self.db, &self.path, "syncing the state")?;
         Ok(self.epoch)
     }
 }
@@ -487,12 +480,8 @@ impl FjallStore {
     /// committed before this call. Writes of an epoch in progress are not included. Returns
     /// at once if nothing was committed since the last sync.
     pub fn sync(&mut self) -> Result<Epoch, StorageError> {
-        if self.unsynced {
-            timed(&self.path, "syncing the state", || {
-                self.db.persist(PersistMode::SyncAll)
-            })
-            .map_err(fjall_error(&self.path, "syncing the state"))?;
-            self.unsynced = false;
+        if let Some(job) = self.begin_sync() {
+            job.run()?;
         }
         self.durable = self.applied;
         Ok(self.durable)
@@ -670,8 +659,7 @@ impl FjallStore {
             write_overlay(&mut batch, space);
         }
         batch.insert(&self.meta, APPLIED_EPOCH_KEY, epoch.0.to_be_bytes());
-        timed(&self.path, "committing an epoch", || batch.commit())
-            .map_err(fjall_error(&self.path, "committing an epoch"))
+        fjall_op(&self.path, "committing an epoch", || batch.commit())
     }
 
     /// Stops the node on an environment failure inside a [`Store`] method, which cannot
@@ -862,8 +850,7 @@ fn write_header(
     batch
         .commit()
         .map_err(fjall_error(dir, "writing the header"))?;
-    db.persist(PersistMode::SyncAll)
-        .map_err(fjall_error(dir, "syncing the header"))
+    persist(db, dir, "syncing the header")
 }
 
 /// Whether `dir` holds no store yet: it does not exist or is an empty directory.
@@ -993,16 +980,26 @@ fn corrupt(path: &Path, what: String, detail: String) -> StorageError {
 /// A storage operation slower than this is logged: a stall here stalls every epoch.
 const SLOW_STORAGE_OP: Duration = Duration::from_millis(100);
 
-/// Runs `op` (`what` on the store at `path`) and logs it if it was slow.
+/// Runs the fjall operation `op` (`doing` on the store at `path`), logs it if it was
+/// slow, and names the store and the operation in its error.
 #[allow(clippy::disallowed_methods)] // how long the disk took is the point
-fn timed<T>(path: &Path, what: &str, op: impl FnOnce() -> T) -> T {
+fn fjall_op<T>(
+    path: &Path,
+    doing: &'static str,
+    op: impl FnOnce() -> Result<T, fjall::Error>,
+) -> Result<T, StorageError> {
     let start = Instant::now();
     let result = op();
     let took = start.elapsed();
     if took >= SLOW_STORAGE_OP {
-        tracing::warn!(path = %path.display(), "slow storage operation: {what} took {took:?}");
+        tracing::warn!(path = %path.display(), "slow storage operation: {doing} took {took:?}");
     }
-    result
+    result.map_err(fjall_error(path, doing))
+}
+
+/// Makes every write to `db` so far durable (fsync).
+fn persist(db: &Database, path: &Path, doing: &'static str) -> Result<(), StorageError> {
+    fjall_op(path, doing, || db.persist(PersistMode::SyncAll))
 }
 
 fn fjall_error(path: &Path, doing: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {

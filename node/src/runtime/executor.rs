@@ -87,6 +87,15 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
 /// the disk's fsync rate.
 const STATE_SYNC_US: u64 = 20_000;
 
+/// What woke the executor task.
+enum Wake {
+    Event(Event),
+    /// The store's background sync finished (or its blocking task died).
+    Synced(Result<Result<Epoch, StorageError>, tokio::task::JoinError>),
+    /// A deadline passed: the machine's, or a sync's.
+    Timer,
+}
+
 pub(super) async fn executor_task(
     mut executor: Executor<FjallStore>,
     mut inbox: mpsc::Receiver<Event>,
@@ -118,13 +127,13 @@ pub(super) async fn executor_task(
             }
         };
         let first = tokio::select! {
-            ev = inbox.recv() => match ev { Some(ev) => Ok(ev), None => return },
-            done = sync_done => Err(Some(done)),
-            _ = sleep_until(deadline) => Err(None),
+            ev = inbox.recv() => match ev { Some(ev) => Wake::Event(ev), None => return },
+            done = sync_done => Wake::Synced(done),
+            _ = sleep_until(deadline) => Wake::Timer,
         };
         let first = match first {
-            Ok(ev) => Some(ev),
-            Err(Some(done)) => {
+            Wake::Event(ev) => Some(ev),
+            Wake::Synced(done) => {
                 syncing = None;
                 let durable = match done {
                     Ok(Ok(epoch)) => epoch,
@@ -138,7 +147,7 @@ pub(super) async fn executor_task(
                 }
                 None
             }
-            Err(None) => None,
+            Wake::Timer => None,
         };
         let mut events = Vec::new();
         match first {
