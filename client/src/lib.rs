@@ -24,6 +24,11 @@
 //! The session is opened by the first gateway the client reaches, which returns a session
 //! id and a token binding it to this client's certificate; every gateway of the cluster
 //! accepts the token, and no other client can use the session.
+//!
+//! A process that runs many sessions opens one with [`Client::connect`] and the others
+//! with [`Client::new_session`]: they share one UDP socket and one QUIC connection per
+//! gateway, each call a stream of its own, so QUIC packs the calls of all sessions into
+//! shared packets and acknowledgements.
 
 mod kv;
 mod subscribe;
@@ -40,6 +45,7 @@ use detflow_protocol::{AbortReason, ClientId, DetRng, Machine, Outcome, Time, co
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -117,13 +123,22 @@ pub enum ConnectError {
 }
 
 /// An attempt of a call in flight: the gateway's answer, or why there is none.
-type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Reply, TransportError>> + Send + 'a>>;
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Reply, Failed>> + Send + 'a>>;
 
-/// A session with a detflow cluster.
-pub struct Client {
+/// Why a request failed, and on which connection (its `stable_id`; `None` if none was
+/// made), so that the connection is dropped only if it is still the one in use.
+type Failed = (TransportError, Option<usize>);
+
+/// The socket and the connections, one per gateway, that sessions share.
+struct Links {
     endpoint: Endpoint,
     gateways: Vec<SocketAddr>,
     connections: Mutex<Vec<Option<Connection>>>,
+}
+
+/// A session with a detflow cluster.
+pub struct Client {
+    links: Arc<Links>,
     /// Numbers calls and decides retries (sans IO).
     calls: std::sync::Mutex<Session>,
     /// The session id and token, opened on first use by whichever gateway answers first.
@@ -147,10 +162,12 @@ impl Client {
         let endpoint = Endpoint::bind(local, &tls, Limits::default())?;
         let policy = RetryPolicy::default();
         Ok(Client {
-            endpoint,
-            connections: Mutex::new(vec![None; gateways.len()]),
             calls: std::sync::Mutex::new(new_session(gateways.len(), policy)),
-            gateways,
+            links: Arc::new(Links {
+                endpoint,
+                connections: Mutex::new(vec![None; gateways.len()]),
+                gateways,
+            }),
             session: tokio::sync::OnceCell::new(),
             policy,
             // The client is a driver: it keeps the session machine's time.
@@ -159,10 +176,25 @@ impl Client {
         })
     }
 
+    /// Another session of the same client certificate over this one's socket and
+    /// connections, with the same retry policy. It opens its own session id on its first
+    /// call and numbers its calls on its own; only the transport is shared.
+    pub fn new_session(&self) -> Client {
+        Client {
+            links: self.links.clone(),
+            calls: std::sync::Mutex::new(new_session(self.links.gateways.len(), self.policy)),
+            session: tokio::sync::OnceCell::new(),
+            policy: self.policy,
+            // The client is a driver: it keeps the session machine's time.
+            #[allow(clippy::disallowed_methods)]
+            started: Instant::now(),
+        }
+    }
+
     /// Replaces the retry policy (before the first call).
     pub fn with_policy(mut self, policy: RetryPolicy) -> Client {
         self.policy = policy;
-        self.calls = std::sync::Mutex::new(new_session(self.gateways.len(), policy));
+        self.calls = std::sync::Mutex::new(new_session(self.links.gateways.len(), policy));
         self
     }
 
@@ -235,9 +267,9 @@ impl Client {
                     let (gateway, _) = attempt.take().expect("an attempt answered");
                     match answer {
                         Ok(reply) => session::Input::Reply(reply),
-                        Err(e) => {
-                            self.connections.lock().await[gateway] = None;
-                            session::Input::Failed(format!("gateway {}: {e}", self.gateways[gateway]))
+                        Err((e, conn)) => {
+                            self.forget(gateway, conn).await;
+                            session::Input::Failed(format!("gateway {}: {e}", self.links.gateways[gateway]))
                         }
                     }
                 }
@@ -251,32 +283,52 @@ impl Client {
     }
 
     async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
-        if let Some(conn) = &self.connections.lock().await[gateway] {
+        if let Some(conn) = &self.links.connections.lock().await[gateway] {
             return Ok(conn.clone());
         }
         // Connect without holding the lock: a handshake with a gateway that is down lasts
         // until the attempt times out, and held every other call of this session (through
         // any gateway) up behind it. Should two calls connect at once, the first one kept
         // wins and the other connection is dropped.
-        let conn = self.endpoint.connect(self.gateways[gateway]).await?;
-        Ok(self.connections.lock().await[gateway]
+        let conn = self
+            .links
+            .endpoint
+            .connect(self.links.gateways[gateway])
+            .await?;
+        Ok(self.links.connections.lock().await[gateway]
             .get_or_insert(conn)
             .clone())
     }
 
+    /// Drops the connection to `gateway` after a request on it failed, unless it has been
+    /// replaced already: another session may have reconnected meanwhile (`failed` is the
+    /// failed connection's `stable_id`, `None` when no connection was made).
+    async fn forget(&self, gateway: usize, failed: Option<usize>) {
+        let mut connections = self.links.connections.lock().await;
+        let slot = &mut connections[gateway];
+        let same = match (slot.as_ref(), failed) {
+            (Some(conn), Some(id)) => conn.quic().stable_id() == id,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if same {
+            *slot = None;
+        }
+    }
+
     /// The session, opened through `gateway` if no gateway has opened it yet.
-    async fn open_session(
-        &self,
-        gateway: usize,
-    ) -> Result<(ClientId, SessionToken), TransportError> {
+    async fn open_session(&self, gateway: usize) -> Result<(ClientId, SessionToken), Failed> {
         let session = self
             .session
             .get_or_try_init(|| async {
                 match self.request(gateway, &Message::OpenSession).await? {
                     Message::SessionOpened { client, token } => Ok((client, token)),
-                    other => Err(TransportError::Protocol(format!(
-                        "unexpected answer to opening a session: {other:?}"
-                    ))),
+                    other => Err((
+                        TransportError::Protocol(format!(
+                            "unexpected answer to opening a session: {other:?}"
+                        )),
+                        None,
+                    )),
                 }
             })
             .await?;
@@ -285,34 +337,37 @@ impl Client {
 
     /// One attempt of `call` through `gateway`, opening the session there if no gateway
     /// has yet.
-    async fn attempt(&self, gateway: usize, mut call: Call) -> Result<Reply, TransportError> {
+    async fn attempt(&self, gateway: usize, mut call: Call) -> Result<Reply, Failed> {
         let (client, token) = self.open_session(gateway).await?;
         call.client = client;
         let msg = Message::SessionCall { token, call };
         let answer = self.request(gateway, &msg).await?;
         match answer {
             Message::Reply { reply, .. } => Ok(reply),
-            other => Err(TransportError::Protocol(format!(
-                "unexpected answer {other:?}"
-            ))),
+            other => Err((
+                TransportError::Protocol(format!("unexpected answer {other:?}")),
+                None,
+            )),
         }
     }
 
-    async fn request(&self, gateway: usize, msg: &Message) -> Result<Message, TransportError> {
-        let conn = self.connection(gateway).await?;
-        let (mut writer, mut reader) = conn.open_bi().await?;
-        writer.send(msg).await?;
-        writer.finish()?;
-        reader
-            .recv::<Message>()
-            .await?
-            .ok_or_else(|| TransportError::Protocol("the gateway closed the stream".into()))
+    async fn request(&self, gateway: usize, msg: &Message) -> Result<Message, Failed> {
+        let conn = self.connection(gateway).await.map_err(|e| (e, None))?;
+        let on = |e: TransportError| (e, Some(conn.quic().stable_id()));
+        let (mut writer, mut reader) = conn.open_bi().await.map_err(on)?;
+        writer.send(msg).await.map_err(on)?;
+        writer.finish().map_err(on)?;
+        reader.recv::<Message>().await.map_err(on)?.ok_or_else(|| {
+            on(TransportError::Protocol(
+                "the gateway closed the stream".into(),
+            ))
+        })
     }
 
     /// The status of the node behind each gateway address (`None` where unreachable).
     pub async fn status(&self) -> Vec<(SocketAddr, Result<NodeStatus, String>)> {
         let mut out = Vec::new();
-        for (i, addr) in self.gateways.iter().enumerate() {
+        for (i, addr) in self.links.gateways.iter().enumerate() {
             let answer = tokio::time::timeout(
                 self.policy.attempt_timeout,
                 self.request(i, &Message::Status),
@@ -321,11 +376,11 @@ impl Client {
             let status = match answer {
                 Ok(Ok(Message::StatusReply(s))) => Ok(s),
                 Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                Ok(Err(e)) => {
+                Ok(Err((e, conn))) => {
                     // Drop the failed connection, as `call_raw` does: a cached connection
                     // to a node that died stays dead, so without this every later status
                     // would report a restarted node unreachable.
-                    self.connections.lock().await[i] = None;
+                    self.forget(i, conn).await;
                     Err(e.to_string())
                 }
                 Err(_) => Err("timed out".into()),
@@ -340,9 +395,10 @@ impl Client {
         KvBuilder::new(self)
     }
 
-    /// Closes the session's connections.
+    /// Closes the connections, those of every session made by [`Client::new_session`]
+    /// from this one (or from which this one was made) included.
     pub fn close(&self) {
-        self.endpoint.close();
+        self.links.endpoint.close();
     }
 }
 

@@ -74,7 +74,7 @@ impl Subscription<'_> {
         let policy = self.client.policy;
         let mut backoff = policy.backoff;
         let mut last = String::new();
-        let gateways = self.client.gateways.len();
+        let gateways = self.client.links.gateways.len();
         for attempt in 1..=policy.attempts_max {
             let read = Message::ReadStream {
                 stream: self.stream.clone(),
@@ -100,8 +100,8 @@ impl Subscription<'_> {
                     last = "not every partition answered".into();
                 }
                 Ok(Ok(other)) => last = format!("unexpected answer {other:?}"),
-                Ok(Err(e)) => {
-                    self.client.connections.lock().await[self.gateway] = None;
+                Ok(Err((e, conn))) => {
+                    self.client.forget(self.gateway, conn).await;
                     last = e.to_string();
                 }
                 Err(_) => last = "timed out".into(),

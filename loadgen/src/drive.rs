@@ -219,9 +219,12 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
         detflow_workloads::by_name_with(&config.workload, config.partitions, &config.options)?
             .live_check(),
     ));
+    // All sessions share one socket and one connection per gateway, as an application
+    // process serving many users would.
+    let transport = Client::connect(gateways.clone(), tls.clone()).await?;
     let mut sessions = Vec::new();
     for c in 0..config.clients {
-        let client = Client::connect(gateways.clone(), tls.clone()).await?;
+        let client = transport.new_session();
         let workload =
             detflow_workloads::by_name_with(&config.workload, config.partitions, &config.options)?;
         let seed = start.elapsed().as_nanos() as u64 ^ (u64::from(c) << 32);
@@ -273,6 +276,7 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     }
     // Sessions finish the transaction they are in, so the run lasts until the last one.
     let seconds = start.elapsed().as_secs_f64();
+    transport.close();
     // Every session has ended, so nothing else holds the check.
     let check = lock(&check).take();
     let invariants = match check {
@@ -365,7 +369,6 @@ async fn session(
         }
         answered.fetch_add(1, Ordering::Relaxed);
     }
-    client.close();
     SessionReport {
         tallies,
         audit: workload.audit(),

@@ -16,4 +16,5 @@
 //! generator can run on a machine of its own.
 
 pub mod drive;
+pub mod plot;
 pub mod tpcc;

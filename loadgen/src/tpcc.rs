@@ -74,6 +74,9 @@ pub struct TpccReport {
     pub initial_consistency: Result<String, String>,
     /// The consistency conditions after the run.
     pub consistency: Result<String, String>,
+    /// Transactions answered per tenth of a second ([`crate::drive::Report::timeline`]).
+    #[serde(skip)]
+    pub timeline: Vec<u32>,
 }
 
 impl TpccReport {
@@ -113,6 +116,7 @@ impl TpccReport {
             audit,
             initial_consistency,
             consistency: run.invariants,
+            timeline: run.timeline,
         }
     }
 

@@ -75,6 +75,23 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Appends `msg` to `frames` as one frame under this stream's limit, for
+    /// [`FrameWriter::write_frames`]; on an error `frames` is left as it was.
+    pub fn encode_into<T: Serialize>(
+        &self,
+        msg: &T,
+        frames: &mut Vec<u8>,
+    ) -> Result<(), TransportError> {
+        frame::encode_into(msg, self.frame_bytes_max, frames).map_err(TransportError::Encode)
+    }
+
+    /// Writes frames made by [`FrameWriter::encode_into`] in one go: one wake-up of the
+    /// connection, however many messages.
+    pub async fn write_frames(&mut self, frames: &[u8]) -> Result<(), TransportError> {
+        self.send.write_all(frames).await?;
+        Ok(())
+    }
+
     /// Ends the stream cleanly: the reader gets `Ok(None)` after the last frame.
     pub fn finish(&mut self) -> Result<(), TransportError> {
         Ok(self.send.finish()?)

@@ -202,6 +202,9 @@ pub(crate) struct BenchArgs {
     /// Print the report as one line of JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also write the throughput over time (per 100 ms and per second) to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tpcc: TpccArgs,
 }

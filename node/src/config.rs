@@ -5,7 +5,8 @@
 //! listen = "127.0.0.1:7001"       # QUIC, for nodes and clients
 //! data_dir = "data/node-1"
 //! workload = "bank"               # the procedures and partition scheme the cluster runs
-//! epoch_us = 5000
+//! epoch_us = 5000                 # longest an epoch stays open (earlier ones in flight)
+//! epoch_min_us = 200              # how long it stays open while the log is idle
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
 //! # warehouses = 8                # default: one per partition; at least one per partition
 //! # scale_down = 1                # population divided by this; 1 = full size (default),
@@ -146,9 +147,13 @@ pub struct Config {
     /// TPC-C population divided by this factor (default 1: full size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<u32>,
-    /// The sequencer's epoch length.
+    /// The longest an epoch stays open: while earlier epochs are not yet committed.
     #[serde(default = "default_epoch_us")]
     pub epoch_us: u64,
+    /// How long an epoch stays open while every earlier one is committed (group commit):
+    /// at low load a call waits about one quorum write, not a whole `epoch_us`.
+    #[serde(default = "default_epoch_min_us")]
+    pub epoch_min_us: u64,
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -170,6 +175,10 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 
 fn default_epoch_us() -> u64 {
     5_000
+}
+
+fn default_epoch_min_us() -> u64 {
+    detflow_sequencer::Config::default().epoch_min_us
 }
 
 /// A configuration that cannot be used.
@@ -260,6 +269,12 @@ impl Config {
         }
         if self.epoch_us == 0 {
             return invalid("epoch_us must be positive".into());
+        }
+        if self.epoch_min_us > self.epoch_us {
+            return invalid(format!(
+                "epoch_min_us ({}) must not exceed epoch_us ({})",
+                self.epoch_min_us, self.epoch_us
+            ));
         }
         if self.scale_down == Some(0) {
             return invalid("scale_down must be at least 1".into());
@@ -372,6 +387,7 @@ mod tests {
             warehouses: None,
             scale_down: None,
             epoch_us: 5_000,
+            epoch_min_us: 200,
             metrics_listen: None,
             tls: TlsPaths {
                 ca: "ca.pem".into(),

@@ -118,6 +118,11 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.epoch_latency.clone(),
     );
     registry.register(
+        "epoch_transactions",
+        "Transactions per epoch committed by this node as leader.",
+        stats.epoch_transactions.clone(),
+    );
+    registry.register(
         "channel_backlog_messages",
         "Messages queued for a peer node.",
         stats.backlogs.clone(),
@@ -233,6 +238,7 @@ mod tests {
         stats.call_latency.observe(0.0015);
         stats.call_latency.observe(30.0);
         stats.epoch_latency.observe(0.004);
+        stats.epoch_transactions.observe(3.0);
         stats
             .aborts_by_reason
             .get_or_create(&ReasonLabel { reason: "user" })
@@ -255,6 +261,8 @@ mod tests {
             "\ndetflow_call_latency_seconds_bucket{le=\"+Inf\"} 2\n",
             "\ndetflow_call_latency_seconds_count 2\n",
             "\ndetflow_epoch_commit_latency_seconds_bucket{le=\"0.005\"} 1\n",
+            "\ndetflow_epoch_transactions_bucket{le=\"2\"} 0\n",
+            "\ndetflow_epoch_transactions_bucket{le=\"4\"} 1\n",
             "\ndetflow_channel_backlog_messages{peer=\"2\"} 7\n",
             "# TYPE detflow_transport_handshakes_refused_total counter\n",
             "\ndetflow_transport_handshakes_refused_total 0\n",

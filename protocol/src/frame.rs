@@ -42,18 +42,34 @@ pub enum FrameError {
 
 /// Encodes `msg` as one frame, or refuses if its body would exceed `max` bytes.
 pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; 4];
-    rmp_serde::encode::write(&mut out, msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = out.len() - 4;
-    let len = u32::try_from(len)
-        .ok()
-        .filter(|l| *l <= max)
-        .ok_or(FrameError::TooLarge {
-            len: u32::try_from(len).unwrap_or(u32::MAX),
-            max,
-        })?;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    let mut out = Vec::new();
+    encode_into(msg, max, &mut out)?;
     Ok(out)
+}
+
+/// Appends `msg` to `out` as one frame, so that several frames go out in one write; on a
+/// refusal (the body would exceed `max` bytes) `out` is left as it was.
+pub fn encode_into<T: Serialize>(msg: &T, max: u32, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    if let Err(e) = rmp_serde::encode::write(out, msg) {
+        out.truncate(start);
+        return Err(FrameError::Malformed(e.to_string()));
+    }
+    let len = out.len() - start - 4;
+    match u32::try_from(len).ok().filter(|l| *l <= max) {
+        Some(len) => {
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        None => {
+            out.truncate(start);
+            Err(FrameError::TooLarge {
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                max,
+            })
+        }
+    }
 }
 
 /// A sans-IO frame decoder: feed it bytes as they arrive, take messages out.
@@ -310,6 +326,23 @@ mod tests {
             })
         );
         assert!(encode(&call(), 4).is_err());
+    }
+
+    #[test]
+    fn frames_appended_in_one_buffer_decode_in_order_and_a_refusal_leaves_it_alone() {
+        let mut buf = Vec::new();
+        encode_into(&call(), DEFAULT_MAX_FRAME_BYTES, &mut buf).unwrap();
+        let one = buf.len();
+        assert!(encode_into(&vec![1u8; 64], 16, &mut buf).is_err());
+        assert_eq!(buf.len(), one, "a refused frame leaves nothing behind");
+        encode_into(&call(), DEFAULT_MAX_FRAME_BYTES, &mut buf).unwrap();
+        let one_frame = encode(&call(), DEFAULT_MAX_FRAME_BYTES).unwrap();
+        assert_eq!(buf, [one_frame.clone(), one_frame].concat());
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        dec.push(&buf);
+        assert_eq!(dec.next_frame::<Message>().unwrap(), Some(call()));
+        assert_eq!(dec.next_frame::<Message>().unwrap(), Some(call()));
+        assert_eq!(dec.next_frame::<Message>().unwrap(), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! The leader batches: an epoch opens when the first transaction arrives while none is
 //! open, and closes `epoch_us` later or as soon as it holds `batch_txns_max`
-//! transactions or `batch_bytes_max` bytes of them ([`Config`]). A submission
+//! transactions or `batch_bytes_max` bytes of them ([`Config`]); while every earlier
+//! epoch is committed it closes `epoch_min_us` after it opened (group commit). A submission
 //! `(client, seq)` already in the log, or in a batch on its way there, is not appended
 //! again ([`DedupTable`]).
 
@@ -28,8 +29,14 @@ pub use replica::{
 /// defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// How long an epoch stays open after its first transaction arrives.
+    /// How long an epoch stays open after its first transaction arrives while earlier
+    /// epochs are not yet committed: the longest an epoch waits.
     pub epoch_us: u64,
+    /// How long an epoch stays open after its first transaction arrives while every
+    /// earlier epoch is committed (group commit): at low load a transaction waits for
+    /// about one quorum write, at high load epochs close as the previous one commits.
+    /// At most `epoch_us`; `epoch_us` itself turns group commit off.
+    pub epoch_min_us: u64,
     /// An epoch closes as soon as it holds this many transactions.
     pub batch_txns_max: usize,
     /// An epoch closes as soon as its transactions' encoded size (the upper bound
@@ -43,6 +50,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             epoch_us: 5_000,
+            epoch_min_us: 200,
             batch_txns_max: 10_000,
             batch_bytes_max: 4 << 20,
         }

@@ -1538,6 +1538,11 @@ impl Replica {
 
     // ---- the leader's log ----------------------------------------------------------
 
+    /// Whether every epoch in the log is committed: the next one may close early.
+    fn log_idle(&self) -> bool {
+        self.commit >= self.last_epoch()
+    }
+
     fn pipeline_open(&self) -> bool {
         self.last_epoch().0 - self.commit.0 < self.config.uncommitted_epochs_max
     }
@@ -1545,7 +1550,7 @@ impl Replica {
     fn maybe_close(&mut self, now: Time, out: &mut Vec<Output>) {
         if self.is_leader()
             && !self.batcher.is_empty()
-            && self.batcher.is_due(now)
+            && self.batcher.is_due(now, self.log_idle())
             && self.pipeline_open()
         {
             let batch = self.batcher.close(self.last_epoch().next());
@@ -1850,7 +1855,8 @@ impl Machine for Replica {
             return Some(election);
         };
         let mut deadline = leader.heartbeat_deadline.min(leader.quorum_deadline);
-        if let Some(close) = self.batcher.deadline().filter(|_| self.pipeline_open()) {
+        let close = self.batcher.deadline(self.log_idle());
+        if let Some(close) = close.filter(|_| self.pipeline_open()) {
             deadline = deadline.min(close);
         }
         Some(deadline)
@@ -1954,8 +1960,10 @@ mod tests {
     fn config(id: NodeId, n: u32) -> ReplicaConfig {
         let mut config = ReplicaConfig::new(id, (1..=n).map(NodeId).collect());
         config.pre_vote = false;
+        // Fixed 5 ms epochs (no group commit) unless a test asks for it.
         config.batching = Config {
             epoch_us: 5_000,
+            epoch_min_us: 5_000,
             batch_txns_max: 100,
             ..Config::default()
         };
@@ -2270,6 +2278,38 @@ mod tests {
         assert_eq!(r.log().len(), 2);
         let stats = r.stats();
         assert_eq!((stats.sequenced, stats.batches, stats.terms_led), (2, 1, 1));
+    }
+
+    #[test]
+    fn an_idle_log_closes_epochs_early_and_a_busy_one_waits_for_the_commit() {
+        let mut config = config(N1, 1);
+        config.batching.epoch_min_us = 300;
+        let mut r = Replica::new(config, Durable::default(), DetRng::new(1));
+        run(&mut r, 0, Input::Tick);
+        run(&mut r, 100, Input::Persisted { write: WriteId(1) });
+        run(&mut r, 200, Input::Persisted { write: WriteId(2) });
+        assert!(r.is_leader() && r.commit_epoch() == Epoch(1));
+        // Nothing in flight: the epoch closes 300 µs after it opened, not 5 ms.
+        assert!(run(&mut r, 1_000, Input::Submit(txn(7, 1))).is_empty());
+        assert_eq!(r.next_deadline(), Some(Time(1_300)));
+        let first = entry(1, 2, vec![txn(7, 1)]);
+        assert_eq!(
+            run(&mut r, 1_300, Input::Tick),
+            vec![persist(3, None, None, vec![first.clone()])]
+        );
+        // While it is in flight the next epoch waits for it (or for its 5 ms)...
+        assert!(run(&mut r, 1_400, Input::Submit(txn(8, 1))).is_empty());
+        assert_eq!(r.next_deadline(), Some(Time(6_400)));
+        assert!(run(&mut r, 1_700, Input::Tick).is_empty());
+        // ...and closes as soon as the earlier one commits.
+        let second = entry(1, 3, vec![txn(8, 1)]);
+        assert_eq!(
+            run(&mut r, 2_000, Input::Persisted { write: WriteId(3) }),
+            vec![
+                Output::Committed(first.batch),
+                persist(4, None, None, vec![second])
+            ]
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub async fn drive(
     orders: u64,
     first_id: u64,
 ) -> Result<DriveReport> {
-    let admin = Client::connect(gateways.clone(), tls.clone()).await?;
+    let admin = Client::connect(gateways, tls).await?;
     for item in 0..ITEMS {
         admin
             .call::<Restock>(&Units {
@@ -67,7 +67,8 @@ pub async fn drive(
 
     let mut shoppers = tokio::task::JoinSet::new();
     for session in 0..sessions {
-        let client = Client::connect(gateways.clone(), tls.clone()).await?;
+        // A session of its own over the admin session's connections.
+        let client = admin.new_session();
         shoppers.spawn(async move {
             let mut outcomes = Vec::new();
             for n in 0..orders {

@@ -1,6 +1,7 @@
 //! `detflow bench`: throughput and latency of an embedded local cluster or an existing
 //! one, as text or JSON.
 
+use super::cpu::CpuSample;
 use super::local::{Local, run_tpcc};
 use super::nemesis;
 use crate::cli::BenchArgs;
@@ -10,10 +11,14 @@ use detflow_loadgen::drive::{self, DriveConfig};
 use detflow_workloads::Options;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 
 /// Runs the benchmark; `Ok(false)` when the invariant (or consistency) check failed.
 pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     let tpcc = args.workload == "tpcc";
+    if args.nemesis.is_some() && args.plot.is_some() {
+        bail!("--plot draws one run; --nemesis makes several");
+    }
     if args.nemesis.is_some() && (tpcc || !args.connect.is_empty()) {
         bail!("--nemesis needs an embedded cluster and bank, ycsb or kv");
     }
@@ -66,6 +71,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     };
     let config = drive_config(&args, partitions, options);
     let load_seconds = local.as_ref().and_then(|(l, _)| l.load_seconds);
+    let pids = local.as_ref().map(|(l, _)| l.pids()).unwrap_or_default();
+    let cpu_before = CpuSample::take(&pids);
+    let title = format!(
+        "detflow bench {}: {} clients, {} partitions",
+        args.workload, args.clients, partitions
+    );
     let ok = if tpcc {
         let report = run_tpcc(&gateways, &tls, config, load_seconds).await?;
         if args.json {
@@ -73,6 +84,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         } else {
             report.print();
         }
+        plot(args.plot.as_deref(), &report.timeline, &title)?;
         report.consistent()
     } else {
         let report = drive::drive(gateways, tls, config).await?;
@@ -81,12 +93,29 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         } else {
             drive::print(&report);
         }
+        plot(args.plot.as_deref(), &report.timeline, &title)?;
         report.invariants.is_ok()
     };
+    // Whether the driver or a node limited the run (only the driver's own share is known
+    // for a cluster elsewhere).
+    let cpu = CpuSample::take(&pids).since(&cpu_before);
+    match args.json {
+        true => eprintln!("{cpu}"),
+        false => println!("{cpu}"),
+    }
     if let Some((local, _)) = local {
         local.stop();
     }
     Ok(ok)
+}
+
+/// Writes the throughput-over-time plot if `--plot` asked for one.
+fn plot(path: Option<&Path>, timeline: &[u32], title: &str) -> Result<()> {
+    if let Some(path) = path {
+        detflow_loadgen::plot::throughput_svg(timeline, title, path)?;
+        eprintln!("throughput over time: {}", path.display());
+    }
+    Ok(())
 }
 
 /// What to drive: the workload, its options and the load, from the command line.

@@ -62,6 +62,15 @@ impl Local {
         })
     }
 
+    /// Each running node process: its name (`node-<id>`) and pid.
+    pub(super) fn pids(&self) -> Vec<(String, u32)> {
+        self.cluster
+            .nodes()
+            .iter()
+            .filter_map(|n| Some((format!("node-{}", n.id()), n.pid()?)))
+            .collect()
+    }
+
     /// The cluster, to stop and start its nodes.
     pub(super) fn cluster(&mut self) -> &mut LocalCluster {
         &mut self.cluster

@@ -4,6 +4,7 @@
 pub(crate) mod bench;
 pub(crate) mod call;
 pub(crate) mod certs;
+mod cpu;
 pub(crate) mod demo;
 mod local;
 pub(crate) mod nemesis;

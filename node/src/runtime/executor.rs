@@ -160,7 +160,8 @@ pub(super) async fn executor_task(
         drain(&mut inbox, &mut events);
         for ev in events {
             let input = match ev {
-                Event::Msg(Message::Plan(plan)) => Input::Plan((*plan).clone()),
+                // A plan from the wire is not shared: no copy.
+                Event::Msg(Message::Plan(plan)) => Input::Plan(Arc::unwrap_or_clone(plan)),
                 Event::Msg(Message::RemoteReads { reads, .. }) => Input::RemoteReads(reads),
                 Event::Msg(Message::Ack {
                     from,

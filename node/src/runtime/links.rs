@@ -5,7 +5,7 @@ use super::clients::{ClientService, serve_client};
 use super::router::{ChannelHeader, Router, channel_of};
 use super::stats::{PeerLabel, status};
 use super::{Clock, NodeStats};
-use crate::transport::{Connection, Endpoint, FrameWriter, PeerRole, TransportError};
+use crate::transport::{Connection, Endpoint, FrameWriter, PeerRole};
 use detflow_protocol::NodeId;
 use detflow_protocol::message::{ClientRequest, Message};
 use std::collections::BTreeMap;
@@ -22,6 +22,12 @@ const LINK_STABLE: Duration = Duration::from_secs(1);
 /// because the peer is usually a restarted node about to serve.
 const REFUSED_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
+/// The most queued messages a link takes for one round of writes.
+const LINK_BATCH_MAX: usize = 512;
+
+/// A channel's encoded frames are written as soon as they reach this size.
+const LINK_BATCH_BYTES: usize = 1 << 20;
+
 /// Keeps a connection to one node and writes every message for it, one stream per channel.
 pub(super) async fn link_task(
     endpoint: Endpoint,
@@ -30,7 +36,8 @@ pub(super) async fn link_task(
     mut rx: mpsc::Receiver<Message>,
     router: Arc<Router>,
 ) {
-    let mut pending: Option<Message> = None;
+    // Taken from the queue but not written when the link went down.
+    let mut pending: Vec<Message> = Vec::new();
     let mut backoff = Duration::from_millis(20);
     loop {
         let conn = match endpoint.connect(addr).await {
@@ -57,7 +64,8 @@ pub(super) async fn link_task(
         // before anything current. Every channel recovers from loss, and the link-up below
         // makes every machine here re-send what the peer needs now (hellos and the reads
         // they lack, plan subscriptions, Raft's retransmissions).
-        let mut stale = u64::from(pending.take().is_some());
+        let mut stale = pending.len() as u64;
+        pending.clear();
         while rx.try_recv().is_ok() {
             stale += 1;
         }
@@ -68,45 +76,75 @@ pub(super) async fn link_task(
         tracing::info!(%node, %addr, "link up");
         router.link_up(node);
         let mut writers: BTreeMap<ChannelHeader, FrameWriter> = BTreeMap::new();
-        loop {
-            let msg = match pending.take() {
-                Some(msg) => msg,
-                None => match rx.recv().await {
-                    Some(msg) => msg,
-                    None => return,
-                },
-            };
+        // Everything queued goes out together: one write per channel per wake-up instead
+        // of one per message, so the connection packs many messages into each packet.
+        let mut batch: Vec<Message> = Vec::new();
+        let mut frames: BTreeMap<ChannelHeader, Vec<u8>> = BTreeMap::new();
+        'link: loop {
+            match rx.recv().await {
+                Some(msg) => batch.push(msg),
+                None => return,
+            }
+            while batch.len() < LINK_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
             router
                 .stats
                 .backlogs
                 .get_or_create(&PeerLabel { peer: node.0 })
                 .set(rx.len() as u64);
-            let header = channel_of(&msg);
-            let writer = match writers.entry(header) {
-                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    match conn.open_channel(&header).await {
-                        Ok(w) => slot.insert(w),
-                        Err(e) => {
-                            tracing::info!(%node, error = %e, "link down");
-                            pending = Some(msg);
-                            break;
+            let mut messages = batch.drain(..);
+            while let Some(msg) = messages.next() {
+                let header = channel_of(&msg);
+                let writer = match writers.entry(header) {
+                    std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        match conn.open_channel(&header).await {
+                            Ok(w) => slot.insert(w),
+                            Err(e) => {
+                                tracing::info!(%node, error = %e, "link down");
+                                pending.push(msg);
+                                pending.extend(messages);
+                                break 'link;
+                            }
                         }
                     }
+                };
+                let bytes = frames.entry(header).or_default();
+                match writer.encode_into(&msg, bytes) {
+                    Ok(()) => {}
+                    // The message is too big for a frame. That is this node's bug (every
+                    // message carrying user data is bounded below the frame limit), not a
+                    // dead link; dropping the link would only make it flap.
+                    Err(e) => {
+                        router.stats.encode_failures.inc();
+                        tracing::error!(%node, ?header, error = %e, "dropped a message that does not encode");
+                    }
                 }
-            };
-            match writer.send(&msg).await {
-                Ok(()) => {}
-                // Nothing was written: the message is too big for a frame. That is this
-                // node's bug (every message carrying user data is bounded below the frame
-                // limit), not a dead link; dropping the link would only make it flap.
-                Err(TransportError::Encode(e)) => {
-                    router.stats.encode_failures.inc();
-                    tracing::error!(%node, ?header, error = %e, "dropped a message that does not encode");
+                // Large messages (plans, reads) go out at once rather than pile up.
+                if bytes.len() >= LINK_BATCH_BYTES {
+                    let written = writer.write_frames(bytes).await;
+                    bytes.clear();
+                    if let Err(e) = written {
+                        tracing::info!(%node, error = %e, "link down");
+                        break 'link;
+                    }
                 }
-                Err(e) => {
+            }
+            drop(messages);
+            for (header, bytes) in &mut frames {
+                // Every channel with frames has its writer: they were encoded by it.
+                let Some(writer) = writers.get_mut(header).filter(|_| !bytes.is_empty()) else {
+                    continue;
+                };
+                let written = writer.write_frames(bytes).await;
+                bytes.clear();
+                if let Err(e) = written {
                     tracing::info!(%node, error = %e, "link down");
-                    break;
+                    break 'link;
                 }
             }
         }

@@ -194,6 +194,7 @@ impl Node {
                 .with_context(|| format!("opening the log at {}", dir.display()))?;
             let mut rc = ReplicaConfig::new(me, config.replicas());
             rc.batching.epoch_us = config.epoch_us;
+            rc.batching.epoch_min_us = config.epoch_min_us;
             // A LAN's round trips are well under a millisecond: a dead leader's
             // followers campaign after 100–200 ms. PreVote and CheckQuorum keep a slow
             // or rejoining replica from deposing a healthy leader at these timeouts.

@@ -86,6 +86,7 @@ pub(super) async fn replica_task(
                     replica::Output::Committed(batch) => {
                         if let Some(closed) = closed_at.remove(&batch.epoch) {
                             stats.epoch_latency.observe(closed.elapsed().as_secs_f64());
+                            stats.epoch_transactions.observe(batch.txns.len() as f64);
                         }
                         server.handle(
                             clock.now(),

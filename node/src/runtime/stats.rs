@@ -46,6 +46,10 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Upper bounds of the epoch size buckets, in transactions.
+pub(super) const EPOCH_SIZE_BUCKETS: [f64; 10] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 2048.0];
+
 /// Live counters, read by `status` and the metrics endpoint.
 #[derive(Debug)]
 pub struct NodeStats {
@@ -96,6 +100,9 @@ pub struct NodeStats {
     /// Epoch commit latency at the leader in seconds, from closing the batch to its quorum
     /// commit.
     pub epoch_latency: Histogram,
+    /// Transactions per epoch the leader committed: how far epochs amortize the log
+    /// write (they grow with the load under group commit).
+    pub epoch_transactions: Histogram,
     /// Messages queued for each peer node and not yet written.
     pub backlogs: Family<PeerLabel, CountGauge>,
     /// Calls on which replicas of a partition reported different results (seen by this
@@ -128,6 +135,7 @@ impl Default for NodeStats {
             aborts_by_reason: Family::default(),
             call_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
             epoch_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
+            epoch_transactions: Histogram::new(EPOCH_SIZE_BUCKETS),
             backlogs: Family::default(),
             determinism_failures: Counter::default(),
             last_divergence: Mutex::default(),

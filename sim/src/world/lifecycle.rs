@@ -41,6 +41,7 @@ impl World {
             (0..self.config.replicas).map(replica_id).collect(),
         );
         config.batching.epoch_us = self.config.epoch_us;
+        config.batching.epoch_min_us = self.timing.epoch_min_us.min(self.config.epoch_us);
         config.batching.batch_txns_max = self.config.batch_txns_max;
         (
             config.election_timeout_min_us,

@@ -247,6 +247,9 @@ struct Timing {
     /// Whether every message goes through the wire encoding (framing and MessagePack) and
     /// back, as it does between processes.
     wire: bool,
+    /// How long an epoch stays open while the log is idle (group commit); `epoch_us`
+    /// turns group commit off, 0 closes an epoch at the first chance.
+    epoch_min_us: u64,
 }
 
 /// Everything a finished run leaves for the checkers.
@@ -479,6 +482,7 @@ impl World {
             think_max_us: *rng.pick(&[0, 500, 5_000]),
             malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
             wire: rng.chance(0.25),
+            epoch_min_us: *rng.pick(&[0, 200, 2_000, config.epoch_us]),
         };
         let plan = FaultPlan::draw(&config.faults, &mut rng);
 
