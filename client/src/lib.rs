@@ -133,7 +133,9 @@ type Failed = (TransportError, Option<usize>);
 struct Links {
     endpoint: Endpoint,
     gateways: Vec<SocketAddr>,
-    connections: Mutex<Vec<Option<Connection>>>,
+    /// One slot per gateway, each locked on its own: sessions wait for one handshake with
+    /// a gateway rather than each making its own.
+    connections: Vec<Mutex<Option<Connection>>>,
 }
 
 /// A session with a detflow cluster.
@@ -165,7 +167,7 @@ impl Client {
             calls: std::sync::Mutex::new(new_session(gateways.len(), policy)),
             links: Arc::new(Links {
                 endpoint,
-                connections: Mutex::new(vec![None; gateways.len()]),
+                connections: gateways.iter().map(|_| Mutex::new(None)).collect(),
                 gateways,
             }),
             session: tokio::sync::OnceCell::new(),
@@ -283,29 +285,28 @@ impl Client {
     }
 
     async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
-        if let Some(conn) = &self.links.connections.lock().await[gateway] {
+        // The gateway's slot stays locked through the handshake: the sessions that need
+        // this gateway meanwhile wait for that one connection (hundreds of sessions
+        // starting at once made hundreds of handshakes, over the node's cap on handshakes
+        // in flight). Calls through other gateways are not held up, and an attempt that
+        // times out drops its wait and its lock.
+        let mut slot = self.links.connections[gateway].lock().await;
+        if let Some(conn) = &*slot {
             return Ok(conn.clone());
         }
-        // Connect without holding the lock: a handshake with a gateway that is down lasts
-        // until the attempt times out, and held every other call of this session (through
-        // any gateway) up behind it. Should two calls connect at once, the first one kept
-        // wins and the other connection is dropped.
         let conn = self
             .links
             .endpoint
             .connect(self.links.gateways[gateway])
             .await?;
-        Ok(self.links.connections.lock().await[gateway]
-            .get_or_insert(conn)
-            .clone())
+        Ok(slot.insert(conn).clone())
     }
 
     /// Drops the connection to `gateway` after a request on it failed, unless it has been
     /// replaced already: another session may have reconnected meanwhile (`failed` is the
     /// failed connection's `stable_id`, `None` when no connection was made).
     async fn forget(&self, gateway: usize, failed: Option<usize>) {
-        let mut connections = self.links.connections.lock().await;
-        let slot = &mut connections[gateway];
+        let mut slot = self.links.connections[gateway].lock().await;
         let same = match (slot.as_ref(), failed) {
             (Some(conn), Some(id)) => conn.quic().stable_id() == id,
             (Some(_), None) => false,

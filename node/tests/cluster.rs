@@ -19,6 +19,8 @@
 //! - `refuses_peers_with_bad_credentials`: a node certificate from another CA, a client
 //!   certificate from another CA, a client with no certificate and a certificate without a
 //!   detflow role are all refused and counted, and good clients are still served.
+//! - `sessions_of_one_client_share_one_connection_per_gateway`: 64 sessions of one client
+//!   start at once; each node accepts at most one connection from them.
 //!
 //! Every test stops by itself: each step polls with a deadline, each scenario has a
 //! budget, and node processes die with the test (SIGKILL from a guard's `Drop`, and
@@ -785,6 +787,69 @@ async fn expect_refused(tls: &Tls, addr: SocketAddr) -> String {
     };
     endpoint.close();
     outcome
+}
+
+// ---------------------------------------------------------------------------------------
+// Test 4: the sessions of one client process share one connection per gateway.
+// ---------------------------------------------------------------------------------------
+
+const ACCEPTED: &str = "detflow_transport_connections_accepted_total";
+
+#[test]
+fn sessions_of_one_client_share_one_connection_per_gateway() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(60), shared_connections(&mut cluster)).await;
+    });
+}
+
+async fn shared_connections(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let mut before = Vec::new();
+    for id in &all {
+        let accepted = common::metric(metrics_of(cluster.at(*id)), ACCEPTED).await;
+        before.push(accepted.expect("read the metrics"));
+    }
+    // 64 sessions start at once, each through a gateway of its own choosing.
+    let first = cluster.client(quick_policy()).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for account in 0..64u64 {
+        let session = first.new_session();
+        calls.spawn(async move {
+            for _ in 0..2 {
+                let deposit = DepositArgs {
+                    account,
+                    amount_cents: 1,
+                };
+                session.call::<Deposit>(&deposit).await?;
+            }
+            Ok::<Option<_>, CallError>(session.session())
+        });
+    }
+    let mut ids = BTreeSet::new();
+    while let Some(done) = calls.join_next().await {
+        let id = done
+            .expect("a session task")
+            .expect("every deposit is served");
+        ids.insert(id.expect("the session was opened").0);
+    }
+    assert_eq!(ids.len(), 64, "every session has an id of its own");
+    for (id, before) in all.iter().zip(before) {
+        let after = common::metric(metrics_of(cluster.at(*id)), ACCEPTED)
+            .await
+            .expect("read the metrics");
+        println!("node {id}: {ACCEPTED} {before} -> {after}");
+        assert!(
+            after - before <= 1,
+            "node {id} accepted {} connections from one client's 64 sessions",
+            after - before
+        );
+    }
+    first.close();
+    status.close();
 }
 
 #[test]
