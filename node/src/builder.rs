@@ -96,10 +96,14 @@ impl NodeBuilder {
             )
             .with_writer(std::io::stderr)
             .init();
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        // `demo` and `bench` are the load driver, one process among the cluster's on the
+        // same machine: one thread keeps its CPU share low (no work stealing, no
+        // cross-thread wake-ups for every answer). A node uses every core.
+        let mut builder = match cli.command {
+            cli::Cmd::Demo(_) | cli::Cmd::Bench(_) => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        let runtime = match builder.enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("detflow: cannot start the runtime: {e}");

@@ -269,7 +269,8 @@ impl Workload for Ycsb {
     fn live_check(&self) -> Option<Box<dyn LiveCheck>> {
         Some(Box::new(LiveYcsb {
             keys: self.config.keys,
-            increments: BTreeMap::new(),
+            // Indexed by record: the driver notes every commit, and the records are few.
+            increments: vec![0; usize::try_from(self.config.keys).unwrap_or(0)],
             next_key: 0,
             mismatches: 0,
             failure: None,
@@ -366,8 +367,8 @@ fn record_of(tx: &Txn<'_>, i: u64) -> Result<YcsbRecord, Abort> {
 struct LiveYcsb {
     /// Records `0..keys`.
     keys: u64,
-    /// Acknowledged increments per record.
-    increments: BTreeMap<u64, u64>,
+    /// Acknowledged increments per record, indexed by record.
+    increments: Vec<u64>,
     /// The first record the next read asks for.
     next_key: u64,
     /// Records whose counter differs from its acknowledged increments.
@@ -387,7 +388,20 @@ impl LiveCheck for LiveYcsb {
             && let Ok(a) = codec::decode::<RmwArgs>(args)
         {
             for k in a.keys {
-                *self.increments.entry(k).or_default() += 1;
+                match usize::try_from(k)
+                    .ok()
+                    .and_then(|i| self.increments.get_mut(i))
+                {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.failure.get_or_insert_with(|| {
+                            format!(
+                                "a committed call incremented record {k}, not among the {} records",
+                                self.keys
+                            )
+                        });
+                    }
+                }
             }
         }
     }
@@ -421,7 +435,12 @@ impl LiveCheck for LiveYcsb {
                     return;
                 }
                 for (k, counter) in keys.iter().zip(counters) {
-                    if counter != self.increments.get(k).copied().unwrap_or(0) {
+                    let acknowledged = usize::try_from(*k)
+                        .ok()
+                        .and_then(|i| self.increments.get(i))
+                        .copied()
+                        .unwrap_or(0);
+                    if counter != acknowledged {
                         self.mismatches += 1;
                     }
                 }
