@@ -236,9 +236,6 @@ pub struct ExecutorStats {
     pub reported: u64,
     /// Remote-read messages sent (each chunk counts, once per receiving replica).
     pub reads_sent: u64,
-    /// Transactions whose reads went out ahead of their turn (nothing before them in the
-    /// epoch writes what they read).
-    pub reads_sent_ahead: u64,
     /// Remote-read messages not sent because the receiving replica had already made their
     /// epoch durable (this replica was replaying behind it).
     pub reads_skipped: u64,
@@ -320,24 +317,7 @@ pub struct Executor<S: Store> {
     /// and the positions whose reads `stale_remote_reads` sent ahead of time.
     bug_skipped_in: Option<Epoch>,
     bug_sent_early: BTreeSet<Position>,
-    /// Transactions of the current epoch whose reads were sent ahead of their turn
-    /// because nothing before them writes what they read here ([`Executor::send_ahead`]).
-    sent_ahead: BTreeSet<Position>,
     stats: ExecutorStats,
-}
-
-/// How far past the waiting transaction an executor looks for reads it may send ahead.
-const SEND_AHEAD_MAX: usize = 256;
-
-/// Whether some key falls under both specs.
-fn overlaps(a: &KeySpec, b: &KeySpec) -> bool {
-    match (a, b) {
-        (KeySpec::Exact(x), KeySpec::Exact(y)) => x == y,
-        (KeySpec::Prefix(p), KeySpec::Exact(k)) | (KeySpec::Exact(k), KeySpec::Prefix(p)) => {
-            k.starts_with(p)
-        }
-        (KeySpec::Prefix(p), KeySpec::Prefix(q)) => p.starts_with(q) || q.starts_with(p),
-    }
 }
 
 impl<S: Store> Executor<S> {
@@ -380,7 +360,6 @@ impl<S: Store> Executor<S> {
             bugs: ExecutorBugs::default(),
             bug_skipped_in: None,
             bug_sent_early: BTreeSet::new(),
-            sent_ahead: BTreeSet::new(),
             stats: ExecutorStats::default(),
         }
     }
@@ -787,8 +766,6 @@ impl<S: Store> Executor<S> {
             let parts: usize = entry.remove().values().map(|r| r.parts.len()).sum();
             self.stats.reads_dropped += parts as u64;
         }
-        let next_epoch = self.next_epoch;
-        self.sent_ahead.retain(|p| p.epoch >= next_epoch);
     }
 
     /// Advances one transaction; false if it waits for remote reads.
@@ -805,8 +782,7 @@ impl<S: Store> Executor<S> {
         }
         if !self.sent_at_cursor {
             // Planted bug `stale_remote_reads`: reads sent ahead of time are not sent again.
-            let early = self.bug_sent_early.remove(&txn.position);
-            if !self.sent_ahead.remove(&txn.position) && !early {
+            if !self.bug_sent_early.remove(&txn.position) {
                 self.send_reads(txn, out);
                 self.send_reads_early(out);
             }
@@ -823,9 +799,6 @@ impl<S: Store> Executor<S> {
                 .is_some_and(Received::is_complete)
         });
         if !have_all {
-            // While this one waits, later transactions whose reads cannot change before
-            // their turn send them now, so that their peers do not wait in turn.
-            self.send_ahead(out);
             return false;
         }
         let remote: BTreeMap<PartitionId, Vec<Arc<RemoteReads>>> = self
@@ -1010,57 +983,6 @@ impl<S: Store> Executor<S> {
                     });
                 }
             }
-        }
-    }
-
-    /// Sends the reads of later multi-partition transactions of the current epoch now when
-    /// no transaction before them (the waiting one included) may write a key they read
-    /// here: their reads are then the same now as at their turn, so peers get them one
-    /// wait earlier. Each is sent once (`sent_ahead`); reads of system keys (outboxes,
-    /// which executing transactions post to beyond their footprints) always wait.
-    fn send_ahead(&mut self, out: &mut Vec<Output>) {
-        if self.bugs.stale_remote_reads {
-            return;
-        }
-        let Some(plan) = self.plans.get(&self.next_epoch) else {
-            return;
-        };
-        let me = Owner::Partition(self.partition);
-        // What the transactions not yet run may write here.
-        let mut pending_writes: Vec<&KeySpec> = Vec::new();
-        let mut ready: Vec<Arc<RoutedTxn>> = Vec::new();
-        for (i, txn) in plan.txns.iter().enumerate().skip(self.cursor) {
-            if i >= self.cursor + SEND_AHEAD_MAX {
-                break;
-            }
-            if txn.rejected.is_some() {
-                continue;
-            }
-            let mut reads = txn
-                .routes()
-                .filter(|(_, access, owner)| *owner == me && access.reads())
-                .map(|(spec, _, _)| spec)
-                .peekable();
-            let sends = i > self.cursor && !txn.is_single_partition() && reads.peek().is_some();
-            if sends && !self.sent_ahead.contains(&txn.position) {
-                let mut reads = reads;
-                let unchanged = reads.all(|spec| {
-                    !spec.key().is_system() && !pending_writes.iter().any(|w| overlaps(w, spec))
-                });
-                if unchanged {
-                    ready.push(txn.clone());
-                }
-            }
-            pending_writes.extend(
-                txn.routes()
-                    .filter(|(_, access, owner)| *owner == me && access.writes())
-                    .map(|(spec, _, _)| spec),
-            );
-        }
-        for txn in ready {
-            self.stats.reads_sent_ahead += 1;
-            self.send_reads(&txn, out);
-            self.sent_ahead.insert(txn.position);
         }
     }
 
@@ -1512,63 +1434,6 @@ mod tests {
             }]
         );
         assert_eq!(e.next_deadline(), None);
-    }
-
-    #[test]
-    fn reads_that_nothing_before_writes_go_out_while_an_earlier_transaction_waits() {
-        let mut f = fixture();
-        let a2 = (0..)
-            .map(|i| Key::table("c").u64(i))
-            .find(|k| *k != f.a && f.map.owner(k) == Ok(Owner::Partition(PartitionId(0))))
-            .unwrap();
-        f.executors[0]
-            .store_mut()
-            .put(a2.clone(), codec::encode(&5u64));
-        let (a, b) = (f.a.clone(), f.b.clone());
-        // 0: a → b; 1: a2 → b (reads nothing 0 writes on partition 0); 2: a → b again.
-        let moves = [
-            (a.clone(), b.clone()),
-            (a2.clone(), b.clone()),
-            (a.clone(), b.clone()),
-        ];
-        let [p0, p1]: [Plan; 2] = plans(&f, &moves).try_into().unwrap();
-        let sent = |out: &[Output]| -> Vec<u32> {
-            out.iter()
-                .filter_map(|o| match o {
-                    Output::SendReads { reads, .. } => Some(reads.position.index),
-                    _ => None,
-                })
-                .collect()
-        };
-        // Partition 0 waits at 0 and sends 1's reads with it; 2 reads `a`, which 0 writes.
-        let mut to_p1: Vec<Output> = feed(&mut f.executors[0], Input::Plan(p0));
-        assert_eq!(sent(&to_p1), [0, 1]);
-        assert_eq!(f.executors[0].stats().reads_sent_ahead, 1);
-        // Partition 1 reads `b` for all three, and 0 writes it: nothing goes ahead.
-        let mut to_p0: Vec<Output> = feed(&mut f.executors[1], Input::Plan(p1));
-        assert_eq!(sent(&to_p0), [0]);
-        // Exchange until both are done; each transaction's reads were sent exactly once.
-        let mut sent_by_p0 = sent(&to_p1);
-        while !to_p0.is_empty() || !to_p1.is_empty() {
-            for o in std::mem::take(&mut to_p0) {
-                if let Output::SendReads { reads, .. } = o {
-                    let out = feed(&mut f.executors[0], Input::RemoteReads(reads));
-                    sent_by_p0.extend(sent(&out));
-                    to_p1.extend(out);
-                }
-            }
-            for o in std::mem::take(&mut to_p1) {
-                if let Output::SendReads { reads, .. } = o {
-                    to_p0.extend(feed(&mut f.executors[1], Input::RemoteReads(reads)));
-                }
-            }
-        }
-        assert_eq!(sent_by_p0, [0, 1, 2]);
-        // The same state as running the three one after another.
-        assert_eq!(counter(&f.executors[0], &a), Some(3));
-        assert_eq!(counter(&f.executors[0], &a2), Some(4));
-        assert_eq!(counter(&f.executors[1], &b), Some(3));
-        assert!(f.executors.iter().all(|e| e.is_idle()));
     }
 
     #[test]

@@ -359,9 +359,7 @@ fn a_gateway_that_keeps_expired_calls_is_caught() {
             ..GatewayBugs::default()
         },
         faults: FaultConfig::all(),
-        // Calls expire only around faults; since executors send reads ahead, 200 calls
-        // per seed no longer met one within the seeds tried.
-        txns: 600,
+        txns: 200,
         ..SimConfig::new("bank", seed)
     })
     .expect("keeping expired calls went unnoticed");
