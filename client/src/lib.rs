@@ -163,34 +163,32 @@ impl Client {
         };
         let endpoint = Endpoint::bind(local, &tls, Limits::default())?;
         let policy = RetryPolicy::default();
-        Ok(Client {
-            calls: std::sync::Mutex::new(new_session(gateways.len(), policy)),
-            links: Arc::new(Links {
-                endpoint,
-                connections: gateways.iter().map(|_| Mutex::new(None)).collect(),
-                gateways,
-            }),
+        let links = Links {
+            endpoint,
+            connections: gateways.iter().map(|_| Mutex::new(None)).collect(),
+            gateways,
+        };
+        Ok(Client::over(Arc::new(links), policy))
+    }
+
+    /// A new session over `links`.
+    fn over(links: Arc<Links>, policy: RetryPolicy) -> Client {
+        Client {
+            calls: std::sync::Mutex::new(new_session(links.gateways.len(), policy)),
+            links,
             session: tokio::sync::OnceCell::new(),
             policy,
             // The client is a driver: it keeps the session machine's time.
             #[allow(clippy::disallowed_methods)]
             started: Instant::now(),
-        })
+        }
     }
 
     /// Another session of the same client certificate over this one's socket and
     /// connections, with the same retry policy. It opens its own session id on its first
     /// call and numbers its calls on its own; only the transport is shared.
     pub fn new_session(&self) -> Client {
-        Client {
-            links: self.links.clone(),
-            calls: std::sync::Mutex::new(new_session(self.links.gateways.len(), self.policy)),
-            session: tokio::sync::OnceCell::new(),
-            policy: self.policy,
-            // The client is a driver: it keeps the session machine's time.
-            #[allow(clippy::disallowed_methods)]
-            started: Instant::now(),
-        }
+        Client::over(self.links.clone(), self.policy)
     }
 
     /// Replaces the retry policy (before the first call).

@@ -177,7 +177,7 @@ fn default_epoch_us() -> u64 {
     5_000
 }
 
-fn default_epoch_min_us() -> u64 {
+pub(crate) fn default_epoch_min_us() -> u64 {
     detflow_sequencer::Config::default().epoch_min_us
 }
 

@@ -189,7 +189,7 @@ impl Builder {
                 warehouses: self.options.warehouses,
                 scale_down: self.options.scale_down,
                 epoch_us: EPOCH_US,
-                epoch_min_us: detflow_sequencer::Config::default().epoch_min_us,
+                epoch_min_us: crate::config::default_epoch_min_us(),
                 metrics_listen: metrics,
                 tls: TlsPaths {
                     ca: certs.ca.cert.clone(),

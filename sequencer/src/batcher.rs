@@ -25,7 +25,6 @@ pub(crate) struct Batcher {
     open_bytes: usize,
     /// When the open epoch opened.
     opened: Option<Time>,
-    deadline: Option<Time>,
 }
 
 impl Batcher {
@@ -40,7 +39,6 @@ impl Batcher {
             open: Vec::new(),
             open_bytes: 0,
             opened: None,
-            deadline: None,
         }
     }
 
@@ -50,7 +48,6 @@ impl Batcher {
         assert!(!self.is_full(), "push into a full epoch");
         if self.open.is_empty() {
             self.opened = Some(now);
-            self.deadline = Some(now.plus_us(self.config.epoch_us));
         }
         self.open_bytes = self.open_bytes.saturating_add(txn_encoded_bytes_max(&txn));
         self.open.push(txn);
@@ -60,7 +57,6 @@ impl Batcher {
     pub(crate) fn close(&mut self, epoch: Epoch) -> Arc<Batch> {
         assert!(!self.open.is_empty(), "closing an empty epoch");
         self.opened = None;
-        self.deadline = None;
         self.open_bytes = 0;
         Arc::new(Batch {
             version: LOG_FORMAT_VERSION,
@@ -72,7 +68,6 @@ impl Batcher {
     /// Abandons the open epoch, handing back its transactions in arrival order.
     pub(crate) fn abandon(&mut self) -> Vec<Arc<Transaction>> {
         self.opened = None;
-        self.deadline = None;
         self.open_bytes = 0;
         std::mem::take(&mut self.open)
     }
@@ -98,13 +93,11 @@ impl Batcher {
     /// When the open epoch's time is up, if one is open: `epoch_min_us` after it opened
     /// if the log is `idle`, `epoch_us` otherwise.
     pub(crate) fn deadline(&self, idle: bool) -> Option<Time> {
-        match (idle, self.opened) {
-            (true, Some(opened)) => {
-                let early = opened.plus_us(self.config.epoch_min_us);
-                self.deadline.map(|d| d.min(early))
-            }
-            _ => self.deadline,
-        }
+        let open_us = match idle {
+            true => self.config.epoch_min_us.min(self.config.epoch_us),
+            false => self.config.epoch_us,
+        };
+        self.opened.map(|opened| opened.plus_us(open_us))
     }
 
     /// The open epoch's transactions in arrival order.

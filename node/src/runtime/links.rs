@@ -36,8 +36,8 @@ pub(super) async fn link_task(
     mut rx: mpsc::Receiver<Message>,
     router: Arc<Router>,
 ) {
-    // Taken from the queue but not written when the link went down.
-    let mut pending: Vec<Message> = Vec::new();
+    // Messages taken from the queue but not written when the link went down.
+    let mut unwritten: u64 = 0;
     let mut backoff = Duration::from_millis(20);
     loop {
         let conn = match endpoint.connect(addr).await {
@@ -64,8 +64,7 @@ pub(super) async fn link_task(
         // before anything current. Every channel recovers from loss, and the link-up below
         // makes every machine here re-send what the peer needs now (hellos and the reads
         // they lack, plan subscriptions, Raft's retransmissions).
-        let mut stale = pending.len() as u64;
-        pending.clear();
+        let mut stale = std::mem::take(&mut unwritten);
         while rx.try_recv().is_ok() {
             stale += 1;
         }
@@ -106,8 +105,7 @@ pub(super) async fn link_task(
                             Ok(w) => slot.insert(w),
                             Err(e) => {
                                 tracing::info!(%node, error = %e, "link down");
-                                pending.push(msg);
-                                pending.extend(messages);
+                                unwritten = 1 + messages.count() as u64;
                                 break 'link;
                             }
                         }
