@@ -47,6 +47,96 @@ pub mod list {
     }
 }
 
+/// `Vec<(K, Option<Vec<u8>>)>`, e.g. keys with their values or absence, as an array of
+/// `[key, nil | bin]` pairs.
+pub mod pairs_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    /// Serde `serialize_with` hook.
+    pub fn serialize<K: Serialize, S: Serializer>(
+        v: &[(K, Option<Vec<u8>>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(k, b)| (k, b.as_deref().map(Bytes::new))))
+    }
+
+    /// Serde `deserialize_with` hook.
+    pub fn deserialize<'de, K: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(K, Option<Vec<u8>>)>, D::Error> {
+        let pairs = Vec::<(K, Option<ByteBuf>)>::deserialize(d)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, b)| (k, b.map(ByteBuf::into_vec)))
+            .collect())
+    }
+}
+
+/// `Vec<(K, Vec<u8>)>`, e.g. keys with their values, as an array of `[key, bin]` pairs.
+pub mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    /// Serde `serialize_with` hook.
+    pub fn serialize<K: Serialize, S: Serializer>(
+        v: &[(K, Vec<u8>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(k, b)| (k, Bytes::new(b))))
+    }
+
+    /// Serde `deserialize_with` hook.
+    pub fn deserialize<'de, K: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(K, Vec<u8>)>, D::Error> {
+        let pairs = Vec::<(K, ByteBuf)>::deserialize(d)?;
+        Ok(pairs.into_iter().map(|(k, b)| (k, b.into_vec())).collect())
+    }
+}
+
+/// `Vec<(K, Vec<(K, Vec<u8>)>)>`, e.g. prefixes with the keys and values under them, as an
+/// array of `[key, [[key, bin], ...]]`.
+pub mod groups {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// One group's rows, serialized through [`super::pairs`].
+    struct Rows<'a, K>(&'a [(K, Vec<u8>)]);
+
+    impl<K: Serialize> Serialize for Rows<'_, K> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::pairs::serialize(self.0, s)
+        }
+    }
+
+    /// One group's rows, deserialized through [`super::pairs`].
+    struct OwnedRows<K>(Vec<(K, Vec<u8>)>);
+
+    impl<'de, K: Deserialize<'de>> Deserialize<'de> for OwnedRows<K> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::pairs::deserialize(d).map(OwnedRows)
+        }
+    }
+
+    /// Serde `serialize_with` hook.
+    #[allow(clippy::type_complexity)]
+    pub fn serialize<K: Serialize, S: Serializer>(
+        v: &[(K, Vec<(K, Vec<u8>)>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(k, rows)| (k, Rows(rows))))
+    }
+
+    /// Serde `deserialize_with` hook.
+    #[allow(clippy::type_complexity)]
+    pub fn deserialize<'de, K: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(K, Vec<(K, Vec<u8>)>)>, D::Error> {
+        let groups = Vec::<(K, OwnedRows<K>)>::deserialize(d)?;
+        Ok(groups.into_iter().map(|(k, rows)| (k, rows.0)).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::codec;
@@ -159,5 +249,59 @@ mod tests {
             c: vec![],
         };
         assert_eq!(hex(&codec::encode(&none)), "93c400c090");
+        let reads = crate::message::RemoteReads {
+            position: crate::Position::new(crate::Epoch(2), 1),
+            from: crate::PartitionId(1),
+            exact: vec![(Key::table("a"), Some(vec![0xff])), (Key::table("b"), None)],
+            prefixes: vec![(Key::table("p"), vec![(Key::table("p"), vec![0x80])])],
+            chunk: 0,
+            chunks: 1,
+        };
+        assert_eq!(
+            hex(&codec::encode(&reads)),
+            "9693020001019292c403026100c401ff92c403026200c09192c4030270009192c403027000\
+             c401800001"
+        );
+    }
+
+    /// Remote reads written before values were `bin` (arrays of integers) still decode, as
+    /// the outbox records a node persisted under an earlier build must.
+    #[test]
+    fn remote_reads_decode_values_in_either_form() {
+        use crate::message::RemoteReads;
+        use crate::{Epoch, Key, PartitionId, Position};
+        #[derive(Serialize)]
+        struct OldReads {
+            position: Position,
+            from: PartitionId,
+            exact: Vec<(Key, Option<Vec<u8>>)>,
+            prefixes: Vec<(Key, Vec<(Key, Vec<u8>)>)>,
+            chunk: u32,
+            chunks: u32,
+        }
+        let value = vec![0xfe; 40];
+        let old = OldReads {
+            position: Position::new(Epoch(9), 3),
+            from: PartitionId(2),
+            exact: vec![(Key::table("x").u64(1), Some(value.clone()))],
+            prefixes: vec![(
+                Key::table("y"),
+                vec![(Key::table("y").u64(2), value.clone())],
+            )],
+            chunk: 1,
+            chunks: 2,
+        };
+        let old_bytes = codec::encode(&old);
+        let reads: RemoteReads = codec::decode(&old_bytes).unwrap();
+        assert_eq!(reads.exact, old.exact);
+        assert_eq!(reads.prefixes, old.prefixes);
+        assert_eq!(
+            (reads.position, reads.from, reads.chunk),
+            (old.position, old.from, 1)
+        );
+        let new_bytes = codec::encode(&reads);
+        // Each 0xfe takes two bytes as an integer and one as `bin`.
+        assert!(new_bytes.len() + 70 < old_bytes.len());
+        assert_eq!(codec::decode::<RemoteReads>(&new_bytes).unwrap(), reads);
     }
 }

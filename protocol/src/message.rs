@@ -121,8 +121,10 @@ pub struct RemoteReads {
     /// The sending partition.
     pub from: PartitionId,
     /// Each exact key the sender owns, with its value (`None`: absent).
+    #[serde(with = "crate::bin::pairs_option")]
     pub exact: Vec<(Key, Option<Value>)>,
     /// Each prefix the sender owns, with every key and value under it, ascending.
+    #[serde(with = "crate::bin::groups")]
     pub prefixes: Vec<(Key, Vec<(Key, Value)>)>,
     /// This message's index among the sender's chunks for this position.
     #[serde(default)]
