@@ -50,6 +50,11 @@ pub(crate) struct Bookkeeping {
     result_epochs: VecDeque<(Epoch, Vec<CallId>)>,
     pending_results: Vec<TxnResult>,
     outbox: BTreeMap<(PartitionId, Epoch), Vec<Arc<RemoteReads>>>,
+    /// The partitions sent reads in the epoch being applied: what `flush` writes, without
+    /// a walk over an outbox that grows while a peer replica is down.
+    sent_now: Vec<PartitionId>,
+    /// Read messages in `outbox`.
+    outbox_messages: usize,
     /// Per peer replica, the last epoch it acknowledged as durable.
     acked: BTreeMap<ExecutorId, Epoch>,
     retained_epochs: u64,
@@ -74,6 +79,7 @@ impl Bookkeeping {
             let reads: Vec<RemoteReads> = decode_record(&key, &bytes);
             let to = PartitionId(key_field(&key, 2) as u32);
             let epoch = Epoch(key_field(&key, 3));
+            book.outbox_messages += reads.len();
             book.outbox
                 .insert((to, epoch), reads.into_iter().map(Arc::new).collect());
         }
@@ -91,7 +97,12 @@ impl Bookkeeping {
 
     /// Records reads sent to `to` in `epoch`.
     pub(crate) fn record_sent(&mut self, to: PartitionId, epoch: Epoch, reads: Arc<RemoteReads>) {
-        self.outbox.entry((to, epoch)).or_default().push(reads);
+        let sent = self.outbox.entry((to, epoch)).or_default();
+        if sent.is_empty() {
+            self.sent_now.push(to);
+        }
+        sent.push(reads);
+        self.outbox_messages += 1;
     }
 
     /// Writes the epoch's records, just before the store commits `epoch`, and ages out
@@ -104,10 +115,12 @@ impl Bookkeeping {
             self.results.extend(calls.iter().map(|c| (*c, epoch)));
             self.result_epochs.push_back((epoch, calls));
         }
-        let sent = self.outbox.iter().filter(|((_, e), _)| *e == epoch);
-        for ((to, _), reads) in sent {
+        for to in std::mem::take(&mut self.sent_now) {
+            let Some(reads) = self.outbox.get(&(to, epoch)) else {
+                continue;
+            };
             let plain: Vec<&RemoteReads> = reads.iter().map(|r| &**r).collect();
-            store.put(outbox_key(*to, epoch), codec::encode(&plain));
+            store.put(outbox_key(to, epoch), codec::encode(&plain));
         }
         while let Some((old, _)) = self.result_epochs.front() {
             if old.0.saturating_add(self.retained_epochs) >= epoch.0 {
@@ -174,7 +187,9 @@ impl Bookkeeping {
             .map(|(k, _)| *k)
             .collect();
         for (to, epoch) in done {
-            self.outbox.remove(&(to, epoch));
+            if let Some(reads) = self.outbox.remove(&(to, epoch)) {
+                self.outbox_messages -= reads.len();
+            }
             store.delete(&outbox_key(to, epoch));
         }
     }
@@ -195,7 +210,7 @@ impl Bookkeeping {
 
     /// Unacknowledged read messages.
     pub(crate) fn outbox_len(&self) -> usize {
-        self.outbox.values().map(Vec::len).sum()
+        self.outbox_messages
     }
 }
 

@@ -831,6 +831,10 @@ fn database_builder(dir: &Path, cache_bytes: u64) -> fjall::DatabaseBuilder<Data
         // every restart's replay (lz4 was most of a reopen's profile), to save disk bytes
         // the next flush would reclaim anyway.
         .journal_compression(fjall::CompressionType::None)
+        // A node opens several stores (its log and one per partition replica) on a machine
+        // whose cores its tasks already use: one flush-and-compaction thread each, not one
+        // per core each.
+        .worker_threads(1)
 }
 
 /// Writes and syncs a new store's header: the format version and the kind.
