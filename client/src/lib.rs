@@ -26,11 +26,13 @@
 //! accepts the token, and no other client can use the session.
 //!
 //! A process that runs many sessions opens one with [`Client::connect`] and the others
-//! with [`Client::new_session`]: they share one UDP socket and one QUIC connection per
-//! gateway, each call a stream of its own, so QUIC packs the calls of all sessions into
-//! shared packets and acknowledgements.
+//! with [`Client::new_session`]: they share one UDP socket, one QUIC connection per gateway
+//! and, on each, one long-lived stream that carries every session's calls and their
+//! answers (matched by session and call number); calls made while the stream is busy go
+//! out together in one write.
 
 mod kv;
+mod pipe;
 mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
@@ -38,10 +40,11 @@ pub use kv::KvBuilder;
 pub use subscribe::{Offset, StreamEvent, SubscribeError, Subscription};
 
 use detflow_executor::Procedure;
-use detflow_net::{Connection, Endpoint, Limits};
+use detflow_net::{Endpoint, Limits};
 use detflow_protocol::message::{Call, Message, NodeStatus, Rejection, Reply, SessionToken};
 use detflow_protocol::session::{self, Session};
 use detflow_protocol::{AbortReason, ClientId, DetRng, Machine, Outcome, Time, codec};
+use pipe::Pipe;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -135,7 +138,7 @@ struct Links {
     gateways: Vec<SocketAddr>,
     /// One slot per gateway, each locked on its own: sessions wait for one handshake with
     /// a gateway rather than each making its own.
-    connections: Vec<Mutex<Option<Connection>>>,
+    connections: Vec<Mutex<Option<Arc<Pipe>>>>,
 }
 
 /// A session with a detflow cluster.
@@ -234,7 +237,7 @@ impl Client {
             for effect in out.drain(..) {
                 let ended = match effect {
                     session::Output::Send { gateway, call, .. } => {
-                        // A new attempt abandons the previous one (its stream is reset).
+                        // A new attempt abandons the previous one (its answer is dropped on arrival).
                         let gateway = gateway as usize;
                         attempt = Some((gateway, Box::pin(self.attempt(gateway, call))));
                         continue;
@@ -282,22 +285,23 @@ impl Client {
         }
     }
 
-    async fn connection(&self, gateway: usize) -> Result<Connection, TransportError> {
+    async fn connection(&self, gateway: usize) -> Result<Arc<Pipe>, TransportError> {
         // The gateway's slot stays locked through the handshake: the sessions that need
         // this gateway meanwhile wait for that one connection (hundreds of sessions
         // starting at once made hundreds of handshakes, over the node's cap on handshakes
         // in flight). Calls through other gateways are not held up, and an attempt that
         // times out drops its wait and its lock.
         let mut slot = self.links.connections[gateway].lock().await;
-        if let Some(conn) = &*slot {
-            return Ok(conn.clone());
+        if let Some(pipe) = &*slot {
+            return Ok(pipe.clone());
         }
         let conn = self
             .links
             .endpoint
             .connect(self.links.gateways[gateway])
             .await?;
-        Ok(slot.insert(conn).clone())
+        let pipe = Arc::new(Pipe::open(conn).await?);
+        Ok(slot.insert(pipe).clone())
     }
 
     /// Drops the connection to `gateway` after a request on it failed, unless it has been
@@ -306,7 +310,7 @@ impl Client {
     async fn forget(&self, gateway: usize, failed: Option<usize>) {
         let mut slot = self.links.connections[gateway].lock().await;
         let same = match (slot.as_ref(), failed) {
-            (Some(conn), Some(id)) => conn.quic().stable_id() == id,
+            (Some(pipe), Some(id)) => pipe.conn.quic().stable_id() == id,
             (Some(_), None) => false,
             (None, _) => true,
         };
@@ -339,21 +343,19 @@ impl Client {
     async fn attempt(&self, gateway: usize, mut call: Call) -> Result<Reply, Failed> {
         let (client, token) = self.open_session(gateway).await?;
         call.client = client;
-        let msg = Message::SessionCall { token, call };
-        let answer = self.request(gateway, &msg).await?;
-        match answer {
-            Message::Reply { reply, .. } => Ok(reply),
-            other => Err((
-                TransportError::Protocol(format!("unexpected answer {other:?}")),
-                None,
-            )),
-        }
+        let pipe = self.connection(gateway).await.map_err(|e| (e, None))?;
+        let on = |e: TransportError| (e, Some(pipe.conn.quic().stable_id()));
+        let key = (call.client, call.seq);
+        let pending = pipe
+            .send(key, Message::SessionCall { token, call })
+            .map_err(on)?;
+        pending.answer().await.map_err(on)
     }
 
     async fn request(&self, gateway: usize, msg: &Message) -> Result<Message, Failed> {
-        let conn = self.connection(gateway).await.map_err(|e| (e, None))?;
-        let on = |e: TransportError| (e, Some(conn.quic().stable_id()));
-        let (mut writer, mut reader) = conn.open_bi().await.map_err(on)?;
+        let pipe = self.connection(gateway).await.map_err(|e| (e, None))?;
+        let on = |e: TransportError| (e, Some(pipe.conn.quic().stable_id()));
+        let (mut writer, mut reader) = pipe.conn.open_bi().await.map_err(on)?;
         writer.send(msg).await.map_err(on)?;
         writer.finish().map_err(on)?;
         reader.recv::<Message>().await.map_err(on)?.ok_or_else(|| {

@@ -32,6 +32,12 @@
 //!   (`StreamReply::Refused`), the huge read is answered within the gateway's bound, and the
 //!   cluster keeps executing.
 //!
+//! - `a_call_pipe_that_is_never_read_is_bounded`: a client writes 200,000 calls on one
+//!   stream, as fast as the node takes them, and never reads an answer. The node stops
+//!   reading the stream when its answers back up (4,096 in flight per stream, then QUIC's
+//!   flow control holds the client back), drops the stream when they cannot be written
+//!   within 10 s, and meanwhile serves another client's deposits exactly once.
+//!
 //! Every test stops by itself (a budget on each scenario, deadlines on each poll) and kills
 //! its processes on drop; on failure the cluster's folder is kept and the logs printed.
 
@@ -780,6 +786,96 @@ async fn unanswered_calls(cluster: &mut Cluster) {
         );
     }
     assert_eq!(balance(&alice, 5).await, start + 100 + 200 + 300);
+    cluster.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// A call pipe that is never read.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_call_pipe_that_is_never_read_is_bounded() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::start(3, 3, "bank");
+        with_budget(Duration::from_secs(120), unread_pipe(&mut cluster)).await;
+    });
+}
+
+async fn unread_pipe(cluster: &mut Cluster) {
+    const FLOOD: u64 = 200_000;
+    const BATCH: u64 = 1_000;
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let alice = cluster.client(balance_policy()).await;
+    let start = balance(&alice, 5).await;
+    let via = all[0];
+    let addr = cluster.at(via).addr();
+
+    // One stream of calls, written as fast as the node takes them, whose answers are
+    // never read. The calls carry a forged token, so each is answered at once (refused).
+    let (_endpoint, conn) = connect_as(cluster, "client", addr).await;
+    let (mut writer, unread) = conn.open_bi().await.expect("a stream");
+    let flood = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        for batch in 0..FLOOD / BATCH {
+            frames.clear();
+            for i in 0..BATCH {
+                let call = Call {
+                    client: ClientId(1),
+                    seq: RequestSeq(batch * BATCH + i + 1),
+                    procedure: "bank.deposit".into(),
+                    args: codec::encode(&DepositArgs {
+                        account: 9,
+                        amount_cents: 1,
+                    }),
+                };
+                let msg = Message::SessionCall {
+                    token: SessionToken([0; 16]),
+                    call,
+                };
+                writer.encode_into(&msg, &mut frames).expect("a frame");
+            }
+            if writer.write_frames(&frames).await.is_err() {
+                return batch * BATCH;
+            }
+        }
+        FLOOD
+    });
+
+    // Meanwhile the node serves another client's calls through its gateway.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tls = detflow_net::Tls::from_dir(&cluster.certs().dir, "client").expect("a certificate");
+    let bob = Client::connect(vec![addr], tls)
+        .await
+        .expect("a client")
+        .with_policy(balance_policy());
+    for _ in 0..5 {
+        deposit(&bob, 5, 100).await;
+    }
+
+    // The node stops reading the stream when its answers back up, and drops it when they
+    // cannot be written within its deadline: the flood ends short of its calls.
+    let sent = tokio::time::timeout(Duration::from_secs(40), flood)
+        .await
+        .expect("the node dropped the unread stream within 40 s")
+        .expect("the flood task");
+    drop(unread);
+    assert!(
+        sent < FLOOD,
+        "the node read all {FLOOD} calls of an unread stream"
+    );
+    let refused = metric(
+        cluster.at(via).metrics().expect("metrics"),
+        "detflow_calls_refused_total",
+    )
+    .await;
+    assert!(
+        refused > 0 && refused < FLOOD,
+        "{refused} calls refused of {FLOOD} written"
+    );
+    assert_eq!(balance(&alice, 5).await, start + 500);
     cluster.assert_running();
 }
 

@@ -1,5 +1,5 @@
-//! Serving clients: a stream per request, sessions bound to the client's certificate and
-//! authorization. The gateway machine bounds the calls in flight and answers those past
+//! Serving clients: a stream per request or a call pipe per client process, sessions bound
+//! to the client's certificate and authorization. The gateway machine bounds the calls in flight and answers those past
 //! their deadline.
 
 use super::router::Router;
@@ -7,18 +7,23 @@ use super::stats::status;
 use super::{Clock, Event, NodeStats};
 use crate::config::Access;
 use crate::session::SessionKey;
-use crate::transport::Connection;
+use crate::transport::{Connection, FrameReader, FrameWriter};
 use detflow_executor::Registry;
 use detflow_protocol::NodeId;
 use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
 use detflow_protocol::stream::{Offset, StreamReply};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// How long a client has to read the answer to one call before the node drops it (the same
 /// patience as `Limits::frame_read_timeout` gives a client's request).
 const ANSWER_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Requests one client stream may have in flight (being answered, or answered and not yet
+/// written): enough for every session of a busy client process to have a call in flight
+/// on its one call pipe to this node.
+const STREAM_REQUESTS_MAX: usize = 4096;
 
 /// What serving a client needs: who may do what, and the bounds.
 pub(super) struct ClientService {
@@ -34,36 +39,99 @@ pub(super) struct ClientService {
 pub(super) async fn serve_client(conn: Connection, service: Arc<ClientService>) {
     let fingerprint = conn.peer_fingerprint();
     loop {
-        let (mut writer, mut reader) = match conn.accept_bi().await {
+        let (writer, reader) = match conn.accept_bi().await {
             Ok(stream) => stream,
             Err(_) => return,
         };
-        let service = service.clone();
-        tokio::spawn(async move {
-            let answer = match reader.recv::<ClientRequest>().await {
-                Ok(Some(request)) => service.answer(request, &fingerprint).await,
-                Ok(None) => return,
-                // As for channels: a client that gave up on a call resets its stream, which
-                // is not bad input.
-                Err(e) if e.is_refused_input() => {
-                    tracing::warn!(error = %e, "closed a client stream with bad input");
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "client stream ended");
-                    return;
-                }
-            };
-            // A client that never reads its answer must not pin the task and the answer's
-            // buffers: the write gets the same deadline as a frame read.
-            match tokio::time::timeout(ANSWER_WRITE_DEADLINE, writer.send(&answer)).await {
-                Ok(_) => {
-                    let _ = writer.finish();
-                }
-                Err(_) => tracing::debug!("dropped an answer the client did not read in time"),
+        tokio::spawn(serve_stream(writer, reader, service.clone(), fingerprint));
+    }
+}
+
+/// Serves one client stream: a single request (a status, a session opening, a stream
+/// read, a call), or a client's call pipe, which carries the calls of all its sessions.
+/// Each request is answered as soon as its answer is known, in any order (a call's answer
+/// names its session and number); the answers ready at once go out in one write.
+async fn serve_stream(
+    writer: FrameWriter,
+    mut reader: FrameReader,
+    service: Arc<ClientService>,
+    fingerprint: [u8; 32],
+) {
+    let (answers, ready) = mpsc::unbounded_channel::<(Message, OwnedSemaphorePermit)>();
+    let write = tokio::spawn(write_answers(writer, ready));
+    // A permit per request being answered or written: a client that sends faster than it
+    // reads its answers is no longer read, and QUIC's flow control holds it back.
+    let in_flight = Arc::new(Semaphore::new(STREAM_REQUESTS_MAX));
+    loop {
+        let next = async {
+            let permit = in_flight.clone().acquire_owned().await.ok()?;
+            Some((permit, reader.recv::<ClientRequest>().await))
+        };
+        let (permit, request) = tokio::select! {
+            next = next => match next {
+                Some(next) => next,
+                None => break,
+            },
+            // The writer gave up on the client: stop reading it too.
+            _ = answers.closed() => break,
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            // As for channels: a client that gave up on a call resets its stream, which
+            // is not bad input.
+            Err(e) if e.is_refused_input() => {
+                tracing::warn!(error = %e, "closed a client stream with bad input");
+                break;
             }
+            Err(e) => {
+                tracing::debug!(error = %e, "client stream ended");
+                break;
+            }
+        };
+        let (service, answers) = (service.clone(), answers.clone());
+        tokio::spawn(async move {
+            let answer = service.answer(request, &fingerprint).await;
+            let _ = answers.send((answer, permit));
         });
     }
+    drop(answers);
+    let _ = write.await;
+}
+
+/// Writes a stream's answers as they come, every answer ready at once in one write, and
+/// finishes the stream after the last.
+async fn write_answers(
+    mut writer: FrameWriter,
+    mut ready: mpsc::UnboundedReceiver<(Message, OwnedSemaphorePermit)>,
+) {
+    let mut frames = Vec::new();
+    let mut permits = Vec::new();
+    while let Some(first) = ready.recv().await {
+        frames.clear();
+        let mut next = Some(first);
+        while let Some((answer, permit)) = next {
+            if let Err(e) = writer.encode_into(&answer, &mut frames) {
+                tracing::warn!(error = %e, "an answer does not fit in a frame");
+            }
+            permits.push(permit);
+            next = ready.try_recv().ok();
+        }
+        // A client that never reads its answers must not pin the task and the answers'
+        // buffers: the write gets the same deadline as a frame read.
+        match tokio::time::timeout(ANSWER_WRITE_DEADLINE, writer.write_frames(&frames)).await {
+            Ok(Ok(())) => permits.clear(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "client stream ended before its answers");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("dropped answers the client did not read in time");
+                return;
+            }
+        }
+    }
+    let _ = writer.finish();
 }
 
 impl ClientService {
