@@ -18,15 +18,18 @@
 use detflow_net::{Connection, TransportError};
 use detflow_protocol::message::{Message, Reply};
 use detflow_protocol::{ClientId, RequestSeq};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+
+/// A call waiting for its answer: its registration number and where the answer goes.
+type Waiter = (u64, oneshot::Sender<Reply>);
 
 /// The calls waiting for an answer, and whether the pipe still works.
 #[derive(Default)]
 struct Waiting {
     /// `None` once the pipe failed: new calls fail at once.
-    calls: Option<HashMap<(ClientId, RequestSeq), (u64, oneshot::Sender<Reply>)>>,
+    calls: Option<BTreeMap<(ClientId, RequestSeq), Waiter>>,
     /// Numbers registrations, so that an abandoned attempt removes only its own.
     next: u64,
 }
@@ -55,7 +58,7 @@ impl Pipe {
         let (mut writer, mut reader) = conn.open_bi().await?;
         let (queue, mut queued) = mpsc::unbounded_channel::<Message>();
         let waiting = Arc::new(Mutex::new(Waiting {
-            calls: Some(HashMap::new()),
+            calls: Some(BTreeMap::new()),
             next: 0,
         }));
         let failed = waiting.clone();

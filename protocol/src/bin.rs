@@ -62,6 +62,7 @@ pub mod pairs_option {
     }
 
     /// Serde `deserialize_with` hook.
+    #[allow(clippy::type_complexity)]
     pub fn deserialize<'de, K: Deserialize<'de>, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<(K, Option<Vec<u8>>)>, D::Error> {
@@ -270,12 +271,14 @@ mod tests {
     fn remote_reads_decode_values_in_either_form() {
         use crate::message::RemoteReads;
         use crate::{Epoch, Key, PartitionId, Position};
+        /// Keys with the rows under them, as `RemoteReads::prefixes`.
+        type Groups = Vec<(Key, Vec<(Key, Vec<u8>)>)>;
         #[derive(Serialize)]
         struct OldReads {
             position: Position,
             from: PartitionId,
             exact: Vec<(Key, Option<Vec<u8>>)>,
-            prefixes: Vec<(Key, Vec<(Key, Vec<u8>)>)>,
+            prefixes: Groups,
             chunk: u32,
             chunks: u32,
         }
