@@ -504,6 +504,12 @@ impl<S: Store> Executor<S> {
         self.outbox.pending()
     }
 
+    /// Sets how far ahead of a peer replica's acknowledgements its reads are sent
+    /// ([`crate::READS_AHEAD_EPOCHS`] by default; at least 1).
+    pub fn set_reads_ahead_epochs(&mut self, epochs: u64) {
+        self.book.set_reads_ahead(epochs);
+    }
+
     /// Sets how many epochs of results the result table keeps.
     pub fn set_result_epochs_retained(&mut self, epochs: u64) {
         self.book.set_retained_epochs(epochs);
@@ -547,13 +553,17 @@ impl<S: Store> Executor<S> {
         p != self.partition && p.0 < self.partitions
     }
 
-    fn on_ack(&mut self, from: ExecutorId, durable: Epoch) {
+    fn on_ack(&mut self, from: ExecutorId, durable: Epoch, out: &mut Vec<Output>) {
         if !self.is_peer(from) {
             self.stats.peer_inputs_dropped += 1;
             return;
         }
         self.book
             .ack(&mut self.store, &self.placement, from, durable);
+        for reads in self.book.release(from) {
+            self.stats.reads_resent += 1;
+            out.push(Output::SendReads { to: from, reads });
+        }
     }
 
     fn on_hello(&mut self, from: ExecutorId, durable: Epoch, out: &mut Vec<Output>) {
@@ -563,12 +573,10 @@ impl<S: Store> Executor<S> {
         }
         self.book
             .ack(&mut self.store, &self.placement, from, durable);
-        for reads in self.book.unacked(from) {
+        self.book.resend_all(from);
+        for reads in self.book.release(from) {
             self.stats.reads_resent += 1;
-            out.push(Output::SendReads {
-                to: from,
-                reads: reads.clone(),
-            });
+            out.push(Output::SendReads { to: from, reads });
         }
     }
 
@@ -973,9 +981,14 @@ impl<S: Store> Executor<S> {
             if lacking.is_empty() {
                 continue;
             }
+            // A replica far behind gets these once it has caught up to them.
+            let now: Vec<ExecutorId> = lacking
+                .into_iter()
+                .filter(|peer| self.book.send_now(*peer, epoch))
+                .collect();
             for reads in &chunks {
                 self.book.record_sent(*to, epoch, reads.clone());
-                for peer in &lacking {
+                for peer in &now {
                     self.stats.reads_sent += 1;
                     out.push(Output::SendReads {
                         to: *peer,
@@ -1045,6 +1058,7 @@ impl<S: Store> Machine for Executor<S> {
                     node,
                 },
                 durable,
+                out,
             ),
             Input::Connected { node } => {
                 let durable = self.durable;

@@ -46,6 +46,6 @@ pub use registry::Registry;
 pub use schema::SchemaError;
 pub use service::{CallFootprint, FieldType, Service, ServiceError, Table};
 pub use store::{MemStore, Store};
-pub use system::{RESULT_EPOCHS_RETAINED, is_system_key};
+pub use system::{READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, is_system_key};
 pub use txn::{Effects, ReadView, Txn, VALUE_BYTES_MAX_DEFAULT, WriteSet};
 pub use unwind::{PANIC_MESSAGE_BYTES_MAX, in_procedure};

@@ -23,6 +23,14 @@ use detflow_protocol::{
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+/// How many epochs past a peer replica's last acknowledged one its reads are sent ahead.
+/// A replica that returns after an outage gets its missed reads in windows of this many
+/// epochs, each as it acknowledges the last, instead of the whole outage at once (which
+/// starved the live replicas of CPU for seconds, and made it buffer every read). Far more
+/// than a live replica's acknowledgements trail its progress (one sync, 20 ms), so live
+/// sends to a healthy replica are never held back.
+pub const READS_AHEAD_EPOCHS: u64 = 2_000;
+
 /// How many epochs of results the result table keeps by default: about 100 s at the
 /// default 5 ms epoch, far longer than any client retries a call.
 pub const RESULT_EPOCHS_RETAINED: u64 = 20_000;
@@ -57,7 +65,12 @@ pub(crate) struct Bookkeeping {
     outbox_messages: usize,
     /// Per peer replica, the last epoch it acknowledged as durable.
     acked: BTreeMap<ExecutorId, Epoch>,
+    /// Per peer replica that fell more than [`READS_AHEAD_EPOCHS`] behind: the first epoch
+    /// of the reads it has not been sent; they wait in the outbox for its acknowledgements.
+    held: BTreeMap<ExecutorId, Epoch>,
     retained_epochs: u64,
+    /// [`READS_AHEAD_EPOCHS`] unless set otherwise.
+    reads_ahead: u64,
 }
 
 impl Bookkeeping {
@@ -66,6 +79,7 @@ impl Bookkeeping {
     pub(crate) fn load<S: Store>(store: &S) -> Bookkeeping {
         let mut book = Bookkeeping {
             retained_epochs: RESULT_EPOCHS_RETAINED,
+            reads_ahead: READS_AHEAD_EPOCHS,
             ..Bookkeeping::default()
         };
         for (key, bytes) in store.scan_prefix(&Key::table(SYSTEM_TABLE).str("results")) {
@@ -88,6 +102,10 @@ impl Bookkeeping {
 
     pub(crate) fn set_retained_epochs(&mut self, epochs: u64) {
         self.retained_epochs = epochs;
+    }
+
+    pub(crate) fn set_reads_ahead(&mut self, epochs: u64) {
+        self.reads_ahead = epochs.max(1);
     }
 
     /// Records a result reported in the current epoch.
@@ -199,13 +217,57 @@ impl Bookkeeping {
         self.acked.get(&peer).copied().unwrap_or(Epoch(0))
     }
 
-    /// Every read replica `to` has not acknowledged, in position order.
-    pub(crate) fn unacked(&self, to: ExecutorId) -> impl Iterator<Item = &Arc<RemoteReads>> {
+    /// Whether reads of `epoch` go to replica `to` now: not if it is more than the reads-ahead
+    /// window ([`READS_AHEAD_EPOCHS`] by default) behind by its acknowledgements, or already has reads held
+    /// back (which then go first). A replica not heard from since this start gets them.
+    pub(crate) fn send_now(&mut self, to: ExecutorId, epoch: Epoch) -> bool {
+        if self.held.contains_key(&to) {
+            return false;
+        }
+        let Some(acked) = self.acked.get(&to) else {
+            return true;
+        };
+        if epoch.0 <= acked.0.saturating_add(self.reads_ahead) {
+            return true;
+        }
+        self.held.insert(to, epoch);
+        false
+    }
+
+    /// After replica `to` greeted this one (it lost what was in flight): every read it has
+    /// not acknowledged is to be sent again, window by window.
+    pub(crate) fn resend_all(&mut self, to: ExecutorId) {
         // A peer may claim any epoch: no overflow past the last.
         let after = Epoch(self.acked_through(to).0.saturating_add(1));
-        self.outbox
-            .range((to.partition, after)..=(to.partition, Epoch(u64::MAX)))
-            .flat_map(|(_, reads)| reads.iter())
+        self.held.insert(to, after);
+    }
+
+    /// The held-back reads for replica `to` that its window now covers, in position
+    /// order; the rest stay held.
+    pub(crate) fn release(&mut self, to: ExecutorId) -> Vec<Arc<RemoteReads>> {
+        let Some(from) = self.held.get(&to).copied() else {
+            return Vec::new();
+        };
+        let end = Epoch(self.acked_through(to).0.saturating_add(self.reads_ahead));
+        if from > end {
+            return Vec::new();
+        }
+        let due: Vec<Arc<RemoteReads>> = self
+            .outbox
+            .range((to.partition, from)..=(to.partition, end))
+            .flat_map(|(_, reads)| reads.iter().cloned())
+            .collect();
+        let beyond = end.0.checked_add(1).map(Epoch).filter(|next| {
+            self.outbox
+                .range((to.partition, *next)..=(to.partition, Epoch(u64::MAX)))
+                .next()
+                .is_some()
+        });
+        match beyond {
+            Some(next) => self.held.insert(to, next),
+            None => self.held.remove(&to),
+        };
+        due
     }
 
     /// Unacknowledged read messages.
@@ -223,5 +285,69 @@ fn key_field(key: &Key, i: usize) -> u64 {
     match key.elems().ok().and_then(|e| e.get(i).cloned()) {
         Some(Elem::U64(v)) => v,
         _ => panic!("corrupt bookkeeping key {key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use detflow_protocol::{NodeId, Position};
+
+    fn reads(epoch: u64) -> Arc<RemoteReads> {
+        Arc::new(RemoteReads {
+            position: Position::new(Epoch(epoch), 0),
+            from: PartitionId(0),
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+            chunk: 0,
+            chunks: 1,
+        })
+    }
+
+    fn epochs(sent: &[Arc<RemoteReads>]) -> Vec<u64> {
+        sent.iter().map(|r| r.position.epoch.0).collect()
+    }
+
+    /// A replica far behind by its acknowledgements gets no reads past its window; each
+    /// acknowledgement releases the next window; a greeting resends from its last one.
+    #[test]
+    fn reads_to_a_replica_far_behind_wait_for_its_window() {
+        let mut store = MemStore::new();
+        let mut book = Bookkeeping::load(&store);
+        let placement = Placement::new(vec![vec![NodeId(0)], vec![NodeId(1)]]).unwrap();
+        let peer = ExecutorId {
+            partition: PartitionId(1),
+            node: NodeId(1),
+        };
+        let w = READS_AHEAD_EPOCHS;
+        // Not heard from since this start: sent, however far ahead.
+        assert!(book.send_now(peer, Epoch(5 * w)));
+        book.ack(&mut store, &placement, peer, Epoch(10));
+        let mut sent = Vec::new();
+        for e in [11, 10 + w, 11 + w, 12 + w, 30 + 2 * w] {
+            if book.send_now(peer, Epoch(e)) {
+                sent.push(e);
+            }
+            book.record_sent(PartitionId(1), Epoch(e), reads(e));
+        }
+        // Past the window, and everything after the first held epoch, waits.
+        assert_eq!(sent, vec![11, 10 + w]);
+        assert!(book.release(peer).is_empty(), "no acknowledgement yet");
+        book.ack(&mut store, &placement, peer, Epoch(12));
+        assert_eq!(epochs(&book.release(peer)), vec![11 + w, 12 + w]);
+        assert!(
+            !book.send_now(peer, Epoch(31 + 2 * w)),
+            "still held behind 30 + 2w"
+        );
+        book.ack(&mut store, &placement, peer, Epoch(40 + w));
+        assert_eq!(epochs(&book.release(peer)), vec![30 + 2 * w]);
+        // Nothing held any more: live sends flow again.
+        assert!(book.send_now(peer, Epoch(32 + 2 * w)));
+
+        // The peer restarts and greets: all it has not acknowledged, window by window.
+        book.resend_all(peer);
+        assert_eq!(epochs(&book.release(peer)), vec![30 + 2 * w]);
+        assert!(book.release(peer).is_empty());
     }
 }

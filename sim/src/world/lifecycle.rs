@@ -74,6 +74,7 @@ impl World {
         );
         machine.set_placement(id.node, self.placement.clone());
         machine.set_bugs(self.config.executor_bugs);
+        machine.set_reads_ahead_epochs(self.timing.reads_ahead_epochs);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
         // Executors spread their deliveries over the gateways.
         let gateways = self.config.gateways;

@@ -250,6 +250,9 @@ struct Timing {
     /// How long an epoch stays open while the log is idle (group commit); `epoch_us`
     /// turns group commit off, 0 closes an epoch at the first chance.
     epoch_min_us: u64,
+    /// How far ahead of a peer replica's acknowledgements an executor sends it reads: the
+    /// default, or windows small enough that replicas behind wait for them often.
+    reads_ahead_epochs: u64,
 }
 
 /// Everything a finished run leaves for the checkers.
@@ -483,6 +486,7 @@ impl World {
             malformed_chance: *rng.pick(&[0.0, 0.0, 0.01]),
             wire: rng.chance(0.25),
             epoch_min_us: *rng.pick(&[0, 200, 2_000, config.epoch_us]),
+            reads_ahead_epochs: *rng.pick(&[detflow_executor::READS_AHEAD_EPOCHS, 50, 8]),
         };
         let plan = FaultPlan::draw(&config.faults, &mut rng);
 
