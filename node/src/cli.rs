@@ -187,7 +187,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "certs")]
     pub(crate) certs: PathBuf,
     /// Partitions of the embedded cluster (default 4; TPC-C: as many as warehouses, up to
-    /// 4). With --connect, the cluster's (default: asked from the nodes).
+    /// 8). With --connect, the cluster's (default: asked from the nodes).
     #[arg(long)]
     pub(crate) partitions: Option<u32>,
     /// Replicas of each partition in the embedded cluster, on distinct nodes (default 2).

@@ -24,7 +24,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     }
     let options = args.tpcc.options(&args.workload, 1);
     let partitions_default = args.partitions.unwrap_or(if tpcc {
-        options.warehouses.unwrap_or(4).min(4)
+        options.warehouses.unwrap_or(4).min(8)
     } else {
         4
     });
