@@ -245,10 +245,14 @@ impl Bookkeeping {
     /// The held-back reads for replica `to` that its window now covers, in position
     /// order; the rest stay held.
     pub(crate) fn release(&mut self, to: ExecutorId) -> Vec<Arc<RemoteReads>> {
-        let Some(from) = self.held.get(&to).copied() else {
+        let Some(held) = self.held.get(&to).copied() else {
             return Vec::new();
         };
-        let end = Epoch(self.acked_through(to).0.saturating_add(self.reads_ahead));
+        let acked = self.acked_through(to);
+        // What it acknowledged since they were held it has no use for (the outbox keeps
+        // those for a sibling replica still behind).
+        let from = held.max(Epoch(acked.0.saturating_add(1)));
+        let end = Epoch(acked.0.saturating_add(self.reads_ahead));
         if from > end {
             return Vec::new();
         }
@@ -307,6 +311,37 @@ mod tests {
 
     fn epochs(sent: &[Arc<RemoteReads>]) -> Vec<u64> {
         sent.iter().map(|r| r.position.epoch.0).collect()
+    }
+
+    /// Reads a replica acknowledged while they were held are not sent to it, though the
+    /// outbox keeps them for its sibling replica, still behind.
+    #[test]
+    fn held_reads_a_replica_acknowledged_are_not_sent_to_it() {
+        let mut store = MemStore::new();
+        let mut book = Bookkeeping::load(&store);
+        let placement = Placement::new(vec![vec![NodeId(0)], vec![NodeId(1), NodeId(2)]]).unwrap();
+        let (fast, slow) = (
+            ExecutorId {
+                partition: PartitionId(1),
+                node: NodeId(1),
+            },
+            ExecutorId {
+                partition: PartitionId(1),
+                node: NodeId(2),
+            },
+        );
+        let w = READS_AHEAD_EPOCHS;
+        book.ack(&mut store, &placement, fast, Epoch(1));
+        book.ack(&mut store, &placement, slow, Epoch(1));
+        for e in [2 + w, 3 + w, 4 + w] {
+            assert!(!book.send_now(fast, Epoch(e)));
+            book.record_sent(PartitionId(1), Epoch(e), reads(e));
+        }
+        // The fast replica got them from elsewhere (a restart of this one, say) and
+        // acknowledged through 3 + w; the slow one still lags, so the outbox keeps them.
+        book.ack(&mut store, &placement, fast, Epoch(3 + w));
+        assert_eq!(book.outbox_len(), 3);
+        assert_eq!(epochs(&book.release(fast)), vec![4 + w]);
     }
 
     /// A replica far behind by its acknowledgements gets no reads past its window; each
