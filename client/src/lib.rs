@@ -237,7 +237,8 @@ impl Client {
             for effect in out.drain(..) {
                 let ended = match effect {
                     session::Output::Send { gateway, call, .. } => {
-                        // A new attempt abandons the previous one (its answer is dropped on arrival).
+                        // A new attempt abandons the previous one (its answer is dropped
+                        // on arrival).
                         let gateway = gateway as usize;
                         attempt = Some((gateway, Box::pin(self.attempt(gateway, call))));
                         continue;
@@ -285,7 +286,8 @@ impl Client {
         }
     }
 
-    async fn connection(&self, gateway: usize) -> Result<Arc<Pipe>, TransportError> {
+    /// The call pipe to `gateway`, connecting first if there is none.
+    async fn pipe(&self, gateway: usize) -> Result<Arc<Pipe>, TransportError> {
         // The gateway's slot stays locked through the handshake: the sessions that need
         // this gateway meanwhile wait for that one connection (hundreds of sessions
         // starting at once made hundreds of handshakes, over the node's cap on handshakes
@@ -343,17 +345,14 @@ impl Client {
     async fn attempt(&self, gateway: usize, mut call: Call) -> Result<Reply, Failed> {
         let (client, token) = self.open_session(gateway).await?;
         call.client = client;
-        let pipe = self.connection(gateway).await.map_err(|e| (e, None))?;
+        let pipe = self.pipe(gateway).await.map_err(|e| (e, None))?;
         let on = |e: TransportError| (e, Some(pipe.conn.quic().stable_id()));
-        let key = (call.client, call.seq);
-        let pending = pipe
-            .send(key, Message::SessionCall { token, call })
-            .map_err(on)?;
+        let pending = pipe.call(token, call).map_err(on)?;
         pending.answer().await.map_err(on)
     }
 
     async fn request(&self, gateway: usize, msg: &Message) -> Result<Message, Failed> {
-        let pipe = self.connection(gateway).await.map_err(|e| (e, None))?;
+        let pipe = self.pipe(gateway).await.map_err(|e| (e, None))?;
         let on = |e: TransportError| (e, Some(pipe.conn.quic().stable_id()));
         let (mut writer, mut reader) = pipe.conn.open_bi().await.map_err(on)?;
         writer.send(msg).await.map_err(on)?;

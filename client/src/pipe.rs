@@ -16,7 +16,7 @@
 //! call whose stream broke.
 
 use detflow_net::{Connection, TransportError};
-use detflow_protocol::message::{Message, Reply};
+use detflow_protocol::message::{Call, Message, Reply, SessionToken};
 use detflow_protocol::{ClientId, RequestSeq};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -114,13 +114,10 @@ impl Pipe {
         })
     }
 
-    /// Queues `msg`, a [`Message::SessionCall`] of `(client, seq)`, and returns its answer
-    /// to wait for; an error if the pipe has failed.
-    pub(crate) fn send(
-        &self,
-        key: (ClientId, RequestSeq),
-        msg: Message,
-    ) -> Result<Pending, TransportError> {
+    /// Queues `call` of the session `token` proves, and returns its answer to wait for;
+    /// an error if the pipe has failed.
+    pub(crate) fn call(&self, token: SessionToken, call: Call) -> Result<Pending, TransportError> {
+        let key = (call.client, call.seq);
         let (tx, answer) = oneshot::channel();
         let number = {
             let mut waiting = lock(&self.waiting);
@@ -140,6 +137,7 @@ impl Pipe {
             answer,
             waiting: self.waiting.clone(),
         };
+        let msg = Message::SessionCall { token, call };
         self.queue.send(msg).map_err(|_| broken())?;
         Ok(pending)
     }

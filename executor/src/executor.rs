@@ -560,9 +560,14 @@ impl<S: Store> Executor<S> {
         }
         self.book
             .ack(&mut self.store, &self.placement, from, durable);
-        for reads in self.book.release(from) {
+        self.send_released(from, out);
+    }
+
+    /// Sends replica `to` the held-back reads its acknowledgements now let through.
+    fn send_released(&mut self, to: ExecutorId, out: &mut Vec<Output>) {
+        for reads in self.book.release(to) {
             self.stats.reads_resent += 1;
-            out.push(Output::SendReads { to: from, reads });
+            out.push(Output::SendReads { to, reads });
         }
     }
 
@@ -574,10 +579,7 @@ impl<S: Store> Executor<S> {
         self.book
             .ack(&mut self.store, &self.placement, from, durable);
         self.book.resend_all(from);
-        for reads in self.book.release(from) {
-            self.stats.reads_resent += 1;
-            out.push(Output::SendReads { to: from, reads });
-        }
+        self.send_released(from, out);
     }
 
     fn on_durable(&mut self, up_to: Epoch, out: &mut Vec<Output>) {

@@ -61,8 +61,6 @@ pub(crate) struct Bookkeeping {
     /// The partitions sent reads in the epoch being applied: what `flush` writes, without
     /// a walk over an outbox that grows while a peer replica is down.
     sent_now: Vec<PartitionId>,
-    /// Read messages in `outbox`.
-    outbox_messages: usize,
     /// Per peer replica, the last epoch it acknowledged as durable.
     acked: BTreeMap<ExecutorId, Epoch>,
     /// Per peer replica that fell more than [`READS_AHEAD_EPOCHS`] behind: the first epoch
@@ -93,7 +91,6 @@ impl Bookkeeping {
             let reads: Vec<RemoteReads> = decode_record(&key, &bytes);
             let to = PartitionId(key_field(&key, 2) as u32);
             let epoch = Epoch(key_field(&key, 3));
-            book.outbox_messages += reads.len();
             book.outbox
                 .insert((to, epoch), reads.into_iter().map(Arc::new).collect());
         }
@@ -120,7 +117,6 @@ impl Bookkeeping {
             self.sent_now.push(to);
         }
         sent.push(reads);
-        self.outbox_messages += 1;
     }
 
     /// Writes the epoch's records, just before the store commits `epoch`, and ages out
@@ -205,9 +201,7 @@ impl Bookkeeping {
             .map(|(k, _)| *k)
             .collect();
         for (to, epoch) in done {
-            if let Some(reads) = self.outbox.remove(&(to, epoch)) {
-                self.outbox_messages -= reads.len();
-            }
+            self.outbox.remove(&(to, epoch));
             store.delete(&outbox_key(to, epoch));
         }
     }
@@ -217,9 +211,10 @@ impl Bookkeeping {
         self.acked.get(&peer).copied().unwrap_or(Epoch(0))
     }
 
-    /// Whether reads of `epoch` go to replica `to` now: not if it is more than the reads-ahead
-    /// window ([`READS_AHEAD_EPOCHS`] by default) behind by its acknowledgements, or already has reads held
-    /// back (which then go first). A replica not heard from since this start gets them.
+    /// Whether reads of `epoch` go to replica `to` now: not if it is more than the
+    /// reads-ahead window ([`READS_AHEAD_EPOCHS`] by default) behind by its
+    /// acknowledgements, or already has reads held back (which then go first). A replica
+    /// not heard from since this start gets them.
     pub(crate) fn send_now(&mut self, to: ExecutorId, epoch: Epoch) -> bool {
         if self.held.contains_key(&to) {
             return false;
@@ -276,7 +271,7 @@ impl Bookkeeping {
 
     /// Unacknowledged read messages.
     pub(crate) fn outbox_len(&self) -> usize {
-        self.outbox_messages
+        self.outbox.values().map(Vec::len).sum()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Serving clients: a stream per request or a call pipe per client process, sessions bound
-//! to the client's certificate and authorization. The gateway machine bounds the calls in flight and answers those past
-//! their deadline.
+//! to the client's certificate and authorization. The gateway machine bounds the calls in
+//! flight and answers those past their deadline.
 
 use super::router::Router;
 use super::stats::status;
