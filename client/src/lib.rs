@@ -33,10 +33,12 @@
 
 mod kv;
 mod pipe;
+mod snapshot;
 mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
 pub use kv::KvBuilder;
+pub use snapshot::{At, PartitionScan, ReadError, Scan, ScanRange, Snapshot};
 pub use subscribe::{Offset, StreamEvent, SubscribeError, Subscription};
 
 use detflow_executor::Procedure;
@@ -151,6 +153,11 @@ pub struct Client {
     policy: RetryPolicy,
     /// The session machine's time zero.
     started: Instant,
+    /// The latest epoch a call of this session was ordered in: a `Latest` snapshot reads
+    /// at or after it.
+    last_epoch: std::sync::atomic::AtomicU64,
+    /// The gateway the next snapshot read tries first (reads spread over the gateways).
+    next_gateway: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
@@ -184,6 +191,8 @@ impl Client {
             // The client is a driver: it keeps the session machine's time.
             #[allow(clippy::disallowed_methods)]
             started: Instant::now(),
+            last_epoch: std::sync::atomic::AtomicU64::new(0),
+            next_gateway: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -243,10 +252,13 @@ impl Client {
                         attempt = Some((gateway, Box::pin(self.attempt(gateway, call))));
                         continue;
                     }
-                    session::Output::Done(Reply::Done { outcome, .. }) => match outcome {
-                        Outcome::Committed(output) => Ok(output),
-                        Outcome::Aborted(reason) => Err(CallError::Aborted(reason)),
-                    },
+                    session::Output::Done(Reply::Done { outcome, position }) => {
+                        self.wrote_in(position.epoch);
+                        match outcome {
+                            Outcome::Committed(output) => Ok(output),
+                            Outcome::Aborted(reason) => Err(CallError::Aborted(reason)),
+                        }
+                    }
                     session::Output::Done(Reply::Rejected(reason)) => {
                         Err(CallError::Rejected(reason))
                     }

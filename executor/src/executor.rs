@@ -35,11 +35,16 @@ use crate::feed::Feed;
 use crate::mailbox::Outbox;
 use crate::registry::Registry;
 use crate::serial;
+use crate::snapshot::{Retention, VersionStats, Versions};
 use crate::store::Store;
-use crate::system::Bookkeeping;
+use crate::system::{Bookkeeping, is_system_key};
 use crate::txn::{Effects, ReadView, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::mailbox::Delivery;
 use detflow_protocol::message::RemoteReads;
+use detflow_protocol::snapshot::{
+    PartAt, PartOp, PartRows, SCAN_CHUNK_BYTES_MAX, SCAN_ROWS_DEFAULT, SCAN_ROWS_MAX,
+    SNAPSHOT_KEYS_MAX, SnapshotError, SnapshotPart, check_snapshot_key,
+};
 use detflow_protocol::stream::{
     Offset, StreamEvent, StreamPart, event_key, offset_of, stream_prefix,
 };
@@ -116,6 +121,17 @@ pub enum Input {
         /// The most events to return.
         max: u32,
     },
+    /// A gateway reads this partition's state at an epoch.
+    SnapshotRead {
+        /// Where the answer goes.
+        gateway: NodeId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// Which epoch.
+        at: PartAt,
+        /// What.
+        op: PartOp,
+    },
     /// [`Machine::next_deadline`] passed: check for a silent plan source or stalled work.
     Tick,
 }
@@ -182,6 +198,15 @@ pub enum Output {
         /// This partition's share.
         part: StreamPart,
     },
+    /// Answer a gateway's snapshot read.
+    SnapshotPart {
+        /// The gateway.
+        gateway: NodeId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// This partition's answer.
+        part: SnapshotPart,
+    },
     /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
     Subscribe {
         /// The replica.
@@ -215,6 +240,15 @@ pub struct ExecutorBugs {
     /// every later one of the epoch, read from its store as it is now, and does not send
     /// them again when it reaches them.
     pub stale_remote_reads: bool,
+    /// Partition 1 answers a snapshot scan with its state one epoch later than asked (when
+    /// it has applied it), as if it had read its latest epoch instead of the one asked.
+    pub snapshot_epoch_late: bool,
+    /// Reclaim the before-images of one epoch more than the retention window allows,
+    /// while still answering reads at that epoch.
+    pub reclaim_inside_window: bool,
+    /// A snapshot read of an epoch not applied by its deadline waits again instead of
+    /// being answered `NotYet`: it is never answered if the epoch never comes.
+    pub snapshot_wait_forever: bool,
 }
 
 /// Counters of an executor's work.
@@ -263,6 +297,27 @@ pub struct ExecutorStats {
     pub deliveries_requested: u64,
     /// Events this partition's transactions published.
     pub events_published: u64,
+    /// Snapshot reads answered (with rows or an error).
+    pub snapshot_reads: u64,
+    /// Snapshot reads answered `TooOld` or `NotYet`.
+    pub snapshot_misses: u64,
+}
+
+/// How long a snapshot read at an epoch not applied yet waits for it: 1 s.
+pub const SNAPSHOT_WAIT_US: u64 = 1_000_000;
+
+/// The most snapshot reads one executor holds waiting for their epoch; more are answered
+/// `NotYet` at once.
+pub const SNAPSHOT_WAITING_MAX: usize = 1_024;
+
+/// A snapshot read waiting for its epoch.
+#[derive(Debug)]
+struct WaitingRead {
+    gateway: NodeId,
+    read: u64,
+    at: PartAt,
+    op: PartOp,
+    deadline: Time,
 }
 
 /// The chunks of one sender's reads of one transaction, as they arrive.
@@ -318,6 +373,13 @@ pub struct Executor<S: Store> {
     bug_skipped_in: Option<Epoch>,
     bug_sent_early: BTreeSet<Position>,
     stats: ExecutorStats,
+    /// Before-images of the retention window's epochs, for snapshot reads.
+    versions: Versions,
+    /// Snapshot reads waiting for their epoch, by the epoch and an arrival number.
+    waiting: BTreeMap<(Epoch, u64), WaitingRead>,
+    waiting_seq: u64,
+    /// The time of the input being handled.
+    now: Time,
 }
 
 impl<S: Store> Executor<S> {
@@ -361,7 +423,22 @@ impl<S: Store> Executor<S> {
             bug_skipped_in: None,
             bug_sent_early: BTreeSet::new(),
             stats: ExecutorStats::default(),
+            versions: Versions::new(durable, Retention::default()),
+            waiting: BTreeMap::new(),
+            waiting_seq: 0,
+            now: Time::ZERO,
         }
+    }
+
+    /// Sets how long and how much history this partition keeps for snapshot reads
+    /// (default [`Retention::default`]).
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.versions.set_retention(retention);
+    }
+
+    /// The size of the retained versions and the oldest readable epoch.
+    pub fn version_stats(&self) -> VersionStats {
+        self.versions.stats()
     }
 
     /// Sets the largest value a transaction may write, in bytes (default
@@ -441,6 +518,7 @@ impl<S: Store> Executor<S> {
 
     /// Plants bugs (tests of the simulator's checkers only).
     pub fn set_bugs(&mut self, bugs: ExecutorBugs) {
+        self.versions.bug_reclaim_inside_window = bugs.reclaim_inside_window;
         self.bugs = bugs;
         if bugs.replay_from_wrong_epoch && self.store.applied_epoch() > Epoch(0) {
             self.next_epoch = self.next_epoch.next();
@@ -755,6 +833,8 @@ impl<S: Store> Executor<S> {
                 self.next_epoch = epoch.next();
                 self.cursor = 0;
                 self.drop_stale_reads();
+                self.versions.applied(epoch, self.now);
+                self.serve_waiting(out);
                 out.push(Output::EpochApplied(epoch));
                 continue;
             };
@@ -942,9 +1022,169 @@ impl<S: Store> Executor<S> {
             self.bug_skipped_in = Some(self.next_epoch);
             return;
         }
+        if !is_system_key(&key) {
+            let store = &self.store;
+            self.versions
+                .before_write(self.next_epoch, &key, || store.get(&key));
+        }
         match value {
             Some(v) => self.store.put(key, v),
             None => self.store.delete(&key),
+        }
+    }
+
+    /// The last epoch wholly applied.
+    fn applied_epoch(&self) -> Epoch {
+        Epoch(self.next_epoch.0 - 1)
+    }
+
+    fn on_snapshot_read(
+        &mut self,
+        gateway: NodeId,
+        read: u64,
+        at: PartAt,
+        op: PartOp,
+        out: &mut Vec<Output>,
+    ) {
+        let wanted = match at {
+            PartAt::Latest { not_before } => not_before,
+            PartAt::Epoch(e) => e,
+        };
+        if wanted > self.applied_epoch() && self.waiting.len() < SNAPSHOT_WAITING_MAX {
+            self.waiting_seq += 1;
+            let waiting = WaitingRead {
+                gateway,
+                read,
+                at,
+                op,
+                deadline: self.now.plus_us(SNAPSHOT_WAIT_US),
+            };
+            self.waiting.insert((wanted, self.waiting_seq), waiting);
+            return;
+        }
+        self.answer_snapshot(gateway, read, at, &op, out);
+    }
+
+    fn answer_snapshot(
+        &mut self,
+        gateway: NodeId,
+        read: u64,
+        at: PartAt,
+        op: &PartOp,
+        out: &mut Vec<Output>,
+    ) {
+        let part = self.snapshot_part(at, op);
+        self.stats.snapshot_reads += 1;
+        if matches!(
+            part.answer,
+            Err(SnapshotError::TooOld { .. } | SnapshotError::NotYet { .. })
+        ) {
+            self.stats.snapshot_misses += 1;
+        }
+        out.push(Output::SnapshotPart {
+            gateway,
+            read,
+            part,
+        });
+    }
+
+    /// Answers the waiting snapshot reads whose epoch is applied, and those past their
+    /// deadline (`NotYet`).
+    fn serve_waiting(&mut self, out: &mut Vec<Output>) {
+        let applied = self.applied_epoch();
+        let now = self.now;
+        let due: Vec<(Epoch, u64)> = self
+            .waiting
+            .iter()
+            .filter(|((epoch, _), w)| *epoch <= applied || w.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let w = self.waiting.remove(&key).expect("just listed");
+            // Planted bug `snapshot_wait_forever`: a read past its deadline waits again.
+            if self.bugs.snapshot_wait_forever && key.0 > applied {
+                let deadline = now.plus_us(SNAPSHOT_WAIT_US);
+                self.waiting.insert(key, WaitingRead { deadline, ..w });
+                continue;
+            }
+            self.answer_snapshot(w.gateway, w.read, w.at, &w.op, out);
+        }
+    }
+
+    /// This partition's answer to a snapshot read, now.
+    fn snapshot_part(&self, at: PartAt, op: &PartOp) -> SnapshotPart {
+        let applied = self.applied_epoch();
+        let oldest = self.versions.oldest();
+        let (epoch, wanted) = match at {
+            PartAt::Latest { not_before } => (applied, not_before),
+            PartAt::Epoch(e) => (e, e),
+        };
+        let answer = if wanted > applied {
+            Err(SnapshotError::NotYet {
+                asked: wanted,
+                partition: self.partition,
+                applied,
+            })
+        } else if epoch < oldest {
+            Err(SnapshotError::TooOld {
+                asked: epoch,
+                oldest,
+            })
+        } else {
+            self.read_snapshot(epoch, op)
+        };
+        SnapshotPart {
+            partition: self.partition,
+            applied,
+            oldest,
+            answer,
+        }
+    }
+
+    fn read_snapshot(&self, epoch: Epoch, op: &PartOp) -> Result<PartRows, SnapshotError> {
+        match op {
+            PartOp::Epoch => Ok(PartRows::Nothing),
+            PartOp::Get(keys) => {
+                if keys.len() > SNAPSHOT_KEYS_MAX {
+                    return Err(SnapshotError::Refused(format!(
+                        "{} keys asked; at most {SNAPSHOT_KEYS_MAX} per read",
+                        keys.len()
+                    )));
+                }
+                for key in keys {
+                    check_snapshot_key(key).map_err(SnapshotError::Refused)?;
+                }
+                let values = keys
+                    .iter()
+                    .map(|key| self.versions.get(&self.store, key, epoch))
+                    .collect();
+                Ok(PartRows::Values { epoch, values })
+            }
+            PartOp::Scan {
+                range,
+                after,
+                limit,
+            } => {
+                check_snapshot_key(&range.prefix).map_err(SnapshotError::Refused)?;
+                let limit = match *limit {
+                    0 => SCAN_ROWS_DEFAULT,
+                    n => n.min(SCAN_ROWS_MAX),
+                };
+                // Planted bug `snapshot_epoch_late`.
+                let read_at = match self.bugs.snapshot_epoch_late && self.partition.0 == 1 {
+                    true => Epoch(epoch.0 + 1).min(self.applied_epoch()),
+                    false => epoch,
+                };
+                let (rows, more) = self.versions.scan(
+                    &self.store,
+                    range,
+                    after.as_ref(),
+                    read_at,
+                    limit as usize,
+                    SCAN_CHUNK_BYTES_MAX,
+                );
+                Ok(PartRows::Rows { epoch, rows, more })
+            }
         }
     }
 
@@ -1048,6 +1288,7 @@ impl<S: Store> Machine for Executor<S> {
     type Output = Output;
 
     fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
+        self.now = now;
         let applied = self.next_epoch;
         match input {
             Input::Ack {
@@ -1119,7 +1360,15 @@ impl<S: Store> Machine for Executor<S> {
                 self.greet_peers(out);
                 self.poll_outbox(now, out);
             }
+            Input::SnapshotRead {
+                gateway,
+                read,
+                at,
+                op,
+            } => self.on_snapshot_read(gateway, read, at, op, out),
             Input::Tick => {
+                self.versions.reclaim(now);
+                self.serve_waiting(out);
                 self.poll_outbox(now, out);
                 let actions = self.feed.check(now, !self.is_idle());
                 if actions.resubscribe.is_some() {
@@ -1146,7 +1395,11 @@ impl<S: Store> Machine for Executor<S> {
             true => None,
             false => self.outbox.deadline(),
         };
-        [self.feed.deadline(), retry].into_iter().flatten().min()
+        let snapshot = self.waiting.values().map(|w| w.deadline).min();
+        [self.feed.deadline(), retry, snapshot]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

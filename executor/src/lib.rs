@@ -30,6 +30,7 @@ mod registry;
 mod schema;
 pub mod serial;
 pub mod service;
+mod snapshot;
 mod store;
 mod system;
 mod txn;
@@ -38,14 +39,17 @@ mod unwind;
 pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
-pub use executor::{Executor, ExecutorBugs, ExecutorStats, Input, Output};
+pub use executor::{
+    Executor, ExecutorBugs, ExecutorStats, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX,
+};
 pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};
 pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;
 pub use schema::SchemaError;
 pub use service::{CallFootprint, FieldType, Service, ServiceError, Table};
-pub use store::{MemStore, Store};
+pub use snapshot::{RETENTION_BYTES_DEFAULT, RETENTION_US_DEFAULT, Retention, VersionStats};
+pub use store::{MemStore, Store, range_rows};
 pub use system::{READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, is_system_key};
 pub use txn::{Effects, ReadView, Txn, VALUE_BYTES_MAX_DEFAULT, WriteSet};
 pub use unwind::{PANIC_MESSAGE_BYTES_MAX, in_procedure};

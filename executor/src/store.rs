@@ -3,7 +3,7 @@
 use crate::system::is_system_key;
 use detflow_protocol::{Epoch, Key, Value};
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 /// The ordered key-value state of a partition, read inline by the executor.
 ///
@@ -23,6 +23,22 @@ pub trait Store {
         self.scan_prefix(prefix)
             .into_iter()
             .filter(|(k, _)| k >= from)
+            .take(limit)
+            .collect()
+    }
+    /// At most `limit` user keys under `prefix` from `from` on, stopping before `to`,
+    /// with their values, ascending.
+    fn scan_range(
+        &self,
+        prefix: &Key,
+        from: Bound<&Key>,
+        to: Option<&Key>,
+        limit: usize,
+    ) -> Vec<(Key, Value)> {
+        self.scan_prefix(prefix)
+            .into_iter()
+            .filter(|(k, _)| (from, Bound::Unbounded).contains(k))
+            .take_while(|(k, _)| to.is_none_or(|to| k < to))
             .take(limit)
             .collect()
     }
@@ -118,6 +134,16 @@ impl Store for MemStore {
             .collect()
     }
 
+    fn scan_range(
+        &self,
+        prefix: &Key,
+        from: Bound<&Key>,
+        to: Option<&Key>,
+        limit: usize,
+    ) -> Vec<(Key, Value)> {
+        range_rows(self.space(prefix), prefix, from, to, limit)
+    }
+
     fn put(&mut self, key: Key, value: Value) {
         self.space_mut(&key).insert(key, value);
     }
@@ -148,6 +174,27 @@ pub(crate) fn first_in(map: &BTreeMap<Key, Value>, prefix: &Key) -> Option<(Key,
 pub(crate) fn scan_prefix(map: &BTreeMap<Key, Value>, prefix: &Key) -> Vec<(Key, Value)> {
     map.range((Bound::Included(prefix), Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// At most `limit` entries of `map` under `prefix` from `from` on, stopping before `to`.
+pub fn range_rows(
+    map: &BTreeMap<Key, Value>,
+    prefix: &Key,
+    from: Bound<&Key>,
+    to: Option<&Key>,
+    limit: usize,
+) -> Vec<(Key, Value)> {
+    let from = match from {
+        Bound::Included(k) if k < prefix => Bound::Included(prefix),
+        Bound::Excluded(k) if k < prefix => Bound::Included(prefix),
+        Bound::Unbounded => Bound::Included(prefix),
+        bound => bound,
+    };
+    map.range::<Key, _>((from, Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix) && to.is_none_or(|to| *k < to))
+        .take(limit)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

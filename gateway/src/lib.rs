@@ -13,6 +13,8 @@
 //!  Tick ─────────▶         ──▶ Reply::Unavailable to calls past their deadline
 //!  ReadStream ───▶         ──▶ StreamQuery to every replica of every partition
 //!  StreamPart ───▶         ──▶ StreamAnswer once a replica of every partition answered
+//!  SnapshotRead ─▶         ──▶ SnapshotQuery to a replica of each partition involved
+//!  SnapshotPart ─▶         ──▶ SnapshotAnswer once they answered at one epoch
 //! ```
 //!
 //! Every replica of a partition executes its plans, so a call's result comes from each
@@ -52,8 +54,10 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
+mod snapshot;
 
 pub use compare::Divergence;
+pub use snapshot::SNAPSHOT_READ_DEADLINE_US;
 
 use compare::Answered;
 use detflow_executor::Registry;
@@ -61,6 +65,7 @@ use detflow_protocol::mailbox::{
     DELIVER_PROCEDURE, Delivery, is_mailbox_client, letter_key, mailbox_client, mark_key,
 };
 use detflow_protocol::message::{Call, Rejection, Reply};
+use detflow_protocol::snapshot::{PartAt, PartOp, SnapshotPart, SnapshotRead, SnapshotReply};
 use detflow_protocol::stream::{
     Offset, STREAM_READ_EVENTS_DEFAULT, StreamPart, StreamReply, check_stream_name,
 };
@@ -69,6 +74,7 @@ use detflow_protocol::{
     RequestSeq, Time, Transaction, TxnResult,
 };
 use detflow_scheduler::PartitionMap;
+use snapshot::Snapshots;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -135,6 +141,20 @@ pub enum Input {
         /// The share.
         part: StreamPart,
     },
+    /// A client reads a snapshot (see [`detflow_protocol::snapshot`]).
+    SnapshotRead {
+        /// The driver's number for the waiting reader, echoed in the answer.
+        reader: u64,
+        /// The read.
+        read: SnapshotRead,
+    },
+    /// A partition's answer to a snapshot read.
+    SnapshotPart {
+        /// The gateway's number for the read.
+        read: u64,
+        /// The answer.
+        part: SnapshotPart,
+    },
 }
 
 /// An effect of the gateway.
@@ -177,6 +197,24 @@ pub enum Output {
         reader: u64,
         /// The answer.
         reply: StreamReply,
+    },
+    /// Ask a replica of a partition to read its state at an epoch.
+    SnapshotQuery {
+        /// The replica.
+        to: ExecutorId,
+        /// This gateway's number for the read.
+        read: u64,
+        /// Which epoch.
+        at: PartAt,
+        /// What.
+        op: PartOp,
+    },
+    /// Answer a snapshot reader.
+    SnapshotAnswer {
+        /// The driver's number for the reader.
+        reader: u64,
+        /// The answer.
+        reply: SnapshotReply,
     },
     /// Replicas of a partition reported different results for one call: a determinism
     /// failure, for the driver to report loudly.
@@ -244,6 +282,8 @@ pub struct GatewayStats {
     pub deliveries: u64,
     /// Stream reads answered with events (perhaps none).
     pub stream_reads: u64,
+    /// Snapshot reads answered, but for those that timed out.
+    pub snapshot_reads: u64,
     /// Later results that matched the answer given (replicas agreeing).
     pub results_compared: u64,
     /// Later results that differed from the answer given: determinism failures.
@@ -299,6 +339,8 @@ pub struct Gateway {
     /// Planted bug `answer_after_every_replica`: reports counted per call held.
     bug_reports: BTreeMap<CallId, usize>,
     stats: GatewayStats,
+    /// Snapshot reads in progress.
+    snapshots: Snapshots,
 }
 
 impl Gateway {
@@ -333,6 +375,7 @@ impl Gateway {
             bugs: GatewayBugs::default(),
             bug_reports: BTreeMap::new(),
             stats: GatewayStats::default(),
+            snapshots: Snapshots::default(),
         }
     }
 
@@ -379,6 +422,14 @@ impl Gateway {
         self.calls_in_flight_max = calls.max(1);
     }
 
+    /// Numbers this gateway's stream and snapshot reads from `first` on (default 1). A
+    /// driver gives each incarnation of a gateway numbers of its own, so that an answer to
+    /// a read of the previous incarnation, still on its way, matches no read of this one.
+    pub fn set_first_read_id(&mut self, first: u64) {
+        self.next_read = first.saturating_sub(1);
+        self.snapshots.set_first_id(first);
+    }
+
     /// Plants bugs (tests of the simulator's checkers only).
     pub fn set_bugs(&mut self, bugs: GatewayBugs) {
         self.bugs = bugs;
@@ -397,7 +448,19 @@ impl Gateway {
 
     /// Work counters.
     pub fn stats(&self) -> GatewayStats {
-        self.stats
+        GatewayStats {
+            snapshot_reads: self.snapshots.answered,
+            ..self.stats
+        }
+    }
+
+    fn snapshot_context(&self) -> snapshot::Context<'_> {
+        snapshot::Context {
+            me: self.id,
+            map: &self.map,
+            placement: &self.placement,
+            reads_max: self.calls_in_flight_max,
+        }
     }
 
     fn leader(&self) -> NodeId {
@@ -737,6 +800,7 @@ impl Gateway {
 
     /// Answers `Unavailable` to the calls and stream reads whose deadline passed by `now`.
     fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.snapshots.expire(now, out);
         while let Some(&(at, read)) = self.read_deadlines.first()
             && at <= now
         {
@@ -876,13 +940,26 @@ impl Machine for Gateway {
                 max,
             } => self.on_read_stream(now, reader, stream, from, max, out),
             Input::StreamPart { read, part } => self.on_stream_part(read, part, out),
+            Input::SnapshotRead { reader, read } => {
+                let mut snapshots = std::mem::take(&mut self.snapshots);
+                snapshots.start(&self.snapshot_context(), now, reader, read, out);
+                self.snapshots = snapshots;
+            }
+            Input::SnapshotPart { read, part } => {
+                let mut snapshots = std::mem::take(&mut self.snapshots);
+                snapshots.part(&self.snapshot_context(), read, part, out);
+                self.snapshots = snapshots;
+            }
         }
     }
 
     fn next_deadline(&self) -> Option<Time> {
         let calls = self.deadlines.first().map(|(at, _)| *at);
         let reads = self.read_deadlines.first().map(|(at, _)| *at);
-        [calls, reads].into_iter().flatten().min()
+        [calls, reads, self.snapshots.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -112,6 +112,26 @@ impl Default for NodeLimits {
     }
 }
 
+/// How much history each partition keeps for snapshot reads (`[snapshots]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshots {
+    /// How long an applied epoch stays readable, in milliseconds (default 10 000).
+    pub retention_ms: u64,
+    /// The most bytes of overwritten values a partition keeps for it (default 64 MiB);
+    /// past it the oldest epochs leave the window early.
+    pub retention_bytes: u64,
+}
+
+impl Default for Snapshots {
+    fn default() -> Snapshots {
+        Snapshots {
+            retention_ms: detflow_executor::RETENTION_US_DEFAULT / 1_000,
+            retention_bytes: detflow_executor::RETENTION_BYTES_DEFAULT as u64,
+        }
+    }
+}
+
 /// One node of the cluster, as every node's configuration lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -165,6 +185,9 @@ pub struct Config {
     /// Bounds on queues and waits.
     #[serde(default, skip_serializing_if = "is_default")]
     pub limits: NodeLimits,
+    /// The snapshot reads' retention window.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub snapshots: Snapshots,
     /// Every node of the cluster.
     pub cluster: Vec<NodeSpec>,
 }
@@ -397,6 +420,7 @@ mod tests {
             },
             access: Access::default(),
             limits: NodeLimits::default(),
+            snapshots: Snapshots::default(),
             cluster: vec![NodeSpec {
                 id: 1,
                 addr: "127.0.0.1:7001".parse().unwrap(),

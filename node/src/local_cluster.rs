@@ -201,6 +201,7 @@ impl Builder {
                     kv_txn_tables: kv_txn_tables.clone(),
                 },
                 limits: Default::default(),
+                snapshots: Default::default(),
                 cluster: specs.clone(),
             };
             if let Some(configure) = &self.configure {

@@ -86,6 +86,16 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.partition_lag.clone(),
     );
     registry.register(
+        "snapshot_retained_bytes",
+        "Bytes of overwritten values a partition keeps for snapshot reads at recent epochs.",
+        stats.snapshot_retained_bytes.clone(),
+    );
+    registry.register(
+        "snapshot_oldest_epoch",
+        "The oldest epoch a snapshot read of a partition may ask for.",
+        stats.snapshot_oldest_epoch.clone(),
+    );
+    registry.register(
         "determinism_failures",
         "Calls on which replicas of a partition reported different results.",
         stats.determinism_failures.clone(),

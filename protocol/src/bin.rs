@@ -47,6 +47,23 @@ pub mod list {
     }
 }
 
+/// `Vec<Option<Vec<u8>>>`, e.g. values or their absence, as an array of nil or `bin`.
+pub mod option_values {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    /// Serde `serialize_with` hook.
+    pub fn serialize<S: Serializer>(v: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| b.as_deref().map(Bytes::new)))
+    }
+
+    /// Serde `deserialize_with` hook.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+        Vec::<Option<ByteBuf>>::deserialize(d)
+            .map(|v| v.into_iter().map(|b| b.map(ByteBuf::into_vec)).collect())
+    }
+}
+
 /// `Vec<(K, Option<Vec<u8>>)>`, e.g. keys with their values or absence, as an array of
 /// `[key, nil | bin]` pairs.
 pub mod pairs_option {

@@ -13,6 +13,7 @@
 //! - [`replication`]: the log entries and messages the sequencer replicas exchange (Raft).
 //! - [`mailbox`]: asynchronous messages (letters) between services and their delivery.
 //! - [`stream`]: egress streams: events procedures publish, read from an offset.
+//! - [`snapshot`]: snapshot reads: the state after one epoch, without entering the log.
 //! - [`rng`]: the seeded generator every component draws from.
 
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod plan;
 pub mod replication;
 pub mod rng;
 pub mod session;
+pub mod snapshot;
 pub mod stream;
 pub mod txn;
 

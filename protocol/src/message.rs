@@ -194,6 +194,8 @@ pub enum ClientRequest {
         /// The most events wanted (0: the gateway's default).
         max: u32,
     },
+    /// Read a snapshot.
+    SnapshotRead(crate::snapshot::SnapshotRead),
 }
 
 /// Every message that travels between components. Variant names are wire tags.
@@ -307,6 +309,30 @@ pub enum Message {
         /// The call number.
         seq: RequestSeq,
     },
+    /// Gateway → client: the answer to [`Message::SnapshotRead`].
+    Snapshot(crate::snapshot::SnapshotReply),
+    /// Executor → gateway: its answer to a [`Message::SnapshotQuery`].
+    SnapshotPart {
+        /// The gateway's number for the read.
+        read: u64,
+        /// The answer.
+        part: crate::snapshot::SnapshotPart,
+    },
+    /// Gateway → executor: read this partition's state at an epoch.
+    SnapshotQuery {
+        /// The partition.
+        partition: PartitionId,
+        /// The gateway's number for the read.
+        read: u64,
+        /// The asking gateway.
+        gateway: NodeId,
+        /// Which epoch.
+        at: crate::snapshot::PartAt,
+        /// What.
+        op: crate::snapshot::PartOp,
+    },
+    /// Client → gateway: read a snapshot (answered [`Message::Snapshot`]).
+    SnapshotRead(crate::snapshot::SnapshotRead),
     /// Client → gateway: a call of a session this client opened. A node answers a bare
     /// [`Message::Call`] from a client with [`Rejection::ForeignSession`].
     SessionCall {
@@ -377,6 +403,8 @@ macro_rules! client_message {
             | $crate::message::Message::Reply { .. }
             | $crate::message::Message::SessionCall { .. }
             | $crate::message::Message::SessionOpened { .. }
+            | $crate::message::Message::Snapshot(_)
+            | $crate::message::Message::SnapshotRead(_)
             | $crate::message::Message::Status
             | $crate::message::Message::StatusReply(_)
     };
@@ -400,6 +428,8 @@ impl Message {
             | Message::RemoteReads { .. }
             | Message::Result { .. }
             | Message::ResultUnknown { .. }
+            | Message::SnapshotPart { .. }
+            | Message::SnapshotQuery { .. }
             | Message::StreamPart { .. }
             | Message::StreamQuery { .. }
             | Message::Submit(_)

@@ -31,6 +31,10 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::snapshot::{
+    At, PartAt, PartOp, PartRows, ScanRange, SnapshotError, SnapshotOp, SnapshotPart, SnapshotRead,
+    SnapshotReply,
+};
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
@@ -425,6 +429,116 @@ fn delivery() -> impl Strategy<Value = Delivery> + Clone {
         })
 }
 
+fn scan_range() -> impl Strategy<Value = ScanRange> + Clone {
+    (
+        key(),
+        proptest::option::of(key()),
+        proptest::option::of(key()),
+    )
+        .prop_map(|(prefix, from, to)| ScanRange { prefix, from, to })
+}
+
+fn snapshot_error() -> impl Strategy<Value = SnapshotError> + Clone {
+    prop_oneof![
+        (epoch(), epoch()).prop_map(|(asked, oldest)| SnapshotError::TooOld { asked, oldest }),
+        (epoch(), partition(), epoch()).prop_map(|(asked, partition, applied)| {
+            SnapshotError::NotYet {
+                asked,
+                partition,
+                applied,
+            }
+        }),
+        Just(SnapshotError::Unavailable),
+        text().prop_map(SnapshotError::Refused),
+    ]
+}
+
+fn values() -> impl Strategy<Value = Vec<Option<Vec<u8>>>> + Clone {
+    vec(proptest::option::of(bytes(8)), 0..3)
+}
+
+fn rows() -> impl Strategy<Value = Vec<(Key, Vec<u8>)>> + Clone {
+    vec((key(), bytes(8)), 0..3)
+}
+
+fn snapshot_read() -> impl Strategy<Value = SnapshotRead> + Clone {
+    let at = prop_oneof![
+        epoch().prop_map(|not_before| At::Latest { not_before }),
+        epoch().prop_map(At::Epoch),
+    ];
+    let op = prop_oneof![
+        vec(key(), 0..3).prop_map(SnapshotOp::Get),
+        (
+            partition(),
+            scan_range(),
+            proptest::option::of(key()),
+            any::<u32>()
+        )
+            .prop_map(|(partition, range, after, limit)| SnapshotOp::Scan {
+                partition,
+                range,
+                after,
+                limit
+            }),
+        Just(SnapshotOp::Epoch),
+    ];
+    (at, op).prop_map(|(at, op)| SnapshotRead { at, op })
+}
+
+fn snapshot_reply() -> impl Strategy<Value = SnapshotReply> + Clone {
+    prop_oneof![
+        (epoch(), values()).prop_map(|(epoch, values)| SnapshotReply::Values { epoch, values }),
+        (epoch(), rows(), any::<bool>()).prop_map(|(epoch, rows, more)| SnapshotReply::Rows {
+            epoch,
+            rows,
+            more
+        }),
+        (epoch(), any::<u32>())
+            .prop_map(|(epoch, partitions)| SnapshotReply::Epoch { epoch, partitions }),
+        snapshot_error().prop_map(SnapshotReply::Failed),
+    ]
+}
+
+fn snapshot_part() -> impl Strategy<Value = SnapshotPart> + Clone {
+    let rows = prop_oneof![
+        (epoch(), values()).prop_map(|(epoch, values)| PartRows::Values { epoch, values }),
+        (epoch(), rows(), any::<bool>()).prop_map(|(epoch, rows, more)| PartRows::Rows {
+            epoch,
+            rows,
+            more
+        }),
+        Just(PartRows::Nothing),
+    ];
+    let answer = prop_oneof![rows.prop_map(Ok), snapshot_error().prop_map(Err)];
+    (partition(), epoch(), epoch(), answer).prop_map(|(partition, applied, oldest, answer)| {
+        SnapshotPart {
+            partition,
+            applied,
+            oldest,
+            answer,
+        }
+    })
+}
+
+fn part_query() -> impl Strategy<Value = (PartAt, PartOp)> + Clone {
+    let at = prop_oneof![
+        epoch().prop_map(|not_before| PartAt::Latest { not_before }),
+        epoch().prop_map(PartAt::Epoch),
+    ];
+    let op = prop_oneof![
+        vec(key(), 0..3).prop_map(PartOp::Get),
+        (scan_range(), proptest::option::of(key()), any::<u32>()).prop_map(
+            |(range, after, limit)| PartOp::Scan {
+                range,
+                after,
+                limit
+            }
+        ),
+        Just(PartOp::Epoch),
+    ];
+    (at, op)
+}
+
 fn token() -> impl Strategy<Value = SessionToken> + Clone {
     any::<[u8; 16]>().prop_map(SessionToken)
 }
@@ -530,6 +644,19 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             }
         }),
         (client(), request_seq()).prop_map(|(client, seq)| Message::ResultUnknown { client, seq }),
+        snapshot_reply().prop_map(Message::Snapshot),
+        (any::<u64>(), snapshot_part())
+            .prop_map(|(read, part)| Message::SnapshotPart { read, part }),
+        (partition(), any::<u64>(), node(), part_query()).prop_map(
+            |(partition, read, gateway, (at, op))| Message::SnapshotQuery {
+                partition,
+                read,
+                gateway,
+                at,
+                op,
+            }
+        ),
+        snapshot_read().prop_map(Message::SnapshotRead),
         Just(Message::Status),
         node_status().prop_map(Message::StatusReply),
         transaction().prop_map(|txn| Message::Submit(Arc::new(txn))),
@@ -544,7 +671,7 @@ fn message() -> impl Strategy<Value = Message> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 24] = [
+const MESSAGE_VARIANTS: [&str; 28] = [
     "Ack",
     "Call",
     "Deliver",
@@ -565,6 +692,10 @@ const MESSAGE_VARIANTS: [&str; 24] = [
     "ResultUnknown",
     "SessionCall",
     "SessionOpened",
+    "Snapshot",
+    "SnapshotPart",
+    "SnapshotQuery",
+    "SnapshotRead",
     "Status",
     "StatusReply",
     "Submit",
@@ -593,6 +724,10 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::ResultUnknown { .. } => "ResultUnknown",
         Message::SessionCall { .. } => "SessionCall",
         Message::SessionOpened { .. } => "SessionOpened",
+        Message::Snapshot(_) => "Snapshot",
+        Message::SnapshotPart { .. } => "SnapshotPart",
+        Message::SnapshotQuery { .. } => "SnapshotQuery",
+        Message::SnapshotRead(_) => "SnapshotRead",
         Message::Status => "Status",
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",

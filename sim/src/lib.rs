@@ -86,6 +86,11 @@ pub struct SeedReport {
     pub faults: FaultCounts,
     /// Replicas of each partition in the run.
     pub partition_replicas: u32,
+    /// Snapshot reads answered and checked against the serial state: gets, then
+    /// whole-table scans.
+    pub snapshot_reads: (u64, u64),
+    /// Snapshot reads answered with an error (too old, not yet applied, unavailable).
+    pub snapshot_misses: u64,
 }
 
 impl SeedReport {
@@ -118,6 +123,8 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
                 virtual_us: 0,
                 faults: FaultCounts::default(),
                 partition_replicas: config.partition_replicas,
+                snapshot_reads: (0, 0),
+                snapshot_misses: 0,
             });
         }
     };
@@ -134,6 +141,15 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
         virtual_us: run.end.0,
         faults: run.faults,
         partition_replicas: run.partition_replicas,
+        snapshot_reads: run.snapshot_readers.iter().fold((0, 0), |(g, s), r| {
+            let scans = r
+                .records
+                .iter()
+                .filter(|x| matches!(x, world::SnapshotRecord::Scan { .. }))
+                .count() as u64;
+            (g + r.records.len() as u64 - scans, s + scans)
+        }),
+        snapshot_misses: run.snapshot_readers.iter().map(|r| r.misses).sum(),
     })
 }
 

@@ -105,6 +105,12 @@ enum Bug {
     SkipOneWrite,
     /// A partition replica other than the first sends reads from a stale position.
     StaleRemoteReads,
+    /// Partition 1 answers snapshot scans one epoch later than asked.
+    SnapshotEpochLate,
+    /// Executors reclaim one epoch's versions more than the retention window allows.
+    ReclaimInsideWindow,
+    /// Executors hold snapshot reads of epochs not applied yet past their deadline.
+    SnapshotWaitForever,
     /// A gateway answers a call only once every replica of its partition reported it.
     AnswerAfterEveryReplica,
     /// The leader commits an entry of an earlier term on a majority (Raft's Figure 8).
@@ -144,6 +150,9 @@ impl Bug {
             Bug::ReuseSeqAfterRetry => "reuse-seq-after-retry",
             Bug::SkipOneWrite => "skip-one-write",
             Bug::StaleRemoteReads => "stale-remote-reads",
+            Bug::SnapshotEpochLate => "snapshot-epoch-late",
+            Bug::ReclaimInsideWindow => "reclaim-inside-window",
+            Bug::SnapshotWaitForever => "snapshot-wait-forever",
             Bug::AnswerAfterEveryReplica => "answer-after-every-replica",
             Bug::CommitEarlierTerm => "commit-earlier-term",
             Bug::VoteBeforeDurable => "vote-before-durable",
@@ -284,6 +293,9 @@ fn run(args: RunArgs) -> Result<bool> {
         no_delivery_retry: matches!(args.bug, Some(Bug::NoDeliveryRetry)),
         skip_one_write: matches!(args.bug, Some(Bug::SkipOneWrite)),
         stale_remote_reads: matches!(args.bug, Some(Bug::StaleRemoteReads)),
+        snapshot_epoch_late: matches!(args.bug, Some(Bug::SnapshotEpochLate)),
+        reclaim_inside_window: matches!(args.bug, Some(Bug::ReclaimInsideWindow)),
+        snapshot_wait_forever: matches!(args.bug, Some(Bug::SnapshotWaitForever)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),
@@ -297,6 +309,7 @@ fn run(args: RunArgs) -> Result<bool> {
     let mut faults = FaultCounts::default();
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
+    let mut snapshots = (0u64, 0u64, 0u64);
     let mut last_digest = None;
     let progress_every = (count / 20).max(1);
     // Progress goes to a terminal only; logs and CI get the summary.
@@ -327,6 +340,9 @@ fn run(args: RunArgs) -> Result<bool> {
             }
         }
         faults.add(&report.faults);
+        snapshots.0 += report.snapshot_reads.0;
+        snapshots.1 += report.snapshot_reads.1;
+        snapshots.2 += report.snapshot_misses;
         for (total, n) in totals.iter_mut().zip([
             report.calls,
             report.committed,
@@ -366,6 +382,11 @@ fn run(args: RunArgs) -> Result<bool> {
     println!(
         "calls: {calls} ({committed} committed, {aborted} aborted, {} refused before ordering); epochs: {epochs}",
         calls - committed - aborted
+    );
+    println!(
+        "snapshot reads checked: {} gets, {} whole-table scans; {} answered too old, not yet \
+         applied or unavailable",
+        snapshots.0, snapshots.1, snapshots.2
     );
     if fault_config.any() {
         println!("{faults}");

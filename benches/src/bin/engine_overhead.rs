@@ -272,6 +272,7 @@ impl Pipeline {
                 Output::ResultUnknown { .. } => bail!("a result query nobody made"),
                 Output::Deliver { .. } => bail!("a delivery of letters, but no gateway is set"),
                 Output::StreamPart { .. } => bail!("a stream read nobody made"),
+                Output::SnapshotPart { .. } => bail!("a snapshot read nobody made"),
                 // One replica per partition, on node 0 (the default placement).
                 Output::SendAck { to, durable } => To::Executor(
                     to.partition,

@@ -48,6 +48,10 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::snapshot::{
+    At, PartAt, PartOp, PartRows, ScanRange, SnapshotError, SnapshotOp, SnapshotPart, SnapshotRead,
+    SnapshotReply,
+};
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
@@ -1104,7 +1108,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 24;
+const MESSAGE_VARIANTS: usize = 28;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1246,11 +1250,126 @@ fn message(rng: &mut DetRng) -> Message {
             from: offset(rng),
             max: rng.next_u64() as u32,
         },
+        23 => Message::Snapshot(match rng.below(4) {
+            0 => SnapshotReply::Values {
+                epoch: epoch(rng),
+                values: snapshot_values(rng),
+            },
+            1 => SnapshotReply::Rows {
+                epoch: epoch(rng),
+                rows: snapshot_rows(rng),
+                more: rng.chance(0.5),
+            },
+            2 => SnapshotReply::Epoch {
+                epoch: epoch(rng),
+                partitions: rng.next_u64() as u32,
+            },
+            _ => SnapshotReply::Failed(snapshot_error(rng)),
+        }),
+        24 => Message::SnapshotPart {
+            read: rng.next_u64(),
+            part: SnapshotPart {
+                partition: partition(rng),
+                applied: epoch(rng),
+                oldest: epoch(rng),
+                answer: match rng.below(4) {
+                    0 => Ok(PartRows::Values {
+                        epoch: epoch(rng),
+                        values: snapshot_values(rng),
+                    }),
+                    1 => Ok(PartRows::Rows {
+                        epoch: epoch(rng),
+                        rows: snapshot_rows(rng),
+                        more: rng.chance(0.5),
+                    }),
+                    2 => Ok(PartRows::Nothing),
+                    _ => Err(snapshot_error(rng)),
+                },
+            },
+        },
+        25 => Message::SnapshotQuery {
+            partition: partition(rng),
+            read: rng.next_u64(),
+            gateway: node(rng),
+            at: match rng.chance(0.5) {
+                true => PartAt::Latest {
+                    not_before: epoch(rng),
+                },
+                false => PartAt::Epoch(epoch(rng)),
+            },
+            op: match rng.below(3) {
+                0 => PartOp::Get(snapshot_keys(rng)),
+                1 => PartOp::Scan {
+                    range: scan_range(rng),
+                    after: rng.chance(0.5).then(|| key(rng)),
+                    limit: rng.next_u64() as u32,
+                },
+                _ => PartOp::Epoch,
+            },
+        },
+        26 => Message::SnapshotRead(SnapshotRead {
+            at: match rng.chance(0.5) {
+                true => At::Latest {
+                    not_before: epoch(rng),
+                },
+                false => At::Epoch(epoch(rng)),
+            },
+            op: match rng.below(3) {
+                0 => SnapshotOp::Get(snapshot_keys(rng)),
+                1 => SnapshotOp::Scan {
+                    partition: partition(rng),
+                    range: scan_range(rng),
+                    after: rng.chance(0.5).then(|| key(rng)),
+                    limit: rng.next_u64() as u32,
+                },
+                _ => SnapshotOp::Epoch,
+            },
+        }),
         _ => Message::Subscribe {
             partition: partition(rng),
             node: node(rng),
             from: epoch(rng),
         },
+    }
+}
+
+fn snapshot_keys(rng: &mut DetRng) -> Vec<Key> {
+    (0..rng.below(3)).map(|_| key(rng)).collect()
+}
+
+fn snapshot_values(rng: &mut DetRng) -> Vec<Option<Vec<u8>>> {
+    (0..rng.below(3))
+        .map(|_| rng.chance(0.5).then(|| bytes(rng, 8)))
+        .collect()
+}
+
+fn snapshot_rows(rng: &mut DetRng) -> Vec<(Key, Vec<u8>)> {
+    (0..rng.below(3))
+        .map(|_| (key(rng), bytes(rng, 8)))
+        .collect()
+}
+
+fn scan_range(rng: &mut DetRng) -> ScanRange {
+    ScanRange {
+        prefix: key(rng),
+        from: rng.chance(0.5).then(|| key(rng)),
+        to: rng.chance(0.5).then(|| key(rng)),
+    }
+}
+
+fn snapshot_error(rng: &mut DetRng) -> SnapshotError {
+    match rng.below(4) {
+        0 => SnapshotError::TooOld {
+            asked: epoch(rng),
+            oldest: epoch(rng),
+        },
+        1 => SnapshotError::NotYet {
+            asked: epoch(rng),
+            partition: partition(rng),
+            applied: epoch(rng),
+        },
+        2 => SnapshotError::Unavailable,
+        _ => SnapshotError::Refused(text(rng)),
     }
 }
 
@@ -1278,6 +1397,10 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::ResultUnknown { .. } => "ResultUnknown",
         Message::SessionCall { .. } => "SessionCall",
         Message::SessionOpened { .. } => "SessionOpened",
+        Message::Snapshot(_) => "Snapshot",
+        Message::SnapshotPart { .. } => "SnapshotPart",
+        Message::SnapshotQuery { .. } => "SnapshotQuery",
+        Message::SnapshotRead(_) => "SnapshotRead",
         Message::Status => "Status",
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",

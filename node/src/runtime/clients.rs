@@ -11,6 +11,7 @@ use crate::transport::{Connection, FrameReader, FrameWriter};
 use detflow_executor::Registry;
 use detflow_protocol::NodeId;
 use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
+use detflow_protocol::snapshot::{SnapshotError, SnapshotRead, SnapshotReply};
 use detflow_protocol::stream::{Offset, StreamReply};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +149,9 @@ impl ClientService {
             ClientRequest::ReadStream { stream, from, max } => {
                 return Message::Events(self.read_stream(stream, from, max).await);
             }
+            ClientRequest::SnapshotRead(read) => {
+                return Message::Snapshot(self.read_snapshot(read).await);
+            }
             ClientRequest::SessionCall { token, call } => {
                 let (client, seq) = (call.client, call.seq);
                 let reply = if !self.sessions.verify(client, fingerprint, &token) {
@@ -198,6 +202,19 @@ impl ClientService {
         };
         self.router.deliver(gateway, read);
         rx.await.unwrap_or(StreamReply::Unavailable)
+    }
+
+    /// Hands a snapshot read to the gateway and waits for its answer (by the read's
+    /// deadline at the latest). Any client of the cluster may read any user table.
+    async fn read_snapshot(&self, read: SnapshotRead) -> SnapshotReply {
+        let unavailable = SnapshotReply::Failed(SnapshotError::Unavailable);
+        let Some(gateway) = &self.router.gateway else {
+            return unavailable;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .deliver(gateway, Event::ClientSnapshot { read, reply: tx });
+        rx.await.unwrap_or(unavailable)
     }
 
     fn refuse(&self, rejection: Rejection) -> Reply {

@@ -64,6 +64,11 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
             read,
             part,
         } => router.to_gateway(gateway, Message::StreamPart { read, part }),
+        Output::SnapshotPart {
+            gateway,
+            read,
+            part,
+        } => router.to_gateway(gateway, Message::SnapshotPart { read, part }),
         Output::Deliver { gateway, delivery } => {
             router.to_gateway(gateway, Message::Deliver(delivery));
         }
@@ -183,6 +188,18 @@ pub(super) async fn executor_task(
                     node,
                     durable,
                 },
+                Event::Msg(Message::SnapshotQuery {
+                    read,
+                    gateway,
+                    at,
+                    op,
+                    ..
+                }) => Input::SnapshotRead {
+                    gateway,
+                    read,
+                    at,
+                    op,
+                },
                 Event::Msg(Message::StreamQuery {
                     read,
                     gateway,
@@ -244,6 +261,15 @@ pub(super) async fn executor_task(
         stats.partition_next_epoch.get_or_create(&label).set(next);
         let lag = stats.commit.get().saturating_sub(next.saturating_sub(1));
         stats.partition_lag.get_or_create(&label).set(lag);
+        let versions = executor.version_stats();
+        stats
+            .snapshot_retained_bytes
+            .get_or_create(&label)
+            .set(versions.bytes);
+        stats
+            .snapshot_oldest_epoch
+            .get_or_create(&label)
+            .set(versions.oldest.0);
         let s = executor.stats();
         let dropped = s.peer_inputs_dropped + s.plans_dropped + s.reads_refused;
         if dropped != published_drops {

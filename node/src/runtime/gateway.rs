@@ -8,6 +8,7 @@ use detflow_gateway::{self as gateway, Gateway};
 use detflow_protocol::CallId;
 use detflow_protocol::Machine;
 use detflow_protocol::message::{Message, Reply};
+use detflow_protocol::snapshot::SnapshotReply;
 use detflow_protocol::stream::StreamReply;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub(super) async fn gateway_task(
 ) {
     let mut waiting: BTreeMap<CallId, Waiting> = BTreeMap::new();
     let mut readers: BTreeMap<u64, oneshot::Sender<StreamReply>> = BTreeMap::new();
+    let mut snapshot_readers: BTreeMap<u64, oneshot::Sender<SnapshotReply>> = BTreeMap::new();
     let mut next_reader = 0u64;
     let mut out = Vec::new();
     let mut timed_out = 0;
@@ -83,6 +85,17 @@ pub(super) async fn gateway_task(
             }
             Some(Event::Msg(Message::StreamPart { read, part })) => {
                 gateway::Input::StreamPart { read, part }
+            }
+            Some(Event::ClientSnapshot { read, reply }) => {
+                next_reader += 1;
+                snapshot_readers.insert(next_reader, reply);
+                gateway::Input::SnapshotRead {
+                    reader: next_reader,
+                    read,
+                }
+            }
+            Some(Event::Msg(Message::SnapshotPart { read, part })) => {
+                gateway::Input::SnapshotPart { read, part }
             }
             Some(Event::Msg(Message::NotLeader { from, txn, leader })) => {
                 gateway::Input::NotLeader { from, txn, leader }
@@ -125,6 +138,21 @@ pub(super) async fn gateway_task(
                         max,
                     };
                     router.to_executor(to, msg);
+                }
+                gateway::Output::SnapshotQuery { to, read, at, op } => {
+                    let msg = Message::SnapshotQuery {
+                        partition: to.partition,
+                        read,
+                        gateway: router.me,
+                        at,
+                        op,
+                    };
+                    router.to_executor(to, msg);
+                }
+                gateway::Output::SnapshotAnswer { reader, reply } => {
+                    if let Some(waiter) = snapshot_readers.remove(&reader) {
+                        let _ = waiter.send(reply);
+                    }
                 }
                 gateway::Output::StreamAnswer { reader, reply } => {
                     if let Some(waiter) = readers.remove(&reader) {

@@ -82,6 +82,11 @@ pub(crate) enum Event {
         max: u32,
         reply: oneshot::Sender<detflow_protocol::stream::StreamReply>,
     },
+    /// A client's snapshot read, answered through `reply`.
+    ClientSnapshot {
+        read: detflow_protocol::snapshot::SnapshotRead,
+        reply: oneshot::Sender<detflow_protocol::snapshot::SnapshotReply>,
+    },
 }
 
 type Inbox = mpsc::Sender<Event>;
@@ -95,6 +100,16 @@ type Starter = Box<
 /// Time since the node started, as the machines see it.
 #[derive(Clone, Copy)]
 struct Clock(Instant);
+
+/// Where this process's gateway numbers its reads: the wall clock in microseconds, so a
+/// restarted node's reads do not reuse the numbers of its previous run, whose answers may
+/// still be on their way.
+fn first_read_id() -> u64 {
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 1))
+}
 
 impl Clock {
     fn now(&self) -> Time {
@@ -237,6 +252,10 @@ impl Node {
                 Executor::new(partition, config.partitions(), registry.clone(), store);
             executor.set_placement(me, placement.clone());
             executor.set_plan_sources(config.replicas());
+            executor.set_retention(detflow_executor::Retention {
+                us: config.snapshots.retention_ms.saturating_mul(1_000),
+                bytes_max: usize::try_from(config.snapshots.retention_bytes).unwrap_or(usize::MAX),
+            });
             // This node's own gateway first: no hop while it lives.
             let mut gateways = config.gateways();
             gateways.sort_by_key(|g| *g != me);
@@ -252,6 +271,7 @@ impl Node {
             let mut gateway =
                 Gateway::new(me, registry.clone(), map.clone(), config.replicas(), 4096);
             gateway.set_placement(placement.clone());
+            gateway.set_first_read_id(first_read_id());
             gateway.set_call_deadline_us(limits.call_deadline_ms.saturating_mul(1_000));
             gateway.set_calls_in_flight_max(limits.calls_in_flight_max);
             let stats = stats.clone();

@@ -45,7 +45,9 @@ pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
         | Message::Result { .. }
         | Message::ResultUnknown { .. }
         | Message::StreamPart { .. }
-        | Message::StreamQuery { .. } => ChannelHeader::Results,
+        | Message::StreamQuery { .. }
+        | Message::SnapshotPart { .. }
+        | Message::SnapshotQuery { .. } => ChannelHeader::Results,
         // No task sends these to a node (and a node refuses them on any channel); they are
         // named here only so a new variant cannot slip onto a channel unnoticed.
         client_message!() => ChannelHeader::Results,
@@ -101,11 +103,12 @@ impl Router {
             Message::RemoteReads { to, .. }
             | Message::Ack { to, .. }
             | Message::Hello { to, .. } => self.executors.get(to),
-            Message::Query { partition, .. } | Message::StreamQuery { partition, .. } => {
-                self.executors.get(partition)
-            }
+            Message::Query { partition, .. }
+            | Message::StreamQuery { partition, .. }
+            | Message::SnapshotQuery { partition, .. } => self.executors.get(partition),
             Message::Deliver(_)
             | Message::StreamPart { .. }
+            | Message::SnapshotPart { .. }
             | Message::Duplicate { .. }
             | Message::NotLeader { .. }
             | Message::Result { .. }
@@ -199,6 +202,14 @@ impl Router {
             Message::StreamPart { part, .. } => check(
                 hosts(&part.partition),
                 "a stream share of a partition it does not host",
+            ),
+            Message::SnapshotQuery { gateway, .. } => check(
+                spec.gateway && *gateway == sender,
+                "a snapshot query on behalf of another gateway",
+            ),
+            Message::SnapshotPart { part, .. } => check(
+                hosts(&part.partition),
+                "a snapshot answer of a partition it does not host",
             ),
             Message::Query { gateway, .. } => check(
                 spec.gateway && *gateway == sender,

@@ -93,6 +93,10 @@ pub struct NodeStats {
     /// Per partition: epochs this node's replica trails the local sequencer replica's
     /// commit epoch (0 without a local sequencer replica).
     pub partition_lag: Family<PartitionLabel, CountGauge>,
+    /// Per partition: bytes of overwritten values kept for snapshot reads.
+    pub snapshot_retained_bytes: Family<PartitionLabel, CountGauge>,
+    /// Per partition: the oldest epoch a snapshot read may ask for.
+    pub snapshot_oldest_epoch: Family<PartitionLabel, CountGauge>,
     /// Aborts by reason (`user`, `outside_footprint`, …).
     pub aborts_by_reason: Family<ReasonLabel, Counter>,
     /// Call latency at the gateway in seconds, from the call's arrival to its reply.
@@ -132,6 +136,8 @@ impl Default for NodeStats {
             partitions: Mutex::default(),
             partition_next_epoch: Family::default(),
             partition_lag: Family::default(),
+            snapshot_retained_bytes: Family::default(),
+            snapshot_oldest_epoch: Family::default(),
             aborts_by_reason: Family::default(),
             call_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
             epoch_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),

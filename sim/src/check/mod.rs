@@ -12,6 +12,7 @@ pub(crate) mod partition_replicas;
 pub(crate) mod placement;
 pub(crate) mod raft;
 pub(crate) mod serial;
+pub(crate) mod snapshots;
 pub(crate) mod streams;
 pub(crate) mod valid_calls;
 
@@ -43,6 +44,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(serial::compare(run, &reference, &state));
     failures.extend(letters::check(run, &reference));
     failures.extend(streams::check(run, &reference));
+    failures.extend(snapshots::check(run, &reference));
     let executed: Vec<_> = reference
         .executed
         .iter()

@@ -58,6 +58,8 @@ pub(crate) struct Reference {
     pub(crate) letters_consumed: Vec<(Position, PartitionId, u64)>,
     /// Events published, by stream, in offset order.
     pub(crate) events: BTreeMap<String, Vec<StreamEvent>>,
+    /// Snapshot reads whose answer differs from the state after their epoch.
+    pub(crate) snapshot_failures: Vec<String>,
 }
 
 /// Executes the run's log on one map, with the workload's procedures and its own verdict
@@ -73,7 +75,17 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
     let mut letters_sent = BTreeMap::new();
     let mut letters_consumed = Vec::new();
     let mut events: BTreeMap<String, Vec<StreamEvent>> = BTreeMap::new();
+    // Snapshot reads are judged against the state after their epoch: before the first
+    // batch of a later epoch runs.
+    let mut reads = crate::check::snapshots::by_epoch(run);
+    let mut snapshot_failures = Vec::new();
     for batch in &run.log {
+        while let Some(entry) = reads.first_entry()
+            && *entry.key() < batch.epoch
+        {
+            let (epoch, records) = entry.remove_entry();
+            crate::check::snapshots::judge(epoch, &records, serial.state(), &mut snapshot_failures);
+        }
         for (i, txn) in batch.txns.iter().enumerate() {
             let position = Position::new(batch.epoch, i as u32);
             // The footprint as the procedure declares it for these arguments. One that
@@ -126,7 +138,11 @@ pub(crate) fn replay(run: &Outcome) -> Reference {
             outcomes.insert(position, outcome);
         }
     }
+    for (epoch, records) in reads {
+        crate::check::snapshots::judge(epoch, &records, serial.state(), &mut snapshot_failures);
+    }
     Reference {
+        snapshot_failures,
         executed,
         outcomes,
         state: serial.into_state(),

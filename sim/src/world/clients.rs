@@ -137,6 +137,9 @@ impl World {
         if let Some(issued) = self.calls.get(&call).map(|r| r.issued) {
             self.check_one_down_call(call, issued);
         }
+        if let Reply::Done { position, .. } = &reply {
+            self.last_done_epoch = self.last_done_epoch.max(position.epoch);
+        }
         let node = &mut self.clients[c as usize];
         node.timer = Timer::default();
         let answer = match &reply {

@@ -36,6 +36,18 @@ impl World {
                 }
             }
             Msg::RemoteReads { reads, .. } => Input::RemoteReads(reads),
+            Msg::SnapshotQuery {
+                read,
+                gateway,
+                at,
+                op,
+                ..
+            } => Input::SnapshotRead {
+                gateway,
+                read,
+                at,
+                op,
+            },
             Msg::StreamQuery {
                 read,
                 gateway,
@@ -121,6 +133,14 @@ impl World {
                     part,
                 } => {
                     let msg = Msg::StreamPart { read, part };
+                    self.send(me, Addr::Gateway(gateway.0 - 200), msg);
+                }
+                Output::SnapshotPart {
+                    gateway,
+                    read,
+                    part,
+                } => {
+                    let msg = Msg::SnapshotPart { read, part };
                     self.send(me, Addr::Gateway(gateway.0 - 200), msg);
                 }
                 Output::Deliver { gateway, delivery } => {

@@ -35,6 +35,16 @@ impl World {
                 }
             }
             Msg::StreamPart { read, part } => Input::StreamPart { read, part },
+            Msg::SnapshotRead(read) => {
+                let Addr::SnapshotReader(i) = from else {
+                    return;
+                };
+                Input::SnapshotRead {
+                    reader: u64::from(i),
+                    read,
+                }
+            }
+            Msg::SnapshotPart { read, part } => Input::SnapshotPart { read, part },
             Msg::Result {
                 from,
                 result,
@@ -92,6 +102,20 @@ impl World {
                         max,
                     };
                     self.send_to_executor(Addr::Gateway(g), to, msg);
+                }
+                Output::SnapshotQuery { to, read, at, op } => {
+                    let msg = Msg::SnapshotQuery {
+                        partition: to.partition,
+                        read,
+                        gateway: gateway_id(g),
+                        at,
+                        op,
+                    };
+                    self.send_to_executor(Addr::Gateway(g), to, msg);
+                }
+                Output::SnapshotAnswer { reader, reply } => {
+                    let to = Addr::SnapshotReader(reader as u32);
+                    self.send(Addr::Gateway(g), to, Msg::Snapshot(reply));
                 }
                 Output::StreamAnswer { reader, reply } => {
                     let to = Addr::Reader(reader as u32);

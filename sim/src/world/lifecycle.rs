@@ -9,7 +9,7 @@ impl World {
             return;
         }
         match addr {
-            Addr::Client(_) | Addr::Reader(_) => {}
+            Addr::Client(_) | Addr::Reader(_) | Addr::SnapshotReader(_) => {}
             Addr::Replica(r) => self.start_replica(r),
             Addr::Executor(p) => self.start_executor(p),
             Addr::Gateway(g) => {
@@ -24,6 +24,7 @@ impl World {
                     FOOTPRINT_ENTRIES_MAX,
                 );
                 gateway.set_placement(self.placement.clone());
+                gateway.set_first_read_id((node.incarnation << 32) | 1);
                 gateway.set_bugs(self.config.gateway_bugs);
                 node.machine = Some(gateway);
             }
@@ -75,6 +76,7 @@ impl World {
         machine.set_placement(id.node, self.placement.clone());
         machine.set_bugs(self.config.executor_bugs);
         machine.set_reads_ahead_epochs(self.timing.reads_ahead_epochs);
+        machine.set_retention(self.timing.retention);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
         // Executors spread their deliveries over the gateways.
         let gateways = self.config.gateways;
@@ -99,7 +101,7 @@ impl World {
         self.counts.crashes += 1;
         let tear = self.rng.chance(self.plan.tear_chance);
         match addr {
-            Addr::Client(_) | Addr::Reader(_) => {}
+            Addr::Client(_) | Addr::Reader(_) | Addr::SnapshotReader(_) => {}
             Addr::Replica(r) => {
                 let node = &mut self.replicas[r as usize];
                 node.machine = None;

@@ -40,8 +40,10 @@ mod lifecycle;
 mod network;
 mod readers;
 mod replicas;
+mod snapshots;
 
 pub(crate) use readers::Reader;
+pub(crate) use snapshots::{SnapshotReader, SnapshotRecord};
 
 /// A simulated component's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,6 +51,8 @@ pub(crate) enum Addr {
     Client(u32),
     /// A consumer of a stream the workload publishes to.
     Reader(u32),
+    /// A reader of snapshots.
+    SnapshotReader(u32),
     Executor(u32),
     Gateway(u32),
     Replica(u32),
@@ -74,6 +78,8 @@ enum Event {
     FaultTick,
     /// A stream reader reads again (or gives up on a read that got no answer).
     ReaderWake(u32),
+    /// A snapshot reader reads again (or gives up on a read that got no answer).
+    SnapshotWake(u32),
     GatewayTimer {
         g: u32,
         incarnation: u64,
@@ -253,6 +259,9 @@ struct Timing {
     /// How far ahead of a peer replica's acknowledgements an executor sends it reads: the
     /// default, or windows small enough that replicas behind wait for them often.
     reads_ahead_epochs: u64,
+    /// How much history executors keep for snapshot reads: the default, or little enough
+    /// that reads at old epochs meet the window's edge.
+    retention: detflow_executor::Retention,
 }
 
 /// Everything a finished run leaves for the checkers.
@@ -279,6 +288,8 @@ pub(crate) struct Outcome {
     pub(crate) letters_pending: Vec<(ExecutorId, u64)>,
     /// What each stream reader read.
     pub(crate) readers: Vec<Reader>,
+    /// What each snapshot reader read.
+    pub(crate) snapshot_readers: Vec<SnapshotReader>,
     /// The registry the run used.
     pub(crate) registry: Arc<Registry>,
     /// The partition map the run used.
@@ -422,6 +433,12 @@ pub(crate) struct World {
     gateways: Vec<GatewayNode>,
     clients: Vec<ClientNode>,
     readers: Vec<Reader>,
+    snapshot_readers: Vec<SnapshotReader>,
+    /// Every table of the initial rows, for snapshot scans.
+    snapshot_tables: Vec<Key>,
+    /// The latest epoch of a call a client was answered `Done`: a later `Latest` snapshot
+    /// read must see it.
+    last_done_epoch: Epoch,
     map: PartitionMap,
     workload: Box<dyn Workload>,
     registry: Arc<Registry>,
@@ -487,8 +504,21 @@ impl World {
             wire: rng.chance(0.25),
             epoch_min_us: *rng.pick(&[0, 200, 2_000, config.epoch_us]),
             reads_ahead_epochs: *rng.pick(&[detflow_executor::READS_AHEAD_EPOCHS, 50, 8]),
+            retention: detflow_executor::Retention::default(),
         };
         let plan = FaultPlan::draw(&config.faults, &mut rng);
+        // Drawn from a fork, so that every draw above is the same as before snapshots.
+        let retention = {
+            let mut r = rng.fork(7_001);
+            detflow_executor::Retention {
+                us: *r.pick(&[detflow_executor::RETENTION_US_DEFAULT, 20_000, 2_000]),
+                bytes_max: *r.pick(&[detflow_executor::RETENTION_BYTES_DEFAULT, 4_096]),
+            }
+        };
+        let timing = Timing {
+            retention,
+            ..timing
+        };
 
         let initial = workload.load();
         for (key, value) in &initial {
@@ -582,8 +612,20 @@ impl World {
             })
             .collect();
         let readers = workload.streams().into_iter().map(Reader::new).collect();
+        // Forked last, so that adding snapshot readers left every earlier draw as it was.
+        let mut snapshot_rng = rng.fork(7_000);
+        let snapshot_readers = (0..snapshots::SNAPSHOT_READERS)
+            .map(|i| SnapshotReader::new(snapshot_rng.fork(u64::from(i))))
+            .collect();
+        let snapshot_tables: BTreeSet<Key> = initial
+            .iter()
+            .filter_map(|(k, _)| k.table_name().map(Key::table))
+            .collect();
         Ok(World {
             readers,
+            snapshot_readers,
+            snapshot_tables: snapshot_tables.into_iter().collect(),
+            last_done_epoch: Epoch(0),
             now: Time::ZERO,
             queue: EventQueue::new(),
             net: Network::new(),
@@ -635,6 +677,10 @@ impl World {
         for i in 0..self.readers.len() as u32 {
             let start = self.rng.below(10_000);
             self.schedule(Time(start), Event::ReaderWake(i));
+        }
+        for i in 0..self.snapshot_readers.len() as u32 {
+            let start = self.snapshot_readers[i as usize].start_us();
+            self.schedule(Time(start), Event::SnapshotWake(i));
         }
         if !self.healed {
             self.schedule(Time(self.plan.interval_us), Event::FaultTick);
@@ -739,6 +785,7 @@ impl World {
             unanswered: self.config.txns - self.answered,
             letters_pending,
             readers: self.readers,
+            snapshot_readers: self.snapshot_readers,
             calls: self.calls,
             stores,
             replica_stores,
@@ -779,6 +826,7 @@ impl World {
             Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
             Event::FaultTick => self.on_fault_tick(),
             Event::ReaderWake(i) => self.on_reader_wake(i),
+            Event::SnapshotWake(i) => self.on_snapshot_wake(i),
             Event::GatewayTimer { g, incarnation } => self.on_gateway_timer(g, incarnation),
             Event::HealPartition(id) => self.heal_partition(id),
             Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),

@@ -19,7 +19,7 @@ fn through_the_wire(msg: &Msg) -> Msg {
 impl World {
     pub(super) fn incarnation(&self, addr: Addr) -> u64 {
         match addr {
-            Addr::Client(_) | Addr::Reader(_) => 0,
+            Addr::Client(_) | Addr::Reader(_) | Addr::SnapshotReader(_) => 0,
             Addr::Executor(p) => self.executors[p as usize].incarnation,
             Addr::Gateway(g) => self.gateways[g as usize].incarnation,
             Addr::Replica(r) => self.replicas[r as usize].incarnation,
@@ -28,7 +28,7 @@ impl World {
 
     pub(super) fn is_up(&self, addr: Addr) -> bool {
         match addr {
-            Addr::Client(_) | Addr::Reader(_) => true,
+            Addr::Client(_) | Addr::Reader(_) | Addr::SnapshotReader(_) => true,
             Addr::Executor(p) => self.executors[p as usize].machine.is_some(),
             Addr::Gateway(g) => self.gateways[g as usize].machine.is_some(),
             Addr::Replica(r) => self.replicas[r as usize].machine.is_some(),
@@ -84,6 +84,7 @@ impl World {
             }
             (Addr::Gateway(g), msg) => self.gateway_input(g, from, msg),
             (Addr::Reader(i), Msg::Events(reply)) => self.on_stream_reply(i, reply),
+            (Addr::SnapshotReader(i), Msg::Snapshot(reply)) => self.on_snapshot_reply(i, reply),
             (Addr::Replica(r), Msg::Peer { from: sender, msg }) => {
                 // The connection, not the message, says who sent it.
                 let Addr::Replica(from) = from else { return };

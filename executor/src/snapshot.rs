@@ -1,0 +1,456 @@
+//! Retained versions: what a partition's state was after each of its recent epochs.
+//!
+//! The store holds only the latest state. Before a write overwrites a user key for the
+//! first time in an epoch, the executor keeps the key's previous value (its before-image),
+//! stamped with that epoch. The value of a key after epoch `E` is then the before-image of
+//! the first epoch after `E` that overwrote it, or the store's value if none did. A read
+//! at `E` costs a lookup in the chains besides the store's own, and the application of
+//! later epochs never waits for it: the chains only grow while it runs.
+//!
+//! The chains hold the epochs of a retention window (a time, default
+//! [`RETENTION_US_DEFAULT`], and a byte budget, default [`RETENTION_BYTES_DEFAULT`]):
+//! when an epoch leaves it, the before-images that only reads at or before it needed go.
+//! The latest applied epoch is always readable, and so is the state after it while the
+//! next epoch runs, since the in-progress epoch's before-images are kept whatever the
+//! budget.
+
+use crate::store::Store;
+use detflow_protocol::snapshot::ScanRange;
+use detflow_protocol::{Epoch, Key, Time, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+/// How long an applied epoch stays readable by default: 10 s.
+pub const RETENTION_US_DEFAULT: u64 = 10_000_000;
+
+/// How many bytes of before-images a partition keeps by default, at most: 64 MiB. Past
+/// it, the oldest epochs leave the window early.
+pub const RETENTION_BYTES_DEFAULT: usize = 64 << 20;
+
+/// What one retained version costs beyond its key and value bytes (the chain entry and
+/// its share of the map), for the byte budget.
+const VERSION_OVERHEAD_BYTES: usize = 64;
+
+/// How much history a partition keeps for snapshot reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an applied epoch stays readable, in microseconds.
+    pub us: u64,
+    /// The most bytes of before-images kept.
+    pub bytes_max: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            us: RETENTION_US_DEFAULT,
+            bytes_max: RETENTION_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// The retained versions' size, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionStats {
+    /// Before-images held.
+    pub versions: u64,
+    /// Their bytes, as the budget counts them.
+    pub bytes: u64,
+    /// The oldest epoch a read may ask for.
+    pub oldest: Epoch,
+    /// Epochs that left the window because the byte budget was reached before their time.
+    pub evicted_early: u64,
+}
+
+/// One applied epoch: when, and which keys it overwrote first.
+#[derive(Debug)]
+struct Applied {
+    epoch: Epoch,
+    at: Time,
+    /// The keys whose chain got a before-image stamped with this epoch.
+    keys: Vec<Key>,
+}
+
+/// The before-images of a partition's recent epochs.
+#[derive(Debug)]
+pub(crate) struct Versions {
+    retention: Retention,
+    /// Per key, `(epoch, value before that epoch)`, epochs ascending.
+    chains: BTreeMap<Key, VecDeque<(Epoch, Option<Value>)>>,
+    /// Applied epochs still in the window, oldest first, and the epoch in progress last
+    /// (its `at` is meaningless until it is applied).
+    epochs: VecDeque<Applied>,
+    /// The oldest epoch readable.
+    oldest: Epoch,
+    /// The last epoch applied.
+    applied: Epoch,
+    bytes: usize,
+    versions: u64,
+    evicted_early: u64,
+    /// Planted bug `reclaim_inside_window`: reclaim one epoch more than the window allows.
+    pub(crate) bug_reclaim_inside_window: bool,
+}
+
+fn version_bytes(key: &Key, value: &Option<Value>) -> usize {
+    key.as_bytes().len() + value.as_ref().map_or(0, Vec::len) + VERSION_OVERHEAD_BYTES
+}
+
+impl Versions {
+    /// Versions of a partition that has applied every epoch up to `applied`: nothing
+    /// before it is readable.
+    pub(crate) fn new(applied: Epoch, retention: Retention) -> Versions {
+        Versions {
+            retention,
+            chains: BTreeMap::new(),
+            epochs: VecDeque::new(),
+            oldest: applied,
+            applied,
+            bytes: 0,
+            versions: 0,
+            evicted_early: 0,
+            bug_reclaim_inside_window: false,
+        }
+    }
+
+    pub(crate) fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
+    }
+
+    /// The oldest epoch readable.
+    pub(crate) fn oldest(&self) -> Epoch {
+        self.oldest
+    }
+
+    pub(crate) fn stats(&self) -> VersionStats {
+        VersionStats {
+            versions: self.versions,
+            bytes: self.bytes as u64,
+            oldest: self.oldest,
+            evicted_early: self.evicted_early,
+        }
+    }
+
+    /// Keeps `key`'s value before its first write in `epoch` (the epoch in progress);
+    /// `current` gives it, and is called only for that first write.
+    pub(crate) fn before_write(
+        &mut self,
+        epoch: Epoch,
+        key: &Key,
+        current: impl FnOnce() -> Option<Value>,
+    ) {
+        if let Some(chain) = self.chains.get(key)
+            && chain.back().is_some_and(|(e, _)| *e == epoch)
+        {
+            return;
+        }
+        let before = current();
+        self.bytes += version_bytes(key, &before);
+        self.versions += 1;
+        self.chains
+            .entry(key.clone())
+            .or_default()
+            .push_back((epoch, before));
+        if self.epochs.back().is_none_or(|a| a.epoch != epoch) {
+            self.epochs.push_back(Applied {
+                epoch,
+                at: Time::ZERO,
+                keys: Vec::new(),
+            });
+        }
+        self.epochs
+            .back_mut()
+            .expect("just pushed")
+            .keys
+            .push(key.clone());
+    }
+
+    /// Epoch `epoch` is wholly applied, at `now`: it becomes readable, and epochs that left
+    /// the window are reclaimed.
+    pub(crate) fn applied(&mut self, epoch: Epoch, now: Time) {
+        self.applied = epoch;
+        match self.epochs.back_mut() {
+            Some(last) if last.epoch == epoch => last.at = now,
+            _ => self.epochs.push_back(Applied {
+                epoch,
+                at: now,
+                keys: Vec::new(),
+            }),
+        }
+        self.reclaim(now);
+    }
+
+    /// Moves the window's start past epochs older than the retention time, and past the
+    /// oldest ones while the budget is exceeded; the latest applied epoch always stays.
+    pub(crate) fn reclaim(&mut self, now: Time) {
+        loop {
+            // The oldest readable epoch is the first whose successor's before-images are
+            // kept; dropping those of epoch `next` makes `next` the oldest readable.
+            let Some(front) = self.epochs.front() else {
+                return;
+            };
+            let next = front.epoch;
+            if next > self.applied {
+                return;
+            }
+            let expired = now.since_us(front.at) > self.retention.us;
+            let over = self.bytes > self.retention.bytes_max;
+            if !expired && !over {
+                break;
+            }
+            if over && !expired {
+                self.evicted_early += 1;
+            }
+            self.drop_front();
+        }
+        if self.bug_reclaim_inside_window
+            && self.epochs.len() > 1
+            && self.epochs.front().is_some_and(|f| f.epoch < self.applied)
+        {
+            // Reclaims one epoch too many, but still claims it is readable.
+            let oldest = self.oldest;
+            self.drop_front();
+            self.oldest = oldest;
+        }
+    }
+
+    /// Drops the before-images of the oldest retained epoch, which becomes the oldest
+    /// readable one.
+    fn drop_front(&mut self) {
+        let Some(front) = self.epochs.pop_front() else {
+            return;
+        };
+        for key in front.keys {
+            let Some(chain) = self.chains.get_mut(&key) else {
+                continue;
+            };
+            while chain.front().is_some_and(|(e, _)| *e <= front.epoch) {
+                let (_, value) = chain.pop_front().expect("just checked");
+                self.bytes -= version_bytes(&key, &value);
+                self.versions -= 1;
+            }
+            if chain.is_empty() {
+                self.chains.remove(&key);
+            }
+        }
+        self.oldest = self.oldest.max(front.epoch);
+    }
+
+    /// The value `key` had after epoch `at` (which the caller checked is readable).
+    pub(crate) fn get<S: Store>(&self, store: &S, key: &Key, at: Epoch) -> Option<Value> {
+        match self.before_image(key, at) {
+            Some(before) => before.clone(),
+            None => store.get(key),
+        }
+    }
+
+    /// The before-image of the first epoch after `at` that overwrote `key`, if one did.
+    fn before_image(&self, key: &Key, at: Epoch) -> Option<&Option<Value>> {
+        let chain = self.chains.get(key)?;
+        let i = chain.partition_point(|(e, _)| *e <= at);
+        chain.get(i).map(|(_, v)| v)
+    }
+
+    /// The rows of `range` after key `after` as they were after epoch `at`, ascending, at
+    /// most `limit` of them and stopping after the row that reaches `bytes_max` value
+    /// bytes; and whether more rows may follow.
+    pub(crate) fn scan<S: Store>(
+        &self,
+        store: &S,
+        range: &ScanRange,
+        after: Option<&Key>,
+        at: Epoch,
+        limit: usize,
+        bytes_max: usize,
+    ) -> (Vec<(Key, Value)>, bool) {
+        let limit = limit.max(1);
+        let mut rows = Vec::new();
+        let mut bytes = 0;
+        let mut cursor: Bound<Key> = match after {
+            Some(after) if after >= range.start() => Bound::Excluded(after.clone()),
+            _ => Bound::Included(range.start().clone()),
+        };
+        loop {
+            let current =
+                store.scan_range(&range.prefix, cursor.as_ref(), range.to.as_ref(), limit + 1);
+            let exhausted = current.len() <= limit;
+            // Keys up to `upto` are all in `current`; keys past it wait for the next batch.
+            let upto = match exhausted {
+                true => None,
+                false => current.last().map(|(k, _)| k.clone()),
+            };
+            let mut changed = self
+                .chains
+                .range::<Key, _>((cursor.as_ref(), Bound::Unbounded))
+                .take_while(|(k, _)| range.contains(k))
+                .take_while(|(k, _)| upto.as_ref().is_none_or(|u| *k <= u))
+                .peekable();
+            let mut current = current.into_iter().peekable();
+            loop {
+                // The next key of the merge, from the store, the chains or both.
+                let from_store = current.peek().map(|(k, _)| k);
+                let from_chain = changed.peek().map(|(k, _)| *k);
+                let (key, value) = match (from_store, from_chain) {
+                    (None, None) => break,
+                    (Some(s), Some(c)) if c < s => {
+                        let (key, chain) = changed.next().expect("peeked");
+                        (key.clone(), visible(chain, at, None))
+                    }
+                    (Some(s), Some(c)) if c == s => {
+                        let (key, chain) = changed.next().expect("peeked");
+                        let (_, value) = current.next().expect("peeked");
+                        (key.clone(), visible(chain, at, Some(value)))
+                    }
+                    (Some(_), _) => {
+                        let (key, value) = current.next().expect("peeked");
+                        (key, Some(value))
+                    }
+                    (None, Some(_)) => {
+                        let (key, chain) = changed.next().expect("peeked");
+                        (key.clone(), visible(chain, at, None))
+                    }
+                };
+                let Some(value) = value else {
+                    continue;
+                };
+                bytes += value.len();
+                rows.push((key, value));
+                if rows.len() >= limit || bytes >= bytes_max {
+                    return (rows, true);
+                }
+            }
+            match upto {
+                None => return (rows, false),
+                Some(upto) => cursor = Bound::Excluded(upto),
+            }
+        }
+    }
+}
+
+/// The value after epoch `at` of a key with this chain and this current value.
+fn visible(
+    chain: &VecDeque<(Epoch, Option<Value>)>,
+    at: Epoch,
+    current: Option<Value>,
+) -> Option<Value> {
+    let i = chain.partition_point(|(e, _)| *e <= at);
+    match chain.get(i) {
+        Some((_, before)) => before.clone(),
+        None => current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn k(i: u64) -> Key {
+        Key::table("t").u64(i)
+    }
+
+    /// Applies epoch `epoch`'s writes to `store`, keeping before-images, at time `at_us`.
+    fn epoch(
+        v: &mut Versions,
+        store: &mut MemStore,
+        epoch: u64,
+        at_us: u64,
+        writes: &[(u64, Option<u8>)],
+    ) {
+        for (key, value) in writes {
+            let key = k(*key);
+            v.before_write(Epoch(epoch), &key, || store.get(&key));
+            match value {
+                Some(b) => store.put(key, vec![*b]),
+                None => store.delete(&key),
+            }
+        }
+        store.commit_epoch(Epoch(epoch));
+        v.applied(Epoch(epoch), Time(at_us));
+    }
+
+    fn all(v: &Versions, store: &MemStore, at: u64, limit: usize) -> Vec<(u64, u8)> {
+        let range = ScanRange::prefix(Key::table("t"));
+        let mut rows = Vec::new();
+        let mut after = None;
+        loop {
+            let (chunk, more) = v.scan(store, &range, after.as_ref(), Epoch(at), limit, usize::MAX);
+            for (key, value) in &chunk {
+                let detflow_protocol::Elem::U64(i) = key.elems().expect("key")[1] else {
+                    panic!("not a number")
+                };
+                rows.push((i, value[0]));
+            }
+            if !more {
+                return rows;
+            }
+            after = chunk.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    #[test]
+    fn every_epoch_of_the_window_reads_as_it_was() {
+        let mut store = MemStore::new();
+        let mut v = Versions::new(Epoch(0), Retention::default());
+        epoch(&mut v, &mut store, 1, 10, &[(1, Some(1)), (2, Some(1))]);
+        epoch(&mut v, &mut store, 2, 20, &[(1, Some(2)), (3, Some(2))]);
+        epoch(
+            &mut v,
+            &mut store,
+            3,
+            30,
+            &[(2, None), (1, Some(3)), (1, Some(4))],
+        );
+        // Epoch 4 in progress: its first write is kept, so epoch 3 still reads as it was.
+        v.before_write(Epoch(4), &k(3), || store.get(&k(3)));
+        store.delete(&k(3));
+        for limit in [1, 2, 10] {
+            assert_eq!(all(&v, &store, 0, limit), vec![]);
+            assert_eq!(all(&v, &store, 1, limit), vec![(1, 1), (2, 1)]);
+            assert_eq!(all(&v, &store, 2, limit), vec![(1, 2), (2, 1), (3, 2)]);
+            assert_eq!(all(&v, &store, 3, limit), vec![(1, 4), (3, 2)]);
+        }
+        assert_eq!(v.get(&store, &k(2), Epoch(2)), Some(vec![1]));
+        assert_eq!(v.get(&store, &k(2), Epoch(3)), None);
+        assert_eq!(v.get(&store, &k(1), Epoch(1)), Some(vec![1]));
+        assert_eq!(v.get(&store, &k(3), Epoch(3)), Some(vec![2]));
+        assert_eq!(v.get(&store, &k(3), Epoch(1)), None);
+        assert_eq!(v.oldest(), Epoch(0));
+    }
+
+    #[test]
+    fn epochs_leave_the_window_by_age_and_by_budget_and_their_versions_go() {
+        let mut store = MemStore::new();
+        let retention = Retention {
+            us: 100,
+            bytes_max: usize::MAX,
+        };
+        let mut v = Versions::new(Epoch(0), retention);
+        epoch(&mut v, &mut store, 1, 0, &[(1, Some(1))]);
+        epoch(&mut v, &mut store, 2, 50, &[(1, Some(2))]);
+        epoch(&mut v, &mut store, 3, 120, &[(1, Some(3))]);
+        // Epochs 0 and 1 are older than 100 µs at 120: epoch 1 is the oldest readable.
+        assert_eq!(v.oldest(), Epoch(1));
+        assert_eq!(v.get(&store, &k(1), Epoch(1)), Some(vec![1]));
+        assert_eq!(v.stats().versions, 2);
+        v.reclaim(Time(1_000));
+        // Only the latest stays, and no before-image is needed for it.
+        assert_eq!(v.oldest(), Epoch(3));
+        assert_eq!(v.stats().versions, 0);
+        assert_eq!(v.stats().bytes, 0);
+        assert_eq!(v.get(&store, &k(1), Epoch(3)), Some(vec![3]));
+
+        let mut store = MemStore::new();
+        let budget = Retention {
+            us: u64::MAX,
+            bytes_max: 2 * version_bytes(&k(1), &Some(vec![0])),
+        };
+        let mut v = Versions::new(Epoch(0), budget);
+        for e in 1..=5 {
+            epoch(&mut v, &mut store, e, e, &[(1, Some(e as u8))]);
+        }
+        assert!(v.stats().bytes as usize <= budget.bytes_max);
+        assert_eq!(v.oldest(), Epoch(3));
+        assert_eq!(v.get(&store, &k(1), Epoch(3)), Some(vec![3]));
+        assert!(v.stats().evicted_early > 0);
+    }
+}
