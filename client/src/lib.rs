@@ -156,7 +156,7 @@ pub struct Client {
     /// The latest epoch a call of this session was ordered in: a `Latest` snapshot reads
     /// at or after it.
     last_epoch: std::sync::atomic::AtomicU64,
-    /// The gateway the next snapshot read tries first (reads spread over the gateways).
+    /// The gateway the next snapshot read tries first: the last one that answered.
     next_gateway: std::sync::atomic::AtomicUsize,
 }
 

@@ -120,9 +120,9 @@ impl Client {
         let gateways = self.links.gateways.len();
         let mut backoff = policy.backoff;
         let mut last = String::new();
-        let first = self
-            .next_gateway
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The gateway that answered last, until it fails: a dead node then costs one
+        // attempt, not one in every few reads.
+        let first = self.next_gateway.load(std::sync::atomic::Ordering::Relaxed);
         for attempt in 1..=policy.attempts_max {
             let gateway = (first + attempt as usize - 1) % gateways;
             let msg = Message::SnapshotRead(read.clone());
@@ -147,7 +147,11 @@ impl Client {
                     }
                     SnapshotError::Refused(why) => return Err(ReadError::Refused(why)),
                 },
-                Ok(Ok(Message::Snapshot(reply))) => return Ok(reply),
+                Ok(Ok(Message::Snapshot(reply))) => {
+                    self.next_gateway
+                        .store(gateway, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(reply);
+                }
                 Ok(Ok(other)) => last = format!("unexpected answer {other:?}"),
                 Ok(Err((e, conn))) => {
                     self.forget(gateway, conn).await;

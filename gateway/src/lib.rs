@@ -57,7 +57,7 @@ pub mod compare;
 mod snapshot;
 
 pub use compare::Divergence;
-pub use snapshot::SNAPSHOT_READ_DEADLINE_US;
+pub use snapshot::{SNAPSHOT_HEDGE_US, SNAPSHOT_READ_DEADLINE_US};
 
 use compare::Answered;
 use detflow_executor::Registry;
@@ -800,7 +800,9 @@ impl Gateway {
 
     /// Answers `Unavailable` to the calls and stream reads whose deadline passed by `now`.
     fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
-        self.snapshots.expire(now, out);
+        let mut snapshots = std::mem::take(&mut self.snapshots);
+        snapshots.expire(&self.snapshot_context(), now, out);
+        self.snapshots = snapshots;
         while let Some(&(at, read)) = self.read_deadlines.first()
             && at <= now
         {
@@ -1003,7 +1005,7 @@ mod tests {
     use super::*;
     use detflow_executor::{Abort, Procedure, Txn};
     use detflow_protocol::stream::StreamEvent;
-    use detflow_protocol::{Key, PartitionScheme, codec};
+    use detflow_protocol::{Epoch, Key, Owner, PartitionScheme, codec};
 
     struct Touch;
 
@@ -1473,5 +1475,137 @@ mod tests {
             panic!("no events")
         };
         assert_eq!(next, Offset::after_epoch(detflow_protocol::Epoch(5)));
+    }
+
+    /// A gateway over two partitions with two replicas each, on nodes 1 and 2.
+    fn two_partition_gateway() -> Gateway {
+        let registry = Registry::new();
+        let map = PartitionMap::new(PartitionScheme::hashed(2)).unwrap();
+        let mut g = Gateway::new(NodeId(9), Arc::new(registry), map, vec![NodeId(1)], 16);
+        let placement = Placement::spread(2, &[NodeId(1), NodeId(2)], 2);
+        g.set_placement(Arc::new(placement));
+        g
+    }
+
+    fn snapshot_queries(out: &[Output]) -> Vec<(ExecutorId, PartAt)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::SnapshotQuery { to, at, .. } => Some((*to, *at)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn values_part(p: u32, epoch: u64, keys: &[Key]) -> SnapshotPart {
+        SnapshotPart {
+            partition: PartitionId(p),
+            applied: Epoch(epoch),
+            oldest: Epoch(0),
+            answer: Ok(detflow_protocol::snapshot::PartRows::Values {
+                epoch: Epoch(epoch),
+                values: keys.iter().map(|_| Some(vec![p as u8])).collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_latest_get_over_partitions_at_different_epochs_reads_them_again_at_the_latest() {
+        use detflow_protocol::snapshot::{At, SnapshotOp};
+        let mut g = two_partition_gateway();
+        // One key on each partition.
+        let keys: Vec<Key> =
+            (0..64u64)
+                .map(|i| Key::table("t").u64(i))
+                .fold(Vec::new(), |mut found, k| {
+                    let p = match g.map.owner(&k) {
+                        Ok(Owner::Partition(p)) => p,
+                        _ => unreachable!("a hashed table"),
+                    };
+                    if !found
+                        .iter()
+                        .any(|f| g.map.owner(f) == Ok(Owner::Partition(p)))
+                    {
+                        found.push(k);
+                    }
+                    found
+                });
+        assert_eq!(keys.len(), 2);
+        let read = SnapshotRead {
+            at: At::Latest {
+                not_before: Epoch(0),
+            },
+            op: SnapshotOp::Get(keys.clone()),
+        };
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::SnapshotRead { reader: 7, read }, &mut out);
+        let asked = snapshot_queries(&out);
+        assert_eq!(asked.len(), 2, "one replica of each partition");
+        let id = 1;
+        let owner = |k: &Key| match g.map.owner(k) {
+            Ok(Owner::Partition(p)) => p.0,
+            _ => unreachable!(),
+        };
+        // Partition of key 0 answers at epoch 5, the other at 8: the first is asked again
+        // at 8, and the answer is all at 8.
+        let (p0, p1) = (owner(&keys[0]), owner(&keys[1]));
+        out.clear();
+        let part = values_part(p0, 5, &keys[..1]);
+        g.handle(Time(10), Input::SnapshotPart { read: id, part }, &mut out);
+        let part = values_part(p1, 8, &keys[1..]);
+        g.handle(Time(20), Input::SnapshotPart { read: id, part }, &mut out);
+        let again = snapshot_queries(&out);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0.partition, PartitionId(p0));
+        assert_eq!(again[0].1, PartAt::Epoch(Epoch(8)));
+        // A first-round answer delivered twice is ignored; the right one completes it.
+        out.clear();
+        let part = values_part(p0, 5, &keys[..1]);
+        g.handle(Time(30), Input::SnapshotPart { read: id, part }, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let part = values_part(p0, 8, &keys[..1]);
+        g.handle(Time(40), Input::SnapshotPart { read: id, part }, &mut out);
+        match &out[..] {
+            [Output::SnapshotAnswer { reader: 7, reply }] => assert_eq!(
+                reply,
+                &SnapshotReply::Values {
+                    epoch: Epoch(8),
+                    values: vec![Some(vec![p0 as u8]), Some(vec![p1 as u8])],
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_replica_is_hedged_by_the_next_and_the_read_expires_at_its_deadline() {
+        use detflow_protocol::snapshot::{At, SnapshotError, SnapshotOp};
+        let mut g = two_partition_gateway();
+        let read = SnapshotRead {
+            at: At::Epoch(Epoch(3)),
+            op: SnapshotOp::Epoch,
+        };
+        let mut out = Vec::new();
+        g.handle(Time(0), Input::SnapshotRead { reader: 1, read }, &mut out);
+        let first = snapshot_queries(&out);
+        assert_eq!(first.len(), 2);
+        assert_eq!(g.next_deadline(), Some(Time(SNAPSHOT_HEDGE_US)));
+        out.clear();
+        g.handle(Time(SNAPSHOT_HEDGE_US), Input::Tick, &mut out);
+        let hedged = snapshot_queries(&out);
+        assert_eq!(hedged.len(), 2, "both partitions are silent");
+        for ((a, _), (b, _)) in first.iter().zip(&hedged) {
+            assert_eq!(a.partition, b.partition);
+            assert_ne!(a.node, b.node, "the next replica is asked");
+        }
+        out.clear();
+        g.handle(Time(SNAPSHOT_READ_DEADLINE_US), Input::Tick, &mut out);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::SnapshotAnswer {
+                reply: SnapshotReply::Failed(SnapshotError::Unavailable),
+                ..
+            }
+        )));
+        assert_eq!(g.next_deadline(), None);
     }
 }

@@ -10,9 +10,11 @@
 //! - `Epoch` resolves `Latest` over every partition: the oldest of their latest epochs,
 //!   which each has applied. A client scanning several partitions fixes its epoch this way.
 //!
-//! A replica on the gateway's own node is asked when there is one; otherwise replicas are
-//! taken in turn, read by read. A read not answered within [`SNAPSHOT_READ_DEADLINE_US`]
-//! is answered `Unavailable`.
+//! A replica on the gateway's own node is asked first when there is one; otherwise replicas
+//! are taken in turn, read by read. A partition whose replica has not answered within
+//! [`SNAPSHOT_HEDGE_US`] is asked again at its next replica (the first answer counts), so a
+//! dead or stalled replica costs a read that much, not the client's attempt. A read not
+//! answered within [`SNAPSHOT_READ_DEADLINE_US`] is answered `Unavailable`.
 
 use crate::Output;
 use detflow_protocol::snapshot::{
@@ -26,6 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// How long a snapshot read waits for every partition's answer: 3 s (an executor waits
 /// up to 1 s for an epoch it has not applied, and a `Latest` get may take two rounds).
 pub const SNAPSHOT_READ_DEADLINE_US: u64 = 3_000_000;
+
+/// How long a partition's replica has to answer before the next replica is asked too:
+/// 200 ms, well above a loopback or LAN round trip, well below a client's attempt timeout.
+pub const SNAPSHOT_HEDGE_US: u64 = 200_000;
 
 /// What the answer to a read is made of.
 #[derive(Debug)]
@@ -52,6 +58,12 @@ struct Gather {
     ops: BTreeMap<PartitionId, PartOp>,
     /// The answers so far, by partition.
     parts: BTreeMap<PartitionId, SnapshotPart>,
+    /// The replica last asked per partition, by its index in turn order.
+    tries: BTreeMap<PartitionId, u64>,
+    /// The epoch each partition was last asked at (the second round asks again).
+    asked_at: BTreeMap<PartitionId, PartAt>,
+    /// When the partitions still silent are asked at their next replica.
+    hedge: Time,
     /// The epoch the second round of a `Latest` get asked for, once it did: answers at
     /// another epoch (a first-round answer delivered twice) are ignored.
     second_round: Option<Epoch>,
@@ -63,6 +75,8 @@ struct Gather {
 pub(crate) struct Snapshots {
     reads: BTreeMap<u64, Gather>,
     deadlines: BTreeSet<(Time, u64)>,
+    /// The reads' hedge times.
+    hedges: BTreeSet<(Time, u64)>,
     next: u64,
     /// Snapshot reads answered with rows, an epoch, or an error other than `Unavailable`.
     pub(crate) answered: u64,
@@ -77,13 +91,16 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// The replica of `partition` to ask for read `read`.
-    fn replica(&self, partition: PartitionId, read: u64) -> ExecutorId {
+    /// The replica of `partition` to ask on try `try_` of read `read`: the one on this
+    /// node first, if there is one, then the others in turn.
+    fn replica(&self, partition: PartitionId, read: u64, try_: u64) -> ExecutorId {
         let replicas = self.placement.replicas(partition);
-        let node = match replicas.contains(&self.me) {
-            true => self.me,
-            false => replicas[(read % replicas.len() as u64) as usize],
+        let n = replicas.len() as u64;
+        let first = match replicas.iter().position(|r| *r == self.me) {
+            Some(i) => i as u64,
+            None => read % n,
         };
+        let node = replicas[((first + try_) % n) as usize];
         ExecutorId { partition, node }
     }
 
@@ -109,9 +126,11 @@ impl Snapshots {
         self.next = first.saturating_sub(1);
     }
 
-    /// The earliest deadline of a read in flight.
+    /// The earliest deadline or hedge time of a read in flight.
     pub(crate) fn deadline(&self) -> Option<Time> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let deadline = self.deadlines.first().map(|(at, _)| *at);
+        let hedge = self.hedges.first().map(|(at, _)| *at);
+        [deadline, hedge].into_iter().flatten().min()
     }
 
     /// A client's snapshot read: checks it and asks the partitions involved.
@@ -203,7 +222,7 @@ impl Snapshots {
         let id = self.next;
         for (partition, op) in &ops {
             out.push(Output::SnapshotQuery {
-                to: cx.replica(*partition, id),
+                to: cx.replica(*partition, id, 0),
                 read: id,
                 at,
                 op: op.clone(),
@@ -211,6 +230,10 @@ impl Snapshots {
         }
         let deadline = now.plus_us(SNAPSHOT_READ_DEADLINE_US);
         self.deadlines.insert((deadline, id));
+        let hedge = now.plus_us(SNAPSHOT_HEDGE_US);
+        self.hedges.insert((hedge, id));
+        let tries = ops.keys().map(|p| (*p, 0)).collect();
+        let asked_at = ops.keys().map(|p| (*p, at)).collect();
         self.reads.insert(
             id,
             Gather {
@@ -219,6 +242,9 @@ impl Snapshots {
                 shape,
                 ops,
                 parts: BTreeMap::new(),
+                tries,
+                asked_at,
+                hedge,
                 second_round: None,
                 deadline,
             },
@@ -248,7 +274,8 @@ impl Snapshots {
             let error = error.clone();
             return self.finish(read, SnapshotReply::Failed(error), out);
         }
-        gather.parts.insert(part.partition, part);
+        // The first replica to answer counts (a hedge may have asked two).
+        gather.parts.entry(part.partition).or_insert(part);
         if gather.parts.len() < gather.ops.len() {
             return;
         }
@@ -278,8 +305,10 @@ impl Snapshots {
                 .collect();
             for partition in behind {
                 gather.parts.remove(&partition);
+                gather.asked_at.insert(partition, PartAt::Epoch(latest));
+                let try_ = gather.tries.get(&partition).copied().unwrap_or(0);
                 out.push(Output::SnapshotQuery {
-                    to: cx.replica(partition, read),
+                    to: cx.replica(partition, read, try_),
                     read,
                     at: PartAt::Epoch(latest),
                     op: gather.ops[&partition].clone(),
@@ -296,6 +325,7 @@ impl Snapshots {
             return;
         };
         self.deadlines.remove(&(gather.deadline, read));
+        self.hedges.remove(&(gather.hedge, read));
         self.answered += 1;
         out.push(Output::SnapshotAnswer {
             reader: gather.reader,
@@ -303,13 +333,41 @@ impl Snapshots {
         });
     }
 
-    /// Answers `Unavailable` to the reads past their deadline.
-    pub(crate) fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
+    /// Asks the next replica of each partition still silent past its read's hedge time,
+    /// and answers `Unavailable` to the reads past their deadline.
+    pub(crate) fn expire(&mut self, cx: &Context<'_>, now: Time, out: &mut Vec<Output>) {
+        while let Some(&(at, read)) = self.hedges.first()
+            && at <= now
+        {
+            self.hedges.pop_first();
+            let Some(gather) = self.reads.get_mut(&read) else {
+                continue;
+            };
+            let silent: Vec<PartitionId> = gather
+                .ops
+                .keys()
+                .filter(|p| !gather.parts.contains_key(p))
+                .copied()
+                .collect();
+            for partition in silent {
+                let try_ = gather.tries.entry(partition).or_default();
+                *try_ += 1;
+                out.push(Output::SnapshotQuery {
+                    to: cx.replica(partition, read, *try_),
+                    read,
+                    at: gather.asked_at[&partition],
+                    op: gather.ops[&partition].clone(),
+                });
+            }
+            gather.hedge = now.plus_us(SNAPSHOT_HEDGE_US);
+            self.hedges.insert((gather.hedge, read));
+        }
         while let Some(&(at, read)) = self.deadlines.first()
             && at <= now
         {
             self.deadlines.pop_first();
             if let Some(gather) = self.reads.remove(&read) {
+                self.hedges.remove(&(gather.hedge, read));
                 out.push(Output::SnapshotAnswer {
                     reader: gather.reader,
                     reply: SnapshotReply::Failed(SnapshotError::Unavailable),
