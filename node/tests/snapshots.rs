@@ -14,6 +14,9 @@
 //! - `a_node_restart_during_a_long_scan_never_yields_a_mixed_cut`: a scan in progress
 //!   while a node is killed either fails with a clear error or completes with the total;
 //!   after the restart, scans work again.
+//! - `oversized_snapshot_reads_are_refused_or_cut_into_bounded_chunks`: a get of 5,000
+//!   keys is refused naming the limit; a scan asking for every row of 8 MB of 200 KiB
+//!   values at once gets chunks of about 1 MiB; the cluster serves calls afterwards.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -322,6 +325,72 @@ async fn restart_during_scan(cluster: &mut Cluster) {
     stop.store(true, Ordering::Relaxed);
     while load.join_next().await.is_some() {}
     reader.close();
+    client.close();
+    status.close();
+}
+
+#[test]
+fn oversized_snapshot_reads_are_refused_or_cut_into_bounded_chunks() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::start(3, PARTITIONS, "bank");
+        with_budget(Duration::from_secs(90), oversized_reads(&mut cluster)).await;
+    });
+}
+
+async fn oversized_reads(cluster: &mut Cluster) {
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+    let client = cluster.client(load_policy()).await;
+    // 40 rows of 200 KiB on one key prefix per partition: 8 MB in all.
+    const ROWS: u64 = 40;
+    const VALUE: usize = 200 << 10;
+    for i in 0..ROWS {
+        client
+            .kv()
+            .put(Key::table("kv").u64(i), vec![i as u8; VALUE])
+            .commit()
+            .await
+            .expect("a large put");
+    }
+    // A get of more keys than a read may name is refused, with the limit in the reason.
+    let keys: Vec<Key> = (0..5_000).map(bank::account_key).collect();
+    match client.snapshot(At::Latest).get_many(&keys).await {
+        Err(ReadError::Refused(why)) => assert!(why.contains("4096"), "{why}"),
+        other => panic!("a get of 5,000 keys: {other:?}"),
+    }
+    // A scan that asks for every row at once gets chunks of about 1 MiB, whatever it asks.
+    let snapshot = client.snapshot(At::Latest);
+    let mut rows = 0;
+    let mut chunks = 0;
+    for p in 0..PARTITIONS {
+        let mut scan = snapshot
+            .scan_partition(PartitionId(p), ScanRange::prefix(Key::table("kv")))
+            .chunk_rows(u32::MAX);
+        while let Some(chunk) = scan.next().await.expect("a chunk") {
+            let bytes: usize = chunk.iter().map(|(_, v)| v.len()).sum();
+            assert!(
+                bytes <= (1 << 20) + VALUE,
+                "a chunk of {bytes} bytes ({} rows)",
+                chunk.len()
+            );
+            rows += chunk.len() as u64;
+            chunks += 1;
+        }
+    }
+    assert_eq!(rows, ROWS);
+    assert!(chunks >= 8, "{chunks} chunks for 8 MB");
+    // The cluster still serves.
+    let deposit = DepositArgs {
+        account: 1,
+        amount_cents: 1,
+    };
+    client
+        .call::<Deposit>(&deposit)
+        .await
+        .expect("a deposit after the reads");
+    println!("{rows} rows of {VALUE} bytes in {chunks} chunks");
     client.close();
     status.close();
 }
