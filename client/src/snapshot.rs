@@ -274,6 +274,37 @@ impl<'c> Snapshot<'c> {
         }
     }
 
+    /// One chunk of `partition`'s rows of `range` after `after`, which it moves to the
+    /// chunk's last key; and whether more may follow.
+    async fn scan_chunk(
+        &self,
+        partition: PartitionId,
+        range: &ScanRange,
+        after: &mut Option<Key>,
+        limit: u32,
+    ) -> Result<(Vec<(Key, Value)>, bool), ReadError> {
+        let read = SnapshotRead {
+            at: self.wire_at(),
+            op: SnapshotOp::Scan {
+                partition,
+                range: range.clone(),
+                after: after.clone(),
+                limit,
+            },
+        };
+        match self.client.snapshot_request(read).await? {
+            SnapshotReply::Rows { epoch, rows, more } => {
+                self.fix(epoch)?;
+                if let Some((last, _)) = rows.last() {
+                    *after = Some(last.clone());
+                }
+                let more = more && !rows.is_empty();
+                Ok((rows, more))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Runs the read-only procedure `P` on this snapshot (see
     /// [`Client::call_read_only`]): the epoch read and the output.
     pub async fn call<P: Procedure>(
@@ -362,26 +393,17 @@ impl PartitionScan<'_, '_> {
         if self.snapshot.epoch().is_none() {
             self.snapshot.resolve().await?;
         }
-        let read = SnapshotRead {
-            at: self.snapshot.wire_at(),
-            op: SnapshotOp::Scan {
-                partition: self.partition,
-                range: self.range.clone(),
-                after: self.after.clone(),
-                limit: self.chunk_rows,
-            },
-        };
-        match self.snapshot.client.snapshot_request(read).await? {
-            SnapshotReply::Rows { epoch, rows, more } => {
-                self.snapshot.fix(epoch)?;
-                if let Some((last, _)) = rows.last() {
-                    self.after = Some(last.clone());
-                }
-                self.done = !more || rows.is_empty();
-                Ok(Some(rows))
-            }
-            other => Err(unexpected(&other)),
-        }
+        let (rows, more) = self
+            .snapshot
+            .scan_chunk(
+                self.partition,
+                &self.range,
+                &mut self.after,
+                self.chunk_rows,
+            )
+            .await?;
+        self.done = !more;
+        Ok(Some(rows))
     }
 }
 
@@ -427,26 +449,13 @@ impl Scan<'_, '_> {
             if !cursor.rows.is_empty() || !cursor.more {
                 continue;
             }
-            let read = SnapshotRead {
-                at: self.snapshot.wire_at(),
-                op: SnapshotOp::Scan {
-                    partition: PartitionId(p as u32),
-                    range: self.range.clone(),
-                    after: cursor.after.clone(),
-                    limit: self.chunk_rows,
-                },
-            };
-            match self.snapshot.client.snapshot_request(read).await? {
-                SnapshotReply::Rows { epoch, rows, more } => {
-                    self.snapshot.fix(epoch)?;
-                    if let Some((last, _)) = rows.last() {
-                        cursor.after = Some(last.clone());
-                    }
-                    cursor.more = more && !rows.is_empty();
-                    cursor.rows = rows.into();
-                }
-                other => return Err(unexpected(&other)),
-            }
+            let partition = PartitionId(p as u32);
+            let (rows, more) = self
+                .snapshot
+                .scan_chunk(partition, &self.range, &mut cursor.after, self.chunk_rows)
+                .await?;
+            cursor.more = more;
+            cursor.rows = rows.into();
         }
         Ok(())
     }

@@ -125,13 +125,13 @@ impl Store for MemStore {
     }
 
     fn scan_from(&self, prefix: &Key, from: &Key, limit: usize) -> Vec<(Key, Value)> {
-        let start = from.max(prefix);
-        self.space(prefix)
-            .range::<Key, _>((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        range_rows(
+            self.space(prefix),
+            prefix,
+            Bound::Included(from),
+            None,
+            limit,
+        )
     }
 
     fn scan_range(

@@ -454,13 +454,15 @@ impl Gateway {
         }
     }
 
-    fn snapshot_context(&self) -> snapshot::Context<'_> {
-        snapshot::Context {
+    /// The snapshot reads in flight, and what they need of the gateway.
+    fn snapshots(&mut self) -> (&mut Snapshots, snapshot::Context<'_>) {
+        let cx = snapshot::Context {
             me: self.id,
             map: &self.map,
             placement: &self.placement,
             reads_max: self.calls_in_flight_max,
-        }
+        };
+        (&mut self.snapshots, cx)
     }
 
     fn leader(&self) -> NodeId {
@@ -800,9 +802,8 @@ impl Gateway {
 
     /// Answers `Unavailable` to the calls and stream reads whose deadline passed by `now`.
     fn expire(&mut self, now: Time, out: &mut Vec<Output>) {
-        let mut snapshots = std::mem::take(&mut self.snapshots);
-        snapshots.expire(&self.snapshot_context(), now, out);
-        self.snapshots = snapshots;
+        let (snapshots, cx) = self.snapshots();
+        snapshots.expire(&cx, now, out);
         while let Some(&(at, read)) = self.read_deadlines.first()
             && at <= now
         {
@@ -943,14 +944,12 @@ impl Machine for Gateway {
             } => self.on_read_stream(now, reader, stream, from, max, out),
             Input::StreamPart { read, part } => self.on_stream_part(read, part, out),
             Input::SnapshotRead { reader, read } => {
-                let mut snapshots = std::mem::take(&mut self.snapshots);
-                snapshots.start(&self.snapshot_context(), now, reader, read, out);
-                self.snapshots = snapshots;
+                let (snapshots, cx) = self.snapshots();
+                snapshots.start(&cx, now, reader, read, out);
             }
             Input::SnapshotPart { read, part } => {
-                let mut snapshots = std::mem::take(&mut self.snapshots);
-                snapshots.part(&self.snapshot_context(), read, part, out);
-                self.snapshots = snapshots;
+                let (snapshots, cx) = self.snapshots();
+                snapshots.part(&cx, read, part, out);
             }
         }
     }

@@ -716,6 +716,17 @@ impl Store for FjallStore {
             .unwrap_or_else(|e| self.fail(e))
     }
 
+    fn scan_range(
+        &self,
+        prefix: &Key,
+        from: Bound<&Key>,
+        to: Option<&Key>,
+        limit: usize,
+    ) -> Vec<(Key, Value)> {
+        // Snapshot scans read user tables only, and the mirror holds all of them.
+        detflow_executor::range_rows(&self.mirror, prefix, from, to, limit)
+    }
+
     fn first_in(&self, prefix: &Key) -> Option<(Key, Value)> {
         if !prefix.is_system() {
             return self.mirror_rows(prefix).next();
