@@ -37,6 +37,7 @@ mod snapshot;
 mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
+pub use detflow_protocol::schema::{Field, FieldType, Table};
 pub use kv::KvBuilder;
 pub use snapshot::{At, PartitionScan, ReadError, Scan, ScanRange, Snapshot};
 pub use subscribe::{Offset, StreamEvent, SubscribeError, Subscription};
@@ -400,6 +401,34 @@ impl Client {
             out.push((*addr, status));
         }
         out
+    }
+
+    /// Every table the cluster's services declare, with its schema (key fields and
+    /// columns): what SQL over the global state can read. The first gateway that answers
+    /// tells; every node runs the same services.
+    pub async fn tables(&self) -> Result<Vec<Table>, ReadError> {
+        let mut last = String::from("no gateway configured");
+        let attempts = self.links.gateways.len();
+        for i in 0..attempts {
+            let answer = tokio::time::timeout(
+                self.policy.attempt_timeout,
+                self.request(i, &Message::Tables),
+            )
+            .await;
+            match answer {
+                Ok(Ok(Message::TablesReply(tables))) => return Ok(tables),
+                Ok(Ok(other)) => last = format!("unexpected answer {other:?}"),
+                Ok(Err((e, conn))) => {
+                    self.forget(i, conn).await;
+                    last = e.to_string();
+                }
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        Err(ReadError::Unavailable {
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            last,
+        })
     }
 
     /// A builder for an ad-hoc `kv.txn` transaction.

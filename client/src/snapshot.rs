@@ -275,8 +275,10 @@ impl<'c> Snapshot<'c> {
     }
 
     /// One chunk of `partition`'s rows of `range` after `after`, which it moves to the
-    /// chunk's last key; and whether more may follow.
-    async fn scan_chunk(
+    /// chunk's last key; and whether more may follow. At most `limit` rows (0: the
+    /// cluster's default) and about a mebibyte. [`Snapshot::scan_partition`] loops over
+    /// this; a caller that must own its cursor (a task of its own) calls it directly.
+    pub async fn scan_chunk(
         &self,
         partition: PartitionId,
         range: &ScanRange,

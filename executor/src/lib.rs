@@ -27,7 +27,6 @@ mod feed;
 mod mailbox;
 mod procedure;
 mod registry;
-mod schema;
 pub mod serial;
 pub mod service;
 mod snapshot;
@@ -39,6 +38,7 @@ mod unwind;
 pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
+pub use detflow_protocol::schema::SchemaError;
 pub use executor::{
     Executor, ExecutorBugs, ExecutorStats, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX,
 };
@@ -46,7 +46,6 @@ pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};
 pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;
-pub use schema::SchemaError;
 pub use service::{CallFootprint, FieldType, Service, ServiceError, Table};
 pub use snapshot::{RETENTION_BYTES_DEFAULT, RETENTION_US_DEFAULT, Retention, VersionStats};
 pub use store::{MemStore, Store, range_rows};

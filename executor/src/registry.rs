@@ -111,6 +111,13 @@ impl Registry {
         self.services.get(name).map(Vec::as_slice)
     }
 
+    /// Every service's tables, by table name ascending.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut tables: Vec<Table> = self.services.values().flatten().cloned().collect();
+        tables.sort_by(|a, b| a.name().cmp(b.name()));
+        tables
+    }
+
     /// Every service's tables' partitioning rules, by table name ascending.
     pub fn table_rules(&self) -> Vec<(String, TableRule)> {
         let mut rules: Vec<(String, TableRule)> = self

@@ -57,101 +57,8 @@
 
 use crate::procedure::Procedure;
 use crate::registry::Entry;
-use detflow_protocol::{Footprint, SYSTEM_TABLE, TableRule};
-
-/// The type of a key field or column, as a schema declares it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FieldType {
-    /// An unsigned 64-bit integer.
-    U64,
-    /// A signed 64-bit integer.
-    I64,
-    /// A UTF-8 string.
-    Str,
-    /// Raw bytes.
-    Bytes,
-    /// A boolean.
-    Bool,
-    /// A 64-bit float.
-    F64,
-    /// Any MessagePack value, kept encoded (a nested record, or an opaque value).
-    Any,
-}
-
-/// A named, typed field of a table's key or of its rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Field {
-    /// The field's name.
-    pub name: String,
-    /// Its type.
-    pub ty: FieldType,
-}
-
-/// A table a service owns: its name (the first element of every key in it), how it is
-/// partitioned, and its schema.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Table {
-    name: String,
-    rule: TableRule,
-    key: Vec<Field>,
-    columns: Vec<Field>,
-}
-
-impl Table {
-    /// A table named `name`, hashed on its first key field, with no schema declared yet.
-    pub fn new(name: &str) -> Table {
-        Table {
-            name: name.to_owned(),
-            rule: TableRule::Hash { fields: 1 },
-            key: Vec::new(),
-            columns: Vec::new(),
-        }
-    }
-
-    /// Sets how the table is partitioned.
-    pub fn rule(mut self, rule: TableRule) -> Table {
-        self.rule = rule;
-        self
-    }
-
-    /// Declares the next key field (after the table name).
-    pub fn key(mut self, name: &str, ty: FieldType) -> Table {
-        self.key.push(Field {
-            name: name.to_owned(),
-            ty,
-        });
-        self
-    }
-
-    /// Declares a column of the table's rows.
-    pub fn column(mut self, name: &str, ty: FieldType) -> Table {
-        self.columns.push(Field {
-            name: name.to_owned(),
-            ty,
-        });
-        self
-    }
-
-    /// The table's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// How the table is partitioned.
-    pub fn partitioning(&self) -> &TableRule {
-        &self.rule
-    }
-
-    /// The key fields after the table name, as declared.
-    pub fn key_fields(&self) -> &[Field] {
-        &self.key
-    }
-
-    /// The columns, as declared.
-    pub fn columns(&self) -> &[Field] {
-        &self.columns
-    }
-}
+pub use detflow_protocol::schema::{Field, FieldType, Table};
+use detflow_protocol::{Footprint, SYSTEM_TABLE};
 
 /// A named group of procedures that owns its tables.
 #[derive(Clone)]
@@ -235,16 +142,19 @@ impl Service {
             return Err(ServiceError::BadServiceName(self.name.clone()));
         }
         for (i, table) in self.tables.iter().enumerate() {
-            if table.name.is_empty() || table.name == SYSTEM_TABLE || table.name.starts_with('_') {
+            if table.name().is_empty()
+                || table.name() == SYSTEM_TABLE
+                || table.name().starts_with('_')
+            {
                 return Err(ServiceError::ReservedTable {
                     service: self.name.clone(),
-                    table: table.name.clone(),
+                    table: table.name().to_owned(),
                 });
             }
-            if self.tables[..i].iter().any(|t| t.name == table.name) {
+            if self.tables[..i].iter().any(|t| t.name() == table.name()) {
                 return Err(ServiceError::TableTwice {
                     service: self.name.clone(),
-                    table: table.name.clone(),
+                    table: table.name().to_owned(),
                 });
             }
         }

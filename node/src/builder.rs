@@ -131,6 +131,7 @@ impl NodeBuilder {
             Cmd::Demo(args) => commands::demo::run(args).await,
             Cmd::Bench(args) => commands::bench::run(args).await,
             Cmd::Call(args) => commands::call::run(&args).await,
+            Cmd::Sql(args) => commands::sql::run(&args).await,
             Cmd::Status { connect } => commands::status::run(&connect).await,
         }
     }

@@ -40,6 +40,17 @@ pub(crate) enum Cmd {
     Bench(BenchArgs),
     /// Make one call and print its output as JSON.
     Call(CallArgs),
+    /// Run a SQL query over every table of the cluster, at one consistent epoch.
+    ///
+    /// Every table the cluster's services declare is a SQL table: its key fields, then its
+    /// columns (`SHOW TABLES`, `SHOW COLUMNS FROM t`). The query reads the state after one
+    /// epoch on every partition (the latest applied everywhere, or `--at`), without
+    /// entering the log or slowing transactions. The epoch read, the row count and the
+    /// time go to standard error. Example:
+    ///
+    ///   detflow sql "SELECT w_id, sum(amount_cents) FROM order_line GROUP BY w_id"
+    ///     --connect 127.0.0.1:7001 --certs certs
+    Sql(SqlArgs),
     /// Show each node's view: leader, committed epoch, partitions' applied epochs.
     Status {
         #[command(flatten)]
@@ -91,6 +102,22 @@ pub(crate) struct CallArgs {
     /// The arguments as JSON, e.g. '{"account": 3}'.
     #[arg(long, default_value = "null")]
     pub(crate) args: String,
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+/// `detflow sql`.
+#[derive(clap::Args)]
+pub(crate) struct SqlArgs {
+    /// The query (DataFusion's SQL dialect); `-` reads it from standard input.
+    pub(crate) query: String,
+    /// Read the state after this epoch (within the nodes' snapshot retention, 10 s by
+    /// default) instead of the latest.
+    #[arg(long)]
+    pub(crate) at: Option<u64>,
+    /// How to print the rows: table, json (an array of objects) or csv.
+    #[arg(long, default_value = "table")]
+    pub(crate) format: detflow_query::Format,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }

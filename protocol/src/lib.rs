@@ -32,6 +32,7 @@ pub mod placement;
 pub mod plan;
 pub mod replication;
 pub mod rng;
+pub mod schema;
 pub mod session;
 pub mod snapshot;
 pub mod stream;

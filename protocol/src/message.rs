@@ -196,6 +196,8 @@ pub enum ClientRequest {
     },
     /// Read a snapshot.
     SnapshotRead(crate::snapshot::SnapshotRead),
+    /// List the tables the node's services declare.
+    Tables,
 }
 
 /// Every message that travels between components. Variant names are wire tags.
@@ -374,6 +376,10 @@ pub enum Message {
     },
     /// Node → asker.
     StatusReply(NodeStatus),
+    /// Client → node: list the tables its services declare, with their schemas (for SQL).
+    Tables,
+    /// Node → client: every table its services declare.
+    TablesReply(Vec<crate::schema::Table>),
     /// Gateway → replica.
     Submit(Arc<Transaction>),
     /// Executor → replica: send the plans of this partition from epoch `from` on.
@@ -407,6 +413,8 @@ macro_rules! client_message {
             | $crate::message::Message::SnapshotRead(_)
             | $crate::message::Message::Status
             | $crate::message::Message::StatusReply(_)
+            | $crate::message::Message::Tables
+            | $crate::message::Message::TablesReply(_)
     };
 }
 
@@ -469,6 +477,7 @@ mod tests {
                 },
             ),
             (Message::Status, ClientRequest::Status),
+            (Message::Tables, ClientRequest::Tables),
         ];
         for (sent, expected) in pairs {
             let bytes = rmp_serde::to_vec(&sent).expect("encode");
@@ -506,6 +515,8 @@ mod tests {
                 token,
             },
             Message::StatusReply(status),
+            Message::Tables,
+            Message::TablesReply(vec![crate::schema::Table::new("t")]),
         ] {
             assert!(msg.is_client_message(), "{msg:?}");
         }

@@ -31,6 +31,7 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::schema::{FieldType, Table};
 use detflow_protocol::snapshot::{
     At, PartAt, PartOp, PartRows, ScanRange, SnapshotError, SnapshotOp, SnapshotPart, SnapshotRead,
     SnapshotReply,
@@ -38,7 +39,7 @@ use detflow_protocol::snapshot::{
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
-    ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, Term,
+    ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, TableRule, Term,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -665,13 +666,39 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             node,
             from
         }),
+        Just(Message::Tables),
+        prop::collection::vec(table(), 0..3).prop_map(Message::TablesReply),
     ]
+}
+
+/// A table schema with random fields, partitioned by any rule.
+fn table() -> impl Strategy<Value = Table> + Clone {
+    let ty = select(vec![
+        FieldType::U64,
+        FieldType::I64,
+        FieldType::Str,
+        FieldType::Bytes,
+        FieldType::Bool,
+        FieldType::F64,
+        FieldType::Any,
+    ]);
+    let rule = prop_oneof![
+        any::<u32>().prop_map(|fields| TableRule::Hash { fields }),
+        prop::collection::vec(key(), 0..3).prop_map(|splits| TableRule::Range { splits }),
+        Just(TableRule::Replicated),
+    ];
+    let fields = prop::collection::vec((text(), ty), 0..5);
+    (text(), rule, fields.clone(), fields).prop_map(|(name, rule, key, columns)| {
+        let table = Table::new(&name).rule(rule);
+        let table = key.iter().fold(table, |t, (n, ty)| t.key(n, *ty));
+        columns.iter().fold(table, |t, (n, ty)| t.column(n, *ty))
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 28] = [
+const MESSAGE_VARIANTS: [&str; 30] = [
     "Ack",
     "Call",
     "Deliver",
@@ -700,6 +727,8 @@ const MESSAGE_VARIANTS: [&str; 28] = [
     "StatusReply",
     "Submit",
     "Subscribe",
+    "Tables",
+    "TablesReply",
 ];
 
 fn message_variant(msg: &Message) -> &'static str {
@@ -732,6 +761,8 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",
         Message::Subscribe { .. } => "Subscribe",
+        Message::Tables => "Tables",
+        Message::TablesReply(_) => "TablesReply",
     }
 }
 
@@ -1187,7 +1218,8 @@ impl Serialize for Doc {
 /// Names the decoder looks for: variant tags and field names, so that random documents
 /// often get past the tag and into a variant's fields.
 const NAMES: &str = "Ack Call Duplicate Hello NotLeader OpenSession Peer Plan Query RemoteReads Reply \
-    Result ResultUnknown SessionCall SessionOpened Status StatusReply Submit Subscribe \
+    Result ResultUnknown SessionCall SessionOpened Status StatusReply Submit Subscribe Tables \
+    TablesReply \
     AppendEntries AppendReply RequestVote Vote Done Rejected Unavailable Aborted \
     Committed BadArgs BadValue ValueTooLarge Exact Prefix Read Write Insert Partition \
     Replicated client seq procedure args from to durable txn leader msg term entries \

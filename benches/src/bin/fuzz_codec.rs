@@ -48,6 +48,7 @@ use detflow_protocol::message::{
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::schema::{FieldType, Table};
 use detflow_protocol::snapshot::{
     At, PartAt, PartOp, PartRows, ScanRange, SnapshotError, SnapshotOp, SnapshotPart, SnapshotRead,
     SnapshotReply,
@@ -55,7 +56,7 @@ use detflow_protocol::snapshot::{
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
-    ClientId, DetRng, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq,
+    ClientId, DetRng, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, TableRule,
 };
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -682,7 +683,8 @@ fn mutated(rng: &mut DetRng) -> Vec<u8> {
 
 /// Names the decoder looks for: variant tags and field names.
 const NAMES: &str = "Ack Call Duplicate Hello NotLeader OpenSession Peer Plan Query RemoteReads Reply \
-    Result ResultUnknown SessionCall SessionOpened Status StatusReply Submit Subscribe \
+    Result ResultUnknown SessionCall SessionOpened Status StatusReply Submit Subscribe Tables \
+    TablesReply \
     AppendEntries AppendReply RequestVote Vote Done Rejected Unavailable Aborted \
     Committed BadArgs BadValue ValueTooLarge Exact Prefix Read Write Insert Partition \
     Replicated client seq procedure args from to durable txn leader msg term entries \
@@ -816,6 +818,36 @@ fn bytes(rng: &mut DetRng, max: u64) -> Vec<u8> {
 }
 
 /// Mostly short names, sometimes arbitrary Unicode scalar values.
+/// A table schema with random fields, partitioned by any rule.
+fn table(rng: &mut DetRng) -> Table {
+    const TYPES: [FieldType; 7] = [
+        FieldType::U64,
+        FieldType::I64,
+        FieldType::Str,
+        FieldType::Bytes,
+        FieldType::Bool,
+        FieldType::F64,
+        FieldType::Any,
+    ];
+    let rule = match rng.below(3) {
+        0 => TableRule::Hash {
+            fields: rng.next_u64() as u32,
+        },
+        1 => TableRule::Range {
+            splits: (0..rng.below(3)).map(|_| key(rng)).collect(),
+        },
+        _ => TableRule::Replicated,
+    };
+    let mut table = Table::new(&text(rng)).rule(rule);
+    for _ in 0..rng.below(4) {
+        table = table.key(&text(rng), TYPES[rng.below(7) as usize]);
+    }
+    for _ in 0..rng.below(6) {
+        table = table.column(&text(rng), TYPES[rng.below(7) as usize]);
+    }
+    table
+}
+
 fn text(rng: &mut DetRng) -> String {
     let len = rng.below(13);
     if rng.chance(0.75) {
@@ -1108,7 +1140,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 28;
+const MESSAGE_VARIANTS: usize = 30;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1325,6 +1357,8 @@ fn message(rng: &mut DetRng) -> Message {
                 _ => SnapshotOp::Epoch,
             },
         }),
+        27 => Message::Tables,
+        28 => Message::TablesReply((0..rng.below(4)).map(|_| table(rng)).collect()),
         _ => Message::Subscribe {
             partition: partition(rng),
             node: node(rng),
@@ -1405,5 +1439,7 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",
         Message::Subscribe { .. } => "Subscribe",
+        Message::Tables => "Tables",
+        Message::TablesReply(_) => "TablesReply",
     }
 }

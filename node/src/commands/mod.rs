@@ -9,4 +9,5 @@ pub(crate) mod demo;
 mod local;
 pub(crate) mod nemesis;
 pub(crate) mod node;
+pub(crate) mod sql;
 pub(crate) mod status;

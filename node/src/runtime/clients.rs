@@ -146,6 +146,7 @@ impl ClientService {
             ClientRequest::Status => {
                 return Message::StatusReply(status(&self.stats, self.me, self.clock));
             }
+            ClientRequest::Tables => return Message::TablesReply(self.registry.tables()),
             ClientRequest::ReadStream { stream, from, max } => {
                 return Message::Events(self.read_stream(stream, from, max).await);
             }

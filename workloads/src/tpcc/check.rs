@@ -112,7 +112,7 @@ pub fn check_warehouse(
             h.amount_cents,
             "sum(H_AMOUNT)",
         )?;
-        let (c, c_d, c_w) = h.customer;
+        let (c, c_d, c_w) = (h.c_id, h.c_d_id, h.c_w_id);
         if c_w == w {
             add(
                 h_local.entry((c_d, c)).or_default(),

@@ -379,7 +379,9 @@ impl Tpcc {
                 rows.push((
                     keys::history(w, d, c),
                     codec::encode(&History {
-                        customer: (c, d, w),
+                        c_id: c,
+                        c_d_id: d,
+                        c_w_id: w,
                         date: 0,
                         amount_cents: history_cents,
                         data: astring(&mut rng, 12, 24),
@@ -1002,7 +1004,8 @@ mod tests;
 
 /// Declares the schema of TPC-C table `table` (its key fields after the table name and the
 /// columns of `rows`, in their serialized order). Nested values (addresses, the stock's
-/// district strings, the history's customer) and optional ones are `Any`.
+/// district strings) are `Any`; optional ones (the carrier, the
+/// delivery date) are nil until set.
 fn schema(table: Table) -> Table {
     use FieldType::{Any, Bool, I64, Str, U64};
     let keyed = |t: Table, fields: &[&str]| fields.iter().fold(t, |t, f| t.key(f, U64));
@@ -1056,7 +1059,9 @@ fn schema(table: Table) -> Table {
         keys::HISTORY => columns(
             keyed(table, &["w_id", "d_id", "h_id"]),
             &[
-                ("customer", Any),
+                ("c_id", U64),
+                ("c_d_id", U64),
+                ("c_w_id", U64),
                 ("date", U64),
                 ("amount_cents", I64),
                 ("data", Str),
@@ -1068,7 +1073,7 @@ fn schema(table: Table) -> Table {
             &[
                 ("c_id", U64),
                 ("entry_d", U64),
-                ("carrier_id", Any),
+                ("carrier_id", U64),
                 ("ol_cnt", U64),
                 ("all_local", Bool),
             ],
@@ -1079,7 +1084,7 @@ fn schema(table: Table) -> Table {
             &[
                 ("i_id", U64),
                 ("supply_w_id", U64),
-                ("delivery_d", Any),
+                ("delivery_d", U64),
                 ("quantity", U64),
                 ("amount_cents", I64),
                 ("dist_info", Str),

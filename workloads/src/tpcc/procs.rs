@@ -348,7 +348,9 @@ impl Procedure for Payment {
         let balance_cents = customer.balance_cents;
         tx.put_as(customer_key, &customer)?;
         let history = History {
-            customer: (c, a.c_d, a.c_w),
+            c_id: c,
+            c_d_id: a.c_d,
+            c_w_id: a.c_w,
             date: a.date,
             amount_cents: a.amount_cents,
             data: format!("{}    {}", warehouse.name, district.name),

@@ -69,8 +69,12 @@ pub struct Customer {
 /// A payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
-    /// H_C_ID, H_C_D_ID, H_C_W_ID: who paid.
-    pub customer: (u32, u32, u32),
+    /// H_C_ID: who paid.
+    pub c_id: u32,
+    /// H_C_D_ID: the payer's district.
+    pub c_d_id: u32,
+    /// H_C_W_ID: the payer's warehouse.
+    pub c_w_id: u32,
     /// H_DATE.
     pub date: u64,
     /// H_AMOUNT in cents.

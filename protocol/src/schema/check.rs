@@ -4,10 +4,11 @@
 //! types. Its value is MessagePack: with one declared column, that column's value itself;
 //! with several, an array of them in order (what `codec::encode` makes of a struct) or a
 //! map naming them (`codec::encode_named`). A table that declares no key fields or no
-//! columns is not checked on that side.
+//! columns is not checked on that side. A column's value may be nil (an `Option` that is
+//! `None`, a NULL in SQL) whatever its declared type.
 
-use crate::service::{FieldType, Table};
-use detflow_protocol::{Elem, Key};
+use super::{FieldType, Table};
+use crate::{Elem, Key};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
@@ -54,6 +55,8 @@ impl Shape {
 
     fn fits(&self, ty: FieldType) -> bool {
         match (ty, self) {
+            // Every column may be absent (an `Option` that is `None`): SQL reads a NULL.
+            (_, Shape::Nil) => true,
             (FieldType::Any, _) => true,
             (FieldType::U64, Shape::UInt(_)) => true,
             (FieldType::I64, Shape::Int) => true,
@@ -181,7 +184,7 @@ impl Table {
         if columns.is_empty() {
             return Ok(());
         }
-        let shape: Shape = detflow_protocol::codec::decode(value)
+        let shape: Shape = crate::codec::decode(value)
             .map_err(|e| fail(format!("the value is not MessagePack: {}", e.0)))?;
         if let [column] = columns
             && column.ty != FieldType::Any
@@ -234,7 +237,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detflow_protocol::codec;
+    use crate::codec;
     use serde::Serialize;
 
     #[derive(Serialize)]

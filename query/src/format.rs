@@ -1,0 +1,128 @@
+//! Writing an answer as a text table, JSON or CSV.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::io::Write;
+
+/// How to print rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// A JSON array of objects, one per row.
+    Json,
+    /// CSV with a header line.
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            other => Err(format!("unknown format {other:?}: table, json or csv")),
+        }
+    }
+}
+
+/// Writes `batches` (of `schema`) to `out` as `format`.
+pub(crate) fn write(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), ArrowError> {
+    match format {
+        Format::Table => {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
+                schema.clone(),
+                batches,
+            )?;
+            writeln!(out, "{table}")?;
+        }
+        Format::Json => {
+            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
+            writer.finish()?;
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                // The writer prints nothing for no rows; an empty array is still JSON.
+                write!(out, "[]")?;
+            }
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                writeln!(out, "{}", names.join(","))?;
+                return Ok(());
+            }
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a stream of batches as `format` while they come (a table needs every row for its
+/// widths, so it waits for the last); the number of rows written.
+pub(crate) async fn write_stream(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<usize, datafusion::common::DataFusionError> {
+    use futures::StreamExt;
+    let schema = stream.schema();
+    let mut rows = 0;
+    match format {
+        Format::Table => {
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows();
+                batches.push(batch);
+            }
+            write(&schema, &batches, format, out)?;
+        }
+        Format::Json => {
+            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows();
+                writer.write(&batch)?;
+            }
+            writer.finish()?;
+            if rows == 0 {
+                write!(out, "[]")?;
+            }
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                rows += batch.num_rows();
+                writer.write(&batch)?;
+            }
+            drop(writer);
+            if rows == 0 {
+                write(&schema, &[], format, out)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
