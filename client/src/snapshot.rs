@@ -313,7 +313,27 @@ impl<'c> Snapshot<'c> {
         &self,
         args: &P::Args,
     ) -> Result<(Epoch, P::Output), ReadError> {
-        let footprint = P::footprint(args);
+        let mut registry = Registry::new();
+        registry.register::<P>();
+        let (epoch, output) = self
+            .call_raw(&registry, P::NAME, &codec::encode(args))
+            .await?;
+        let output = codec::decode(&output).map_err(|e| ReadError::BadOutput(e.0))?;
+        Ok((epoch, output))
+    }
+
+    /// Runs the read-only procedure `procedure` of `registry` with encoded `args` on this
+    /// snapshot: its footprint's keys are read at this snapshot's epoch, then it runs here
+    /// with the serial executor. The epoch read and the encoded output.
+    pub async fn call_raw(
+        &self,
+        registry: &Registry,
+        procedure: &str,
+        args: &[u8],
+    ) -> Result<(Epoch, Vec<u8>), ReadError> {
+        let footprint = registry
+            .footprint(procedure, args)
+            .map_err(|e| ReadError::Refused(e.to_string()))?;
         let mut rows: BTreeMap<Key, Value> = BTreeMap::new();
         let exact: Vec<Key> = footprint
             .entries
@@ -344,18 +364,16 @@ impl<'c> Snapshot<'c> {
             Some(e) => e,
             None => self.resolve().await?.0,
         };
-        let mut registry = Registry::new();
-        registry.register::<P>();
         let txn = Transaction {
             client: ClientId(0),
             seq: RequestSeq(0),
             gateway: NodeId(0),
-            procedure: P::NAME.to_owned(),
-            args: codec::encode(args),
+            procedure: procedure.to_owned(),
+            args: args.to_vec(),
             footprint,
         };
         let view: &dyn ReadView = &rows;
-        let (outcome, effects) = detflow_executor::serial::run(&registry, &txn, view, usize::MAX);
+        let (outcome, effects) = detflow_executor::serial::run(registry, &txn, view, usize::MAX);
         let output = match outcome {
             Outcome::Committed(output) => output,
             Outcome::Aborted(reason) => return Err(ReadError::Aborted(reason)),
@@ -363,9 +381,8 @@ impl<'c> Snapshot<'c> {
         let wrote = effects
             .is_some_and(|e| !(e.writes.is_empty() && e.letters.is_empty() && e.events.is_empty()));
         if wrote {
-            return Err(ReadError::NotReadOnly(P::NAME.to_owned()));
+            return Err(ReadError::NotReadOnly(procedure.to_owned()));
         }
-        let output = codec::decode(&output).map_err(|e| ReadError::BadOutput(e.0))?;
         Ok((epoch, output))
     }
 }

@@ -11,9 +11,10 @@
 #![allow(clippy::disallowed_methods)]
 
 use anyhow::Result;
-use detflow_client::{CallError, Client, Tls};
+use detflow_client::{At, CallError, Client, ReadError, Tls};
+use detflow_executor::Registry;
 use detflow_protocol::{AbortReason, DetRng};
-use detflow_workloads::{Answer, Audit, LiveCheck, Options, Workload};
+use detflow_workloads::{Answer, Audit, LiveCheck, Options, Request, Workload};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,6 +38,9 @@ pub struct DriveConfig {
     pub duration: Duration,
     /// Print progress every second.
     pub progress: bool,
+    /// Run the workload's read-only procedures ([`Workload::read_only_procedures`]) on a
+    /// snapshot at the latest epoch instead of through the log.
+    pub snapshot_reads: bool,
 }
 
 /// Outcome counts and latencies of one type of logical transaction.
@@ -231,8 +235,11 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
         sessions.push(tokio::spawn(session(
             start,
             client,
-            workload,
-            DetRng::new(seed),
+            Generator {
+                workload,
+                rng: DetRng::new(seed),
+                snapshot_reads: config.snapshot_reads,
+            },
             done.clone(),
             answered.clone(),
             check.clone(),
@@ -306,26 +313,48 @@ pub async fn drive(gateways: Vec<SocketAddr>, tls: Tls, config: DriveConfig) -> 
     })
 }
 
+/// Where a session's calls come from, and how it makes the read-only ones.
+struct Generator {
+    workload: Box<dyn Workload>,
+    rng: DetRng,
+    /// Read-only procedures go to a snapshot instead of the log.
+    snapshot_reads: bool,
+}
+
 /// One session: logical transactions, one call at a time, until `done`.
 async fn session(
     start: Instant,
     client: Client,
-    mut workload: Box<dyn Workload>,
-    mut rng: DetRng,
+    generator: Generator,
     done: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
     check: SharedCheck,
 ) -> SessionReport {
     let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
     let mut timeline: Vec<u32> = Vec::new();
+    let Generator {
+        mut workload,
+        mut rng,
+        snapshot_reads,
+    } = generator;
+    let mut registry = Registry::new();
+    let read_only: &[&str] = match snapshot_reads && workload.register(&mut registry).is_ok() {
+        true => workload.read_only_procedures(),
+        false => &[],
+    };
     while !done.load(Ordering::Relaxed) {
         let mut request = workload.next_call(&mut rng);
         let began = Instant::now();
         let (mut calls, mut retries) = (0, 0);
         let ending = loop {
-            let result = client
-                .call_raw(request.procedure, request.args.clone())
-                .await;
+            let result = match read_only.contains(&request.procedure) {
+                true => read_on_snapshot(&client, &registry, &request).await,
+                false => {
+                    client
+                        .call_raw(request.procedure, request.args.clone())
+                        .await
+                }
+            };
             calls += 1;
             let (ending, answer) = match &result {
                 Ok(output) => (Ending::Committed, Answer::Committed(output)),
@@ -373,6 +402,26 @@ async fn session(
         tallies,
         audit: workload.audit(),
         timeline,
+    }
+}
+
+/// A read-only call run on a snapshot at the latest epoch, its failures told as a call's.
+async fn read_on_snapshot(
+    client: &Client,
+    registry: &Registry,
+    request: &Request,
+) -> Result<Vec<u8>, CallError> {
+    let snapshot = client.snapshot(At::Latest);
+    match snapshot
+        .call_raw(registry, request.procedure, &request.args)
+        .await
+    {
+        Ok((_, output)) => Ok(output),
+        Err(ReadError::Aborted(reason)) => Err(CallError::Aborted(reason)),
+        Err(e) => Err(CallError::Unavailable {
+            attempts: 1,
+            last: e.to_string(),
+        }),
     }
 }
 

@@ -176,6 +176,11 @@ pub(crate) struct TpccArgs {
     /// TPC-C: the transaction mix, standard or new-order-payment (50/50).
     #[arg(long, default_value = "standard", value_parser = parse_mix)]
     pub(crate) mix: Mix,
+    /// Run the workload's read-only transactions (TPC-C: the by-last-name reconnaissance,
+    /// Order-Status and Stock-Level) on a snapshot at the latest epoch, in the client,
+    /// instead of ordering them through the log.
+    #[arg(long)]
+    pub(crate) snapshot_reads: bool,
 }
 
 impl TpccArgs {

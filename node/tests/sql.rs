@@ -103,6 +103,8 @@ async fn conditions_under_load(cluster: &mut Cluster) {
         clients: 4,
         duration: Duration::from_secs(12),
         progress: false,
+        // Reconnaissance, Order-Status and Stock-Level read snapshots while SQL does.
+        snapshot_reads: true,
     };
     let load = tokio::spawn(drive::drive(
         cluster.gateways(),
@@ -110,7 +112,7 @@ async fn conditions_under_load(cluster: &mut Cluster) {
         config,
     ));
     let workload = tpcc::workload(PARTITIONS, &options());
-    let shape = workload.config().shape.clone();
+    let shape = workload.config().shape;
     let mut rounds = 0;
     let mut epochs = Vec::new();
     let started = Instant::now();
@@ -143,7 +145,7 @@ async fn conditions_under_load(cluster: &mut Cluster) {
         for w in 1..=WAREHOUSES {
             let args = CheckArgs {
                 w,
-                shape: shape.clone(),
+                shape,
                 initial: false,
             };
             let (read, check) = client

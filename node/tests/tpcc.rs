@@ -96,6 +96,7 @@ async fn run_and_check(cluster: &mut Cluster) {
         clients: 4,
         duration: Duration::from_secs(4),
         progress: false,
+        snapshot_reads: false,
     };
     let run = drive::drive(
         cluster.gateways(),

@@ -30,6 +30,13 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// A JSON array writer that writes NULLs as `null` rather than leaving the key out.
+fn json_writer<W: Write>(out: W) -> datafusion::arrow::json::ArrayWriter<W> {
+    datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, datafusion::arrow::json::writer::JsonArray>(out)
+}
+
 /// Writes `batches` (of `schema`) to `out` as `format`.
 pub(crate) fn write(
     schema: &SchemaRef,
@@ -46,7 +53,7 @@ pub(crate) fn write(
             writeln!(out, "{table}")?;
         }
         Format::Json => {
-            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            let mut writer = json_writer(&mut *out);
             writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
             writer.finish()?;
             if batches.iter().all(|b| b.num_rows() == 0) {
@@ -93,7 +100,7 @@ pub(crate) async fn write_stream(
             write(&schema, &batches, format, out)?;
         }
         Format::Json => {
-            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            let mut writer = json_writer(&mut *out);
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 rows += batch.num_rows();
@@ -125,4 +132,49 @@ pub(crate) async fn write_stream(
     }
     out.flush()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch() -> (SchemaRef, RecordBatch) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("a,b"), None])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        (schema, batch)
+    }
+
+    fn text(format: Format, rows: bool) -> String {
+        let (schema, batch) = batch();
+        let batches = if rows { vec![batch] } else { vec![] };
+        let mut out = Vec::new();
+        write(&schema, &batches, format, &mut out).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn json_csv_and_table_with_and_without_rows() {
+        assert_eq!(
+            text(Format::Json, true),
+            "[{\"id\":1,\"name\":\"a,b\"},{\"id\":2,\"name\":null}]\n"
+        );
+        assert_eq!(text(Format::Json, false), "[]\n");
+        assert_eq!(text(Format::Csv, true), "id,name\n1,\"a,b\"\n2,\n");
+        assert_eq!(text(Format::Csv, false), "id,name\n");
+        let table = text(Format::Table, true);
+        assert!(table.contains("| id | name |"), "{table}");
+        assert!(text(Format::Table, false).contains("| id | name |"));
+        assert_eq!("csv".parse::<Format>(), Ok(Format::Csv));
+        assert!("xml".parse::<Format>().is_err());
+    }
 }

@@ -155,6 +155,13 @@ pub trait Workload: Send {
         None
     }
 
+    /// The procedures among its calls that only read and need no place in the order: a
+    /// driver may run them on a snapshot at the latest epoch instead of through the log
+    /// (TPC-C's reconnaissance, Order-Status and Stock-Level).
+    fn read_only_procedures(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// What this session measured (see [`Audit`]).
     fn audit(&self) -> Audit {
         Audit::default()

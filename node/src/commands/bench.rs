@@ -127,6 +127,7 @@ fn drive_config(args: &BenchArgs, partitions: u32, options: Options) -> DriveCon
         clients: args.clients,
         duration: args.duration,
         progress: true,
+        snapshot_reads: args.tpcc.snapshot_reads,
     }
 }
 

@@ -47,6 +47,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool> {
         clients: args.clients,
         duration: args.duration,
         progress: true,
+        snapshot_reads: args.tpcc.snapshot_reads,
     };
     let ok = if tpcc {
         let report = run_tpcc(&local.gateways(), &local.tls()?, config, local.load_seconds).await?;

@@ -708,6 +708,10 @@ impl Workload for Tpcc {
         "tpcc"
     }
 
+    fn read_only_procedures(&self) -> &'static [&'static str] {
+        &[CustomerByLast::NAME, OrderStatus::NAME, StockLevel::NAME]
+    }
+
     /// Every TPC-C table, partitioned as [`Workload::scheme`] says (row schemas are not
     /// declared yet).
     fn services(&self) -> Vec<Service> {
