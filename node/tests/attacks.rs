@@ -3,7 +3,8 @@
 //! nothing.
 //!
 //! - `forged_peer_messages_are_refused`: holding a real node certificate, speak for another
-//!   node (replication as that node, reads of its partitions, submissions for its gateway)
+//!   node (replication as that node, reads of its partitions, submissions for its gateway,
+//!   snapshot answers of its partitions and snapshot queries for its gateway)
 //!   and claim leadership of the current term as ourselves. Before: the leader's sequencer
 //!   panicked and writes stopped until restart. Now: each is a counted drop, the processes
 //!   keep running, and every acknowledged deposit is there.
@@ -57,6 +58,7 @@ use detflow_node::transport::{Connection, Endpoint};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, SessionToken};
 use detflow_protocol::replication::PeerMessage;
+use detflow_protocol::snapshot::{PartAt, PartOp, PartRows, SnapshotPart};
 use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
 use detflow_protocol::{
     ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
@@ -288,6 +290,33 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
                 stream: "receipts".into(),
                 from: Offset::START,
                 max: u32::MAX,
+            },
+        ),
+        // A snapshot answer of a partition we do not host (it could hand a reader a
+        // forged cut), and a snapshot query for another gateway.
+        (
+            ChannelHeader::Results,
+            Message::SnapshotPart {
+                read: 1,
+                part: SnapshotPart {
+                    partition: other_partition,
+                    applied: Epoch(u64::MAX),
+                    oldest: Epoch(0),
+                    answer: Ok(PartRows::Values {
+                        epoch: Epoch(1),
+                        values: vec![Some(codec::encode(&1_000_000i64))],
+                    }),
+                },
+            },
+        ),
+        (
+            ChannelHeader::Results,
+            Message::SnapshotQuery {
+                partition: leader_partition,
+                read: 1,
+                gateway: NodeId(other),
+                at: PartAt::Epoch(Epoch(1)),
+                op: PartOp::Get(vec![Key::table("acct").u64(7)]),
             },
         ),
     ];
