@@ -55,11 +55,8 @@ pub(crate) fn write(
         Format::Json => {
             let mut writer = json_writer(&mut *out);
             writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
+            // With no rows the writer still prints `[]`.
             writer.finish()?;
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                // The writer prints nothing for no rows; an empty array is still JSON.
-                write!(out, "[]")?;
-            }
             writeln!(out)?;
         }
         Format::Csv => {
@@ -107,9 +104,6 @@ pub(crate) async fn write_stream(
                 writer.write(&batch)?;
             }
             writer.finish()?;
-            if rows == 0 {
-                write!(out, "[]")?;
-            }
             writeln!(out)?;
         }
         Format::Csv => {
