@@ -381,26 +381,29 @@ impl Client {
     pub async fn status(&self) -> Vec<(SocketAddr, Result<NodeStatus, String>)> {
         let mut out = Vec::new();
         for (i, addr) in self.links.gateways.iter().enumerate() {
-            let answer = tokio::time::timeout(
-                self.policy.attempt_timeout,
-                self.request(i, &Message::Status),
-            )
-            .await;
-            let status = match answer {
-                Ok(Ok(Message::StatusReply(s))) => Ok(s),
-                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                Ok(Err((e, conn))) => {
-                    // Drop the failed connection, as `call_raw` does: a cached connection
-                    // to a node that died stays dead, so without this every later status
-                    // would report a restarted node unreachable.
-                    self.forget(i, conn).await;
-                    Err(e.to_string())
-                }
-                Err(_) => Err("timed out".into()),
+            let status = match self.ask(i, &Message::Status).await {
+                Ok(Message::StatusReply(s)) => Ok(s),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e),
             };
             out.push((*addr, status));
         }
         out
+    }
+
+    /// One request to gateway `i` within an attempt's timeout, its failure as text. A
+    /// failed connection is dropped, as `call_raw` does: a cached connection to a node
+    /// that died stays dead, so without this every later request would find a restarted
+    /// node unreachable.
+    async fn ask(&self, i: usize, msg: &Message) -> Result<Message, String> {
+        match tokio::time::timeout(self.policy.attempt_timeout, self.request(i, msg)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err((e, conn))) => {
+                self.forget(i, conn).await;
+                Err(e.to_string())
+            }
+            Err(_) => Err("timed out".into()),
+        }
     }
 
     /// Every table the cluster's services declare, with its schema (key fields and
@@ -410,19 +413,10 @@ impl Client {
         let mut last = String::from("no gateway configured");
         let attempts = self.links.gateways.len();
         for i in 0..attempts {
-            let answer = tokio::time::timeout(
-                self.policy.attempt_timeout,
-                self.request(i, &Message::Tables),
-            )
-            .await;
-            match answer {
-                Ok(Ok(Message::TablesReply(tables))) => return Ok(tables),
-                Ok(Ok(other)) => last = format!("unexpected answer {other:?}"),
-                Ok(Err((e, conn))) => {
-                    self.forget(i, conn).await;
-                    last = e.to_string();
-                }
-                Err(_) => last = "timed out".into(),
+            match self.ask(i, &Message::Tables).await {
+                Ok(Message::TablesReply(tables)) => return Ok(tables),
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(e) => last = e,
             }
         }
         Err(ReadError::Unavailable {
