@@ -555,6 +555,65 @@ impl<S: Store> Executor<S> {
         self.stats
     }
 
+    /// What the next epoch waits for, in words: the plans held, the transaction at the
+    /// cursor and the peers whose reads it lacks, the plan source and the stall counters.
+    /// For an operator's log when a partition stops applying.
+    pub fn waiting_for(&self) -> String {
+        let plans = match (self.plans.first_key_value(), self.plans.last_key_value()) {
+            (Some((first, _)), Some((last, _))) => {
+                format!(
+                    "{} plans, epochs {}..={}",
+                    self.plans.len(),
+                    first.0,
+                    last.0
+                )
+            }
+            _ => "no plan".to_string(),
+        };
+        let at_cursor = match self
+            .plans
+            .get(&self.next_epoch)
+            .and_then(|plan| plan.txns.get(self.cursor))
+        {
+            None => "no transaction of the next epoch".to_string(),
+            Some(txn) => {
+                let received = self.inbox.get(&txn.position);
+                let lacking: Vec<u32> = txn
+                    .participants
+                    .iter()
+                    .filter(|p| **p != self.partition)
+                    .filter(|p| {
+                        !received
+                            .and_then(|r| r.get(p))
+                            .is_some_and(Received::is_complete)
+                    })
+                    .map(|p| p.0)
+                    .collect();
+                format!(
+                    "transaction {} lacks the reads of partitions {lacking:?}",
+                    txn.position
+                )
+            }
+        };
+        let inbox = match self.inbox.first_key_value() {
+            Some((first, _)) => format!("{} positions from {first}", self.inbox.len()),
+            None => "empty".to_string(),
+        };
+        let s = &self.stats;
+        format!(
+            "next epoch {}, durable {}; {plans}; {at_cursor}; inbox {inbox}; plan source \
+             {:?}; resubscribed {}, stall hellos {}, reads resent {}, dropped {}, refused {}",
+            self.next_epoch.0,
+            self.durable.0,
+            self.feed.source(),
+            s.resubscribed,
+            s.stall_hellos,
+            s.reads_resent,
+            s.reads_dropped,
+            s.reads_refused
+        )
+    }
+
     /// Whether peers sent reads for an epoch past every plan this executor holds: they
     /// follow a replica further ahead than its plan source.
     fn reads_past_plans(&self) -> bool {
@@ -565,6 +624,15 @@ impl<S: Store> Executor<S> {
         self.inbox
             .last_key_value()
             .is_some_and(|(position, _)| position.epoch > planned)
+    }
+
+    /// Whether plans of later epochs wait while the next one's never came: the stream lost
+    /// plans (queued on a connection that died, say) and carries on after the gap, so the
+    /// source never goes silent. Only a new subscription, from the next epoch, fills it.
+    fn plans_missing_next(&self) -> bool {
+        self.plans
+            .first_key_value()
+            .is_some_and(|(epoch, _)| *epoch > self.next_epoch)
     }
 
     /// Whether no plan and no remote read is waiting.
@@ -1385,7 +1453,8 @@ impl<S: Store> Machine for Executor<S> {
             self.feed.progressed(now);
             self.poll_outbox(now, out);
         }
-        self.feed.note_behind(now, self.reads_past_plans());
+        self.feed
+            .note_behind(now, self.reads_past_plans() || self.plans_missing_next());
     }
 
     fn next_deadline(&self) -> Option<Time> {
@@ -1688,6 +1757,40 @@ mod tests {
         });
         let stalled = at(e, Time(4 * STALL_US), Input::Tick);
         assert_eq!(stalled, [subscribe(1, 1)]);
+    }
+
+    /// Plans lost from the stream (queued on a connection that died) while later ones keep
+    /// coming: the source never goes silent, so the gap itself moves the subscription on.
+    #[test]
+    fn a_gap_in_the_plan_stream_moves_the_subscription_on() {
+        use crate::STALL_US;
+        let mut f = fixture();
+        let empty = |epoch| {
+            let batch = Batch {
+                version: LOG_FORMAT_VERSION,
+                epoch: Epoch(epoch),
+                txns: Vec::new(),
+            };
+            schedule(&batch, &f.map).unwrap().swap_remove(0)
+        };
+        let (p1, p2, p3) = (empty(1), empty(2), empty(3));
+        let e = &mut f.executors[0];
+        e.set_plan_sources(vec![NodeId(1), NodeId(2)]);
+        at(e, Time(0), Input::Start);
+        // Epoch 1's plan is lost; 2 and 3 come, one a stall period apart from the next.
+        at(e, Time(STALL_US / 2), Input::Plan(p2));
+        at(e, Time(3 * STALL_US / 2), Input::Plan(p3));
+        let stalled = at(e, Time(2 * STALL_US), Input::Tick);
+        assert!(
+            stalled.contains(&Output::Subscribe {
+                to: NodeId(2),
+                from: Epoch(1),
+            }),
+            "{stalled:?}"
+        );
+        let out = at(e, Time(2 * STALL_US + 1), Input::Plan(p1));
+        assert!(out.contains(&Output::EpochApplied(Epoch(3))), "{out:?}");
+        assert_eq!(e.next_epoch(), Epoch(4));
     }
 
     #[test]

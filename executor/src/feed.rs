@@ -1,20 +1,23 @@
 //! Where an executor's plans come from, and what it does when its inputs stop coming.
 //!
-//! An executor subscribes to one sequencer replica's plan stream at a time. Two things can
-//! stall it, and neither is announced by the network:
+//! An executor subscribes to one sequencer replica's plan stream at a time. Four things can
+//! stall it, and none is announced by the network:
 //!
 //! - its plan source dies or is cut off: no plan arrives for [`STALL_US`], so it subscribes
 //!   to the next replica (round robin), from the epoch it needs next;
 //! - its plan source lags (a replica that restarted and is catching up its log still sends
 //!   plans, slowly): peers' reads keep arriving for epochs it holds no plan for, for
 //!   [`STALL_US`], so it moves to the next replica the same way;
+//! - its plan stream has a gap (plans queued on a connection that died were dropped, and
+//!   the source carries on with later epochs on the new one): later plans wait while the
+//!   next epoch's never comes, for [`STALL_US`], and it moves on the same way;
 //! - remote reads it waits for were sent on a connection that died without either side
 //!   noticing yet (a peer keeps using a connection to this node's previous incarnation
 //!   until the idle timeout): work waits with no epoch applied for [`STALL_US`], so it says
 //!   Hello to every peer again, and peers re-send what it has not acknowledged (re-sent
 //!   reads are de-duplicated).
 //!
-//! Both are protocol decisions, so they live here, in the machine, where the simulator
+//! All are protocol decisions, so they live here, in the machine, where the simulator
 //! exercises them; the drivers only deliver [`Input::Tick`](crate::Input::Tick) when
 //! [`next_deadline`](detflow_protocol::Machine::next_deadline) passes.
 
@@ -86,8 +89,9 @@ impl Feed {
         self.last_plan = now;
     }
 
-    /// Whether peers' reads are waiting for epochs past every plan held (the plan source
-    /// lags the replicas the peers follow), as of `now`.
+    /// Whether the plans held cannot be applied for want of plans the source is not
+    /// sending: peers' reads wait for epochs past every plan held (the source lags the
+    /// replicas the peers follow), or later plans wait for a lost one; as of `now`.
     pub(crate) fn note_behind(&mut self, now: Time, behind: bool) {
         match (behind, self.behind_since) {
             (false, _) => self.behind_since = None,

@@ -92,6 +92,10 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
 /// the disk's fsync rate.
 const STATE_SYNC_US: u64 = 20_000;
 
+/// A partition that applied no epoch for this long while the log is ahead of it says so,
+/// with what it waits for, and again every this long.
+const STALLED_US: u64 = 5_000_000;
+
 /// What woke the executor task.
 enum Wake {
     Event(Event),
@@ -116,6 +120,8 @@ pub(super) async fn executor_task(
     // When the first epoch applied since the last sync began was applied.
     let mut unsynced_since: Option<Time> = None;
     let mut syncing: Option<tokio::task::JoinHandle<Result<Epoch, StorageError>>> = None;
+    // The last epoch seen applied, when, and when a stall was last logged.
+    let (mut last_next, mut progressed_at, mut reported_at) = (0, clock.now(), Time::ZERO);
     loop {
         let sync_due = unsynced_since
             .filter(|_| syncing.is_none())
@@ -251,6 +257,21 @@ pub(super) async fn executor_task(
             }
         }
         let next = executor.next_epoch().0;
+        let now = clock.now();
+        if next != last_next {
+            (last_next, progressed_at) = (next, now);
+        } else if stats.commit.get() >= next
+            && now.since_us(progressed_at) >= STALLED_US
+            && now.since_us(reported_at) >= STALLED_US
+        {
+            reported_at = now;
+            tracing::warn!(
+                %partition,
+                for_s = now.since_us(progressed_at) / 1_000_000,
+                "partition applies no epoch: {}",
+                executor.waiting_for()
+            );
+        }
         if let Ok(mut parts) = stats.partitions.lock() {
             let durable = executor.store().applied_epoch().0;
             parts.insert(partition, (next, durable));

@@ -240,6 +240,55 @@ pub(crate) async fn wait_applied(
     }
 }
 
+/// Waits until every partition, on every node, applied all but the last `slack` committed
+/// epochs. A replica that was down or frozen catches up while
+/// the others carry the load; until it has, it is not yet a spare for the next fault.
+pub(crate) async fn wait_caught_up(
+    cluster: &mut Cluster,
+    status: &Client,
+    slack: u64,
+    within: Duration,
+) {
+    let start = Instant::now();
+    loop {
+        cluster.assert_running();
+        let views = statuses(cluster, status).await;
+        let commit = views
+            .values()
+            .filter_map(|s| s.as_ref().ok()?.replica.map(|(_, _, commit)| commit.0))
+            .max()
+            .unwrap_or(0);
+        let mut behind = Vec::new();
+        for node in cluster.nodes() {
+            match &views[&node.id()] {
+                Ok(s) => {
+                    for p in node.partitions() {
+                        let next = s
+                            .partitions
+                            .iter()
+                            .find(|(id, _, _)| id.0 == *p)
+                            .map_or(0, |(_, next, _)| next.0);
+                        if next + slack <= commit {
+                            behind
+                                .push(format!("node {} partition {p} at epoch {next}", node.id()));
+                        }
+                    }
+                }
+                Err(e) => behind.push(format!("node {} unreachable: {e}", node.id())),
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "the replicas did not catch up with commit epoch {commit} within {within:?}: \
+             {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls a counter until it exceeds `above`; returns its value.
 pub(crate) async fn wait_metric_above(
     addr: SocketAddr,
