@@ -31,6 +31,7 @@
 //! by itself.
 
 use crate::chunk::{Chunker, READS_BYTES_MAX_DEFAULT, READS_BYTES_MIN};
+use crate::digest::StateDigest;
 use crate::feed::Feed;
 use crate::mailbox::Outbox;
 use crate::registry::Registry;
@@ -50,10 +51,10 @@ use detflow_protocol::stream::{
 };
 use detflow_protocol::{
     ClientId, Epoch, ExecutorId, Key, KeySpec, Machine, NodeId, Outcome, Owner,
-    PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn, Time,
-    TxnResult, Value,
+    PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn,
+    SYSTEM_TABLE, Time, TxnResult, Value, codec,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// An input to the executor.
@@ -249,6 +250,25 @@ pub struct ExecutorBugs {
     /// A snapshot read of an epoch not applied by its deadline waits again instead of
     /// being answered `NotYet`: it is never answered if the epoch never comes.
     pub snapshot_wait_forever: bool,
+    /// The running state digest ignores deletes (the rows' digest still counts them).
+    pub digest_ignores_deletes: bool,
+}
+
+/// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
+pub const DIGESTS_KEPT: usize = 4_096;
+
+/// The bookkeeping record of the state digest after the last applied epoch, written with
+/// each epoch so that a restart need not read every row again.
+fn digest_key() -> Key {
+    Key::table(SYSTEM_TABLE).str("digest")
+}
+
+/// The state digest `store` records with its last applied epoch, and that epoch; none
+/// before an executor applied an epoch to it.
+pub fn recorded_digest<S: Store>(store: &S) -> Option<(Epoch, StateDigest)> {
+    store.get(&digest_key()).map(|bytes| {
+        codec::decode(&bytes).unwrap_or_else(|e| panic!("corrupt state digest record: {e}"))
+    })
 }
 
 /// Counters of an executor's work.
@@ -375,6 +395,10 @@ pub struct Executor<S: Store> {
     stats: ExecutorStats,
     /// Before-images of the retention window's epochs, for snapshot reads.
     versions: Versions,
+    /// The digest of the user rows as they stand (loaded or computed at the first need,
+    /// once initial rows are in), and the digests after the last applied epochs.
+    digest: Option<StateDigest>,
+    digests: VecDeque<(Epoch, StateDigest)>,
     /// Snapshot reads waiting for their epoch, by the epoch and an arrival number.
     waiting: BTreeMap<(Epoch, u64), WaitingRead>,
     waiting_seq: u64,
@@ -424,6 +448,8 @@ impl<S: Store> Executor<S> {
             bug_sent_early: BTreeSet::new(),
             stats: ExecutorStats::default(),
             versions: Versions::new(durable, Retention::default()),
+            digest: None,
+            digests: VecDeque::new(),
             waiting: BTreeMap::new(),
             waiting_seq: 0,
             now: Time::ZERO,
@@ -896,6 +922,13 @@ impl<S: Store> Executor<S> {
             let Some(txn) = plan.txns.get(self.cursor).cloned() else {
                 let epoch = self.next_epoch;
                 self.plans.remove(&epoch);
+                let digest = *self.running_digest();
+                self.store
+                    .put(digest_key(), codec::encode(&(epoch, digest)));
+                if self.digests.len() == DIGESTS_KEPT {
+                    self.digests.pop_front();
+                }
+                self.digests.push_back((epoch, digest));
                 self.book.flush(&mut self.store, epoch);
                 self.store.commit_epoch(epoch);
                 self.next_epoch = epoch.next();
@@ -1091,14 +1124,40 @@ impl<S: Store> Executor<S> {
             return;
         }
         if !is_system_key(&key) {
-            let store = &self.store;
-            self.versions
-                .before_write(self.next_epoch, &key, || store.get(&key));
+            let old = self.store.get(&key);
+            // Planted bug `digest_ignores_deletes`.
+            if !(self.bugs.digest_ignores_deletes && value.is_none()) {
+                self.running_digest()
+                    .replace(&key, old.as_ref(), value.as_ref());
+            }
+            self.versions.before_write(self.next_epoch, &key, || old);
         }
         match value {
             Some(v) => self.store.put(key, v),
             None => self.store.delete(&key),
         }
+    }
+
+    /// The digest of the user rows as they stand: the one recorded with the last applied
+    /// epoch, or, in a store that has none (initial rows only), computed from every row.
+    fn running_digest(&mut self) -> &mut StateDigest {
+        let store = &self.store;
+        self.digest
+            .get_or_insert_with(|| match recorded_digest(store) {
+                Some((epoch, digest)) if epoch == store.applied_epoch() => digest,
+                _ => StateDigest::of_store(store),
+            })
+    }
+
+    /// The digest of this partition's user rows after `epoch`, if it is among the last
+    /// [`DIGESTS_KEPT`] epochs this replica applied since it started. Every replica of a
+    /// partition has the same digest after the same epoch.
+    pub fn digest_after(&self, epoch: Epoch) -> Option<StateDigest> {
+        let i = self.digests.partition_point(|(e, _)| *e < epoch);
+        self.digests
+            .get(i)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, d)| *d)
     }
 
     /// The last epoch wholly applied.

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod chunk;
+mod digest;
 mod executor;
 mod feed;
 mod mailbox;
@@ -39,8 +40,10 @@ pub use chunk::READS_BYTES_MAX_DEFAULT;
 pub use detflow_protocol::AbortReason as Abort;
 pub use detflow_protocol::SYSTEM_TABLE;
 pub use detflow_protocol::schema::SchemaError;
+pub use digest::StateDigest;
 pub use executor::{
-    Executor, ExecutorBugs, ExecutorStats, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX,
+    DIGESTS_KEPT, Executor, ExecutorBugs, ExecutorStats, Input, Output, SNAPSHOT_WAIT_US,
+    SNAPSHOT_WAITING_MAX, recorded_digest,
 };
 pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};

@@ -53,6 +53,11 @@ pub struct Executed {
     pub consumed: Vec<(PartitionId, u64)>,
     /// The events it published, in order: (stream, data).
     pub events: Vec<(String, Value)>,
+    /// The writes it made, in key order (`None`: a delete), letters and their outbox
+    /// records aside.
+    pub writes: Vec<(Key, Option<Value>)>,
+    /// What each of `writes` replaced, in the same order (`None`: absent before).
+    pub overwritten: Vec<Option<Value>>,
 }
 
 /// A single map and the procedures, executing one transaction at a time.
@@ -102,15 +107,19 @@ impl<'r> SerialExecutor<'r> {
                 posted_to: None,
                 consumed: Vec::new(),
                 events: Vec::new(),
+                writes: Vec::new(),
+                overwritten: Vec::new(),
             };
         }
         let (outcome, effects) = run(self.registry, txn, &self.state, self.value_bytes_max);
         let effects = effects.unwrap_or_default();
-        for (key, value) in effects.writes {
-            match value {
-                Some(v) => self.state.insert(key, v),
-                None => self.state.remove(&key),
-            };
+        let writes: Vec<(Key, Option<Value>)> = effects.writes.into_iter().collect();
+        let mut overwritten = Vec::with_capacity(writes.len());
+        for (key, value) in &writes {
+            overwritten.push(match value {
+                Some(v) => self.state.insert(key.clone(), v.clone()),
+                None => self.state.remove(key),
+            });
         }
         let mut sent = Vec::new();
         let mut posted_to = None;
@@ -132,6 +141,8 @@ impl<'r> SerialExecutor<'r> {
             posted_to,
             consumed: effects.consumed,
             events: effects.events,
+            writes,
+            overwritten,
         }
     }
 

@@ -37,7 +37,8 @@ mod common;
 
 use common::cluster::{
     Cluster, TestCluster, commit_epoch, metrics_of, quick_policy, runtime, serial, statuses,
-    wait_applied, wait_caught_up, wait_committing, wait_for_leader, wait_metric_above, with_budget,
+    wait_applied, wait_caught_up, wait_committing, wait_digests_agree, wait_for_leader,
+    wait_metric_above, with_budget,
 };
 use detflow_client::{CallError, Client, RetryPolicy, Tls};
 use detflow_node::certs::{self, CertKind};
@@ -646,6 +647,7 @@ async fn stop_and_check(
         "[{:>5.1}s] load stopped; every partition applied epoch {committed}",
         began.elapsed().as_secs_f64()
     );
+    wait_digests_agree(cluster, status, Duration::from_secs(10)).await;
 
     reports.extend(extra);
 

@@ -162,6 +162,11 @@ pub struct NodeStatus {
     /// The last of them, described.
     #[serde(default)]
     pub last_divergence: Option<String>,
+    /// Each partition it executes, with the last epoch it applied and its state digest
+    /// after that epoch (32 hex digits). Replicas of a partition with the same epoch must
+    /// show the same digest.
+    #[serde(default)]
+    pub digests: Vec<(PartitionId, Epoch, String)>,
 }
 
 /// What a client may send a node: the client-facing subset of [`Message`], with the same

@@ -328,7 +328,11 @@ fn node_status() -> impl Strategy<Value = NodeStatus> + Clone {
         any::<u64>(),
         any::<u64>(),
         loaded,
-        (any::<u64>(), proptest::option::of(text())),
+        (
+            any::<u64>(),
+            proptest::option::of(text()),
+            proptest::collection::vec((partition(), epoch(), text()), 0..3),
+        ),
     )
         .prop_map(
             |(node, replica, partitions, calls_answered, uptime_us, loaded, divergences)| {
@@ -342,6 +346,7 @@ fn node_status() -> impl Strategy<Value = NodeStatus> + Clone {
                     warehouses_loaded: loaded.1,
                     determinism_failures: divergences.0,
                     last_divergence: divergences.1,
+                    digests: divergences.2,
                 }
             },
         )

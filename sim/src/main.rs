@@ -111,6 +111,8 @@ enum Bug {
     ReclaimInsideWindow,
     /// Executors hold snapshot reads of epochs not applied yet past their deadline.
     SnapshotWaitForever,
+    /// Executors' running state digests ignore deletes.
+    DigestIgnoresDeletes,
     /// A gateway answers a call only once every replica of its partition reported it.
     AnswerAfterEveryReplica,
     /// The leader commits an entry of an earlier term on a majority (Raft's Figure 8).
@@ -153,6 +155,7 @@ impl Bug {
             Bug::SnapshotEpochLate => "snapshot-epoch-late",
             Bug::ReclaimInsideWindow => "reclaim-inside-window",
             Bug::SnapshotWaitForever => "snapshot-wait-forever",
+            Bug::DigestIgnoresDeletes => "digest-ignores-deletes",
             Bug::AnswerAfterEveryReplica => "answer-after-every-replica",
             Bug::CommitEarlierTerm => "commit-earlier-term",
             Bug::VoteBeforeDurable => "vote-before-durable",
@@ -296,6 +299,7 @@ fn run(args: RunArgs) -> Result<bool> {
         snapshot_epoch_late: matches!(args.bug, Some(Bug::SnapshotEpochLate)),
         reclaim_inside_window: matches!(args.bug, Some(Bug::ReclaimInsideWindow)),
         snapshot_wait_forever: matches!(args.bug, Some(Bug::SnapshotWaitForever)),
+        digest_ignores_deletes: matches!(args.bug, Some(Bug::DigestIgnoresDeletes)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),

@@ -421,28 +421,56 @@ fn a_stream_read_past_a_lagging_partition_is_caught() {
 /// replicas report must see it. A seed's failures are capped, and the gateway's are listed
 /// first, so 100 calls keep them few enough for the end-state failure to show too.
 #[test]
-fn a_replica_that_skips_a_write_is_caught_by_both_replica_comparisons() {
+fn a_replica_that_skips_a_write_is_caught_by_every_replica_comparison() {
     let bugs = ExecutorBugs {
         skip_one_write: true,
         ..ExecutorBugs::default()
     };
     let config = with_partition_replica_bug(bugs, 100);
-    let (mut end_state, mut online) = (None, None);
+    let (mut end_state, mut online, mut digest, mut audit) = (None, None, None, None);
     let mut seeds = 0;
-    while seeds < SEEDS_MAX && (end_state.is_none() || online.is_none()) {
+    let caught = |found: &[Option<u64>]| found.iter().all(Option::is_some);
+    while seeds < SEEDS_MAX && !caught(&[end_state, online, digest, audit]) {
         let report = run_seed(&config(seeds)).expect("valid config");
-        let seen = |text: &str| report.failures.iter().any(|f| f.contains(text));
-        if seen("ends with another state than the first") {
+        let seen = |text: &str| report.failures.iter().find(|f| f.contains(text));
+        if seen("ends with another state than the first").is_some() {
             end_state.get_or_insert(seeds);
         }
-        if seen("determinism failure: replicas of partition") {
+        if seen("determinism failure: replicas of partition").is_some() {
             online.get_or_insert(seeds);
+        }
+        // The digests and the audit name the epoch of the skipped write: the bug skips one
+        // in each epoch whose number is 3 modulo 4.
+        let epoch_of = |failure: &str| -> u64 {
+            failure
+                .split("after epoch ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no epoch in {failure:?}"))
+        };
+        if let Some(failure) = seen("state digests diverge") {
+            assert_eq!(epoch_of(failure) % 4, 3, "reported late: {failure}");
+            digest.get_or_insert(seeds);
+        }
+        if let Some(failure) = seen("audit: replica") {
+            assert_eq!(epoch_of(failure) % 4, 3, "reported late: {failure}");
+            assert!(
+                failure.contains("replica partition"),
+                "names no partition: {failure}"
+            );
+            audit.get_or_insert(seeds);
         }
         seeds += 1;
     }
     let end_state = end_state.expect("no replica ended with another state");
     let online = online.expect("no gateway saw the replicas disagree");
-    println!("end state: seed {end_state}; gateway: seed {online}");
+    let digest = digest.expect("no state digests diverged");
+    let audit = audit.expect("the audit found no divergence from the log");
+    println!(
+        "end state: seed {end_state}; gateway: seed {online}; digests: seed {digest}; audit: \
+         seed {audit}"
+    );
     passes_without_the_bug(config, 0..seeds);
 }
 
@@ -557,6 +585,38 @@ fn a_snapshot_read_held_past_its_wait_is_caught() {
     let (seed, failures) = first_failure(&config).expect("a read held forever went unnoticed");
     assert!(
         failures.iter().all(|f| f.contains("instead of NotYet")),
+        "seed {seed}: another checker saw it too: {failures:?}"
+    );
+    passes_without_the_bug(config, 0..seed + 1);
+}
+
+/// A running state digest that misses deletes: every replica keeps the same wrong digest,
+/// so they agree with each other, and the rows are right. Only the digests' own checks see
+/// it: the end-of-run comparison of each replica's kept digest with its rows', and the
+/// audit against the log's re-execution (kv deletes keys).
+#[test]
+fn a_state_digest_that_misses_deletes_is_caught() {
+    let bugs = ExecutorBugs {
+        digest_ignores_deletes: true,
+        ..ExecutorBugs::default()
+    };
+    let config = move |seed| SimConfig {
+        executor_bugs: bugs,
+        partition_replicas: 2,
+        txns: 200,
+        ..SimConfig::new("kv", seed)
+    };
+    let (seed, failures) = first_failure(config).expect("a digest missing deletes went unnoticed");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("but its rows' digest is")),
+        "seed {seed}: the end-of-run digest check missed it: {failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.contains("but its rows' digest is") || f.starts_with("audit: ")),
         "seed {seed}: another checker saw it too: {failures:?}"
     );
     passes_without_the_bug(config, 0..seed + 1);

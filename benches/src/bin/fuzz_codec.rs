@@ -1098,6 +1098,9 @@ fn node_status(rng: &mut DetRng) -> NodeStatus {
         warehouses_loaded: rng.next_u64() as u32,
         determinism_failures: rng.next_u64(),
         last_divergence: option(rng, |rng| format!("{}", rng.next_u64())),
+        digests: list(rng, 3, |rng| {
+            (partition(rng), epoch(rng), format!("{:x}", rng.next_u64()))
+        }),
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
     // Per partition, each replica's node and last applied epoch.
     let mut replicas: BTreeMap<u32, Vec<(NodeId, u64)>> = BTreeMap::new();
     let mut committed = 0;
+    // Per partition and epoch, the state digests its replicas reported after it.
+    let mut digests: BTreeMap<(u32, u64), BTreeMap<String, Vec<NodeId>>> = BTreeMap::new();
     for (addr, status) in client.status().await {
         match status {
             Ok(s) => {
@@ -68,6 +70,15 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
                     );
                     replicas.entry(p.0).or_default().push((s.node, applied));
                 }
+                for (p, epoch, digest) in s.digests {
+                    println!("  partition {p}: state digest after epoch {epoch}: {digest}");
+                    digests
+                        .entry((p.0, epoch.0))
+                        .or_default()
+                        .entry(digest)
+                        .or_default()
+                        .push(s.node);
+                }
             }
             Err(e) => {
                 all_up = false;
@@ -91,6 +102,20 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
             })
             .collect();
         println!("  partition {p}: {}", line.join(", "));
+    }
+    // Replicas seen at the same epoch must have the same state; a difference is a
+    // determinism failure that no result may have shown yet.
+    for ((p, epoch), seen) in &digests {
+        if seen.len() > 1 {
+            let who: Vec<String> = seen
+                .iter()
+                .map(|(digest, nodes)| format!("{nodes:?}: {digest}"))
+                .collect();
+            println!(
+                "  STATE DIVERGENCE: the replicas of partition {p} differ after epoch {epoch}: {}",
+                who.join("; ")
+            );
+        }
     }
     client.close();
     Ok(all_up)

@@ -260,6 +260,12 @@ pub(super) async fn executor_task(
         let now = clock.now();
         if next != last_next {
             (last_next, progressed_at) = (next, now);
+            let applied = Epoch(next.saturating_sub(1));
+            if let (Some(digest), Ok(mut digests)) =
+                (executor.digest_after(applied), stats.digests.lock())
+            {
+                digests.insert(partition, (applied.0, digest.to_string()));
+            }
         } else if stats.commit.get() >= next
             && now.since_us(progressed_at) >= STALLED_US
             && now.since_us(reported_at) >= STALLED_US

@@ -88,6 +88,8 @@ pub struct NodeStats {
     pub executor_drops: Family<PartitionLabel, Counter>,
     /// Per partition: (next epoch to apply, durable epoch), for `status`.
     pub partitions: Mutex<BTreeMap<PartitionId, (u64, u64)>>,
+    /// Per partition: the last applied epoch and the state digest after it, for `status`.
+    pub digests: Mutex<BTreeMap<PartitionId, (u64, String)>>,
     /// Per partition: the next epoch to apply, for the metrics.
     pub partition_next_epoch: Family<PartitionLabel, CountGauge>,
     /// Per partition: epochs this node's replica trails the local sequencer replica's
@@ -134,6 +136,7 @@ impl Default for NodeStats {
             replica_drops: Family::default(),
             executor_drops: Family::default(),
             partitions: Mutex::default(),
+            digests: Mutex::default(),
             partition_next_epoch: Family::default(),
             partition_lag: Family::default(),
             snapshot_retained_bytes: Family::default(),
@@ -175,5 +178,14 @@ pub(super) fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus 
         warehouses_loaded: crate::load::warehouses_loaded(),
         determinism_failures: stats.determinism_failures.get(),
         last_divergence: stats.last_divergence.lock().ok().and_then(|d| d.clone()),
+        digests: stats
+            .digests
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .map(|(id, (epoch, digest))| (*id, Epoch(*epoch), digest.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

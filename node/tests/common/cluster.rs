@@ -289,6 +289,53 @@ pub(crate) async fn wait_caught_up(
     }
 }
 
+/// Waits until every replica of each partition reports the same state digest, once the
+/// load stopped and every partition applied what it committed (later epochs are empty, so
+/// replicas a few epochs apart have the same state); panics naming the partition whose
+/// replicas still differ after `within`.
+pub(crate) async fn wait_digests_agree(cluster: &mut Cluster, status: &Client, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        cluster.assert_running();
+        let views = statuses(cluster, status).await;
+        let mut by_partition: BTreeMap<u32, BTreeMap<String, Vec<(u32, u64)>>> = BTreeMap::new();
+        for (node, view) in &views {
+            let Ok(view) = view else { continue };
+            for (p, epoch, digest) in &view.digests {
+                by_partition
+                    .entry(p.0)
+                    .or_default()
+                    .entry(digest.clone())
+                    .or_default()
+                    .push((*node, epoch.0));
+            }
+        }
+        let differing: Vec<_> = by_partition
+            .iter()
+            .filter(|(_, digests)| digests.len() > 1)
+            .collect();
+        let every_replica = cluster
+            .nodes()
+            .iter()
+            .map(|n| n.partitions().len())
+            .sum::<usize>()
+            == by_partition
+                .values()
+                .flat_map(|d| d.values())
+                .map(Vec::len)
+                .sum::<usize>();
+        if differing.is_empty() && every_replica {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas' state digests differ (partition: digest: [(node, epoch)]): \
+             {differing:#?}; all reported: {every_replica}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Polls a counter until it exceeds `above`; returns its value.
 pub(crate) async fn wait_metric_above(
     addr: SocketAddr,

@@ -4,6 +4,7 @@
 //! involved. A seed passes only when every checker returns none.
 
 pub(crate) mod agreement;
+pub(crate) mod audit;
 pub(crate) mod durable_sends;
 pub(crate) mod exactly_once;
 pub(crate) mod letters;
@@ -36,6 +37,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(agreement::check(run));
     failures.extend(liveness::check(run));
     failures.extend(partition_replicas::check(run));
+    failures.extend(audit::check(run));
     failures.extend(exactly_once::check(run));
     failures.extend(valid_calls::check(run));
     let (state, placement_failures) = placement::merged_state(run);

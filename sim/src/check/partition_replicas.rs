@@ -1,4 +1,5 @@
-//! Partition replicas agree: every replica of a partition ends with the same state.
+//! Partition replicas agree: every replica of a partition ends with the same state, and
+//! the state digest it kept is its rows' digest.
 //!
 //! Replicas run the same plans from the same initial rows, so their stores must be equal
 //! key for key, bookkeeping included (result tables, outboxes of letters, stream events),
@@ -8,7 +9,7 @@
 //! catches what no result shows, such as a write one replica skipped.
 
 use crate::world::Outcome;
-use detflow_executor::MemStore;
+use detflow_executor::{MemStore, StateDigest, Store, recorded_digest};
 use detflow_protocol::{Key, SYSTEM_TABLE, Value};
 
 /// Whether `key` is a record of reads sent to peers (see the executor's bookkeeping).
@@ -21,7 +22,7 @@ fn rows(store: &MemStore) -> impl Iterator<Item = (&Key, &Value)> {
 }
 
 pub(crate) fn check(run: &Outcome) -> Vec<String> {
-    let mut failures = Vec::new();
+    let mut failures = digests(run);
     for (p, replicas) in run.replica_stores.iter().enumerate() {
         let Some((first, others)) = replicas.split_first() else {
             continue;
@@ -47,6 +48,27 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
                 failures.push(format!(
                     "replica {} of partition {p} ends with another state than the first: {difference}",
                     k + 1
+                ));
+            }
+        }
+    }
+    failures
+}
+
+/// The state digest each replica kept as it applied epochs (and compared with its
+/// siblings' as it went) is the digest of the rows it ends with.
+fn digests(run: &Outcome) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (p, replicas) in run.replica_stores.iter().enumerate() {
+        for (k, store) in replicas.iter().enumerate() {
+            let Some((epoch, kept)) = recorded_digest(store) else {
+                continue;
+            };
+            let rows = StateDigest::of_store(store);
+            if epoch == store.applied_epoch() && kept != rows {
+                failures.push(format!(
+                    "replica {k} of partition {p} kept the state digest {kept} through epoch \
+                     {epoch}, but its rows' digest is {rows}"
                 ));
             }
         }

@@ -74,8 +74,18 @@ impl World {
         };
         let mut out = Vec::new();
         machine.handle(self.now, input, &mut out);
+        let digests: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::EpochApplied(epoch) => Some((*epoch, machine.digest_after(*epoch))),
+                _ => None,
+            })
+            .collect();
         let me = Addr::Executor(p);
         let id = self.executors[p as usize].id;
+        for (epoch, digest) in digests {
+            self.check_digest(id, epoch, digest);
+        }
         for effect in out {
             match effect {
                 Output::EpochApplied(_) => self.schedule_executor_sync(p),
@@ -166,6 +176,32 @@ impl World {
 
     /// Sends to the executor that is replica `to`; a machine naming a replica that does
     /// not exist is a bug of the machine.
+    /// Every replica of a partition must reach the same state digest after each epoch:
+    /// the first that differs from the first replica to apply the epoch is reported, with
+    /// the epoch, which is where the replicas diverged.
+    fn check_digest(
+        &mut self,
+        id: ExecutorId,
+        epoch: Epoch,
+        digest: Option<detflow_executor::StateDigest>,
+    ) {
+        let Some(digest) = digest else {
+            self.online_failures.push(format!(
+                "replica {id} applied epoch {epoch} and keeps no state digest for it"
+            ));
+            return;
+        };
+        let seen = self.digests.entry((id.partition, epoch)).or_default();
+        seen.push((id, digest));
+        let (first, expected) = seen[0];
+        if expected != digest && self.diverged.insert(id.partition) {
+            self.online_failures.push(format!(
+                "state digests diverge: replica {id} has {digest} after epoch {epoch}, \
+                 replica {first} had {expected}"
+            ));
+        }
+    }
+
     pub(super) fn send_to_executor(&mut self, from: Addr, to: ExecutorId, msg: Msg) {
         let addr = self
             .executor_addr(to)

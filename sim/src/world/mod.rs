@@ -265,6 +265,10 @@ struct Timing {
 }
 
 /// Everything a finished run leaves for the checkers.
+/// Per partition and epoch, each replica that applied it and its state digest after it.
+pub(crate) type EpochDigests =
+    BTreeMap<(PartitionId, Epoch), Vec<(ExecutorId, detflow_executor::StateDigest)>>;
+
 pub(crate) struct Outcome {
     /// The committed log, from the replica that committed most.
     pub(crate) log: Vec<Arc<Batch>>,
@@ -274,6 +278,8 @@ pub(crate) struct Outcome {
     pub(crate) stores: Vec<detflow_executor::MemStore>,
     /// Every replica's final store, by partition then replica.
     pub(crate) replica_stores: Vec<Vec<detflow_executor::MemStore>>,
+    /// Every replica's state digest after every epoch it applied.
+    pub(crate) digests: EpochDigests,
     /// Each executor's next epoch to apply, with its replica.
     pub(crate) executor_epochs: Vec<(ExecutorId, Epoch)>,
     /// Replicas of each partition in this run.
@@ -446,6 +452,11 @@ pub(crate) struct World {
     /// Raft's safety properties, checked after every replica step.
     raft: RaftSafety,
     online_failures: Vec<String>,
+    /// Per partition and epoch, each replica's state digest after it, in the order they
+    /// applied it; each must equal the first, and the log's re-execution (the audit).
+    digests: EpochDigests,
+    /// Partitions whose replicas' digests already diverged (reported once).
+    diverged: BTreeSet<PartitionId>,
     /// The one-down profile's victims, once they are down.
     one_down: Option<OneDown>,
     calls: BTreeMap<CallId, CallRecord>,
@@ -648,6 +659,8 @@ impl World {
             initial,
             raft: RaftSafety::default(),
             online_failures: Vec::new(),
+            digests: BTreeMap::new(),
+            diverged: BTreeSet::new(),
             one_down: None,
             calls: BTreeMap::new(),
             issued: 0,
@@ -789,6 +802,7 @@ impl World {
             calls: self.calls,
             stores,
             replica_stores,
+            digests: self.digests,
             executor_epochs,
             partition_replicas: self.partition_replicas,
             replica_logs,
