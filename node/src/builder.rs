@@ -133,6 +133,7 @@ impl NodeBuilder {
             Cmd::Call(args) => commands::call::run(&args).await,
             Cmd::Sql(args) => commands::sql::run(&args).await,
             Cmd::Status { connect } => commands::status::run(&connect).await,
+            Cmd::Audit(args) => commands::audit::run(&args, &self),
         }
     }
 }

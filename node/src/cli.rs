@@ -51,6 +51,17 @@ pub(crate) enum Cmd {
     ///   detflow sql "SELECT w_id, sum(amount_cents) FROM order_line GROUP BY w_id"
     ///     --connect 127.0.0.1:7001 --certs certs
     Sql(SqlArgs),
+    /// Check a stopped node's partitions against a re-execution of its log.
+    ///
+    /// Re-executes the node's log from the workload's initial rows up to each of its
+    /// partitions' last applied epoch, and compares the state digest of the rows on disk,
+    /// and the one the executor kept while it ran, with the re-execution's. A difference
+    /// (a disk that changed a value, a build that differs, a procedure that is not
+    /// deterministic) names the partition and the epoch, and the command exits with 1.
+    /// The node must be stopped and run a sequencer replica (it holds the log). Example:
+    ///
+    ///   detflow audit --config cluster/node-1.toml
+    Audit(AuditArgs),
     /// Show each node's view: leader, committed epoch, partitions' applied epochs.
     Status {
         #[command(flatten)]
@@ -92,6 +103,17 @@ pub(crate) struct NodeArgs {
     /// the parent itself is SIGKILLed and cannot clean up.
     #[arg(long, hide = true)]
     pub(crate) exit_on_stdin_eof: bool,
+}
+
+/// `detflow audit`.
+#[derive(clap::Args)]
+pub(crate) struct AuditArgs {
+    /// The node's TOML configuration (its data directory, workload and partitions).
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// Override `data_dir`.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// `detflow call`.

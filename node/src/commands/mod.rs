@@ -1,6 +1,7 @@
 //! One module per command, plus what `demo` and `bench` share: starting a local cluster
 //! and showing its loading progress ([`local`]).
 
+pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod call;
 pub(crate) mod certs;

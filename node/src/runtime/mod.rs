@@ -128,6 +128,24 @@ pub struct Node {
     tasks: tokio::task::JoinSet<()>,
 }
 
+/// The cluster's partition map: the configured workload decides the initial data and the
+/// rules of its tables; every other service's tables are partitioned as the service
+/// declares.
+pub fn partition_map(
+    config: &Config,
+    workload: &dyn detflow_workloads::Workload,
+    registry: &Registry,
+) -> Result<PartitionMap> {
+    let mut scheme = workload.scheme();
+    scheme.partitions = config.partitions();
+    for (table, rule) in registry.table_rules() {
+        if !scheme.tables.iter().any(|(t, _)| *t == table) {
+            scheme = scheme.table(&table, rule);
+        }
+    }
+    Ok(PartitionMap::new(scheme)?)
+}
+
 impl Node {
     /// Starts every role of `config`'s node with the built-in services (see
     /// [`crate::NodeBuilder`] for a node with yours).
@@ -145,16 +163,7 @@ impl Node {
         let options = config.workload_options();
         let workload =
             detflow_workloads::by_name_with(&config.workload, config.partitions(), &options)?;
-        // The configured workload decides the initial data and the rules of its tables;
-        // every other service's tables are partitioned as the service declares.
-        let mut scheme = workload.scheme();
-        scheme.partitions = config.partitions();
-        for (table, rule) in registry.table_rules() {
-            if !scheme.tables.iter().any(|(t, _)| *t == table) {
-                scheme = scheme.table(&table, rule);
-            }
-        }
-        let map = PartitionMap::new(scheme)?;
+        let map = partition_map(&config, workload.as_ref(), &registry)?;
         let registry = Arc::new(registry);
         let tls = Tls::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
             .with_context(|| format!("loading TLS material for node {me}"))?;
