@@ -23,6 +23,7 @@ struct Partition {
 }
 
 /// Audits the node `args.config` describes; `Ok(false)` if a partition diverges.
+#[allow(clippy::disallowed_methods)] // how long the re-execution took is for the operator
 pub(crate) fn run(args: &AuditArgs, builder: &NodeBuilder) -> Result<bool> {
     let mut config =
         Config::load(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
