@@ -50,7 +50,7 @@ use detflow_protocol::stream::{
     Offset, StreamEvent, StreamPart, event_key, offset_of, stream_prefix,
 };
 use detflow_protocol::{
-    ClientId, Epoch, ExecutorId, Key, KeySpec, Machine, NodeId, Outcome, Owner,
+    ClientId, Elem, Epoch, ExecutorId, Key, KeySpec, Machine, NodeId, Outcome, Owner,
     PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn,
     SYSTEM_TABLE, Time, TxnResult, Value, codec,
 };
@@ -257,18 +257,45 @@ pub struct ExecutorBugs {
 /// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
 pub const DIGESTS_KEPT: usize = 4_096;
 
-/// The bookkeeping record of the state digest after the last applied epoch, written with
-/// each epoch so that a restart need not read every row again.
-fn digest_key() -> Key {
+/// How many epochs' digests a partition's store keeps, like its results
+/// ([`crate::RESULT_EPOCHS_RETAINED`]): an audit compares each with the log's re-execution.
+pub const DIGEST_EPOCHS_RETAINED: u64 = crate::RESULT_EPOCHS_RETAINED;
+
+/// The bookkeeping records of the state digests: `("_sys", "digest", epoch)` → the digest
+/// after that epoch, written with the epoch (a restart resumes from the last one, so it
+/// need not read every row again) and deleted [`DIGEST_EPOCHS_RETAINED`] epochs later.
+fn digests_prefix() -> Key {
     Key::table(SYSTEM_TABLE).str("digest")
 }
 
-/// The state digest `store` records with its last applied epoch, and that epoch; none
+fn digest_key(epoch: Epoch) -> Key {
+    digests_prefix().u64(epoch.0)
+}
+
+fn decode_digest(bytes: &[u8]) -> StateDigest {
+    codec::decode(bytes).unwrap_or_else(|e| panic!("corrupt state digest record: {e}"))
+}
+
+/// The state digest `store` recorded with its last applied epoch, and that epoch; none
 /// before an executor applied an epoch to it.
 pub fn recorded_digest<S: Store>(store: &S) -> Option<(Epoch, StateDigest)> {
-    store.get(&digest_key()).map(|bytes| {
-        codec::decode(&bytes).unwrap_or_else(|e| panic!("corrupt state digest record: {e}"))
-    })
+    let epoch = store.applied_epoch();
+    store
+        .get(&digest_key(epoch))
+        .map(|bytes| (epoch, decode_digest(&bytes)))
+}
+
+/// Every state digest `store` still holds, by epoch (the last
+/// [`DIGEST_EPOCHS_RETAINED`] applied).
+pub fn recorded_digests<S: Store>(store: &S) -> BTreeMap<Epoch, StateDigest> {
+    store
+        .scan_prefix(&digests_prefix())
+        .into_iter()
+        .filter_map(|(key, bytes)| match key.elems().ok()?.get(2)? {
+            Elem::U64(epoch) => Some((Epoch(*epoch), decode_digest(&bytes))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Counters of an executor's work.
@@ -923,8 +950,10 @@ impl<S: Store> Executor<S> {
                 let epoch = self.next_epoch;
                 self.plans.remove(&epoch);
                 let digest = *self.running_digest();
-                self.store
-                    .put(digest_key(), codec::encode(&(epoch, digest)));
+                self.store.put(digest_key(epoch), codec::encode(&digest));
+                if let Some(old) = epoch.0.checked_sub(DIGEST_EPOCHS_RETAINED) {
+                    self.store.delete(&digest_key(Epoch(old)));
+                }
                 if self.digests.len() == DIGESTS_KEPT {
                     self.digests.pop_front();
                 }

@@ -88,6 +88,9 @@ fn audit_matches_the_log_and_finds_a_changed_row() {
         "{shown}"
     );
     assert_eq!(shown.matches("DIVERGES").count(), 1, "{shown}");
+    // The changed row is named (its recorded digests, computed before, all match).
+    assert!(shown.contains("keys that differ: (\"acct\""), "{shown}");
+    assert!(shown.contains("recorded state digests match"), "{shown}");
     println!("{shown}");
 
     // Errors are explained, not panicked on.
