@@ -1171,11 +1171,9 @@ impl<S: Store> Executor<S> {
     /// epoch, or, in a store that has none (initial rows only), computed from every row.
     fn running_digest(&mut self) -> &mut StateDigest {
         let store = &self.store;
-        self.digest
-            .get_or_insert_with(|| match recorded_digest(store) {
-                Some((epoch, digest)) if epoch == store.applied_epoch() => digest,
-                _ => StateDigest::of_store(store),
-            })
+        self.digest.get_or_insert_with(|| {
+            recorded_digest(store).map_or_else(|| StateDigest::of_store(store), |(_, d)| d)
+        })
     }
 
     /// The digest of this partition's user rows after `epoch`, if it is among the last

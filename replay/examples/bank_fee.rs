@@ -72,9 +72,16 @@ impl Procedure for TransferWithFee {
     }
 }
 
-/// A bank log: `epochs` batches of `calls` calls each, from the workload's own mix.
-fn bank_log(bank: &mut Bank, registry: &Registry, epochs: u64, calls: u32) -> Vec<Batch> {
-    let mut rng = DetRng::new(7);
+/// A log of `workload`'s own call mix: `epochs` batches of `calls` calls each, drawn
+/// with `seed`.
+pub(crate) fn workload_log(
+    workload: &mut dyn Workload,
+    registry: &Registry,
+    seed: u64,
+    epochs: u64,
+    calls: u32,
+) -> Vec<Batch> {
+    let mut rng = DetRng::new(seed);
     let mut seq = 0;
     (1..=epochs)
         .map(|epoch| Batch {
@@ -82,7 +89,7 @@ fn bank_log(bank: &mut Bank, registry: &Registry, epochs: u64, calls: u32) -> Ve
             epoch: Epoch(epoch),
             txns: (0..calls)
                 .map(|_| {
-                    let request = bank.next_call(&mut rng);
+                    let request = workload.next_call(&mut rng);
                     seq += 1;
                     let footprint = registry
                         .footprint(request.procedure, &request.args)
@@ -126,7 +133,7 @@ pub(crate) fn differences() -> (Vec<Difference>, usize, usize) {
     let mut candidate = Registry::new();
     bank.register(&mut candidate).expect("the bank's services");
     candidate.register::<TransferWithFee>();
-    let log = bank_log(&mut bank, &recorded, 40, 50);
+    let log = workload_log(&mut bank, &recorded, 7, 40, 50);
     let initial: BTreeMap<Key, Value> = bank.load().into_iter().collect();
     let map = PartitionMap::new(bank.scheme()).expect("the bank's scheme");
     let mut replayer = Replayer::new(&recorded, map.clone(), initial.clone());

@@ -44,7 +44,7 @@ fn digests_are_the_partitions_rows_digests() {
     kv.register(&mut registry).expect("kv's services");
     let map = PartitionMap::new(kv.scheme()).expect("kv's scheme");
     let initial: BTreeMap<Key, Value> = kv.load().into_iter().collect();
-    let log = support_log(&mut kv, &registry, 30, 40);
+    let log = bank_fee::workload_log(&mut kv, &registry, 11, 30, 40);
     let mut replayer = Replayer::new(&registry, map.clone(), initial);
     for batch in &log {
         replayer.apply(batch).expect("the log replays");
@@ -70,40 +70,4 @@ fn digests_are_the_partitions_rows_digests() {
     let mut again = Replayer::new(&registry, map, kv.load().into_iter().collect());
     assert_eq!(again.run_to(&log, Epoch(10)).expect("replays"), Epoch(10));
     assert_eq!(again.epoch(), Epoch(10));
-}
-
-fn support_log(
-    workload: &mut dyn Workload,
-    registry: &Registry,
-    epochs: u64,
-    calls: u32,
-) -> Vec<detflow_protocol::Batch> {
-    use detflow_protocol::{
-        Batch, ClientId, DetRng, LOG_FORMAT_VERSION, NodeId, RequestSeq, Transaction,
-    };
-    use std::sync::Arc;
-    let mut rng = DetRng::new(11);
-    let mut seq = 0;
-    (1..=epochs)
-        .map(|epoch| Batch {
-            version: LOG_FORMAT_VERSION,
-            epoch: Epoch(epoch),
-            txns: (0..calls)
-                .map(|_| {
-                    let request = workload.next_call(&mut rng);
-                    seq += 1;
-                    Arc::new(Transaction {
-                        client: ClientId(2),
-                        seq: RequestSeq(seq),
-                        gateway: NodeId(1),
-                        procedure: request.procedure.into(),
-                        footprint: registry
-                            .footprint(request.procedure, &request.args)
-                            .expect("the workload's own calls"),
-                        args: request.args,
-                    })
-                })
-                .collect(),
-        })
-        .collect()
 }
