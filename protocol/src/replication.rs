@@ -25,7 +25,7 @@
 //! computed from lengths, never by encoding.
 
 use crate::footprint::Footprint;
-use crate::ids::{Epoch, NodeId, Term};
+use crate::ids::{ClientId, Epoch, NodeId, Term};
 use crate::txn::{Batch, Transaction};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -95,6 +95,46 @@ impl LogEntry {
                 sum.saturating_add(txn_encoded_bytes_max(txn))
             })
     }
+}
+
+/// The most client windows one `InstallSnapshot` chunk may carry; a receiver drops a
+/// larger one as malformed.
+pub const SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT: usize = 65_536;
+
+/// The most sequence numbers above the contiguous prefix one client window may carry.
+pub const WINDOW_ABOVE_LIMIT: usize = 65_536;
+
+/// The calls of one session a log holds: every number up to `contiguous`, and `above`
+/// (ascending, each greater than `contiguous + 1`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientWindow {
+    /// The session.
+    pub client: ClientId,
+    /// Every call number up to this one is in the log.
+    pub contiguous: u64,
+    /// Call numbers beyond the contiguous prefix that are in the log, ascending.
+    pub above: Vec<u64>,
+}
+
+impl ClientWindow {
+    /// An upper bound on this window's MessagePack encoding.
+    pub fn encoded_bytes_max(&self) -> usize {
+        32usize.saturating_add(self.above.len().saturating_mul(9))
+    }
+}
+
+/// A sequencer replica's compacted log prefix: what it must still know about the epochs
+/// through `epoch` once their entries are gone (Raft's snapshot). The batches themselves
+/// went to the executors, which hold their effect; the replica keeps only which calls they
+/// held, so that a retried call is never ordered twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSnapshot {
+    /// The last epoch the snapshot covers (0: none).
+    pub epoch: Epoch,
+    /// The term of the entry at `epoch`.
+    pub term: Term,
+    /// The de-duplication table as of `epoch`, by ascending client.
+    pub windows: Vec<ClientWindow>,
 }
 
 /// A message from one sequencer replica to another.
@@ -173,6 +213,38 @@ pub enum PeerMessage {
         /// Whether the voter would vote.
         granted: bool,
     },
+    /// Leader → follower: one chunk of the leader's [`LogSnapshot`], for a follower that
+    /// needs entries the leader compacted away (Raft's InstallSnapshot). Chunks go in
+    /// order; the follower keeps what it received, so a transfer resumes where it stopped.
+    InstallSnapshot {
+        /// The leader's term.
+        term: Term,
+        /// The leader (also the sender).
+        leader: NodeId,
+        /// The last epoch the snapshot covers.
+        epoch: Epoch,
+        /// The term of the entry at `epoch`.
+        last_term: Term,
+        /// The index in the snapshot's windows of the first one carried.
+        offset: u64,
+        /// The number of windows in the whole snapshot.
+        total: u64,
+        /// Windows from `offset` on, at most [`SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT`].
+        windows: Vec<ClientWindow>,
+    },
+    /// Follower → leader: how much of the snapshot of `epoch` it holds. Once it holds all
+    /// of it, the answer is sent only after the installed snapshot is durable.
+    SnapshotReply {
+        /// The follower's term.
+        term: Term,
+        /// The snapshot's last epoch.
+        epoch: Epoch,
+        /// Windows received so far, in order from the first: where the next chunk starts.
+        received: u64,
+        /// Whether the follower holds the whole snapshot, durably, and its log now starts
+        /// after `epoch`.
+        installed: bool,
+    },
 }
 
 impl PeerMessage {
@@ -184,7 +256,9 @@ impl PeerMessage {
             | PeerMessage::RequestVote { term, .. }
             | PeerMessage::Vote { term, .. }
             | PeerMessage::PreVote { term, .. }
-            | PeerMessage::PreVoteReply { term, .. } => *term,
+            | PeerMessage::PreVoteReply { term, .. }
+            | PeerMessage::InstallSnapshot { term, .. }
+            | PeerMessage::SnapshotReply { term, .. } => *term,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The de-duplication table: which `(client, seq)` pairs the log already holds.
 
-use detflow_protocol::{ClientId, RequestSeq};
+use detflow_protocol::{ClientId, ClientWindow, RequestSeq};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Per client, every sequence number up to `contiguous` plus the ones above it seen out of
@@ -30,6 +30,31 @@ impl DedupTable {
         true
     }
 
+    /// The table as windows by ascending client: what a [`detflow_protocol::LogSnapshot`]
+    /// carries.
+    pub fn windows(&self) -> Vec<ClientWindow> {
+        self.clients
+            .iter()
+            .map(|(&client, w)| ClientWindow {
+                client,
+                contiguous: w.contiguous,
+                above: w.above.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// The table that [`DedupTable::windows`] describes.
+    pub fn from_windows(windows: &[ClientWindow]) -> DedupTable {
+        let mut table = DedupTable::default();
+        for window in windows {
+            let w = table.clients.entry(window.client).or_default();
+            w.contiguous = w.contiguous.max(window.contiguous);
+            w.above
+                .extend(window.above.iter().filter(|&&s| s > window.contiguous));
+        }
+        table
+    }
+
     /// Whether `(client, seq)` is recorded.
     pub fn contains(&self, client: ClientId, seq: RequestSeq) -> bool {
         self.clients
@@ -52,5 +77,17 @@ mod tests {
         assert!(t.contains(c, RequestSeq(1)) && !t.contains(c, RequestSeq(3)));
         assert_eq!(t.clients[&c].contiguous, 2);
         assert!(t.clients[&c].above.is_empty());
+    }
+
+    #[test]
+    fn windows_round_trip() {
+        let mut t = DedupTable::default();
+        for (c, s) in [(1, 1), (1, 2), (1, 5), (2, 3), (3, 1)] {
+            t.insert(ClientId(c), RequestSeq(s));
+        }
+        let back = DedupTable::from_windows(&t.windows());
+        assert_eq!(back, t);
+        assert!(back.contains(ClientId(1), RequestSeq(5)));
+        assert!(!back.contains(ClientId(1), RequestSeq(3)));
     }
 }

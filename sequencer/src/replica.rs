@@ -58,9 +58,11 @@ use crate::batcher::Batcher;
 use crate::{Config, DedupTable};
 use detflow_protocol::replication::APPEND_ENTRIES_OVERHEAD_BYTES_MAX;
 use detflow_protocol::{
-    Batch, ClientId, DetRng, ENTRIES_PER_MESSAGE_LIMIT, Epoch, LOG_FORMAT_VERSION, LogEntry,
-    Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction, WriteId,
+    Batch, ClientId, ClientWindow, DetRng, ENTRIES_PER_MESSAGE_LIMIT, Epoch, LOG_FORMAT_VERSION,
+    LogEntry, LogSnapshot, Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction,
+    WriteId,
 };
+use detflow_protocol::replication::{SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT, WINDOW_ABOVE_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -110,6 +112,12 @@ pub struct ReplicaConfig {
     /// campaigns only if a majority would vote for it (and has not heard from a leader
     /// within `election_timeout_min_us`). On by default.
     pub pre_vote: bool,
+    /// The log is compacted only once it can drop at least this many epochs: each
+    /// compaction copies the de-duplication table, so this amortizes it.
+    pub compact_every_epochs: u64,
+    /// The most client windows one InstallSnapshot chunk carries (at most
+    /// [`SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT`]); chunks are also cut by `append_bytes_max`.
+    pub snapshot_windows_per_message_max: usize,
 }
 
 impl ReplicaConfig {
@@ -126,6 +134,8 @@ impl ReplicaConfig {
             append_bytes_max: 8 << 20,
             uncommitted_epochs_max: 1_000,
             pre_vote: true,
+            compact_every_epochs: 1_024,
+            snapshot_windows_per_message_max: 4_096,
         }
     }
 
@@ -165,36 +175,70 @@ impl ReplicaConfig {
             self.uncommitted_epochs_max > 0,
             "uncommitted_epochs_max must be positive"
         );
+        assert!(
+            self.compact_every_epochs > 0,
+            "compact_every_epochs must be positive"
+        );
+        assert!(
+            (1..=SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT).contains(&self.snapshot_windows_per_message_max),
+            "snapshot_windows_per_message_max must be in 1..={SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT}"
+        );
     }
 }
 
-/// What survives a crash: the hard state and the log. `Default` is a fresh replica.
+/// What survives a crash: the hard state, the compacted prefix and the log. `Default` is
+/// a fresh replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Durable {
     /// The latest term this replica has seen.
     pub term: Term,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
-    /// The log; `log[i]` holds epoch `i + 1`.
+    /// The compacted prefix of the log; `None` (or epoch 0) when nothing was compacted.
+    pub snapshot: Option<Arc<LogSnapshot>>,
+    /// The entries after the snapshot; `log[i]` holds epoch `snapshot epoch + i + 1`.
     pub log: Vec<LogEntry>,
 }
 
 impl Durable {
-    /// Applies one write, as a disk does: the hard state, then the truncation, then the
-    /// appended entries. Drivers apply writes in id order.
+    /// The last epoch the snapshot covers (0 without one).
+    pub fn log_start(&self) -> Epoch {
+        self.snapshot.as_ref().map_or(Epoch(0), |s| s.epoch)
+    }
+
+    /// The last epoch in the log (the snapshot's, when the log after it is empty).
+    pub fn last_epoch(&self) -> Epoch {
+        Epoch(self.log_start().0 + self.log.len() as u64)
+    }
+
+    /// Applies one write, as a disk does: the hard state, then the snapshot (dropping
+    /// every entry it covers), then the truncation, then the appended entries. Drivers
+    /// apply writes in id order.
     pub fn apply(&mut self, write: &LogWrite) {
         if let Some((term, voted_for)) = write.hard_state {
             self.term = term;
             self.voted_for = voted_for;
         }
+        if let Some(snapshot) = &write.snapshot {
+            let start = self.log_start();
+            assert!(snapshot.epoch >= start, "a snapshot older than the log's start");
+            let covered = usize_of(snapshot.epoch.0 - start.0).min(self.log.len());
+            self.log.drain(..covered);
+            if self.log.first().is_some_and(|e| e.epoch() != snapshot.epoch.next()) {
+                // The snapshot reaches past the log: nothing of the old log follows it.
+                self.log.clear();
+            }
+            self.snapshot = Some(snapshot.clone());
+        }
         if let Some(from) = write.truncate_from {
-            assert!(from.0 >= 1, "truncation from epoch 0");
-            self.log.truncate(usize_of(from.0 - 1));
+            let start = self.log_start();
+            assert!(from > start, "truncation of a compacted epoch {from}");
+            self.log.truncate(usize_of(from.0 - start.0 - 1));
         }
         for entry in &write.append {
             assert_eq!(
-                entry.epoch().0,
-                self.log.len() as u64 + 1,
+                entry.epoch(),
+                self.last_epoch().next(),
                 "a write appends a non-consecutive epoch"
             );
             self.log.push(entry.clone());
@@ -202,12 +246,19 @@ impl Durable {
     }
 
     /// Checks that this state is one this build can recover from: every batch in the
-    /// current log format, epochs consecutive from 1, terms non-decreasing and not above
-    /// `term`.
+    /// current log format, epochs consecutive from the snapshot's, terms non-decreasing
+    /// from the snapshot's and not above `term`.
     pub fn validate(&self) -> Result<(), DurableError> {
-        let mut prev_term = Term(0);
+        let start = self.log_start();
+        let mut prev_term = self.snapshot.as_ref().map_or(Term(0), |s| s.term);
+        if prev_term > self.term {
+            return Err(DurableError::Term {
+                epoch: start,
+                term: prev_term,
+            });
+        }
         for (i, entry) in self.log.iter().enumerate() {
-            let epoch = Epoch(i as u64 + 1);
+            let epoch = Epoch(start.0 + i as u64 + 1);
             if entry.batch.version != LOG_FORMAT_VERSION {
                 return Err(DurableError::Version {
                     epoch,
@@ -285,15 +336,18 @@ impl fmt::Display for DurableError {
 
 impl std::error::Error for DurableError {}
 
-/// A durable write the driver performs: the hard state (if it changed), then a truncation,
-/// then appended entries, atomically or in that order.
+/// A durable write the driver performs: the hard state (if it changed), then a snapshot,
+/// then a truncation, then appended entries, atomically or in that order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogWrite {
     /// Increasing per replica incarnation, from 1; `Persisted { write }` names it.
     pub id: WriteId,
     /// The new `(term, voted_for)`, when it changed.
     pub hard_state: Option<(Term, Option<NodeId>)>,
-    /// Drop every entry with epoch `>=` this first.
+    /// Replace every entry up to the snapshot's epoch by the snapshot first (compaction, or
+    /// a snapshot installed from the leader); the log keeps only the entries after it.
+    pub snapshot: Option<Arc<LogSnapshot>>,
+    /// Then drop every entry with epoch `>=` this.
     pub truncate_from: Option<Epoch>,
     /// Entries to append, consecutive, after the truncation.
     pub append: Vec<LogEntry>,
@@ -316,6 +370,12 @@ pub enum Input {
     },
     /// A transaction to order (from a gateway).
     Submit(Arc<Transaction>),
+    /// Every replica of every partition has durably applied the epochs through `through`:
+    /// the log may drop them (kept as a [`LogSnapshot`]), at most up to the commit epoch.
+    Compact {
+        /// The last epoch no executor needs any more.
+        through: Epoch,
+    },
     /// Time passed: fires the election, heartbeat and epoch timers that are due.
     Tick,
 }
@@ -359,6 +419,14 @@ pub enum Output {
     /// submits there from now on. It hears of elections as they happen, earlier than the
     /// hints a gateway collects from refused submissions.
     LeaderKnown(NodeId),
+    /// The log now starts after `through`: the batches up to it are never emitted (again)
+    /// by this incarnation. Emitted at start when the log was compacted, after each
+    /// compaction, and when a snapshot from the leader replaced the log (then `Committed`
+    /// continues after `through`, past batches this replica never emitted).
+    Compacted {
+        /// The last epoch of the snapshot.
+        through: Epoch,
+    },
 }
 
 /// Counters of a replica's work in this incarnation.
@@ -391,6 +459,12 @@ pub struct ReplicaStats {
     pub peer_drops: PeerDrops,
     /// Messages dropped because too many were waiting for a durable write.
     pub deferred_dropped: u64,
+    /// Times this replica compacted its log.
+    pub compactions: u64,
+    /// Snapshot chunks sent as leader (probes included).
+    pub snapshot_chunks_sent: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
 }
 
 /// Why a peer message was dropped: what it contradicts (see the `ignore_<msg>` guards).
@@ -510,12 +584,15 @@ pub struct ReplicaBugs {
     /// A candidate asks for votes, and counts its own, before the term and vote it
     /// records are durable.
     pub campaign_before_durable: bool,
+    /// A compaction's snapshot leaves out the de-duplication table, so a replica that
+    /// installs it (or restarts from it) orders a retried call a second time.
+    pub snapshot_without_dedup: bool,
 }
 
 /// Each planted bug's name (as the simulator's `--bug` takes it) and its flag.
 type BugFlag = (&'static str, fn(&mut ReplicaBugs) -> &mut bool);
 
-const BUG_FLAGS: [BugFlag; 14] = [
+const BUG_FLAGS: [BugFlag; 15] = [
     ("ack-before-quorum", |b| &mut b.ack_before_quorum),
     ("forget-vote", |b| &mut b.forget_vote_on_restart),
     ("commit-uncommitted", |b| &mut b.commit_uncommitted),
@@ -532,6 +609,7 @@ const BUG_FLAGS: [BugFlag; 14] = [
     ("campaign-before-durable", |b| {
         &mut b.campaign_before_durable
     }),
+    ("snapshot-without-dedup", |b| &mut b.snapshot_without_dedup),
 ];
 
 impl ReplicaBugs {
@@ -574,8 +652,20 @@ struct Progress {
     /// a successful reply can acknowledge no more.
     sent_max: Epoch,
     /// The last epoch covered by each unacknowledged AppendEntries and when it was sent,
-    /// ascending.
+    /// ascending; while the follower gets a snapshot, the one chunk in flight.
     inflight: VecDeque<(Epoch, Time)>,
+    /// The snapshot being sent (the leader's, when it needs compacted entries) and how many
+    /// of its windows the follower confirmed.
+    snapshot_sent: (Epoch, u64),
+}
+
+/// A snapshot a follower is receiving in chunks.
+#[derive(Clone, Debug)]
+struct Incoming {
+    epoch: Epoch,
+    term: Term,
+    total: u64,
+    windows: Vec<ClientWindow>,
 }
 
 #[derive(Clone, Debug)]
@@ -619,6 +709,7 @@ enum When {
 #[derive(Clone, Debug, Default)]
 struct WriteBuf {
     hard_state: bool,
+    snapshot: Option<Arc<LogSnapshot>>,
     truncate_from: Option<Epoch>,
     append: Vec<LogEntry>,
 }
@@ -636,6 +727,14 @@ pub struct Replica {
     /// The leader last announced with `Output::LeaderKnown`.
     announced_leader: Option<NodeId>,
     role: Role,
+    /// The compacted prefix: the log holds the epochs after `snapshot.epoch`, and every
+    /// epoch up to it is committed.
+    snapshot: Arc<LogSnapshot>,
+    /// The de-duplication table as of `snapshot.epoch`.
+    snapshot_dedup: DedupTable,
+    /// A snapshot arriving from the leader in chunks.
+    incoming: Option<Incoming>,
+    /// The entries after the snapshot: `log[i]` holds epoch `snapshot.epoch + i + 1`.
     log: Vec<LogEntry>,
     /// `LogEntry::encoded_bytes_max` of each entry of `log`, computed once at append.
     entry_bytes: Vec<usize>,
@@ -673,7 +772,10 @@ impl Replica {
             panic!("refusing the durable state of replica {}: {e}", config.id);
         }
         let batcher = Batcher::new(config.batching);
-        let persisted_epoch = Epoch(durable.log.len() as u64);
+        let persisted_epoch = durable.last_epoch();
+        let snapshot = durable.snapshot.clone().unwrap_or_default();
+        let snapshot_dedup = DedupTable::from_windows(&snapshot.windows);
+        let start = snapshot.epoch;
         let entry_bytes = durable
             .log
             .iter()
@@ -689,10 +791,14 @@ impl Replica {
             leader_heard: None,
             announced_leader: None,
             role: Role::Follower,
+            snapshot,
+            snapshot_dedup,
+            incoming: None,
             log: durable.log,
             entry_bytes,
-            commit: Epoch(0),
-            emitted: Epoch(0),
+            // Only committed epochs are ever compacted.
+            commit: start,
+            emitted: start,
             dedup: DedupTable::default(),
             batcher,
             election_deadline: None,
@@ -740,14 +846,30 @@ impl Replica {
         self.term
     }
 
-    /// The last committed epoch known here (volatile: 0 after a restart until relearned).
+    /// The last committed epoch known here (volatile: the log's start after a restart
+    /// until relearned).
     pub fn commit_epoch(&self) -> Epoch {
         self.commit
     }
 
-    /// The log, durable or not; `log()[i]` holds epoch `i + 1`.
+    /// The last epoch compacted away: the log holds the epochs after it.
+    pub fn log_start(&self) -> Epoch {
+        self.snapshot.epoch
+    }
+
+    /// The log after its start, durable or not; `log()[i]` holds epoch
+    /// `log_start() + i + 1`.
     pub fn log(&self) -> &[LogEntry] {
         &self.log
+    }
+
+    /// The entry of `epoch`, if the log holds it (not compacted, not beyond its end).
+    pub fn entry(&self, epoch: Epoch) -> Option<&LogEntry> {
+        let start = self.log_start();
+        if epoch <= start {
+            return None;
+        }
+        self.log.get(usize_of(epoch.0 - start.0 - 1))
     }
 
     /// Work counters of this incarnation.
@@ -756,14 +878,22 @@ impl Replica {
     }
 
     fn last_epoch(&self) -> Epoch {
-        Epoch(self.log.len() as u64)
+        Epoch(self.log_start().0 + self.log.len() as u64)
     }
 
+    /// The term of the entry at `epoch`, which must be in the log or its start.
     fn term_at(&self, epoch: Epoch) -> Term {
-        match epoch.0 {
-            0 => Term(0),
-            e => self.log[usize_of(e - 1)].term,
+        self.known_term(epoch)
+            .unwrap_or_else(|| panic!("the term of epoch {epoch}, outside the log"))
+    }
+
+    /// The term of the entry at `epoch`: `None` when it was compacted away (it is
+    /// committed, so any leader's entry there matches) or lies beyond the log.
+    fn known_term(&self, epoch: Epoch) -> Option<Term> {
+        if epoch == self.log_start() {
+            return Some(self.snapshot.term);
         }
+        self.entry(epoch).map(|e| e.term)
     }
 
     fn last_term(&self) -> Term {
@@ -856,6 +986,32 @@ impl Replica {
             PeerMessage::PreVoteReply { term, granted } => {
                 self.on_pre_vote_reply(now, from, term, granted, out)
             }
+            PeerMessage::InstallSnapshot {
+                term,
+                leader,
+                epoch,
+                last_term,
+                offset,
+                total,
+                windows,
+            } => {
+                let chunk = Chunk {
+                    term,
+                    leader,
+                    epoch,
+                    last_term,
+                    offset,
+                    total,
+                    windows,
+                };
+                self.on_install_snapshot(now, from, chunk, out);
+            }
+            PeerMessage::SnapshotReply {
+                term,
+                epoch,
+                received,
+                installed,
+            } => self.on_snapshot_reply(now, from, term, epoch, received, installed, out),
         }
     }
 
@@ -1000,14 +1156,16 @@ impl Replica {
         // Completeness), so a message that disagrees with our committed prefix is not from
         // a leader; accepting it would truncate committed entries.
         let commit = self.commit;
-        if msg.prev_epoch <= commit && self.term_at(msg.prev_epoch) != msg.prev_term {
+        // (Compacted epochs are committed too, but their terms are gone: nothing to compare.)
+        let differs = |epoch: Epoch, term: Term| self.known_term(epoch).is_some_and(|t| t != term);
+        if msg.prev_epoch <= commit && differs(msg.prev_epoch, msg.prev_term) {
             return Some(PeerDrop::RewritesCommitted);
         }
         let rewrites = msg
             .entries
             .iter()
             .take_while(|e| e.epoch() <= commit)
-            .any(|e| self.term_at(e.epoch()) != e.term);
+            .any(|e| differs(e.epoch(), e.term));
         if rewrites {
             return Some(PeerDrop::RewritesCommitted);
         }
@@ -1043,11 +1201,12 @@ impl Replica {
             self.leader,
             msg.leader
         );
-        self.role = Role::Follower;
-        self.leader = Some(msg.leader);
-        self.leader_heard = Some(now);
-        self.election_deadline = Some(self.election_timeout(now));
-        if msg.prev_epoch > self.last_epoch() || self.term_at(msg.prev_epoch) != msg.prev_term {
+        self.follow(now, msg.leader);
+        // An epoch compacted away is committed, so it matches any leader's.
+        let mismatch = self
+            .known_term(msg.prev_epoch)
+            .is_some_and(|t| t != msg.prev_term);
+        if msg.prev_epoch > self.last_epoch() || mismatch {
             self.reject_append(msg.leader, msg.prev_epoch);
             return;
         }
@@ -1079,6 +1238,14 @@ impl Replica {
         self.send_append_reply(msg.leader, true, match_epoch, None);
     }
 
+    /// Takes `leader` (of the current term) as the leader and restarts the election timer.
+    fn follow(&mut self, now: Time, leader: NodeId) {
+        self.role = Role::Follower;
+        self.leader = Some(leader);
+        self.leader_heard = Some(now);
+        self.election_deadline = Some(self.election_timeout(now));
+    }
+
     /// Answers an AppendEntries whose `prev_epoch` this log lacks or holds with another
     /// term, with a hint where the leader should retry.
     fn reject_append(&mut self, leader: NodeId, prev_epoch: Epoch) {
@@ -1094,7 +1261,8 @@ impl Replica {
         // Skip the whole run of the conflicting term; committed entries match anyway.
         let term_there = self.term_at(prev_epoch);
         let mut first = prev_epoch;
-        while first.0 > 1 && self.term_at(Epoch(first.0 - 1)) == term_there {
+        while Epoch(first.0 - 1) > self.commit && self.term_at(Epoch(first.0 - 1)) == term_there
+        {
             first = Epoch(first.0 - 1);
         }
         let hint = Epoch(first.0 - 1).max(self.commit);
@@ -1106,6 +1274,10 @@ impl Replica {
     fn accept_entries(&mut self, entries: Vec<LogEntry>) {
         for entry in entries {
             let epoch = entry.epoch();
+            if epoch <= self.log_start() {
+                // Compacted: committed, so it is the leader's entry.
+                continue;
+            }
             if epoch <= self.last_epoch() {
                 if self.term_at(epoch) == entry.term {
                     continue;
@@ -1466,6 +1638,7 @@ impl Replica {
                     probing: true,
                     sent_max: Epoch(0),
                     inflight: VecDeque::new(),
+                    snapshot_sent: (Epoch(0), 0),
                 };
                 (p, progress)
             })
@@ -1584,8 +1757,8 @@ impl Replica {
         });
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let quorum = matched[self.majority() - 1];
-        let own_term = self.term_at(quorum) == self.term || self.bugs.commit_earlier_term;
-        if quorum > self.commit && own_term {
+        let own_term = |r: &Replica| r.term_at(quorum) == r.term || r.bugs.commit_earlier_term;
+        if quorum > self.commit && own_term(self) {
             self.commit = quorum;
             let upto = if self.bugs.ack_before_quorum {
                 self.commit.max(self.emitted)
@@ -1623,9 +1796,11 @@ impl Replica {
     }
 
     /// Sends `peer` the entries it needs next if its window allows, or else, when
-    /// `heartbeat`, an empty AppendEntries at a point the follower is known to hold.
+    /// `heartbeat`, an empty AppendEntries at a point the follower is known to hold. A
+    /// follower that needs compacted entries gets the snapshot instead.
     fn send_append_entries(&mut self, now: Time, peer: NodeId, heartbeat: bool) {
         let last = self.last_epoch();
+        let start = self.log_start();
         let per_message = if self.rng.buggify() {
             1
         } else {
@@ -1638,11 +1813,15 @@ impl Replica {
         let Some(p) = leader.followers.get_mut(&peer) else {
             return;
         };
+        if p.next <= start {
+            self.send_snapshot_chunk(now, peer, heartbeat);
+            return;
+        }
         let window = if p.probing { 1 } else { INFLIGHT_MAX };
         let has_room = p.inflight.len() < window;
         let (prev_epoch, count) = if has_room && (p.next <= last || p.probing) {
             let count_max = (last.0 + 1 - p.next.0).min(per_message as u64);
-            let first = usize_of(p.next.0 - 1);
+            let first = usize_of(p.next.0 - start.0 - 1);
             let sizes = &self.entry_bytes[first..first + usize_of(count_max)];
             // Bounded by bytes too, so the message fits one frame.
             let count = entries_within(sizes, bytes_max) as u64;
@@ -1654,13 +1833,14 @@ impl Replica {
             }
             (prev, count)
         } else if heartbeat {
-            (p.matched, 0)
+            // At a point the follower holds, and that the log still holds.
+            (p.matched.max(start), 0)
         } else {
             return;
         };
         p.sent_max = p.sent_max.max(Epoch(prev_epoch.0 + count));
-        let start = usize_of(prev_epoch.0);
-        let entries = self.log[start..start + usize_of(count)].to_vec();
+        let from = usize_of(prev_epoch.0 - start.0);
+        let entries = self.log[from..from + usize_of(count)].to_vec();
         let msg = PeerMessage::AppendEntries {
             term: self.term,
             leader: self.config.id,
@@ -1670,6 +1850,285 @@ impl Replica {
             leader_commit: self.commit,
         };
         self.sends.push((peer, msg, When::Now));
+    }
+
+    /// Sends `peer`, which needs compacted entries, the next chunk of the snapshot (one
+    /// at a time), or on a `heartbeat` while a chunk is in flight an empty one: it keeps
+    /// the follower from campaigning and asks where the transfer stands.
+    fn send_snapshot_chunk(&mut self, now: Time, peer: NodeId, heartbeat: bool) {
+        let snapshot = self.snapshot.clone();
+        let per_message = if self.rng.buggify() {
+            1
+        } else {
+            self.config.snapshot_windows_per_message_max
+        };
+        let bytes_max = self.config.append_bytes_max;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(p) = leader.followers.get_mut(&peer) else {
+            return;
+        };
+        if p.snapshot_sent.0 != snapshot.epoch {
+            // A new snapshot (this leader compacted again): start it over.
+            p.snapshot_sent = (snapshot.epoch, 0);
+            p.inflight.clear();
+        }
+        let offset = p.snapshot_sent.1.min(snapshot.windows.len() as u64);
+        let windows = if p.inflight.is_empty() {
+            let rest = &snapshot.windows[usize_of(offset)..];
+            let mut bytes = APPEND_ENTRIES_OVERHEAD_BYTES_MAX;
+            let count = rest
+                .iter()
+                .take(per_message)
+                .take_while(|w| {
+                    bytes = bytes.saturating_add(w.encoded_bytes_max());
+                    bytes <= bytes_max
+                })
+                .count()
+                .max(rest.len().min(1));
+            p.inflight.push_back((snapshot.epoch, now));
+            rest[..count].to_vec()
+        } else if heartbeat {
+            Vec::new()
+        } else {
+            return;
+        };
+        self.stats.snapshot_chunks_sent += 1;
+        let msg = PeerMessage::InstallSnapshot {
+            term: self.term,
+            leader: self.config.id,
+            epoch: snapshot.epoch,
+            last_term: snapshot.term,
+            offset,
+            total: snapshot.windows.len() as u64,
+            windows,
+        };
+        self.sends.push((peer, msg, When::Now));
+    }
+
+    // ---- compaction and snapshots --------------------------------------------------
+
+    /// Drops the committed entries through `through` (at most the commit epoch) from the
+    /// log, keeping what they mean for de-duplication as the new snapshot. Only once it
+    /// drops at least `compact_every_epochs`.
+    fn compact(&mut self, through: Epoch, out: &mut Vec<Output>) {
+        let start = self.log_start();
+        let through = through.min(self.commit);
+        if through.0 < start.0.saturating_add(self.config.compact_every_epochs) {
+            return;
+        }
+        let dropped = usize_of(through.0 - start.0);
+        for txn in self.log[..dropped].iter().flat_map(|e| &e.batch.txns) {
+            self.snapshot_dedup.insert(txn.client, txn.seq);
+        }
+        let windows = match self.bugs.snapshot_without_dedup {
+            true => Vec::new(),
+            false => self.snapshot_dedup.windows(),
+        };
+        let snapshot = Arc::new(LogSnapshot {
+            epoch: through,
+            term: self.term_at(through),
+            windows,
+        });
+        if self.bugs.snapshot_without_dedup {
+            self.snapshot_dedup = DedupTable::default();
+        }
+        self.log.drain(..dropped);
+        self.entry_bytes.drain(..dropped);
+        self.snapshot = snapshot.clone();
+        self.write.snapshot = Some(snapshot);
+        self.stats.compactions += 1;
+        out.push(Output::Compacted { through });
+    }
+
+    /// Why this InstallSnapshot chunk cannot be honoured, if so.
+    fn ignore_install_snapshot(&self, from: NodeId, chunk: &Chunk) -> Option<PeerDrop> {
+        if let Some(reason) = self.ignore_sender(from, chunk.term) {
+            return Some(reason);
+        }
+        if chunk.leader != from {
+            return Some(PeerDrop::Impostor);
+        }
+        let end = chunk.offset.checked_add(chunk.windows.len() as u64);
+        let malformed = chunk.epoch == Epoch(0)
+            || chunk.last_term > chunk.term
+            || chunk.windows.len() > SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT
+            || end.is_none_or(|end| end > chunk.total)
+            || chunk.windows.iter().any(|w| w.above.len() > WINDOW_ABOVE_LIMIT);
+        if malformed {
+            return Some(PeerDrop::Malformed);
+        }
+        if chunk.term < self.term {
+            return None;
+        }
+        if chunk.term == self.term && (self.is_leader() || self.leader.is_some_and(|l| l != from))
+        {
+            return Some(PeerDrop::SecondLeader);
+        }
+        // A snapshot is a committed prefix: it cannot disagree with ours.
+        let differs = self
+            .known_term(chunk.epoch)
+            .is_some_and(|t| t != chunk.last_term);
+        if chunk.epoch <= self.commit && differs {
+            return Some(PeerDrop::RewritesCommitted);
+        }
+        None
+    }
+
+    /// A follower takes a chunk of the leader's snapshot; once it holds all of it, the
+    /// snapshot replaces its log (or only the prefix it covers, if the log agrees there).
+    fn on_install_snapshot(&mut self, now: Time, from: NodeId, chunk: Chunk, out: &mut Vec<Output>) {
+        if let Some(reason) = self.ignore_install_snapshot(from, &chunk) {
+            self.drop_peer_message(reason);
+            return;
+        }
+        if chunk.term < self.term {
+            self.send_snapshot_reply(chunk.leader, chunk.epoch, 0, false);
+            return;
+        }
+        if chunk.term > self.term {
+            self.step_down(now, chunk.term, out);
+        }
+        self.follow(now, chunk.leader);
+        let holds_epoch = self.known_term(chunk.epoch) == Some(chunk.last_term);
+        if chunk.epoch <= self.commit || holds_epoch {
+            // This log already holds the snapshot's prefix (and it is the leader's, by Log
+            // Matching); what it lacks comes in AppendEntries from here.
+            if chunk.epoch > self.commit {
+                self.commit = chunk.epoch;
+                self.emit_committed(self.commit, out);
+            }
+            self.send_snapshot_reply(chunk.leader, chunk.epoch, chunk.total, true);
+            return;
+        }
+        let same = self.incoming.as_ref().is_some_and(|i| {
+            (i.epoch, i.term, i.total) == (chunk.epoch, chunk.last_term, chunk.total)
+        });
+        if !same {
+            self.incoming = Some(Incoming {
+                epoch: chunk.epoch,
+                term: chunk.last_term,
+                total: chunk.total,
+                windows: Vec::new(),
+            });
+        }
+        let incoming = self.incoming.as_mut().expect("set above");
+        if chunk.offset == incoming.windows.len() as u64 {
+            incoming.windows.extend(chunk.windows);
+        }
+        let received = incoming.windows.len() as u64;
+        if received < incoming.total {
+            self.send_snapshot_reply(chunk.leader, chunk.epoch, received, false);
+            return;
+        }
+        let incoming = self.incoming.take().expect("set above");
+        self.install(incoming, out);
+        self.send_snapshot_reply(chunk.leader, chunk.epoch, received, true);
+    }
+
+    /// Replaces the whole log by a snapshot of the leader's committed prefix, which reaches
+    /// past this log's commit epoch.
+    fn install(&mut self, incoming: Incoming, out: &mut Vec<Output>) {
+        let epoch = incoming.epoch;
+        assert!(epoch > self.commit, "installing a snapshot within the commit");
+        let snapshot = Arc::new(LogSnapshot {
+            epoch,
+            term: incoming.term,
+            windows: incoming.windows,
+        });
+        self.stats.entries_truncated += self.last_epoch().0.saturating_sub(epoch.0);
+        self.log.clear();
+        self.entry_bytes.clear();
+        self.snapshot_dedup = DedupTable::from_windows(&snapshot.windows);
+        self.snapshot = snapshot.clone();
+        self.write.append.clear();
+        self.write.snapshot = Some(snapshot);
+        self.write.truncate_from = Some(epoch.next());
+        for (_, log_end) in &mut self.pending_writes {
+            *log_end = (*log_end).min(epoch);
+        }
+        self.persisted_epoch = self.persisted_epoch.min(epoch);
+        self.rebuild_dedup();
+        self.commit = epoch;
+        self.emitted = epoch;
+        self.stats.snapshots_installed += 1;
+        out.push(Output::Compacted { through: epoch });
+    }
+
+    fn send_snapshot_reply(&mut self, to: NodeId, epoch: Epoch, received: u64, installed: bool) {
+        let msg = PeerMessage::SnapshotReply {
+            term: self.term,
+            epoch,
+            received,
+            installed,
+        };
+        // An installed snapshot is confirmed only once durable, as appended entries are.
+        let when = match installed {
+            true => When::AfterWrites,
+            false => When::Now,
+        };
+        self.sends.push((to, msg, when));
+    }
+
+    /// Why this SnapshotReply cannot be honoured, if so.
+    fn ignore_snapshot_reply(&self, from: NodeId, term: Term, epoch: Epoch) -> Option<PeerDrop> {
+        if let Some(reason) = self.ignore_sender(from, term) {
+            return Some(reason);
+        }
+        if term == self.term && self.is_leader() && epoch > self.log_start() {
+            // This leader never sent a snapshot beyond its own.
+            return Some(PeerDrop::AckNotSent);
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot_reply(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        term: Term,
+        epoch: Epoch,
+        received: u64,
+        installed: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(reason) = self.ignore_snapshot_reply(from, term, epoch) {
+            self.drop_peer_message(reason);
+            return;
+        }
+        if term > self.term {
+            self.step_down(now, term, out);
+            return;
+        }
+        let start = self.log_start();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if term < self.term {
+            return;
+        }
+        leader.heard.insert(from);
+        let Some(p) = leader.followers.get_mut(&from) else {
+            return;
+        };
+        if installed {
+            // The follower's log now starts after `epoch`, a committed prefix of ours.
+            p.matched = p.matched.max(epoch);
+            p.next = p.next.max(epoch.next());
+            p.sent_max = p.sent_max.max(epoch);
+            p.probing = false;
+            p.inflight.clear();
+            self.advance_commit(now, out);
+        } else if epoch == start {
+            p.snapshot_sent = (epoch, received);
+            p.inflight.clear();
+        } else {
+            // About an older snapshot: the next chunk starts the current one over.
+            p.inflight.clear();
+        }
+        self.send_append_entries(now, from, false);
     }
 
     // ---- replies -------------------------------------------------------------------
@@ -1730,8 +2189,9 @@ impl Replica {
         assert!(!self.is_leader(), "a leader never truncates its log");
         let keep = Epoch(from.0 - 1);
         self.stats.entries_truncated += self.last_epoch().0 - keep.0;
-        self.log.truncate(usize_of(keep.0));
-        self.entry_bytes.truncate(usize_of(keep.0));
+        let kept = usize_of(keep.0 - self.log_start().0);
+        self.log.truncate(kept);
+        self.entry_bytes.truncate(kept);
         self.write.append.retain(|e| e.epoch() < from);
         self.write.truncate_from = Some(self.write.truncate_from.map_or(from, |t| t.min(from)));
         for (_, log_end) in &mut self.pending_writes {
@@ -1742,7 +2202,7 @@ impl Replica {
     }
 
     fn rebuild_dedup(&mut self) {
-        let mut dedup = DedupTable::default();
+        let mut dedup = self.snapshot_dedup.clone();
         for txn in self
             .log
             .iter()
@@ -1758,7 +2218,9 @@ impl Replica {
         let upto = upto.min(self.last_epoch());
         while self.emitted < upto {
             self.emitted = self.emitted.next();
-            let batch = self.log[usize_of(self.emitted.0 - 1)].batch.clone();
+            let batch = self.log[usize_of(self.emitted.0 - self.log_start().0 - 1)]
+                .batch
+                .clone();
             out.push(Output::Committed(batch));
         }
     }
@@ -1767,13 +2229,18 @@ impl Replica {
     /// those that must wait for durability queue behind the last write issued.
     fn flush(&mut self, out: &mut Vec<Output>) {
         let write = std::mem::take(&mut self.write);
-        if write.hard_state || write.truncate_from.is_some() || !write.append.is_empty() {
+        let writes = write.hard_state
+            || write.snapshot.is_some()
+            || write.truncate_from.is_some()
+            || !write.append.is_empty();
+        if writes {
             self.last_write = WriteId(self.last_write.0 + 1);
             self.pending_writes
                 .push_back((self.last_write, self.last_epoch()));
             out.push(Output::Persist(LogWrite {
                 id: self.last_write,
                 hard_state: write.hard_state.then_some((self.term, self.voted_for)),
+                snapshot: write.snapshot,
                 truncate_from: write.truncate_from,
                 append: write.append,
             }));
@@ -1791,6 +2258,7 @@ impl Replica {
 
     fn check_invariants(&self) {
         assert!(self.commit <= self.last_epoch(), "commit beyond the log");
+        assert!(self.commit >= self.log_start(), "compacted beyond the commit");
         assert_eq!(
             self.entry_bytes.len(),
             self.log.len(),
@@ -1826,12 +2294,18 @@ impl Machine for Replica {
 
     fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) {
         if self.election_deadline.is_none() {
+            if self.log_start() > Epoch(0) {
+                out.push(Output::Compacted {
+                    through: self.log_start(),
+                });
+            }
             self.start(now);
         }
         match input {
             Input::Peer { from, msg } => self.on_peer(now, from, msg, out),
             Input::Persisted { write } => self.on_persisted(now, write, out),
             Input::Submit(txn) => self.on_submit(now, txn, out),
+            Input::Compact { through } => self.compact(through, out),
             Input::Tick => self.on_tick(now, out),
         }
         self.flush(out);
@@ -1871,6 +2345,17 @@ struct Append {
     prev_term: Term,
     entries: Vec<LogEntry>,
     leader_commit: Epoch,
+}
+
+/// An InstallSnapshot chunk, unpacked.
+struct Chunk {
+    term: Term,
+    leader: NodeId,
+    epoch: Epoch,
+    last_term: Term,
+    offset: u64,
+    total: u64,
+    windows: Vec<ClientWindow>,
 }
 
 /// A RequestVote, unpacked.
@@ -2136,6 +2621,7 @@ mod tests {
         append: Vec<LogEntry>,
     ) -> Output {
         Output::Persist(LogWrite {
+            snapshot: None,
             id: WriteId(id),
             hard_state: hard_state.map(|(term, vote)| (Term(term), vote)),
             truncate_from: truncate_from.map(Epoch),
@@ -2451,6 +2937,7 @@ mod tests {
     #[test]
     fn a_durable_vote_survives_a_restart() {
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log: Vec::new(),
@@ -2475,6 +2962,7 @@ mod tests {
     #[test]
     fn votes_go_only_to_candidates_whose_log_is_as_up_to_date() {
         let durable = Durable {
+            snapshot: None,
             term: Term(2),
             voted_for: None,
             log: vec![entry(1, 1, vec![]), entry(2, 2, vec![])],
@@ -2553,6 +3041,7 @@ mod tests {
 
         // After a restart the table is rebuilt from the durable log.
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log: r.log().to_vec(),
@@ -2649,6 +3138,7 @@ mod tests {
     #[test]
     fn conflicting_entries_are_truncated_and_rewritten() {
         let durable = Durable {
+            snapshot: None,
             term: Term(2),
             voted_for: None,
             log: vec![
@@ -2686,12 +3176,14 @@ mod tests {
         assert!(r.dedup.contains(ClientId(2), RequestSeq(1)));
         // A durable copy applies the same write.
         let mut disk = Durable {
+            snapshot: None,
             term: Term(2),
             voted_for: None,
             log: r.log()[..2].to_vec(),
         };
         disk.log.push(entry(2, 3, vec![]));
         disk.apply(&LogWrite {
+            snapshot: None,
             id: WriteId(1),
             hard_state: Some((Term(3), None)),
             truncate_from: Some(Epoch(3)),
@@ -2703,6 +3195,7 @@ mod tests {
     #[test]
     fn a_mismatch_answers_with_a_hint_where_to_retry() {
         let durable = Durable {
+            snapshot: None,
             term: Term(2),
             voted_for: None,
             log: vec![
@@ -2740,6 +3233,7 @@ mod tests {
         c1.entries_per_message_max = 2;
         let log: Vec<LogEntry> = (1..=5).map(|e| entry(1, e, vec![txn(1, e)])).collect();
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log: log.clone(),
@@ -2860,6 +3354,7 @@ mod tests {
     fn a_restarted_replica_emits_committed_batches_again_from_epoch_one() {
         let log = vec![entry(1, 1, vec![]), entry(1, 2, vec![txn(1, 1)])];
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log: log.clone(),
@@ -3086,6 +3581,7 @@ mod tests {
     #[test]
     fn entries_that_would_rewrite_committed_epochs_are_dropped() {
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log: vec![entry(1, 1, vec![]), entry(1, 2, vec![txn(1, 1)])],
@@ -3204,6 +3700,7 @@ mod tests {
         log.push(entry(1, 7, vec![big_txn(7, 20_000)]));
         log.push(entry(1, 8, vec![big_txn(8, 2_900)]));
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: Some(N1),
             log,
@@ -3276,6 +3773,7 @@ mod tests {
         let mut e = entry(1, 1, vec![]);
         Arc::make_mut(&mut e.batch).version = 7;
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: None,
             log: vec![e],
@@ -3289,12 +3787,14 @@ mod tests {
             )
         );
         let gap = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: None,
             log: vec![entry(1, 2, vec![])],
         };
         assert!(matches!(gap.validate(), Err(DurableError::Epoch { .. })));
         let ahead = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: None,
             log: vec![entry(2, 1, vec![])],
@@ -3308,6 +3808,7 @@ mod tests {
         let mut e = entry(1, 1, vec![]);
         Arc::make_mut(&mut e.batch).version = 7;
         let durable = Durable {
+            snapshot: None,
             term: Term(1),
             voted_for: None,
             log: vec![e],

@@ -20,8 +20,8 @@
 //! Neither property asks for liveness: a forged higher term may depose a healthy leader.
 
 use detflow_protocol::{
-    Batch, ClientId, DetRng, Epoch, Footprint, LOG_FORMAT_VERSION, LogEntry, Machine, NodeId,
-    PeerMessage, RequestSeq, Term, Time, Transaction,
+    Batch, ClientId, ClientWindow, DetRng, Epoch, Footprint, LOG_FORMAT_VERSION, LogEntry,
+    Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction,
 };
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Durable, LogWrite, Replica, ReplicaConfig};
@@ -59,8 +59,10 @@ struct Node {
     unsynced: VecDeque<LogWrite>,
     timer_generation: u64,
     timer_at: Option<Time>,
-    /// The batches this replica emitted as committed, in epoch order.
-    emitted: Vec<Arc<Batch>>,
+    /// The batches this replica emitted as committed, by epoch.
+    emitted: BTreeMap<Epoch, Arc<Batch>>,
+    /// The next epoch it may emit: one past the last emitted or compacted.
+    next_emit: Epoch,
 }
 
 /// How a forged message is placed.
@@ -115,6 +117,10 @@ impl Cluster {
                     ..Config::default()
                 };
                 config.entries_per_message_max = 4;
+                // Compact often (the driver offers the commit epoch) and send snapshots a
+                // window at a time, so forgeries meet transfers in progress.
+                config.compact_every_epochs = 8;
+                config.snapshot_windows_per_message_max = 1;
                 let replica = Replica::new(config, Durable::default(), rng.fork(u64::from(id.0)));
                 Node {
                     replica,
@@ -122,7 +128,8 @@ impl Cluster {
                     unsynced: VecDeque::new(),
                     timer_generation: 0,
                     timer_at: None,
-                    emitted: Vec::new(),
+                    emitted: BTreeMap::new(),
+                    next_emit: Epoch(1),
                 }
             })
             .collect();
@@ -250,6 +257,7 @@ impl Cluster {
         let other = NodeId(leader.0 % REPLICAS + 1);
         match &mut msg {
             PeerMessage::AppendEntries { leader: who, .. }
+            | PeerMessage::InstallSnapshot { leader: who, .. }
             | PeerMessage::RequestVote { candidate: who, .. }
             | PeerMessage::PreVote { candidate: who, .. } => {
                 if *who == from {
@@ -257,6 +265,7 @@ impl Cluster {
                 }
             }
             PeerMessage::AppendReply { .. }
+            | PeerMessage::SnapshotReply { .. }
             | PeerMessage::Vote { .. }
             | PeerMessage::PreVoteReply { .. } => {}
         }
@@ -268,7 +277,8 @@ impl Cluster {
     fn rebase(&self, to: NodeId, msg: PeerMessage) -> PeerMessage {
         let r = &self.nodes[idx(to)].replica;
         let term_base = r.term().0.saturating_sub(4);
-        let epoch_base = (r.log().len() as u64).saturating_sub(80);
+        let last = r.log_start().0 + r.log().len() as u64;
+        let epoch_base = last.saturating_sub(80);
         let t = |term: Term| Term(term.0.saturating_add(term_base));
         let e = |epoch: Epoch| Epoch(epoch.0.saturating_add(epoch_base));
         match msg {
@@ -341,6 +351,34 @@ impl Cluster {
                 term: t(term),
                 granted,
             },
+            PeerMessage::InstallSnapshot {
+                term,
+                leader,
+                epoch,
+                last_term,
+                offset,
+                total,
+                windows,
+            } => PeerMessage::InstallSnapshot {
+                term: t(term),
+                leader,
+                epoch: e(epoch),
+                last_term: t(last_term),
+                offset,
+                total,
+                windows,
+            },
+            PeerMessage::SnapshotReply {
+                term,
+                epoch,
+                received,
+                installed,
+            } => PeerMessage::SnapshotReply {
+                term: t(term),
+                epoch: e(epoch),
+                received,
+                installed,
+            },
         }
     }
 
@@ -374,11 +412,29 @@ impl Cluster {
             // which still needs real votes, but is as undetectable as a forged vote.
             PeerMessage::PreVote { .. } => false,
             PeerMessage::PreVoteReply { term, granted } => granted && term > r.term(),
+            // A snapshot from a plausible leader is as undetectable as its entries.
+            PeerMessage::InstallSnapshot { term, leader, .. } => {
+                leader == from && term >= r.term() && !(r.is_leader() && term == r.term())
+            }
+            // A confirmed install of the leader's own snapshot is as undetectable as a
+            // successful AppendReply.
+            PeerMessage::SnapshotReply {
+                term,
+                epoch,
+                installed,
+                ..
+            } => installed && term == r.term() && epoch <= r.log_start(),
         };
         !(member && believable)
     }
 
     fn on_call(&mut self, c: u64) -> Result<(), String> {
+        // Executors apply everything committed at once here: each replica may compact
+        // through its commit epoch.
+        for id in (1..=REPLICAS).map(NodeId) {
+            let through = self.nodes[idx(id)].replica.commit_epoch();
+            self.input(id, Input::Compact { through })?;
+        }
         let at = self.now.plus_us(CALL_EVERY_US);
         self.schedule(at, Event::Call(c));
         let seq = self.next_seq[c as usize];
@@ -423,6 +479,17 @@ impl Cluster {
                 self.schedule(at, Event::Synced(id));
             }
             Output::LeaderKnown(_) => {}
+            Output::Compacted { through } => {
+                let node = &mut self.nodes[idx(id)];
+                if through.next() < node.next_emit {
+                    // Compacted what it emitted; forget those, as a plan server does.
+                    node.emitted = node.emitted.split_off(&through.next());
+                } else {
+                    // A snapshot from the leader: emission continues after it.
+                    node.emitted.clear();
+                    node.next_emit = through.next();
+                }
+            }
             Output::Send { to, msg } => {
                 let copies = if self.rng.chance(0.05) { 2 } else { 1 };
                 for _ in 0..copies {
@@ -442,14 +509,15 @@ impl Cluster {
 
     fn on_committed(&mut self, id: NodeId, batch: Arc<Batch>) -> Result<(), String> {
         let node = &mut self.nodes[idx(id)];
-        let expected = Epoch(node.emitted.len() as u64 + 1);
+        let expected = node.next_emit;
         if batch.epoch != expected {
             return Err(format!(
                 "{id} emitted epoch {} out of order (expected {expected})",
                 batch.epoch
             ));
         }
-        node.emitted.push(batch.clone());
+        node.next_emit = expected.next();
+        node.emitted.insert(batch.epoch, batch.clone());
         if self.forgeries == Forgeries::All {
             return Ok(());
         }
@@ -469,10 +537,10 @@ impl Cluster {
     /// A replica never changes what it emitted as committed: its log still holds it.
     fn check_own_commits(&self, id: NodeId) -> Result<(), String> {
         let node = &self.nodes[idx(id)];
-        let log = node.replica.log();
-        for (i, batch) in node.emitted.iter().enumerate() {
-            if log.get(i).is_none_or(|e| *e.batch != **batch) {
-                return Err(format!("{id} dropped or rewrote committed epoch {}", i + 1));
+        for (&epoch, batch) in &node.emitted {
+            let entry = node.replica.entry(epoch);
+            if entry.is_none_or(|e| *e.batch != **batch) {
+                return Err(format!("{id} dropped or rewrote committed epoch {epoch}"));
             }
         }
         Ok(())
@@ -498,7 +566,7 @@ impl Cluster {
     fn committed_epochs(&self) -> u64 {
         self.nodes
             .iter()
-            .map(|n| n.emitted.len() as u64)
+            .map(|n| n.next_emit.0 - 1)
             .min()
             .unwrap_or(0)
     }
@@ -656,7 +724,49 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
         ),
         1 => (term(), any::<bool>())
             .prop_map(|(term, granted)| PeerMessage::PreVoteReply { term: Term(term), granted }),
+        2 => install_snapshot(),
+        1 => (term(), epoch(), 0u64..6, any::<bool>()).prop_map(
+            |(term, epoch, received, installed)| PeerMessage::SnapshotReply {
+                term: Term(term),
+                epoch,
+                received,
+                installed,
+            }
+        ),
     ]
+}
+
+/// A snapshot chunk: mostly consistent (windows within `total`, the last term at most the
+/// term), sometimes not.
+fn install_snapshot() -> impl Strategy<Value = PeerMessage> {
+    let window = (0u64..4, 0u64..8, proptest::collection::vec(0u64..12, 0..3)).prop_map(
+        |(client, contiguous, above)| ClientWindow {
+            client: ClientId(client),
+            contiguous,
+            above,
+        },
+    );
+    (
+        term(),
+        node(),
+        epoch(),
+        0u64..3,
+        0u64..3,
+        0u64..4,
+        proptest::collection::vec(window, 0..3),
+    )
+        .prop_map(|(term, leader, epoch, back, offset, extra, windows)| {
+            let total = offset + windows.len() as u64 + extra % 3;
+            PeerMessage::InstallSnapshot {
+                term: Term(term),
+                leader,
+                epoch,
+                last_term: Term(term.saturating_sub(back).saturating_add(extra / 3)),
+                offset,
+                total: if extra == 3 { 0 } else { total },
+                windows,
+            }
+        })
 }
 
 /// Mostly a message whose `leader` or `candidate` is its claimed sender (an impostor
@@ -676,9 +786,11 @@ fn injection() -> impl Strategy<Value = Injection> {
                 }
                 match &mut msg {
                     PeerMessage::AppendEntries { leader: who, .. }
+                    | PeerMessage::InstallSnapshot { leader: who, .. }
                     | PeerMessage::RequestVote { candidate: who, .. }
                     | PeerMessage::PreVote { candidate: who, .. } => *who = from,
                     PeerMessage::AppendReply { .. }
+                    | PeerMessage::SnapshotReply { .. }
                     | PeerMessage::Vote { .. }
                     | PeerMessage::PreVoteReply { .. } => {}
                 }
@@ -731,6 +843,8 @@ fn the_group_commits_without_forgeries() {
         let cluster = run(seed, Forgeries::Tolerable, Vec::new()).unwrap();
         assert!(cluster.committed_epochs() > 20, "seed {seed}");
         assert_eq!(cluster.dropped(), 0);
+        let compactions = cluster.nodes.iter().map(|n| n.replica.stats().compactions);
+        assert!(compactions.min() > Some(0), "seed {seed}: every replica compacts");
     }
 }
 
