@@ -208,6 +208,14 @@ pub enum Output {
         /// This partition's answer.
         part: SnapshotPart,
     },
+    /// Tell a sequencer replica that this partition's replica has durably applied every
+    /// epoch through `durable`: once every replica has, the log may drop them.
+    ReportApplied {
+        /// The sequencer replica.
+        to: NodeId,
+        /// This partition's durable epoch.
+        durable: Epoch,
+    },
     /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
     Subscribe {
         /// The replica.
@@ -256,6 +264,10 @@ pub struct ExecutorBugs {
 
 /// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
 pub const DIGESTS_KEPT: usize = 4_096;
+
+/// The durable epoch is reported to the sequencer replicas each time it has advanced this
+/// many epochs since the last report (so the log is compacted in steps of about as many).
+pub const APPLIED_REPORT_EPOCHS: u64 = 32;
 
 /// How many epochs' digests a partition's store keeps, like its results
 /// ([`crate::RESULT_EPOCHS_RETAINED`]): an audit compares each with the log's re-execution.
@@ -404,6 +416,8 @@ pub struct Executor<S: Store> {
     /// The letters this partition's transactions sent and how far they were consumed.
     outbox: Outbox,
     durable: Epoch,
+    /// The durable epoch last reported to the sequencer replicas.
+    durable_reported: Epoch,
     /// The largest value a transaction may write.
     value_bytes_max: usize,
     /// The bound on one remote-read message, in encoded bytes.
@@ -465,6 +479,7 @@ impl<S: Store> Executor<S> {
             book,
             outbox,
             durable,
+            durable_reported: Epoch(0),
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
             feed: Feed::new(partition.0 as usize, Vec::new()),
@@ -789,6 +804,12 @@ impl<S: Store> Executor<S> {
         self.durable = up_to;
         for to in self.peers() {
             out.push(Output::SendAck { to, durable: up_to });
+        }
+        if up_to.0 >= self.durable_reported.0 + APPLIED_REPORT_EPOCHS {
+            self.durable_reported = up_to;
+            for &to in self.feed.sources() {
+                out.push(Output::ReportApplied { to, durable: up_to });
+            }
         }
     }
 

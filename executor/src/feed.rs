@@ -70,6 +70,11 @@ impl Feed {
         }
     }
 
+    /// Every replica that serves plans.
+    pub(crate) fn sources(&self) -> &[NodeId] {
+        &self.sources
+    }
+
     /// The replica subscribed to, if plans come from replicas at all.
     pub(crate) fn source(&self) -> Option<NodeId> {
         self.sources.get(self.source).copied()

@@ -42,8 +42,9 @@ pub use detflow_protocol::SYSTEM_TABLE;
 pub use detflow_protocol::schema::SchemaError;
 pub use digest::StateDigest;
 pub use executor::{
-    DIGEST_EPOCHS_RETAINED, DIGESTS_KEPT, Executor, ExecutorBugs, ExecutorStats, Input, Output,
-    SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX, recorded_digest, recorded_digests,
+    APPLIED_REPORT_EPOCHS, DIGEST_EPOCHS_RETAINED, DIGESTS_KEPT, Executor, ExecutorBugs,
+    ExecutorStats, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX, recorded_digest,
+    recorded_digests,
 };
 pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};

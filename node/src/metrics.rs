@@ -76,6 +76,11 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.commit.clone(),
     );
     registry.register(
+        "log_start_epoch",
+        "The last epoch the local replica's log compacted away.",
+        stats.log_start.clone(),
+    );
+    registry.register(
         "partition_next_epoch",
         "The next epoch a partition applies.",
         stats.partition_next_epoch.clone(),

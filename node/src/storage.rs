@@ -37,12 +37,14 @@
 //! Both stores keep a `meta` keyspace holding the storage format version
 //! ([`STORAGE_FORMAT_VERSION`], written at creation and checked at every open) and the kind
 //! of store. The log keeps its entries in keyspace `log`, keyed by the big-endian epoch and
-//! encoded with [`detflow_protocol::codec`], and its hard state in `meta`. The executor
+//! encoded with [`detflow_protocol::codec`], and its hard state and the snapshot of its
+//! compacted prefix in `meta` (a compaction writes the snapshot and removes the entries it
+//! covers in one batch). The executor
 //! state keeps user rows in keyspace `user`, the executor's bookkeeping (`_sys` keys) in
 //! `system`, and its applied epoch and load marker in `meta`.
 
 use detflow_executor::Store;
-use detflow_protocol::{Epoch, Key, LogEntry, NodeId, Term, Value, codec};
+use detflow_protocol::{Epoch, Key, LogEntry, LogSnapshot, NodeId, Term, Value, codec};
 use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use std::collections::BTreeMap;
@@ -63,6 +65,8 @@ const SYSTEM: &str = "system";
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const KIND_KEY: &[u8] = b"kind";
 const HARD_STATE_KEY: &[u8] = b"hard_state";
+/// The snapshot of the log's compacted prefix, in `meta`.
+const SNAPSHOT_KEY: &[u8] = b"log_snapshot";
 const APPLIED_EPOCH_KEY: &[u8] = b"applied_epoch";
 const LOADED_KEY: &[u8] = b"loaded";
 
@@ -188,7 +192,9 @@ pub struct LogStore {
     db: Database,
     meta: Keyspace,
     log: Keyspace,
-    /// The last epoch in the log as written (synced or not); 0 when empty.
+    /// The last epoch compacted away, as written.
+    start: u64,
+    /// The last epoch in the log as written (synced or not); the start when empty.
     last_epoch: u64,
     /// Whether a write was appended since the last sync.
     unsynced: bool,
@@ -208,16 +214,19 @@ impl LogStore {
             db,
             meta,
             log,
+            start: 0,
             last_epoch: 0,
             unsynced: false,
         };
         let durable = store.recover()?;
-        store.last_epoch = durable.log.len() as u64;
+        store.start = durable.log_start().0;
+        store.last_epoch = durable.last_epoch().0;
         Ok((store, durable))
     }
 
     /// Applies one write atomically, as [`Durable::apply`] does: the hard state, then the
-    /// truncation of every entry with epoch `>= truncate_from`, then the appended entries.
+    /// snapshot (removing the entries it covers), then the truncation of every entry with
+    /// epoch `>= truncate_from`, then the appended entries.
     ///
     /// The write reaches the operating system (it survives a crash of the process) but is
     /// not fsynced: call [`LogStore::sync`] before confirming it. Panics, as
@@ -226,9 +235,18 @@ impl LogStore {
     /// fjall refuses further writes, and the node must stop.
     pub fn append(&mut self, write: &LogWrite) -> Result<(), StorageError> {
         let mut last = self.last_epoch;
+        let mut start = self.start;
+        let mut compacted = None;
+        if let Some(snapshot) = &write.snapshot {
+            let through = snapshot.epoch.0;
+            assert!(through >= start, "a snapshot older than the log's start");
+            compacted = Some(start + 1..=through.min(last));
+            start = through;
+            last = last.max(through);
+        }
         let mut removed = None;
         if let Some(from) = write.truncate_from {
-            assert!(from.0 >= 1, "truncation from epoch 0");
+            assert!(from.0 > start, "truncation of a compacted epoch");
             if from.0 <= last {
                 removed = Some(from.0..=last);
                 last = from.0 - 1;
@@ -251,6 +269,12 @@ impl LogStore {
                 codec::encode(&(term, voted_for)),
             );
         }
+        if let Some(snapshot) = &write.snapshot {
+            batch.insert(&self.meta, SNAPSHOT_KEY, codec::encode(&**snapshot));
+        }
+        for epoch in compacted.into_iter().flatten() {
+            batch.remove(&self.log, epoch.to_be_bytes());
+        }
         // One batch shares one sequence number, so it must name each key once: an epoch
         // that is truncated and appended again is only inserted.
         let appended = write.append.first().map_or(u64::MAX, |e| e.epoch().0)..=last;
@@ -267,6 +291,7 @@ impl LogStore {
             );
         }
         fjall_op(&self.path, "appending to the log", || batch.commit())?;
+        self.start = start;
         self.last_epoch = last;
         self.unsynced = true;
         Ok(())
@@ -293,6 +318,11 @@ impl LogStore {
         Epoch(self.last_epoch)
     }
 
+    /// The last epoch compacted away, synced or not.
+    pub fn log_start(&self) -> Epoch {
+        Epoch(self.start)
+    }
+
     fn recover(&self) -> Result<Durable, StorageError> {
         let mut durable = Durable::default();
         let hard_state = self
@@ -304,6 +334,15 @@ impl LogStore {
                 .map_err(|e| corrupt(&self.path, "hard state".into(), e.to_string()))?;
             durable.term = term;
             durable.voted_for = voted_for;
+        }
+        let snapshot = self
+            .meta
+            .get(SNAPSHOT_KEY)
+            .map_err(fjall_error(&self.path, "reading the log's snapshot"))?;
+        if let Some(bytes) = snapshot {
+            let snapshot: LogSnapshot = codec::decode(&bytes)
+                .map_err(|e| corrupt(&self.path, "log snapshot".into(), e.to_string()))?;
+            durable.snapshot = Some(std::sync::Arc::new(snapshot));
         }
         for guard in self.log.iter() {
             let (key, value) = guard

@@ -7,8 +7,8 @@
 use detflow_executor::{MemStore, Store};
 use detflow_node::storage::{FjallStore, LogStore, StorageError};
 use detflow_protocol::{
-    Batch, ClientId, Epoch, Footprint, Key, LOG_FORMAT_VERSION, LogEntry, NodeId, RequestSeq, Term,
-    Transaction, Value, WriteId,
+    Batch, ClientId, ClientWindow, Epoch, Footprint, Key, LOG_FORMAT_VERSION, LogEntry,
+    LogSnapshot, NodeId, RequestSeq, Term, Transaction, Value, WriteId,
 };
 use detflow_sequencer::replica::{Durable, LogWrite};
 use std::io::{BufRead, BufReader};
@@ -558,6 +558,7 @@ fn write(
     LogWrite {
         id: WriteId(id),
         hard_state: hard_state.map(|(term, vote)| (Term(term), vote)),
+        snapshot: None,
         truncate_from: truncate_from.map(Epoch),
         append,
     }
@@ -591,7 +592,7 @@ fn log_store_recovers_what_was_written() {
         for w in &writes {
             store.append(w).unwrap();
             model.apply(w);
-            assert_eq!(store.last_epoch(), Epoch(model.log.len() as u64));
+            assert_eq!(store.last_epoch(), model.last_epoch());
         }
         store.sync().unwrap();
     }
@@ -617,16 +618,46 @@ fn log_store_recovers_what_was_written() {
 }
 
 /// The `i`-th write (from 1) of a deterministic Raft-like history, given the log so far:
-/// terms rise, votes change, and every few writes a suffix is truncated and rewritten.
+/// terms rise, votes change, every few writes a suffix is truncated and rewritten, and now
+/// and then the log is compacted (a snapshot within it) or replaced (one past its end, as
+/// a follower installs a leader's).
 fn log_write(i: u64, model: &Durable) -> LogWrite {
-    let len = model.log.len() as u64;
+    let (mut start, mut len) = (model.log_start().0, model.last_epoch().0);
     let term = model.term.0.max(1) + u64::from(i.is_multiple_of(7));
     let hard_state =
         (term != model.term.0 || i.is_multiple_of(5)).then_some((term, Some(NodeId(i as u32 % 3))));
-    let truncate_from = (i.is_multiple_of(11) && len > 2).then(|| len - 1);
-    let start = truncate_from.unwrap_or(len + 1);
-    let append = (start..start + (i % 3)).map(|e| entry(e, term)).collect();
-    write(i, hard_state, truncate_from, append)
+    let window = ClientWindow {
+        client: ClientId(i),
+        contiguous: i,
+        above: vec![i + 2],
+    };
+    let snapshot = if i.is_multiple_of(13) && len > start + 2 {
+        let epoch = start + (len - start) / 2;
+        let term = model.log[(epoch - start - 1) as usize].term;
+        Some(LogSnapshot {
+            epoch: Epoch(epoch),
+            term,
+            windows: vec![window],
+        })
+    } else if i.is_multiple_of(29) {
+        Some(LogSnapshot {
+            epoch: Epoch(len + 3),
+            term: Term(term),
+            windows: vec![window],
+        })
+    } else {
+        None
+    };
+    if let Some(s) = &snapshot {
+        start = s.epoch.0;
+        len = len.max(start);
+    }
+    let truncate_from = (i.is_multiple_of(11) && len > start + 2).then(|| len - 1);
+    let first = truncate_from.unwrap_or(len + 1);
+    let append = (first..first + (i % 3)).map(|e| entry(e, term)).collect();
+    let mut w = write(i, hard_state, truncate_from, append);
+    w.snapshot = snapshot.map(Arc::new);
+    w
 }
 
 #[test]
@@ -650,7 +681,8 @@ fn log_store_matches_the_model_across_reopens() {
             store.sync().unwrap();
         }
     }
-    assert!(model.log.len() > 50, "the history grows the log");
+    assert!(model.last_epoch() > Epoch(50), "the history grows the log");
+    assert!(model.log_start() > Epoch(20), "and compacts it");
 }
 
 // ---------------------------------------------------------------------------------------

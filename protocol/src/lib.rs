@@ -47,7 +47,9 @@ pub use machine::Machine;
 pub use partition::{PartitionScheme, TableRule};
 pub use placement::{ExecutorId, Placement, PlacementError};
 pub use plan::{Owner, Plan, RoutedTxn};
-pub use replication::{ClientWindow, ENTRIES_PER_MESSAGE_LIMIT, LogEntry, LogSnapshot, PeerMessage};
+pub use replication::{
+    ClientWindow, ENTRIES_PER_MESSAGE_LIMIT, LogEntry, LogSnapshot, PeerMessage,
+};
 pub use rng::DetRng;
 pub use txn::{AbortReason, Batch, Outcome, Transaction, TxnResult, Value};
 

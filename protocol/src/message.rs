@@ -396,6 +396,16 @@ pub enum Message {
         /// The first epoch wanted.
         from: Epoch,
     },
+    /// Executor → every sequencer replica: this replica of `partition` has durably applied
+    /// every epoch through `durable` (the log may drop them once every replica has).
+    Applied {
+        /// The partition.
+        partition: PartitionId,
+        /// The node of the reporting replica.
+        node: NodeId,
+        /// Its durable epoch.
+        durable: Epoch,
+    },
 }
 
 /// The pattern of the [`Message`] variants of the client protocol: what a client may send a
@@ -446,7 +456,8 @@ impl Message {
             | Message::StreamPart { .. }
             | Message::StreamQuery { .. }
             | Message::Submit(_)
-            | Message::Subscribe { .. } => false,
+            | Message::Subscribe { .. }
+            | Message::Applied { .. } => false,
         }
     }
 }

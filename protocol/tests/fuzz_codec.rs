@@ -30,7 +30,7 @@ use detflow_protocol::message::{
     Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
-use detflow_protocol::replication::{LogEntry, PeerMessage};
+use detflow_protocol::replication::{ClientWindow, LogEntry, PeerMessage};
 use detflow_protocol::schema::{FieldType, Table};
 use detflow_protocol::snapshot::{
     At, PartAt, PartOp, PartRows, ScanRange, SnapshotError, SnapshotOp, SnapshotPart, SnapshotRead,
@@ -223,6 +223,46 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> + Clone {
         }),
         (term(), any::<bool>())
             .prop_map(|(term, granted)| PeerMessage::PreVoteReply { term, granted }),
+        (
+            (term(), node(), epoch(), term()),
+            (any::<u64>(), any::<u64>()),
+            prop::collection::vec(
+                (
+                    any::<u64>(),
+                    any::<u64>(),
+                    prop::collection::vec(any::<u64>(), 0..3)
+                ),
+                0..3
+            ),
+        )
+            .prop_map(
+                |((term, leader, epoch, last_term), (offset, total), windows)| {
+                    PeerMessage::InstallSnapshot {
+                        term,
+                        leader,
+                        epoch,
+                        last_term,
+                        offset,
+                        total,
+                        windows: windows
+                            .into_iter()
+                            .map(|(client, contiguous, above)| ClientWindow {
+                                client: ClientId(client),
+                                contiguous,
+                                above,
+                            })
+                            .collect(),
+                    }
+                }
+            ),
+        (term(), epoch(), any::<u64>(), any::<bool>()).prop_map(
+            |(term, epoch, received, installed)| PeerMessage::SnapshotReply {
+                term,
+                epoch,
+                received,
+                installed,
+            }
+        ),
     ]
 }
 
@@ -671,6 +711,13 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             node,
             from
         }),
+        (partition(), node(), epoch()).prop_map(|(partition, node, durable)| {
+            Message::Applied {
+                partition,
+                node,
+                durable,
+            }
+        }),
         Just(Message::Tables),
         prop::collection::vec(table(), 0..3).prop_map(Message::TablesReply),
     ]
@@ -703,7 +750,7 @@ fn table() -> impl Strategy<Value = Table> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 30] = [
+const MESSAGE_VARIANTS: [&str; 31] = [
     "Ack",
     "Call",
     "Deliver",
@@ -734,6 +781,7 @@ const MESSAGE_VARIANTS: [&str; 30] = [
     "Subscribe",
     "Tables",
     "TablesReply",
+    "Applied",
 ];
 
 fn message_variant(msg: &Message) -> &'static str {
@@ -766,18 +814,21 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",
         Message::Subscribe { .. } => "Subscribe",
+        Message::Applied { .. } => "Applied",
         Message::Tables => "Tables",
         Message::TablesReply(_) => "TablesReply",
     }
 }
 
-const PEER_VARIANTS: [&str; 6] = [
+const PEER_VARIANTS: [&str; 8] = [
     "AppendEntries",
     "AppendReply",
     "RequestVote",
     "Vote",
     "PreVote",
     "PreVoteReply",
+    "InstallSnapshot",
+    "SnapshotReply",
 ];
 
 fn peer_variant(msg: &PeerMessage) -> &'static str {
@@ -788,6 +839,8 @@ fn peer_variant(msg: &PeerMessage) -> &'static str {
         PeerMessage::Vote { .. } => "Vote",
         PeerMessage::PreVote { .. } => "PreVote",
         PeerMessage::PreVoteReply { .. } => "PreVoteReply",
+        PeerMessage::InstallSnapshot { .. } => "InstallSnapshot",
+        PeerMessage::SnapshotReply { .. } => "SnapshotReply",
     }
 }
 
@@ -1224,7 +1277,8 @@ impl Serialize for Doc {
 /// often get past the tag and into a variant's fields.
 const NAMES: &str = "Ack Call Duplicate Hello NotLeader OpenSession Peer Plan Query RemoteReads Reply \
     Result ResultUnknown SessionCall SessionOpened Status StatusReply Submit Subscribe Tables \
-    TablesReply \
+    TablesReply Applied InstallSnapshot SnapshotReply windows contiguous above received \
+    installed offset total \
     AppendEntries AppendReply RequestVote Vote Done Rejected Unavailable Aborted \
     Committed BadArgs BadValue ValueTooLarge Exact Prefix Read Write Insert Partition \
     Replicated client seq procedure args from to durable txn leader msg term entries \

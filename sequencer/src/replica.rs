@@ -57,12 +57,12 @@
 use crate::batcher::Batcher;
 use crate::{Config, DedupTable};
 use detflow_protocol::replication::APPEND_ENTRIES_OVERHEAD_BYTES_MAX;
+use detflow_protocol::replication::{SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT, WINDOW_ABOVE_LIMIT};
 use detflow_protocol::{
     Batch, ClientId, ClientWindow, DetRng, ENTRIES_PER_MESSAGE_LIMIT, Epoch, LOG_FORMAT_VERSION,
     LogEntry, LogSnapshot, Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction,
     WriteId,
 };
-use detflow_protocol::replication::{SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT, WINDOW_ABOVE_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -180,7 +180,8 @@ impl ReplicaConfig {
             "compact_every_epochs must be positive"
         );
         assert!(
-            (1..=SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT).contains(&self.snapshot_windows_per_message_max),
+            (1..=SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT)
+                .contains(&self.snapshot_windows_per_message_max),
             "snapshot_windows_per_message_max must be in 1..={SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT}"
         );
     }
@@ -221,10 +222,17 @@ impl Durable {
         }
         if let Some(snapshot) = &write.snapshot {
             let start = self.log_start();
-            assert!(snapshot.epoch >= start, "a snapshot older than the log's start");
+            assert!(
+                snapshot.epoch >= start,
+                "a snapshot older than the log's start"
+            );
             let covered = usize_of(snapshot.epoch.0 - start.0).min(self.log.len());
             self.log.drain(..covered);
-            if self.log.first().is_some_and(|e| e.epoch() != snapshot.epoch.next()) {
+            if self
+                .log
+                .first()
+                .is_some_and(|e| e.epoch() != snapshot.epoch.next())
+            {
                 // The snapshot reaches past the log: nothing of the old log follows it.
                 self.log.clear();
             }
@@ -857,6 +865,11 @@ impl Replica {
         self.snapshot.epoch
     }
 
+    /// The snapshot of the compacted prefix (epoch 0 and empty when nothing was compacted).
+    pub fn snapshot(&self) -> &Arc<LogSnapshot> {
+        &self.snapshot
+    }
+
     /// The log after its start, durable or not; `log()[i]` holds epoch
     /// `log_start() + i + 1`.
     pub fn log(&self) -> &[LogEntry] {
@@ -1261,8 +1274,7 @@ impl Replica {
         // Skip the whole run of the conflicting term; committed entries match anyway.
         let term_there = self.term_at(prev_epoch);
         let mut first = prev_epoch;
-        while Epoch(first.0 - 1) > self.commit && self.term_at(Epoch(first.0 - 1)) == term_there
-        {
+        while Epoch(first.0 - 1) > self.commit && self.term_at(Epoch(first.0 - 1)) == term_there {
             first = Epoch(first.0 - 1);
         }
         let hint = Epoch(first.0 - 1).max(self.commit);
@@ -1955,15 +1967,17 @@ impl Replica {
             || chunk.last_term > chunk.term
             || chunk.windows.len() > SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT
             || end.is_none_or(|end| end > chunk.total)
-            || chunk.windows.iter().any(|w| w.above.len() > WINDOW_ABOVE_LIMIT);
+            || chunk
+                .windows
+                .iter()
+                .any(|w| w.above.len() > WINDOW_ABOVE_LIMIT);
         if malformed {
             return Some(PeerDrop::Malformed);
         }
         if chunk.term < self.term {
             return None;
         }
-        if chunk.term == self.term && (self.is_leader() || self.leader.is_some_and(|l| l != from))
-        {
+        if chunk.term == self.term && (self.is_leader() || self.leader.is_some_and(|l| l != from)) {
             return Some(PeerDrop::SecondLeader);
         }
         // A snapshot is a committed prefix: it cannot disagree with ours.
@@ -1978,7 +1992,13 @@ impl Replica {
 
     /// A follower takes a chunk of the leader's snapshot; once it holds all of it, the
     /// snapshot replaces its log (or only the prefix it covers, if the log agrees there).
-    fn on_install_snapshot(&mut self, now: Time, from: NodeId, chunk: Chunk, out: &mut Vec<Output>) {
+    fn on_install_snapshot(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        chunk: Chunk,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(reason) = self.ignore_install_snapshot(from, &chunk) {
             self.drop_peer_message(reason);
             return;
@@ -2031,7 +2051,10 @@ impl Replica {
     /// past this log's commit epoch.
     fn install(&mut self, incoming: Incoming, out: &mut Vec<Output>) {
         let epoch = incoming.epoch;
-        assert!(epoch > self.commit, "installing a snapshot within the commit");
+        assert!(
+            epoch > self.commit,
+            "installing a snapshot within the commit"
+        );
         let snapshot = Arc::new(LogSnapshot {
             epoch,
             term: incoming.term,
@@ -2258,7 +2281,10 @@ impl Replica {
 
     fn check_invariants(&self) {
         assert!(self.commit <= self.last_epoch(), "commit beyond the log");
-        assert!(self.commit >= self.log_start(), "compacted beyond the commit");
+        assert!(
+            self.commit >= self.log_start(),
+            "compacted beyond the commit"
+        );
         assert_eq!(
             self.entry_bytes.len(),
             self.log.len(),

@@ -116,7 +116,11 @@ impl Group {
     }
 
     fn leader(&self) -> NodeId {
-        let r = self.replicas.iter().find(|r| r.is_leader()).expect("a leader");
+        let r = self
+            .replicas
+            .iter()
+            .find(|r| r.is_leader())
+            .expect("a leader");
         r.id()
     }
 
@@ -173,7 +177,11 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_in_chunks()
     assert_eq!(g.disks[idx(n3)].snapshot, g.disks[idx(leader)].snapshot);
     // The follower never emitted the compacted epochs; it says where its log starts.
     assert_eq!(g.emitted[idx(n3)].first(), Some(&("compacted", start)));
-    assert!(g.emitted[idx(n3)][1..].iter().all(|(what, e)| *what == "committed" && *e > start));
+    assert!(
+        g.emitted[idx(n3)][1..]
+            .iter()
+            .all(|(what, e)| *what == "committed" && *e > start)
+    );
 
     // It serves as a full replica: the group still commits with the old leader cut off.
     g.cut.insert(leader);
@@ -200,7 +208,12 @@ fn a_restart_resumes_after_the_compacted_prefix() {
     assert_eq!(g.replica(n1).stats().compactions, 1);
     assert_eq!(g.disks[0].log_start(), start);
     // Compaction never passes the commit epoch, and waits for enough epochs to drop.
-    g.input(n1, Input::Compact { through: Epoch(10_000) });
+    g.input(
+        n1,
+        Input::Compact {
+            through: Epoch(10_000),
+        },
+    );
     assert_eq!(g.replica(n1).stats().compactions, 1);
 
     g.restart(n1);

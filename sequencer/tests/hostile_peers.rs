@@ -20,8 +20,8 @@
 //! Neither property asks for liveness: a forged higher term may depose a healthy leader.
 
 use detflow_protocol::{
-    Batch, ClientId, ClientWindow, DetRng, Epoch, Footprint, LOG_FORMAT_VERSION, LogEntry,
-    Machine, NodeId, PeerMessage, RequestSeq, Term, Time, Transaction,
+    Batch, ClientId, ClientWindow, DetRng, Epoch, Footprint, LOG_FORMAT_VERSION, LogEntry, Machine,
+    NodeId, PeerMessage, RequestSeq, Term, Time, Transaction,
 };
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Durable, LogWrite, Replica, ReplicaConfig};
@@ -844,7 +844,10 @@ fn the_group_commits_without_forgeries() {
         assert!(cluster.committed_epochs() > 20, "seed {seed}");
         assert_eq!(cluster.dropped(), 0);
         let compactions = cluster.nodes.iter().map(|n| n.replica.stats().compactions);
-        assert!(compactions.min() > Some(0), "seed {seed}: every replica compacts");
+        assert!(
+            compactions.min() > Some(0),
+            "seed {seed}: every replica compacts"
+        );
     }
 }
 

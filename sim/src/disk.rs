@@ -199,6 +199,7 @@ pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
     codec::encode(&(
         write.id,
         write.hard_state,
+        &write.snapshot,
         write.truncate_from,
         &write.append,
     ))
@@ -208,11 +209,12 @@ pub(crate) fn log_record(write: &LogWrite) -> Vec<u8> {
 fn recover_replica(disk: &mut Disk) -> Durable {
     let mut durable = Durable::default();
     for record in disk.recover() {
-        let (id, hard_state, truncate_from, append): (WriteId, _, _, Vec<LogEntry>) =
+        let (id, hard_state, snapshot, truncate_from, append): (WriteId, _, _, _, Vec<LogEntry>) =
             codec::decode(&record).expect("the simulated disk returns only valid records");
         durable.apply(&LogWrite {
             id,
             hard_state,
+            snapshot,
             truncate_from,
             append,
         });

@@ -91,6 +91,8 @@ pub struct SeedReport {
     pub snapshot_reads: (u64, u64),
     /// Snapshot reads answered with an error (too old, not yet applied, unavailable).
     pub snapshot_misses: u64,
+    /// Log compactions and snapshots installed from a leader, over all replicas.
+    pub log_compactions: (u64, u64),
 }
 
 impl SeedReport {
@@ -125,6 +127,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
                 partition_replicas: config.partition_replicas,
                 snapshot_reads: (0, 0),
                 snapshot_misses: 0,
+                log_compactions: (0, 0),
             });
         }
     };
@@ -150,6 +153,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
             (g + r.records.len() as u64 - scans, s + scans)
         }),
         snapshot_misses: run.snapshot_readers.iter().map(|r| r.misses).sum(),
+        log_compactions: run.log_compactions,
     })
 }
 

@@ -60,7 +60,7 @@ use detflow_protocol::{
 };
 use detflow_sequencer::replica::{Input, Output};
 use detflow_sequencer::{Config, Replica, ReplicaBugs, ReplicaConfig};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// Virtual time of the fault phase; the healed (liveness) phase follows.
@@ -76,6 +76,10 @@ const CLIENT_OUTSTANDING_MAX: usize = 2;
 /// A client resubmits a call not committed after this long.
 const CLIENT_RETRY_US: u64 = 300_000;
 const CLIENTS: usize = 3;
+/// The chance that a client's wake-up also retries one of its committed calls.
+const LATE_RETRY_CHANCE: f64 = 0.05;
+/// How often every replica is offered compaction.
+const COMPACT_EVERY_US: u64 = 40_000;
 /// A runaway run (e.g. a machine asking for a tick in the past forever) is a failure.
 const EVENTS_MAX: u64 = 2_000_000;
 
@@ -147,6 +151,10 @@ pub struct LogProbes {
     pub commit_crashes: u64,
     /// Granted votes whose connection stalled.
     pub late_votes: u64,
+    /// Log starts announced (compactions, snapshots installed, restarts after either).
+    pub compactions: u64,
+    /// Snapshots installed from a leader (the live incarnations at the end).
+    pub snapshots_installed: u64,
 }
 
 impl LogProbes {
@@ -166,6 +174,8 @@ impl LogProbes {
         self.candidate_terms += other.candidate_terms;
         self.vote_requests_again += other.vote_requests_again;
         self.elections_over_uncommitted += other.elections_over_uncommitted;
+        self.compactions += other.compactions;
+        self.snapshots_installed += other.snapshots_installed;
         self.partial_appends += other.partial_appends;
         self.crashes_after_append += other.crashes_after_append;
         self.new_leaders_crashed += other.new_leaders_crashed;
@@ -337,6 +347,9 @@ impl Params {
 #[derive(Debug)]
 enum Event {
     ClientWake(usize),
+    /// Every live replica is offered compaction up to a little below its commit epoch (as
+    /// if every executor had applied that far), and the offer comes again later.
+    Compact,
     /// The crash fault strikes some replica.
     Crash,
     /// A crash aimed at a replica right after its granted vote arrived.
@@ -395,7 +408,13 @@ struct Client {
     leader: NodeId,
     /// seq → (transaction, issued at, last sent at).
     outstanding: BTreeMap<u64, (Arc<Transaction>, Time, Time)>,
+    /// Its latest committed calls, oldest first: a client whose answer was lost retries
+    /// one of these long after its commit (and the log must not take it again).
+    done: VecDeque<Arc<Transaction>>,
 }
+
+/// Committed calls each client remembers for late retries.
+const CLIENT_DONE_KEPT: usize = 64;
 
 type Check = Result<(), String>;
 
@@ -447,6 +466,7 @@ impl LogWorld {
                 next_seq: 1,
                 leader: NodeId(1 + (c as u32 % params.replicas)),
                 outstanding: BTreeMap::new(),
+                done: VecDeque::new(),
             })
             .collect();
         LogWorld {
@@ -482,6 +502,7 @@ impl LogWorld {
             self.probes.truncated += replica.stats().entries_truncated;
             self.probes.duplicates += replica.stats().duplicates;
             self.probes.not_leader += replica.stats().not_leader;
+            self.probes.snapshots_installed += replica.stats().snapshots_installed;
         }
         self.probes.committed_epochs = self.raft.log().len() as u64;
         self.probes.committed_calls = self.committed_calls.len() as u64;
@@ -506,6 +527,7 @@ impl LogWorld {
             let at = Time(self.rng.below(10_000));
             self.queue.schedule(at, Event::ClientWake(c));
         }
+        self.queue.schedule(Time(COMPACT_EVERY_US), Event::Compact);
         if self.params.crash_every_us > 0 {
             let at = self.exp(self.params.crash_every_us);
             self.queue.schedule(at, Event::Crash);
@@ -548,6 +570,18 @@ impl LogWorld {
     fn dispatch(&mut self, event: Event) -> Check {
         match event {
             Event::ClientWake(c) => self.on_client_wake(c),
+            Event::Compact => {
+                let at = self.now.plus_us(COMPACT_EVERY_US);
+                self.queue.schedule(at, Event::Compact);
+                for id in self.members() {
+                    let Some(replica) = &self.nodes[idx(id)].replica else {
+                        continue;
+                    };
+                    let lag = self.rng.below(24);
+                    let through = Epoch(replica.commit_epoch().0.saturating_sub(lag));
+                    self.input(id, Input::Compact { through })?;
+                }
+            }
             Event::Crash => self.on_crash(),
             Event::CrashNode(id) => {
                 let down_us = 500 + self.rng.below(5_000);
@@ -588,12 +622,13 @@ impl LogWorld {
             let state = match &node.replica {
                 None => "down".to_owned(),
                 Some(r) => format!(
-                    "term {} leader {:?} is_leader {} commit {} log {} {:?}",
+                    "term {} leader {:?} is_leader {} commit {} log {}..={} {:?}",
                     r.term(),
                     r.leader(),
                     r.is_leader(),
                     r.commit_epoch(),
-                    r.log().len(),
+                    r.log_start().next(),
+                    r.log_start().0 + r.log().len() as u64,
                     r.stats()
                 ),
             };
@@ -616,6 +651,9 @@ impl LogWorld {
             ..Config::default()
         };
         config.entries_per_message_max = self.params.entries_per_message_max;
+        // Small compactions and chunks, so that crashes and cuts meet them often.
+        config.compact_every_epochs = 8;
+        config.snapshot_windows_per_message_max = 2;
         config.election_timeout_max_us =
             config.election_timeout_min_us + self.params.election_spread_us;
         config
@@ -704,7 +742,7 @@ impl LogWorld {
                 .replica
                 .as_ref()
                 .map_or(Epoch(0), Replica::commit_epoch);
-            let held = node.disk.synced().log.len() as u64;
+            let held = node.disk.synced().last_epoch().0;
             if first || commit.0 > held {
                 self.maybe_crash_after_commit(id);
             }
@@ -734,7 +772,10 @@ impl LogWorld {
             .nodes
             .iter()
             .filter_map(|n| n.replica.as_ref())
-            .any(|r| r.log().len() - usize::from(r.id() == id) > committed);
+            .any(|r| {
+                let last = r.log_start().0 as usize + r.log().len();
+                last - usize::from(r.id() == id) > committed
+            });
         self.probes.elections_over_uncommitted += u64::from(ahead);
         if !self.healed && self.rng.chance(self.params.crash_new_leader) && self.may_crash() {
             self.probes.new_leaders_crashed += 1;
@@ -912,6 +953,10 @@ impl LogWorld {
         match output {
             Output::Committed(batch) => return self.on_committed(id, batch),
             Output::Duplicate { .. } => {}
+            Output::Compacted { through } => {
+                self.probes.compactions += 1;
+                self.raft.compacted(id, through);
+            }
             Output::NotLeader { txn, leader } => self.on_not_leader(txn, leader),
             Output::Persist(write) => {
                 let node = &mut self.nodes[idx(id)];
@@ -1065,9 +1110,12 @@ impl LogWorld {
                     batch.epoch
                 )));
             }
-            let done = self.clients[txn.client.0 as usize]
-                .outstanding
-                .remove(&txn.seq.0);
+            let client = &mut self.clients[txn.client.0 as usize];
+            if client.done.len() == CLIENT_DONE_KEPT {
+                client.done.pop_front();
+            }
+            client.done.push_back(txn.clone());
+            let done = client.outstanding.remove(&txn.seq.0);
             if let Some((_, issued, _)) = done {
                 self.check_latency(issued)?;
             }
@@ -1129,6 +1177,11 @@ impl LogWorld {
                 .outstanding
                 .insert(txn.seq.0, (txn.clone(), now, now));
             fresh = Some(txn);
+        }
+        let mut retries = retries;
+        if !client.done.is_empty() && self.rng.chance(LATE_RETRY_CHANCE) {
+            let i = self.rng.below(client.done.len() as u64) as usize;
+            retries.push(client.done[i].clone());
         }
         if !retries.is_empty() && self.rng.chance(0.3) {
             // A client whose calls time out sometimes tries another replica.
@@ -1247,8 +1300,8 @@ impl LogWorld {
             .nodes
             .iter()
             .map(|n| match &n.replica {
-                Some(r) => (r.log().to_vec(), r.commit_epoch()),
-                None => (Vec::new(), Epoch(0)),
+                Some(r) => (r.log_start(), r.log().to_vec(), r.commit_epoch()),
+                None => (Epoch(0), Vec::new(), Epoch(0)),
             })
             .collect();
         let log: Vec<_> = self.raft.log().cloned().collect();

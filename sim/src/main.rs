@@ -314,6 +314,7 @@ fn run(args: RunArgs) -> Result<bool> {
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
     let mut snapshots = (0u64, 0u64, 0u64);
+    let mut compactions = (0u64, 0u64);
     let mut last_digest = None;
     let progress_every = (count / 20).max(1);
     // Progress goes to a terminal only; logs and CI get the summary.
@@ -347,6 +348,8 @@ fn run(args: RunArgs) -> Result<bool> {
         snapshots.0 += report.snapshot_reads.0;
         snapshots.1 += report.snapshot_reads.1;
         snapshots.2 += report.snapshot_misses;
+        compactions.0 += report.log_compactions.0;
+        compactions.1 += report.log_compactions.1;
         for (total, n) in totals.iter_mut().zip([
             report.calls,
             report.committed,
@@ -391,6 +394,10 @@ fn run(args: RunArgs) -> Result<bool> {
         "snapshot reads checked: {} gets, {} whole-table scans; {} answered too old, not yet \
          applied or unavailable",
         snapshots.0, snapshots.1, snapshots.2
+    );
+    println!(
+        "log compactions: {} ({} snapshots installed from a leader)",
+        compactions.0, compactions.1
     );
     if fault_config.any() {
         println!("{faults}");

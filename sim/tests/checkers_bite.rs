@@ -267,6 +267,14 @@ fn campaigning_before_the_term_and_vote_are_durable_is_caught() {
 }
 
 #[test]
+fn a_snapshot_without_the_deduplication_table_is_caught() {
+    // A replica that restarts from (or installs) such a snapshot takes a client's retry
+    // of a compacted call as new: the call is committed twice.
+    let (_, failure) = log_world_catches("snapshot-without-dedup");
+    assert!(failure.contains("committed twice"), "{failure}");
+}
+
+#[test]
 fn a_correct_engine_passes_every_workload_with_and_without_faults() {
     for workload in ["bank", "ycsb", "kv"] {
         for seed in 0..3 {

@@ -20,8 +20,8 @@ use clap::Parser;
 use detflow_executor::serial::SerialExecutor;
 use detflow_executor::{self as executor, Executor, MemStore, Registry, Store, is_system_key};
 use detflow_protocol::{
-    ClientId, DetRng, Key, Machine, NodeId, Owner, PartitionId, RequestSeq, Time, Transaction,
-    Value,
+    ClientId, DetRng, ExecutorId, Key, Machine, NodeId, Owner, PartitionId, RequestSeq, Time,
+    Transaction, Value,
 };
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::Config;
@@ -163,7 +163,15 @@ impl Pipeline {
         let mut pipeline = Pipeline {
             now: Time::ZERO,
             replica: Replica::new(config, Durable::default(), DetRng::new(seed)),
-            plans: PlanServer::new(s.map.clone()),
+            // Every partition on node 0, the executors' default: the log is compacted
+            // as they apply it, as in a running node.
+            plans: PlanServer::new(
+                s.map.clone(),
+                (0..partitions).map(|p| ExecutorId {
+                    partition: PartitionId(p),
+                    node: NodeId(0),
+                }),
+            ),
             executors,
             queue: VecDeque::new(),
             results: 0,
@@ -238,6 +246,9 @@ impl Pipeline {
                 replica::Output::Send { to, .. } => bail!("a group of one sent to {to}"),
                 // There is no gateway here: submissions go to the one replica.
                 replica::Output::LeaderKnown(_) => {}
+                replica::Output::Compacted { through } => self
+                    .queue
+                    .push_back(To::PlanServer(plan_server::Input::Compacted { through })),
             }
         }
         self.replica_out = out;
@@ -247,12 +258,19 @@ impl Pipeline {
     fn plan_server_input(&mut self, input: plan_server::Input) {
         let mut out = std::mem::take(&mut self.plan_out);
         self.plans.handle(self.now, input, &mut out);
-        for plan_server::Output::Plan { to, plan, .. } in out.drain(..) {
-            // The server keeps the plans it sent for late subscribers: a copy travels, as
-            // it would over a connection.
-            let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
-            self.queue
-                .push_back(To::Executor(to, executor::Input::Plan(plan)));
+        for output in out.drain(..) {
+            match output {
+                plan_server::Output::Plan { to, plan, .. } => {
+                    // The server keeps the plans it sent for late subscribers: a copy
+                    // travels, as it would over a connection.
+                    let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
+                    self.queue
+                        .push_back(To::Executor(to, executor::Input::Plan(plan)));
+                }
+                plan_server::Output::Compact { through } => self
+                    .queue
+                    .push_back(To::Replica(replica::Input::Compact { through })),
+            }
         }
         self.plan_out = out;
     }
@@ -292,6 +310,13 @@ impl Pipeline {
                 ),
                 Output::SendReads { to, reads } => {
                     To::Executor(to.partition, Input::RemoteReads(reads))
+                }
+                Output::ReportApplied { durable, .. } => {
+                    To::PlanServer(plan_server::Input::Applied {
+                        partition: p,
+                        node: NodeId(0),
+                        durable,
+                    })
                 }
                 Output::Subscribe { to, from } => {
                     if to != REPLICA {

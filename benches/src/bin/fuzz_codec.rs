@@ -47,6 +47,7 @@ use detflow_protocol::message::{
     Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
+use detflow_protocol::replication::ClientWindow;
 use detflow_protocol::replication::{LogEntry, PeerMessage};
 use detflow_protocol::schema::{FieldType, Table};
 use detflow_protocol::snapshot::{
@@ -959,7 +960,26 @@ fn batch(rng: &mut DetRng) -> Batch {
 }
 
 fn peer_message(rng: &mut DetRng) -> PeerMessage {
-    match rng.below(6) {
+    match rng.below(8) {
+        6 => PeerMessage::InstallSnapshot {
+            term: Term(rng.next_u64()),
+            leader: node(rng),
+            epoch: epoch(rng),
+            last_term: Term(rng.next_u64()),
+            offset: rng.next_u64(),
+            total: rng.next_u64(),
+            windows: list(rng, 2, |rng| ClientWindow {
+                client: client(rng),
+                contiguous: rng.next_u64(),
+                above: list(rng, 3, |rng| rng.next_u64()),
+            }),
+        },
+        7 => PeerMessage::SnapshotReply {
+            term: Term(rng.next_u64()),
+            epoch: epoch(rng),
+            received: rng.next_u64(),
+            installed: rng.chance(0.5),
+        },
         4 => PeerMessage::PreVote {
             term: Term(rng.next_u64()),
             candidate: node(rng),
@@ -1143,7 +1163,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 30;
+const MESSAGE_VARIANTS: usize = 31;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1362,6 +1382,11 @@ fn message(rng: &mut DetRng) -> Message {
         }),
         27 => Message::Tables,
         28 => Message::TablesReply((0..rng.below(4)).map(|_| table(rng)).collect()),
+        29 => Message::Applied {
+            partition: partition(rng),
+            node: node(rng),
+            durable: epoch(rng),
+        },
         _ => Message::Subscribe {
             partition: partition(rng),
             node: node(rng),
@@ -1442,6 +1467,7 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::StatusReply(_) => "StatusReply",
         Message::Submit(_) => "Submit",
         Message::Subscribe { .. } => "Subscribe",
+        Message::Applied { .. } => "Applied",
         Message::Tables => "Tables",
         Message::TablesReply(_) => "TablesReply",
     }

@@ -72,6 +72,14 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
         Output::Deliver { gateway, delivery } => {
             router.to_gateway(gateway, Message::Deliver(delivery));
         }
+        Output::ReportApplied { to, durable } => router.to_replica(
+            to,
+            Message::Applied {
+                partition: me.partition,
+                node: me.node,
+                durable,
+            },
+        ),
         Output::Subscribe { to, from } => router.to_replica(
             to,
             Message::Subscribe {

@@ -230,9 +230,10 @@ impl Node {
             let replica = Replica::new(rc, durable, DetRng::new(seed));
             let map = map.clone();
             let stats = stats.clone();
+            let executors = placement.executors().collect();
             starts.push(Box::new(move |router| {
                 Box::pin(replica::replica_task(
-                    replica, log, rx, router, map, stats, clock,
+                    replica, log, rx, router, map, executors, stats, clock,
                 ))
             }));
         }

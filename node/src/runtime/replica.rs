@@ -16,15 +16,23 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Sends the plan server's plans to their partitions.
-fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) {
-    for plan_server::Output::Plan { to, node, plan } in out.drain(..) {
-        let to = ExecutorId {
-            partition: to,
-            node,
-        };
-        router.to_executor(to, Message::Plan(plan));
+/// Sends the plan server's plans to their partitions; returns the compaction point it
+/// announced, if any.
+fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) -> Option<Epoch> {
+    let mut compact = None;
+    for output in out.drain(..) {
+        match output {
+            plan_server::Output::Plan { to, node, plan } => {
+                let to = ExecutorId {
+                    partition: to,
+                    node,
+                };
+                router.to_executor(to, Message::Plan(plan));
+            }
+            plan_server::Output::Compact { through } => compact = Some(through),
+        }
     }
+    compact
 }
 
 pub(super) async fn replica_task(
@@ -33,10 +41,11 @@ pub(super) async fn replica_task(
     mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     map: PartitionMap,
+    executors: Vec<ExecutorId>,
     stats: Arc<NodeStats>,
     clock: Clock,
 ) {
-    let mut server = PlanServer::new(map);
+    let mut server = PlanServer::new(map, executors);
     let mut plans = Vec::new();
     let mut out = Vec::new();
     // When this replica, leading, wrote each epoch: for the epoch commit latency.
@@ -73,6 +82,22 @@ pub(super) async fn replica_task(
                     server.handle(clock.now(), input, &mut plans);
                     send_plans(&router, &mut plans);
                     continue;
+                }
+                Event::Msg(Message::Applied {
+                    partition,
+                    node,
+                    durable,
+                }) => {
+                    let input = plan_server::Input::Applied {
+                        partition,
+                        node,
+                        durable,
+                    };
+                    server.handle(clock.now(), input, &mut plans);
+                    match send_plans(&router, &mut plans) {
+                        Some(through) => replica::Input::Compact { through },
+                        None => continue,
+                    }
                 }
                 _ => continue,
             };
@@ -118,6 +143,11 @@ pub(super) async fn replica_task(
                         last_write = Some(write.id);
                     }
                     replica::Output::LeaderKnown(leader) => router.leader_changed(leader),
+                    replica::Output::Compacted { through } => {
+                        let input = plan_server::Input::Compacted { through };
+                        server.handle(clock.now(), input, &mut plans);
+                        stats.log_start.set(through.0);
+                    }
                     replica::Output::Send { to, msg } => {
                         router.to_replica(
                             to,

@@ -39,7 +39,7 @@ pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
         Message::RemoteReads { to, .. } | Message::Ack { to, .. } | Message::Hello { to, .. } => {
             ChannelHeader::Reads(to.0)
         }
-        Message::Subscribe { .. } => ChannelHeader::Subscriptions,
+        Message::Subscribe { .. } | Message::Applied { .. } => ChannelHeader::Subscriptions,
         Message::Deliver(_)
         | Message::Query { .. }
         | Message::Result { .. }
@@ -96,9 +96,10 @@ impl Router {
     /// Hands a message that arrived for this node to the component it is for.
     fn dispatch(&self, msg: Message) {
         let inbox = match &msg {
-            Message::Peer { .. } | Message::Submit(_) | Message::Subscribe { .. } => {
-                self.replica.as_ref()
-            }
+            Message::Peer { .. }
+            | Message::Submit(_)
+            | Message::Subscribe { .. }
+            | Message::Applied { .. } => self.replica.as_ref(),
             Message::Plan(plan) => self.executors.get(&plan.partition),
             Message::RemoteReads { to, .. }
             | Message::Ack { to, .. }
@@ -175,9 +176,12 @@ impl Router {
             Message::Duplicate { .. } => check(spec.replica, "a duplicate from a non-replica"),
             Message::Subscribe {
                 partition, node, ..
+            }
+            | Message::Applied {
+                partition, node, ..
             } => check(
                 hosts(partition) && *node == sender,
-                "a subscription for a partition it does not host, or for another node",
+                "a subscription or report for a partition it does not host, or for another node",
             ),
             Message::Plan(plan) => check(
                 spec.replica && mine(&plan.partition),

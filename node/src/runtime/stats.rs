@@ -59,6 +59,9 @@ pub struct NodeStats {
     pub leader: AtomicU64,
     /// Commit epoch of the local replica.
     pub commit: CountGauge,
+    /// The last epoch the local replica's log compacted away (its log holds the epochs
+    /// after it).
+    pub log_start: CountGauge,
     /// Calls the gateway answered.
     pub calls_answered: Counter,
     /// Calls answered with a committed outcome.
@@ -124,6 +127,7 @@ impl Default for NodeStats {
             term: AtomicU64::default(),
             leader: AtomicU64::default(),
             commit: CountGauge::default(),
+            log_start: CountGauge::default(),
             calls_answered: Counter::default(),
             commits: Counter::default(),
             aborts: Counter::default(),

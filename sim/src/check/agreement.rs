@@ -12,33 +12,46 @@ pub(crate) fn check(run: &Outcome) -> Vec<String> {
     failures
 }
 
-/// Checks each replica's final `(log, commit epoch)` against the others and against the
-/// committed `log`.
+/// The batch of `epoch` in a replica's final log, unless compacted or beyond it.
+fn entry(replica: &(Epoch, Vec<LogEntry>, Epoch), epoch: u64) -> Option<&Arc<Batch>> {
+    let (start, held, _) = replica;
+    let i = epoch.checked_sub(start.0 + 1)?;
+    held.get(i as usize).map(|e| &e.batch)
+}
+
+/// Checks each replica's final `(log start, log after it, commit epoch)` against the
+/// others and against the committed `log` (epochs from 1). Compacted epochs are not
+/// compared: they are gone from the replica.
 pub(crate) fn check_logs(
-    replica_logs: &[(Vec<LogEntry>, Epoch)],
+    replica_logs: &[(Epoch, Vec<LogEntry>, Epoch)],
     log: &[Arc<Batch>],
 ) -> Vec<String> {
     let mut failures = Vec::new();
-    for (i, (log_i, commit_i)) in replica_logs.iter().enumerate() {
-        for (j, (log_j, commit_j)) in replica_logs.iter().enumerate().skip(i + 1) {
-            let common = commit_i.min(commit_j).0 as usize;
-            let common = common.min(log_i.len()).min(log_j.len());
-            if let Some(e) = (0..common).find(|e| log_i[*e].batch != log_j[*e].batch) {
+    for (i, a) in replica_logs.iter().enumerate() {
+        for (j, b) in replica_logs.iter().enumerate().skip(i + 1) {
+            let common = a.2.min(b.2).0;
+            let first = a.0.max(b.0).0 + 1;
+            let differs = (first..=common).find(|&e| match (entry(a, e), entry(b, e)) {
+                (Some(x), Some(y)) => x != y,
+                _ => false,
+            });
+            if let Some(e) = differs {
                 failures.push(format!(
-                    "replicas {i} and {j} disagree on committed epoch {}",
-                    e + 1
+                    "replicas {i} and {j} disagree on committed epoch {e}"
                 ));
             }
         }
     }
-    let committed = log.len();
-    for (i, (held, commit)) in replica_logs.iter().enumerate() {
-        if (commit.0 as usize) < committed && held.len() >= committed {
+    let committed = log.len() as u64;
+    for (i, held) in replica_logs.iter().enumerate() {
+        let last = held.0.0 + held.1.len() as u64;
+        if held.2.0 < committed && last >= committed {
             // A lagging replica is allowed; one that lost a committed batch is not.
-            if let Some(e) = (0..committed).find(|e| held[*e].batch != log[*e]) {
+            let differs = (held.0.0 + 1..=committed)
+                .find(|&e| entry(held, e).is_some_and(|b| *b != log[e as usize - 1]));
+            if let Some(e) = differs {
                 failures.push(format!(
-                    "replica {i} holds a different batch at committed epoch {}",
-                    e + 1
+                    "replica {i} holds a different batch at committed epoch {e}"
                 ));
             }
         }

@@ -51,9 +51,17 @@ pub(crate) fn check(
             if replica.term() != term || match_epoch.0 == 0 {
                 return Ok(());
             }
-            let at = match_epoch.0 as usize - 1;
-            let held = replica.log().get(at);
-            let durable = synced.log.get(at);
+            let held = replica.entry(match_epoch);
+            let durable = synced
+                .log
+                .get(match_epoch.0.wrapping_sub(synced.log_start().0 + 1) as usize);
+            if match_epoch <= replica.log_start()
+                && (match_epoch <= synced.log_start() || durable.is_some())
+            {
+                // Compacted in memory (so committed), and durable as an entry or as part
+                // of the snapshot on disk.
+                return Ok(());
+            }
             let same = match (held, durable) {
                 (Some(a), Some(b)) => {
                     a.term == b.term

@@ -36,12 +36,21 @@ pub(crate) struct RaftSafety {
     /// Every (epoch, term) held by some log, with its batch and the term of the entry
     /// before it (0 at epoch 1): Log Matching allows one of each.
     entries: BTreeMap<(Epoch, Term), (Arc<Batch>, Term)>,
-    /// Per replica, its log as last checked, so that a step checks only what it changed.
-    checked_logs: BTreeMap<NodeId, Vec<LogEntry>>,
+    /// Per replica, its log as last checked (the epoch before its first entry, and the
+    /// entries), so that a step checks only what it changed.
+    checked_logs: BTreeMap<NodeId, (Epoch, Vec<LogEntry>)>,
 }
 
 impl RaftSafety {
-    /// Replica `id` restarted: it reports committed batches again from epoch 1.
+    /// Replica `id`'s log now starts after `through` (it compacted, or installed a
+    /// snapshot): it reports committed batches after that.
+    pub(crate) fn compacted(&mut self, id: NodeId, through: Epoch) {
+        let next = self.next_commit.entry(id).or_insert(Epoch(1));
+        *next = (*next).max(through.next());
+    }
+
+    /// Replica `id` restarted: it reports committed batches again from epoch 1 (or after
+    /// its log's start, which it announces first).
     pub(crate) fn restarted(&mut self, id: NodeId) {
         self.next_commit.insert(id, Epoch(1));
         // Its log is what its disk recovered: check all of it at its first step.
@@ -61,16 +70,30 @@ impl RaftSafety {
     /// truncation, appended entries); a change no write announced (a bug) still differs
     /// from the last checked log at its end, and the walk back finds it.
     fn check_log_matching(&mut self, replica: &Replica, out: &[Output]) -> Result<(), String> {
-        let (id, log) = (replica.id(), replica.log());
-        let checked = self.checked_logs.entry(id).or_default();
+        let (id, log, snapshot) = (replica.id(), replica.log(), replica.snapshot());
+        let start = snapshot.epoch;
+        let (checked_start, checked) = self.checked_logs.entry(id).or_insert((start, Vec::new()));
+        if *checked_start != start {
+            // Compacted (or replaced by a snapshot): what was checked after the new start
+            // stays checked.
+            let dropped = start.0.saturating_sub(checked_start.0) as usize;
+            if start < *checked_start || dropped >= checked.len() {
+                checked.clear();
+            } else {
+                checked.drain(..dropped);
+            }
+            *checked_start = start;
+        }
+        // Log indices from here on: entry `i` holds epoch `start + i + 1`.
+        let index = |epoch: Epoch| epoch.0.saturating_sub(start.0 + 1) as usize;
         let mut from = checked.len().min(log.len());
         for output in out {
             if let Output::Persist(write) = output {
                 if let Some(truncated) = write.truncate_from {
-                    from = from.min(truncated.0 as usize - 1);
+                    from = from.min(index(truncated));
                 }
                 if let Some(first) = write.append.first() {
-                    from = from.min(first.epoch().0 as usize - 1);
+                    from = from.min(index(first.epoch()));
                 }
             }
         }
@@ -79,7 +102,11 @@ impl RaftSafety {
         }
         checked.truncate(from);
         for (i, entry) in log.iter().enumerate().skip(from) {
-            let before = if i == 0 { Term(0) } else { log[i - 1].term };
+            let before = if i == 0 {
+                snapshot.term
+            } else {
+                log[i - 1].term
+            };
             match self.entries.entry((entry.epoch(), entry.term)) {
                 Entry::Vacant(seen) => {
                     seen.insert((entry.batch.clone(), before));
@@ -124,9 +151,11 @@ impl RaftSafety {
             None => {}
         }
         self.leaders.insert(term, id);
-        let log = replica.log();
-        for (epoch, (batch, _)) in self.committed.iter().filter(|(_, (_, t))| *t < term) {
-            let held = log.get(epoch.0 as usize - 1).map(|e| &e.batch);
+        // Compacted epochs are committed ones the replica held; the rest must be in its log.
+        let start = replica.log_start();
+        let earlier = self.committed.range(start.next()..);
+        for (epoch, (batch, _)) in earlier.filter(|(_, (_, t))| *t < term) {
+            let held = replica.entry(*epoch).map(|e| &e.batch);
             if held.is_none_or(|b| **b != **batch) {
                 return Err(format!(
                     "new leader {id} of term {term} lacks committed epoch {epoch}"
@@ -216,6 +245,7 @@ mod tests {
     fn replica(id: u32, log: Vec<LogEntry>) -> Replica {
         let config = ReplicaConfig::new(NodeId(id), (1..=3).map(NodeId).collect());
         let durable = Durable {
+            snapshot: None,
             term: Term(3),
             voted_for: None,
             log,

@@ -156,6 +156,14 @@ impl World {
                 Output::Deliver { gateway, delivery } => {
                     self.send(me, Addr::Gateway(gateway.0 - 200), Msg::Deliver(delivery));
                 }
+                Output::ReportApplied { to, durable } => {
+                    let msg = Msg::Applied {
+                        partition: id.partition,
+                        node: id.node,
+                        durable,
+                    };
+                    self.send(me, Addr::Replica(to.0 - 100), msg);
+                }
                 Output::Subscribe { to, from } => {
                     let msg = Msg::Subscribe {
                         partition: id.partition,

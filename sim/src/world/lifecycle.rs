@@ -44,6 +44,9 @@ impl World {
         config.batching.epoch_us = self.config.epoch_us;
         config.batching.epoch_min_us = self.timing.epoch_min_us.min(self.config.epoch_us);
         config.batching.batch_txns_max = self.config.batch_txns_max;
+        // Compactions and snapshot chunks small enough that every seed meets them.
+        config.compact_every_epochs = 16;
+        config.snapshot_windows_per_message_max = 4;
         (
             config.election_timeout_min_us,
             config.election_timeout_max_us,
@@ -59,7 +62,10 @@ impl World {
         node.timer = Timer::default();
         node.sync_scheduled = false;
         node.last_write = WriteId(0);
-        node.plans = Some(PlanServer::new(self.map.clone()));
+        node.plans = Some(PlanServer::new(
+            self.map.clone(),
+            self.placement.executors(),
+        ));
         self.arm_replica_timer(r);
     }
 

@@ -93,6 +93,12 @@ enum Event {
         r: u32,
         incarnation: u64,
     },
+    /// The plan server beside replica `r` found every executor durable through `through`.
+    ReplicaCompact {
+        r: u32,
+        incarnation: u64,
+        through: Epoch,
+    },
     Restart(Addr),
     /// A crash aimed at a particular step of a replica (around the sync of a write that
     /// records its vote, or of entries it appended).
@@ -285,7 +291,7 @@ pub(crate) struct Outcome {
     /// Replicas of each partition in this run.
     pub(crate) partition_replicas: u32,
     /// Each replica's log and commit epoch at the end.
-    pub(crate) replica_logs: Vec<(Vec<LogEntry>, Epoch)>,
+    pub(crate) replica_logs: Vec<(Epoch, Vec<LogEntry>, Epoch)>,
     /// Failures the run noticed as it went (replicas committing different batches).
     pub(crate) online_failures: Vec<String>,
     /// Calls without a final answer at the end.
@@ -312,6 +318,8 @@ pub(crate) struct Outcome {
     pub(crate) events: u64,
     /// Faults injected.
     pub(crate) faults: FaultCounts,
+    /// Log compactions and snapshots installed from a leader, over all replicas.
+    pub(crate) log_compactions: (u64, u64),
 }
 
 /// Why a run could not start.
@@ -452,6 +460,8 @@ pub(crate) struct World {
     /// Raft's safety properties, checked after every replica step.
     raft: RaftSafety,
     online_failures: Vec<String>,
+    /// Log compactions and snapshots installed, counted as they happen.
+    log_compactions: (u64, u64),
     /// Per partition and epoch, each replica's state digest after it, in the order they
     /// applied it; each must equal the first, and the log's re-execution (the audit).
     digests: EpochDigests,
@@ -659,6 +669,7 @@ impl World {
             initial,
             raft: RaftSafety::default(),
             online_failures: Vec::new(),
+            log_compactions: (0, 0),
             digests: BTreeMap::new(),
             diverged: BTreeSet::new(),
             one_down: None,
@@ -744,24 +755,15 @@ impl World {
     }
 
     fn into_outcome(self) -> Outcome {
-        let best = self
-            .replicas
-            .iter()
-            .filter_map(|r| r.machine.as_ref())
-            .max_by_key(|m| m.commit_epoch());
-        let log = match best {
-            Some(m) => m.log()[..m.commit_epoch().0 as usize]
-                .iter()
-                .map(|e| e.batch.clone())
-                .collect(),
-            None => Vec::new(),
-        };
+        // Every batch any replica reported committed (logs are compacted, the record is
+        // not).
+        let log = self.raft.log().cloned().collect();
         let replica_logs = self
             .replicas
             .iter()
             .map(|r| match &r.machine {
-                Some(m) => (m.log().to_vec(), m.commit_epoch()),
-                None => (Vec::new(), Epoch(0)),
+                Some(m) => (m.log_start(), m.log().to_vec(), m.commit_epoch()),
+                None => (Epoch(0), Vec::new(), Epoch(0)),
             })
             .collect();
         let executor_epochs = self
@@ -815,6 +817,7 @@ impl World {
             healed_at: self.healed_at,
             events: self.events,
             faults: self.counts,
+            log_compactions: self.log_compactions,
         }
     }
 
@@ -845,6 +848,15 @@ impl World {
             Event::HealPartition(id) => self.heal_partition(id),
             Event::ReplicaSynced { r, incarnation } => self.on_replica_synced(r, incarnation),
             Event::ReplicaTimer { r, incarnation } => self.on_replica_timer(r, incarnation),
+            Event::ReplicaCompact {
+                r,
+                incarnation,
+                through,
+            } => {
+                if self.replicas[r as usize].incarnation == incarnation {
+                    self.replica_input(r, replica::Input::Compact { through });
+                }
+            }
             Event::Restart(addr) => self.start(addr),
             Event::StepCrash { r, incarnation } => {
                 if self.replicas[r as usize].incarnation == incarnation && !self.healed {

@@ -120,6 +120,26 @@ impl World {
                 };
                 self.plan_server_input(r, input);
             }
+            (
+                Addr::Replica(r),
+                Msg::Applied {
+                    partition,
+                    node,
+                    durable,
+                },
+            ) => {
+                // As a node's router, admit a report only from the replica it names.
+                let Addr::Executor(e) = from else { return };
+                if self.executors[e as usize].id != (ExecutorId { partition, node }) {
+                    return;
+                }
+                let input = plan_server::Input::Applied {
+                    partition,
+                    node,
+                    durable,
+                };
+                self.plan_server_input(r, input);
+            }
             (Addr::Executor(p), msg) => self.executor_message(p, from, msg),
             (to, msg) => panic!("simulator routed {msg:?} to {to:?}"),
         }

@@ -8,7 +8,11 @@ impl World {
             return;
         };
         let mut out = Vec::new();
+        let before = machine.stats();
         machine.handle(self.now, input, &mut out);
+        let after = machine.stats();
+        self.log_compactions.0 += after.compactions - before.compactions;
+        self.log_compactions.1 += after.snapshots_installed - before.snapshots_installed;
         if let Err(failure) = self.raft.after_step(machine, &out)
             && self.online_failures.last() != Some(&failure)
         {
@@ -53,6 +57,10 @@ impl World {
                     if r < self.config.gateways {
                         self.gateway_handle(r, detflow_gateway::Input::Leader(leader));
                     }
+                }
+                replica::Output::Compacted { through } => {
+                    self.raft.compacted(replica_id(r), through);
+                    self.plan_server_input(r, plan_server::Input::Compacted { through });
                 }
             }
         }
@@ -136,13 +144,28 @@ impl World {
         };
         let mut out = Vec::new();
         server.handle(self.now, input, &mut out);
-        for plan_server::Output::Plan { to, node, plan } in out {
-            // A subscription names the replica that sent it (the network says so).
-            let to = ExecutorId {
-                partition: to,
-                node,
-            };
-            self.send_to_executor(Addr::Replica(r), to, Msg::Plan(plan));
+        for output in out {
+            match output {
+                plan_server::Output::Plan { to, node, plan } => {
+                    // A subscription names the replica that sent it (the network says so).
+                    let to = ExecutorId {
+                        partition: to,
+                        node,
+                    };
+                    self.send_to_executor(Addr::Replica(r), to, Msg::Plan(plan));
+                }
+                // After the replica's current step (its writes keep their order), as the
+                // node's replica task feeds it in its next round.
+                plan_server::Output::Compact { through } => {
+                    let incarnation = self.replicas[r as usize].incarnation;
+                    let event = Event::ReplicaCompact {
+                        r,
+                        incarnation,
+                        through,
+                    };
+                    self.schedule(self.now, event);
+                }
+            }
         }
     }
 }
