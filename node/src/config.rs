@@ -7,6 +7,7 @@
 //! workload = "bank"               # the procedures and partition scheme the cluster runs
 //! epoch_us = 5000                 # longest an epoch stays open (earlier ones in flight)
 //! epoch_min_us = 200              # how long it stays open while the log is idle
+//! compact_every_epochs = 1024     # the log drops applied epochs in steps of at least this
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
 //! # warehouses = 8                # default: one per partition; at least one per partition
 //! # scale_down = 1                # population divided by this; 1 = full size (default),
@@ -174,6 +175,10 @@ pub struct Config {
     /// at low load a call waits about one quorum write, not a whole `epoch_us`.
     #[serde(default = "default_epoch_min_us")]
     pub epoch_min_us: u64,
+    /// The replica compacts its log once it can drop at least this many epochs that every
+    /// replica of every partition has durably applied.
+    #[serde(default = "default_compact_every_epochs")]
+    pub compact_every_epochs: u64,
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -202,6 +207,10 @@ fn default_epoch_us() -> u64 {
 
 pub(crate) fn default_epoch_min_us() -> u64 {
     detflow_sequencer::Config::default().epoch_min_us
+}
+
+pub(crate) fn default_compact_every_epochs() -> u64 {
+    detflow_sequencer::ReplicaConfig::new(NodeId(1), vec![NodeId(1)]).compact_every_epochs
 }
 
 /// A configuration that cannot be used.
@@ -289,6 +298,9 @@ impl Config {
                 "partitions must be numbered 0..N without gaps, got {:?}",
                 replicas.keys().collect::<Vec<_>>()
             ));
+        }
+        if self.compact_every_epochs == 0 {
+            return invalid("compact_every_epochs must be positive".into());
         }
         if self.epoch_us == 0 {
             return invalid("epoch_us must be positive".into());
@@ -411,6 +423,7 @@ mod tests {
             scale_down: None,
             epoch_us: 5_000,
             epoch_min_us: 200,
+            compact_every_epochs: 1_024,
             metrics_listen: None,
             tls: TlsPaths {
                 ca: "ca.pem".into(),

@@ -190,6 +190,7 @@ impl Builder {
                 scale_down: self.options.scale_down,
                 epoch_us: EPOCH_US,
                 epoch_min_us: crate::config::default_epoch_min_us(),
+                compact_every_epochs: crate::config::default_compact_every_epochs(),
                 metrics_listen: metrics,
                 tls: TlsPaths {
                     ca: certs.ca.cert.clone(),

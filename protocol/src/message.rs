@@ -167,6 +167,10 @@ pub struct NodeStatus {
     /// show the same digest.
     #[serde(default)]
     pub digests: Vec<(PartitionId, Epoch, String)>,
+    /// The last epoch its replica's log compacted away (its log holds the epochs after
+    /// it); 0 without a replica or before the first compaction.
+    #[serde(default)]
+    pub log_start: Epoch,
 }
 
 /// What a client may send a node: the client-facing subset of [`Message`], with the same

@@ -387,6 +387,9 @@ fn node_status() -> impl Strategy<Value = NodeStatus> + Clone {
                     determinism_failures: divergences.0,
                     last_divergence: divergences.1,
                     digests: divergences.2,
+                    // Any epoch does for the codec; a separate draw would exceed the
+                    // tuple strategies' arity.
+                    log_start: Epoch(uptime_us.rotate_left(7)),
                 }
             },
         )

@@ -1121,6 +1121,7 @@ fn node_status(rng: &mut DetRng) -> NodeStatus {
         digests: list(rng, 3, |rng| {
             (partition(rng), epoch(rng), format!("{:x}", rng.next_u64()))
         }),
+        log_start: epoch(rng),
     }
 }
 

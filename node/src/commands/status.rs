@@ -44,8 +44,10 @@ pub(crate) async fn run(connect: &ConnectArgs) -> Result<bool> {
                     Some((term, leader, commit)) => {
                         committed = committed.max(commit.0);
                         format!(
-                            "replica term {term}, leader {}, committed epoch {commit}",
-                            leader.map_or("none".to_owned(), |l| format!("node {l}"))
+                            "replica term {term}, leader {}, committed epoch {commit}, log \
+                             from epoch {}",
+                            leader.map_or("none".to_owned(), |l| format!("node {l}")),
+                            s.log_start.next()
                         )
                     }
                     None => "no replica".to_owned(),

@@ -219,6 +219,7 @@ impl Node {
             let mut rc = ReplicaConfig::new(me, config.replicas());
             rc.batching.epoch_us = config.epoch_us;
             rc.batching.epoch_min_us = config.epoch_min_us;
+            rc.compact_every_epochs = config.compact_every_epochs;
             // A LAN's round trips are well under a millisecond: a dead leader's
             // followers campaign after 100–200 ms. PreVote and CheckQuorum keep a slow
             // or rejoining replica from deposing a healthy leader at these timeouts.

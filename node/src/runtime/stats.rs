@@ -191,5 +191,6 @@ pub(super) fn status(stats: &NodeStats, me: NodeId, clock: Clock) -> NodeStatus 
                     .collect()
             })
             .unwrap_or_default(),
+        log_start: Epoch(stats.log_start.get()),
     }
 }

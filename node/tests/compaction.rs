@@ -1,0 +1,219 @@
+//! Log compaction in a running cluster: a 3-node bank cluster under load compacts its log
+//! several times (every replica's log start keeps moving up); a replica whose log directory
+//! is wiped rejoins through a snapshot from the leader (Raft's InstallSnapshot), and the
+//! cluster goes on answering with every deposit counted once and every partition's
+//! replicas agreeing on their state digest.
+
+// The tests own the clock.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::cluster::{
+    Cluster, TestCluster, quick_policy, runtime, serial, statuses, wait_caught_up,
+    wait_digests_agree, wait_for_leader, with_budget,
+};
+use detflow_client::{Client, RetryPolicy};
+use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, DepositArgs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Small compactions, so that a short run compacts several times.
+const COMPACT_EVERY_EPOCHS: u64 = 64;
+/// Concurrent depositing sessions.
+const SESSIONS: u64 = 4;
+
+#[test]
+fn the_log_compacts_under_load_and_a_wiped_replica_rejoins_through_a_snapshot() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::builder(3, 3, "bank")
+            .replication(2)
+            .configure(|c| c.compact_every_epochs = COMPACT_EVERY_EPOCHS)
+            .start()
+            .expect("start the cluster");
+        with_budget(Duration::from_secs(120), compaction(&mut cluster)).await;
+    });
+}
+
+/// The log start of every node's replica, by node.
+async fn log_starts(cluster: &Cluster, status: &Client) -> Vec<(u32, u64, u64)> {
+    statuses(cluster, status)
+        .await
+        .into_iter()
+        .filter_map(|(id, s)| {
+            let s = s.ok()?;
+            Some((id, s.log_start.0, s.replica?.2.0))
+        })
+        .collect()
+}
+
+/// Waits until every node's replica has compacted past `past`.
+async fn wait_compacted_past(cluster: &mut Cluster, status: &Client, past: u64, within: Duration) {
+    let start = Instant::now();
+    loop {
+        cluster.assert_running();
+        let starts = log_starts(cluster, status).await;
+        if starts.len() == cluster.nodes().len() && starts.iter().all(|(_, s, _)| *s > past) {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "not every replica compacted past epoch {past} within {within:?}: \
+             (node, log start, commit) {starts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn compaction(cluster: &mut Cluster) {
+    let began = Instant::now();
+    let all = cluster.ids();
+    let status = cluster.client(quick_policy()).await;
+    wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let deposited = Arc::new(AtomicI64::new(0));
+    // Deposits whose call failed: each may or may not have happened.
+    let unknown = Arc::new(AtomicI64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let policy = RetryPolicy {
+        attempt_timeout: Duration::from_secs(2),
+        backoff: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+        attempts_max: 60,
+    };
+    let accounts = BankConfig::default().accounts;
+    let mut sessions = Vec::new();
+    for s in 0..SESSIONS {
+        let client = cluster.client(policy.clone()).await;
+        let (stop, deposited, answered) = (stop.clone(), deposited.clone(), answered.clone());
+        let unknown = unknown.clone();
+        sessions.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let args = DepositArgs {
+                    account: (s * 7919 + i * 31) % accounts,
+                    amount_cents: 1,
+                };
+                match client.call::<Deposit>(&args).await {
+                    Ok(_) => {
+                        deposited.fetch_add(1, Ordering::Relaxed);
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        println!("a deposit of unknown fate: {e}");
+                        unknown.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    // Several compactions on every replica.
+    wait_compacted_past(
+        cluster,
+        &status,
+        3 * COMPACT_EVERY_EPOCHS,
+        Duration::from_secs(60),
+    )
+    .await;
+    let starts = log_starts(cluster, &status).await;
+    println!(
+        "[{:>5.1}s] every replica compacted: (node, log start, commit) {starts:?}, {} \
+         deposits",
+        began.elapsed().as_secs_f64(),
+        answered.load(Ordering::Relaxed)
+    );
+
+    // A follower loses its log: it comes back empty, behind the leader's log start, and
+    // can rejoin only through a snapshot.
+    let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
+    let victim = *all.iter().find(|id| **id != leader).expect("a follower");
+    cluster.kill(victim).expect("SIGKILL the node");
+    let log_dir = cluster.at(victim).data_dir().join("log");
+    std::fs::remove_dir_all(&log_dir).expect("wipe the replica's log");
+    let leader_start = log_starts(cluster, &status)
+        .await
+        .into_iter()
+        .find(|(id, _, _)| *id == leader)
+        .map_or(0, |(_, start, _)| start);
+    cluster.start_node(victim).expect("start the node");
+    println!(
+        "[{:>5.1}s] node {victim} restarted with its log wiped; the leader's log starts \
+         after epoch {leader_start}",
+        began.elapsed().as_secs_f64()
+    );
+    let restarted = Instant::now();
+    loop {
+        cluster.assert_running();
+        let starts = log_starts(cluster, &status).await;
+        let mine = starts.iter().find(|(id, _, _)| *id == victim);
+        if let Some((_, start, commit)) = mine
+            && *start >= leader_start
+            && *commit > *start
+        {
+            println!(
+                "[{:>5.1}s] node {victim} installed a snapshot through epoch {start} and \
+                 commits again (epoch {commit}) after {:.1}s",
+                began.elapsed().as_secs_f64(),
+                restarted.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "node {victim} did not rejoin through a snapshot: (node, log start, commit) \
+             {starts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It serves as a full replica: with the leader gone, it and the third elect a leader
+    // and the load goes on.
+    let before = answered.load(Ordering::Relaxed);
+    cluster.kill(leader).expect("SIGKILL the leader");
+    let survivors: Vec<u32> = all.iter().copied().filter(|id| *id != leader).collect();
+    wait_for_leader(cluster, &status, &survivors, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::Relaxed) < before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster stopped answering after the old leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.start_node(leader).expect("start the node");
+
+    stop.store(true, Ordering::Relaxed);
+    for s in sessions {
+        s.await.expect("a session ends cleanly");
+    }
+    wait_caught_up(cluster, &status, 1, Duration::from_secs(30)).await;
+    wait_digests_agree(cluster, &status, Duration::from_secs(30)).await;
+
+    // Every acknowledged deposit is in the bank exactly once.
+    let client = cluster.client(quick_policy()).await;
+    let config = BankConfig::default();
+    let mut total = 0i64;
+    for account in 0..config.accounts {
+        let balance = client
+            .call::<Balance>(&BalanceArgs { account })
+            .await
+            .expect("read a balance");
+        total += balance.balance_cents;
+    }
+    let expected =
+        config.accounts as i64 * config.initial_balance_cents + deposited.load(Ordering::Relaxed);
+    let unknown = unknown.load(Ordering::Relaxed);
+    assert!(
+        (expected..=expected + unknown).contains(&total),
+        "the bank holds {total} cents; expected {expected}, plus at most {unknown} of unknown          fate"
+    );
+    println!(
+        "[{:>5.1}s] {} deposits, all counted once; replicas agree",
+        began.elapsed().as_secs_f64(),
+        deposited.load(Ordering::Relaxed)
+    );
+}
