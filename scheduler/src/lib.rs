@@ -16,7 +16,7 @@ mod map;
 pub mod plan_server;
 
 pub use map::{PartitionMap, RouteError, SchemeError};
-pub use plan_server::PlanServer;
+pub use plan_server::{PlanServer, PlanServerBugs};
 
 use detflow_protocol::mailbox::{DELIVER_PROCEDURE, outbox_partition};
 use detflow_protocol::{

@@ -99,8 +99,18 @@ pub struct PlanServerStats {
     pub reports_refused: u64,
 }
 
+/// Planted bugs, for proving that the simulator's checkers catch them. Never set in
+/// production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanServerBugs {
+    /// Compaction follows the most advanced executor replica instead of the slowest, so
+    /// the log may drop epochs a replica has not made durable yet.
+    pub compact_past_slowest: bool,
+}
+
 /// A sans-IO plan server.
 pub struct PlanServer {
+    bugs: PlanServerBugs,
     map: PartitionMap,
     /// The last epoch compacted away: `committed` holds the batches after it.
     start: Epoch,
@@ -120,6 +130,7 @@ impl PlanServer {
     /// them, of every partition: compaction waits for each; none, and it never compacts).
     pub fn new(map: PartitionMap, executors: impl IntoIterator<Item = ExecutorId>) -> PlanServer {
         PlanServer {
+            bugs: PlanServerBugs::default(),
             map,
             start: Epoch(0),
             committed: VecDeque::new(),
@@ -146,9 +157,19 @@ impl PlanServer {
         self.start
     }
 
+    /// Plants bugs (test-only).
+    pub fn set_bugs(&mut self, bugs: PlanServerBugs) {
+        self.bugs = bugs;
+    }
+
     /// The least durable epoch over every executor replica, as reported so far.
     pub fn applied_floor(&self) -> Epoch {
-        self.applied.values().copied().min().unwrap_or(Epoch(0))
+        let applied = self.applied.values().copied();
+        match self.bugs.compact_past_slowest {
+            true => applied.max(),
+            false => applied.min(),
+        }
+        .unwrap_or(Epoch(0))
     }
 
     fn on_committed(&mut self, batch: Arc<Batch>) {

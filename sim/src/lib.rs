@@ -53,6 +53,7 @@ mod world;
 pub use detflow_executor::ExecutorBugs;
 pub use detflow_gateway::GatewayBugs;
 pub use detflow_protocol::session::SessionBugs;
+pub use detflow_scheduler::PlanServerBugs;
 pub use detflow_sequencer::replica::ReplicaBugs;
 pub use faults::{FaultConfig, FaultCounts};
 pub use log_world::{LogConfig, LogProbes, LogReport, run_log_seed};

@@ -4,8 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use detflow_sim::{
-    ExecutorBugs, FaultConfig, FaultCounts, GatewayBugs, LogConfig, LogProbes, ReplicaBugs,
-    SessionBugs, SimConfig, run_log_seed, run_seed,
+    ExecutorBugs, FaultConfig, FaultCounts, GatewayBugs, LogConfig, LogProbes, PlanServerBugs,
+    ReplicaBugs, SessionBugs, SimConfig, run_log_seed, run_seed,
 };
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -135,12 +135,18 @@ enum Bug {
     LeaderCountsUnsynced,
     /// A candidate campaigns before its term and self-vote are durable.
     CampaignBeforeDurable,
+    /// A compaction snapshot leaves out the de-duplication table.
+    SnapshotWithoutDedup,
+    /// The log is compacted past the slowest executor replica's durable epoch.
+    CompactPastSlowest,
 }
 
 impl Bug {
     fn flag(self) -> &'static str {
         match self {
             Bug::Reorder => "reorder",
+            Bug::SnapshotWithoutDedup => "snapshot-without-dedup",
+            Bug::CompactPastSlowest => "compact-past-slowest",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -332,6 +338,9 @@ fn run(args: RunArgs) -> Result<bool> {
             replica_bugs,
             session_bugs,
             gateway_bugs,
+            plan_server_bugs: PlanServerBugs {
+                compact_past_slowest: matches!(args.bug, Some(Bug::CompactPastSlowest)),
+            },
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;

@@ -4,8 +4,8 @@
 mod support;
 
 use detflow_sim::{
-    ExecutorBugs, FaultConfig, GatewayBugs, LogConfig, ReplicaBugs, SessionBugs, SimConfig,
-    run_log_seed, run_seed,
+    ExecutorBugs, FaultConfig, GatewayBugs, LogConfig, PlanServerBugs, ReplicaBugs, SessionBugs,
+    SimConfig, run_log_seed, run_seed,
 };
 
 /// How many seeds a planted bug may survive before the test fails. Replica bugs need the
@@ -264,6 +264,35 @@ fn a_leader_counting_its_own_unsynced_entries_is_caught() {
 #[test]
 fn campaigning_before_the_term_and_vote_are_durable_is_caught() {
     log_world_catches("campaign-before-durable");
+}
+
+#[test]
+fn compacting_past_the_slowest_executor_is_caught() {
+    // A replica that restarts behind the compaction point finds the epochs it needs gone
+    // from every log: it never catches up (liveness), and its state differs from its
+    // partition's other replicas.
+    let bugs = PlanServerBugs {
+        compact_past_slowest: true,
+    };
+    let config = move |seed| SimConfig {
+        plan_server_bugs: bugs,
+        faults: FaultConfig::all(),
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    };
+    let (seed, failures) = first_failure(config).expect("compact-past-slowest caught");
+    println!("compact-past-slowest caught at seed {seed}: {failures:?}");
+    assert!(
+        failures.iter().any(|f| f.contains("stopped before epoch")),
+        "{failures:?}"
+    );
+    passes_without_the_bug(
+        move |seed| SimConfig {
+            plan_server_bugs: PlanServerBugs::default(),
+            ..config(seed)
+        },
+        0..seed + 1,
+    );
 }
 
 #[test]

@@ -62,10 +62,9 @@ impl World {
         node.timer = Timer::default();
         node.sync_scheduled = false;
         node.last_write = WriteId(0);
-        node.plans = Some(PlanServer::new(
-            self.map.clone(),
-            self.placement.executors(),
-        ));
+        let mut plans = PlanServer::new(self.map.clone(), self.placement.executors());
+        plans.set_bugs(self.config.plan_server_bugs);
+        node.plans = Some(plans);
         self.arm_replica_timer(r);
     }
 

@@ -183,6 +183,8 @@ pub struct SimConfig {
     pub executor_bugs: ExecutorBugs,
     /// Planted replica bugs (checker tests only).
     pub replica_bugs: ReplicaBugs,
+    /// Planted plan server bugs (checker tests only).
+    pub plan_server_bugs: detflow_scheduler::PlanServerBugs,
     /// Planted client-session bugs (checker tests only).
     pub session_bugs: SessionBugs,
     /// Planted gateway bugs (checker tests only).
@@ -223,6 +225,7 @@ impl SimConfig {
             batch_txns_max: 10_000,
             faults: FaultConfig::none(),
             executor_bugs: ExecutorBugs::default(),
+            plan_server_bugs: detflow_scheduler::PlanServerBugs::default(),
             replica_bugs: ReplicaBugs::default(),
             session_bugs: SessionBugs::default(),
             gateway_bugs: detflow_gateway::GatewayBugs::default(),
