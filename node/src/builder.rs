@@ -134,6 +134,9 @@ impl NodeBuilder {
             Cmd::Sql(args) => commands::sql::run(&args).await,
             Cmd::Status { connect } => commands::status::run(&connect).await,
             Cmd::Audit(args) => commands::audit::run(&args, &self),
+            Cmd::Replay(args) => commands::history::replay(&args, &self),
+            Cmd::Explain(args) => commands::history::explain(&args, &self),
+            Cmd::Archive(cli::ArchiveCmd::Ls(args)) => commands::history::archive_ls(&args),
         }
     }
 }

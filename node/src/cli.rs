@@ -62,6 +62,24 @@ pub(crate) enum Cmd {
     ///
     ///   detflow audit --config cluster/node-1.toml
     Audit(AuditArgs),
+    /// Rebuild the state of every partition after any epoch of a stopped node's log.
+    ///
+    /// Re-executes the log (the archive's segments, then the node's live log) from the
+    /// workload's initial rows through `--at`, and writes each partition's rows after that
+    /// epoch into `--out/partition-P` (a partition store, as a node's data directory holds
+    /// one), printing each partition's state digest. Example:
+    ///
+    ///   detflow replay --config cluster/node-1.toml --at 1200 --out /tmp/at-1200
+    Replay(ReplayArgs),
+    /// Print one transaction of a stopped node's log: the call, its footprint with the
+    /// values it could read when it ran, its plan (partitions), the writes it made and its
+    /// result. Example:
+    ///
+    ///   detflow explain --config cluster/node-1.toml --position 1200:3
+    Explain(ExplainArgs),
+    /// The log archive: compacted epochs, kept as immutable compressed segments.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
     /// Show each node's view: leader, committed epoch, partitions' applied epochs.
     Status {
         #[command(flatten)]
@@ -105,6 +123,68 @@ pub(crate) struct NodeArgs {
     pub(crate) exit_on_stdin_eof: bool,
 }
 
+/// `detflow archive …`.
+#[derive(Subcommand)]
+pub(crate) enum ArchiveCmd {
+    /// List the segments an archive holds, the epochs they cover and their sizes.
+    Ls(ArchiveLsArgs),
+}
+
+/// `detflow archive ls`.
+#[derive(clap::Args)]
+pub(crate) struct ArchiveLsArgs {
+    /// The archive directory.
+    #[arg(long, conflicts_with = "config")]
+    pub(crate) archive: Option<PathBuf>,
+    /// A node's TOML configuration: its archive (`archive_dir`, default DATA_DIR/archive).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Also read every segment back and check its hash.
+    #[arg(long)]
+    pub(crate) verify: bool,
+}
+
+/// Where the history commands find a node's log: its configuration (workload,
+/// partitions, data directory), the archive and the live log.
+#[derive(clap::Args)]
+pub(crate) struct HistoryArgs {
+    /// The node's TOML configuration (its workload, partitions, data directory).
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// Override `data_dir` (where the live log is; none there: the archive alone).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Override the archive directory (default: the node's `archive_dir`).
+    #[arg(long)]
+    pub(crate) archive: Option<PathBuf>,
+}
+
+/// `detflow replay`.
+#[derive(clap::Args)]
+pub(crate) struct ReplayArgs {
+    #[command(flatten)]
+    pub(crate) history: HistoryArgs,
+    /// The epoch after which to rebuild the state.
+    #[arg(long)]
+    pub(crate) at: u64,
+    /// An empty (or new) directory for the partitions' stores.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+/// `detflow explain`.
+#[derive(clap::Args)]
+pub(crate) struct ExplainArgs {
+    #[command(flatten)]
+    pub(crate) history: HistoryArgs,
+    /// The transaction: EPOCH:INDEX (its place in the log, as results report it).
+    #[arg(long)]
+    pub(crate) position: String,
+    /// The most rows shown per prefix of the footprint.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) rows_max: usize,
+}
+
 /// `detflow audit`.
 #[derive(clap::Args)]
 pub(crate) struct AuditArgs {
@@ -114,6 +194,9 @@ pub(crate) struct AuditArgs {
     /// Override `data_dir`.
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Override the archive directory, where the epochs the log compacted away are.
+    #[arg(long)]
+    pub(crate) archive: Option<PathBuf>,
 }
 
 /// `detflow call`.

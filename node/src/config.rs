@@ -8,6 +8,8 @@
 //! epoch_us = 5000                 # longest an epoch stays open (earlier ones in flight)
 //! epoch_min_us = 200              # how long it stays open while the log is idle
 //! compact_every_epochs = 1024     # the log drops applied epochs in steps of at least this
+//! # archive_dir = "archive"       # where dropped epochs go; default DATA_DIR/archive
+//! # archive_retain_epochs = 1000000   # keep the last N epochs there; default all
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
 //! # warehouses = 8                # default: one per partition; at least one per partition
 //! # scale_down = 1                # population divided by this; 1 = full size (default),
@@ -179,6 +181,12 @@ pub struct Config {
     /// replica of every partition has durably applied.
     #[serde(default = "default_compact_every_epochs")]
     pub compact_every_epochs: u64,
+    /// Where compacted log segments go (default: `archive` in the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_dir: Option<PathBuf>,
+    /// Keep only the segments holding the last this many epochs (default: keep all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_retain_epochs: Option<u64>,
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -407,6 +415,13 @@ impl Config {
     pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.cluster.iter().find(|n| n.id == id.0).map(|n| n.addr)
     }
+
+    /// The log archive's directory: `archive_dir`, or `archive` in the data directory.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.archive_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("archive"))
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +439,8 @@ mod tests {
             epoch_us: 5_000,
             epoch_min_us: 200,
             compact_every_epochs: 1_024,
+            archive_dir: None,
+            archive_retain_epochs: None,
             metrics_listen: None,
             tls: TlsPaths {
                 ca: "ca.pem".into(),

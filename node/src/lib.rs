@@ -16,6 +16,7 @@
 //!   the transport's counters.
 
 pub mod access;
+pub mod archive;
 pub mod builder;
 pub mod certs;
 pub mod cli;

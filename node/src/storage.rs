@@ -323,6 +323,22 @@ impl LogStore {
         Epoch(self.start)
     }
 
+    /// The entries of epochs `from..=to` the log holds, in order.
+    pub fn entries(&self, from: Epoch, to: Epoch) -> Result<Vec<LogEntry>, StorageError> {
+        let mut entries = Vec::new();
+        let range = from.0.to_be_bytes()..=to.0.to_be_bytes();
+        for guard in self.log.range(range) {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(fjall_error(&self.path, "reading the log"))?;
+            let epoch = decode_u64(&self.path, "log key", &key)?;
+            let entry: LogEntry = codec::decode(&value)
+                .map_err(|e| corrupt(&self.path, format!("log entry {epoch}"), e.to_string()))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
     fn recover(&self) -> Result<Durable, StorageError> {
         let mut durable = Durable::default();
         let hard_state = self

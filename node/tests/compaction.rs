@@ -2,7 +2,11 @@
 //! several times (every replica's log start keeps moving up); a replica whose log directory
 //! is wiped rejoins through a snapshot from the leader (Raft's InstallSnapshot), and the
 //! cluster goes on answering with every deposit counted once and every partition's
-//! replicas agreeing on their state digest.
+//! replicas agreeing on their state digest. Then, on a stopped node whose log starts long
+//! after epoch 1: `detflow archive ls` lists the compacted segments, `detflow audit`
+//! re-executes archive plus live log and finds every partition matching, `detflow replay`
+//! rebuilds the state after an epoch only the archive holds, and `detflow explain` prints
+//! a transaction of it.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -15,6 +19,8 @@ use common::cluster::{
 };
 use detflow_client::{Client, RetryPolicy};
 use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, DepositArgs};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -87,7 +93,7 @@ async fn compaction(cluster: &mut Cluster) {
     let accounts = BankConfig::default().accounts;
     let mut sessions = Vec::new();
     for s in 0..SESSIONS {
-        let client = cluster.client(policy.clone()).await;
+        let client = cluster.client(policy).await;
         let (stop, deposited, answered) = (stop.clone(), deposited.clone(), answered.clone());
         let unknown = unknown.clone();
         sessions.push(tokio::spawn(async move {
@@ -209,11 +215,98 @@ async fn compaction(cluster: &mut Cluster) {
     let unknown = unknown.load(Ordering::Relaxed);
     assert!(
         (expected..=expected + unknown).contains(&total),
-        "the bank holds {total} cents; expected {expected}, plus at most {unknown} of unknown          fate"
+        "the bank holds {total} cents; expected {expected}, plus at most {unknown} of unknown \
+         fate"
     );
     println!(
         "[{:>5.1}s] {} deposits, all counted once; replicas agree",
         began.elapsed().as_secs_f64(),
         deposited.load(Ordering::Relaxed)
     );
+
+    // Time travel on a stopped node that never lost its log (its archive is whole).
+    let node = *all
+        .iter()
+        .find(|id| **id != victim)
+        .expect("a node that kept its log");
+    let config = cluster.at(node).config_path().to_path_buf();
+    let data_dir = cluster.at(node).data_dir().to_path_buf();
+    cluster.stop();
+    history_commands(&config, &data_dir);
+}
+
+fn detflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_detflow"))
+        .args(args)
+        .output()
+        .expect("run detflow")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn history_commands(config: &Path, data_dir: &Path) {
+    let config = config.to_str().expect("a UTF-8 path");
+    let ls = detflow(&["archive", "ls", "--config", config, "--verify"]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    println!("{listing}");
+    assert!(listing.contains(": epochs 1..="), "{}", text(&ls));
+    assert!(
+        listing.contains("every segment reads back"),
+        "{}",
+        text(&ls)
+    );
+
+    let audit = detflow(&["audit", "--config", config]);
+    assert!(audit.status.success(), "{}", text(&audit));
+    println!("{}", String::from_utf8_lossy(&audit.stdout));
+
+    // An epoch the live log compacted away, so only the archive has it.
+    let at = (2 * COMPACT_EVERY_EPOCHS).to_string();
+    let out = data_dir.join("replayed");
+    let replay = detflow(&[
+        "replay",
+        "--config",
+        config,
+        "--at",
+        &at,
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    let replayed = String::from_utf8_lossy(&replay.stdout);
+    println!("{replayed}");
+    assert_eq!(
+        replayed.matches("rows after epoch").count(),
+        3,
+        "{}",
+        text(&replay)
+    );
+    assert!(out.join("partition-0").is_dir());
+
+    // The first transaction of an early epoch that holds one.
+    let explained = (1..=2 * COMPACT_EVERY_EPOCHS)
+        .map(|e| {
+            let position = format!("{e}:0");
+            detflow(&["explain", "--config", config, "--position", &position])
+        })
+        .find(|o| o.status.success())
+        .expect("some early epoch holds a transaction");
+    let explained = String::from_utf8_lossy(&explained.stdout);
+    println!("{explained}");
+    for part in [
+        "call      bank.deposit",
+        "footprint",
+        "writes",
+        "result    committed",
+    ] {
+        assert!(explained.contains(part), "{explained}");
+    }
 }

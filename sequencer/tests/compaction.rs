@@ -2,6 +2,8 @@
 //! delivers every message and makes every write durable at once (optionally cutting one
 //! replica off).
 
+#![allow(clippy::unwrap_used)] // a failed step fails the test
+
 use detflow_protocol::{
     ClientId, DetRng, Epoch, Footprint, Machine, NodeId, RequestSeq, Time, Transaction,
 };

@@ -5,10 +5,10 @@
 //! applied epoch. A difference names the partition, the first epoch that differs and, for
 //! the rows, the keys.
 
+use super::history::History;
 use crate::builder::NodeBuilder;
-use crate::cli::AuditArgs;
-use crate::config::Config;
-use crate::storage::{FjallStore, LogStore};
+use crate::cli::{AuditArgs, HistoryArgs};
+use crate::storage::FjallStore;
 use anyhow::{Context, Result, bail};
 use detflow_executor::{StateDigest, Store, recorded_digests};
 use detflow_protocol::{Epoch, Key, Owner, PartitionId, Value};
@@ -36,16 +36,15 @@ struct Partition {
 /// Audits the node `args.config` describes; `Ok(false)` if a partition diverges.
 #[allow(clippy::disallowed_methods)] // how long the re-execution took is for the operator
 pub(crate) fn run(args: &AuditArgs, builder: &NodeBuilder) -> Result<bool> {
-    let mut config =
-        Config::load(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
-    let registry = builder.registry(&config)?;
-    let options = config.workload_options();
-    let workload =
-        detflow_workloads::by_name_with(&config.workload, config.partitions(), &options)?;
-    let map = crate::runtime::partition_map(&config, workload.as_ref(), &registry)?;
+    let history = History::open(
+        &HistoryArgs {
+            config: args.config.clone(),
+            data_dir: args.data_dir.clone(),
+            archive: args.archive.clone(),
+        },
+        builder,
+    )?;
+    let (config, map) = (&history.config, &history.map);
     let began = Instant::now();
 
     let log_dir = config.data_dir.join("log");
@@ -70,45 +69,26 @@ pub(crate) fn run(args: &AuditArgs, builder: &NodeBuilder) -> Result<bool> {
             store,
         });
     }
-    let (_log, durable) = LogStore::open(&log_dir)
-        .with_context(|| format!("opening the log at {}", log_dir.display()))?;
     let last = partitions
         .iter()
         .map(|p| p.applied)
         .max()
         .unwrap_or(Epoch(0));
-    if (durable.log.len() as u64) < last.0 {
-        bail!(
-            "the log at {} ends at epoch {}, but a partition applied epoch {last}",
-            log_dir.display(),
-            durable.log.len()
-        );
-    }
+    let batches = history
+        .batches(Some(last))
+        .with_context(|| format!("a partition applied epoch {last}"))?;
     eprintln!(
         "node {}: {} partitions, re-executing {last} epochs of the log from the initial rows",
         config.id,
         partitions.len()
     );
-    let mut initial: BTreeMap<Key, Value> = BTreeMap::new();
-    for p in 0..config.partitions() {
-        initial.extend(crate::load::initial_rows(
-            workload.as_ref(),
-            &options,
-            &map,
-            PartitionId(p),
-        ));
-    }
-    let mut replayer = Replayer::new(&registry, map.clone(), initial);
+    let mut replayer = Replayer::new(&history.registry, map.clone(), history.initial_rows());
     let mut all_match = true;
     for epoch in 0..=last.0 {
         let epoch = Epoch(epoch);
-        if let Some(entry) = epoch
-            .0
-            .checked_sub(1)
-            .and_then(|i| durable.log.get(i as usize))
-        {
+        if let Some(batch) = epoch.0.checked_sub(1).and_then(|i| batches.get(i as usize)) {
             replayer
-                .apply(&entry.batch)
+                .apply(batch)
                 .with_context(|| format!("re-executing epoch {epoch}"))?;
             if epoch.0.is_multiple_of(10_000) {
                 eprintln!("  epoch {epoch} of {last}");
@@ -120,7 +100,7 @@ pub(crate) fn run(args: &AuditArgs, builder: &NodeBuilder) -> Result<bool> {
                 p.diverged = Some((epoch, expected));
             }
             if p.applied == epoch {
-                all_match &= judge(p, epoch, expected, replayer.state(), &map);
+                all_match &= judge(p, epoch, expected, replayer.state(), map);
             }
         }
     }

@@ -232,9 +232,13 @@ impl Node {
             let map = map.clone();
             let stats = stats.clone();
             let executors = placement.executors().collect();
+            let archive = replica::ArchiveSink {
+                archive: crate::archive::Archive::new(&config.archive_dir()),
+                retain_epochs: config.archive_retain_epochs,
+            };
             starts.push(Box::new(move |router| {
                 Box::pin(replica::replica_task(
-                    replica, log, rx, router, map, executors, stats, clock,
+                    replica, log, archive, rx, router, map, executors, stats, clock,
                 ))
             }));
         }

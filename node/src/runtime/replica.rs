@@ -4,12 +4,13 @@
 use super::router::Router;
 use super::stats::ReasonLabel;
 use super::{Clock, Event, NodeStats, drain, sleep_until};
+use crate::archive::Archive;
 use crate::failstop::fatal;
 use crate::storage::LogStore;
 use detflow_protocol::message::Message;
 use detflow_protocol::{Epoch, ExecutorId, Machine};
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
-use detflow_sequencer::replica::{self, Replica};
+use detflow_sequencer::replica::{self, LogWrite, Replica};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,9 +36,45 @@ fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) -> Option<Epo
     compact
 }
 
+/// Writes the entries a compaction `write` drops from `log` to the archive as one segment,
+/// then applies the archive's retention. A replica that installed a leader's snapshot
+/// instead never held the epochs it skipped: another replica's archive has them.
+fn archive_compacted(log: &LogStore, archive: &ArchiveSink, write: &LogWrite) {
+    let Some(snapshot) = &write.snapshot else {
+        return;
+    };
+    let (from, to) = (log.log_start().next(), snapshot.epoch.min(log.last_epoch()));
+    if from > to {
+        return;
+    }
+    let entries = match log.entries(from, to) {
+        Ok(entries) => entries,
+        Err(e) => fatal(format!("cannot read the log to archive it: {e}")),
+    };
+    if let Err(e) = archive.archive.write_segment(&entries) {
+        fatal(format!("cannot archive epochs {from}..={to}: {e:#}"));
+    }
+    if let Some(keep) = archive.retain_epochs {
+        let before = Epoch(to.0.saturating_sub(keep));
+        if let Err(e) = archive.archive.retain_after(before) {
+            fatal(format!("cannot apply the archive's retention: {e:#}"));
+        }
+    }
+}
+
+/// Where a replica archives compacted epochs, and for how long.
+pub(super) struct ArchiveSink {
+    /// The archive.
+    pub(super) archive: Archive,
+    /// Keep the segments of the last this many epochs (all if `None`).
+    pub(super) retain_epochs: Option<u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn replica_task(
     mut replica: Replica,
     mut log: LogStore,
+    archive: ArchiveSink,
     mut inbox: mpsc::Receiver<Event>,
     router: Arc<Router>,
     map: PartitionMap,
@@ -136,6 +173,12 @@ pub(super) async fn replica_task(
                             for entry in &write.append {
                                 closed_at.insert(entry.epoch(), Instant::now());
                             }
+                        }
+                        if write.snapshot.is_some() && write.truncate_from.is_none() {
+                            // A compaction: the epochs it drops go to the archive first.
+                            tokio::task::block_in_place(|| {
+                                archive_compacted(&log, &archive, &write)
+                            });
                         }
                         if let Err(e) = log.append(&write) {
                             fatal(format!("cannot append to the log: {e}"));

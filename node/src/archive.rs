@@ -1,0 +1,293 @@
+//! The log archive: where a sequencer replica puts the epochs it compacts away, so that
+//! replay, explain and audit can still reach every epoch after the live log dropped it.
+//!
+//! ```text
+//!  ARCHIVE/
+//!    log/
+//!      00000000000000000001-00000000000000001024.seg   epochs 1..=1024
+//!      00000000000000001025-00000000000000002071.seg   epochs 1025..=2071
+//! ```
+//!
+//! Every segment is immutable once written and named by the first and last epoch it holds,
+//! zero-padded, so that a directory listing (or an object store's listing by prefix) is
+//! the index, in epoch order. A segment is the magic [`SEGMENT_MAGIC`], a 32-byte BLAKE3
+//! hash of the rest, then the LZ4-compressed MessagePack of its [`LogEntry`]s. It is
+//! written to a temporary name, synced, renamed and the directory synced, before the log
+//! drops the entries: a crash leaves either no segment (the next compaction writes it
+//! again) or a whole one. Segments may overlap (a compaction that was archived but not
+//! applied before a crash is archived again, perhaps longer); readers take each epoch
+//! from the first segment that holds it. A torn or altered segment fails its hash.
+//!
+//! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
+//! epoch (the node keeps the last `archive_retain_epochs` epochs if that is set).
+
+use anyhow::{Context, Result, bail, ensure};
+use detflow_protocol::{Batch, Epoch, LogEntry, codec};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The first bytes of every segment file: the format and its version.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"DFLOGSG1";
+
+/// One archived segment, as its name and size describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The first epoch it holds.
+    pub first: Epoch,
+    /// The last epoch it holds.
+    pub last: Epoch,
+    /// Its size on disk.
+    pub bytes: u64,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// An archive directory (created on first write).
+#[derive(Clone, Debug)]
+pub struct Archive {
+    dir: PathBuf,
+}
+
+impl Archive {
+    /// The archive in `dir`; nothing is created until a segment is written.
+    pub fn new(dir: &Path) -> Archive {
+        Archive {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// Writes `entries` (consecutive epochs) as one segment, durably.
+    pub fn write_segment(&self, entries: &[LogEntry]) -> Result<Segment> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            bail!("an empty segment");
+        };
+        let (first, last) = (first.epoch(), last.epoch());
+        for (i, entry) in entries.iter().enumerate() {
+            ensure!(
+                entry.epoch().0 == first.0 + i as u64,
+                "segment entries are not consecutive at epoch {}",
+                entry.epoch()
+            );
+        }
+        let dir = self.log_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let body = lz4_flex::compress_prepend_size(&codec::encode(entries));
+        let path = dir.join(segment_name(first, last));
+        let tmp = dir.join(format!(".{}.tmp", segment_name(first, last)));
+        let mut file =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(SEGMENT_MAGIC)
+            .and_then(|()| file.write_all(blake3::hash(&body).as_bytes()))
+            .and_then(|()| file.write_all(&body))
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(Segment {
+            first,
+            last,
+            bytes: (SEGMENT_MAGIC.len() + 32 + body.len()) as u64,
+            path,
+        })
+    }
+
+    /// Every segment, by first epoch (then last). An archive never written is empty.
+    pub fn segments(&self) -> Result<Vec<Segment>> {
+        let dir = self.log_dir();
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut segments = Vec::new();
+        for item in listing {
+            let item = item.with_context(|| format!("listing {}", dir.display()))?;
+            let name = item.file_name();
+            let Some((first, last)) = name.to_str().and_then(parse_segment_name) else {
+                continue;
+            };
+            let bytes = item.metadata().map(|m| m.len()).unwrap_or(0);
+            segments.push(Segment {
+                first,
+                last,
+                bytes,
+                path: item.path(),
+            });
+        }
+        segments.sort_by_key(|s| (s.first, s.last));
+        Ok(segments)
+    }
+
+    /// The entries of `segment`, checked against its hash and its name.
+    pub fn read_segment(&self, segment: &Segment) -> Result<Vec<LogEntry>> {
+        let path = &segment.path;
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let corrupt = |why: &str| anyhow::anyhow!("segment {} is corrupt: {why}", path.display());
+        if bytes.len() < SEGMENT_MAGIC.len() + 32 || &bytes[..8] != SEGMENT_MAGIC {
+            return Err(corrupt("not a detflow log segment (bad magic)"));
+        }
+        let (hash, body) = bytes[8..].split_at(32);
+        if blake3::hash(body).as_bytes() != hash {
+            return Err(corrupt(
+                "its content does not match its hash (torn or altered)",
+            ));
+        }
+        let raw = lz4_flex::decompress_size_prepended(body)
+            .map_err(|e| corrupt(&format!("does not decompress: {e}")))?;
+        let entries: Vec<LogEntry> =
+            codec::decode(&raw).map_err(|e| corrupt(&format!("does not decode: {e}")))?;
+        let epochs = entries.first().map(LogEntry::epoch)..=entries.last().map(LogEntry::epoch);
+        if (epochs.start(), epochs.end()) != (&Some(segment.first), &Some(segment.last))
+            || entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.epoch().0 != segment.first.0 + i as u64)
+        {
+            return Err(corrupt("its epochs are not the ones its name says"));
+        }
+        Ok(entries)
+    }
+
+    /// The batches of epochs `from..=to`, in order, from the segments that hold them;
+    /// an error names the first epoch no segment holds.
+    pub fn batches(&self, from: Epoch, to: Epoch) -> Result<Vec<Arc<Batch>>> {
+        let mut batches = Vec::new();
+        let mut next = from;
+        for segment in self.segments()? {
+            if next > to {
+                break;
+            }
+            if segment.last < next {
+                continue;
+            }
+            if segment.first > next {
+                break;
+            }
+            for entry in self.read_segment(&segment)? {
+                if entry.epoch() == next && next <= to {
+                    batches.push(entry.batch);
+                    next = next.next();
+                }
+            }
+        }
+        if next <= to {
+            bail!(
+                "the archive at {} holds no epoch {next} (it has {})",
+                self.dir.display(),
+                describe(&self.segments()?)
+            );
+        }
+        Ok(batches)
+    }
+
+    /// Deletes every segment that ends at or before `epoch`; how many.
+    pub fn retain_after(&self, epoch: Epoch) -> Result<usize> {
+        let mut deleted = 0;
+        for segment in self.segments()?.into_iter().filter(|s| s.last <= epoch) {
+            fs::remove_file(&segment.path)
+                .with_context(|| format!("deleting {}", segment.path.display()))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+/// The ranges `segments` cover, merged, e.g. "epochs 1..=2048, 3001..=4000".
+pub fn describe(segments: &[Segment]) -> String {
+    let mut ranges: Vec<(Epoch, Epoch)> = Vec::new();
+    for s in segments {
+        match ranges.last_mut() {
+            Some((_, last)) if s.first.0 <= last.0 + 1 => *last = (*last).max(s.last),
+            _ => ranges.push((s.first, s.last)),
+        }
+    }
+    if ranges.is_empty() {
+        return "no epochs".into();
+    }
+    let ranges: Vec<String> = ranges.iter().map(|(f, l)| format!("{f}..={l}")).collect();
+    format!("epochs {}", ranges.join(", "))
+}
+
+fn segment_name(first: Epoch, last: Epoch) -> String {
+    format!("{:020}-{:020}.seg", first.0, last.0)
+}
+
+fn parse_segment_name(name: &str) -> Option<(Epoch, Epoch)> {
+    let (first, last) = name.strip_suffix(".seg")?.split_once('-')?;
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first >= 1 && first <= last).then_some((Epoch(first), Epoch(last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::{LOG_FORMAT_VERSION, Term};
+
+    fn entries(first: u64, last: u64) -> Vec<LogEntry> {
+        (first..=last)
+            .map(|e| LogEntry {
+                term: Term(1),
+                batch: Arc::new(Batch {
+                    version: LOG_FORMAT_VERSION,
+                    epoch: Epoch(e),
+                    txns: Vec::new(),
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_round_trip_overlap_and_name_their_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        assert!(archive.segments().unwrap().is_empty());
+        archive.write_segment(&entries(1, 10)).unwrap();
+        // Archived again, longer, as after a crash between archive and compaction.
+        archive.write_segment(&entries(1, 14)).unwrap();
+        archive.write_segment(&entries(15, 20)).unwrap();
+        archive.write_segment(&entries(31, 40)).unwrap();
+        let epochs: Vec<u64> = archive
+            .batches(Epoch(3), Epoch(20))
+            .unwrap()
+            .iter()
+            .map(|b| b.epoch.0)
+            .collect();
+        assert_eq!(epochs, (3..=20).collect::<Vec<_>>());
+        let gap = archive
+            .batches(Epoch(1), Epoch(35))
+            .unwrap_err()
+            .to_string();
+        assert!(gap.contains("no epoch 21"), "{gap}");
+        assert!(gap.contains("epochs 1..=20, 31..=40"), "{gap}");
+        assert_eq!(archive.retain_after(Epoch(14)).unwrap(), 2);
+        assert_eq!(
+            describe(&archive.segments().unwrap()),
+            "epochs 15..=20, 31..=40"
+        );
+    }
+
+    #[test]
+    fn a_torn_segment_fails_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        let segment = archive.write_segment(&entries(1, 5)).unwrap();
+        let mut bytes = fs::read(&segment.path).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        fs::write(&segment.path, bytes).unwrap();
+        let error = archive.read_segment(&segment).unwrap_err().to_string();
+        assert!(error.contains("does not match its hash"), "{error}");
+    }
+}
