@@ -2,6 +2,7 @@
 //! one, as text or JSON.
 
 use super::cpu::CpuSample;
+use super::footprint::Watcher;
 use super::local::{Local, run_tpcc};
 use super::nemesis;
 use crate::cli::BenchArgs;
@@ -73,6 +74,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     let load_seconds = local.as_ref().and_then(|(l, _)| l.load_seconds);
     let pids = local.as_ref().map(|(l, _)| l.pids()).unwrap_or_default();
     let cpu_before = CpuSample::take(&pids);
+    // Memory and disk of each node, sampled eight times over the run (at least every 5 s).
+    let footprint = local.as_ref().map(|(l, _)| {
+        let every = (args.duration / 8).max(std::time::Duration::from_secs(5));
+        Watcher::start(l.watched(), every)
+    });
     let title = format!(
         "detflow bench {}: {} clients, {} partitions",
         args.workload, args.clients, partitions
@@ -99,9 +105,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     // Whether the driver or a node limited the run (only the driver's own share is known
     // for a cluster elsewhere).
     let cpu = CpuSample::take(&pids).since(&cpu_before);
-    match args.json {
-        true => eprintln!("{cpu}"),
-        false => println!("{cpu}"),
+    let mut lines = vec![cpu];
+    lines.extend(footprint.map(Watcher::finish).unwrap_or_default());
+    for line in lines {
+        match args.json {
+            true => eprintln!("{line}"),
+            false => println!("{line}"),
+        }
     }
     if let Some((local, _)) = local {
         local.stop();

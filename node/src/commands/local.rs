@@ -71,6 +71,21 @@ impl Local {
             .collect()
     }
 
+    /// Each running node process with its data directory, to watch its footprint.
+    pub(super) fn watched(&self) -> Vec<super::footprint::Watched> {
+        self.cluster
+            .nodes()
+            .iter()
+            .filter_map(|n| {
+                Some(super::footprint::Watched {
+                    name: format!("node-{}", n.id()),
+                    pid: n.pid()?,
+                    data_dir: n.data_dir().to_path_buf(),
+                })
+            })
+            .collect()
+    }
+
     /// The cluster, to stop and start its nodes.
     pub(super) fn cluster(&mut self) -> &mut LocalCluster {
         &mut self.cluster

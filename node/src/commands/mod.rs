@@ -7,6 +7,7 @@ pub(crate) mod call;
 pub(crate) mod certs;
 mod cpu;
 pub(crate) mod demo;
+pub(crate) mod footprint;
 pub(crate) mod history;
 mod local;
 pub(crate) mod nemesis;
