@@ -205,8 +205,8 @@ impl Archive {
     }
 }
 
-/// The ranges `segments` cover, merged, e.g. "epochs 1..=2048, 3001..=4000".
-pub fn describe(segments: &[Segment]) -> String {
+/// The epoch ranges `segments` (in [`Archive::segments`] order) cover, merged.
+pub fn ranges(segments: &[Segment]) -> Vec<(Epoch, Epoch)> {
     let mut ranges: Vec<(Epoch, Epoch)> = Vec::new();
     for s in segments {
         match ranges.last_mut() {
@@ -214,6 +214,12 @@ pub fn describe(segments: &[Segment]) -> String {
             _ => ranges.push((s.first, s.last)),
         }
     }
+    ranges
+}
+
+/// The ranges `segments` cover, merged, e.g. "epochs 1..=2048, 3001..=4000".
+pub fn describe(segments: &[Segment]) -> String {
+    let ranges = ranges(segments);
     if ranges.is_empty() {
         return "no epochs".into();
     }

@@ -326,14 +326,20 @@ impl LogStore {
     /// The entries of epochs `from..=to` the log holds, in order.
     pub fn entries(&self, from: Epoch, to: Epoch) -> Result<Vec<LogEntry>, StorageError> {
         let mut entries = Vec::new();
-        let range = from.0.to_be_bytes()..=to.0.to_be_bytes();
-        for guard in self.log.range(range) {
+        for guard in self.log.range(from.0.to_be_bytes()..=to.0.to_be_bytes()) {
             let (key, value) = guard
                 .into_inner()
                 .map_err(fjall_error(&self.path, "reading the log"))?;
             let epoch = decode_u64(&self.path, "log key", &key)?;
             let entry: LogEntry = codec::decode(&value)
                 .map_err(|e| corrupt(&self.path, format!("log entry {epoch}"), e.to_string()))?;
+            if entry.epoch().0 != epoch {
+                return Err(corrupt(
+                    &self.path,
+                    format!("log entry {epoch}"),
+                    format!("holds the batch of epoch {}", entry.epoch()),
+                ));
+            }
             entries.push(entry);
         }
         Ok(entries)
@@ -360,22 +366,7 @@ impl LogStore {
                 .map_err(|e| corrupt(&self.path, "log snapshot".into(), e.to_string()))?;
             durable.snapshot = Some(std::sync::Arc::new(snapshot));
         }
-        for guard in self.log.iter() {
-            let (key, value) = guard
-                .into_inner()
-                .map_err(fjall_error(&self.path, "reading the log"))?;
-            let epoch = decode_u64(&self.path, "log key", &key)?;
-            let entry: LogEntry = codec::decode(&value)
-                .map_err(|e| corrupt(&self.path, format!("log entry {epoch}"), e.to_string()))?;
-            if entry.epoch().0 != epoch {
-                return Err(corrupt(
-                    &self.path,
-                    format!("log entry {epoch}"),
-                    format!("holds the batch of epoch {}", entry.epoch()),
-                ));
-            }
-            durable.log.push(entry);
-        }
+        durable.log = self.entries(Epoch(0), Epoch(u64::MAX))?;
         durable.validate().map_err(|source| StorageError::Durable {
             path: self.path.clone(),
             source,

@@ -123,14 +123,11 @@ impl History {
 
 /// The last epoch the archive holds from epoch 1 without a gap.
 fn archive_end(archive: &Archive) -> Result<Epoch> {
-    let mut end = Epoch(0);
-    for segment in archive.segments()? {
-        if segment.first > end.next() {
-            break;
-        }
-        end = end.max(segment.last);
-    }
-    Ok(end)
+    let ranges = archive::ranges(&archive.segments()?);
+    Ok(match ranges.first() {
+        Some(&(Epoch(1), last)) => last,
+        _ => Epoch(0),
+    })
 }
 
 /// `detflow archive ls`.
