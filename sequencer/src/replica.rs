@@ -80,6 +80,9 @@ const PENDING_WRITES_MAX: usize = 4_096;
 /// honest group gets near it; a forged term up there, once adopted, would leave too few
 /// terms to campaign in (and overflow the next one).
 const PEER_TERM_LIMIT: Term = Term(1 << 62);
+/// A snapshot of this epoch or above is dropped as malformed: no group gets near it, and
+/// adopting one would leave too few epochs to count on (and overflow the next one).
+const SNAPSHOT_EPOCH_LIMIT: Epoch = Epoch(1 << 62);
 
 /// Replica settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1964,6 +1967,7 @@ impl Replica {
         }
         let end = chunk.offset.checked_add(chunk.windows.len() as u64);
         let malformed = chunk.epoch == Epoch(0)
+            || chunk.epoch >= SNAPSHOT_EPOCH_LIMIT
             || chunk.last_term > chunk.term
             || chunk.windows.len() > SNAPSHOT_WINDOWS_PER_MESSAGE_LIMIT
             || end.is_none_or(|end| end > chunk.total)
