@@ -37,6 +37,7 @@ mod snapshot;
 mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
+pub use detflow_protocol::message::LogReply;
 pub use detflow_protocol::schema::{Field, FieldType, Table};
 pub use kv::KvBuilder;
 pub use snapshot::{At, PartitionScan, ReadError, Scan, ScanRange, Snapshot};
@@ -420,6 +421,41 @@ impl Client {
             }
         }
         Err(ReadError::Unavailable {
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            last,
+        })
+    }
+
+    /// The committed log from epoch `from` on, for audits: the batches of the first node
+    /// whose sequencer replica holds `from` (as many as fit one answer; read again after
+    /// the last), empty batches if no node has committed `from` yet, or
+    /// [`LogReply::Compacted`] if every node's log starts after it (the archive has it).
+    pub async fn read_log(&self, from: detflow_protocol::Epoch) -> Result<LogReply, ReadError> {
+        let mut last = String::from("no gateway configured");
+        let attempts = self.links.gateways.len();
+        let mut fallback = None;
+        for i in 0..attempts {
+            match self.ask(i, &Message::LogRead { from }).await {
+                Ok(Message::LogReply(LogReply::Batches { commit, batches }))
+                    if !batches.is_empty() =>
+                {
+                    return Ok(LogReply::Batches { commit, batches });
+                }
+                Ok(Message::LogReply(LogReply::NoLog)) => last = "no sequencer replica".into(),
+                Ok(Message::LogReply(reply)) => {
+                    // An empty answer (behind) beats a compacted one, which beats none.
+                    if !matches!(
+                        (&fallback, &reply),
+                        (Some(LogReply::Batches { .. }), LogReply::Compacted { .. })
+                    ) {
+                        fallback = Some(reply);
+                    }
+                }
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(e) => last = e,
+            }
+        }
+        fallback.ok_or(ReadError::Unavailable {
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             last,
         })

@@ -135,6 +135,12 @@ pub enum Input {
     },
     /// [`Machine::next_deadline`] passed: check for a silent plan source or stalled work.
     Tick,
+    /// The checkpoint of the state after `epoch` (see [`Output::Checkpoint`]) is durable,
+    /// or, after a restart, the last checkpoint of this partition the node still holds.
+    Checkpointed {
+        /// The checkpoint's epoch.
+        epoch: Epoch,
+    },
 }
 
 /// An effect the driver performs.
@@ -216,6 +222,11 @@ pub enum Output {
         /// This partition's durable epoch.
         durable: Epoch,
     },
+    /// The store captured its state after `epoch` ([`Store::checkpoint`]): write that
+    /// checkpoint durably, off the executor's path, and report [`Input::Checkpointed`].
+    /// A checkpoint the driver drops (one is still being written, or it crashed) only
+    /// holds the log's compaction back until the next one.
+    Checkpoint(Epoch),
     /// Ask a sequencer replica for the plans of this partition from epoch `from` on.
     Subscribe {
         /// The replica.
@@ -260,6 +271,11 @@ pub struct ExecutorBugs {
     pub snapshot_wait_forever: bool,
     /// The running state digest ignores deletes (the rows' digest still counts them).
     pub digest_ignores_deletes: bool,
+    /// Report the durable epoch to the sequencer replicas without waiting for a
+    /// checkpoint of it: the log may then be compacted past the last checkpoint.
+    pub report_uncheckpointed: bool,
+    /// The checkpoint of an epoch is captured as if it were of the next one.
+    pub checkpoint_mislabeled: bool,
 }
 
 /// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
@@ -418,6 +434,10 @@ pub struct Executor<S: Store> {
     durable: Epoch,
     /// The durable epoch last reported to the sequencer replicas.
     durable_reported: Epoch,
+    /// A checkpoint is taken after every epoch that is a multiple of this (0: none).
+    checkpoint_every: u64,
+    /// The last epoch whose checkpoint is durable.
+    checkpointed: Epoch,
     /// The largest value a transaction may write.
     value_bytes_max: usize,
     /// The bound on one remote-read message, in encoded bytes.
@@ -480,6 +500,8 @@ impl<S: Store> Executor<S> {
             outbox,
             durable,
             durable_reported: Epoch(0),
+            checkpoint_every: 0,
+            checkpointed: Epoch(0),
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             reads_bytes_max: READS_BYTES_MAX_DEFAULT,
             feed: Feed::new(partition.0 as usize, Vec::new()),
@@ -496,6 +518,15 @@ impl<S: Store> Executor<S> {
             waiting_seq: 0,
             now: Time::ZERO,
         }
+    }
+
+    /// Has the state checkpointed after every epoch that is a multiple of `epochs` (0, the
+    /// default: never). With checkpoints, the epoch reported to the sequencer replicas,
+    /// below which they may compact the log, is the last one both durable and
+    /// checkpointed: a replica that loses its store rebuilds it from a checkpoint and the
+    /// log after it, so the log must keep every epoch after the last checkpoint.
+    pub fn set_checkpoint_every(&mut self, epochs: u64) {
+        self.checkpoint_every = epochs;
     }
 
     /// Sets how long and how much history this partition keeps for snapshot reads
@@ -805,10 +836,39 @@ impl<S: Store> Executor<S> {
         for to in self.peers() {
             out.push(Output::SendAck { to, durable: up_to });
         }
-        if up_to.0 >= self.durable_reported.0 + APPLIED_REPORT_EPOCHS {
-            self.durable_reported = up_to;
+        self.report_applied(out);
+    }
+
+    fn on_checkpointed(&mut self, epoch: Epoch, out: &mut Vec<Output>) {
+        // A checkpoint of an epoch this store has not applied is not this store's.
+        if epoch <= self.checkpointed || epoch >= self.next_epoch {
+            return;
+        }
+        self.checkpointed = epoch;
+        self.report_applied(out);
+    }
+
+    /// Tells the sequencer replicas how far the log may be compacted for this replica: its
+    /// durable epoch, and with checkpoints, no further than the last checkpoint. Without
+    /// checkpoints the epoch is reported in steps of [`APPLIED_REPORT_EPOCHS`]; checkpoints
+    /// are already that sparse.
+    fn report_applied(&mut self, out: &mut Vec<Output>) {
+        let compactable = match self.checkpoint_every {
+            0 => self.durable,
+            _ if self.bugs.report_uncheckpointed => self.durable,
+            _ => self.durable.min(self.checkpointed),
+        };
+        let step = match self.checkpoint_every {
+            0 => APPLIED_REPORT_EPOCHS,
+            _ => 1,
+        };
+        if compactable.0 >= self.durable_reported.0 + step {
+            self.durable_reported = compactable;
             for &to in self.feed.sources() {
-                out.push(Output::ReportApplied { to, durable: up_to });
+                out.push(Output::ReportApplied {
+                    to,
+                    durable: compactable,
+                });
             }
         }
     }
@@ -981,6 +1041,13 @@ impl<S: Store> Executor<S> {
                 self.digests.push_back((epoch, digest));
                 self.book.flush(&mut self.store, epoch);
                 self.store.commit_epoch(epoch);
+                if self.checkpoint_every > 0 && epoch.0.is_multiple_of(self.checkpoint_every) {
+                    match self.bugs.checkpoint_mislabeled {
+                        true => self.store.checkpoint(epoch.next()),
+                        false => self.store.checkpoint(epoch),
+                    }
+                    out.push(Output::Checkpoint(epoch));
+                }
                 self.next_epoch = epoch.next();
                 self.cursor = 0;
                 self.drop_stale_reads();
@@ -1491,6 +1558,7 @@ impl<S: Store> Machine for Executor<S> {
                 }
             }
             Input::Durable { up_to } => self.on_durable(up_to, out),
+            Input::Checkpointed { epoch } => self.on_checkpointed(epoch, out),
             Input::Hello {
                 from,
                 node,
@@ -1898,6 +1966,64 @@ mod tests {
         let out = at(e, Time(2 * STALL_US + 1), Input::Plan(p1));
         assert!(out.contains(&Output::EpochApplied(Epoch(3))), "{out:?}");
         assert_eq!(e.next_epoch(), Epoch(4));
+    }
+
+    /// With checkpoints, the epoch reported for compaction is the last one both durable
+    /// and checkpointed; the planted bug reports the durable epoch alone.
+    #[test]
+    fn compaction_is_reported_no_further_than_the_last_checkpoint() {
+        let reported = |out: &[Output]| -> Vec<u64> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::ReportApplied { durable, .. } => Some(durable.0),
+                    _ => None,
+                })
+                .collect()
+        };
+        for bug in [false, true] {
+            let mut f = fixture();
+            let empty = |epoch| {
+                let batch = Batch {
+                    version: LOG_FORMAT_VERSION,
+                    epoch: Epoch(epoch),
+                    txns: Vec::new(),
+                };
+                schedule(&batch, &f.map).unwrap().swap_remove(0)
+            };
+            let plans: Vec<Plan> = (1..=10).map(empty).collect();
+            let e = &mut f.executors[0];
+            e.set_plan_sources(vec![NodeId(1)]);
+            e.set_checkpoint_every(4);
+            e.set_bugs(ExecutorBugs {
+                report_uncheckpointed: bug,
+                ..ExecutorBugs::default()
+            });
+            at(e, Time(0), Input::Start);
+            let mut taken = Vec::new();
+            for plan in plans {
+                for o in at(e, Time(1), Input::Plan(plan)) {
+                    if let Output::Checkpoint(epoch) = o {
+                        taken.push(epoch.0);
+                    }
+                }
+            }
+            assert_eq!(taken, [4, 8], "a checkpoint after every fourth epoch");
+            let durable = at(e, Time(2), Input::Durable { up_to: Epoch(10) });
+            if bug {
+                assert_eq!(reported(&durable), [10]);
+                continue;
+            }
+            assert!(
+                reported(&durable).is_empty(),
+                "no checkpoint is durable yet"
+            );
+            let out = at(e, Time(3), Input::Checkpointed { epoch: Epoch(4) });
+            assert_eq!(reported(&out), [4]);
+            // A checkpoint beyond what this store applied is not its own.
+            assert!(at(e, Time(4), Input::Checkpointed { epoch: Epoch(12) }).is_empty());
+            let out = at(e, Time(4), Input::Checkpointed { epoch: Epoch(8) });
+            assert_eq!(reported(&out), [8]);
+        }
     }
 
     #[test]

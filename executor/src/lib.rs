@@ -53,6 +53,8 @@ pub use registry::Registry;
 pub use service::{CallFootprint, FieldType, Service, ServiceError, Table};
 pub use snapshot::{RETENTION_BYTES_DEFAULT, RETENTION_US_DEFAULT, Retention, VersionStats};
 pub use store::{MemStore, Store, range_rows};
-pub use system::{READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, is_system_key};
+pub use system::{
+    READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, differs_between_replicas, is_system_key,
+};
 pub use txn::{Effects, ReadView, Txn, VALUE_BYTES_MAX_DEFAULT, WriteSet};
 pub use unwind::{PANIC_MESSAGE_BYTES_MAX, in_procedure};

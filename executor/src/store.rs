@@ -50,6 +50,12 @@ pub trait Store {
     fn commit_epoch(&mut self, epoch: Epoch);
     /// The last epoch passed to `commit_epoch` (0 before any).
     fn applied_epoch(&self) -> Epoch;
+    /// Captures the state after `epoch`, just committed, for a checkpoint the driver
+    /// writes off the executor's path (cheaply: a store snapshot, not a copy). A store
+    /// that keeps no checkpoints ignores it.
+    fn checkpoint(&mut self, epoch: Epoch) {
+        let _ = epoch;
+    }
 }
 
 /// An in-memory ordered store.

@@ -44,6 +44,13 @@ fn results_key(epoch: Epoch) -> Key {
     Key::table(SYSTEM_TABLE).str("results").u64(epoch.0)
 }
 
+/// Whether `key` is a record that differs between the replicas of a partition (the reads
+/// outbox, see the module documentation): a checkpoint leaves it out, so that every
+/// replica's checkpoint of an epoch is the same.
+pub fn differs_between_replicas(key: &Key) -> bool {
+    key.starts_with(&Key::table(SYSTEM_TABLE).str("outbox"))
+}
+
 fn outbox_key(to: PartitionId, epoch: Epoch) -> Key {
     Key::table(SYSTEM_TABLE)
         .str("outbox")

@@ -18,11 +18,30 @@
 //! applied before a crash is archived again, perhaps longer); readers take each epoch
 //! from the first segment that holds it. A torn or altered segment fails its hash.
 //!
+//! Checkpoints sit beside the log, one directory per epoch, one file per partition:
+//!
+//! ```text
+//!    checkpoints/
+//!      00000000000000008192/
+//!        partition-0.ckpt      partition 0's rows after epoch 8192
+//!        partition-1.ckpt
+//! ```
+//!
+//! A checkpoint file is [`CHECKPOINT_MAGIC`], a BLAKE3 hash of the rest, then the
+//! LZ4-compressed MessagePack of the partition number, the epoch and every row of the
+//! partition's store (user rows and the executor's bookkeeping, except the reads outbox,
+//! which differs between replicas): the replicas of a partition write the same bytes, so
+//! the archives of several nodes may share a directory. It is written like a segment.
+//! Replay starts from the last epoch at which every partition has a checkpoint.
+//!
 //! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
-//! epoch (the node keeps the last `archive_retain_epochs` epochs if that is set).
+//! epoch (the node keeps the last `archive_retain_epochs` epochs if that is set), moved
+//! back to the last checkpoint at or before it, and the checkpoints before that one, so
+//! that what remains replays on its own.
 
 use anyhow::{Context, Result, bail, ensure};
-use detflow_protocol::{Batch, Epoch, LogEntry, codec};
+use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value, codec};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +49,22 @@ use std::sync::Arc;
 
 /// The first bytes of every segment file: the format and its version.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"DFLOGSG1";
+
+/// The first bytes of every checkpoint file: the format and its version.
+pub const CHECKPOINT_MAGIC: &[u8; 8] = b"DFCKPT01";
+
+/// One archived checkpoint file, as its name and size describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFile {
+    /// The epoch after which it holds the partition's state.
+    pub epoch: Epoch,
+    /// The partition.
+    pub partition: PartitionId,
+    /// Its size on disk.
+    pub bytes: u64,
+    /// The file.
+    pub path: PathBuf,
+}
 
 /// One archived segment, as its name and size describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,26 +115,17 @@ impl Archive {
                 entry.epoch()
             );
         }
-        let dir = self.log_dir();
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let body = lz4_flex::compress_prepend_size(&codec::encode(entries));
-        let path = dir.join(segment_name(first, last));
-        let tmp = dir.join(format!(".{}.tmp", segment_name(first, last)));
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(SEGMENT_MAGIC)
-            .and_then(|()| file.write_all(blake3::hash(&body).as_bytes()))
-            .and_then(|()| file.write_all(&body))
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
+        let (path, bytes) = write_durably(
+            &self.log_dir(),
+            &segment_name(first, last),
+            SEGMENT_MAGIC,
+            &body,
+        )?;
         Ok(Segment {
             first,
             last,
-            bytes: (SEGMENT_MAGIC.len() + 32 + body.len()) as u64,
+            bytes,
             path,
         })
     }
@@ -134,19 +160,8 @@ impl Archive {
     /// The entries of `segment`, checked against its hash and its name.
     pub fn read_segment(&self, segment: &Segment) -> Result<Vec<LogEntry>> {
         let path = &segment.path;
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw = read_checked(path, SEGMENT_MAGIC, "segment")?;
         let corrupt = |why: &str| anyhow::anyhow!("segment {} is corrupt: {why}", path.display());
-        if bytes.len() < SEGMENT_MAGIC.len() + 32 || &bytes[..8] != SEGMENT_MAGIC {
-            return Err(corrupt("not a detflow log segment (bad magic)"));
-        }
-        let (hash, body) = bytes[8..].split_at(32);
-        if blake3::hash(body).as_bytes() != hash {
-            return Err(corrupt(
-                "its content does not match its hash (torn or altered)",
-            ));
-        }
-        let raw = lz4_flex::decompress_size_prepended(body)
-            .map_err(|e| corrupt(&format!("does not decompress: {e}")))?;
         let entries: Vec<LogEntry> =
             codec::decode(&raw).map_err(|e| corrupt(&format!("does not decode: {e}")))?;
         let epochs = entries.first().map(LogEntry::epoch)..=entries.last().map(LogEntry::epoch);
@@ -193,16 +208,175 @@ impl Archive {
         Ok(batches)
     }
 
-    /// Deletes every segment that ends at or before `epoch`; how many.
+    /// Deletes what replay after `epoch` no longer needs: with checkpoints, the segments
+    /// that end at or before the last checkpoint at or before `epoch` and the checkpoints
+    /// before it (nothing if none is that old); without, the segments that end at or
+    /// before `epoch`. How many files it deleted.
     pub fn retain_after(&self, epoch: Epoch) -> Result<usize> {
+        let checkpoints = self.checkpoints()?;
+        let cut = match checkpoints.is_empty() {
+            true => epoch,
+            false => match checkpoints.iter().rev().find(|c| c.epoch <= epoch) {
+                Some(kept) => kept.epoch,
+                None => return Ok(0),
+            },
+        };
         let mut deleted = 0;
-        for segment in self.segments()?.into_iter().filter(|s| s.last <= epoch) {
+        for segment in self.segments()?.into_iter().filter(|s| s.last <= cut) {
             fs::remove_file(&segment.path)
                 .with_context(|| format!("deleting {}", segment.path.display()))?;
             deleted += 1;
         }
+        for old in checkpoints.iter().filter(|c| c.epoch < cut) {
+            fs::remove_file(&old.path)
+                .with_context(|| format!("deleting {}", old.path.display()))?;
+            deleted += 1;
+            if let Some(dir) = old.path.parent() {
+                // Empty once its last partition's file is gone; otherwise it stays.
+                let _ = fs::remove_dir(dir);
+            }
+        }
         Ok(deleted)
     }
+
+    fn checkpoints_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// Writes partition `partition`'s `rows` after `epoch` as a checkpoint, durably.
+    pub fn write_checkpoint(
+        &self,
+        partition: PartitionId,
+        epoch: Epoch,
+        rows: &[(Key, Value)],
+    ) -> Result<CheckpointFile> {
+        let dir = self.checkpoints_dir().join(format!("{:020}", epoch.0));
+        let body = lz4_flex::compress_prepend_size(&codec::encode(&(partition.0, epoch, rows)));
+        let name = format!("partition-{}.ckpt", partition.0);
+        let (path, bytes) = write_durably(&dir, &name, CHECKPOINT_MAGIC, &body)?;
+        Ok(CheckpointFile {
+            epoch,
+            partition,
+            bytes,
+            path,
+        })
+    }
+
+    /// Every checkpoint file, by epoch, then partition.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointFile>> {
+        let mut files = Vec::new();
+        for (epoch_dir, name) in listing(&self.checkpoints_dir())? {
+            let Some(epoch) = name.parse().ok().map(Epoch) else {
+                continue;
+            };
+            for (path, name) in listing(&epoch_dir)? {
+                let partition = name
+                    .strip_prefix("partition-")
+                    .and_then(|n| n.strip_suffix(".ckpt"))
+                    .and_then(|n| n.parse().ok());
+                if let Some(partition) = partition {
+                    let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    files.push(CheckpointFile {
+                        epoch,
+                        partition: PartitionId(partition),
+                        bytes,
+                        path,
+                    });
+                }
+            }
+        }
+        files.sort_by_key(|c| (c.epoch, c.partition));
+        Ok(files)
+    }
+
+    /// The rows of a checkpoint, checked against its hash and its name.
+    pub fn read_checkpoint(&self, file: &CheckpointFile) -> Result<Vec<(Key, Value)>> {
+        let raw = read_checked(&file.path, CHECKPOINT_MAGIC, "checkpoint")?;
+        let corrupt =
+            |why: String| anyhow::anyhow!("checkpoint {} is corrupt: {why}", file.path.display());
+        let (partition, epoch, rows): (u32, Epoch, Vec<(Key, Value)>) =
+            codec::decode(&raw).map_err(|e| corrupt(format!("does not decode: {e}")))?;
+        if (PartitionId(partition), epoch) != (file.partition, file.epoch) {
+            return Err(corrupt(format!(
+                "it holds partition {partition} after epoch {epoch}, not what its name says"
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// The last epoch at or before `at` with a checkpoint of every one of `partitions`,
+    /// and those checkpoints by partition.
+    pub fn complete_checkpoint(
+        &self,
+        partitions: u32,
+        at: Epoch,
+    ) -> Result<Option<(Epoch, Vec<CheckpointFile>)>> {
+        let mut by_epoch: BTreeMap<Epoch, Vec<CheckpointFile>> = BTreeMap::new();
+        for file in self.checkpoints()? {
+            if file.epoch <= at && file.partition.0 < partitions {
+                by_epoch.entry(file.epoch).or_default().push(file);
+            }
+        }
+        Ok(by_epoch
+            .into_iter()
+            .rev()
+            .find(|(_, files)| files.len() == partitions as usize))
+    }
+}
+
+/// The entries of `dir` with their names; none if it does not exist.
+fn listing(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let items = match fs::read_dir(dir) {
+        Ok(items) => items,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for item in items {
+        let item = item.with_context(|| format!("listing {}", dir.display()))?;
+        if let Some(name) = item.file_name().to_str() {
+            found.push((item.path(), name.to_owned()));
+        }
+    }
+    Ok(found)
+}
+
+/// Writes `magic`, the BLAKE3 hash of `body`, then `body` as `dir/name`: to a temporary
+/// name, synced, renamed, and the directory synced. The path and the size written.
+fn write_durably(dir: &Path, name: &str, magic: &[u8; 8], body: &[u8]) -> Result<(PathBuf, u64)> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    // Named for this process: nodes that share an archive may write the same file at once.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(magic)
+        .and_then(|()| file.write_all(blake3::hash(body).as_bytes()))
+        .and_then(|()| file.write_all(body))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok((path, (magic.len() + 32 + body.len()) as u64))
+}
+
+/// The decompressed content of a file `write_durably` wrote, checked against its magic
+/// and hash; `what` names the kind of file in errors.
+fn read_checked(path: &Path, magic: &[u8; 8], what: &str) -> Result<Vec<u8>> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let corrupt = |why: &str| anyhow::anyhow!("{what} {} is corrupt: {why}", path.display());
+    if bytes.len() < magic.len() + 32 || &bytes[..8] != magic {
+        return Err(corrupt(&format!("not a detflow {what} (bad magic)")));
+    }
+    let (hash, body) = bytes[8..].split_at(32);
+    if blake3::hash(body).as_bytes() != hash {
+        return Err(corrupt(
+            "its content does not match its hash (torn or altered)",
+        ));
+    }
+    lz4_flex::decompress_size_prepended(body)
+        .map_err(|e| corrupt(&format!("does not decompress: {e}")))
 }
 
 /// The epoch ranges `segments` (in [`Archive::segments`] order) cover, merged.
@@ -283,6 +457,52 @@ mod tests {
             describe(&archive.segments().unwrap()),
             "epochs 15..=20, 31..=40"
         );
+    }
+
+    fn rows(n: u64) -> Vec<(Key, Value)> {
+        (0..n)
+            .map(|i| (Key::table("t").u64(i), i.to_le_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_retention_keeps_what_replays_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        assert_eq!(archive.complete_checkpoint(2, Epoch(100)).unwrap(), None);
+        archive.write_segment(&entries(1, 10)).unwrap();
+        archive.write_segment(&entries(11, 20)).unwrap();
+        archive.write_segment(&entries(21, 30)).unwrap();
+        for p in 0..2 {
+            archive
+                .write_checkpoint(PartitionId(p), Epoch(8), &rows(3))
+                .unwrap();
+        }
+        // Epoch 16 has partition 0's only: not a place replay can start from.
+        let file = archive
+            .write_checkpoint(PartitionId(0), Epoch(16), &rows(5))
+            .unwrap();
+        assert_eq!(archive.read_checkpoint(&file).unwrap(), rows(5));
+        let (epoch, files) = archive.complete_checkpoint(2, Epoch(30)).unwrap().unwrap();
+        assert_eq!((epoch, files.len()), (Epoch(8), 2));
+        assert_eq!(archive.complete_checkpoint(2, Epoch(7)).unwrap(), None);
+
+        // Keeping epochs after 25 keeps the checkpoint at 16 and every segment after it.
+        assert_eq!(archive.retain_after(Epoch(25)).unwrap(), 3);
+        assert_eq!(describe(&archive.segments().unwrap()), "epochs 11..=30");
+        let left: Vec<u64> = archive
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| c.epoch.0)
+            .collect();
+        assert_eq!(left, [16]);
+
+        // A checkpoint named for another partition than it holds is refused.
+        let mut moved = file.clone();
+        moved.partition = PartitionId(1);
+        let error = archive.read_checkpoint(&moved).unwrap_err().to_string();
+        assert!(error.contains("not what its name says"), "{error}");
     }
 
     #[test]

@@ -131,8 +131,11 @@ impl NodeBuilder {
             Cmd::Demo(args) => commands::demo::run(args).await,
             Cmd::Bench(args) => commands::bench::run(args).await,
             Cmd::Call(args) => commands::call::run(&args).await,
-            Cmd::Sql(args) => commands::sql::run(&args).await,
+            Cmd::Sql(args) => commands::sql::run(&args, &self).await,
             Cmd::Status { connect } => commands::status::run(&connect).await,
+            Cmd::Audit(args) if !args.connect.is_empty() => {
+                commands::audit::run_live(&args, &self).await
+            }
             Cmd::Audit(args) => commands::audit::run(&args, &self),
             Cmd::Replay(args) => commands::history::replay(&args, &self),
             Cmd::Explain(args) => commands::history::explain(&args, &self),

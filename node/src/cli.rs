@@ -46,21 +46,32 @@ pub(crate) enum Cmd {
     /// columns (`SHOW TABLES`, `SHOW COLUMNS FROM t`). The query reads the state after one
     /// epoch on every partition (the latest applied everywhere, or `--at`), without
     /// entering the log or slowing transactions. The epoch read, the row count and the
-    /// time go to standard error. Example:
+    /// time go to standard error. With `--data DIR` it queries instead the state `detflow
+    /// replay` wrote there, with the tables of the node `--config` names. Examples:
     ///
     ///   detflow sql "SELECT w_id, sum(amount_cents) FROM order_line GROUP BY w_id"
     ///     --connect 127.0.0.1:7001 --certs certs
+    ///   detflow sql "SELECT count(*) FROM acct" --data /tmp/at-128
+    ///     --config cluster/node-1.toml
     Sql(SqlArgs),
     /// Check a stopped node's partitions against a re-execution of its log.
     ///
-    /// Re-executes the node's log from the workload's initial rows up to each of its
-    /// partitions' last applied epoch, and compares the state digest of the rows on disk,
-    /// and the one the executor kept while it ran, with the re-execution's. A difference
-    /// (a disk that changed a value, a build that differs, a procedure that is not
-    /// deterministic) names the partition and the epoch, and the command exits with 1.
-    /// The node must be stopped and run a sequencer replica (it holds the log). Example:
+    /// Re-executes the node's log (from the last checkpoint before `--from`, or from the
+    /// workload's initial rows) up to each of its partitions' last applied epoch, or
+    /// `--to`, and compares, epoch by epoch, every state digest the executors recorded
+    /// (kept in the store and in the archive's checkpoints), and the rows on disk, with
+    /// the re-execution's. A difference (a disk that changed a value, a build that
+    /// differs, a procedure that is not deterministic) names the partition, the epoch and
+    /// the keys, and the command exits with 1. The node must be stopped and run a
+    /// sequencer replica (it holds the log). Examples:
+    ///
+    /// With `--connect`, it audits a running cluster instead: each node's latest state
+    /// digest of each of its partitions against the log's re-execution (the archive of
+    /// the node `--config` names, then the nodes' live logs).
     ///
     ///   detflow audit --config cluster/node-1.toml
+    ///   detflow audit --config cluster/node-1.toml --from 40000 --to 50000
+    ///   detflow audit --config cluster/node-1.toml --connect 127.0.0.1:7001 --certs certs
     Audit(AuditArgs),
     /// Rebuild the state of every partition after any epoch of a stopped node's log.
     ///
@@ -197,6 +208,21 @@ pub(crate) struct AuditArgs {
     /// Override the archive directory, where the epochs the log compacted away are.
     #[arg(long)]
     pub(crate) archive: Option<PathBuf>,
+    /// Audit from this epoch on (default: from the first): the re-execution starts at the
+    /// last checkpoint before it.
+    #[arg(long)]
+    pub(crate) from: Option<u64>,
+    /// Audit up to this epoch (default: the last one a partition applied).
+    #[arg(long)]
+    pub(crate) to: Option<u64>,
+    /// Audit a running cluster instead (gateway addresses, comma-separated): the state
+    /// digest each node reports for each of its partitions against a re-execution of the
+    /// log, read from the archive, then from the nodes' live logs.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["from", "to", "data_dir"])]
+    pub(crate) connect: Vec<SocketAddr>,
+    /// With `--connect`: the folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
 }
 
 /// `detflow call`.
@@ -223,8 +249,19 @@ pub(crate) struct SqlArgs {
     /// How to print the rows: table, json (an array of objects) or csv.
     #[arg(long, default_value = "table")]
     pub(crate) format: detflow_query::Format,
-    #[command(flatten)]
-    pub(crate) connect: ConnectArgs,
+    /// Gateway addresses of the cluster to query, comma-separated.
+    #[arg(long, value_delimiter = ',', required_unless_present = "data")]
+    pub(crate) connect: Vec<SocketAddr>,
+    /// The folder holding ca.pem, client.pem and client.key.
+    #[arg(long, default_value = "certs")]
+    pub(crate) certs: PathBuf,
+    /// Query the partition stores `detflow replay --out DIR` wrote (DIR/partition-P)
+    /// instead of a cluster.
+    #[arg(long, conflicts_with = "connect", requires = "config")]
+    pub(crate) data: Option<PathBuf>,
+    /// With `--data`: a node configuration of the cluster, for its workload's tables.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// Where an existing cluster is, and the client's certificate.

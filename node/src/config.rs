@@ -8,6 +8,9 @@
 //! epoch_us = 5000                 # longest an epoch stays open (earlier ones in flight)
 //! epoch_min_us = 200              # how long it stays open while the log is idle
 //! compact_every_epochs = 1024     # the log drops applied epochs in steps of at least this
+//! checkpoint_every_epochs = 8192  # each partition checkpoints its state to the archive
+//!                                 # after every multiple of this; 0 = never (then the log
+//!                                 # is compacted without waiting for checkpoints)
 //! # archive_dir = "archive"       # where dropped epochs go; default DATA_DIR/archive
 //! # archive_retain_epochs = 1000000   # keep the last N epochs there; default all
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
@@ -181,6 +184,11 @@ pub struct Config {
     /// replica of every partition has durably applied.
     #[serde(default = "default_compact_every_epochs")]
     pub compact_every_epochs: u64,
+    /// Each partition writes a checkpoint of its state to the archive after every epoch
+    /// that is a multiple of this (0: never); the log is compacted no further than the
+    /// last checkpoint every replica wrote.
+    #[serde(default = "default_checkpoint_every_epochs")]
+    pub checkpoint_every_epochs: u64,
     /// Where compacted log segments go (default: `archive` in the data directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_dir: Option<PathBuf>,
@@ -219,6 +227,10 @@ pub(crate) fn default_epoch_min_us() -> u64 {
 
 pub(crate) fn default_compact_every_epochs() -> u64 {
     detflow_sequencer::ReplicaConfig::new(NodeId(1), vec![NodeId(1)]).compact_every_epochs
+}
+
+pub(crate) fn default_checkpoint_every_epochs() -> u64 {
+    8_192
 }
 
 /// A configuration that cannot be used.
@@ -439,6 +451,7 @@ mod tests {
             epoch_us: 5_000,
             epoch_min_us: 200,
             compact_every_epochs: 1_024,
+            checkpoint_every_epochs: 8_192,
             archive_dir: None,
             archive_retain_epochs: None,
             metrics_listen: None,

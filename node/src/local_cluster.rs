@@ -191,6 +191,7 @@ impl Builder {
                 epoch_us: EPOCH_US,
                 epoch_min_us: crate::config::default_epoch_min_us(),
                 compact_every_epochs: crate::config::default_compact_every_epochs(),
+                checkpoint_every_epochs: crate::config::default_checkpoint_every_epochs(),
                 archive_dir: None,
                 archive_retain_epochs: None,
                 metrics_listen: metrics,

@@ -86,6 +86,11 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.partition_next_epoch.clone(),
     );
     registry.register(
+        "checkpoint_epoch",
+        "The epoch of a partition's last durable checkpoint in the archive.",
+        stats.checkpoint_epoch.clone(),
+    );
+    registry.register(
         "partition_lag_epochs",
         "Epochs this node's replica of a partition trails the local sequencer replica's commit.",
         stats.partition_lag.clone(),

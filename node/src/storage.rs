@@ -43,10 +43,12 @@
 //! state keeps user rows in keyspace `user`, the executor's bookkeeping (`_sys` keys) in
 //! `system`, and its applied epoch and load marker in `meta`.
 
-use detflow_executor::Store;
+use detflow_executor::{Store, differs_between_replicas};
 use detflow_protocol::{Epoch, Key, LogEntry, LogSnapshot, NodeId, Term, Value, codec};
 use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
@@ -405,6 +407,44 @@ pub struct FjallStore {
     loaded: bool,
     /// Whether anything was written to fjall since the last sync.
     unsynced: bool,
+    /// The state captured by the last [`Store::checkpoint`], not yet taken.
+    checkpoint: Option<CheckpointJob>,
+}
+
+/// The state of a [`FjallStore`] after one epoch, captured as a fjall snapshot so that it
+/// can be read on another thread while the executor goes on (see
+/// [`FjallStore::take_checkpoint`]).
+pub struct CheckpointJob {
+    epoch: Epoch,
+    snapshot: Snapshot,
+    spaces: [Keyspace; 2],
+    path: PathBuf,
+}
+
+impl CheckpointJob {
+    /// The epoch after which it holds the state.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Every row of the captured state, user rows and bookkeeping, except the records
+    /// that differ between replicas: what a checkpoint holds. Reads the disk (blocking).
+    pub fn rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
+        let mut rows = Vec::new();
+        for space in &self.spaces {
+            for guard in self.snapshot.iter(space) {
+                let (key, value) = guard
+                    .into_inner()
+                    .map_err(fjall_error(&self.path, "reading a checkpoint"))?;
+                let key = Key::from_bytes(key.to_vec())
+                    .map_err(|e| corrupt(&self.path, "key".into(), e.to_string()))?;
+                if !differs_between_replicas(&key) {
+                    rows.push((key, value.to_vec()));
+                }
+            }
+        }
+        Ok(rows)
+    }
 }
 
 /// A sync of a [`FjallStore`] that may run on another thread (see
@@ -473,6 +513,7 @@ impl FjallStore {
             durable: applied,
             loaded,
             unsynced: false,
+            checkpoint: None,
         })
     }
 
@@ -496,6 +537,17 @@ impl FjallStore {
         if self.loaded || self.applied > Epoch(0) {
             return Ok(false);
         }
+        self.write_rows(rows, Epoch(0))?;
+        Ok(true)
+    }
+
+    /// Writes `rows` in chunks, the last with the load marker and, if `epoch` is past 0,
+    /// the applied epoch (atomically with the marker), then syncs.
+    fn write_rows(
+        &mut self,
+        rows: impl IntoIterator<Item = (Key, Value)>,
+        epoch: Epoch,
+    ) -> Result<(), StorageError> {
         // One batch shares one sequence number, so it must name each key once: a chunk
         // keeps the last row of each key; a later chunk overrides an earlier one.
         let mut chunk = BTreeMap::new();
@@ -512,14 +564,17 @@ impl FjallStore {
         }
         let mut batch = self.load_batch(chunk);
         batch.insert(&self.meta, LOADED_KEY, b"1".as_slice());
+        if epoch > Epoch(0) {
+            batch.insert(&self.meta, APPLIED_EPOCH_KEY, epoch.0.to_be_bytes());
+        }
         batch
             .commit()
             .map_err(fjall_error(&self.path, "loading rows"))?;
         self.loaded = true;
+        self.applied = epoch;
         self.unsynced = true;
         self.sync()?;
-        self.settle_after_load()?;
-        Ok(true)
+        self.settle_after_load()
     }
 
     /// Makes every committed epoch durable (fsync); returns the durable epoch, the last one
@@ -546,6 +601,34 @@ impl FjallStore {
             path: self.path.clone(),
             epoch: self.applied,
         })
+    }
+
+    /// The state the last [`Store::checkpoint`] captured, to be written as a checkpoint.
+    pub fn take_checkpoint(&mut self) -> Option<CheckpointJob> {
+        self.checkpoint.take()
+    }
+
+    /// Replaces an empty store's state with a checkpoint's `rows`, the state after
+    /// `epoch`, and syncs: a replica whose store was lost resumes from the checkpoint
+    /// instead of from the initial rows (whose epochs the log may have dropped).
+    pub fn restore(&mut self, epoch: Epoch, rows: Vec<(Key, Value)>) -> Result<(), StorageError> {
+        assert!(
+            self.applied == Epoch(0) && !self.loaded,
+            "a checkpoint is restored into an empty store"
+        );
+        // A restore a crash interrupted left rows of its own: start from nothing.
+        for space in [&self.user, &self.system] {
+            let mut batch = self.db.batch();
+            for guard in space.tree.iter() {
+                let key = guard
+                    .key()
+                    .map_err(fjall_error(&self.path, "clearing the store"))?;
+                batch.remove(&space.tree, key);
+            }
+            fjall_op(&self.path, "clearing the store", || batch.commit())?;
+        }
+        self.mirror.clear();
+        self.write_rows(rows, epoch)
     }
 
     /// Records a finished [`SyncJob`]: `epoch` and every one before it are durable.
@@ -809,6 +892,19 @@ impl Store for FjallStore {
 
     fn applied_epoch(&self) -> Epoch {
         self.applied
+    }
+
+    fn checkpoint(&mut self, epoch: Epoch) {
+        assert_eq!(
+            epoch, self.applied,
+            "a checkpoint of the epoch just committed"
+        );
+        self.checkpoint = Some(CheckpointJob {
+            epoch,
+            snapshot: self.db.snapshot(),
+            spaces: [self.user.tree.clone(), self.system.tree.clone()],
+            path: self.path.clone(),
+        });
     }
 }
 

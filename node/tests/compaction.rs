@@ -1,12 +1,15 @@
-//! Log compaction in a running cluster: a 3-node bank cluster under load compacts its log
-//! several times (every replica's log start keeps moving up); a replica whose log directory
-//! is wiped rejoins through a snapshot from the leader (Raft's InstallSnapshot), and the
-//! cluster goes on answering with every deposit counted once and every partition's
-//! replicas agreeing on their state digest. Then, on a stopped node whose log starts long
-//! after epoch 1: `detflow archive ls` lists the compacted segments, `detflow audit`
-//! re-executes archive plus live log and finds every partition matching, `detflow replay`
-//! rebuilds the state after an epoch only the archive holds, and `detflow explain` prints
-//! a transaction of it.
+//! Log compaction in a running cluster: a 3-node bank cluster under load checkpoints its
+//! partitions and compacts its log several times (every replica's log start keeps moving
+//! up); a node whose log and one partition's store are wiped rejoins, its replica through
+//! a snapshot from the leader (Raft's InstallSnapshot), its partition from the last
+//! checkpoint, and the cluster goes on answering with every deposit counted once and every
+//! partition's replicas agreeing on their state digest. Then, on a stopped node whose log
+//! starts long after epoch 1: `detflow archive ls` lists the compacted segments and the
+//! checkpoints, `detflow audit` re-executes archive plus live log (all of it, then a range
+//! from a checkpoint) and finds every partition matching, `detflow replay` rebuilds the
+//! state after an epoch only the archive holds, from a checkpoint, and `detflow explain`
+//! prints a transaction of it. The nodes share one archive directory, as they would an
+//! object store.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 
 /// Small compactions, so that a short run compacts several times.
 const COMPACT_EVERY_EPOCHS: u64 = 64;
+/// Frequent checkpoints, which the compactions wait for.
+const CHECKPOINT_EVERY_EPOCHS: u64 = 50;
 /// Concurrent depositing sessions.
 const SESSIONS: u64 = 4;
 
@@ -36,7 +41,15 @@ fn the_log_compacts_under_load_and_a_wiped_replica_rejoins_through_a_snapshot() 
     runtime().block_on(async {
         let mut cluster = common::cluster::builder(3, 3, "bank")
             .replication(2)
-            .configure(|c| c.compact_every_epochs = COMPACT_EVERY_EPOCHS)
+            .configure(|c| {
+                c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
+                c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
+                let cluster_dir = c
+                    .data_dir
+                    .parent()
+                    .expect("a node's directory is in the cluster's");
+                c.archive_dir = Some(cluster_dir.join("archive"));
+            })
             .start()
             .expect("start the cluster");
         with_budget(Duration::from_secs(120), compaction(&mut cluster)).await;
@@ -134,13 +147,22 @@ async fn compaction(cluster: &mut Cluster) {
         answered.load(Ordering::Relaxed)
     );
 
-    // A follower loses its log: it comes back empty, behind the leader's log start, and
-    // can rejoin only through a snapshot.
+    // A follower loses its log and one partition's store: it comes back empty, behind the
+    // leader's log start, and can rejoin only through a snapshot and a checkpoint.
     let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
     let victim = *all.iter().find(|id| **id != leader).expect("a follower");
     cluster.kill(victim).expect("SIGKILL the node");
-    let log_dir = cluster.at(victim).data_dir().join("log");
-    std::fs::remove_dir_all(&log_dir).expect("wipe the replica's log");
+    let data_dir = cluster.at(victim).data_dir().to_path_buf();
+    std::fs::remove_dir_all(data_dir.join("log")).expect("wipe the replica's log");
+    let partition_dir = std::fs::read_dir(&data_dir)
+        .expect("list the data directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("partition-"))
+        })
+        .expect("the node holds a partition");
+    std::fs::remove_dir_all(&partition_dir).expect("wipe a partition's store");
     let leader_start = log_starts(cluster, &status)
         .await
         .into_iter()
@@ -148,9 +170,10 @@ async fn compaction(cluster: &mut Cluster) {
         .map_or(0, |(_, start, _)| start);
     cluster.start_node(victim).expect("start the node");
     println!(
-        "[{:>5.1}s] node {victim} restarted with its log wiped; the leader's log starts \
-         after epoch {leader_start}",
-        began.elapsed().as_secs_f64()
+        "[{:>5.1}s] node {victim} restarted with its log and {} wiped; the leader's log \
+         starts after epoch {leader_start}",
+        began.elapsed().as_secs_f64(),
+        partition_dir.display()
     );
     let restarted = Instant::now();
     loop {
@@ -176,6 +199,11 @@ async fn compaction(cluster: &mut Cluster) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let said = std::fs::read_to_string(cluster.at(victim).log_path()).expect("the node's log");
+    assert!(
+        said.contains("restored from the checkpoint after epoch"),
+        "node {victim} did not restore its wiped partition from a checkpoint"
+    );
     // It serves as a full replica: with the leader gone, it and the third elect a leader
     // and the load goes on.
     let before = answered.load(Ordering::Relaxed);
@@ -224,6 +252,35 @@ async fn compaction(cluster: &mut Cluster) {
         deposited.load(Ordering::Relaxed)
     );
 
+    // The running cluster against its own log: archive, then live logs.
+    let connect = cluster
+        .gateways()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let live = detflow(&[
+        "audit",
+        "--config",
+        cluster
+            .at(all[0])
+            .config_path()
+            .to_str()
+            .expect("a UTF-8 path"),
+        "--connect",
+        &connect,
+        "--certs",
+        cluster.certs().client_dir.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(live.status.success(), "{}", text(&live));
+    let said = String::from_utf8_lossy(&live.stdout);
+    println!("{said}");
+    assert!(
+        said.matches("matches the log's re-execution").count() >= 6,
+        "every node's two partitions: {}",
+        text(&live)
+    );
+
     // Time travel on a stopped node that never lost its log (its archive is whole).
     let node = *all
         .iter()
@@ -259,14 +316,26 @@ fn history_commands(config: &Path, data_dir: &Path) {
     println!("{listing}");
     assert!(listing.contains(": epochs 1..="), "{}", text(&ls));
     assert!(
-        listing.contains("every segment reads back"),
+        listing.contains("every segment and checkpoint reads back"),
         "{}",
         text(&ls)
     );
 
+    assert!(listing.contains("checkpoints at"), "{}", text(&ls));
+
     let audit = detflow(&["audit", "--config", config]);
     assert!(audit.status.success(), "{}", text(&audit));
     println!("{}", String::from_utf8_lossy(&audit.stdout));
+    // A range, re-executed from a checkpoint before it.
+    let (from, to) = (
+        (3 * CHECKPOINT_EVERY_EPOCHS + 7).to_string(),
+        (4 * CHECKPOINT_EVERY_EPOCHS + 3).to_string(),
+    );
+    let audit = detflow(&["audit", "--config", config, "--from", &from, "--to", &to]);
+    assert!(audit.status.success(), "{}", text(&audit));
+    let said = text(&audit);
+    assert!(said.contains("from the checkpoints after epoch"), "{said}");
+    assert!(said.contains("recorded state digests"), "{said}");
 
     // An epoch the live log compacted away, so only the archive has it.
     let at = (2 * COMPACT_EVERY_EPOCHS).to_string();
@@ -281,6 +350,11 @@ fn history_commands(config: &Path, data_dir: &Path) {
         out.to_str().expect("a UTF-8 path"),
     ]);
     assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("from the checkpoints after epoch"),
+        "{}",
+        text(&replay)
+    );
     let replayed = String::from_utf8_lossy(&replay.stdout);
     println!("{replayed}");
     assert_eq!(
@@ -290,6 +364,31 @@ fn history_commands(config: &Path, data_dir: &Path) {
         text(&replay)
     );
     assert!(out.join("partition-0").is_dir());
+
+    // SQL over the replayed state: every account is there.
+    let sql = detflow(&[
+        "sql",
+        "SELECT count(*) AS n FROM acct",
+        "--format",
+        "csv",
+        "--data",
+        out.to_str().expect("a UTF-8 path"),
+        "--config",
+        config,
+    ]);
+    assert!(sql.status.success(), "{}", text(&sql));
+    let accounts = BankConfig::default().accounts;
+    assert_eq!(
+        String::from_utf8_lossy(&sql.stdout).trim(),
+        format!("n\n{accounts}"),
+        "{}",
+        text(&sql)
+    );
+    assert!(
+        text(&sql).contains(&format!("at epoch {at}")),
+        "{}",
+        text(&sql)
+    );
 
     // The first transaction of an early epoch that holds one.
     let explained = (1..=2 * COMPACT_EVERY_EPOCHS)

@@ -207,6 +207,31 @@ pub enum ClientRequest {
     SnapshotRead(crate::snapshot::SnapshotRead),
     /// List the tables the node's services declare.
     Tables,
+    /// Read the committed log from an epoch on.
+    LogRead {
+        /// The first epoch wanted.
+        from: Epoch,
+    },
+}
+
+/// A node's answer to [`Message::LogRead`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogReply {
+    /// Committed batches from the epoch asked, in order, as many as fit one answer (none
+    /// if the epoch is not committed yet).
+    Batches {
+        /// The replica's commit epoch.
+        commit: Epoch,
+        /// The batches.
+        batches: Vec<Arc<crate::txn::Batch>>,
+    },
+    /// The epoch asked was compacted away: the archive has it.
+    Compacted {
+        /// The last epoch the replica's log compacted away.
+        log_start: Epoch,
+    },
+    /// The node runs no sequencer replica.
+    NoLog,
 }
 
 /// Every message that travels between components. Variant names are wire tags.
@@ -389,6 +414,13 @@ pub enum Message {
     Tables,
     /// Node → client: every table its services declare.
     TablesReply(Vec<crate::schema::Table>),
+    /// Client → node: read the committed log from `from` on (for audits).
+    LogRead {
+        /// The first epoch wanted.
+        from: Epoch,
+    },
+    /// Node → client: the answer to a `LogRead`.
+    LogReply(LogReply),
     /// Gateway → replica.
     Submit(Arc<Transaction>),
     /// Executor → replica: send the plans of this partition from epoch `from` on.
@@ -434,6 +466,8 @@ macro_rules! client_message {
             | $crate::message::Message::StatusReply(_)
             | $crate::message::Message::Tables
             | $crate::message::Message::TablesReply(_)
+            | $crate::message::Message::LogRead { .. }
+            | $crate::message::Message::LogReply(_)
     };
 }
 
@@ -498,6 +532,14 @@ mod tests {
             ),
             (Message::Status, ClientRequest::Status),
             (Message::Tables, ClientRequest::Tables),
+            (
+                Message::LogRead {
+                    from: crate::ids::Epoch(9),
+                },
+                ClientRequest::LogRead {
+                    from: crate::ids::Epoch(9),
+                },
+            ),
         ];
         for (sent, expected) in pairs {
             let bytes = rmp_serde::to_vec(&sent).expect("encode");

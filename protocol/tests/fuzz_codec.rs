@@ -27,7 +27,7 @@ use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
-    Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
+    Call, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{ClientWindow, LogEntry, PeerMessage};
@@ -723,6 +723,18 @@ fn message() -> impl Strategy<Value = Message> + Clone {
         }),
         Just(Message::Tables),
         prop::collection::vec(table(), 0..3).prop_map(Message::TablesReply),
+        epoch().prop_map(|from| Message::LogRead { from }),
+        prop_oneof![
+            (epoch(), prop::collection::vec(batch(), 0..3)).prop_map(|(commit, batches)| {
+                LogReply::Batches {
+                    commit,
+                    batches: batches.into_iter().map(Arc::new).collect(),
+                }
+            }),
+            epoch().prop_map(|log_start| LogReply::Compacted { log_start }),
+            Just(LogReply::NoLog),
+        ]
+        .prop_map(Message::LogReply),
     ]
 }
 
@@ -753,7 +765,7 @@ fn table() -> impl Strategy<Value = Table> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 31] = [
+const MESSAGE_VARIANTS: [&str; 33] = [
     "Ack",
     "Call",
     "Deliver",
@@ -784,6 +796,8 @@ const MESSAGE_VARIANTS: [&str; 31] = [
     "Subscribe",
     "Tables",
     "TablesReply",
+    "LogRead",
+    "LogReply",
     "Applied",
 ];
 
@@ -820,6 +834,8 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::Applied { .. } => "Applied",
         Message::Tables => "Tables",
         Message::TablesReply(_) => "TablesReply",
+        Message::LogRead { .. } => "LogRead",
+        Message::LogReply(_) => "LogReply",
     }
 }
 

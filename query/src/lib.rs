@@ -39,8 +39,8 @@ use datafusion::common::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use detflow_client::{At, Client, ReadError};
-use detflow_protocol::Epoch;
 use detflow_protocol::schema::Table;
+use detflow_protocol::{Epoch, Key, Value};
 use std::sync::Arc;
 
 /// Why a query did not answer.
@@ -99,7 +99,7 @@ impl Answer {
 
 /// SQL over a cluster's tables (see the crate docs).
 pub struct Sql {
-    client: Arc<Client>,
+    source: provider::RowSource,
     tables: Vec<Table>,
     chunk_rows: u32,
 }
@@ -114,7 +114,22 @@ impl Sql {
     /// SQL over `tables`, as the caller declares them.
     pub fn with_tables(client: Arc<Client>, tables: Vec<Table>) -> Sql {
         Sql {
-            client,
+            source: provider::RowSource::Cluster(client),
+            tables,
+            chunk_rows: detflow_protocol::snapshot::SCAN_ROWS_MAX,
+        }
+    }
+
+    /// SQL over `tables` in rows held in memory: `partitions[p]` is partition `p`'s rows
+    /// after `epoch` (a state `detflow replay` rebuilt, say), partitioned as the cluster
+    /// partitioned them. It answers for [`At::Latest`] or `At::Epoch(epoch)` only.
+    pub fn over_rows(
+        tables: Vec<Table>,
+        epoch: Epoch,
+        partitions: Vec<std::collections::BTreeMap<Key, Value>>,
+    ) -> Sql {
+        Sql {
+            source: provider::RowSource::Memory(epoch, Arc::new(partitions)),
             tables,
             chunk_rows: detflow_protocol::snapshot::SCAN_ROWS_MAX,
         }
@@ -166,7 +181,17 @@ impl Sql {
         sql: &str,
         at: At,
     ) -> Result<(Epoch, SchemaRef, SendableRecordBatchStream), QueryError> {
-        let (epoch, partitions) = self.client.snapshot(at).resolve().await?;
+        let (epoch, partitions) = match &self.source {
+            provider::RowSource::Cluster(client) => client.snapshot(at).resolve().await?,
+            provider::RowSource::Memory(held, rows) => match at {
+                At::Epoch(e) if e != *held => {
+                    return Err(QueryError::Plan(format!(
+                        "these rows are the state after epoch {held}, not after epoch {e}"
+                    )));
+                }
+                _ => (*held, rows.len() as u32),
+            },
+        };
         let ctx = self.context(epoch, partitions)?;
         let frame = ctx.sql(sql).await?;
         let stream = frame.execute_stream().await?;
@@ -180,7 +205,7 @@ impl Sql {
         let ctx = SessionContext::new_with_config(config);
         for table in &self.tables {
             let provider = provider::SnapshotTable::new(
-                self.client.clone(),
+                self.source.clone(),
                 table.clone(),
                 epoch,
                 partitions,
@@ -189,5 +214,45 @@ impl Sql {
             ctx.register_table(table.name(), Arc::new(provider))?;
         }
         Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::codec;
+    use detflow_protocol::schema::FieldType;
+    use std::collections::BTreeMap;
+
+    /// Rows held in memory answer like a cluster's: scans in chunks across partitions,
+    /// key ranges, and only the epoch they hold.
+    #[tokio::test]
+    async fn rows_in_memory_answer_queries_at_their_epoch() {
+        let table = Table::new("acct")
+            .key("id", FieldType::U64)
+            .column("cents", FieldType::I64);
+        let mut partitions = vec![BTreeMap::new(), BTreeMap::new()];
+        for id in 0..100u64 {
+            let key = Key::table("acct").u64(id);
+            partitions[(id % 2) as usize].insert(key, codec::encode(&(id as i64 * 10)));
+        }
+        // Another table's rows beside them are not this table's.
+        partitions[0].insert(Key::table("acct2").u64(1), codec::encode(&1i64));
+        let sql = Sql::over_rows(vec![table], Epoch(7), partitions).chunk_rows(7);
+        let answer = sql
+            .query(
+                "SELECT count(*) AS n, sum(cents) AS total FROM acct WHERE id >= 10",
+                At::Latest,
+            )
+            .await
+            .expect("the query runs");
+        assert_eq!(answer.epoch, Epoch(7));
+        let text = answer.to_text(Format::Csv).expect("renders");
+        assert_eq!(text.trim(), "n,total\n90,49050");
+        let error = sql
+            .query("SELECT count(*) FROM acct", At::Epoch(Epoch(6)))
+            .await
+            .expect_err("another epoch");
+        assert!(error.to_string().contains("after epoch 7"), "{error}");
     }
 }

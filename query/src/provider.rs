@@ -15,21 +15,72 @@ use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProvide
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use detflow_client::{At, Client, ScanRange};
+use detflow_client::{At, Client, ReadError, ScanRange};
 use detflow_protocol::plan::Owner;
 use detflow_protocol::schema::Table;
-use detflow_protocol::{Elem, Epoch, Key, PartitionId, PartitionScheme, TableRule};
+use detflow_protocol::{Elem, Epoch, Key, PartitionId, PartitionScheme, TableRule, Value};
 use detflow_scheduler::PartitionMap;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound as KeyBound;
 use std::sync::Arc;
 
 /// Decoded chunks a partition's scan keeps ready ahead of the query: the next chunk is
 /// read while the query works on this one, and no more.
 const CHUNKS_AHEAD: usize = 2;
 
+/// Where a query's rows come from.
+#[derive(Clone)]
+pub(crate) enum RowSource {
+    /// A cluster's snapshot reads.
+    Cluster(Arc<Client>),
+    /// Rows held in memory, by partition: the state after an epoch (a replayed one).
+    Memory(Epoch, Arc<Vec<BTreeMap<Key, Value>>>),
+}
+
+impl RowSource {
+    /// At most `limit` rows of `range` on `partition` after `epoch`, after `after` (which
+    /// it moves to the last row returned); whether more may follow.
+    async fn scan_chunk(
+        &self,
+        epoch: Epoch,
+        partition: PartitionId,
+        range: &ScanRange,
+        after: &mut Option<Key>,
+        limit: u32,
+    ) -> Result<(Vec<(Key, Value)>, bool), ReadError> {
+        let rows = match self {
+            RowSource::Cluster(client) => {
+                let snapshot = client.snapshot(At::Epoch(epoch));
+                return snapshot.scan_chunk(partition, range, after, limit).await;
+            }
+            RowSource::Memory(_, partitions) => &partitions[partition.0 as usize],
+        };
+        let from = match (after.as_ref(), range.from.as_ref()) {
+            (Some(after), _) => KeyBound::Excluded(after),
+            (None, Some(from)) if *from > range.prefix => KeyBound::Included(from),
+            (None, _) => KeyBound::Included(&range.prefix),
+        };
+        let chunk: Vec<(Key, Value)> = rows
+            .range::<Key, _>((from, KeyBound::Unbounded))
+            .take_while(|(k, _)| {
+                k.starts_with(&range.prefix) && range.to.as_ref().is_none_or(|to| *k < to)
+            })
+            .take(limit as usize + 1)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let more = chunk.len() > limit as usize;
+        let chunk: Vec<(Key, Value)> = chunk.into_iter().take(limit as usize).collect();
+        if let Some((last, _)) = chunk.last() {
+            *after = Some(last.clone());
+        }
+        Ok((chunk, more))
+    }
+}
+
 /// One table at one epoch.
 pub(crate) struct SnapshotTable {
-    client: Arc<Client>,
+    source: RowSource,
     table: Table,
     columns: Columns,
     epoch: Epoch,
@@ -50,7 +101,7 @@ impl SnapshotTable {
     /// `table` as of `epoch` on a cluster of `partitions` partitions, read in chunks of
     /// `chunk_rows`.
     pub(crate) fn new(
-        client: Arc<Client>,
+        source: RowSource,
         table: Table,
         epoch: Epoch,
         partitions: u32,
@@ -58,7 +109,7 @@ impl SnapshotTable {
     ) -> SnapshotTable {
         SnapshotTable {
             columns: Columns::of(&table),
-            client,
+            source,
             table,
             epoch,
             partitions,
@@ -129,7 +180,7 @@ impl TableProvider for SnapshotTable {
             .into_iter()
             .map(|partition| {
                 Arc::new(PartitionScan {
-                    client: self.client.clone(),
+                    source: self.source.clone(),
                     decoder: decoder.clone(),
                     epoch: self.epoch,
                     partition,
@@ -147,7 +198,7 @@ impl TableProvider for SnapshotTable {
 
 /// One partition's rows of a range at an epoch, as a stream of batches.
 struct PartitionScan {
-    client: Arc<Client>,
+    source: RowSource,
     decoder: Decoder,
     epoch: Epoch,
     partition: PartitionId,
@@ -172,7 +223,7 @@ impl PartitionStream for PartitionScan {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-        let client = self.client.clone();
+        let source = self.source.clone();
         let decoder = self.decoder.clone();
         let (epoch, partition, range) = (self.epoch, self.partition, self.range.clone());
         let chunk_rows = self.chunk_rows;
@@ -180,11 +231,10 @@ impl PartitionStream for PartitionScan {
         // The reader runs ahead of the query by a bounded channel; a query that stops
         // early drops the receiver, and the reader's next send ends it.
         tokio::spawn(async move {
-            let snapshot = client.snapshot(At::Epoch(epoch));
             let mut after: Option<Key> = None;
             loop {
-                let chunk = snapshot
-                    .scan_chunk(partition, &range, &mut after, chunk_rows)
+                let chunk = source
+                    .scan_chunk(epoch, partition, &range, &mut after, chunk_rows)
                     .await;
                 let (rows, more) = match chunk {
                     Ok(chunk) => chunk,

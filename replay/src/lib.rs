@@ -78,17 +78,29 @@ impl<'r> Replayer<'r> {
         map: PartitionMap,
         initial: BTreeMap<Key, Value>,
     ) -> Replayer<'r> {
+        Replayer::at_checkpoint(registry, map, Epoch(0), initial)
+    }
+
+    /// A replayer at `epoch`, from `state`, the whole state after it: every partition's
+    /// checkpoint of that epoch, user rows and outbox records (a checkpoint's other
+    /// bookkeeping the serial executor does not keep).
+    pub fn at_checkpoint(
+        registry: &'r Registry,
+        map: PartitionMap,
+        epoch: Epoch,
+        state: BTreeMap<Key, Value>,
+    ) -> Replayer<'r> {
         let mut digests = vec![StateDigest::default(); map.partitions() as usize];
-        for (key, value) in &initial {
+        for (key, value) in state.iter().filter(|(key, _)| !key.is_system()) {
             for_owners(&map, key, |p| {
                 digests[p].replace(key, None, Some(value));
             });
         }
         Replayer {
-            serial: SerialExecutor::new(registry, initial),
+            serial: SerialExecutor::new(registry, state),
             map,
             digests,
-            epoch: Epoch(0),
+            epoch,
         }
     }
 

@@ -139,6 +139,10 @@ enum Bug {
     SnapshotWithoutDedup,
     /// The log is compacted past the slowest executor replica's durable epoch.
     CompactPastSlowest,
+    /// Executors report durable epochs for compaction without waiting for a checkpoint.
+    ReportUncheckpointed,
+    /// Executors label the checkpoint of an epoch with the next epoch.
+    CheckpointMislabeled,
 }
 
 impl Bug {
@@ -147,6 +151,8 @@ impl Bug {
             Bug::Reorder => "reorder",
             Bug::SnapshotWithoutDedup => "snapshot-without-dedup",
             Bug::CompactPastSlowest => "compact-past-slowest",
+            Bug::ReportUncheckpointed => "report-uncheckpointed",
+            Bug::CheckpointMislabeled => "checkpoint-mislabeled",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -306,6 +312,8 @@ fn run(args: RunArgs) -> Result<bool> {
         reclaim_inside_window: matches!(args.bug, Some(Bug::ReclaimInsideWindow)),
         snapshot_wait_forever: matches!(args.bug, Some(Bug::SnapshotWaitForever)),
         digest_ignores_deletes: matches!(args.bug, Some(Bug::DigestIgnoresDeletes)),
+        report_uncheckpointed: matches!(args.bug, Some(Bug::ReportUncheckpointed)),
+        checkpoint_mislabeled: matches!(args.bug, Some(Bug::CheckpointMislabeled)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),

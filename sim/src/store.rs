@@ -6,7 +6,7 @@
 //! epoch e", so losing the unsynced tail only means replaying more.
 
 use crate::disk::{CrashDamage, Disk};
-use detflow_executor::{MemStore, Store};
+use detflow_executor::{MemStore, Store, differs_between_replicas};
 use detflow_protocol::{DetRng, Epoch, Key, Value, codec};
 
 /// In-memory state plus the disk records that rebuild it.
@@ -18,6 +18,8 @@ pub(crate) struct SimStore {
     /// Epochs whose records are on the disk but not yet synced, ascending.
     unsynced_epochs: Vec<Epoch>,
     durable: Epoch,
+    /// The state the last [`Store::checkpoint`] captured, not yet taken (memory only).
+    checkpoint: Option<(Epoch, Vec<(Key, Value)>)>,
 }
 
 impl SimStore {
@@ -77,6 +79,11 @@ impl SimStore {
         self.disk.unsynced() > 0
     }
 
+    /// The state the last [`Store::checkpoint`] captured, to be written as a checkpoint.
+    pub(crate) fn take_checkpoint(&mut self) -> Option<(Epoch, Vec<(Key, Value)>)> {
+        self.checkpoint.take()
+    }
+
     /// The user data and bookkeeping, for checkers.
     pub(crate) fn mem(&self) -> &MemStore {
         &self.mem
@@ -119,5 +126,14 @@ impl Store for SimStore {
 
     fn applied_epoch(&self) -> Epoch {
         self.mem.applied_epoch()
+    }
+
+    fn checkpoint(&mut self, epoch: Epoch) {
+        let rows = self.mem.iter().map(|(k, v)| (k.clone(), v.clone()));
+        let system = self.mem.system().iter();
+        let system = system
+            .filter(|(k, _)| !differs_between_replicas(k))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        self.checkpoint = Some((epoch, rows.chain(system).collect()));
     }
 }

@@ -270,7 +270,8 @@ fn campaigning_before_the_term_and_vote_are_durable_is_caught() {
 fn compacting_past_the_slowest_executor_is_caught() {
     // A replica that restarts behind the compaction point finds the epochs it needs gone
     // from every log: it never catches up (liveness), and its state differs from its
-    // partition's other replicas.
+    // partition's other replicas; before that, the log drops epochs after the slower
+    // partitions' last checkpoints.
     let bugs = PlanServerBugs {
         compact_past_slowest: true,
     };
@@ -282,8 +283,12 @@ fn compacting_past_the_slowest_executor_is_caught() {
     };
     let (seed, failures) = first_failure(config).expect("compact-past-slowest caught");
     println!("compact-past-slowest caught at seed {seed}: {failures:?}");
+    // With checkpoints, the compaction check sees it first: the log drops epochs after a
+    // slower partition's last checkpoint.
     assert!(
-        failures.iter().any(|f| f.contains("stopped before epoch")),
+        failures
+            .iter()
+            .any(|f| f.contains("stopped before epoch") || f.contains("last durable checkpoint")),
         "{failures:?}"
     );
     passes_without_the_bug(
@@ -292,6 +297,59 @@ fn compacting_past_the_slowest_executor_is_caught() {
             ..config(seed)
         },
         0..seed + 1,
+    );
+}
+
+#[test]
+fn compacting_past_the_last_checkpoint_is_caught() {
+    // Executors that report their durable epoch without waiting for its checkpoint let
+    // the log drop epochs that a replica rebuilding from its last checkpoint needs.
+    let bugs = ExecutorBugs {
+        report_uncheckpointed: true,
+        ..ExecutorBugs::default()
+    };
+    let config = move |seed| SimConfig {
+        executor_bugs: bugs,
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    };
+    let (seed, failures) = first_failure(config).expect("report-uncheckpointed caught");
+    println!("report-uncheckpointed caught at seed {seed}: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("last durable checkpoint")),
+        "{failures:?}"
+    );
+    passes_without_the_bug(
+        move |seed| SimConfig {
+            executor_bugs: ExecutorBugs::default(),
+            ..config(seed)
+        },
+        0..seed + 1,
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_epoch_is_caught() {
+    // The audit replays the log and compares each checkpoint with the state after its
+    // epoch; replaying from the last checkpoints must end where replaying it all does.
+    let bugs = ExecutorBugs {
+        checkpoint_mislabeled: true,
+        ..ExecutorBugs::default()
+    };
+    let config = move |seed| SimConfig {
+        executor_bugs: bugs,
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    };
+    let (seed, failures) = first_failure(config).expect("checkpoint-mislabeled caught");
+    println!("checkpoint-mislabeled caught at seed {seed}: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("checkpoint of partition")),
+        "{failures:?}"
     );
 }
 

@@ -291,6 +291,7 @@ impl Pipeline {
                 Output::Deliver { .. } => bail!("a delivery of letters, but no gateway is set"),
                 Output::StreamPart { .. } => bail!("a stream read nobody made"),
                 Output::SnapshotPart { .. } => bail!("a snapshot read nobody made"),
+                Output::Checkpoint(_) => bail!("a checkpoint, but none is configured"),
                 // One replica per partition, on node 0 (the default placement).
                 Output::SendAck { to, durable } => To::Executor(
                     to.partition,

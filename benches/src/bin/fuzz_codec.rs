@@ -44,7 +44,7 @@ use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
-    Call, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
+    Call, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::ClientWindow;
@@ -1164,7 +1164,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 31;
+const MESSAGE_VARIANTS: usize = 33;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1383,6 +1383,17 @@ fn message(rng: &mut DetRng) -> Message {
         }),
         27 => Message::Tables,
         28 => Message::TablesReply((0..rng.below(4)).map(|_| table(rng)).collect()),
+        30 => Message::LogRead { from: epoch(rng) },
+        31 => Message::LogReply(match rng.below(3) {
+            0 => LogReply::Batches {
+                commit: epoch(rng),
+                batches: (0..rng.below(3)).map(|_| Arc::new(batch(rng))).collect(),
+            },
+            1 => LogReply::Compacted {
+                log_start: epoch(rng),
+            },
+            _ => LogReply::NoLog,
+        }),
         29 => Message::Applied {
             partition: partition(rng),
             node: node(rng),
@@ -1471,5 +1482,7 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::Applied { .. } => "Applied",
         Message::Tables => "Tables",
         Message::TablesReply(_) => "TablesReply",
+        Message::LogRead { .. } => "LogRead",
+        Message::LogReply(_) => "LogReply",
     }
 }

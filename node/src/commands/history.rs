@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::storage::{FjallStore, LogStore};
 use anyhow::{Context, Result, bail};
 use detflow_executor::{Registry, Store};
+use detflow_protocol::mailbox::outbox_partition;
 use detflow_protocol::{Batch, Epoch, Key, Outcome, Owner, PartitionId, Position, Value};
 use detflow_replay::Replayer;
 use detflow_scheduler::{PartitionMap, route};
@@ -50,6 +51,11 @@ impl History {
         })
     }
 
+    /// The archive the history reads.
+    pub(crate) fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
     /// The cluster's initial rows, every partition's (as every node generates them).
     pub(crate) fn initial_rows(&self) -> BTreeMap<Key, Value> {
         let options = self.config.workload_options();
@@ -65,9 +71,54 @@ impl History {
         initial
     }
 
-    /// The batches of epochs `1..=to`: from the archive up to the live log's start, then
-    /// from the live log (if the node keeps one here). `to` `None`: to the end of the log.
-    pub(crate) fn batches(&self, to: Option<Epoch>) -> Result<Vec<Arc<Batch>>> {
+    /// Where a re-execution that must reach epoch `at` starts: the last epoch at or
+    /// before `at` at which the archive holds a checkpoint of every partition, and the
+    /// whole state then; without one, epoch 0 and the initial rows.
+    pub(crate) fn start(&self, at: Epoch) -> Result<(Epoch, BTreeMap<Key, Value>)> {
+        let Some((epoch, files)) = self
+            .archive
+            .complete_checkpoint(self.config.partitions(), at)?
+        else {
+            return Ok((Epoch(0), self.initial_rows()));
+        };
+        let mut state = BTreeMap::new();
+        for file in &files {
+            let rows = self.archive.read_checkpoint(file)?;
+            // The serial executor keeps user rows and outboxes, not the executors' own
+            // bookkeeping.
+            state.extend(
+                rows.into_iter()
+                    .filter(|(key, _)| !key.is_system() || outbox_partition(key).is_some()),
+            );
+        }
+        Ok((epoch, state))
+    }
+
+    /// A replayer at the start [`History::start`] picks for `at`, said on stderr.
+    pub(crate) fn replayer(&self, at: Epoch) -> Result<Replayer<'_>> {
+        let (epoch, state) = self.start(at)?;
+        match epoch {
+            Epoch(0) => eprintln!(
+                "re-executing from the initial rows of workload {}",
+                self.config.workload
+            ),
+            _ => eprintln!(
+                "re-executing from the checkpoints after epoch {epoch} in {}",
+                self.archive.dir().display()
+            ),
+        }
+        Ok(Replayer::at_checkpoint(
+            &self.registry,
+            self.map.clone(),
+            epoch,
+            state,
+        ))
+    }
+
+    /// The batches of epochs `from..=to`: from the archive up to the live log's start,
+    /// then from the live log (if the node keeps one here). `to` `None`: to the end of
+    /// the log.
+    pub(crate) fn batches(&self, from: Epoch, to: Option<Epoch>) -> Result<Vec<Arc<Batch>>> {
         let log_dir = self.config.data_dir.join("log");
         let live = match log_dir.exists() {
             true => {
@@ -83,7 +134,7 @@ impl History {
         };
         let archived_to = match &live {
             Some(durable) => durable.log_start(),
-            None => archive_end(&self.archive)?,
+            None => archive_end(&self.archive, from)?,
         };
         let end = match (&live, to) {
             (_, Some(to)) => to,
@@ -91,10 +142,10 @@ impl History {
             (None, None) => archived_to,
         };
         let mut batches = Vec::new();
-        if end > Epoch(0) && archived_to > Epoch(0) {
+        if end >= from && archived_to >= from {
             batches = self
                 .archive
-                .batches(Epoch(1), end.min(archived_to))
+                .batches(from, end.min(archived_to))
                 .context("reading the archive")?;
         }
         if let Some(durable) = &live {
@@ -102,13 +153,16 @@ impl History {
                 if entry.epoch() > end {
                     break;
                 }
-                batches.push(entry.batch.clone());
+                if entry.epoch() >= from {
+                    batches.push(entry.batch.clone());
+                }
             }
         }
-        if (batches.len() as u64) < end.0 {
+        let reached = Epoch(from.0 - 1 + batches.len() as u64);
+        if reached < end {
             bail!(
-                "the log ends at epoch {} (archive at {}: {}; live log: {}), not at epoch {end}",
-                batches.len(),
+                "the log from epoch {from} ends at epoch {reached} (archive at {}: {}; live log: \
+                 {}), not at epoch {end}",
                 self.archive.dir().display(),
                 archive::describe(&self.archive.segments()?),
                 match &live {
@@ -121,13 +175,14 @@ impl History {
     }
 }
 
-/// The last epoch the archive holds from epoch 1 without a gap.
-fn archive_end(archive: &Archive) -> Result<Epoch> {
+/// The last epoch the archive holds from epoch `from` on without a gap (`from - 1` if it
+/// does not hold `from`).
+pub(crate) fn archive_end(archive: &Archive, from: Epoch) -> Result<Epoch> {
     let ranges = archive::ranges(&archive.segments()?);
-    Ok(match ranges.first() {
-        Some(&(Epoch(1), last)) => last,
-        _ => Epoch(0),
-    })
+    Ok(ranges
+        .iter()
+        .find(|(first, last)| *first <= from && from <= *last)
+        .map_or(Epoch(from.0 - 1), |(_, last)| *last))
 }
 
 /// `detflow archive ls`.
@@ -164,11 +219,31 @@ pub(crate) fn archive_ls(args: &ArchiveLsArgs) -> Result<bool> {
         );
     }
     println!("{} segments, {total} bytes", segments.len());
+    let checkpoints = archive.checkpoints()?;
+    let mut by_epoch: BTreeMap<Epoch, (Vec<u32>, u64)> = BTreeMap::new();
+    for c in &checkpoints {
+        let (partitions, bytes) = by_epoch.entry(c.epoch).or_default();
+        partitions.push(c.partition.0);
+        *bytes += c.bytes;
+    }
+    println!("{:>12} {:>12}  partitions", "checkpoint", "bytes");
+    for (epoch, (partitions, bytes)) in &by_epoch {
+        println!("{:>12} {bytes:>12}  {partitions:?}", epoch.0);
+    }
+    println!(
+        "{} checkpoints at {} epochs, {} bytes",
+        checkpoints.len(),
+        by_epoch.len(),
+        checkpoints.iter().map(|c| c.bytes).sum::<u64>()
+    );
     if args.verify {
         for s in &segments {
             archive.read_segment(s)?;
         }
-        println!("every segment reads back and matches its hash");
+        for c in &checkpoints {
+            archive.read_checkpoint(c)?;
+        }
+        println!("every segment and checkpoint reads back and matches its hash");
     }
     Ok(true)
 }
@@ -178,16 +253,9 @@ pub(crate) fn archive_ls(args: &ArchiveLsArgs) -> Result<bool> {
 pub(crate) fn replay(args: &ReplayArgs, builder: &NodeBuilder) -> Result<bool> {
     let history = History::open(&args.history, builder)?;
     let at = Epoch(args.at);
-    let batches = history.batches(Some(at))?;
-    eprintln!(
-        "replaying epochs 1..={at} from the initial rows of workload {}",
-        history.config.workload
-    );
-    let mut replayer = Replayer::new(
-        &history.registry,
-        history.map.clone(),
-        history.initial_rows(),
-    );
+    let mut replayer = history.replayer(at)?;
+    let batches = history.batches(replayer.epoch().next(), Some(at))?;
+    eprintln!("replaying epochs {}..={at}", replayer.epoch().next());
     for batch in &batches {
         replayer
             .apply(batch)
@@ -237,12 +305,8 @@ fn owned_by(map: &PartitionMap, key: &Key, p: PartitionId) -> bool {
 pub(crate) fn explain(args: &ExplainArgs, builder: &NodeBuilder) -> Result<bool> {
     let history = History::open(&args.history, builder)?;
     let (epoch, index) = parse_position(&args.position)?;
-    let batches = history.batches(Some(epoch))?;
-    let mut replayer = Replayer::new(
-        &history.registry,
-        history.map.clone(),
-        history.initial_rows(),
-    );
+    let mut replayer = history.replayer(Epoch(epoch.0 - 1))?;
+    let batches = history.batches(replayer.epoch().next(), Some(epoch))?;
     let (last, before) = batches.split_last().context("the log is empty")?;
     for batch in before {
         replayer

@@ -10,7 +10,7 @@ use crate::session::SessionKey;
 use crate::transport::{Connection, FrameReader, FrameWriter};
 use detflow_executor::Registry;
 use detflow_protocol::NodeId;
-use detflow_protocol::message::{Call, ClientRequest, Message, Rejection, Reply};
+use detflow_protocol::message::{Call, ClientRequest, LogReply, Message, Rejection, Reply};
 use detflow_protocol::snapshot::{SnapshotError, SnapshotRead, SnapshotReply};
 use detflow_protocol::stream::{Offset, StreamReply};
 use std::sync::Arc;
@@ -147,6 +147,7 @@ impl ClientService {
                 return Message::StatusReply(status(&self.stats, self.me, self.clock));
             }
             ClientRequest::Tables => return Message::TablesReply(self.registry.tables()),
+            ClientRequest::LogRead { from } => return Message::LogReply(self.read_log(from).await),
             ClientRequest::ReadStream { stream, from, max } => {
                 return Message::Events(self.read_stream(stream, from, max).await);
             }
@@ -186,6 +187,21 @@ impl ClientService {
             .deliver(gateway, Event::Client { call, reply: tx });
         // A dropped sender means the call was shed on the way (a full inbox).
         rx.await.unwrap_or(Reply::Unavailable)
+    }
+
+    /// Asks the replica on this node for its committed log from `from` on.
+    async fn read_log(&self, from: detflow_protocol::Epoch) -> LogReply {
+        let Some(replica) = &self.router.replica else {
+            return LogReply::NoLog;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router
+            .deliver(replica, Event::ClientLog { from, reply: tx });
+        // A dropped sender: the read was shed on the way (a full inbox), or the node stops.
+        rx.await.unwrap_or(LogReply::Batches {
+            commit: detflow_protocol::Epoch(0),
+            batches: Vec::new(),
+        })
     }
 
     /// Hands a stream read to the gateway and waits for its answer (by the read's

@@ -4,8 +4,9 @@
 use super::router::Router;
 use super::stats::PartitionLabel;
 use super::{Clock, Event, NodeStats, drain, sleep_until};
+use crate::archive::Archive;
 use crate::failstop::fatal;
-use crate::storage::{FjallStore, StorageError};
+use crate::storage::{CheckpointJob, FjallStore, StorageError};
 use detflow_executor::{Executor, Input, Output, Store};
 use detflow_protocol::message::Message;
 use detflow_protocol::{Epoch, ExecutorId, Machine, Time};
@@ -17,6 +18,8 @@ use tokio::sync::mpsc;
 fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
     match effect {
         Output::EpochApplied(_) => return true,
+        // The task takes the captured state from the store (see `start_checkpoint`).
+        Output::Checkpoint(_) => {}
         Output::Result {
             gateway,
             result,
@@ -104,13 +107,51 @@ const STATE_SYNC_US: u64 = 20_000;
 /// with what it waits for, and again every this long.
 const STALLED_US: u64 = 5_000_000;
 
+/// Where an executor writes its checkpoints, and the last one it holds at start.
+pub(super) struct Checkpoints {
+    /// The archive they go to.
+    pub(super) archive: Archive,
+    /// The last checkpoint of this partition the archive held at start (0: none).
+    pub(super) last: Epoch,
+}
+
+/// A background task's result: its value, an error to stop the node with, or its death.
+type Joined<T> = Result<anyhow::Result<T>, tokio::task::JoinError>;
+
 /// What woke the executor task.
 enum Wake {
     Event(Event),
     /// The store's background sync finished (or its blocking task died).
     Synced(Result<Result<Epoch, StorageError>, tokio::task::JoinError>),
+    /// A checkpoint was written (or its blocking task died).
+    Checkpointed(Joined<Epoch>),
     /// A deadline passed: the machine's, or a sync's.
     Timer,
+}
+
+/// Writes the state `job` captured to the archive as partition `partition`'s checkpoint,
+/// on a blocking thread; its epoch once durable.
+fn start_checkpoint(
+    job: CheckpointJob,
+    partition: detflow_protocol::PartitionId,
+    archive: &Archive,
+) -> tokio::task::JoinHandle<anyhow::Result<Epoch>> {
+    let archive = archive.clone();
+    tokio::task::spawn_blocking(move || {
+        #[allow(clippy::disallowed_methods)] // how long a checkpoint takes is for the log
+        let began = std::time::Instant::now();
+        let rows = job.rows()?;
+        let file = archive.write_checkpoint(partition, job.epoch(), &rows)?;
+        tracing::info!(
+            %partition,
+            epoch = job.epoch().0,
+            rows = rows.len(),
+            bytes = file.bytes,
+            ms = began.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(job.epoch())
+    })
 }
 
 pub(super) async fn executor_task(
@@ -119,11 +160,18 @@ pub(super) async fn executor_task(
     router: Arc<Router>,
     stats: Arc<NodeStats>,
     clock: Clock,
+    checkpoints: Option<Checkpoints>,
 ) {
     let me = executor.id();
     let partition = me.partition;
     let mut out = Vec::new();
     executor.handle(clock.now(), Input::Start, &mut out);
+    if let Some(last) = checkpoints.as_ref().map(|c| c.last) {
+        executor.handle(clock.now(), Input::Checkpointed { epoch: last }, &mut out);
+    }
+    // One checkpoint is written at a time; one captured meanwhile is dropped (the next
+    // one lets the log be compacted as far).
+    let mut checkpointing: Option<tokio::task::JoinHandle<anyhow::Result<Epoch>>> = None;
     let mut published_drops = 0;
     // When the first epoch applied since the last sync began was applied.
     let mut unsynced_since: Option<Time> = None;
@@ -145,9 +193,16 @@ pub(super) async fn executor_task(
                 None => std::future::pending().await,
             }
         };
+        let checkpoint_done = async {
+            match checkpointing.as_mut() {
+                Some(job) => job.await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
             ev = inbox.recv() => match ev { Some(ev) => Wake::Event(ev), None => return },
             done = sync_done => Wake::Synced(done),
+            done = checkpoint_done => Wake::Checkpointed(done),
             _ = sleep_until(deadline) => Wake::Timer,
         };
         let first = match first {
@@ -161,6 +216,27 @@ pub(super) async fn executor_task(
                 };
                 executor.store_mut().synced(durable);
                 executor.handle(clock.now(), Input::Durable { up_to: durable }, &mut out);
+                for effect in out.drain(..) {
+                    route_output(&router, me, effect);
+                }
+                None
+            }
+            Wake::Checkpointed(done) => {
+                checkpointing = None;
+                let epoch = match done {
+                    Ok(Ok(epoch)) => epoch,
+                    Ok(Err(e)) => fatal(format!(
+                        "cannot write a checkpoint of partition {partition}: {e:#}"
+                    )),
+                    Err(e) => fatal(format!(
+                        "the checkpoint of partition {partition} failed: {e}"
+                    )),
+                };
+                executor.handle(clock.now(), Input::Checkpointed { epoch }, &mut out);
+                let label = PartitionLabel {
+                    partition: partition.0,
+                };
+                stats.checkpoint_epoch.get_or_create(&label).set(epoch.0);
                 for effect in out.drain(..) {
                     route_output(&router, me, effect);
                 }
@@ -255,6 +331,12 @@ pub(super) async fn executor_task(
         }
         if applied && unsynced_since.is_none() {
             unsynced_since = Some(clock.now());
+        }
+        if let Some(job) = executor.store_mut().take_checkpoint()
+            && let Some(checkpoints) = &checkpoints
+            && checkpointing.is_none()
+        {
+            checkpointing = Some(start_checkpoint(job, partition, &checkpoints.archive));
         }
         let sync_now = syncing.is_none()
             && unsynced_since.is_some_and(|since| clock.now().since_us(since) >= STATE_SYNC_US);

@@ -41,10 +41,10 @@ use crate::storage::{FjallStore, LogStore};
 use crate::transport::{Endpoint, Limits, Tls};
 use anyhow::{Context, Result};
 use clients::ClientService;
-use detflow_executor::{Executor, Registry};
+use detflow_executor::{Executor, Registry, Store};
 use detflow_gateway::Gateway;
 use detflow_protocol::message::{Call, Message, Reply};
-use detflow_protocol::{DetRng, NodeId, PartitionId, Time};
+use detflow_protocol::{DetRng, Epoch, NodeId, PartitionId, Time};
 use detflow_scheduler::PartitionMap;
 use detflow_sequencer::replica::{Replica, ReplicaConfig};
 use router::Router;
@@ -86,6 +86,11 @@ pub(crate) enum Event {
     ClientSnapshot {
         read: detflow_protocol::snapshot::SnapshotRead,
         reply: oneshot::Sender<detflow_protocol::snapshot::SnapshotReply>,
+    },
+    /// A client's read of the committed log from `from` on, answered through `reply`.
+    ClientLog {
+        from: detflow_protocol::Epoch,
+        reply: oneshot::Sender<detflow_protocol::message::LogReply>,
     },
 }
 
@@ -250,14 +255,47 @@ impl Node {
             let mut store = FjallStore::open(&dir)
                 .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
             let began = Instant::now();
-            let rows = crate::load::initial_rows(workload.as_ref(), &options, &map, partition);
-            // Loading blocks; the status server runs on another worker meanwhile.
-            if tokio::task::block_in_place(|| store.load(rows))? {
-                tracing::info!(
-                    "partition {p}: initial rows loaded, synced and compacted in {:.1} s",
-                    began.elapsed().as_secs_f64()
-                );
+            let archive = crate::archive::Archive::new(&config.archive_dir());
+            let checkpoint = match config.checkpoint_every_epochs {
+                0 => None,
+                _ => last_checkpoint(&archive, partition)?,
+            };
+            match &checkpoint {
+                // A store that never loaded lost its state (or never had one): resume from
+                // the last checkpoint, whose epochs the log may no longer hold.
+                Some(file) if !store.is_loaded() && store.applied_epoch() == Epoch(0) => {
+                    let rows = archive.read_checkpoint(file)?;
+                    tokio::task::block_in_place(|| store.restore(file.epoch, rows))?;
+                    tracing::info!(
+                        "partition {p}: restored from the checkpoint after epoch {} ({}) in \
+                         {:.1} s",
+                        file.epoch,
+                        file.path.display(),
+                        began.elapsed().as_secs_f64()
+                    );
+                }
+                _ => {
+                    let rows =
+                        crate::load::initial_rows(workload.as_ref(), &options, &map, partition);
+                    // Loading blocks; the status server runs on another worker meanwhile.
+                    if tokio::task::block_in_place(|| store.load(rows))? {
+                        tracing::info!(
+                            "partition {p}: initial rows loaded, synced and compacted in {:.1} s",
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
+                }
             }
+            let checkpoints = (config.checkpoint_every_epochs > 0).then(|| executor::Checkpoints {
+                // A checkpoint past what the store applied (its tail was lost) is no
+                // checkpoint of this store's state.
+                last: checkpoint
+                    .as_ref()
+                    .map(|c| c.epoch)
+                    .filter(|e| *e <= store.applied_epoch())
+                    .unwrap_or(Epoch(0)),
+                archive,
+            });
             // Rows stored under other declarations (another build of a service, another
             // workload) stop the node here, before it serves anything.
             registry
@@ -275,9 +313,17 @@ impl Node {
             let mut gateways = config.gateways();
             gateways.sort_by_key(|g| *g != me);
             executor.set_delivery_gateways(gateways);
+            executor.set_checkpoint_every(config.checkpoint_every_epochs);
             let stats = stats.clone();
             starts.push(Box::new(move |router| {
-                Box::pin(executor::executor_task(executor, rx, router, stats, clock))
+                Box::pin(executor::executor_task(
+                    executor,
+                    rx,
+                    router,
+                    stats,
+                    clock,
+                    checkpoints,
+                ))
             }));
         }
         if spec.gateway {
@@ -385,4 +431,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// The last checkpoint of `partition` in `archive`, if any.
+fn last_checkpoint(
+    archive: &crate::archive::Archive,
+    partition: PartitionId,
+) -> Result<Option<crate::archive::CheckpointFile>> {
+    Ok(archive
+        .checkpoints()
+        .with_context(|| format!("listing the checkpoints of partition {partition}"))?
+        .into_iter()
+        .rfind(|c| c.partition == partition))
 }

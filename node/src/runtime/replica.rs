@@ -7,7 +7,7 @@ use super::{Clock, Event, NodeStats, drain, sleep_until};
 use crate::archive::Archive;
 use crate::failstop::fatal;
 use crate::storage::LogStore;
-use detflow_protocol::message::Message;
+use detflow_protocol::message::{LogReply, Message};
 use detflow_protocol::{Epoch, ExecutorId, Machine};
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
 use detflow_sequencer::replica::{self, LogWrite, Replica};
@@ -68,6 +68,31 @@ pub(super) struct ArchiveSink {
     pub(super) archive: Archive,
     /// Keep the segments of the last this many epochs (all if `None`).
     pub(super) retain_epochs: Option<u64>,
+}
+
+/// A log read answers with batches of about this many bytes at most (at least one), far
+/// below the frame limit.
+const LOG_READ_BYTES: usize = 1 << 20;
+
+/// The committed batches of `replica`'s log from `from` on, as many as fit one answer.
+fn read_log(replica: &Replica, from: Epoch) -> LogReply {
+    let log_start = replica.log_start();
+    if from <= log_start {
+        return LogReply::Compacted { log_start };
+    }
+    let commit = replica.commit_epoch();
+    let (mut batches, mut bytes) = (Vec::new(), 0);
+    let mut epoch = from;
+    while epoch <= commit && (batches.is_empty() || bytes < LOG_READ_BYTES) {
+        let Some(entry) = replica.entry(epoch) else {
+            break;
+        };
+        // Exact, so that no answer nears the frame limit; log reads are rare.
+        bytes += detflow_protocol::codec::encode(&*entry.batch).len();
+        batches.push(entry.batch.clone());
+        epoch = epoch.next();
+    }
+    LogReply::Batches { commit, batches }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -135,6 +160,10 @@ pub(super) async fn replica_task(
                         Some(through) => replica::Input::Compact { through },
                         None => continue,
                     }
+                }
+                Event::ClientLog { from, reply } => {
+                    let _ = reply.send(read_log(&replica, from));
+                    continue;
                 }
                 _ => continue,
             };

@@ -95,6 +95,8 @@ pub struct NodeStats {
     pub digests: Mutex<BTreeMap<PartitionId, (u64, String)>>,
     /// Per partition: the next epoch to apply, for the metrics.
     pub partition_next_epoch: Family<PartitionLabel, CountGauge>,
+    /// Per partition: the epoch of its last durable checkpoint.
+    pub checkpoint_epoch: Family<PartitionLabel, CountGauge>,
     /// Per partition: epochs this node's replica trails the local sequencer replica's
     /// commit epoch (0 without a local sequencer replica).
     pub partition_lag: Family<PartitionLabel, CountGauge>,
@@ -142,6 +144,7 @@ impl Default for NodeStats {
             partitions: Mutex::default(),
             digests: Mutex::default(),
             partition_next_epoch: Family::default(),
+            checkpoint_epoch: Family::default(),
             partition_lag: Family::default(),
             snapshot_retained_bytes: Family::default(),
             snapshot_oldest_epoch: Family::default(),

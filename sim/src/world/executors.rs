@@ -89,6 +89,7 @@ impl World {
         for effect in out {
             match effect {
                 Output::EpochApplied(_) => self.schedule_executor_sync(p),
+                Output::Checkpoint(_) => self.start_checkpoint(p),
                 Output::Result {
                     gateway,
                     result,
@@ -248,6 +249,75 @@ impl World {
             self.now.plus_us(delay),
             Event::ExecutorSynced { p, incarnation },
         );
+    }
+
+    /// Takes the state the store captured and writes it as a checkpoint, which takes a
+    /// while; one is written at a time, and one captured meanwhile is dropped, as in the
+    /// node.
+    fn start_checkpoint(&mut self, p: u32) {
+        let node = &mut self.executors[p as usize];
+        let Some(machine) = node.machine.as_mut() else {
+            return;
+        };
+        let captured = machine.store_mut().take_checkpoint();
+        if node.checkpointing.is_some() || captured.is_none() {
+            return;
+        }
+        node.checkpointing = captured;
+        let incarnation = node.incarnation;
+        let delay = self.rng.below(CHECKPOINT_WRITE_MAX_US);
+        self.schedule(
+            self.now.plus_us(delay),
+            Event::ExecutorCheckpointed { p, incarnation },
+        );
+    }
+
+    /// A checkpoint is durable: every replica's of the same epoch must hold the same
+    /// rows. Then the executor learns it.
+    pub(super) fn on_executor_checkpointed(&mut self, p: u32, incarnation: u64) {
+        let node = &mut self.executors[p as usize];
+        if node.incarnation != incarnation {
+            return;
+        }
+        let Some((epoch, rows)) = node.checkpointing.take() else {
+            return;
+        };
+        let id = node.id;
+        match self.checkpoints.get(&(id.partition, epoch)) {
+            Some((first, kept)) if *kept != rows => self.online_failures.push(format!(
+                "replicas {first} and {id} checkpointed different states of partition {} \
+                 after epoch {epoch}",
+                id.partition
+            )),
+            Some(_) => {}
+            None => {
+                self.checkpoints.insert((id.partition, epoch), (id, rows));
+            }
+        }
+        self.executor_input(p, detflow_executor::Input::Checkpointed { epoch });
+    }
+
+    /// A replica compacted its log through `through`: every partition must have a
+    /// durable checkpoint at or after it, or a replica that lost its state could not be
+    /// rebuilt (the epochs between its last checkpoint and `through` are gone).
+    pub(super) fn check_compaction_checkpointed(&mut self, replica: NodeId, through: Epoch) {
+        for p in 0..self.config.partitions {
+            let p = PartitionId(p);
+            let last = self
+                .checkpoints
+                .range((p, Epoch(0))..=(p, Epoch(u64::MAX)))
+                .next_back()
+                .map(|((_, epoch), _)| *epoch);
+            if last.is_none_or(|last| last < through) {
+                self.online_failures.push(format!(
+                    "replica {replica} compacted its log through epoch {through}, but partition \
+                     {p}'s last durable checkpoint is {}: a replica of it that lost its store \
+                     could not be rebuilt",
+                    last.map_or("none".into(), |e| format!("after epoch {e}"))
+                ));
+                return;
+            }
+        }
     }
 
     pub(super) fn on_executor_synced(&mut self, p: u32, incarnation: u64) {

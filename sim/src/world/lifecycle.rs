@@ -1,6 +1,7 @@
 //! Components starting, crashing and restarting, and the connections between them coming up.
 
 use super::*;
+use detflow_executor::Store;
 use detflow_protocol::WriteId;
 
 impl World {
@@ -83,6 +84,15 @@ impl World {
         machine.set_reads_ahead_epochs(self.timing.reads_ahead_epochs);
         machine.set_retention(self.timing.retention);
         machine.set_plan_sources((0..self.config.replicas).map(replica_id).collect());
+        machine.set_checkpoint_every(CHECKPOINT_EVERY_EPOCHS);
+        // The last checkpoint this replica wrote of the state its store recovered to.
+        let applied = machine.store().applied_epoch();
+        let checkpointed = self
+            .checkpoints
+            .iter()
+            .filter(|((p, epoch), (by, _))| *p == id.partition && *by == id && *epoch <= applied)
+            .map(|((_, epoch), _)| *epoch)
+            .max();
         // Executors spread their deliveries over the gateways.
         let gateways = self.config.gateways;
         let first = e % gateways;
@@ -96,7 +106,11 @@ impl World {
         node.incarnation += 1;
         node.sync_scheduled = false;
         node.timer = Timer::default();
+        node.checkpointing = None;
         self.executor_input(e, detflow_executor::Input::Start);
+        if let Some(epoch) = checkpointed {
+            self.executor_input(e, detflow_executor::Input::Checkpointed { epoch });
+        }
     }
 
     pub(super) fn crash(&mut self, addr: Addr, downtime_us: u64) {

@@ -75,6 +75,11 @@ enum Event {
         p: u32,
         incarnation: u64,
     },
+    /// Executor `p`'s checkpoint in progress is written.
+    ExecutorCheckpointed {
+        p: u32,
+        incarnation: u64,
+    },
     FaultTick,
     /// A stream reader reads again (or gives up on a read that got no answer).
     ReaderWake(u32),
@@ -273,11 +278,14 @@ struct Timing {
     retention: detflow_executor::Retention,
 }
 
-/// Everything a finished run leaves for the checkers.
 /// Per partition and epoch, each replica that applied it and its state digest after it.
 pub(crate) type EpochDigests =
     BTreeMap<(PartitionId, Epoch), Vec<(ExecutorId, detflow_executor::StateDigest)>>;
 
+/// Per partition and epoch, the replica whose durable checkpoint came first, and its rows.
+pub(crate) type Checkpoints = BTreeMap<(PartitionId, Epoch), (ExecutorId, Vec<(Key, Value)>)>;
+
+/// Everything a finished run leaves for the checkers.
 pub(crate) struct Outcome {
     /// The committed log, from the replica that committed most.
     pub(crate) log: Vec<Arc<Batch>>,
@@ -289,6 +297,8 @@ pub(crate) struct Outcome {
     pub(crate) replica_stores: Vec<Vec<detflow_executor::MemStore>>,
     /// Every replica's state digest after every epoch it applied.
     pub(crate) digests: EpochDigests,
+    /// Every durable checkpoint, by partition and epoch.
+    pub(crate) checkpoints: Checkpoints,
     /// Each executor's next epoch to apply, with its replica.
     pub(crate) executor_epochs: Vec<(ExecutorId, Epoch)>,
     /// Replicas of each partition in this run.
@@ -362,6 +372,12 @@ const FAULT_WINDOW_US: u64 = 20_000_000;
 pub const ONE_DOWN_CALL_BOUND_US: u64 = 2_000_000;
 /// Calls over the one-down bound reported one by one; the rest are counted.
 const ONE_DOWN_REPORTS_MAX: usize = 3;
+/// Executors checkpoint after every multiple of this many epochs: often enough that every
+/// seed compacts past several checkpoints, and not a divisor of the replicas' compaction
+/// step, so the two interleave.
+const CHECKPOINT_EVERY_EPOCHS: u64 = 12;
+/// Writing a checkpoint takes up to this long (a crash meanwhile loses it).
+const CHECKPOINT_WRITE_MAX_US: u64 = 30_000;
 const FOOTPRINT_ENTRIES_MAX: usize = 4096;
 
 fn replica_id(r: u32) -> NodeId {
@@ -407,6 +423,8 @@ struct ExecutorNode {
     incarnation: u64,
     timer: Timer,
     sync_scheduled: bool,
+    /// The checkpoint being written (one at a time, as in the node), lost in a crash.
+    checkpointing: Option<(Epoch, Vec<(Key, Value)>)>,
 }
 
 struct GatewayNode {
@@ -470,6 +488,9 @@ pub(crate) struct World {
     digests: EpochDigests,
     /// Partitions whose replicas' digests already diverged (reported once).
     diverged: BTreeSet<PartitionId>,
+    /// Every durable checkpoint: by partition and epoch, the replica that wrote it first
+    /// and its rows (every replica's must be the same).
+    checkpoints: Checkpoints,
     /// The one-down profile's victims, once they are down.
     one_down: Option<OneDown>,
     calls: BTreeMap<CallId, CallRecord>,
@@ -593,6 +614,7 @@ impl World {
                     incarnation: 0,
                     timer: Timer::default(),
                     sync_scheduled: false,
+                    checkpointing: None,
                 });
             }
         }
@@ -675,6 +697,7 @@ impl World {
             log_compactions: (0, 0),
             digests: BTreeMap::new(),
             diverged: BTreeSet::new(),
+            checkpoints: BTreeMap::new(),
             one_down: None,
             calls: BTreeMap::new(),
             issued: 0,
@@ -808,6 +831,7 @@ impl World {
             stores,
             replica_stores,
             digests: self.digests,
+            checkpoints: self.checkpoints,
             executor_epochs,
             partition_replicas: self.partition_replicas,
             replica_logs,
@@ -844,6 +868,9 @@ impl World {
             Event::Deliver(d) => self.on_deliver(d),
             Event::ExecutorTimer { p, incarnation } => self.on_executor_timer(p, incarnation),
             Event::ExecutorSynced { p, incarnation } => self.on_executor_synced(p, incarnation),
+            Event::ExecutorCheckpointed { p, incarnation } => {
+                self.on_executor_checkpointed(p, incarnation)
+            }
             Event::FaultTick => self.on_fault_tick(),
             Event::ReaderWake(i) => self.on_reader_wake(i),
             Event::SnapshotWake(i) => self.on_snapshot_wake(i),

@@ -60,6 +60,7 @@ impl World {
                 }
                 replica::Output::Compacted { through } => {
                     self.raft.compacted(replica_id(r), through);
+                    self.check_compaction_checkpointed(replica_id(r), through);
                     self.plan_server_input(r, plan_server::Input::Compacted { through });
                 }
             }
