@@ -1272,6 +1272,49 @@ mod tests {
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     }
 
+    /// A checkpoint is the state after its epoch, whatever the store does after it, less
+    /// the reads outbox; restored into an empty store, it is that state at that epoch,
+    /// across a reopen.
+    #[test]
+    fn a_checkpoint_holds_its_epoch_and_restores_into_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path()).unwrap();
+        let (a, b) = (Key::table("t").u64(1), Key::table("t").u64(2));
+        let outbox = Key::table(detflow_protocol::SYSTEM_TABLE)
+            .str("outbox")
+            .u64(0)
+            .u64(1);
+        let results = Key::table(detflow_protocol::SYSTEM_TABLE)
+            .str("results")
+            .u64(1);
+        store.put(a.clone(), vec![1]);
+        store.put(outbox.clone(), vec![7]);
+        store.put(results.clone(), vec![8]);
+        store.commit_epoch(Epoch(1));
+        store.checkpoint(Epoch(1));
+        // Later epochs change the store, not the checkpoint.
+        store.put(a.clone(), vec![2]);
+        store.put(b.clone(), vec![3]);
+        store.commit_epoch(Epoch(2));
+        let job = store.take_checkpoint().expect("captured");
+        assert!(store.take_checkpoint().is_none(), "taken once");
+        assert_eq!(job.epoch(), Epoch(1));
+        let rows = job.rows().unwrap();
+        assert_eq!(rows, [(a.clone(), vec![1]), (results.clone(), vec![8])]);
+
+        let other = tempfile::tempdir().unwrap();
+        let mut restored = FjallStore::open(other.path()).unwrap();
+        restored.restore(Epoch(1), rows).unwrap();
+        drop(restored);
+        let reopened = FjallStore::open(other.path()).unwrap();
+        assert_eq!(reopened.applied_epoch(), Epoch(1));
+        assert!(reopened.is_loaded());
+        assert_eq!(reopened.get(&a), Some(vec![1]));
+        assert_eq!(reopened.get(&b), None);
+        assert_eq!(reopened.get(&results), Some(vec![8]));
+        assert_eq!(reopened.get(&outbox), None);
+    }
+
     #[test]
     fn scans_from_a_key_see_committed_and_pending_rows_in_order() {
         let dir = tempfile::tempdir().unwrap();

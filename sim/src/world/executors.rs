@@ -284,11 +284,14 @@ impl World {
         };
         let id = node.id;
         match self.checkpoints.get(&(id.partition, epoch)) {
-            Some((first, kept)) if *kept != rows => self.online_failures.push(format!(
-                "replicas {first} and {id} checkpointed different states of partition {} \
-                 after epoch {epoch}",
-                id.partition
-            )),
+            // Once per partition: every later checkpoint of diverged replicas differs too.
+            Some((first, kept)) if *kept != rows && self.diverged.insert(id.partition) => {
+                self.online_failures.push(format!(
+                    "replicas {first} and {id} checkpointed different states of partition {} \
+                     after epoch {epoch}",
+                    id.partition
+                ))
+            }
             Some(_) => {}
             None => {
                 self.checkpoints.insert((id.partition, epoch), (id, rows));
