@@ -281,11 +281,15 @@ async fn compaction(cluster: &mut Cluster) {
         text(&live)
     );
 
-    // Time travel on a stopped node that never lost its log (its archive is whole).
-    let node = *all
-        .iter()
-        .find(|id| **id != victim)
-        .expect("a node that kept its log");
+    // Time travel on a stopped node whose log reaches what its partitions applied: the one
+    // whose replica committed most (the restarted old leader may still be catching up, and
+    // its partitions got their plans from the others).
+    let node = log_starts(cluster, &status)
+        .await
+        .into_iter()
+        .max_by_key(|(_, _, commit)| *commit)
+        .map(|(id, _, _)| id)
+        .expect("a node with a replica");
     let config = cluster.at(node).config_path().to_path_buf();
     let data_dir = cluster.at(node).data_dir().to_path_buf();
     cluster.stop();

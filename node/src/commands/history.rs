@@ -132,8 +132,10 @@ impl History {
             }
             false => None,
         };
+        // The archive may reach past the live log's start (another replica archived more,
+        // in a shared archive): take it as far as it goes, then the live log after it.
         let archived_to = match &live {
-            Some(durable) => durable.log_start(),
+            Some(durable) => durable.log_start().max(archive_end(&self.archive, from)?),
             None => archive_end(&self.archive, from)?,
         };
         let end = match (&live, to) {
@@ -153,7 +155,7 @@ impl History {
                 if entry.epoch() > end {
                     break;
                 }
-                if entry.epoch() >= from {
+                if entry.epoch() >= from && entry.epoch() > archived_to.min(end) {
                     batches.push(entry.batch.clone());
                 }
             }
