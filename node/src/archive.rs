@@ -132,26 +132,17 @@ impl Archive {
 
     /// Every segment, by first epoch (then last). An archive never written is empty.
     pub fn segments(&self) -> Result<Vec<Segment>> {
-        let dir = self.log_dir();
-        let listing = match fs::read_dir(&dir) {
-            Ok(listing) => listing,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
         let mut segments = Vec::new();
-        for item in listing {
-            let item = item.with_context(|| format!("listing {}", dir.display()))?;
-            let name = item.file_name();
-            let Some((first, last)) = name.to_str().and_then(parse_segment_name) else {
-                continue;
-            };
-            let bytes = item.metadata().map(|m| m.len()).unwrap_or(0);
-            segments.push(Segment {
-                first,
-                last,
-                bytes,
-                path: item.path(),
-            });
+        for (path, name) in listing(&self.log_dir())? {
+            if let Some((first, last)) = parse_segment_name(&name) {
+                let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                segments.push(Segment {
+                    first,
+                    last,
+                    bytes,
+                    path,
+                });
+            }
         }
         segments.sort_by_key(|s| (s.first, s.last));
         Ok(segments)
