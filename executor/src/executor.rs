@@ -1934,21 +1934,23 @@ mod tests {
         assert_eq!(stalled, [subscribe(1, 1)]);
     }
 
+    /// Partition 0's plan of an empty epoch.
+    fn empty_plan(f: &Fixture, epoch: u64) -> Plan {
+        let batch = Batch {
+            version: LOG_FORMAT_VERSION,
+            epoch: Epoch(epoch),
+            txns: Vec::new(),
+        };
+        schedule(&batch, &f.map).unwrap().swap_remove(0)
+    }
+
     /// Plans lost from the stream (queued on a connection that died) while later ones keep
     /// coming: the source never goes silent, so the gap itself moves the subscription on.
     #[test]
     fn a_gap_in_the_plan_stream_moves_the_subscription_on() {
         use crate::STALL_US;
         let mut f = fixture();
-        let empty = |epoch| {
-            let batch = Batch {
-                version: LOG_FORMAT_VERSION,
-                epoch: Epoch(epoch),
-                txns: Vec::new(),
-            };
-            schedule(&batch, &f.map).unwrap().swap_remove(0)
-        };
-        let (p1, p2, p3) = (empty(1), empty(2), empty(3));
+        let (p1, p2, p3) = (empty_plan(&f, 1), empty_plan(&f, 2), empty_plan(&f, 3));
         let e = &mut f.executors[0];
         e.set_plan_sources(vec![NodeId(1), NodeId(2)]);
         at(e, Time(0), Input::Start);
@@ -1982,15 +1984,7 @@ mod tests {
         };
         for bug in [false, true] {
             let mut f = fixture();
-            let empty = |epoch| {
-                let batch = Batch {
-                    version: LOG_FORMAT_VERSION,
-                    epoch: Epoch(epoch),
-                    txns: Vec::new(),
-                };
-                schedule(&batch, &f.map).unwrap().swap_remove(0)
-            };
-            let plans: Vec<Plan> = (1..=10).map(empty).collect();
+            let plans: Vec<Plan> = (1..=10).map(|e| empty_plan(&f, e)).collect();
             let e = &mut f.executors[0];
             e.set_plan_sources(vec![NodeId(1)]);
             e.set_checkpoint_every(4);
