@@ -49,6 +49,7 @@ use detflow_protocol::snapshot::{
 use detflow_protocol::stream::{
     Offset, StreamEvent, StreamPart, event_key, offset_of, stream_prefix,
 };
+use detflow_protocol::transfer::{StateChunk, StateFetch};
 use detflow_protocol::{
     ClientId, Elem, Epoch, ExecutorId, Key, KeySpec, Machine, NodeId, Outcome, Owner,
     PLAN_FORMAT_VERSION, PartitionId, Placement, Plan, Position, RequestSeq, RoutedTxn,
@@ -56,6 +57,10 @@ use detflow_protocol::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+
+mod transfer;
+
+pub use transfer::{IMAGE_IDLE_US, TRANSFER_STALL_US};
 
 /// An input to the executor.
 #[derive(Debug)]
@@ -140,6 +145,38 @@ pub enum Input {
     Checkpointed {
         /// The checkpoint's epoch.
         epoch: Epoch,
+    },
+    /// Sequencer replica `from` compacted away the plans this replica subscribed from:
+    /// its log starts after `log_start`.
+    PlansCompacted {
+        /// The sequencer replica.
+        from: NodeId,
+        /// The last epoch compacted away.
+        log_start: Epoch,
+    },
+    /// A peer dropped the reads it sent this partition through `through` (every replica
+    /// of it had acknowledged them): this replica cannot replay those epochs.
+    ReadsGone {
+        /// The peer partition.
+        from: PartitionId,
+        /// The node of the peer's replica.
+        node: NodeId,
+        /// The last epoch whose reads it dropped.
+        through: Epoch,
+    },
+    /// Another replica of this partition asks for (more of) an image of its state.
+    StateFetch {
+        /// The node of the asking replica.
+        from: NodeId,
+        /// What it asks for.
+        fetch: StateFetch,
+    },
+    /// Another replica of this partition answers a [`Output::FetchState`].
+    StateChunk {
+        /// The node of the answering replica.
+        from: NodeId,
+        /// Its answer.
+        chunk: StateChunk,
     },
 }
 
@@ -234,6 +271,37 @@ pub enum Output {
         /// The first epoch wanted.
         from: Epoch,
     },
+    /// Tell a peer replica that greeted this one from before `through` that the reads
+    /// this partition sent it through `through` are gone.
+    SendReadsGone {
+        /// The peer replica.
+        to: ExecutorId,
+        /// The last epoch whose reads were dropped.
+        through: Epoch,
+    },
+    /// Ask another replica of this partition for (more of) an image of its state: the
+    /// log no longer holds the epochs this one needs.
+    FetchState {
+        /// The replica asked.
+        to: ExecutorId,
+        /// What is asked.
+        fetch: StateFetch,
+    },
+    /// Answer another replica's [`Input::StateFetch`].
+    SendState {
+        /// The asking replica.
+        to: ExecutorId,
+        /// The answer.
+        chunk: StateChunk,
+    },
+    /// The store now holds a copy of a peer's state after `epoch` (`rows` rows), durably;
+    /// the replica resumes from the next epoch.
+    StateRestored {
+        /// The image's epoch.
+        epoch: Epoch,
+        /// Rows copied.
+        rows: u64,
+    },
 }
 
 /// Planted bugs, for proving that the simulator's checkers bite. Never set in production.
@@ -276,6 +344,9 @@ pub struct ExecutorBugs {
     pub report_uncheckpointed: bool,
     /// The checkpoint of an epoch is captured as if it were of the next one.
     pub checkpoint_mislabeled: bool,
+    /// A replica that copied another replica's state resumes one epoch after the copy's
+    /// (skipping that epoch's plan).
+    pub transfer_resumes_late: bool,
 }
 
 /// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
@@ -376,6 +447,19 @@ pub struct ExecutorStats {
     pub snapshot_reads: u64,
     /// Snapshot reads answered `TooOld` or `NotYet`.
     pub snapshot_misses: u64,
+    /// State transfers begun (the log no longer held an epoch this replica needed).
+    pub transfers_started: u64,
+    /// State transfers completed.
+    pub transfers_done: u64,
+    /// Peers given up during a transfer after asking one chunk of them repeatedly.
+    pub transfer_peers_given_up: u64,
+    /// Chunks of this replica's state sent to peers.
+    pub state_chunks_sent: u64,
+    /// Chunks of a peer's state received and stored.
+    pub state_chunks_received: u64,
+    /// State-transfer inputs dropped: from a node that is not a replica of this partition
+    /// (or not a plan source), late, repeated, or not what was asked.
+    pub transfer_inputs_dropped: u64,
 }
 
 /// How long a snapshot read at an epoch not applied yet waits for it: 1 s.
@@ -463,6 +547,12 @@ pub struct Executor<S: Store> {
     /// Snapshot reads waiting for their epoch, by the epoch and an arrival number.
     waiting: BTreeMap<(Epoch, u64), WaitingRead>,
     waiting_seq: u64,
+    /// The copy of a peer's state in progress, if the log lacks epochs this one needs.
+    transfer: Option<transfer::Transfer>,
+    /// The images of its state this replica serves to peers.
+    images: transfer::Images,
+    /// Peers that asked for a new image mid-epoch: served once the epoch commits.
+    image_waiting: BTreeSet<NodeId>,
     /// The time of the input being handled.
     now: Time,
 }
@@ -516,6 +606,9 @@ impl<S: Store> Executor<S> {
             digests: VecDeque::new(),
             waiting: BTreeMap::new(),
             waiting_seq: 0,
+            transfer: None,
+            images: BTreeMap::new(),
+            image_waiting: BTreeSet::new(),
             now: Time::ZERO,
         }
     }
@@ -698,6 +791,9 @@ impl<S: Store> Executor<S> {
             Some((first, _)) => format!("{} positions from {first}", self.inbox.len()),
             None => "empty".to_string(),
         };
+        if let Some(transfer) = self.transfer_status() {
+            return format!("next epoch {}: {transfer}", self.next_epoch.0);
+        }
         let s = &self.stats;
         format!(
             "next epoch {}, durable {}; {plans}; {at_cursor}; inbox {inbox}; plan source \
@@ -820,6 +916,18 @@ impl<S: Store> Executor<S> {
         if !self.is_peer(from) {
             self.stats.peer_inputs_dropped += 1;
             return;
+        }
+        if durable < self.book.acked_through(from) {
+            self.book.forget_acks(from, durable);
+        }
+        // Reads it lacks were dropped once every replica of its partition acknowledged
+        // them: it cannot replay those epochs, and must copy another replica's state.
+        let released = self.book.released(from.partition);
+        if durable < released {
+            out.push(Output::SendReadsGone {
+                to: from,
+                through: released,
+            });
         }
         self.book
             .ack(&mut self.store, &self.placement, from, durable);
@@ -1026,6 +1134,10 @@ impl<S: Store> Executor<S> {
 
     /// Runs transactions until one must wait for remote reads or the plans run out.
     fn drive(&mut self, out: &mut Vec<Output>) {
+        // The store holds part of a peer's state: nothing applies until all of it does.
+        if self.transfer.is_some() {
+            return;
+        }
         while let Some(plan) = self.plans.get(&self.next_epoch) {
             let Some(txn) = plan.txns.get(self.cursor).cloned() else {
                 let epoch = self.next_epoch;
@@ -1050,6 +1162,7 @@ impl<S: Store> Executor<S> {
                 }
                 self.next_epoch = epoch.next();
                 self.cursor = 0;
+                self.serve_image_waiting(out);
                 self.drop_stale_reads();
                 self.versions.applied(epoch, self.now);
                 self.serve_waiting(out);
@@ -1559,6 +1672,23 @@ impl<S: Store> Machine for Executor<S> {
             }
             Input::Durable { up_to } => self.on_durable(up_to, out),
             Input::Checkpointed { epoch } => self.on_checkpointed(epoch, out),
+            Input::PlansCompacted { from, log_start } => {
+                self.on_plans_compacted(from, log_start, out)
+            }
+            Input::ReadsGone {
+                from,
+                node,
+                through,
+            } => self.on_reads_gone(
+                ExecutorId {
+                    partition: from,
+                    node,
+                },
+                through,
+                out,
+            ),
+            Input::StateFetch { from, fetch } => self.on_state_fetch(from, fetch, out),
+            Input::StateChunk { from, chunk } => self.on_state_chunk(from, chunk, out),
             Input::Hello {
                 from,
                 node,
@@ -1613,7 +1743,12 @@ impl<S: Store> Machine for Executor<S> {
                 self.versions.reclaim(now);
                 self.serve_waiting(out);
                 self.poll_outbox(now, out);
-                let actions = self.feed.check(now, !self.is_idle());
+                self.transfer_tick(out);
+                // While a peer's state is copied, no plan is wanted: the log lacks them.
+                let actions = match self.transfer {
+                    Some(_) => Default::default(),
+                    None => self.feed.check(now, !self.is_idle()),
+                };
                 if actions.resubscribe.is_some() {
                     self.stats.resubscribed += 1;
                     self.subscribe(out);
@@ -1640,7 +1775,12 @@ impl<S: Store> Machine for Executor<S> {
             false => self.outbox.deadline(),
         };
         let snapshot = self.waiting.values().map(|w| w.deadline).min();
-        [self.feed.deadline(), retry, snapshot]
+        // While a peer's state is copied, the feed is not checked (see `Input::Tick`).
+        let feed = match self.transfer {
+            Some(_) => None,
+            None => self.feed.deadline(),
+        };
+        [feed, retry, snapshot, self.transfer_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -1942,6 +2082,154 @@ mod tests {
             txns: Vec::new(),
         };
         schedule(&batch, &f.map).unwrap().swap_remove(0)
+    }
+
+    /// A replica whose next epoch the log compacted away copies its peer's state in
+    /// bounded chunks, asking again when a chunk is lost, and resumes after the copy's
+    /// epoch in step with the peer.
+    #[test]
+    fn a_replica_the_log_left_behind_copies_a_peers_state_in_chunks() {
+        use detflow_protocol::transfer::{STATE_CHUNK_BYTES_MAX, StateChunk, StateFetch};
+        let f = fixture();
+        let placement = Arc::new(Placement::spread(2, &[NodeId(1), NodeId(2)], 2));
+        let registry = Arc::new({
+            let mut r = Registry::new();
+            r.register::<Move>();
+            r
+        });
+        let replica = |node| {
+            let mut e = Executor::new(PartitionId(0), 2, registry.clone(), MemStore::new());
+            e.set_placement(NodeId(node), placement.clone());
+            e.set_plan_sources(vec![NodeId(100)]);
+            e
+        };
+        let (mut peer, mut lost) = (replica(1), replica(2));
+        // Enough bytes for three chunks.
+        for i in 0..40u64 {
+            peer.store_mut()
+                .put(Key::table("big").u64(i), vec![i as u8; 30_000]);
+        }
+        at(&mut peer, Time(0), Input::Start);
+        for e in 1..=3 {
+            at(&mut peer, Time(0), Input::Plan(empty_plan(&f, e)));
+        }
+        assert_eq!(peer.next_epoch(), Epoch(4));
+
+        at(&mut lost, Time(0), Input::Start);
+        let compacted = || Input::PlansCompacted {
+            from: NodeId(100),
+            log_start: Epoch(2),
+        };
+        let fetch = |out: Vec<Output>| -> StateFetch {
+            let asks: Vec<StateFetch> = out
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::FetchState { to, fetch } => {
+                        assert_eq!(to.node, NodeId(1));
+                        Some(fetch)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(asks.len(), 1, "one ask at a time");
+            asks.into_iter().next().unwrap()
+        };
+        let serve = |peer: &mut Executor<MemStore>, now, fetch| -> StateChunk {
+            let out = at(
+                peer,
+                now,
+                Input::StateFetch {
+                    from: NodeId(2),
+                    fetch,
+                },
+            );
+            match out.as_slice() {
+                [Output::SendState { to, chunk }] if to.node == NodeId(2) => chunk.clone(),
+                other => panic!("expected one chunk, got {other:?}"),
+            }
+        };
+        let mut ask = fetch(at(&mut lost, Time(0), compacted()));
+        assert_eq!(ask.image, None, "a new image first");
+        // A compaction notice while copying starts nothing.
+        assert!(at(&mut lost, Time(0), compacted()).is_empty());
+        // The first answer is lost: the replica asks again after the stall.
+        let _lost_answer = serve(&mut peer, Time(0), ask.clone());
+        ask = fetch(at(&mut lost, Time(TRANSFER_STALL_US), Input::Tick));
+        assert_eq!(ask.image, None);
+        let mut chunks = 0;
+        let mut now = Time(TRANSFER_STALL_US);
+        let restored = loop {
+            let chunk = serve(&mut peer, now, ask.clone());
+            if let StateChunk::Rows { epoch, rows, .. } = &chunk {
+                assert_eq!(*epoch, Epoch(3));
+                let bytes: usize = rows.iter().map(|(k, v)| k.as_bytes().len() + v.len()).sum();
+                assert!(bytes < STATE_CHUNK_BYTES_MAX + 31_000, "a chunk is bounded");
+            }
+            chunks += 1;
+            let out = at(
+                &mut lost,
+                now,
+                Input::StateChunk {
+                    from: NodeId(1),
+                    chunk,
+                },
+            );
+            if let Some(restored) = out.iter().find_map(|o| match o {
+                Output::StateRestored { epoch, rows } => Some((*epoch, *rows)),
+                _ => None,
+            }) {
+                assert!(out.contains(&Output::Subscribe {
+                    to: NodeId(100),
+                    from: Epoch(4)
+                }));
+                break restored;
+            }
+            ask = fetch(out);
+            now = now.plus_us(1);
+        };
+        assert_eq!(chunks, 3);
+        assert_eq!(restored.0, Epoch(3));
+        assert_eq!(lost.next_epoch(), Epoch(4));
+        assert_eq!(lost.store().map(), peer.store().map());
+        let without_outbox = |s: &MemStore| -> Vec<(Key, Value)> {
+            (s.system().iter())
+                .filter(|(k, _)| !crate::differs_between_replicas(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        assert_eq!(without_outbox(lost.store()), without_outbox(peer.store()));
+        assert_eq!(restored.1 as usize, 40 + without_outbox(peer.store()).len());
+
+        // Both go on in step.
+        for e in [&mut peer, &mut lost] {
+            at(e, now, Input::Plan(empty_plan(&f, 4)));
+        }
+        assert_eq!(lost.next_epoch(), Epoch(5));
+        assert_eq!(lost.digest_after(Epoch(4)), peer.digest_after(Epoch(4)));
+        // A late chunk, a stranger's ask: dropped and counted.
+        let late = StateChunk::Unavailable;
+        assert!(
+            at(
+                &mut lost,
+                now,
+                Input::StateChunk {
+                    from: NodeId(1),
+                    chunk: late
+                }
+            )
+            .is_empty()
+        );
+        let stranger = Input::StateFetch {
+            from: NodeId(9),
+            fetch: StateFetch { image: None },
+        };
+        assert!(at(&mut peer, now, stranger).is_empty());
+        assert_eq!(lost.stats().transfer_inputs_dropped, 1);
+        assert_eq!(peer.stats().transfer_inputs_dropped, 1);
+        assert_eq!(
+            (lost.stats().transfers_started, lost.stats().transfers_done),
+            (1, 1)
+        );
     }
 
     /// Plans lost from the stream (queued on a connection that died) while later ones keep

@@ -43,8 +43,8 @@ pub use detflow_protocol::schema::SchemaError;
 pub use digest::StateDigest;
 pub use executor::{
     APPLIED_REPORT_EPOCHS, DIGEST_EPOCHS_RETAINED, DIGESTS_KEPT, Executor, ExecutorBugs,
-    ExecutorStats, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX, recorded_digest,
-    recorded_digests,
+    ExecutorStats, IMAGE_IDLE_US, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX,
+    TRANSFER_STALL_US, recorded_digest, recorded_digests,
 };
 pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};
@@ -52,7 +52,7 @@ pub use procedure::{OrOverflow, Procedure};
 pub use registry::Registry;
 pub use service::{CallFootprint, FieldType, Service, ServiceError, Table};
 pub use snapshot::{RETENTION_BYTES_DEFAULT, RETENTION_US_DEFAULT, Retention, VersionStats};
-pub use store::{MemStore, Store, range_rows};
+pub use store::{ImageChunk, MemStore, Store, image_chunk, range_rows};
 pub use system::{
     READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, differs_between_replicas, is_system_key,
 };

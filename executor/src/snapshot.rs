@@ -116,6 +116,14 @@ impl Versions {
         self.retention = retention;
     }
 
+    /// Forgets every version: the partition's state was replaced by a peer's after
+    /// `applied` (a state transfer), so nothing before it is readable.
+    pub(crate) fn restart_at(&mut self, applied: Epoch) {
+        let bug = self.bug_reclaim_inside_window;
+        *self = Versions::new(applied, self.retention);
+        self.bug_reclaim_inside_window = bug;
+    }
+
     /// The oldest epoch readable.
     pub(crate) fn oldest(&self) -> Epoch {
         self.oldest

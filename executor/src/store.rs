@@ -1,9 +1,10 @@
 //! The ordered state of one partition.
 
-use crate::system::is_system_key;
+use crate::system::{differs_between_replicas, is_system_key};
 use detflow_protocol::{Epoch, Key, Value};
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 /// The ordered key-value state of a partition, read inline by the executor.
 ///
@@ -56,7 +57,66 @@ pub trait Store {
     fn checkpoint(&mut self, epoch: Epoch) {
         let _ = epoch;
     }
+    /// Captures the state after the last committed epoch as an image a peer replica of
+    /// the partition copies (a state transfer, see `detflow_protocol::transfer`), and
+    /// returns its epoch; it replaces an image of the same epoch. Called between epochs
+    /// only.
+    fn capture_image(&mut self) -> Epoch;
+    /// About `bytes_max` bytes of the rows of the held image of `epoch` that follow key
+    /// `after` (from its first with `None`), and whether they are its last; `None` if no
+    /// image of `epoch` is held. An image holds every row but those that differ
+    /// between replicas: the user rows ascending, then the bookkeeping rows ascending.
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, Value)>, bool)>;
+    /// Releases the image of `epoch`.
+    fn release_image(&mut self, epoch: Epoch);
+    /// Forgets the whole state, ahead of the rows of a state transfer.
+    fn restore_begin(&mut self);
+    /// Writes rows of a state transfer.
+    fn restore_rows(&mut self, rows: Vec<(Key, Value)>);
+    /// Ends a state transfer: the store durably holds the state after `epoch`.
+    fn restore_finish(&mut self, epoch: Epoch);
 }
+
+/// Rows of a state image, and whether they are its last.
+pub type ImageChunk = (Vec<(Key, Value)>, bool);
+
+/// A state image's rows after `after`, about `bytes_max` bytes of them, and whether they
+/// are its last (see [`Store::image_rows`]): `user` rows, then the `system` rows that do
+/// not differ between replicas.
+pub fn image_chunk<'a>(
+    user: impl FnOnce(Bound<&Key>) -> Box<dyn Iterator<Item = (Key, Value)> + 'a>,
+    system: impl FnOnce(Bound<&Key>) -> Box<dyn Iterator<Item = (Key, Value)> + 'a>,
+    after: Option<&Key>,
+    bytes_max: usize,
+) -> (Vec<(Key, Value)>, bool) {
+    let rows: Box<dyn Iterator<Item = (Key, Value)>> = match after {
+        None => Box::new(user(Bound::Unbounded).chain(system(Bound::Unbounded))),
+        Some(key) if is_system_key(key) => system(Bound::Excluded(key)),
+        Some(key) => Box::new(user(Bound::Excluded(key)).chain(system(Bound::Unbounded))),
+    };
+    let mut rows = rows
+        .filter(|(k, _)| !differs_between_replicas(k))
+        .peekable();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    while bytes < bytes_max {
+        let Some((key, value)) = rows.next() else {
+            break;
+        };
+        bytes += key.as_bytes().len() + value.len();
+        chunk.push((key, value));
+    }
+    let done = rows.peek().is_none();
+    (chunk, done)
+}
+
+/// A state image of a [`MemStore`]: its user rows and its bookkeeping rows.
+type Image = (BTreeMap<Key, Value>, BTreeMap<Key, Value>);
 
 /// An in-memory ordered store.
 ///
@@ -67,6 +127,8 @@ pub struct MemStore {
     map: BTreeMap<Key, Value>,
     system: BTreeMap<Key, Value>,
     applied: Epoch,
+    /// The state images peers copy, by epoch.
+    images: BTreeMap<Epoch, Arc<Image>>,
 }
 
 impl MemStore {
@@ -166,6 +228,63 @@ impl Store for MemStore {
     fn applied_epoch(&self) -> Epoch {
         self.applied
     }
+
+    fn capture_image(&mut self) -> Epoch {
+        let system = self
+            .system
+            .iter()
+            .filter(|(k, _)| !differs_between_replicas(k));
+        let system = system.map(|(k, v)| (k.clone(), v.clone())).collect();
+        let image = Arc::new((self.map.clone(), system));
+        self.images.insert(self.applied, image);
+        self.applied
+    }
+
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, Value)>, bool)> {
+        let (user, system) = &**self.images.get(&epoch)?;
+        Some(image_chunk(
+            |from| map_rows(user, from),
+            |from| map_rows(system, from),
+            after,
+            bytes_max,
+        ))
+    }
+
+    fn release_image(&mut self, epoch: Epoch) {
+        self.images.remove(&epoch);
+    }
+
+    fn restore_begin(&mut self) {
+        self.map.clear();
+        self.system.clear();
+        self.applied = Epoch(0);
+    }
+
+    fn restore_rows(&mut self, rows: Vec<(Key, Value)>) {
+        for (key, value) in rows {
+            self.put(key, value);
+        }
+    }
+
+    fn restore_finish(&mut self, epoch: Epoch) {
+        self.applied = epoch;
+    }
+}
+
+/// The rows of `map` from `from` on, ascending.
+fn map_rows<'a>(
+    map: &'a BTreeMap<Key, Value>,
+    from: Bound<&Key>,
+) -> Box<dyn Iterator<Item = (Key, Value)> + 'a> {
+    Box::new(
+        map.range::<Key, _>((from.cloned(), Bound::Unbounded))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    )
 }
 
 /// The first entry of `map` under `prefix`.

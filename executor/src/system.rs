@@ -49,6 +49,15 @@ fn results_key(epoch: Epoch) -> Key {
 /// replica's checkpoint of an epoch is the same.
 pub fn differs_between_replicas(key: &Key) -> bool {
     key.starts_with(&Key::table(SYSTEM_TABLE).str("outbox"))
+        || key.starts_with(&Key::table(SYSTEM_TABLE).str("released"))
+}
+
+/// The last epoch whose reads sent to partition `to` were dropped, every replica of it
+/// having acknowledged them (see [`Bookkeeping::released`]).
+fn released_key(to: PartitionId) -> Key {
+    Key::table(SYSTEM_TABLE)
+        .str("released")
+        .u64(u64::from(to.0))
 }
 
 fn outbox_key(to: PartitionId, epoch: Epoch) -> Key {
@@ -70,6 +79,9 @@ pub(crate) struct Bookkeeping {
     sent_now: Vec<PartitionId>,
     /// Per peer replica, the last epoch it acknowledged as durable.
     acked: BTreeMap<ExecutorId, Epoch>,
+    /// Per peer partition, the last epoch whose reads the outbox dropped (kept in the
+    /// store): a replica of it that needs them again lost its disk.
+    released: BTreeMap<PartitionId, Epoch>,
     /// Per peer replica that fell more than [`READS_AHEAD_EPOCHS`] behind: the first epoch
     /// of the reads it has not been sent; they wait in the outbox for its acknowledgements.
     held: BTreeMap<ExecutorId, Epoch>,
@@ -101,7 +113,26 @@ impl Bookkeeping {
             book.outbox
                 .insert((to, epoch), reads.into_iter().map(Arc::new).collect());
         }
+        for (key, bytes) in store.scan_prefix(&Key::table(SYSTEM_TABLE).str("released")) {
+            let epoch: u64 = decode_record(&key, &bytes);
+            let to = PartitionId(key_field(&key, 2) as u32);
+            book.released.insert(to, Epoch(epoch));
+        }
         book
+    }
+
+    /// The last epoch whose reads to partition `p` were dropped (0: none).
+    pub(crate) fn released(&self, p: PartitionId) -> Epoch {
+        self.released.get(&p).copied().unwrap_or(Epoch(0))
+    }
+
+    /// Replica `from` says it is durable only up to `durable`, below what it acknowledged
+    /// before: it lost its disk. Its earlier acknowledgements no longer hold, so nothing
+    /// more it lacks is dropped.
+    pub(crate) fn forget_acks(&mut self, from: ExecutorId, durable: Epoch) {
+        if let Some(acked) = self.acked.get_mut(&from) {
+            *acked = (*acked).min(durable);
+        }
     }
 
     pub(crate) fn set_retained_epochs(&mut self, epochs: u64) {
@@ -207,10 +238,15 @@ impl Bookkeeping {
             .range((partition, Epoch(0))..=(partition, all))
             .map(|(k, _)| *k)
             .collect();
+        let Some(&(_, last)) = done.last() else {
+            return;
+        };
         for (to, epoch) in done {
             self.outbox.remove(&(to, epoch));
             store.delete(&outbox_key(to, epoch));
         }
+        self.released.insert(partition, last);
+        store.put(released_key(partition), codec::encode(&last.0));
     }
 
     /// The last epoch replica `peer` acknowledged as durable (0 if none since this start).

@@ -265,6 +265,29 @@ impl detflow_executor::Store for FailingStore {
     fn applied_epoch(&self) -> Epoch {
         self.0.applied_epoch()
     }
+    fn capture_image(&mut self) -> Epoch {
+        self.0.capture_image()
+    }
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, detflow_protocol::Value)>, bool)> {
+        self.0.image_rows(epoch, after, bytes_max)
+    }
+    fn release_image(&mut self, epoch: Epoch) {
+        self.0.release_image(epoch);
+    }
+    fn restore_begin(&mut self) {
+        self.0.restore_begin();
+    }
+    fn restore_rows(&mut self, rows: Vec<(Key, detflow_protocol::Value)>) {
+        self.0.restore_rows(rows);
+    }
+    fn restore_finish(&mut self, epoch: Epoch) {
+        self.0.restore_finish(epoch);
+    }
 }
 
 #[test]

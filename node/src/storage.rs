@@ -75,11 +75,13 @@ const LOADED_KEY: &[u8] = b"loaded";
 /// Rows per batch while bulk-loading, so a large initial load never sits in one batch.
 const LOAD_CHUNK_ROWS: usize = 10_000;
 
-/// fjall's block cache of a partition's state. fjall's default (32 MiB) holds less than a
-/// full-size TPC-C warehouse's stock and customers, so New-Order's point reads kept
-/// decompressing blocks; 256 MiB measured about +5% on W=8 New-Order + Payment (close to
-/// run-to-run noise). The cache fills as blocks are read; nothing is reserved up front.
-const STATE_CACHE_BYTES: u64 = 256 << 20;
+/// fjall's block cache of a partition's state. Procedures read user rows from the
+/// in-memory mirror, so fjall serves only bookkeeping reads (result queries, recovery) and
+/// whole-store scans (checkpoints, state images). A scan loads every block through the
+/// cache: with 256 MiB per partition (sized before the mirror existed, for New-Order's
+/// point reads), checkpoints filled it over half an hour and a node's resident memory
+/// grew by hundreds of MiB (benches/README.md, the soak with checkpoints).
+const STATE_CACHE_BYTES: u64 = 16 << 20;
 
 /// fjall's block cache of the replica log: appends and recent reads only.
 const LOG_CACHE_BYTES: u64 = 32 << 20;
@@ -409,6 +411,8 @@ pub struct FjallStore {
     unsynced: bool,
     /// The state captured by the last [`Store::checkpoint`], not yet taken.
     checkpoint: Option<CheckpointJob>,
+    /// The state images peer replicas copy, by epoch (see [`Store::capture_image`]).
+    images: BTreeMap<Epoch, Snapshot>,
 }
 
 /// The state of a [`FjallStore`] after one epoch, captured as a fjall snapshot so that it
@@ -514,6 +518,7 @@ impl FjallStore {
             loaded,
             unsynced: false,
             checkpoint: None,
+            images: BTreeMap::new(),
         })
     }
 
@@ -537,6 +542,8 @@ impl FjallStore {
         if self.loaded || self.applied > Epoch(0) {
             return Ok(false);
         }
+        // A load, restore or state transfer that a crash interrupted left rows of its own.
+        self.clear()?;
         self.write_rows(rows, Epoch(0))?;
         Ok(true)
     }
@@ -616,7 +623,13 @@ impl FjallStore {
             self.applied == Epoch(0) && !self.loaded,
             "a checkpoint is restored into an empty store"
         );
-        // A restore a crash interrupted left rows of its own: start from nothing.
+        self.clear()?;
+        self.write_rows(rows, epoch)
+    }
+
+    /// Removes every row, the load marker and the applied epoch: what a load or a restore
+    /// that a crash interrupted left, or a state a transfer replaces.
+    fn clear(&mut self) -> Result<(), StorageError> {
         for space in [&self.user, &self.system] {
             let mut batch = self.db.batch();
             for guard in space.tree.iter() {
@@ -627,8 +640,92 @@ impl FjallStore {
             }
             fjall_op(&self.path, "clearing the store", || batch.commit())?;
         }
+        let mut batch = self.db.batch();
+        batch.remove(&self.meta, LOADED_KEY);
+        batch.remove(&self.meta, APPLIED_EPOCH_KEY);
+        fjall_op(&self.path, "clearing the store", || batch.commit())?;
+        self.user.overlay.clear();
+        self.system.overlay.clear();
         self.mirror.clear();
-        self.write_rows(rows, epoch)
+        self.loaded = false;
+        self.applied = Epoch(0);
+        self.durable = Epoch(0);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// The rows of image `epoch` from `after` on, read from its snapshot.
+    fn try_image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Result<Option<detflow_executor::ImageChunk>, StorageError> {
+        let Some(snapshot) = self.images.get(&epoch) else {
+            return Ok(None);
+        };
+        let failed = std::cell::RefCell::new(None);
+        let rows = |tree: &Keyspace, from: Bound<&Key>| {
+            let from = from.map(|k| k.as_bytes().to_vec());
+            let path = &self.path;
+            let failed = &failed;
+            Box::new(
+                snapshot
+                    .range(tree, (from, Bound::<Vec<u8>>::Unbounded))
+                    .map_while(move |guard| {
+                        let row = guard
+                            .into_inner()
+                            .map_err(fjall_error(path, "reading a state image"))
+                            .and_then(|(key, value)| {
+                                let key = Key::from_bytes(key.to_vec())
+                                    .map_err(|e| corrupt(path, "key".into(), e.to_string()))?;
+                                Ok((key, value.to_vec()))
+                            });
+                        match row {
+                            Ok(row) => Some(row),
+                            Err(e) => {
+                                *failed.borrow_mut() = Some(e);
+                                None
+                            }
+                        }
+                    }),
+            ) as Box<dyn Iterator<Item = (Key, Value)> + '_>
+        };
+        let chunk = detflow_executor::image_chunk(
+            |from| rows(&self.user.tree, from),
+            |from| rows(&self.system.tree, from),
+            after,
+            bytes_max,
+        );
+        match failed.into_inner() {
+            Some(e) => Err(e),
+            None => Ok(Some(chunk)),
+        }
+    }
+
+    /// Writes one chunk of a state transfer's rows.
+    fn try_restore_rows(&mut self, rows: Vec<(Key, Value)>) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for (key, value) in rows {
+            if !key.is_system() {
+                self.mirror.insert(key.clone(), value.clone());
+            }
+            batch.insert(&self.space(&key).tree, key.as_bytes(), value);
+        }
+        fjall_op(&self.path, "writing a copied state", || batch.commit())
+    }
+
+    /// Marks a state transfer's copy complete, at `epoch`, and syncs.
+    fn try_restore_finish(&mut self, epoch: Epoch) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, LOADED_KEY, b"1".as_slice());
+        batch.insert(&self.meta, APPLIED_EPOCH_KEY, epoch.0.to_be_bytes());
+        fjall_op(&self.path, "writing a copied state", || batch.commit())?;
+        self.loaded = true;
+        self.applied = epoch;
+        self.unsynced = true;
+        self.sync()?;
+        Ok(())
     }
 
     /// Records a finished [`SyncJob`]: `epoch` and every one before it are durable.
@@ -905,6 +1002,45 @@ impl Store for FjallStore {
             spaces: [self.user.tree.clone(), self.system.tree.clone()],
             path: self.path.clone(),
         });
+    }
+
+    fn capture_image(&mut self) -> Epoch {
+        // Writes of the epoch in progress wait in the overlays: a snapshot holds only
+        // committed epochs.
+        self.images.insert(self.applied, self.db.snapshot());
+        self.applied
+    }
+
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, Value)>, bool)> {
+        self.try_image_rows(epoch, after, bytes_max)
+            .unwrap_or_else(|e| self.fail(e))
+    }
+
+    fn release_image(&mut self, epoch: Epoch) {
+        self.images.remove(&epoch);
+    }
+
+    fn restore_begin(&mut self) {
+        if let Err(e) = self.clear() {
+            self.fail(e);
+        }
+    }
+
+    fn restore_rows(&mut self, rows: Vec<(Key, Value)>) {
+        if let Err(e) = self.try_restore_rows(rows) {
+            self.fail(e);
+        }
+    }
+
+    fn restore_finish(&mut self, epoch: Epoch) {
+        if let Err(e) = self.try_restore_finish(epoch) {
+            self.fail(e);
+        }
     }
 }
 

@@ -590,6 +590,36 @@ impl Store for CrashStore {
     fn applied_epoch(&self) -> Epoch {
         self.test_epoch(self.inner.applied_epoch())
     }
+
+    // No state transfer in this test: the store's own.
+    fn capture_image(&mut self) -> Epoch {
+        self.inner.capture_image()
+    }
+
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, Value)>, bool)> {
+        self.inner.image_rows(epoch, after, bytes_max)
+    }
+
+    fn release_image(&mut self, epoch: Epoch) {
+        self.inner.release_image(epoch);
+    }
+
+    fn restore_begin(&mut self) {
+        self.inner.restore_begin();
+    }
+
+    fn restore_rows(&mut self, rows: Vec<(Key, Value)>) {
+        self.inner.restore_rows(rows);
+    }
+
+    fn restore_finish(&mut self, epoch: Epoch) {
+        self.inner.restore_finish(epoch);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 //! - [`mailbox`]: asynchronous messages (letters) between services and their delivery.
 //! - [`stream`]: egress streams: events procedures publish, read from an offset.
 //! - [`snapshot`]: snapshot reads: the state after one epoch, without entering the log.
+//! - [`transfer`]: state transfer between the replicas of a partition.
 //! - [`rng`]: the seeded generator every component draws from.
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod schema;
 pub mod session;
 pub mod snapshot;
 pub mod stream;
+pub mod transfer;
 pub mod txn;
 
 pub use footprint::{Access, Footprint, KeySpec};

@@ -293,6 +293,16 @@ pub enum Message {
     OpenSession,
     /// Replica → executor: one epoch's plan.
     Plan(Arc<Plan>),
+    /// Replica → executor: the plans it subscribed from are compacted away; this replica's
+    /// log starts after `log_start`. An executor that needs them copies a peer's state.
+    PlansCompacted {
+        /// The sequencer replica.
+        from: NodeId,
+        /// The subscribing partition.
+        partition: PartitionId,
+        /// The last epoch compacted away.
+        log_start: Epoch,
+    },
     /// Client → gateway: read a stream from an offset (answered [`Message::Events`]).
     ReadStream {
         /// The stream.
@@ -423,6 +433,38 @@ pub enum Message {
     LogReply(LogReply),
     /// Gateway → replica.
     Submit(Arc<Transaction>),
+    /// Executor → executor after a hello from before `through`: the reads the sender sent
+    /// the receiving partition through `through` are dropped (every replica of it had
+    /// acknowledged them), so the receiver cannot replay those epochs.
+    ReadsGone {
+        /// The sending partition.
+        from: PartitionId,
+        /// The node of the sending replica.
+        node: NodeId,
+        /// The receiving partition.
+        to: PartitionId,
+        /// The last epoch whose reads were dropped.
+        through: Epoch,
+    },
+    /// Executor → another replica of its own partition: the state transfer's answer.
+    StateChunk {
+        /// The partition.
+        partition: PartitionId,
+        /// The node of the answering replica.
+        node: NodeId,
+        /// The rows, or why there are none.
+        chunk: crate::transfer::StateChunk,
+    },
+    /// Executor → another replica of its own partition: send (more of) an image of your
+    /// state (see [`crate::transfer`]).
+    StateFetch {
+        /// The partition.
+        partition: PartitionId,
+        /// The node of the asking replica (the answer goes there).
+        node: NodeId,
+        /// What it asks for.
+        fetch: crate::transfer::StateFetch,
+    },
     /// Executor → replica: send the plans of this partition from epoch `from` on.
     Subscribe {
         /// The partition.
@@ -485,7 +527,9 @@ impl Message {
             | Message::NotLeader { .. }
             | Message::Peer { .. }
             | Message::Plan(_)
+            | Message::PlansCompacted { .. }
             | Message::Query { .. }
+            | Message::ReadsGone { .. }
             | Message::RemoteReads { .. }
             | Message::Result { .. }
             | Message::ResultUnknown { .. }
@@ -493,6 +537,8 @@ impl Message {
             | Message::SnapshotQuery { .. }
             | Message::StreamPart { .. }
             | Message::StreamQuery { .. }
+            | Message::StateChunk { .. }
+            | Message::StateFetch { .. }
             | Message::Submit(_)
             | Message::Subscribe { .. }
             | Message::Applied { .. } => false,

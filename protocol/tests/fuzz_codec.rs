@@ -37,6 +37,7 @@ use detflow_protocol::snapshot::{
     SnapshotReply,
 };
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
+use detflow_protocol::transfer::{StateChunk, StateFetch};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
     ClientId, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, TableRule, Term,
@@ -735,6 +736,53 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             Just(LogReply::NoLog),
         ]
         .prop_map(Message::LogReply),
+        (node(), partition(), epoch()).prop_map(|(from, partition, log_start)| {
+            Message::PlansCompacted {
+                from,
+                partition,
+                log_start,
+            }
+        }),
+        (partition(), node(), partition(), epoch()).prop_map(|(from, node, to, through)| {
+            Message::ReadsGone {
+                from,
+                node,
+                to,
+                through,
+            }
+        }),
+        (partition(), node(), prop::option::of((epoch(), key()))).prop_map(
+            |(partition, node, image)| Message::StateFetch {
+                partition,
+                node,
+                fetch: StateFetch { image },
+            }
+        ),
+        (partition(), node(), state_chunk()).prop_map(|(partition, node, chunk)| {
+            Message::StateChunk {
+                partition,
+                node,
+                chunk,
+            }
+        }),
+    ]
+}
+
+fn state_chunk() -> impl Strategy<Value = StateChunk> {
+    prop_oneof![
+        (
+            epoch(),
+            prop::option::of(key()),
+            prop::collection::vec((key(), prop::collection::vec(any::<u8>(), 0..16)), 0..3),
+            any::<bool>()
+        )
+            .prop_map(|(epoch, after, rows, done)| StateChunk::Rows {
+                epoch,
+                after,
+                rows,
+                done
+            }),
+        Just(StateChunk::Unavailable),
     ]
 }
 
@@ -765,7 +813,7 @@ fn table() -> impl Strategy<Value = Table> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 33] = [
+const MESSAGE_VARIANTS: [&str; 37] = [
     "Ack",
     "Call",
     "Deliver",
@@ -799,6 +847,10 @@ const MESSAGE_VARIANTS: [&str; 33] = [
     "LogRead",
     "LogReply",
     "Applied",
+    "PlansCompacted",
+    "ReadsGone",
+    "StateFetch",
+    "StateChunk",
 ];
 
 fn message_variant(msg: &Message) -> &'static str {
@@ -836,6 +888,10 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::TablesReply(_) => "TablesReply",
         Message::LogRead { .. } => "LogRead",
         Message::LogReply(_) => "LogReply",
+        Message::PlansCompacted { .. } => "PlansCompacted",
+        Message::ReadsGone { .. } => "ReadsGone",
+        Message::StateFetch { .. } => "StateFetch",
+        Message::StateChunk { .. } => "StateChunk",
     }
 }
 

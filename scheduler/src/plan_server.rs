@@ -77,6 +77,18 @@ pub enum Output {
         /// Its plan of one epoch.
         plan: Arc<Plan>,
     },
+    /// A replica of a partition subscribed from an epoch it cannot replay: this log
+    /// compacted it away, or the replica had reported it durably applied (it lost its
+    /// disk, and the reads other partitions sent it for that epoch may be gone). It must
+    /// copy a peer's state (see `detflow_protocol::transfer`).
+    Compacted {
+        /// The partition.
+        to: PartitionId,
+        /// The node of the replica.
+        node: NodeId,
+        /// The last epoch it cannot replay.
+        log_start: Epoch,
+    },
     /// Every executor replica has durably applied the epochs through `through`: the
     /// replica may compact its log up to there.
     Compact {
@@ -272,8 +284,25 @@ impl Machine for PlanServer {
                 }
                 // Epochs count from 1.
                 let subscriber = ExecutorId { partition, node };
-                if from <= self.start {
+                // A replica asking again for epochs it reported durably applied lost its
+                // disk: other partitions may have dropped the reads they sent it for
+                // them, so it must copy a peer's state as if the log had dropped them.
+                let reported = self.applied.get(&subscriber).copied().unwrap_or(Epoch(0));
+                let gone = match from <= reported {
+                    true => reported.max(self.start),
+                    false => self.start,
+                };
+                if from <= gone {
                     self.stats.subscriptions_compacted += 1;
+                    out.push(Output::Compacted {
+                        to: partition,
+                        node,
+                        log_start: gone,
+                    });
+                    // Once told, it is believed from where it starts again.
+                    if let Some(applied) = self.applied.get_mut(&subscriber) {
+                        *applied = Epoch(0);
+                    }
                 }
                 self.subscribers.insert(subscriber, from.max(Epoch(1)));
             }
@@ -317,7 +346,7 @@ mod tests {
         out.iter()
             .filter_map(|o| match o {
                 Output::Plan { to, plan, .. } => Some((to.0, plan.epoch.0)),
-                Output::Compact { .. } => None,
+                Output::Compact { .. } | Output::Compacted { .. } => None,
             })
             .collect()
     }
@@ -365,13 +394,41 @@ mod tests {
             node: NodeId(1),
             from: Epoch(from),
         };
-        server.handle(Time(0), subscribe(8), &mut out);
-        assert_eq!(sent(&out), [(0, 8), (0, 9), (0, 10)]);
+        server.handle(Time(0), subscribe(9), &mut out);
+        assert_eq!(sent(&out), [(0, 9), (0, 10)]);
+        assert_eq!(out.len(), 2, "a replica past what it reported is served");
         out.clear();
-        // An executor that lost its state gets nothing from a compacted log.
+        // A replica that reported epoch 10 durable (99, believed up to the commit) and asks
+        // for epoch 1 again lost its disk.
+        let lost = Input::Subscribe {
+            partition: PartitionId(1),
+            node: NodeId(2),
+            from: Epoch(1),
+        };
+        server.handle(Time(0), lost, &mut out);
+        assert_eq!(
+            out,
+            [Output::Compacted {
+                to: PartitionId(1),
+                node: NodeId(2),
+                log_start: Epoch(10)
+            }]
+        );
+        out.clear();
+        // An executor that lost its state gets no plans from a compacted log, but learns
+        // what it cannot replay (here what it reported, 8, past the log's start, 7), so it
+        // copies a peer's state.
         server.handle(Time(0), subscribe(3), &mut out);
-        assert!(out.is_empty());
-        assert_eq!(server.stats().subscriptions_compacted, 1);
+        assert_eq!(
+            out,
+            [Output::Compacted {
+                to: PartitionId(0),
+                node: NodeId(1),
+                log_start: Epoch(8)
+            }]
+        );
+        out.clear();
+        assert_eq!(server.stats().subscriptions_compacted, 2);
 
         // A snapshot installed past every batch: the log continues after it.
         server.handle(Time(0), Input::Compacted { through: Epoch(20) }, &mut out);
@@ -444,7 +501,7 @@ mod tests {
             .iter()
             .filter_map(|o| match o {
                 Output::Plan { node, plan, .. } => Some((node.0, plan.epoch.0)),
-                Output::Compact { .. } => None,
+                Output::Compact { .. } | Output::Compacted { .. } => None,
             })
             .collect();
         assert_eq!(to, [(1, 2), (2, 2)]);

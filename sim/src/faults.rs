@@ -31,6 +31,11 @@ pub struct FaultConfig {
     ///
     /// [`ONE_DOWN_CALL_BOUND_US`]: crate::ONE_DOWN_CALL_BOUND_US
     pub one_down: bool,
+    /// An executor's crash now and then destroys its disk (one replica of a partition at a
+    /// time, never a partition's only one): it restarts from the initial rows with no
+    /// state of its own, and copies another replica's state, since the log or the peers'
+    /// reads no longer hold the epochs it lacks.
+    pub disk_loss: bool,
     /// Pick a random subset of the above and random rates per seed.
     pub swarm: bool,
 }
@@ -52,6 +57,7 @@ impl FaultConfig {
             duplicates: true,
             silent_drops: true,
             one_down: true,
+            disk_loss: true,
             swarm: true,
         }
     }
@@ -66,10 +72,11 @@ impl FaultConfig {
             || self.duplicates
             || self.silent_drops
             || self.one_down
+            || self.disk_loss
     }
 
     /// Parses a comma-separated list: `all`, `none`, or fault names
-    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,silent-drops,one-down,swarm`).
+    /// (`crashes,torn-writes,partitions,resets,delay-spikes,duplicates,silent-drops,one-down,disk-loss,swarm`).
     pub fn parse(list: &str) -> Result<FaultConfig, String> {
         let mut config = FaultConfig::none();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -84,6 +91,7 @@ impl FaultConfig {
                 "duplicates" => config.duplicates = true,
                 "silent-drops" => config.silent_drops = true,
                 "one-down" => config.one_down = true,
+                "disk-loss" => config.disk_loss = true,
                 "swarm" => config.swarm = true,
                 other => {
                     return Err(format!(
@@ -118,6 +126,8 @@ pub(crate) struct FaultPlan {
     pub(crate) downtime_max_us: u64,
     /// The one-down profile instead of every other fault.
     pub(crate) one_down: bool,
+    /// Chance that an executor's crash destroys its disk.
+    pub(crate) disk_loss_chance: f64,
 }
 
 impl FaultPlan {
@@ -141,6 +151,7 @@ impl FaultPlan {
             downtime_max_us: *rng.pick(&[50_000, 300_000, 1_000_000]),
             silent_drop_chance: 0.0,
             one_down: false,
+            disk_loss_chance: 0.0,
         };
         // Drawn last, so that adding this fault type left every other draw as it was.
         plan.silent_drop_chance = on(rng, config.silent_drops, &[0.02, 0.05, 0.1]);
@@ -164,6 +175,16 @@ impl FaultPlan {
         plan
     }
 
+    /// Draws the disk-loss rate, from a generator of its own, so that every seed's other
+    /// draws stay what they were before this fault type.
+    pub(crate) fn draw_disk_loss(&mut self, config: &FaultConfig, rng: &mut DetRng) {
+        let rate = *rng.pick(&[0.1, 0.3, 0.6]);
+        let kept = !config.swarm || rng.chance(0.75);
+        if config.disk_loss && kept && !self.one_down {
+            self.disk_loss_chance = rate;
+        }
+    }
+
     pub(crate) fn any(&self) -> bool {
         self.crash_chance > 0.0
             || self.crash_after_vote_chance > 0.0
@@ -173,6 +194,7 @@ impl FaultPlan {
             || self.duplicate_chance > 0.0
             || self.silent_drop_chance > 0.0
             || self.one_down
+            || self.disk_loss_chance > 0.0
     }
 }
 
@@ -195,6 +217,10 @@ pub struct FaultCounts {
     pub delay_spikes: u64,
     /// Silent drop windows.
     pub silent_drops: u64,
+    /// Executor disks destroyed.
+    pub disks_lost: u64,
+    /// Partition replicas rebuilt by copying another replica's state.
+    pub state_transfers: u64,
 }
 
 impl FaultCounts {
@@ -208,6 +234,8 @@ impl FaultCounts {
         self.duplicates += other.duplicates;
         self.delay_spikes += other.delay_spikes;
         self.silent_drops += other.silent_drops;
+        self.disks_lost += other.disks_lost;
+        self.state_transfers += other.state_transfers;
     }
 }
 
@@ -215,7 +243,8 @@ impl fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={} silent_drops={}",
+            "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={} silent_drops={} disks_lost={} \
+             state_transfers={}",
             self.crashes,
             self.restarts,
             self.partitions,
@@ -223,7 +252,9 @@ impl fmt::Display for FaultCounts {
             self.torn_writes,
             self.duplicates,
             self.delay_spikes,
-            self.silent_drops
+            self.silent_drops,
+            self.disks_lost,
+            self.state_transfers
         )
     }
 }

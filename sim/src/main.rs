@@ -143,6 +143,8 @@ enum Bug {
     ReportUncheckpointed,
     /// Executors label the checkpoint of an epoch with the next epoch.
     CheckpointMislabeled,
+    /// A replica that copied another replica's state resumes one epoch after the copy's.
+    TransferResumesLate,
 }
 
 impl Bug {
@@ -153,6 +155,7 @@ impl Bug {
             Bug::CompactPastSlowest => "compact-past-slowest",
             Bug::ReportUncheckpointed => "report-uncheckpointed",
             Bug::CheckpointMislabeled => "checkpoint-mislabeled",
+            Bug::TransferResumesLate => "transfer-resumes-late",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -314,6 +317,7 @@ fn run(args: RunArgs) -> Result<bool> {
         digest_ignores_deletes: matches!(args.bug, Some(Bug::DigestIgnoresDeletes)),
         report_uncheckpointed: matches!(args.bug, Some(Bug::ReportUncheckpointed)),
         checkpoint_mislabeled: matches!(args.bug, Some(Bug::CheckpointMislabeled)),
+        transfer_resumes_late: matches!(args.bug, Some(Bug::TransferResumesLate)),
     };
     let session_bugs = SessionBugs {
         reuse_seq_after_retry: matches!(args.bug, Some(Bug::ReuseSeqAfterRetry)),

@@ -136,4 +136,46 @@ impl Store for SimStore {
             .map(|(k, v)| (k.clone(), v.clone()));
         self.checkpoint = Some((epoch, rows.chain(system).collect()));
     }
+
+    fn capture_image(&mut self) -> Epoch {
+        self.mem.capture_image()
+    }
+
+    fn image_rows(
+        &self,
+        epoch: Epoch,
+        after: Option<&Key>,
+        bytes_max: usize,
+    ) -> Option<(Vec<(Key, Value)>, bool)> {
+        self.mem.image_rows(epoch, after, bytes_max)
+    }
+
+    fn release_image(&mut self, epoch: Epoch) {
+        self.mem.release_image(epoch);
+    }
+
+    /// The copy builds in memory; the disk keeps the old state until it is complete, so a
+    /// crash meanwhile recovers the state before the transfer (which then starts over).
+    fn restore_begin(&mut self) {
+        self.mem.restore_begin();
+        self.epoch_writes.clear();
+    }
+
+    fn restore_rows(&mut self, rows: Vec<(Key, Value)>) {
+        self.mem.restore_rows(rows);
+    }
+
+    /// The complete copy replaces the disk's records at once, synced (a store writes it
+    /// as one batch with its applied epoch).
+    fn restore_finish(&mut self, epoch: Epoch) {
+        self.mem.restore_finish(epoch);
+        let rows = self.mem.iter().chain(self.mem.system().iter());
+        let writes: Vec<(Key, Option<Value>)> =
+            rows.map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        self.disk = Disk::default();
+        self.disk.append(&codec::encode(&(epoch, &writes)));
+        self.disk.sync();
+        self.unsynced_epochs.clear();
+        self.durable = epoch;
+    }
 }

@@ -716,3 +716,32 @@ fn a_state_digest_that_misses_deletes_is_caught() {
     );
     passes_without_the_bug(config, 0..seed + 1);
 }
+
+#[test]
+fn a_replica_that_resumes_late_after_copying_a_peers_state_is_caught() {
+    // Only a replica that lost its disk copies a peer's state, so only the disk-loss fault
+    // reaches the bug; the replicas' digests then diverge at the epoch it skipped.
+    let bugs = ExecutorBugs {
+        transfer_resumes_late: true,
+        ..ExecutorBugs::default()
+    };
+    let crashes = FaultConfig {
+        crashes: true,
+        ..FaultConfig::none()
+    };
+    let disk_loss = FaultConfig {
+        disk_loss: true,
+        ..crashes
+    };
+    let (seed, failures) =
+        first_failure(with_executor_bug(bugs, disk_loss)).expect("transfer-resumes-late caught");
+    println!("transfer-resumes-late caught at seed {seed}: {failures:?}");
+    assert!(
+        failures.iter().any(|f| f.contains("state digests diverge")),
+        "{failures:?}"
+    );
+    assert!(
+        first_failure_within(seed + 1, with_executor_bug(bugs, crashes)).is_none(),
+        "without disk losses no replica copies a peer's state"
+    );
+}

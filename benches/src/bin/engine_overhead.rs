@@ -267,6 +267,7 @@ impl Pipeline {
                     self.queue
                         .push_back(To::Executor(to, executor::Input::Plan(plan)));
                 }
+                plan_server::Output::Compacted { .. } => {}
                 plan_server::Output::Compact { through } => self
                     .queue
                     .push_back(To::Replica(replica::Input::Compact { through })),
@@ -292,6 +293,12 @@ impl Pipeline {
                 Output::StreamPart { .. } => bail!("a stream read nobody made"),
                 Output::SnapshotPart { .. } => bail!("a snapshot read nobody made"),
                 Output::Checkpoint(_) => bail!("a checkpoint, but none is configured"),
+                Output::SendReadsGone { .. }
+                | Output::FetchState { .. }
+                | Output::SendState { .. }
+                | Output::StateRestored { .. } => {
+                    bail!("a state transfer, but no replica lost its state")
+                }
                 // One replica per partition, on node 0 (the default placement).
                 Output::SendAck { to, durable } => To::Executor(
                     to.partition,

@@ -55,6 +55,7 @@ use detflow_protocol::snapshot::{
     SnapshotReply,
 };
 use detflow_protocol::stream::{Offset, StreamEvent, StreamPart, StreamReply};
+use detflow_protocol::transfer::{StateChunk, StateFetch};
 use detflow_protocol::txn::{AbortReason, Batch, Outcome, Transaction, TxnResult};
 use detflow_protocol::{
     ClientId, DetRng, Elem, Epoch, Key, NodeId, PartitionId, Position, RequestSeq, TableRule,
@@ -1164,7 +1165,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 33;
+const MESSAGE_VARIANTS: usize = 37;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1399,6 +1400,39 @@ fn message(rng: &mut DetRng) -> Message {
             node: node(rng),
             durable: epoch(rng),
         },
+        32 => Message::PlansCompacted {
+            from: node(rng),
+            partition: partition(rng),
+            log_start: epoch(rng),
+        },
+        33 => Message::ReadsGone {
+            from: partition(rng),
+            node: node(rng),
+            to: partition(rng),
+            through: epoch(rng),
+        },
+        34 => Message::StateFetch {
+            partition: partition(rng),
+            node: node(rng),
+            fetch: StateFetch {
+                image: rng.chance(0.5).then(|| (epoch(rng), key(rng))),
+            },
+        },
+        35 => Message::StateChunk {
+            partition: partition(rng),
+            node: node(rng),
+            chunk: match rng.chance(0.8) {
+                true => StateChunk::Rows {
+                    epoch: epoch(rng),
+                    after: rng.chance(0.5).then(|| key(rng)),
+                    rows: (0..rng.below(4))
+                        .map(|_| (key(rng), bytes(rng, 64)))
+                        .collect(),
+                    done: rng.chance(0.5),
+                },
+                false => StateChunk::Unavailable,
+            },
+        },
         _ => Message::Subscribe {
             partition: partition(rng),
             node: node(rng),
@@ -1484,5 +1518,9 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::TablesReply(_) => "TablesReply",
         Message::LogRead { .. } => "LogRead",
         Message::LogReply(_) => "LogReply",
+        Message::PlansCompacted { .. } => "PlansCompacted",
+        Message::ReadsGone { .. } => "ReadsGone",
+        Message::StateFetch { .. } => "StateFetch",
+        Message::StateChunk { .. } => "StateChunk",
     }
 }

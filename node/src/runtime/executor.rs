@@ -91,6 +91,36 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
                 from,
             },
         ),
+        Output::SendReadsGone { to, through } => {
+            let msg = Message::ReadsGone {
+                from: me.partition,
+                node: me.node,
+                to: to.partition,
+                through,
+            };
+            router.to_executor(to, msg);
+        }
+        Output::FetchState { to, fetch } => router.to_executor(
+            to,
+            Message::StateFetch {
+                partition: me.partition,
+                node: me.node,
+                fetch,
+            },
+        ),
+        Output::SendState { to, chunk } => router.to_executor(
+            to,
+            Message::StateChunk {
+                partition: me.partition,
+                node: me.node,
+                chunk,
+            },
+        ),
+        Output::StateRestored { epoch, rows } => tracing::info!(
+            "partition {}: copied another replica's state after epoch {epoch} ({rows} rows): \
+             the log no longer holds the epochs it lacked",
+            me.partition
+        ),
     }
     false
 }
@@ -314,6 +344,25 @@ pub(super) async fn executor_task(
                     client,
                     seq,
                 },
+                Event::Msg(Message::PlansCompacted {
+                    from, log_start, ..
+                }) => Input::PlansCompacted { from, log_start },
+                Event::Msg(Message::ReadsGone {
+                    from,
+                    node,
+                    through,
+                    ..
+                }) => Input::ReadsGone {
+                    from,
+                    node,
+                    through,
+                },
+                Event::Msg(Message::StateFetch { node, fetch, .. }) => {
+                    Input::StateFetch { from: node, fetch }
+                }
+                Event::Msg(Message::StateChunk { node, chunk, .. }) => {
+                    Input::StateChunk { from: node, chunk }
+                }
                 Event::LinkUp(node) => {
                     // The machine decides what a new connection means: a replica may be
                     // its plan source, a partition may lack reads.

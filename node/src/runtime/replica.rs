@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 /// Sends the plan server's plans to their partitions; returns the compaction point it
 /// announced, if any.
 fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) -> Option<Epoch> {
+    let me = router.me;
     let mut compact = None;
     for output in out.drain(..) {
         match output {
@@ -29,6 +30,24 @@ fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) -> Option<Epo
                     node,
                 };
                 router.to_executor(to, Message::Plan(plan));
+            }
+            plan_server::Output::Compacted {
+                to,
+                node,
+                log_start,
+            } => {
+                let msg = Message::PlansCompacted {
+                    from: me,
+                    partition: to,
+                    log_start,
+                };
+                router.to_executor(
+                    ExecutorId {
+                        partition: to,
+                        node,
+                    },
+                    msg,
+                );
             }
             plan_server::Output::Compact { through } => compact = Some(through),
         }

@@ -27,6 +27,9 @@ pub enum ChannelHeader {
     Subscriptions,
     /// Executor ↔ gateway (results, queries, deliveries).
     Results,
+    /// Executor → another replica `p` of its partition (state transfer), apart so that
+    /// its large chunks never hold back reads.
+    State(u32),
 }
 
 pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
@@ -36,9 +39,14 @@ pub(super) fn channel_of(msg: &Message) -> ChannelHeader {
             ChannelHeader::Submissions
         }
         Message::Plan(plan) => ChannelHeader::Plans(plan.partition.0),
-        Message::RemoteReads { to, .. } | Message::Ack { to, .. } | Message::Hello { to, .. } => {
-            ChannelHeader::Reads(to.0)
+        Message::PlansCompacted { partition, .. } => ChannelHeader::Plans(partition.0),
+        Message::StateFetch { partition, .. } | Message::StateChunk { partition, .. } => {
+            ChannelHeader::State(partition.0)
         }
+        Message::RemoteReads { to, .. }
+        | Message::Ack { to, .. }
+        | Message::Hello { to, .. }
+        | Message::ReadsGone { to, .. } => ChannelHeader::Reads(to.0),
         Message::Subscribe { .. } | Message::Applied { .. } => ChannelHeader::Subscriptions,
         Message::Deliver(_)
         | Message::Query { .. }
@@ -101,9 +109,13 @@ impl Router {
             | Message::Subscribe { .. }
             | Message::Applied { .. } => self.replica.as_ref(),
             Message::Plan(plan) => self.executors.get(&plan.partition),
+            Message::PlansCompacted { partition, .. }
+            | Message::StateFetch { partition, .. }
+            | Message::StateChunk { partition, .. } => self.executors.get(partition),
             Message::RemoteReads { to, .. }
             | Message::Ack { to, .. }
-            | Message::Hello { to, .. } => self.executors.get(to),
+            | Message::Hello { to, .. }
+            | Message::ReadsGone { to, .. } => self.executors.get(to),
             Message::Query { partition, .. }
             | Message::StreamQuery { partition, .. }
             | Message::SnapshotQuery { partition, .. } => self.executors.get(partition),
@@ -187,11 +199,28 @@ impl Router {
                 spec.replica && mine(&plan.partition),
                 "a plan from a non-replica or for a partition not here",
             ),
+            Message::PlansCompacted {
+                from, partition, ..
+            } => check(
+                *from == sender && spec.replica && mine(partition),
+                "a compaction notice from a non-replica or for a partition not here",
+            ),
+            Message::StateFetch {
+                partition, node, ..
+            }
+            | Message::StateChunk {
+                partition, node, ..
+            } => check(
+                *node == sender && hosts(partition) && mine(partition),
+                "a state transfer between nodes that do not both host the partition",
+            ),
             Message::RemoteReads { to, reads } => check(
                 hosts(&reads.from) && mine(to),
                 "reads of a partition it does not host",
             ),
-            Message::Ack { from, node, to, .. } | Message::Hello { from, node, to, .. } => check(
+            Message::Ack { from, node, to, .. }
+            | Message::Hello { from, node, to, .. }
+            | Message::ReadsGone { from, node, to, .. } => check(
                 hosts(from) && *node == sender && mine(to),
                 "an ack or hello for a partition it does not host",
             ),

@@ -62,9 +62,51 @@ impl World {
                 from,
                 max,
             },
+            Msg::PlansCompacted {
+                from: replica,
+                log_start,
+                ..
+            } => {
+                // As a node's router, admit it only from the replica it names.
+                if from != Addr::Replica(replica.0.wrapping_sub(100)) {
+                    return;
+                }
+                Input::PlansCompacted {
+                    from: replica,
+                    log_start,
+                }
+            }
+            Msg::ReadsGone {
+                from: partition,
+                node,
+                through,
+                ..
+            } => Input::ReadsGone {
+                from: partition,
+                node,
+                through,
+            },
+            Msg::StateFetch { node, fetch, .. } => {
+                if !self.sent_by(from, node) {
+                    return;
+                }
+                Input::StateFetch { from: node, fetch }
+            }
+            Msg::StateChunk { node, chunk, .. } => {
+                if !self.sent_by(from, node) {
+                    return;
+                }
+                Input::StateChunk { from: node, chunk }
+            }
             other => panic!("executor got {other:?}"),
         };
         self.executor_input(p, input);
+    }
+
+    /// Whether `from` is the executor on `node` (as a node's router checks the sender's
+    /// certificate).
+    fn sent_by(&self, from: Addr, node: NodeId) -> bool {
+        matches!(from, Addr::Executor(e) if self.executors[e as usize].id.node == node)
     }
 
     pub(super) fn executor_input(&mut self, p: u32, input: detflow_executor::Input) {
@@ -173,6 +215,32 @@ impl World {
                     };
                     self.send(me, Addr::Replica(to.0 - 100), msg);
                 }
+                Output::SendReadsGone { to, through } => {
+                    let msg = Msg::ReadsGone {
+                        from: id.partition,
+                        node: id.node,
+                        to: to.partition,
+                        through,
+                    };
+                    self.send_to_executor(me, to, msg);
+                }
+                Output::FetchState { to, fetch } => {
+                    let msg = Msg::StateFetch {
+                        partition: id.partition,
+                        node: id.node,
+                        fetch,
+                    };
+                    self.send_to_executor(me, to, msg);
+                }
+                Output::SendState { to, chunk } => {
+                    let msg = Msg::StateChunk {
+                        partition: id.partition,
+                        node: id.node,
+                        chunk,
+                    };
+                    self.send_to_executor(me, to, msg);
+                }
+                Output::StateRestored { .. } => self.counts.state_transfers += 1,
             }
         }
         self.arm_executor_timer(p);

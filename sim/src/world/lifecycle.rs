@@ -113,6 +113,26 @@ impl World {
         }
     }
 
+    /// Whether executor `e`'s disk may be destroyed now: its partition has another
+    /// replica, and none of the others lost its own and is still behind where it was.
+    /// (A partition's only replica that loses its disk is not recovered yet: the archive's
+    /// checkpoint holds its state, but peers drop the reads they sent it once it reported
+    /// them durable, so the epochs after the checkpoint cannot be replayed.)
+    fn disk_may_be_lost(&self, e: u32) -> bool {
+        let id = self.executors[e as usize].id;
+        let others: Vec<&ExecutorNode> = (self.executors.iter())
+            .filter(|x| x.id.partition == id.partition && x.id != id)
+            .collect();
+        let recovering = |x: &&ExecutorNode| {
+            x.recovering.is_some_and(|was| {
+                x.machine
+                    .as_ref()
+                    .is_none_or(|m| m.is_transferring() || m.next_epoch() <= was)
+            })
+        };
+        !others.is_empty() && !others.iter().any(recovering)
+    }
+
     pub(super) fn crash(&mut self, addr: Addr, downtime_us: u64) {
         if !self.is_up(addr) {
             return;
@@ -137,6 +157,17 @@ impl World {
                 let damage = store.crash_and_recover(&mut self.rng, tear);
                 if damage.torn {
                     self.counts.torn_writes += 1;
+                }
+                let chance = self.plan.disk_loss_chance;
+                let may = chance > 0.0 && self.disk_may_be_lost(p);
+                let node = &mut self.executors[p as usize];
+                if may && self.disk_rng.chance(chance) {
+                    let p = node.id.partition.0 as usize;
+                    // Lost again while recovering: it is behind where it was the first time.
+                    let was = node.recovering.unwrap_or(Epoch(0));
+                    node.recovering = Some(store.applied_epoch().max(was));
+                    store = SimStore::loaded(self.initial_rows[p].clone());
+                    self.counts.disks_lost += 1;
                 }
                 node.parked = Some(store);
             }

@@ -425,6 +425,9 @@ struct ExecutorNode {
     sync_scheduled: bool,
     /// The checkpoint being written (one at a time, as in the node), lost in a crash.
     checkpointing: Option<(Epoch, Vec<(Key, Value)>)>,
+    /// Its disk was destroyed and it has not yet got back to the epoch it had applied
+    /// then: that epoch.
+    recovering: Option<Epoch>,
 }
 
 struct GatewayNode {
@@ -453,6 +456,9 @@ pub(crate) struct World {
     net: Network<Addr, Msg>,
     rng: DetRng,
     workload_rng: DetRng,
+    /// Disk losses draw from a generator of their own, so that every other draw of a seed
+    /// stays what it was before that fault type.
+    disk_rng: DetRng,
     timing: Timing,
     plan: FaultPlan,
     counts: FaultCounts,
@@ -478,6 +484,8 @@ pub(crate) struct World {
     workload: Box<dyn Workload>,
     registry: Arc<Registry>,
     initial: Vec<(Key, Value)>,
+    /// Each partition's initial rows, which a replica whose disk was destroyed reloads.
+    initial_rows: Vec<Vec<(Key, Value)>>,
     /// Raft's safety properties, checked after every replica step.
     raft: RaftSafety,
     online_failures: Vec<String>,
@@ -551,7 +559,9 @@ impl World {
             reads_ahead_epochs: *rng.pick(&[detflow_executor::READS_AHEAD_EPOCHS, 50, 8]),
             retention: detflow_executor::Retention::default(),
         };
-        let plan = FaultPlan::draw(&config.faults, &mut rng);
+        let mut plan = FaultPlan::draw(&config.faults, &mut rng);
+        let mut disk_rng = DetRng::new(config.seed ^ 0x0D15_C105);
+        plan.draw_disk_loss(&config.faults, &mut disk_rng);
         // Drawn from a fork, so that every draw above is the same as before snapshots.
         let retention = {
             let mut r = rng.fork(7_001);
@@ -602,6 +612,7 @@ impl World {
             partition_replicas as usize,
         ));
         let mut executors = Vec::new();
+        let initial_rows = per_partition.clone();
         for (p, rows) in per_partition.into_iter().enumerate() {
             for k in 0..partition_replicas {
                 executors.push(ExecutorNode {
@@ -615,6 +626,7 @@ impl World {
                     timer: Timer::default(),
                     sync_scheduled: false,
                     checkpointing: None,
+                    recovering: None,
                 });
             }
         }
@@ -677,6 +689,7 @@ impl World {
             net: Network::new(),
             rng,
             workload_rng,
+            disk_rng,
             timing,
             plan,
             counts: FaultCounts::default(),
@@ -692,6 +705,7 @@ impl World {
             workload,
             registry,
             initial,
+            initial_rows,
             raft: RaftSafety::default(),
             online_failures: Vec::new(),
             log_compactions: (0, 0),

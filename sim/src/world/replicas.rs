@@ -155,6 +155,22 @@ impl World {
                     };
                     self.send_to_executor(Addr::Replica(r), to, Msg::Plan(plan));
                 }
+                plan_server::Output::Compacted {
+                    to,
+                    node,
+                    log_start,
+                } => {
+                    let msg = Msg::PlansCompacted {
+                        from: replica_id(r),
+                        partition: to,
+                        log_start,
+                    };
+                    let to = ExecutorId {
+                        partition: to,
+                        node,
+                    };
+                    self.send_to_executor(Addr::Replica(r), to, msg);
+                }
                 // After the replica's current step (its writes keep their order), as the
                 // node's replica task feeds it in its next round.
                 plan_server::Output::Compact { through } => {
