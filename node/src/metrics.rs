@@ -91,6 +91,11 @@ pub fn registry(stats: &NodeStats, transport: Arc<TransportMetrics>) -> Registry
         stats.checkpoint_epoch.clone(),
     );
     registry.register(
+        "state_transfers",
+        "Copies of another replica's state a partition replica made after losing its own.",
+        stats.state_transfers.clone(),
+    );
+    registry.register(
         "partition_lag_epochs",
         "Epochs this node's replica of a partition trails the local sequencer replica's commit.",
         stats.partition_lag.clone(),

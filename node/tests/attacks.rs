@@ -60,6 +60,7 @@ use detflow_protocol::message::{Call, Message, Rejection, RemoteReads, Reply, Se
 use detflow_protocol::replication::PeerMessage;
 use detflow_protocol::snapshot::{PartAt, PartOp, PartRows, SnapshotPart};
 use detflow_protocol::stream::{Offset, StreamPart, StreamReply};
+use detflow_protocol::transfer::{StateChunk, StateFetch};
 use detflow_protocol::{
     ClientId, Epoch, Footprint, Key, NodeId, Outcome, PartitionId, Position, RequestSeq, Term,
     Transaction, TxnResult, codec,
@@ -317,6 +318,55 @@ async fn forge_peer_messages(cluster: &mut Cluster) {
                 gateway: NodeId(other),
                 at: PartAt::Epoch(Epoch(1)),
                 op: PartOp::Get(vec![Key::table("acct").u64(7)]),
+            },
+        ),
+        // State transfer: a forged copy of a partition's state (a chunk on behalf of
+        // another node, or of a partition we do not host), a request for another node's
+        // copy, a compaction notice from another replica, a peer's "reads gone" for it.
+        (
+            ChannelHeader::State(leader_partition.0),
+            Message::StateChunk {
+                partition: leader_partition,
+                node: NodeId(other),
+                chunk: StateChunk::Rows {
+                    epoch: Epoch(1),
+                    after: None,
+                    rows: vec![(Key::table("acct").u64(7), codec::encode(&1_000_000i64))],
+                    done: true,
+                },
+            },
+        ),
+        (
+            ChannelHeader::State(other_partition.0),
+            Message::StateChunk {
+                partition: other_partition,
+                node: NodeId(rogue),
+                chunk: StateChunk::Unavailable,
+            },
+        ),
+        (
+            ChannelHeader::State(leader_partition.0),
+            Message::StateFetch {
+                partition: leader_partition,
+                node: NodeId(other),
+                fetch: StateFetch { image: None },
+            },
+        ),
+        (
+            ChannelHeader::Plans(leader_partition.0),
+            Message::PlansCompacted {
+                from: NodeId(other),
+                partition: leader_partition,
+                log_start: Epoch(u64::MAX),
+            },
+        ),
+        (
+            ChannelHeader::Reads(leader_partition.0),
+            Message::ReadsGone {
+                from: other_partition,
+                node: NodeId(other),
+                to: leader_partition,
+                through: Epoch(u64::MAX),
             },
         ),
     ];

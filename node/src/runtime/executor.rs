@@ -116,11 +116,18 @@ fn route_output(router: &Router, me: ExecutorId, effect: Output) -> bool {
                 chunk,
             },
         ),
-        Output::StateRestored { epoch, rows } => tracing::info!(
-            "partition {}: copied another replica's state after epoch {epoch} ({rows} rows): \
-             the log no longer holds the epochs it lacked",
-            me.partition
-        ),
+        Output::StateRestored { epoch, rows } => {
+            let label = PartitionLabel {
+                partition: me.partition.0,
+            };
+            router.stats.state_transfers.get_or_create(&label).inc();
+            tracing::info!(
+                "partition {}: copied another replica's state after epoch {epoch} ({rows} rows): \
+                 it could not replay the epochs it lacked (compacted away, or their reads \
+                 dropped by peers)",
+                me.partition
+            );
+        }
     }
     false
 }

@@ -97,6 +97,9 @@ pub struct NodeStats {
     pub partition_next_epoch: Family<PartitionLabel, CountGauge>,
     /// Per partition: the epoch of its last durable checkpoint.
     pub checkpoint_epoch: Family<PartitionLabel, CountGauge>,
+    /// Per partition: copies of another replica's state this node's replica made (after
+    /// it lost its own).
+    pub state_transfers: Family<PartitionLabel, Counter>,
     /// Per partition: epochs this node's replica trails the local sequencer replica's
     /// commit epoch (0 without a local sequencer replica).
     pub partition_lag: Family<PartitionLabel, CountGauge>,
@@ -145,6 +148,7 @@ impl Default for NodeStats {
             digests: Mutex::default(),
             partition_next_epoch: Family::default(),
             checkpoint_epoch: Family::default(),
+            state_transfers: Family::default(),
             partition_lag: Family::default(),
             snapshot_retained_bytes: Family::default(),
             snapshot_oldest_epoch: Family::default(),
