@@ -1340,7 +1340,7 @@ impl<S: Store> Executor<S> {
 
     /// Whether a delivery may be asked for now: caught up, and with a gateway to ask.
     fn can_ask_delivery(&self) -> bool {
-        self.plans.is_empty() && !self.gateways.is_empty()
+        self.plans.is_empty() && !self.gateways.is_empty() && self.transfer.is_none()
     }
 
     fn apply(&mut self, key: Key, value: Option<Value>) {
@@ -1474,7 +1474,10 @@ impl<S: Store> Executor<S> {
             PartAt::Latest { not_before } => (applied, not_before),
             PartAt::Epoch(e) => (e, e),
         };
-        let answer = if wanted > applied {
+        // Mid-copy, the store holds part of a peer's state.
+        let answer = if self.transfer.is_some() {
+            Err(SnapshotError::Unavailable)
+        } else if wanted > applied {
             Err(SnapshotError::NotYet {
                 asked: wanted,
                 partition: self.partition,
@@ -1708,6 +1711,9 @@ impl<S: Store> Machine for Executor<S> {
                 self.on_plan(plan, out);
             }
             Input::RemoteReads(reads) => self.on_remote_reads(reads, out),
+            // Mid-copy, the store holds part of a peer's state: no answer (the gateway's
+            // deadline answers, and the caller asks again).
+            Input::ResultQuery { .. } | Input::StreamRead { .. } if self.transfer.is_some() => {}
             Input::ResultQuery {
                 gateway,
                 client,
@@ -2186,6 +2192,21 @@ mod tests {
             }
             ask = fetch(out);
             now = now.plus_us(1);
+            // Mid-copy, its store holds part of the peer's state: no snapshot reads.
+            let read = Input::SnapshotRead {
+                gateway: NodeId(7),
+                read: 1,
+                at: PartAt::Latest {
+                    not_before: Epoch(0),
+                },
+                op: PartOp::Get(vec![Key::table("big").u64(1)]),
+            };
+            match at(&mut lost, now, read).as_slice() {
+                [Output::SnapshotPart { part, .. }] => {
+                    assert_eq!(part.answer, Err(SnapshotError::Unavailable))
+                }
+                other => panic!("expected a snapshot answer, got {other:?}"),
+            }
         };
         assert_eq!(chunks, 3);
         assert_eq!(restored.0, Epoch(3));

@@ -35,9 +35,10 @@
 //! Replay starts from the last epoch at which every partition has a checkpoint.
 //!
 //! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
-//! epoch (the node keeps the last `archive_retain_epochs` epochs if that is set), moved
-//! back to the last checkpoint at or before it, and the checkpoints before that one, so
-//! that what remains replays on its own.
+//! epoch, moved back to the last checkpoint at or before it, and the checkpoints before
+//! that one, so that what remains replays on its own. [`Retention`] picks that epoch from
+//! the node's limits: the last `archive_retain_epochs` epochs, `archive_retain_bytes`
+//! bytes, files younger than `archive_retain_secs` (each if set; the strictest wins).
 
 use anyhow::{Context, Result, bail, ensure};
 use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value, codec};
@@ -77,6 +78,25 @@ pub struct Segment {
     pub bytes: u64,
     /// The file.
     pub path: PathBuf,
+}
+
+/// How much of the archive a node keeps; each limit that is set applies, and a file goes
+/// once any of them says so (moved back to a checkpoint, see [`Archive::retain_after`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the last this many epochs.
+    pub epochs: Option<u64>,
+    /// Keep at most this many bytes of segments and checkpoints.
+    pub bytes: Option<u64>,
+    /// Keep the files written in the last this many seconds.
+    pub secs: Option<u64>,
+}
+
+impl Retention {
+    /// Whether it keeps everything.
+    pub fn keeps_all(&self) -> bool {
+        *self == Retention::default()
+    }
 }
 
 /// An archive directory (created on first write).
@@ -228,6 +248,50 @@ impl Archive {
             }
         }
         Ok(deleted)
+    }
+
+    /// Applies `retention` to an archive whose last epoch is `last`, at wall-clock time
+    /// `now`; how many files it deleted.
+    pub fn retain(
+        &self,
+        retention: &Retention,
+        last: Epoch,
+        now: std::time::SystemTime,
+    ) -> Result<usize> {
+        let segments = self.segments()?;
+        let mut cut = Epoch(0);
+        if let Some(epochs) = retention.epochs {
+            cut = cut.max(Epoch(last.0.saturating_sub(epochs)));
+        }
+        if let Some(bytes) = retention.bytes {
+            // The oldest epochs go until what is left fits.
+            let checkpoints = self.checkpoints()?;
+            let mut left: u64 = segments.iter().map(|s| s.bytes).sum::<u64>()
+                + checkpoints.iter().map(|c| c.bytes).sum::<u64>();
+            let mut files: Vec<(Epoch, u64)> = segments.iter().map(|s| (s.last, s.bytes)).collect();
+            files.extend(checkpoints.iter().map(|c| (c.epoch, c.bytes)));
+            files.sort();
+            for (epoch, size) in files {
+                if left <= bytes {
+                    break;
+                }
+                left = left.saturating_sub(size);
+                cut = cut.max(epoch);
+            }
+        }
+        if let Some(secs) = retention.secs {
+            let before = now - std::time::Duration::from_secs(secs);
+            for segment in &segments {
+                let written = fs::metadata(&segment.path).and_then(|m| m.modified());
+                if written.is_ok_and(|t| t < before) {
+                    cut = cut.max(segment.last);
+                }
+            }
+        }
+        match cut {
+            Epoch(0) => Ok(0),
+            cut => self.retain_after(cut),
+        }
     }
 
     fn checkpoints_dir(&self) -> PathBuf {
@@ -494,6 +558,66 @@ mod tests {
         moved.partition = PartitionId(1);
         let error = archive.read_checkpoint(&moved).unwrap_err().to_string();
         assert!(error.contains("not what its name says"), "{error}");
+    }
+
+    #[test]
+    fn retention_by_epochs_size_and_age_cuts_at_the_strictest() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        let mut sizes = Vec::new();
+        for first in [1, 11, 21, 31] {
+            sizes.push(
+                archive
+                    .write_segment(&entries(first, first + 9))
+                    .unwrap()
+                    .bytes,
+            );
+        }
+        let now = std::time::SystemTime::now();
+        let left = |archive: &Archive| describe(&archive.segments().unwrap());
+        // Nothing set, or limits that hold: nothing goes.
+        assert_eq!(
+            archive
+                .retain(&Retention::default(), Epoch(40), now)
+                .unwrap(),
+            0
+        );
+        let roomy = Retention {
+            epochs: Some(100),
+            bytes: Some(1 << 30),
+            secs: Some(3_600),
+        };
+        assert_eq!(archive.retain(&roomy, Epoch(40), now).unwrap(), 0);
+        // By size: the oldest segments go until the rest fits.
+        let two = Retention {
+            bytes: Some(sizes[2] + sizes[3]),
+            ..Retention::default()
+        };
+        assert_eq!(archive.retain(&two, Epoch(40), now).unwrap(), 2);
+        assert_eq!(left(&archive), "epochs 21..=40");
+        // By age: a segment written over an hour ago goes.
+        let old = archive.segments().unwrap()[0].path.clone();
+        let an_hour_ago = now - std::time::Duration::from_secs(3_700);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let hour = Retention {
+            secs: Some(3_600),
+            ..Retention::default()
+        };
+        assert_eq!(archive.retain(&hour, Epoch(40), now).unwrap(), 1);
+        assert_eq!(left(&archive), "epochs 31..=40");
+        // By epochs, the strictest of the three.
+        let five = Retention {
+            epochs: Some(5),
+            ..roomy
+        };
+        assert_eq!(archive.retain(&five, Epoch(40), now).unwrap(), 0);
+        assert_eq!(archive.retain(&five, Epoch(45), now).unwrap(), 1);
+        assert_eq!(left(&archive), "no epochs");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!                                 # waiting for checkpoints)
 //! # archive_dir = "archive"       # where dropped epochs go; default DATA_DIR/archive
 //! # archive_retain_epochs = 1000000   # keep the last N epochs there; default all
+//! # archive_retain_bytes = 10000000000 # and at most N bytes of it; default all
+//! # archive_retain_secs = 604800      # and what was written in the last N s; default all
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
 //! # warehouses = 8                # default: one per partition; at least one per partition
 //! # scale_down = 1                # population divided by this; 1 = full size (default),
@@ -196,6 +198,12 @@ pub struct Config {
     /// Keep only the segments holding the last this many epochs (default: keep all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_retain_epochs: Option<u64>,
+    /// Keep at most this many bytes of segments and checkpoints (default: keep all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_retain_bytes: Option<u64>,
+    /// Keep only what was archived in the last this many seconds (default: keep all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_retain_secs: Option<u64>,
     /// Where to serve Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -457,6 +465,8 @@ mod tests {
             checkpoint_every_epochs: 8_192,
             archive_dir: None,
             archive_retain_epochs: None,
+            archive_retain_bytes: None,
+            archive_retain_secs: None,
             metrics_listen: None,
             tls: TlsPaths {
                 ca: "ca.pem".into(),

@@ -194,6 +194,8 @@ impl Builder {
                 checkpoint_every_epochs: crate::config::default_checkpoint_every_epochs(),
                 archive_dir: None,
                 archive_retain_epochs: None,
+                archive_retain_bytes: None,
+                archive_retain_secs: None,
                 metrics_listen: metrics,
                 tls: TlsPaths {
                     ca: certs.ca.cert.clone(),

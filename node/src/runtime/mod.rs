@@ -239,7 +239,11 @@ impl Node {
             let executors = placement.executors().collect();
             let archive = replica::ArchiveSink {
                 archive: crate::archive::Archive::new(&config.archive_dir()),
-                retain_epochs: config.archive_retain_epochs,
+                retention: crate::archive::Retention {
+                    epochs: config.archive_retain_epochs,
+                    bytes: config.archive_retain_bytes,
+                    secs: config.archive_retain_secs,
+                },
             };
             starts.push(Box::new(move |router| {
                 Box::pin(replica::replica_task(

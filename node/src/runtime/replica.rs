@@ -73,11 +73,14 @@ fn archive_compacted(log: &LogStore, archive: &ArchiveSink, write: &LogWrite) {
     if let Err(e) = archive.archive.write_segment(&entries) {
         fatal(format!("cannot archive epochs {from}..={to}: {e:#}"));
     }
-    if let Some(keep) = archive.retain_epochs {
-        let before = Epoch(to.0.saturating_sub(keep));
-        if let Err(e) = archive.archive.retain_after(before) {
-            fatal(format!("cannot apply the archive's retention: {e:#}"));
-        }
+    if archive.retention.keeps_all() {
+        return;
+    }
+    // Age is measured by the files' times, on the wall clock.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    if let Err(e) = archive.archive.retain(&archive.retention, to, now) {
+        fatal(format!("cannot apply the archive's retention: {e:#}"));
     }
 }
 
@@ -85,8 +88,8 @@ fn archive_compacted(log: &LogStore, archive: &ArchiveSink, write: &LogWrite) {
 pub(super) struct ArchiveSink {
     /// The archive.
     pub(super) archive: Archive,
-    /// Keep the segments of the last this many epochs (all if `None`).
-    pub(super) retain_epochs: Option<u64>,
+    /// How much of it to keep.
+    pub(super) retention: crate::archive::Retention,
 }
 
 /// A log read answers with batches of about this many bytes at most (at least one), far
