@@ -37,7 +37,7 @@ mod snapshot;
 mod subscribe;
 
 pub use detflow_net::{Tls, TransportError};
-pub use detflow_protocol::message::LogReply;
+pub use detflow_protocol::message::{CheckpointAnswer, LogReply};
 pub use detflow_protocol::schema::{Field, FieldType, Table};
 pub use kv::KvBuilder;
 pub use snapshot::{At, PartitionScan, ReadError, Scan, ScanRange, Snapshot};
@@ -396,6 +396,28 @@ impl Client {
     /// failed connection is dropped, as `call_raw` does: a cached connection to a node
     /// that died stays dead, so without this every later request would find a restarted
     /// node unreachable.
+    /// Asks every node given at connect to checkpoint each partition it hosts after epoch
+    /// `at` (one not applied yet, the same for all, so that the archive holds a complete
+    /// set there): each node's answers, per partition replica.
+    pub async fn checkpoint(
+        &self,
+        at: detflow_protocol::Epoch,
+    ) -> Vec<(
+        SocketAddr,
+        Result<Vec<(detflow_protocol::PartitionId, CheckpointAnswer)>, String>,
+    )> {
+        let mut out = Vec::new();
+        for (i, addr) in self.links.gateways.iter().enumerate() {
+            let answer = match self.ask(i, &Message::Checkpoint { at }).await {
+                Ok(Message::CheckpointReply(answers)) => Ok(answers),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e),
+            };
+            out.push((*addr, answer));
+        }
+        out
+    }
+
     async fn ask(&self, i: usize, msg: &Message) -> Result<Message, String> {
         match tokio::time::timeout(self.policy.attempt_timeout, self.request(i, msg)).await {
             Ok(Ok(answer)) => Ok(answer),

@@ -41,7 +41,7 @@ use crate::store::Store;
 use crate::system::{Bookkeeping, is_system_key};
 use crate::txn::{Effects, ReadView, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::mailbox::Delivery;
-use detflow_protocol::message::RemoteReads;
+use detflow_protocol::message::{CheckpointAnswer, RemoteReads};
 use detflow_protocol::snapshot::{
     PartAt, PartOp, PartRows, SCAN_CHUNK_BYTES_MAX, SCAN_ROWS_DEFAULT, SCAN_ROWS_MAX,
     SNAPSHOT_KEYS_MAX, SnapshotError, SnapshotPart, check_snapshot_key,
@@ -349,6 +349,13 @@ pub struct ExecutorBugs {
     pub transfer_resumes_late: bool,
 }
 
+/// The most checkpoints asked for on demand that a replica holds, not taken yet.
+pub const CHECKPOINTS_ASKED_MAX: usize = 8;
+
+/// How far ahead of a replica a checkpoint may be asked for: far epochs would hold a slot
+/// (of [`CHECKPOINTS_ASKED_MAX`]) for hours.
+pub const CHECKPOINT_AHEAD_EPOCHS_MAX: u64 = 100_000;
+
 /// How many epochs' digests an executor keeps in memory (see [`Executor::digest_after`]).
 pub const DIGESTS_KEPT: usize = 4_096;
 
@@ -553,6 +560,8 @@ pub struct Executor<S: Store> {
     images: transfer::Images,
     /// Peers that asked for a new image mid-epoch: served once the epoch commits.
     image_waiting: BTreeSet<NodeId>,
+    /// Epochs after which a checkpoint was asked for on demand, not reached yet.
+    checkpoints_asked: BTreeSet<Epoch>,
     /// The time of the input being handled.
     now: Time,
 }
@@ -609,8 +618,45 @@ impl<S: Store> Executor<S> {
             transfer: None,
             images: BTreeMap::new(),
             image_waiting: BTreeSet::new(),
+            checkpoints_asked: BTreeSet::new(),
             now: Time::ZERO,
         }
+    }
+
+    /// Asks for a checkpoint after epoch `at`, on demand (an operator's `detflow
+    /// checkpoint`, which asks every replica for the same epoch). It is taken like a
+    /// periodic one ([`Output::Checkpoint`]) when `at` commits; one asked for an epoch
+    /// already applied is refused, as are more than [`CHECKPOINTS_ASKED_MAX`] pending.
+    /// Requests are kept in memory only: a restart forgets them.
+    pub fn request_checkpoint(&mut self, at: Epoch) -> CheckpointAnswer {
+        if at < self.next_epoch {
+            return CheckpointAnswer::TooLate {
+                applied: Epoch(self.next_epoch.0 - 1),
+            };
+        }
+        if at.0
+            > self
+                .next_epoch
+                .0
+                .saturating_add(CHECKPOINT_AHEAD_EPOCHS_MAX)
+        {
+            return CheckpointAnswer::Refused(format!(
+                "epoch {at} is more than {CHECKPOINT_AHEAD_EPOCHS_MAX} epochs ahead of this \
+                 replica (at epoch {})",
+                self.next_epoch
+            ));
+        }
+        if self.checkpoints_asked.len() >= CHECKPOINTS_ASKED_MAX
+            && !self.checkpoints_asked.contains(&at)
+        {
+            return CheckpointAnswer::Refused(format!(
+                "{CHECKPOINTS_ASKED_MAX} checkpoints are asked for already, the first after \
+                 epoch {}",
+                self.checkpoints_asked.first().map_or(0, |e| e.0)
+            ));
+        }
+        self.checkpoints_asked.insert(at);
+        CheckpointAnswer::Scheduled
     }
 
     /// Has the state checkpointed after every epoch that is a multiple of `epochs` (0, the
@@ -1153,7 +1199,9 @@ impl<S: Store> Executor<S> {
                 self.digests.push_back((epoch, digest));
                 self.book.flush(&mut self.store, epoch);
                 self.store.commit_epoch(epoch);
-                if self.checkpoint_every > 0 && epoch.0.is_multiple_of(self.checkpoint_every) {
+                let periodic =
+                    self.checkpoint_every > 0 && epoch.0.is_multiple_of(self.checkpoint_every);
+                if self.checkpoints_asked.remove(&epoch) || periodic {
                     match self.bugs.checkpoint_mislabeled {
                         true => self.store.checkpoint(epoch.next()),
                         false => self.store.checkpoint(epoch),
@@ -2327,6 +2375,53 @@ mod tests {
             let out = at(e, Time(4), Input::Checkpointed { epoch: Epoch(8) });
             assert_eq!(reported(&out), [8]);
         }
+    }
+
+    #[test]
+    fn a_checkpoint_asked_for_on_demand_is_taken_at_that_epoch() {
+        let mut f = fixture();
+        let plans: Vec<Plan> = (1..=6).map(|e| empty_plan(&f, e)).collect();
+        let e = &mut f.executors[0];
+        at(e, Time(0), Input::Start);
+        assert_eq!(e.request_checkpoint(Epoch(3)), CheckpointAnswer::Scheduled);
+        let mut taken = Vec::new();
+        for (i, plan) in plans.into_iter().enumerate() {
+            if i == 4 {
+                assert_eq!(
+                    e.request_checkpoint(Epoch(2)),
+                    CheckpointAnswer::TooLate { applied: Epoch(4) }
+                );
+            }
+            for o in at(e, Time(1), Input::Plan(plan)) {
+                if let Output::Checkpoint(epoch) = o {
+                    taken.push(epoch.0);
+                }
+            }
+        }
+        assert_eq!(
+            taken,
+            [3],
+            "once, at the epoch asked, with periodic ones off"
+        );
+        // A bounded number wait.
+        for k in 0..CHECKPOINTS_ASKED_MAX as u64 {
+            assert_eq!(
+                e.request_checkpoint(Epoch(100 + k)),
+                CheckpointAnswer::Scheduled
+            );
+        }
+        assert_eq!(
+            e.request_checkpoint(Epoch(100)),
+            CheckpointAnswer::Scheduled
+        );
+        assert!(matches!(
+            e.request_checkpoint(Epoch(200)),
+            CheckpointAnswer::Refused(_)
+        ));
+        assert!(matches!(
+            e.request_checkpoint(Epoch(u64::MAX)),
+            CheckpointAnswer::Refused(_)
+        ));
     }
 
     #[test]

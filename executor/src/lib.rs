@@ -42,9 +42,10 @@ pub use detflow_protocol::SYSTEM_TABLE;
 pub use detflow_protocol::schema::SchemaError;
 pub use digest::StateDigest;
 pub use executor::{
-    APPLIED_REPORT_EPOCHS, DIGEST_EPOCHS_RETAINED, DIGESTS_KEPT, Executor, ExecutorBugs,
-    ExecutorStats, IMAGE_IDLE_US, Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX,
-    TRANSFER_STALL_US, recorded_digest, recorded_digests,
+    APPLIED_REPORT_EPOCHS, CHECKPOINT_AHEAD_EPOCHS_MAX, CHECKPOINTS_ASKED_MAX,
+    DIGEST_EPOCHS_RETAINED, DIGESTS_KEPT, Executor, ExecutorBugs, ExecutorStats, IMAGE_IDLE_US,
+    Input, Output, SNAPSHOT_WAIT_US, SNAPSHOT_WAITING_MAX, TRANSFER_STALL_US, recorded_digest,
+    recorded_digests,
 };
 pub use feed::STALL_US;
 pub use mailbox::{DELIVERY_LETTERS_MAX, DELIVERY_RETRY_US};

@@ -133,6 +133,7 @@ impl NodeBuilder {
             Cmd::Call(args) => commands::call::run(&args).await,
             Cmd::Sql(args) => commands::sql::run(&args, &self).await,
             Cmd::Status { connect } => commands::status::run(&connect).await,
+            Cmd::Checkpoint(args) => commands::checkpoint::run(&args).await,
             Cmd::Audit(args) if !args.connect.is_empty() => {
                 commands::audit::run_live(&args, &self).await
             }

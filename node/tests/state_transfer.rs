@@ -4,7 +4,8 @@
 //! other replica, since the log compacted away the epochs they lacked and the peers dropped
 //! the reads they had sent them. Checkpoints are off (the default), so nothing else could
 //! rebuild them. The load goes on, every deposit is counted once, and every partition's
-//! replicas agree on their state digest.
+//! replicas agree on their state digest. Then `detflow checkpoint` asks for a checkpoint
+//! on demand: every node writes one of each of its partitions after the same epoch.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -15,8 +16,11 @@ use common::cluster::{
     Cluster, TestCluster, quick_policy, runtime, serial, statuses, wait_caught_up,
     wait_digests_agree, wait_for_leader, with_budget,
 };
-use detflow_client::RetryPolicy;
+use detflow_client::{CheckpointAnswer, RetryPolicy};
+use detflow_executor::CHECKPOINTS_ASKED_MAX;
+use detflow_protocol::Epoch;
 use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, DepositArgs};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -175,4 +179,122 @@ async fn rejoin(cluster: &mut Cluster) {
         began.elapsed().as_secs_f64(),
         deposited.load(Ordering::Relaxed)
     );
+
+    // A checkpoint on demand (periodic ones are off): every node writes one of each of
+    // its partitions after the same epoch, into its own archive.
+    let connect = cluster
+        .gateways()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let certs = cluster
+        .certs()
+        .client_dir
+        .to_str()
+        .expect("a UTF-8 path")
+        .to_owned();
+    let asked = detflow(&["checkpoint", "--connect", &connect, "--certs", &certs]);
+    let said = text(&asked);
+    assert!(asked.status.success(), "{said}");
+    let at: u64 = said
+        .split("checkpoints after epoch ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in {said}"));
+    // Keep the cluster applying until every replica passed that epoch.
+    let client = cluster.client(quick_policy()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in cluster.ids() {
+        let node = cluster.at(id);
+        let dir = node
+            .data_dir()
+            .join("archive/checkpoints")
+            .join(format!("{at:020}"));
+        for p in node.partitions() {
+            let file = dir.join(format!("partition-{p}.ckpt"));
+            while !file.exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never appeared",
+                    file.display()
+                );
+                let _ = client
+                    .call::<Deposit>(&DepositArgs {
+                        account: 1,
+                        amount_cents: 1,
+                    })
+                    .await;
+            }
+        }
+    }
+    println!("checkpoints after epoch {at} on every node:\n{said}");
+    // An epoch every replica has applied is refused, and the command says so.
+    let late = detflow(&[
+        "checkpoint",
+        "--connect",
+        &connect,
+        "--certs",
+        &certs,
+        "--at",
+        "1",
+    ]);
+    assert_eq!(late.status.code(), Some(1), "{}", text(&late));
+    assert!(text(&late).contains("too late"), "{}", text(&late));
+
+    // A client that floods the nodes with checkpoints asked for far ahead gets a bounded
+    // number scheduled per replica, then refusals; the cluster goes on serving.
+    let flooder = cluster.client(quick_policy()).await;
+    let mut refused = 0;
+    for k in 0..(CHECKPOINTS_ASKED_MAX as u64 + 3) {
+        for (addr, answers) in flooder.checkpoint(Epoch(at + 50_000 + k)).await {
+            let answers = answers.unwrap_or_else(|e| panic!("{addr}: {e}"));
+            refused += answers
+                .iter()
+                .filter(|(_, a)| matches!(a, CheckpointAnswer::Refused(_)))
+                .count();
+        }
+    }
+    let replicas: usize = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.at(*id).partitions().len())
+        .sum();
+    assert_eq!(
+        refused,
+        3 * replicas,
+        "each replica refuses past {CHECKPOINTS_ASKED_MAX}"
+    );
+    for (addr, answers) in flooder.checkpoint(Epoch(u64::MAX)).await {
+        let answers = answers.unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(
+            answers
+                .iter()
+                .all(|(_, a)| matches!(a, CheckpointAnswer::Refused(_)))
+        );
+    }
+    client
+        .call::<Deposit>(&DepositArgs {
+            account: 2,
+            amount_cents: 1,
+        })
+        .await
+        .expect("the cluster serves");
+}
+
+fn detflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_detflow"))
+        .args(args)
+        .output()
+        .expect("run detflow")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -212,6 +212,26 @@ pub enum ClientRequest {
         /// The first epoch wanted.
         from: Epoch,
     },
+    /// Checkpoint every partition the node hosts after epoch `at` (ask every node for the
+    /// same epoch: the archive then holds a complete set there).
+    Checkpoint {
+        /// The epoch after which to checkpoint; one not applied yet.
+        at: Epoch,
+    },
+}
+
+/// A partition replica's answer to a [`ClientRequest::Checkpoint`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointAnswer {
+    /// It will checkpoint after the epoch asked.
+    Scheduled,
+    /// It has applied the epoch asked already (through `applied`): ask for a later one.
+    TooLate {
+        /// Its last applied epoch.
+        applied: Epoch,
+    },
+    /// It refuses (too many checkpoints asked for and not taken yet).
+    Refused(String),
 }
 
 /// A node's answer to [`Message::LogRead`].
@@ -431,6 +451,13 @@ pub enum Message {
     },
     /// Node → client: the answer to a `LogRead`.
     LogReply(LogReply),
+    /// Client → node: checkpoint every partition here after epoch `at`.
+    Checkpoint {
+        /// The epoch after which to checkpoint.
+        at: Epoch,
+    },
+    /// Node → client: each of its partitions' answer to a `Checkpoint`.
+    CheckpointReply(Vec<(PartitionId, CheckpointAnswer)>),
     /// Gateway → replica.
     Submit(Arc<Transaction>),
     /// Executor → executor after a hello from before `through`: the reads the sender sent
@@ -510,6 +537,8 @@ macro_rules! client_message {
             | $crate::message::Message::TablesReply(_)
             | $crate::message::Message::LogRead { .. }
             | $crate::message::Message::LogReply(_)
+            | $crate::message::Message::Checkpoint { .. }
+            | $crate::message::Message::CheckpointReply(_)
     };
 }
 
@@ -584,6 +613,14 @@ mod tests {
                 },
                 ClientRequest::LogRead {
                     from: crate::ids::Epoch(9),
+                },
+            ),
+            (
+                Message::Checkpoint {
+                    at: crate::ids::Epoch(9),
+                },
+                ClientRequest::Checkpoint {
+                    at: crate::ids::Epoch(9),
                 },
             ),
         ];

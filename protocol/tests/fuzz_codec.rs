@@ -27,7 +27,8 @@ use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
-    Call, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
+    Call, CheckpointAnswer, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply,
+    SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::{ClientWindow, LogEntry, PeerMessage};
@@ -765,6 +766,17 @@ fn message() -> impl Strategy<Value = Message> + Clone {
                 chunk,
             }
         }),
+        epoch().prop_map(|at| Message::Checkpoint { at }),
+        prop::collection::vec((partition(), checkpoint_answer()), 0..3)
+            .prop_map(Message::CheckpointReply),
+    ]
+}
+
+fn checkpoint_answer() -> impl Strategy<Value = CheckpointAnswer> {
+    prop_oneof![
+        Just(CheckpointAnswer::Scheduled),
+        epoch().prop_map(|applied| CheckpointAnswer::TooLate { applied }),
+        "[a-z ]{0,12}".prop_map(CheckpointAnswer::Refused),
     ]
 }
 
@@ -813,7 +825,7 @@ fn table() -> impl Strategy<Value = Table> + Clone {
 // ---------------------------------------------------------------------------------------
 // Variant names, matched exhaustively so that a new variant fails to compile here.
 
-const MESSAGE_VARIANTS: [&str; 37] = [
+const MESSAGE_VARIANTS: [&str; 39] = [
     "Ack",
     "Call",
     "Deliver",
@@ -851,6 +863,8 @@ const MESSAGE_VARIANTS: [&str; 37] = [
     "ReadsGone",
     "StateFetch",
     "StateChunk",
+    "Checkpoint",
+    "CheckpointReply",
 ];
 
 fn message_variant(msg: &Message) -> &'static str {
@@ -892,6 +906,8 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::ReadsGone { .. } => "ReadsGone",
         Message::StateFetch { .. } => "StateFetch",
         Message::StateChunk { .. } => "StateChunk",
+        Message::Checkpoint { .. } => "Checkpoint",
+        Message::CheckpointReply(_) => "CheckpointReply",
     }
 }
 

@@ -44,7 +44,8 @@ use detflow_protocol::footprint::{Access, Footprint, KeySpec};
 use detflow_protocol::frame::{self, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError};
 use detflow_protocol::mailbox::{Delivery, Letter};
 use detflow_protocol::message::{
-    Call, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply, SessionToken,
+    Call, CheckpointAnswer, LogReply, Message, NodeStatus, Rejection, RemoteReads, Reply,
+    SessionToken,
 };
 use detflow_protocol::plan::{Owner, Plan, RoutedTxn};
 use detflow_protocol::replication::ClientWindow;
@@ -1165,7 +1166,7 @@ fn token(rng: &mut DetRng) -> SessionToken {
 }
 
 /// How many variants `Message` has; [`message`] draws each with equal chance.
-const MESSAGE_VARIANTS: usize = 37;
+const MESSAGE_VARIANTS: usize = 39;
 
 fn offset(rng: &mut DetRng) -> Offset {
     Offset {
@@ -1433,6 +1434,21 @@ fn message(rng: &mut DetRng) -> Message {
                 false => StateChunk::Unavailable,
             },
         },
+        36 => Message::Checkpoint { at: epoch(rng) },
+        37 => Message::CheckpointReply(
+            (0..rng.below(4))
+                .map(|_| {
+                    let answer = match rng.below(3) {
+                        0 => CheckpointAnswer::Scheduled,
+                        1 => CheckpointAnswer::TooLate {
+                            applied: epoch(rng),
+                        },
+                        _ => CheckpointAnswer::Refused(text(rng)),
+                    };
+                    (partition(rng), answer)
+                })
+                .collect(),
+        ),
         _ => Message::Subscribe {
             partition: partition(rng),
             node: node(rng),
@@ -1522,5 +1538,7 @@ fn message_variant(msg: &Message) -> &'static str {
         Message::ReadsGone { .. } => "ReadsGone",
         Message::StateFetch { .. } => "StateFetch",
         Message::StateChunk { .. } => "StateChunk",
+        Message::Checkpoint { .. } => "Checkpoint",
+        Message::CheckpointReply(_) => "CheckpointReply",
     }
 }

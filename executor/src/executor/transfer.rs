@@ -225,6 +225,7 @@ impl<S: Store> Executor<S> {
         // Its own checkpoints are of a state it no longer has past this one.
         self.checkpointed = self.checkpointed.min(epoch);
         self.plans = self.plans.split_off(&epoch.next());
+        self.checkpoints_asked = self.checkpoints_asked.split_off(&epoch.next());
         self.inbox = self.inbox.split_off(&Position::new(epoch.next(), 0));
         self.book = Bookkeeping::load(&self.store);
         self.outbox = Outbox::load(self.partition, &self.store);

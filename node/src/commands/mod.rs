@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod call;
 pub(crate) mod certs;
+pub(crate) mod checkpoint;
 mod cpu;
 pub(crate) mod demo;
 pub(crate) mod footprint;

@@ -10,7 +10,9 @@ use crate::session::SessionKey;
 use crate::transport::{Connection, FrameReader, FrameWriter};
 use detflow_executor::Registry;
 use detflow_protocol::NodeId;
-use detflow_protocol::message::{Call, ClientRequest, LogReply, Message, Rejection, Reply};
+use detflow_protocol::message::{
+    Call, CheckpointAnswer, ClientRequest, LogReply, Message, Rejection, Reply,
+};
 use detflow_protocol::snapshot::{SnapshotError, SnapshotRead, SnapshotReply};
 use detflow_protocol::stream::{Offset, StreamReply};
 use std::sync::Arc;
@@ -148,6 +150,9 @@ impl ClientService {
             }
             ClientRequest::Tables => return Message::TablesReply(self.registry.tables()),
             ClientRequest::LogRead { from } => return Message::LogReply(self.read_log(from).await),
+            ClientRequest::Checkpoint { at } => {
+                return Message::CheckpointReply(self.checkpoint(at).await);
+            }
             ClientRequest::ReadStream { stream, from, max } => {
                 return Message::Events(self.read_stream(stream, from, max).await);
             }
@@ -202,6 +207,28 @@ impl ClientService {
             commit: detflow_protocol::Epoch(0),
             batches: Vec::new(),
         })
+    }
+
+    /// Asks every partition replica on this node to checkpoint after epoch `at`; each
+    /// answers at once (a replica whose inbox is full is left out).
+    async fn checkpoint(
+        &self,
+        at: detflow_protocol::Epoch,
+    ) -> Vec<(detflow_protocol::PartitionId, CheckpointAnswer)> {
+        let mut waiting = Vec::new();
+        for inbox in self.router.executors.values() {
+            let (tx, rx) = oneshot::channel();
+            self.router
+                .deliver(inbox, Event::ClientCheckpoint { at, reply: tx });
+            waiting.push(rx);
+        }
+        let mut answers = Vec::new();
+        for rx in waiting {
+            if let Ok(answer) = rx.await {
+                answers.push(answer);
+            }
+        }
+        answers
     }
 
     /// Hands a stream read to the gateway and waits for its answer (by the read's

@@ -370,6 +370,11 @@ pub(super) async fn executor_task(
                 Event::Msg(Message::StateChunk { node, chunk, .. }) => {
                     Input::StateChunk { from: node, chunk }
                 }
+                Event::ClientCheckpoint { at, reply } => {
+                    let answer = executor.request_checkpoint(at);
+                    let _ = reply.send((partition, answer));
+                    continue;
+                }
                 Event::LinkUp(node) => {
                     // The machine decides what a new connection means: a replica may be
                     // its plan source, a partition may lack reads.

@@ -92,6 +92,14 @@ pub(crate) enum Event {
         from: detflow_protocol::Epoch,
         reply: oneshot::Sender<detflow_protocol::message::LogReply>,
     },
+    /// A client asks this partition replica to checkpoint after epoch `at`.
+    ClientCheckpoint {
+        at: detflow_protocol::Epoch,
+        reply: oneshot::Sender<(
+            detflow_protocol::PartitionId,
+            detflow_protocol::message::CheckpointAnswer,
+        )>,
+    },
 }
 
 type Inbox = mpsc::Sender<Event>;
@@ -290,7 +298,8 @@ impl Node {
                     }
                 }
             }
-            let checkpoints = (config.checkpoint_every_epochs > 0).then(|| executor::Checkpoints {
+            // On-demand checkpoints are written even when periodic ones are off.
+            let checkpoints = Some(executor::Checkpoints {
                 // A checkpoint past what the store applied (its tail was lost) is no
                 // checkpoint of this store's state.
                 last: checkpoint

@@ -319,6 +319,29 @@ impl World {
         );
     }
 
+    /// An operator's `detflow checkpoint`, now and then while calls are issued: every
+    /// running executor is asked for a checkpoint after the same epoch, a few past the
+    /// furthest any has reached (so some may find it too late, and a down one misses it).
+    /// They are written and checked like periodic ones.
+    pub(super) fn on_checkpoint_ask(&mut self) {
+        if self.issued >= self.config.txns {
+            return;
+        }
+        let furthest = (self.executors.iter())
+            .filter_map(|e| e.machine.as_ref())
+            .map(|m| m.next_epoch())
+            .max()
+            .unwrap_or(Epoch(1));
+        let at = Epoch(furthest.0 + self.checkpoint_rng.below(8));
+        for node in &mut self.executors {
+            if let Some(machine) = node.machine.as_mut() {
+                let _ = machine.request_checkpoint(at);
+            }
+        }
+        let next = 200_000 + self.checkpoint_rng.below(500_000);
+        self.schedule(self.now.plus_us(next), Event::CheckpointAsk);
+    }
+
     /// Takes the state the store captured and writes it as a checkpoint, which takes a
     /// while; one is written at a time, and one captured meanwhile is dropped, as in the
     /// node.

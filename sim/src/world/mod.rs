@@ -81,6 +81,8 @@ enum Event {
         incarnation: u64,
     },
     FaultTick,
+    /// An operator asks every running executor for a checkpoint after an epoch soon.
+    CheckpointAsk,
     /// A stream reader reads again (or gives up on a read that got no answer).
     ReaderWake(u32),
     /// A snapshot reader reads again (or gives up on a read that got no answer).
@@ -459,6 +461,8 @@ pub(crate) struct World {
     /// Disk losses draw from a generator of their own, so that every other draw of a seed
     /// stays what it was before that fault type.
     disk_rng: DetRng,
+    /// On-demand checkpoints draw from a generator of their own, for the same reason.
+    checkpoint_rng: DetRng,
     timing: Timing,
     plan: FaultPlan,
     counts: FaultCounts,
@@ -690,6 +694,7 @@ impl World {
             rng,
             workload_rng,
             disk_rng,
+            checkpoint_rng: DetRng::new(config.seed ^ 0xC4EC_4B01),
             timing,
             plan,
             counts: FaultCounts::default(),
@@ -749,6 +754,8 @@ impl World {
         if !self.healed {
             self.schedule(Time(self.plan.interval_us), Event::FaultTick);
         }
+        let first_ask = 100_000 + self.checkpoint_rng.below(400_000);
+        self.schedule(Time(first_ask), Event::CheckpointAsk);
         while let Some((at, event)) = self.queue.pop() {
             self.now = at;
             if self.finished() {
@@ -886,6 +893,7 @@ impl World {
                 self.on_executor_checkpointed(p, incarnation)
             }
             Event::FaultTick => self.on_fault_tick(),
+            Event::CheckpointAsk => self.on_checkpoint_ask(),
             Event::ReaderWake(i) => self.on_reader_wake(i),
             Event::SnapshotWake(i) => self.on_snapshot_wake(i),
             Event::GatewayTimer { g, incarnation } => self.on_gateway_timer(g, incarnation),
