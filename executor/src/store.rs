@@ -1,6 +1,6 @@
 //! The ordered state of one partition.
 
-use crate::system::{differs_between_replicas, is_system_key};
+use crate::system::is_system_key;
 use detflow_protocol::{Epoch, Key, Value};
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
@@ -64,8 +64,11 @@ pub trait Store {
     fn capture_image(&mut self) -> Epoch;
     /// About `bytes_max` bytes of the rows of the held image of `epoch` that follow key
     /// `after` (from its first with `None`), and whether they are its last; `None` if no
-    /// image of `epoch` is held. An image holds every row but those that differ
-    /// between replicas: the user rows ascending, then the bookkeeping rows ascending.
+    /// image of `epoch` is held. An image holds every row, the user rows ascending, then
+    /// the bookkeeping rows ascending, the reads outbox included: the reads the replica
+    /// sent that some replica of another partition has not acknowledged are the copy's to
+    /// send again (unlike a checkpoint, which leaves them out to be the same on every
+    /// replica).
     fn image_rows(
         &self,
         epoch: Epoch,
@@ -86,8 +89,7 @@ pub trait Store {
 pub type ImageChunk = (Vec<(Key, Value)>, bool);
 
 /// A state image's rows after `after`, about `bytes_max` bytes of them, and whether they
-/// are its last (see [`Store::image_rows`]): `user` rows, then the `system` rows that do
-/// not differ between replicas.
+/// are its last (see [`Store::image_rows`]): `user` rows, then `system` rows.
 pub fn image_chunk<'a>(
     user: impl FnOnce(Bound<&Key>) -> Box<dyn Iterator<Item = (Key, Value)> + 'a>,
     system: impl FnOnce(Bound<&Key>) -> Box<dyn Iterator<Item = (Key, Value)> + 'a>,
@@ -99,9 +101,7 @@ pub fn image_chunk<'a>(
         Some(key) if is_system_key(key) => system(Bound::Excluded(key)),
         Some(key) => Box::new(user(Bound::Excluded(key)).chain(system(Bound::Unbounded))),
     };
-    let mut rows = rows
-        .filter(|(k, _)| !differs_between_replicas(k))
-        .peekable();
+    let mut rows = rows.peekable();
     let mut chunk = Vec::new();
     let mut bytes = 0;
     while bytes < bytes_max {
@@ -230,12 +230,7 @@ impl Store for MemStore {
     }
 
     fn capture_image(&mut self) -> Epoch {
-        let system = self
-            .system
-            .iter()
-            .filter(|(k, _)| !differs_between_replicas(k));
-        let system = system.map(|(k, v)| (k.clone(), v.clone())).collect();
-        let image = Arc::new((self.map.clone(), system));
+        let image = Arc::new((self.map.clone(), self.system.clone()));
         self.images.insert(self.applied, image);
         self.applied
     }
