@@ -238,8 +238,9 @@ pub(crate) fn default_compact_every_epochs() -> u64 {
     detflow_sequencer::ReplicaConfig::new(NodeId(1), vec![NodeId(1)]).compact_every_epochs
 }
 
-/// Off until a soak with checkpoints keeps its memory flat (benches/README.md: resident
-/// memory grew about 28% over the second half of 30 minutes with 8,192).
+/// Off until a quiet soak with checkpoints keeps its memory flat and checkpoints are
+/// written by a streaming writer (benches/README.md: +4%, +17%, +3% over the second half
+/// of 30 minutes with 8,192, after the block cache fix; +28% before it).
 pub(crate) fn default_checkpoint_every_epochs() -> u64 {
     0
 }
