@@ -573,6 +573,8 @@ mod tests {
                     .bytes,
             );
         }
+        // The files' times are on the wall clock.
+        #[allow(clippy::disallowed_methods)]
         let now = std::time::SystemTime::now();
         let left = |archive: &Archive| describe(&archive.segments().unwrap());
         // Nothing set, or limits that hold: nothing goes.

@@ -217,7 +217,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3))]
     partition_replicas: u32,
     /// Faults to inject: `all` (every type, swarm mode), `none`, or a comma-separated list
-    /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, silent-drops, swarm.
+    /// of crashes, torn-writes, partitions, resets, delay-spikes, duplicates, silent-drops,
+    /// one-down, disk-loss, swarm.
     #[arg(long, default_value = "none")]
     faults: String,
     /// Epoch length in virtual microseconds.
