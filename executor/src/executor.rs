@@ -1627,6 +1627,8 @@ impl<S: Store> Executor<S> {
                 .collect();
             self.stats.reads_skipped += ((replicas.len() - lacking.len()) * chunks.len()) as u64;
             if lacking.is_empty() {
+                // Nobody keeps them: a replica of `to` that loses its disk must be told.
+                self.book.note_released(&mut self.store, *to, epoch);
                 continue;
             }
             // A replica far behind gets these once it has caught up to them.
@@ -2846,5 +2848,56 @@ mod tests {
             },
         );
         assert_eq!(e.outbox_len(), 0);
+        // A replica of partition 1 that lost its disk greets from before them: told.
+        let out = feed(
+            e,
+            Input::Hello {
+                from: PartitionId(1),
+                node: NodeId(2),
+                durable: Epoch(0),
+            },
+        );
+        assert!(out.contains(&Output::SendReadsGone {
+            to: ExecutorId {
+                partition: PartitionId(1),
+                node: NodeId(2),
+            },
+            through: Epoch(1),
+        }));
+    }
+
+    /// Reads nobody keeps (every replica of the receiver had made the epoch durable when a
+    /// replica replaying behind ran it) are gone as well.
+    #[test]
+    fn reads_a_replaying_replica_never_kept_are_reported_gone() {
+        let mut f = fixture();
+        let placement = Arc::new(Placement::spread(2, &[NodeId(1), NodeId(2)], 2));
+        f.executors[0].set_placement(NodeId(1), placement);
+        let [p0, _]: [Plan; 2] = plans(&f, &[(f.a.clone(), f.b.clone())]).try_into().unwrap();
+        let e = &mut f.executors[0];
+        for node in [1, 2] {
+            feed(
+                e,
+                Input::Ack {
+                    from: PartitionId(1),
+                    node: NodeId(node),
+                    durable: Epoch(1),
+                },
+            );
+        }
+        feed(e, Input::Plan(p0));
+        assert_eq!((e.stats().reads_skipped, e.outbox_len()), (2, 0));
+        let out = feed(
+            e,
+            Input::Hello {
+                from: PartitionId(1),
+                node: NodeId(1),
+                durable: Epoch(0),
+            },
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::SendReadsGone { through, .. } if *through == Epoch(1)
+        )));
     }
 }

@@ -245,8 +245,18 @@ impl Bookkeeping {
             self.outbox.remove(&(to, epoch));
             store.delete(&outbox_key(to, epoch));
         }
-        self.released.insert(partition, last);
-        store.put(released_key(partition), codec::encode(&last.0));
+        self.note_released(store, partition, last);
+    }
+
+    /// Notes that the reads of `epoch` for partition `to` are not kept (dropped once
+    /// acknowledged, or never kept: every replica of it had acknowledged the epoch when
+    /// this one, replaying behind, ran it).
+    pub(crate) fn note_released<S: Store>(&mut self, store: &mut S, to: PartitionId, epoch: Epoch) {
+        if self.released(to) >= epoch {
+            return;
+        }
+        self.released.insert(to, epoch);
+        store.put(released_key(to), codec::encode(&epoch.0));
     }
 
     /// The last epoch replica `peer` acknowledged as durable (0 if none since this start).
