@@ -2206,6 +2206,22 @@ mod tests {
         };
         let mut ask = fetch(at(&mut lost, Time(0), compacted()));
         assert_eq!(ask.image, None, "a new image first");
+        // An image of an epoch no epoch can follow is malformed: dropped, counted.
+        let absurd = StateChunk::Rows {
+            epoch: Epoch(u64::MAX),
+            after: None,
+            rows: Vec::new(),
+            done: true,
+        };
+        let out = at(
+            &mut lost,
+            Time(0),
+            Input::StateChunk {
+                from: NodeId(1),
+                chunk: absurd,
+            },
+        );
+        assert!(out.is_empty());
         // A compaction notice while copying starts nothing.
         assert!(at(&mut lost, Time(0), compacted()).is_empty());
         // The first answer is lost: the replica asks again after the stall.
@@ -2295,7 +2311,7 @@ mod tests {
             fetch: StateFetch { image: None },
         };
         assert!(at(&mut peer, now, stranger).is_empty());
-        assert_eq!(lost.stats().transfer_inputs_dropped, 1);
+        assert_eq!(lost.stats().transfer_inputs_dropped, 2);
         assert_eq!(peer.stats().transfer_inputs_dropped, 1);
         assert_eq!(
             (lost.stats().transfers_started, lost.stats().transfers_done),

@@ -177,9 +177,11 @@ impl<S: Store> Executor<S> {
         // Only the answer to the last ask counts: a late or repeated one is dropped.
         let asked_after = transfer.image.as_ref().map(|(_, key)| key);
         let asked_epoch = transfer.image.as_ref().map(|(epoch, _)| *epoch);
+        // An image of the last epoch there is could be followed by none: malformed.
         if after.as_ref() != asked_after
             || asked_epoch.is_some_and(|e| e != epoch)
             || (rows.is_empty() && !done)
+            || epoch == Epoch(u64::MAX)
         {
             self.stats.transfer_inputs_dropped += 1;
             return;
