@@ -37,7 +37,7 @@ use detflow_workloads::bank::{Balance, BalanceArgs, BankConfig, Deposit, Deposit
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Small compactions, so that a short run compacts several times.
@@ -98,50 +98,113 @@ async fn wait_compacted_past(cluster: &mut Cluster, status: &Client, past: u64, 
     }
 }
 
+/// Sessions depositing one cent at a time until stopped, and what they were told.
+struct Deposits {
+    stop: Arc<AtomicBool>,
+    /// Deposits answered.
+    deposited: Arc<AtomicI64>,
+    /// Deposits whose call failed: each may or may not have happened.
+    unknown: Arc<AtomicI64>,
+    sessions: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Deposits {
+    async fn start(cluster: &Cluster) -> Deposits {
+        let stop = Arc::new(AtomicBool::new(false));
+        let deposited = Arc::new(AtomicI64::new(0));
+        let unknown = Arc::new(AtomicI64::new(0));
+        let policy = RetryPolicy {
+            attempt_timeout: Duration::from_secs(2),
+            backoff: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            attempts_max: 60,
+        };
+        let accounts = BankConfig::default().accounts;
+        let mut sessions = Vec::new();
+        for s in 0..SESSIONS {
+            let client = cluster.client(policy).await;
+            let (stop, deposited, unknown) = (stop.clone(), deposited.clone(), unknown.clone());
+            sessions.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let args = DepositArgs {
+                        account: (s * 7919 + i * 31) % accounts,
+                        amount_cents: 1,
+                    };
+                    match client.call::<Deposit>(&args).await {
+                        Ok(_) => deposited.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            println!("a deposit of unknown fate: {e}");
+                            unknown.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    i += 1;
+                }
+            }));
+        }
+        Deposits {
+            stop,
+            deposited,
+            unknown,
+            sessions,
+        }
+    }
+
+    /// Deposits answered so far.
+    fn answered(&self) -> i64 {
+        self.deposited.load(Ordering::Relaxed)
+    }
+
+    /// Stops the sessions; then every answered deposit must be in the bank exactly once.
+    async fn stop_and_check(self, cluster: &mut Cluster, status: &Client, began: Instant) {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.sessions {
+            s.await.expect("a session ends cleanly");
+        }
+        wait_caught_up(cluster, status, 1, Duration::from_secs(30)).await;
+        wait_digests_agree(cluster, status, Duration::from_secs(30)).await;
+        let client = cluster.client(quick_policy()).await;
+        let config = BankConfig::default();
+        let mut total = 0i64;
+        for account in 0..config.accounts {
+            let balance = client
+                .call::<Balance>(&BalanceArgs { account })
+                .await
+                .expect("read a balance");
+            total += balance.balance_cents;
+        }
+        let deposited = self.deposited.load(Ordering::Relaxed);
+        let expected = config.accounts as i64 * config.initial_balance_cents + deposited;
+        let unknown = self.unknown.load(Ordering::Relaxed);
+        assert!(
+            (expected..=expected + unknown).contains(&total),
+            "the bank holds {total} cents; expected {expected}, plus at most {unknown} of \
+             unknown fate"
+        );
+        println!(
+            "[{:>5.1}s] {deposited} deposits, all counted once; replicas agree",
+            began.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// Every node's address, as `--connect` takes them.
+fn connect_arg(cluster: &Cluster) -> String {
+    cluster
+        .gateways()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn compaction(cluster: &mut Cluster) {
     let began = Instant::now();
     let all = cluster.ids();
     let status = cluster.client(quick_policy()).await;
     wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let deposited = Arc::new(AtomicI64::new(0));
-    // Deposits whose call failed: each may or may not have happened.
-    let unknown = Arc::new(AtomicI64::new(0));
-    let answered = Arc::new(AtomicU64::new(0));
-    let policy = RetryPolicy {
-        attempt_timeout: Duration::from_secs(2),
-        backoff: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        attempts_max: 60,
-    };
-    let accounts = BankConfig::default().accounts;
-    let mut sessions = Vec::new();
-    for s in 0..SESSIONS {
-        let client = cluster.client(policy).await;
-        let (stop, deposited, answered) = (stop.clone(), deposited.clone(), answered.clone());
-        let unknown = unknown.clone();
-        sessions.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let args = DepositArgs {
-                    account: (s * 7919 + i * 31) % accounts,
-                    amount_cents: 1,
-                };
-                match client.call::<Deposit>(&args).await {
-                    Ok(_) => {
-                        deposited.fetch_add(1, Ordering::Relaxed);
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        println!("a deposit of unknown fate: {e}");
-                        unknown.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i += 1;
-            }
-        }));
-    }
+    let deposits = Deposits::start(cluster).await;
 
     // Several compactions on every replica.
     wait_compacted_past(
@@ -156,7 +219,7 @@ async fn compaction(cluster: &mut Cluster) {
         "[{:>5.1}s] every replica compacted: (node, log start, commit) {starts:?}, {} \
          deposits",
         began.elapsed().as_secs_f64(),
-        answered.load(Ordering::Relaxed)
+        deposits.answered()
     );
 
     // A follower loses its log and one partition's store: it comes back empty, behind the
@@ -218,12 +281,12 @@ async fn compaction(cluster: &mut Cluster) {
     );
     // It serves as a full replica: with the leader gone, it and the third elect a leader
     // and the load goes on.
-    let before = answered.load(Ordering::Relaxed);
+    let before = deposits.answered();
     cluster.kill(leader).expect("SIGKILL the leader");
     let survivors: Vec<u32> = all.iter().copied().filter(|id| *id != leader).collect();
     wait_for_leader(cluster, &status, &survivors, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while answered.load(Ordering::Relaxed) < before + 100 {
+    while deposits.answered() < before + 100 {
         assert!(
             Instant::now() < deadline,
             "the cluster stopped answering after the old leader died"
@@ -231,46 +294,10 @@ async fn compaction(cluster: &mut Cluster) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cluster.start_node(leader).expect("start the node");
-
-    stop.store(true, Ordering::Relaxed);
-    for s in sessions {
-        s.await.expect("a session ends cleanly");
-    }
-    wait_caught_up(cluster, &status, 1, Duration::from_secs(30)).await;
-    wait_digests_agree(cluster, &status, Duration::from_secs(30)).await;
-
-    // Every acknowledged deposit is in the bank exactly once.
-    let client = cluster.client(quick_policy()).await;
-    let config = BankConfig::default();
-    let mut total = 0i64;
-    for account in 0..config.accounts {
-        let balance = client
-            .call::<Balance>(&BalanceArgs { account })
-            .await
-            .expect("read a balance");
-        total += balance.balance_cents;
-    }
-    let expected =
-        config.accounts as i64 * config.initial_balance_cents + deposited.load(Ordering::Relaxed);
-    let unknown = unknown.load(Ordering::Relaxed);
-    assert!(
-        (expected..=expected + unknown).contains(&total),
-        "the bank holds {total} cents; expected {expected}, plus at most {unknown} of unknown \
-         fate"
-    );
-    println!(
-        "[{:>5.1}s] {} deposits, all counted once; replicas agree",
-        began.elapsed().as_secs_f64(),
-        deposited.load(Ordering::Relaxed)
-    );
+    deposits.stop_and_check(cluster, &status, began).await;
 
     // The running cluster against its own log: archive, then live logs.
-    let connect = cluster
-        .gateways()
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let connect = connect_arg(cluster);
     let live = detflow(&[
         "audit",
         "--config",
@@ -445,62 +472,15 @@ async fn rejoin_by_copy(cluster: &mut Cluster) {
     let status = cluster.client(quick_policy()).await;
     wait_for_leader(cluster, &status, &all, Duration::from_secs(30)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let deposited = Arc::new(AtomicI64::new(0));
-    // Deposits whose call failed: each may or may not have happened.
-    let unknown = Arc::new(AtomicI64::new(0));
-    let policy = RetryPolicy {
-        attempt_timeout: Duration::from_secs(2),
-        backoff: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        attempts_max: 60,
-    };
-    let accounts = BankConfig::default().accounts;
-    let mut sessions = Vec::new();
-    for s in 0..SESSIONS {
-        let client = cluster.client(policy).await;
-        let (stop, deposited, unknown) = (stop.clone(), deposited.clone(), unknown.clone());
-        sessions.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let args = DepositArgs {
-                    account: (s * 7919 + i * 31) % accounts,
-                    amount_cents: 1,
-                };
-                match client.call::<Deposit>(&args).await {
-                    Ok(_) => deposited.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        println!("a deposit of unknown fate: {e}");
-                        unknown.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                i += 1;
-            }
-        }));
-    }
-
+    let deposits = Deposits::start(cluster).await;
     // Every replica's log compacts past its first epochs.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        cluster.assert_running();
-        let starts: Vec<u64> = statuses(cluster, &status)
-            .await
-            .into_values()
-            .filter_map(|s| Some(s.ok()?.log_start.0))
-            .collect();
-        if starts.len() == all.len() && starts.iter().all(|s| *s > 2 * COMPACT_EVERY_EPOCHS) {
-            println!(
-                "[{:>5.1}s] every log compacted: starts {starts:?}",
-                began.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "logs did not compact: {starts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_compacted_past(
+        cluster,
+        &status,
+        2 * COMPACT_EVERY_EPOCHS,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // A follower loses everything on disk.
     let (_, leader) = wait_for_leader(cluster, &status, &all, Duration::from_secs(10)).await;
@@ -544,46 +524,11 @@ async fn rejoin_by_copy(cluster: &mut Cluster) {
     // It is a full replica again: the load goes on, it catches up, and its partitions end
     // in the same state as their other replicas.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for s in sessions {
-        s.await.expect("a session ends cleanly");
-    }
-    wait_caught_up(cluster, &status, 1, Duration::from_secs(30)).await;
-    wait_digests_agree(cluster, &status, Duration::from_secs(30)).await;
-
-    // Every acknowledged deposit is in the bank exactly once.
-    let client = cluster.client(quick_policy()).await;
-    let config = BankConfig::default();
-    let mut total = 0i64;
-    for account in 0..config.accounts {
-        let balance = client
-            .call::<Balance>(&BalanceArgs { account })
-            .await
-            .expect("read a balance");
-        total += balance.balance_cents;
-    }
-    let expected =
-        config.accounts as i64 * config.initial_balance_cents + deposited.load(Ordering::Relaxed);
-    let unknown = unknown.load(Ordering::Relaxed);
-    assert!(
-        (expected..=expected + unknown).contains(&total),
-        "the bank holds {total} cents; expected {expected}, plus at most {unknown} of unknown \
-         fate"
-    );
-    println!(
-        "[{:>5.1}s] {} deposits, all counted once; replicas agree",
-        began.elapsed().as_secs_f64(),
-        deposited.load(Ordering::Relaxed)
-    );
+    deposits.stop_and_check(cluster, &status, began).await;
 
     // A checkpoint on demand (periodic ones are off): every node writes one of each of
     // its partitions after the same epoch, into its own archive.
-    let connect = cluster
-        .gateways()
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let connect = connect_arg(cluster);
     let certs = cluster
         .certs()
         .client_dir
