@@ -10,13 +10,15 @@
 //!
 //! Every segment is immutable once written and named by the first and last epoch it holds,
 //! zero-padded, so that a directory listing (or an object store's listing by prefix) is
-//! the index, in epoch order. A segment is the magic [`SEGMENT_MAGIC`], a 32-byte BLAKE3
-//! hash of the rest, then the LZ4-compressed MessagePack of its [`LogEntry`]s. It is
-//! written to a temporary name, synced, renamed and the directory synced, before the log
-//! drops the entries: a crash leaves either no segment (the next compaction writes it
-//! again) or a whole one. Segments may overlap (a compaction that was archived but not
-//! applied before a crash is archived again, perhaps longer); readers take each epoch
-//! from the first segment that holds it. A torn or altered segment fails its hash.
+//! the index, in epoch order. The formats and the reading rules are
+//! [`detflow_replay::archive`]'s, which the simulator runs too: a segment is a magic, a
+//! BLAKE3 hash, then the LZ4-compressed entries. It is written to a temporary name,
+//! synced, renamed and the directory synced, before the log drops the entries: a crash
+//! leaves no segment (the next compaction writes it again) or a whole one, unless the disk
+//! lies. Segments may overlap (a compaction that was archived but not applied before a
+//! crash is archived again, perhaps longer); readers take each epoch from the first
+//! segment holding it that reads back: a torn or altered segment fails its hash and is
+//! passed over.
 //!
 //! Checkpoints sit beside the log, one directory per epoch, one file per partition:
 //!
@@ -27,12 +29,13 @@
 //!        partition-1.ckpt
 //! ```
 //!
-//! A checkpoint file is [`CHECKPOINT_MAGIC`], a BLAKE3 hash of the rest, then the
+//! A checkpoint file is a magic, a BLAKE3 hash of the rest, then the
 //! LZ4-compressed MessagePack of the partition number, the epoch and every row of the
 //! partition's store (user rows and the executor's bookkeeping, except the reads outbox,
 //! which differs between replicas): the replicas of a partition write the same bytes, so
 //! the archives of several nodes may share a directory. It is written like a segment.
-//! Replay starts from the last epoch at which every partition has a checkpoint.
+//! Replay starts from the last epoch at which every partition has a checkpoint that reads
+//! back.
 //!
 //! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
 //! epoch, moved back to the last checkpoint at or before it, and the checkpoints before
@@ -40,19 +43,16 @@
 //! the node's limits: the last `archive_retain_epochs` epochs, `archive_retain_bytes`
 //! bytes, files younger than `archive_retain_secs` (each if set; the strictest wins).
 
-use anyhow::{Context, Result, bail, ensure};
-use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value, codec};
-use std::collections::BTreeMap;
+use anyhow::{Context, Result, anyhow, bail};
+use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value};
+use detflow_replay::archive::{self as format, segment_name};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The first bytes of every segment file: the format and its version.
-pub const SEGMENT_MAGIC: &[u8; 8] = b"DFLOGSG1";
-
-/// The first bytes of every checkpoint file: the format and its version.
-pub const CHECKPOINT_MAGIC: &[u8; 8] = b"DFCKPT01";
+/// A partition's rows, as a checkpoint holds them.
+pub type Rows = Vec<(Key, Value)>;
 
 /// One archived checkpoint file, as its name and size describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,24 +128,12 @@ impl Archive {
             bail!("an empty segment");
         };
         let (first, last) = (first.epoch(), last.epoch());
-        for (i, entry) in entries.iter().enumerate() {
-            ensure!(
-                entry.epoch().0 == first.0 + i as u64,
-                "segment entries are not consecutive at epoch {}",
-                entry.epoch()
-            );
-        }
-        let body = lz4_flex::compress_prepend_size(&codec::encode(entries));
-        let (path, bytes) = write_durably(
-            &self.log_dir(),
-            &segment_name(first, last),
-            SEGMENT_MAGIC,
-            &body,
-        )?;
+        let bytes = format::encode_segment(entries).map_err(|e| anyhow!(e))?;
+        let path = write_durably(&self.log_dir(), &segment_name(first, last), &bytes)?;
         Ok(Segment {
             first,
             last,
-            bytes,
+            bytes: bytes.len() as u64,
             path,
         })
     }
@@ -154,7 +142,7 @@ impl Archive {
     pub fn segments(&self) -> Result<Vec<Segment>> {
         let mut segments = Vec::new();
         for (path, name) in listing(&self.log_dir())? {
-            if let Some((first, last)) = parse_segment_name(&name) {
+            if let Some((first, last)) = format::parse_segment_name(&name) {
                 let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 segments.push(Segment {
                     first,
@@ -171,52 +159,28 @@ impl Archive {
     /// The entries of `segment`, checked against its hash and its name.
     pub fn read_segment(&self, segment: &Segment) -> Result<Vec<LogEntry>> {
         let path = &segment.path;
-        let raw = read_checked(path, SEGMENT_MAGIC, "segment")?;
-        let corrupt = |why: &str| anyhow::anyhow!("segment {} is corrupt: {why}", path.display());
-        let entries: Vec<LogEntry> =
-            codec::decode(&raw).map_err(|e| corrupt(&format!("does not decode: {e}")))?;
-        let epochs = entries.first().map(LogEntry::epoch)..=entries.last().map(LogEntry::epoch);
-        if (epochs.start(), epochs.end()) != (&Some(segment.first), &Some(segment.last))
-            || entries
-                .iter()
-                .enumerate()
-                .any(|(i, e)| e.epoch().0 != segment.first.0 + i as u64)
-        {
-            return Err(corrupt("its epochs are not the ones its name says"));
-        }
-        Ok(entries)
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        format::decode_segment(&bytes, segment.first, segment.last)
+            .map_err(|why| anyhow!("segment {} is corrupt: {why}", path.display()))
     }
 
-    /// The batches of epochs `from..=to`, in order, from the segments that hold them;
-    /// an error names the first epoch no segment holds.
+    /// The batches of epochs `from..=to`, in order, from the segments that hold them (an
+    /// unreadable one passed over for another holding its epochs); an error names the
+    /// first epoch no readable segment holds.
     pub fn batches(&self, from: Epoch, to: Epoch) -> Result<Vec<Arc<Batch>>> {
-        let mut batches = Vec::new();
-        let mut next = from;
-        for segment in self.segments()? {
-            if next > to {
-                break;
-            }
-            if segment.last < next {
-                continue;
-            }
-            if segment.first > next {
-                break;
-            }
-            for entry in self.read_segment(&segment)? {
-                if entry.epoch() == next && next <= to {
-                    batches.push(entry.batch);
-                    next = next.next();
-                }
-            }
-        }
-        if next <= to {
-            bail!(
-                "the archive at {} holds no epoch {next} (it has {})",
+        let segments = self.segments()?;
+        let ranges: Vec<(Epoch, Epoch)> = segments.iter().map(|s| (s.first, s.last)).collect();
+        format::gather(&ranges, from, to, |i| {
+            self.read_segment(&segments[i])
+                .map_err(|e| format!("{e:#}"))
+        })
+        .map_err(|gap| {
+            anyhow!(
+                "the archive at {} has {}: {gap}",
                 self.dir.display(),
-                describe(&self.segments()?)
-            );
-        }
-        Ok(batches)
+                describe(&segments)
+            )
+        })
     }
 
     /// Deletes what replay after `epoch` no longer needs: with checkpoints, the segments
@@ -305,14 +269,15 @@ impl Archive {
         epoch: Epoch,
         rows: &[(Key, Value)],
     ) -> Result<CheckpointFile> {
-        let dir = self.checkpoints_dir().join(format!("{:020}", epoch.0));
-        let body = lz4_flex::compress_prepend_size(&codec::encode(&(partition.0, epoch, rows)));
-        let name = format!("partition-{}.ckpt", partition.0);
-        let (path, bytes) = write_durably(&dir, &name, CHECKPOINT_MAGIC, &body)?;
+        let dir = self
+            .checkpoints_dir()
+            .join(format::checkpoint_dir_name(epoch));
+        let bytes = format::encode_checkpoint(partition, epoch, rows);
+        let path = write_durably(&dir, &format::checkpoint_file_name(partition), &bytes)?;
         Ok(CheckpointFile {
             epoch,
             partition,
-            bytes,
+            bytes: bytes.len() as u64,
             path,
         })
     }
@@ -321,19 +286,15 @@ impl Archive {
     pub fn checkpoints(&self) -> Result<Vec<CheckpointFile>> {
         let mut files = Vec::new();
         for (epoch_dir, name) in listing(&self.checkpoints_dir())? {
-            let Some(epoch) = name.parse().ok().map(Epoch) else {
+            let Some(epoch) = format::parse_checkpoint_dir_name(&name) else {
                 continue;
             };
             for (path, name) in listing(&epoch_dir)? {
-                let partition = name
-                    .strip_prefix("partition-")
-                    .and_then(|n| n.strip_suffix(".ckpt"))
-                    .and_then(|n| n.parse().ok());
-                if let Some(partition) = partition {
+                if let Some(partition) = format::parse_checkpoint_file_name(&name) {
                     let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     files.push(CheckpointFile {
                         epoch,
-                        partition: PartitionId(partition),
+                        partition,
                         bytes,
                         path,
                     });
@@ -346,36 +307,41 @@ impl Archive {
 
     /// The rows of a checkpoint, checked against its hash and its name.
     pub fn read_checkpoint(&self, file: &CheckpointFile) -> Result<Vec<(Key, Value)>> {
-        let raw = read_checked(&file.path, CHECKPOINT_MAGIC, "checkpoint")?;
-        let corrupt =
-            |why: String| anyhow::anyhow!("checkpoint {} is corrupt: {why}", file.path.display());
-        let (partition, epoch, rows): (u32, Epoch, Vec<(Key, Value)>) =
-            codec::decode(&raw).map_err(|e| corrupt(format!("does not decode: {e}")))?;
-        if (PartitionId(partition), epoch) != (file.partition, file.epoch) {
-            return Err(corrupt(format!(
-                "it holds partition {partition} after epoch {epoch}, not what its name says"
-            )));
-        }
-        Ok(rows)
+        let path = &file.path;
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        format::decode_checkpoint(&bytes, file.partition, file.epoch)
+            .map_err(|why| anyhow!("checkpoint {} is corrupt: {why}", path.display()))
     }
 
-    /// The last epoch at or before `at` with a checkpoint of every one of `partitions`,
-    /// and those checkpoints by partition.
+    /// The last epoch at or before `at` with a readable checkpoint of every one of
+    /// `partitions`, and their rows by partition; an unreadable file is named on stderr
+    /// and the next older epoch tried.
     pub fn complete_checkpoint(
         &self,
         partitions: u32,
         at: Epoch,
-    ) -> Result<Option<(Epoch, Vec<CheckpointFile>)>> {
-        let mut by_epoch: BTreeMap<Epoch, Vec<CheckpointFile>> = BTreeMap::new();
-        for file in self.checkpoints()? {
-            if file.epoch <= at && file.partition.0 < partitions {
-                by_epoch.entry(file.epoch).or_default().push(file);
+    ) -> Result<Option<(Epoch, Vec<Rows>)>> {
+        let files = self.checkpoints()?;
+        let index: Vec<(Epoch, PartitionId)> =
+            files.iter().map(|f| (f.epoch, f.partition)).collect();
+        'epochs: for epoch in format::complete_checkpoints(&index, partitions, at) {
+            let mut rows = Vec::new();
+            for p in 0..partitions {
+                let file = files
+                    .iter()
+                    .find(|f| f.epoch == epoch && f.partition.0 == p)
+                    .expect("a complete epoch has every partition's file");
+                match self.read_checkpoint(file) {
+                    Ok(file_rows) => rows.push(file_rows),
+                    Err(e) => {
+                        eprintln!("warning: {e:#}; trying an older checkpoint");
+                        continue 'epochs;
+                    }
+                }
             }
+            return Ok(Some((epoch, rows)));
         }
-        Ok(by_epoch
-            .into_iter()
-            .rev()
-            .find(|(_, files)| files.len() == partitions as usize))
+        Ok(None)
     }
 }
 
@@ -396,42 +362,22 @@ fn listing(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(found)
 }
 
-/// Writes `magic`, the BLAKE3 hash of `body`, then `body` as `dir/name`: to a temporary
-/// name, synced, renamed, and the directory synced. The path and the size written.
-fn write_durably(dir: &Path, name: &str, magic: &[u8; 8], body: &[u8]) -> Result<(PathBuf, u64)> {
+/// Writes `bytes` as `dir/name`: to a temporary name, synced, renamed, and the directory
+/// synced. The path.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     // Named for this process: nodes that share an archive may write the same file at once.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(magic)
-        .and_then(|()| file.write_all(blake3::hash(body).as_bytes()))
-        .and_then(|()| file.write_all(body))
+    file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok((path, (magic.len() + 32 + body.len()) as u64))
-}
-
-/// The decompressed content of a file `write_durably` wrote, checked against its magic
-/// and hash; `what` names the kind of file in errors.
-fn read_checked(path: &Path, magic: &[u8; 8], what: &str) -> Result<Vec<u8>> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let corrupt = |why: &str| anyhow::anyhow!("{what} {} is corrupt: {why}", path.display());
-    if bytes.len() < magic.len() + 32 || &bytes[..8] != magic {
-        return Err(corrupt(&format!("not a detflow {what} (bad magic)")));
-    }
-    let (hash, body) = bytes[8..].split_at(32);
-    if blake3::hash(body).as_bytes() != hash {
-        return Err(corrupt(
-            "its content does not match its hash (torn or altered)",
-        ));
-    }
-    lz4_flex::decompress_size_prepended(body)
-        .map_err(|e| corrupt(&format!("does not decompress: {e}")))
+    Ok(path)
 }
 
 /// The epoch ranges `segments` (in [`Archive::segments`] order) cover, merged.
@@ -454,16 +400,6 @@ pub fn describe(segments: &[Segment]) -> String {
     }
     let ranges: Vec<String> = ranges.iter().map(|(f, l)| format!("{f}..={l}")).collect();
     format!("epochs {}", ranges.join(", "))
-}
-
-fn segment_name(first: Epoch, last: Epoch) -> String {
-    format!("{:020}-{:020}.seg", first.0, last.0)
-}
-
-fn parse_segment_name(name: &str) -> Option<(Epoch, Epoch)> {
-    let (first, last) = name.strip_suffix(".seg")?.split_once('-')?;
-    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
-    (first >= 1 && first <= last).then_some((Epoch(first), Epoch(last)))
 }
 
 #[cfg(test)]
@@ -494,6 +430,13 @@ mod tests {
         archive.write_segment(&entries(1, 14)).unwrap();
         archive.write_segment(&entries(15, 20)).unwrap();
         archive.write_segment(&entries(31, 40)).unwrap();
+        // The first, torn (by a disk that lied about its sync): its epochs are read from
+        // the one archived again.
+        let torn = archive.segments().unwrap()[0].clone();
+        assert_eq!((torn.first, torn.last), (Epoch(1), Epoch(10)));
+        let bytes = fs::read(&torn.path).unwrap();
+        fs::write(&torn.path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(archive.read_segment(&torn).is_err());
         let epochs: Vec<u64> = archive
             .batches(Epoch(3), Epoch(20))
             .unwrap()
@@ -505,7 +448,8 @@ mod tests {
             .batches(Epoch(1), Epoch(35))
             .unwrap_err()
             .to_string();
-        assert!(gap.contains("no epoch 21"), "{gap}");
+        assert!(gap.contains("holds epoch 21"), "{gap}");
+        assert!(gap.contains("torn or altered"), "{gap}");
         assert!(gap.contains("epochs 1..=20, 31..=40"), "{gap}");
         assert_eq!(archive.retain_after(Epoch(14)).unwrap(), 2);
         assert_eq!(

@@ -16,6 +16,8 @@
 //! Like the other state machines, this crate does no I/O: the caller brings the batches
 //! (from a node's log, an archive or a simulation) and the initial rows.
 
+pub mod archive;
+
 use detflow_executor::serial::{self, SerialExecutor};
 use detflow_executor::{Registry, StateDigest, VALUE_BYTES_MAX_DEFAULT};
 use detflow_protocol::{

@@ -417,6 +417,10 @@ pub enum Output {
         /// The leader as far as this replica knows.
         leader: Option<NodeId>,
     },
+    /// Write these committed entries, which the next [`Output::Persist`] drops from the
+    /// log (a compaction, or a snapshot installed from the leader), to the archive, durably,
+    /// before that write: what the log drops must outlive it. Consecutive epochs.
+    Archive(Vec<LogEntry>),
     /// Make this write durable, after every earlier one, then answer `Persisted`.
     Persist(LogWrite),
     /// Send a message to another replica.
@@ -598,12 +602,14 @@ pub struct ReplicaBugs {
     /// A compaction's snapshot leaves out the de-duplication table, so a replica that
     /// installs it (or restarts from it) orders a retried call a second time.
     pub snapshot_without_dedup: bool,
+    /// A compaction leaves the last epoch it drops out of the archive.
+    pub archive_short: bool,
 }
 
 /// Each planted bug's name (as the simulator's `--bug` takes it) and its flag.
 type BugFlag = (&'static str, fn(&mut ReplicaBugs) -> &mut bool);
 
-const BUG_FLAGS: [BugFlag; 15] = [
+const BUG_FLAGS: [BugFlag; 16] = [
     ("ack-before-quorum", |b| &mut b.ack_before_quorum),
     ("forget-vote", |b| &mut b.forget_vote_on_restart),
     ("commit-uncommitted", |b| &mut b.commit_uncommitted),
@@ -621,6 +627,7 @@ const BUG_FLAGS: [BugFlag; 15] = [
         &mut b.campaign_before_durable
     }),
     ("snapshot-without-dedup", |b| &mut b.snapshot_without_dedup),
+    ("archive-short", |b| &mut b.archive_short),
 ];
 
 impl ReplicaBugs {
@@ -719,6 +726,8 @@ enum When {
 /// A durable write under construction during one `handle`.
 #[derive(Clone, Debug, Default)]
 struct WriteBuf {
+    /// Committed entries the write drops, for [`Output::Archive`].
+    archive: Vec<LogEntry>,
     hard_state: bool,
     snapshot: Option<Arc<LogSnapshot>>,
     truncate_from: Option<Epoch>,
@@ -1949,7 +1958,10 @@ impl Replica {
         if self.bugs.snapshot_without_dedup {
             self.snapshot_dedup = DedupTable::default();
         }
-        self.log.drain(..dropped);
+        let archived = dropped - usize::from(self.bugs.archive_short);
+        self.write
+            .archive
+            .extend(self.log.drain(..dropped).take(archived));
         self.entry_bytes.drain(..dropped);
         self.snapshot = snapshot.clone();
         self.write.snapshot = Some(snapshot);
@@ -2065,6 +2077,12 @@ impl Replica {
             windows: incoming.windows,
         });
         self.stats.entries_truncated += self.last_epoch().0.saturating_sub(epoch.0);
+        // What this replica held that is committed goes to its archive; the rest may differ
+        // from the leader's and is dropped.
+        let committed = usize_of(self.commit.0 - self.log_start().0);
+        self.write
+            .archive
+            .extend(self.log.drain(..).take(committed));
         self.log.clear();
         self.entry_bytes.clear();
         self.snapshot_dedup = DedupTable::from_windows(&snapshot.windows);
@@ -2261,6 +2279,9 @@ impl Replica {
             || write.truncate_from.is_some()
             || !write.append.is_empty();
         if writes {
+            if !write.archive.is_empty() {
+                out.push(Output::Archive(write.archive));
+            }
             self.last_write = WriteId(self.last_write.0 + 1);
             self.pending_writes
                 .push_back((self.last_write, self.last_epoch()));

@@ -39,6 +39,8 @@ struct Group {
     cut: BTreeSet<NodeId>,
     /// What each replica emitted: `Committed` epochs and `Compacted` points, in order.
     emitted: Vec<Vec<(&'static str, Epoch)>>,
+    /// The epochs each replica handed to its archive, in order (kept across restarts).
+    archived: Vec<Vec<Epoch>>,
     duplicates: u64,
     bugs: ReplicaBugs,
 }
@@ -52,6 +54,7 @@ impl Group {
             disks: vec![Durable::default(); n as usize],
             cut: BTreeSet::new(),
             emitted: vec![Vec::new(); n as usize],
+            archived: vec![Vec::new(); n as usize],
             duplicates: 0,
             bugs,
         };
@@ -83,7 +86,16 @@ impl Group {
             self.replicas[idx(id)].handle(Time(self.now), input, &mut out);
             for output in out {
                 match output {
+                    Output::Archive(entries) => {
+                        let archived = &mut self.archived[idx(id)];
+                        archived.extend(entries.iter().map(|e| e.epoch()));
+                    }
                     Output::Persist(write) => {
+                        if let (Some(snapshot), None) = (&write.snapshot, write.truncate_from) {
+                            // A compaction: what it drops was handed to the archive first.
+                            let last = self.archived[idx(id)].last();
+                            assert_eq!(last, Some(&snapshot.epoch), "archived before dropped");
+                        }
                         self.disks[idx(id)].apply(&write);
                         self.disks[idx(id)].validate().unwrap();
                         work.push_back((id, Input::Persisted { write: write.id }));
@@ -172,6 +184,10 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_in_chunks()
     g.run_for(500_000);
     let (r3, rl) = (g.replica(n3), g.replica(leader));
     assert_eq!(r3.stats().snapshots_installed, 1);
+    // It held nothing committed to archive; the leader archived everything it dropped.
+    assert!(g.archived[idx(n3)].is_empty());
+    let dropped: Vec<Epoch> = (1..=start.0).map(Epoch).collect();
+    assert_eq!(g.archived[idx(leader)], dropped);
     assert_eq!(r3.log_start(), start);
     assert_eq!(r3.commit_epoch(), rl.commit_epoch());
     // Nine sessions, two windows a chunk: five chunks at least.
@@ -209,6 +225,7 @@ fn a_restart_resumes_after_the_compacted_prefix() {
     assert!(start > Epoch(0));
     assert_eq!(g.replica(n1).stats().compactions, 1);
     assert_eq!(g.disks[0].log_start(), start);
+    assert_eq!(g.archived[0], (1..=start.0).map(Epoch).collect::<Vec<_>>());
     // Compaction never passes the commit epoch, and waits for enough epochs to drop.
     g.input(
         n1,

@@ -478,7 +478,7 @@ impl Cluster {
                 let at = self.now.plus_us(100 + self.rng.below(1_000));
                 self.schedule(at, Event::Synced(id));
             }
-            Output::LeaderKnown(_) => {}
+            Output::LeaderKnown(_) | Output::Archive(_) => {}
             Output::Compacted { through } => {
                 let node = &mut self.nodes[idx(id)];
                 if through.next() < node.next_emit {

@@ -128,6 +128,9 @@ pub(crate) struct FaultPlan {
     pub(crate) one_down: bool,
     /// Chance that an executor's crash destroys its disk.
     pub(crate) disk_loss_chance: f64,
+    /// Chance that a replica crashes while it writes an archive segment (leaving none, a
+    /// torn one or a whole one).
+    pub(crate) archive_crash_chance: f64,
 }
 
 impl FaultPlan {
@@ -152,6 +155,7 @@ impl FaultPlan {
             silent_drop_chance: 0.0,
             one_down: false,
             disk_loss_chance: 0.0,
+            archive_crash_chance: 0.0,
         };
         // Drawn last, so that adding this fault type left every other draw as it was.
         plan.silent_drop_chance = on(rng, config.silent_drops, &[0.02, 0.05, 0.1]);
@@ -185,6 +189,16 @@ impl FaultPlan {
         }
     }
 
+    /// Draws the rate of crashes during archive writes (crashes and torn writes both on),
+    /// from a generator of its own, so that every seed's other draws stay what they were.
+    pub(crate) fn draw_archive_crash(&mut self, config: &FaultConfig, rng: &mut DetRng) {
+        let rate = *rng.pick(&[0.05, 0.2, 0.5]);
+        let kept = !config.swarm || rng.chance(0.75);
+        if config.crashes && config.torn_writes && kept && !self.one_down {
+            self.archive_crash_chance = rate;
+        }
+    }
+
     pub(crate) fn any(&self) -> bool {
         self.crash_chance > 0.0
             || self.crash_after_vote_chance > 0.0
@@ -195,6 +209,7 @@ impl FaultPlan {
             || self.silent_drop_chance > 0.0
             || self.one_down
             || self.disk_loss_chance > 0.0
+            || self.archive_crash_chance > 0.0
     }
 }
 
@@ -221,6 +236,10 @@ pub struct FaultCounts {
     pub disks_lost: u64,
     /// Partition replicas rebuilt by copying another replica's state.
     pub state_transfers: u64,
+    /// Replicas crashed in the middle of an archive write.
+    pub archive_crashes: u64,
+    /// Of those, the ones that left a torn segment under its final name.
+    pub torn_segments: u64,
 }
 
 impl FaultCounts {
@@ -236,6 +255,8 @@ impl FaultCounts {
         self.silent_drops += other.silent_drops;
         self.disks_lost += other.disks_lost;
         self.state_transfers += other.state_transfers;
+        self.archive_crashes += other.archive_crashes;
+        self.torn_segments += other.torn_segments;
     }
 }
 
@@ -244,7 +265,7 @@ impl fmt::Display for FaultCounts {
         write!(
             f,
             "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={} silent_drops={} disks_lost={} \
-             state_transfers={}",
+             state_transfers={} archive_crashes={} torn_segments={}",
             self.crashes,
             self.restarts,
             self.partitions,
@@ -254,7 +275,9 @@ impl fmt::Display for FaultCounts {
             self.delay_spikes,
             self.silent_drops,
             self.disks_lost,
-            self.state_transfers
+            self.state_transfers,
+            self.archive_crashes,
+            self.torn_segments
         )
     }
 }

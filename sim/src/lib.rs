@@ -41,6 +41,7 @@
 
 #![forbid(unsafe_code)]
 
+mod archive;
 mod check;
 mod disk;
 mod events;

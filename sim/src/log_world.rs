@@ -1000,8 +1000,9 @@ impl LogWorld {
                 }
                 self.send(id, to, msg);
             }
-            // The log world has no gateways to tell.
-            Output::LeaderKnown(_) => {}
+            // The log world has no gateways to tell, and keeps no archive: the full world
+            // checks archives.
+            Output::LeaderKnown(_) | Output::Archive(_) => {}
         }
         Ok(())
     }

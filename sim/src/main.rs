@@ -145,6 +145,10 @@ enum Bug {
     CheckpointMislabeled,
     /// A replica that copied another replica's state resumes one epoch after the copy's.
     TransferResumesLate,
+    /// A compaction leaves the last epoch it drops out of the archive.
+    ArchiveShort,
+    /// The archive reader stops at the first segment that does not read back.
+    ArchiveStopsAtTorn,
 }
 
 impl Bug {
@@ -156,6 +160,8 @@ impl Bug {
             Bug::ReportUncheckpointed => "report-uncheckpointed",
             Bug::CheckpointMislabeled => "checkpoint-mislabeled",
             Bug::TransferResumesLate => "transfer-resumes-late",
+            Bug::ArchiveShort => "archive-short",
+            Bug::ArchiveStopsAtTorn => "archive-stops-at-torn",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -354,6 +360,7 @@ fn run(args: RunArgs) -> Result<bool> {
             plan_server_bugs: PlanServerBugs {
                 compact_past_slowest: matches!(args.bug, Some(Bug::CompactPastSlowest)),
             },
+            archive_stops_at_torn: matches!(args.bug, Some(Bug::ArchiveStopsAtTorn)),
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;

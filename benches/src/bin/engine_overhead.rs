@@ -230,7 +230,8 @@ impl Pipeline {
         self.replica.handle(self.now, input, &mut out);
         for effect in out.drain(..) {
             match effect {
-                // No disk here: the write is durable at once.
+                // No disk here: the write is durable at once, and nothing is archived.
+                replica::Output::Archive(_) => {}
                 replica::Output::Persist(write) => self
                     .queue
                     .push_back(To::Replica(replica::Input::Persisted { write: write.id })),

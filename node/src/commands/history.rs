@@ -10,9 +10,9 @@ use crate::config::Config;
 use crate::storage::{FjallStore, LogStore};
 use anyhow::{Context, Result, bail};
 use detflow_executor::{Registry, Store};
-use detflow_protocol::mailbox::outbox_partition;
 use detflow_protocol::{Batch, Epoch, Key, Outcome, Owner, PartitionId, Position, Value};
 use detflow_replay::Replayer;
+use detflow_replay::archive::replay_rows;
 use detflow_scheduler::{PartitionMap, route};
 use detflow_workloads::Workload;
 use std::collections::BTreeMap;
@@ -72,25 +72,16 @@ impl History {
     }
 
     /// Where a re-execution that must reach epoch `at` starts: the last epoch at or
-    /// before `at` at which the archive holds a checkpoint of every partition, and the
-    /// whole state then; without one, epoch 0 and the initial rows.
+    /// before `at` at which the archive holds a readable checkpoint of every partition,
+    /// and the whole state then; without one, epoch 0 and the initial rows.
     pub(crate) fn start(&self, at: Epoch) -> Result<(Epoch, BTreeMap<Key, Value>)> {
-        let Some((epoch, files)) = self
+        let Some((epoch, partitions)) = self
             .archive
             .complete_checkpoint(self.config.partitions(), at)?
         else {
             return Ok((Epoch(0), self.initial_rows()));
         };
-        let mut state = BTreeMap::new();
-        for file in &files {
-            let rows = self.archive.read_checkpoint(file)?;
-            // The serial executor keeps user rows and outboxes, not the executors' own
-            // bookkeeping.
-            state.extend(
-                rows.into_iter()
-                    .filter(|(key, _)| !key.is_system() || outbox_partition(key).is_some()),
-            );
-        }
+        let state = partitions.into_iter().flat_map(replay_rows).collect();
         Ok((epoch, state))
     }
 
@@ -239,11 +230,35 @@ pub(crate) fn archive_ls(args: &ArchiveLsArgs) -> Result<bool> {
         checkpoints.iter().map(|c| c.bytes).sum::<u64>()
     );
     if args.verify {
-        for s in &segments {
-            archive.read_segment(s)?;
+        let mut damaged = 0;
+        for e in segments
+            .iter()
+            .filter_map(|s| archive.read_segment(s).err())
+        {
+            println!("damaged: {e:#}");
+            damaged += 1;
         }
-        for c in &checkpoints {
-            archive.read_checkpoint(c)?;
+        for e in checkpoints
+            .iter()
+            .filter_map(|c| archive.read_checkpoint(c).err())
+        {
+            println!("damaged: {e:#}");
+            damaged += 1;
+        }
+        if damaged > 0 {
+            // Readers pass a damaged file over; say whether they still find every epoch.
+            if let Some((first, last)) = segments.first().zip(segments.last()) {
+                let reach = segments.iter().map(|s| s.last).max().unwrap_or(last.last);
+                match archive.batches(first.first, reach) {
+                    Ok(_) => println!(
+                        "every epoch {}..={reach} is still held by a segment that reads back",
+                        first.first
+                    ),
+                    Err(e) => println!("{e:#}"),
+                }
+            }
+            println!("{damaged} damaged files");
+            return Ok(false);
         }
         println!("every segment and checkpoint reads back and matches its hash");
     }

@@ -268,15 +268,21 @@ impl Node {
                 .with_context(|| format!("opening partition {p} at {}", dir.display()))?;
             let began = Instant::now();
             let archive = crate::archive::Archive::new(&config.archive_dir());
+            // A store that never loaded lost its state (or never had one): resume from
+            // the last checkpoint, whose epochs the log may no longer hold.
+            let lost = !store.is_loaded() && store.applied_epoch() == Epoch(0);
+            let mut last_checkpoint = Epoch(0);
             let checkpoint = match config.checkpoint_every_epochs {
                 0 => None,
-                _ => last_checkpoint(&archive, partition)?,
+                _ if !lost => {
+                    last_checkpoint = last_checkpoint_epoch(&archive, partition)?;
+                    None
+                }
+                _ => readable_checkpoint(&archive, partition)?,
             };
-            match &checkpoint {
-                // A store that never loaded lost its state (or never had one): resume from
-                // the last checkpoint, whose epochs the log may no longer hold.
-                Some(file) if !store.is_loaded() && store.applied_epoch() == Epoch(0) => {
-                    let rows = archive.read_checkpoint(file)?;
+            match checkpoint {
+                Some((file, rows)) => {
+                    last_checkpoint = file.epoch;
                     tokio::task::block_in_place(|| store.restore(file.epoch, rows))?;
                     tracing::info!(
                         "partition {p}: restored from the checkpoint after epoch {} ({}) in \
@@ -302,9 +308,7 @@ impl Node {
             let checkpoints = Some(executor::Checkpoints {
                 // A checkpoint past what the store applied (its tail was lost) is no
                 // checkpoint of this store's state.
-                last: checkpoint
-                    .as_ref()
-                    .map(|c| c.epoch)
+                last: Some(last_checkpoint)
                     .filter(|e| *e <= store.applied_epoch())
                     .unwrap_or(Epoch(0)),
                 archive,
@@ -446,14 +450,33 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The last checkpoint of `partition` in `archive`, if any.
-fn last_checkpoint(
+/// The epoch of the last checkpoint of `partition` in `archive` (0 if none).
+fn last_checkpoint_epoch(
     archive: &crate::archive::Archive,
     partition: PartitionId,
-) -> Result<Option<crate::archive::CheckpointFile>> {
+) -> Result<Epoch> {
     Ok(archive
         .checkpoints()
         .with_context(|| format!("listing the checkpoints of partition {partition}"))?
         .into_iter()
-        .rfind(|c| c.partition == partition))
+        .rfind(|c| c.partition == partition)
+        .map_or(Epoch(0), |c| c.epoch))
+}
+
+/// The last checkpoint of `partition` in `archive` that reads back, with its rows; a torn
+/// or altered one is logged and passed over for the one before.
+fn readable_checkpoint(
+    archive: &crate::archive::Archive,
+    partition: PartitionId,
+) -> Result<Option<(crate::archive::CheckpointFile, crate::archive::Rows)>> {
+    let files = archive
+        .checkpoints()
+        .with_context(|| format!("listing the checkpoints of partition {partition}"))?;
+    for file in files.into_iter().rev().filter(|c| c.partition == partition) {
+        match archive.read_checkpoint(&file) {
+            Ok(rows) => return Ok(Some((file, rows))),
+            Err(e) => tracing::warn!("{e:#}; trying an older checkpoint"),
+        }
+    }
+    Ok(None)
 }

@@ -8,9 +8,9 @@ use crate::archive::Archive;
 use crate::failstop::fatal;
 use crate::storage::LogStore;
 use detflow_protocol::message::{LogReply, Message};
-use detflow_protocol::{Epoch, ExecutorId, Machine};
+use detflow_protocol::{Epoch, ExecutorId, LogEntry, Machine};
 use detflow_scheduler::{PartitionMap, PlanServer, plan_server};
-use detflow_sequencer::replica::{self, LogWrite, Replica};
+use detflow_sequencer::replica::{self, Replica};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,22 +55,15 @@ fn send_plans(router: &Router, out: &mut Vec<plan_server::Output>) -> Option<Epo
     compact
 }
 
-/// Writes the entries a compaction `write` drops from `log` to the archive as one segment,
-/// then applies the archive's retention. A replica that installed a leader's snapshot
-/// instead never held the epochs it skipped: another replica's archive has them.
-fn archive_compacted(log: &LogStore, archive: &ArchiveSink, write: &LogWrite) {
-    let Some(snapshot) = &write.snapshot else {
+/// Writes the committed entries the replica's next write drops from the log to the archive
+/// as one segment, durably, then applies the archive's retention; any failure stops the
+/// node, since the log must not drop what the archive did not take.
+fn archive_entries(archive: &ArchiveSink, entries: &[LogEntry]) {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return;
     };
-    let (from, to) = (log.log_start().next(), snapshot.epoch.min(log.last_epoch()));
-    if from > to {
-        return;
-    }
-    let entries = match log.entries(from, to) {
-        Ok(entries) => entries,
-        Err(e) => fatal(format!("cannot read the log to archive it: {e}")),
-    };
-    if let Err(e) = archive.archive.write_segment(&entries) {
+    let (from, to) = (first.epoch(), last.epoch());
+    if let Err(e) = archive.archive.write_segment(entries) {
         fatal(format!("cannot archive epochs {from}..={to}: {e:#}"));
     }
     if archive.retention.keeps_all() {
@@ -219,17 +212,15 @@ pub(super) async fn replica_task(
                         let from = replica.id();
                         router.to_gateway(gateway, Message::NotLeader { from, txn, leader });
                     }
+                    // Before the write that drops them, which comes next.
+                    replica::Output::Archive(entries) => {
+                        tokio::task::block_in_place(|| archive_entries(&archive, &entries));
+                    }
                     replica::Output::Persist(write) => {
                         if replica.is_leader() {
                             for entry in &write.append {
                                 closed_at.insert(entry.epoch(), Instant::now());
                             }
-                        }
-                        if write.snapshot.is_some() && write.truncate_from.is_none() {
-                            // A compaction: the epochs it drops go to the archive first.
-                            tokio::task::block_in_place(|| {
-                                archive_compacted(&log, &archive, &write)
-                            });
                         }
                         if let Err(e) = log.append(&write) {
                             fatal(format!("cannot append to the log: {e}"));

@@ -13,12 +13,29 @@ use detflow_protocol::{Epoch, Key, PartitionId, Value};
 use detflow_replay::Replayer;
 use std::collections::BTreeMap;
 
-pub(crate) fn check(run: &Outcome) -> Vec<String> {
+/// The audit's failures, and the re-executed state after each of `keep` (the epochs
+/// other checkers compare with), as it passes them.
+pub(crate) fn check(
+    run: &Outcome,
+    keep: &[Epoch],
+) -> (Vec<String>, BTreeMap<Epoch, BTreeMap<Key, Value>>) {
+    let mut kept = BTreeMap::new();
+    (check_keeping(run, keep, &mut kept), kept)
+}
+
+fn check_keeping(
+    run: &Outcome,
+    keep: &[Epoch],
+    kept: &mut BTreeMap<Epoch, BTreeMap<Key, Value>>,
+) -> Vec<String> {
     let initial = run.initial.iter().cloned().collect();
     let mut replayer = Replayer::new(&run.registry, run.map.clone(), initial);
     for batch in &run.log {
         if let Err(e) = replayer.apply(batch) {
             return vec![format!("audit: the log does not replay: {e}")];
+        }
+        if keep.contains(&batch.epoch) {
+            kept.insert(batch.epoch, replayer.state().clone());
         }
         for (p, expected) in replayer.digests().iter().enumerate() {
             let key = (PartitionId(p as u32), batch.epoch);

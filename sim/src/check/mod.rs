@@ -4,6 +4,7 @@
 //! involved. A seed passes only when every checker returns none.
 
 pub(crate) mod agreement;
+pub(crate) mod archive;
 pub(crate) mod audit;
 pub(crate) mod durable_sends;
 pub(crate) mod exactly_once;
@@ -37,7 +38,14 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(agreement::check(run));
     failures.extend(liveness::check(run));
     failures.extend(partition_replicas::check(run));
-    failures.extend(audit::check(run));
+    let (archive_failures, targets) = archive::contents(run);
+    failures.extend(archive_failures);
+    let keep = targets
+        .as_ref()
+        .map_or(&[][..], |(_, epochs)| epochs.as_slice());
+    let (audit_failures, serial_states) = audit::check(run, keep);
+    failures.extend(audit_failures);
+    failures.extend(archive::replays(run, targets, &serial_states));
     failures.extend(exactly_once::check(run));
     failures.extend(valid_calls::check(run));
     let (state, placement_failures) = placement::merged_state(run);

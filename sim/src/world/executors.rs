@@ -385,6 +385,9 @@ impl World {
             }
             Some(_) => {}
             None => {
+                // Replicas write the same bytes under the same name: one file serves all.
+                self.checkpoint_archive
+                    .write_checkpoint(id.partition, epoch, &rows);
                 self.checkpoints.insert((id.partition, epoch), (id, rows));
             }
         }

@@ -10,6 +10,7 @@
 //! calls; then everything heals (crashed nodes restart, partitions end) and the run must
 //! converge: every call answered, every partition caught up with the committed log.
 
+use crate::archive::SimArchive;
 use crate::check::raft::RaftSafety;
 use crate::disk::ReplicaDisk;
 use crate::events::{EventQueue, Timer};
@@ -196,6 +197,9 @@ pub struct SimConfig {
     pub session_bugs: SessionBugs,
     /// Planted gateway bugs (checker tests only).
     pub gateway_bugs: detflow_gateway::GatewayBugs,
+    /// Planted archive-reader bug (checker tests only): reading stops at the first
+    /// segment that does not read back instead of passing over it.
+    pub archive_stops_at_torn: bool,
 }
 
 impl SimConfig {
@@ -236,6 +240,7 @@ impl SimConfig {
             replica_bugs: ReplicaBugs::default(),
             session_bugs: SessionBugs::default(),
             gateway_bugs: detflow_gateway::GatewayBugs::default(),
+            archive_stops_at_torn: false,
         }
     }
 }
@@ -335,6 +340,23 @@ pub(crate) struct Outcome {
     pub(crate) faults: FaultCounts,
     /// Log compactions and snapshots installed from a leader, over all replicas.
     pub(crate) log_compactions: (u64, u64),
+    /// Each replica's archive, by replica.
+    pub(crate) archives: Vec<ReplicaArchive>,
+    /// The checkpoint files the executors wrote.
+    pub(crate) checkpoint_archive: SimArchive,
+    /// The archive reader stops at the first segment that does not read back (a planted
+    /// bug).
+    pub(crate) archive_stops_at_torn: bool,
+}
+
+/// A replica's archive at the end of a run, and what it must hold.
+pub(crate) struct ReplicaArchive {
+    /// The archive.
+    pub(crate) archive: SimArchive,
+    /// The last epoch the replica's durable log dropped.
+    pub(crate) dropped: Epoch,
+    /// Epochs it may lack (see [`ReplicaNode::not_archived`]).
+    pub(crate) not_archived: Vec<(Epoch, Epoch)>,
 }
 
 /// Why a run could not start.
@@ -414,6 +436,11 @@ struct ReplicaNode {
     /// The plan server beside the replica, fed with its `Committed` outputs as a
     /// production driver does; it starts empty with each incarnation.
     plans: Option<PlanServer>,
+    /// Where it archives the epochs it compacts away; survives its crashes.
+    archive: SimArchive,
+    /// Epochs a snapshot installed from the leader replaced before this replica knew them
+    /// committed: another replica's archive holds them, not necessarily its own.
+    not_archived: Vec<(Epoch, Epoch)>,
 }
 
 struct ExecutorNode {
@@ -463,6 +490,10 @@ pub(crate) struct World {
     disk_rng: DetRng,
     /// On-demand checkpoints draw from a generator of their own, for the same reason.
     checkpoint_rng: DetRng,
+    /// Crashes in the middle of an archive write draw from a generator of their own too.
+    archive_rng: DetRng,
+    /// The checkpoint files every executor host writes, in one archive the nodes share.
+    checkpoint_archive: SimArchive,
     timing: Timing,
     plan: FaultPlan,
     counts: FaultCounts,
@@ -566,6 +597,8 @@ impl World {
         let mut plan = FaultPlan::draw(&config.faults, &mut rng);
         let mut disk_rng = DetRng::new(config.seed ^ 0x0D15_C105);
         plan.draw_disk_loss(&config.faults, &mut disk_rng);
+        let mut archive_rng = DetRng::new(config.seed ^ 0xA4C4_1BE5);
+        plan.draw_archive_crash(&config.faults, &mut archive_rng);
         // Drawn from a fork, so that every draw above is the same as before snapshots.
         let retention = {
             let mut r = rng.fork(7_001);
@@ -638,6 +671,8 @@ impl World {
             .map(|_| ReplicaNode {
                 machine: None,
                 disk: ReplicaDisk::default(),
+                archive: SimArchive::default(),
+                not_archived: Vec::new(),
                 incarnation: 0,
                 timer: Timer::default(),
                 sync_scheduled: false,
@@ -695,6 +730,8 @@ impl World {
             workload_rng,
             disk_rng,
             checkpoint_rng: DetRng::new(config.seed ^ 0xC4EC_4B01),
+            archive_rng,
+            checkpoint_archive: SimArchive::default(),
             timing,
             plan,
             counts: FaultCounts::default(),
@@ -813,6 +850,15 @@ impl World {
                 None => (Epoch(0), Vec::new(), Epoch(0)),
             })
             .collect();
+        let archives = self
+            .replicas
+            .iter()
+            .map(|r| ReplicaArchive {
+                archive: r.archive.clone(),
+                dropped: r.disk.synced().log_start(),
+                not_archived: r.not_archived.clone(),
+            })
+            .collect();
         let executor_epochs = self
             .executors
             .iter()
@@ -866,6 +912,9 @@ impl World {
             events: self.events,
             faults: self.counts,
             log_compactions: self.log_compactions,
+            archives,
+            checkpoint_archive: self.checkpoint_archive,
+            archive_stops_at_torn: self.config.archive_stops_at_torn,
         }
     }
 

@@ -9,6 +9,7 @@ impl World {
         };
         let mut out = Vec::new();
         let before = machine.stats();
+        let commit_before = machine.commit_epoch();
         machine.handle(self.now, input, &mut out);
         let after = machine.stats();
         self.log_compactions.0 += after.compactions - before.compactions;
@@ -20,8 +21,13 @@ impl World {
             self.online_failures.push(failure);
         }
         for effect in out {
+            // A replica that crashed mid-step performs none of the rest.
+            if self.replicas[r as usize].machine.is_none() {
+                break;
+            }
             match effect {
                 replica::Output::Committed(batch) => self.on_committed(r, batch),
+                replica::Output::Archive(entries) => self.archive(r, &entries),
                 replica::Output::Duplicate {
                     client,
                     seq,
@@ -35,7 +41,14 @@ impl World {
                     let from = replica_id(r);
                     self.send(Addr::Replica(r), to, Msg::NotLeader { from, txn, leader });
                 }
-                replica::Output::Persist(write) => self.persist(r, write),
+                replica::Output::Persist(write) => {
+                    if let (Some(snapshot), Some(_)) = (&write.snapshot, write.truncate_from) {
+                        // An installed snapshot: the replica archived what it knew committed.
+                        let skipped = (commit_before.next(), snapshot.epoch);
+                        self.replicas[r as usize].not_archived.push(skipped);
+                    }
+                    self.persist(r, write)
+                }
                 replica::Output::Send { to, msg } => {
                     let node = &self.replicas[r as usize];
                     if let Some(machine) = &node.machine
@@ -85,6 +98,27 @@ impl World {
         if node.timer.fire(self.now) {
             self.replica_input(r, replica::Input::Tick);
         }
+    }
+
+    /// Writes the entries replica `r`'s next write drops to its archive, as the node's
+    /// replica task does before that write; or, now and then under crash faults, crashes
+    /// the replica in the middle of it.
+    fn archive(&mut self, r: u32, entries: &[LogEntry]) {
+        let chance = self.plan.archive_crash_chance;
+        if self.healed || chance == 0.0 || !self.archive_rng.chance(chance) {
+            self.replicas[r as usize].archive.write_segment(entries);
+            return;
+        }
+        let node = &mut self.replicas[r as usize];
+        let left = node
+            .archive
+            .write_segment_crashing(entries, &mut self.archive_rng);
+        self.counts.archive_crashes += 1;
+        if left == crate::archive::CrashedWrite::Torn {
+            self.counts.torn_segments += 1;
+        }
+        let downtime = self.rng.range(100, 10_000);
+        self.crash(Addr::Replica(r), downtime);
     }
 
     pub(super) fn persist(&mut self, r: u32, write: LogWrite) {

@@ -1,0 +1,309 @@
+//! The archive's file formats and reading rules, shared by the node (files in a directory)
+//! and the simulator (files in memory, torn by its crashes): which bytes a segment or a
+//! checkpoint file holds, how its name indexes it, which segment each epoch is read from
+//! and which checkpoints a re-execution starts from. Where the bytes live is the caller's.
+//!
+//! A segment is [`SEGMENT_MAGIC`], a 32-byte BLAKE3 hash of the rest, then the
+//! LZ4-compressed MessagePack of its consecutive [`LogEntry`]s; it is named by its first
+//! and last epoch ([`segment_name`]). A checkpoint file is [`CHECKPOINT_MAGIC`], a hash,
+//! then the compressed partition number, epoch and rows. A torn or altered file fails its
+//! hash; readers then take its epochs from another segment (segments may overlap: a
+//! compaction archived but not applied before a crash is archived again, perhaps longer)
+//! and start from an older checkpoint.
+
+use detflow_protocol::mailbox::outbox_partition;
+use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value, codec};
+use std::sync::Arc;
+
+/// The first bytes of every segment file: the format and its version.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"DFLOGSG1";
+
+/// The first bytes of every checkpoint file: the format and its version.
+pub const CHECKPOINT_MAGIC: &[u8; 8] = b"DFCKPT01";
+
+/// The file name of the segment holding epochs `first..=last`: zero-padded, so that a
+/// listing in name order is the index in epoch order.
+pub fn segment_name(first: Epoch, last: Epoch) -> String {
+    format!("{:020}-{:020}.seg", first.0, last.0)
+}
+
+/// The epochs a segment file name says it holds; none for any other name (temporary
+/// files included).
+pub fn parse_segment_name(name: &str) -> Option<(Epoch, Epoch)> {
+    let (first, last) = name.strip_suffix(".seg")?.split_once('-')?;
+    if first.len() != 20 || last.len() != 20 {
+        return None;
+    }
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first >= 1 && first <= last).then_some((Epoch(first), Epoch(last)))
+}
+
+/// The directory name of the checkpoints after `epoch`.
+pub fn checkpoint_dir_name(epoch: Epoch) -> String {
+    format!("{:020}", epoch.0)
+}
+
+/// The epoch a checkpoint directory name stands for.
+pub fn parse_checkpoint_dir_name(name: &str) -> Option<Epoch> {
+    (name.len() == 20).then(|| name.parse().ok().map(Epoch))?
+}
+
+/// The file name of partition `partition`'s checkpoint in its epoch's directory.
+pub fn checkpoint_file_name(partition: PartitionId) -> String {
+    format!("partition-{}.ckpt", partition.0)
+}
+
+/// The partition a checkpoint file name stands for.
+pub fn parse_checkpoint_file_name(name: &str) -> Option<PartitionId> {
+    let n = name.strip_prefix("partition-")?.strip_suffix(".ckpt")?;
+    n.parse().ok().map(PartitionId)
+}
+
+/// The bytes of a segment holding `entries`; an error if they are empty or not
+/// consecutive epochs.
+pub fn encode_segment(entries: &[LogEntry]) -> Result<Vec<u8>, String> {
+    let Some(first) = entries.first().map(LogEntry::epoch) else {
+        return Err("an empty segment".into());
+    };
+    if let Some((i, e)) = entries
+        .iter()
+        .enumerate()
+        .find(|(i, e)| e.epoch().0 != first.0 + *i as u64)
+    {
+        return Err(format!(
+            "segment entries are not consecutive at epoch {} (entry {i})",
+            e.epoch()
+        ));
+    }
+    Ok(seal(SEGMENT_MAGIC, &codec::encode(entries)))
+}
+
+/// The entries of a segment file's `bytes`, checked against its hash and against the
+/// epochs `first..=last` its name says; the error says why not.
+pub fn decode_segment(bytes: &[u8], first: Epoch, last: Epoch) -> Result<Vec<LogEntry>, String> {
+    let raw = open(bytes, SEGMENT_MAGIC, "segment")?;
+    let entries: Vec<LogEntry> =
+        codec::decode(&raw).map_err(|e| format!("does not decode: {e}"))?;
+    let ends = (
+        entries.first().map(LogEntry::epoch),
+        entries.last().map(LogEntry::epoch),
+    );
+    if ends != (Some(first), Some(last))
+        || entries
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.epoch().0 != first.0 + i as u64)
+    {
+        return Err("its epochs are not the ones its name says".into());
+    }
+    Ok(entries)
+}
+
+/// The bytes of partition `partition`'s checkpoint of `rows` after `epoch`.
+pub fn encode_checkpoint(partition: PartitionId, epoch: Epoch, rows: &[(Key, Value)]) -> Vec<u8> {
+    seal(
+        CHECKPOINT_MAGIC,
+        &codec::encode(&(partition.0, epoch, rows)),
+    )
+}
+
+/// The rows of a checkpoint file's `bytes`, checked against its hash and against the
+/// partition and epoch its name says; the error says why not.
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    partition: PartitionId,
+    epoch: Epoch,
+) -> Result<Vec<(Key, Value)>, String> {
+    let raw = open(bytes, CHECKPOINT_MAGIC, "checkpoint")?;
+    let (found, at, rows): (u32, Epoch, Vec<(Key, Value)>) =
+        codec::decode(&raw).map_err(|e| format!("does not decode: {e}"))?;
+    if (PartitionId(found), at) != (partition, epoch) {
+        return Err(format!(
+            "it holds partition {found} after epoch {at}, not what its name says"
+        ));
+    }
+    Ok(rows)
+}
+
+/// The rows of a checkpoint a re-execution starts from: user rows and outboxes, not the
+/// executor's own bookkeeping (which the serial executor does not keep).
+pub fn replay_rows(rows: Vec<(Key, Value)>) -> impl Iterator<Item = (Key, Value)> {
+    rows.into_iter()
+        .filter(|(key, _)| !key.is_system() || outbox_partition(key).is_some())
+}
+
+/// `magic`, the BLAKE3 hash of the compressed `raw`, then the compressed `raw`.
+fn seal(magic: &[u8; 8], raw: &[u8]) -> Vec<u8> {
+    let body = lz4_flex::compress_prepend_size(raw);
+    let mut bytes = Vec::with_capacity(8 + 32 + body.len());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(blake3::hash(&body).as_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// The decompressed content of `bytes` that [`seal`] wrote, checked against its magic and
+/// hash; `what` names the kind of file in errors.
+fn open(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<Vec<u8>, String> {
+    if bytes.len() < magic.len() + 32 || &bytes[..8] != magic {
+        return Err(format!("not a detflow {what} (bad magic)"));
+    }
+    let (hash, body) = bytes[8..].split_at(32);
+    if blake3::hash(body).as_bytes() != hash {
+        return Err("its content does not match its hash (torn or altered)".into());
+    }
+    lz4_flex::decompress_size_prepended(body).map_err(|e| format!("does not decompress: {e}"))
+}
+
+/// Why an archive cannot give every epoch asked for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no readable segment holds epoch {epoch}{}", unreadable_note(.unreadable))]
+pub struct Gap {
+    /// The first epoch missing.
+    pub epoch: Epoch,
+    /// The segments that held it (or earlier epochs) but could not be read, and why.
+    pub unreadable: Vec<String>,
+}
+
+fn unreadable_note(unreadable: &[String]) -> String {
+    match unreadable.is_empty() {
+        true => String::new(),
+        false => format!(" (unreadable: {})", unreadable.join("; ")),
+    }
+}
+
+/// The batches of epochs `from..=to` in order, from `segments` (their epoch ranges, sorted
+/// by first epoch then last): each epoch from the first segment holding it that `read`
+/// (given a segment's index) can read. An unreadable segment is passed over, so a torn
+/// segment archived again does not hide its epochs; the error names the first epoch no
+/// readable segment holds.
+pub fn gather<E: std::fmt::Display>(
+    segments: &[(Epoch, Epoch)],
+    from: Epoch,
+    to: Epoch,
+    mut read: impl FnMut(usize) -> Result<Vec<LogEntry>, E>,
+) -> Result<Vec<Arc<Batch>>, Gap> {
+    let mut batches = Vec::new();
+    let mut next = from;
+    let mut unreadable = Vec::new();
+    for (i, (first, last)) in segments.iter().enumerate() {
+        if next > to || *first > next {
+            break;
+        }
+        if *last < next {
+            continue;
+        }
+        match read(i) {
+            Ok(entries) => {
+                for entry in entries {
+                    if entry.epoch() == next && next <= to {
+                        batches.push(entry.batch);
+                        next = next.next();
+                    }
+                }
+            }
+            Err(e) => unreadable.push(e.to_string()),
+        }
+    }
+    match next > to {
+        true => Ok(batches),
+        false => Err(Gap {
+            epoch: next,
+            unreadable,
+        }),
+    }
+}
+
+/// The epochs at or before `at` with a checkpoint of each of the `partitions` among
+/// `files` (epoch, partition), newest first: where a re-execution to `at` may start, in
+/// the order to try them (an unreadable file sends it to the next).
+pub fn complete_checkpoints(
+    files: &[(Epoch, PartitionId)],
+    partitions: u32,
+    at: Epoch,
+) -> Vec<Epoch> {
+    let mut by_epoch: std::collections::BTreeMap<Epoch, std::collections::BTreeSet<u32>> =
+        Default::default();
+    for (epoch, partition) in files {
+        if *epoch <= at && partition.0 < partitions {
+            by_epoch.entry(*epoch).or_default().insert(partition.0);
+        }
+    }
+    by_epoch
+        .into_iter()
+        .rev()
+        .filter(|(_, parts)| parts.len() == partitions as usize)
+        .map(|(epoch, _)| epoch)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detflow_protocol::{LOG_FORMAT_VERSION, Term};
+
+    fn entries(first: u64, last: u64) -> Vec<LogEntry> {
+        (first..=last)
+            .map(|e| LogEntry {
+                term: Term(1),
+                batch: Arc::new(Batch {
+                    version: LOG_FORMAT_VERSION,
+                    epoch: Epoch(e),
+                    txns: Vec::new(),
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_segment_is_passed_over_for_one_archived_again() {
+        let whole = encode_segment(&entries(1, 10)).unwrap();
+        let torn = whole[..whole.len() / 2].to_vec();
+        let files = [((Epoch(1), Epoch(6)), torn), ((Epoch(1), Epoch(10)), whole)];
+        let ranges: Vec<_> = files.iter().map(|(r, _)| *r).collect();
+        let read = |i: usize| {
+            let ((first, last), bytes) = &files[i];
+            decode_segment(bytes, *first, *last)
+        };
+        let epochs: Vec<u64> = gather(&ranges, Epoch(2), Epoch(9), read)
+            .unwrap()
+            .iter()
+            .map(|b| b.epoch.0)
+            .collect();
+        assert_eq!(epochs, (2..=9).collect::<Vec<_>>());
+        let gap = gather(&ranges, Epoch(2), Epoch(11), read).unwrap_err();
+        assert_eq!(gap.epoch, Epoch(11));
+        assert!(gap.unreadable[0].contains("torn or altered"), "{gap}");
+    }
+
+    #[test]
+    fn names_and_files_say_what_they_hold() {
+        assert_eq!(
+            parse_segment_name(&segment_name(Epoch(3), Epoch(9))),
+            Some((Epoch(3), Epoch(9)))
+        );
+        assert_eq!(
+            parse_segment_name(".00000000000000000001-x.seg.12.tmp"),
+            None
+        );
+        let bytes = encode_segment(&entries(3, 9)).unwrap();
+        assert!(decode_segment(&bytes, Epoch(3), Epoch(8)).is_err());
+        assert!(encode_segment(&[entries(1, 1), entries(3, 3)].concat()).is_err());
+        let rows = vec![(Key::table("t").u64(1), b"v".to_vec())];
+        let ckpt = encode_checkpoint(PartitionId(1), Epoch(4), &rows);
+        assert_eq!(decode_checkpoint(&ckpt, PartitionId(1), Epoch(4)), Ok(rows));
+        assert!(decode_checkpoint(&ckpt, PartitionId(0), Epoch(4)).is_err());
+        let files = [
+            (Epoch(4), PartitionId(0)),
+            (Epoch(4), PartitionId(1)),
+            (Epoch(8), PartitionId(1)),
+            (Epoch(2), PartitionId(0)),
+            (Epoch(2), PartitionId(1)),
+        ];
+        assert_eq!(
+            complete_checkpoints(&files, 2, Epoch(9)),
+            vec![Epoch(4), Epoch(2)]
+        );
+        assert_eq!(complete_checkpoints(&files, 2, Epoch(3)), vec![Epoch(2)]);
+    }
+}

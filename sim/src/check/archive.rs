@@ -1,0 +1,157 @@
+//! The archives: every epoch a replica's durable log dropped is in a segment of its own
+//! archive that reads back (torn segments passed over), holding the committed batch; and
+//! re-executing from an archive, as `detflow replay --at E` does (from the last complete
+//! checkpoint at or before E, then the archived epochs), gives the serial state after E
+//! (checked for the archive holding most, at two epochs).
+
+use crate::world::Outcome;
+use detflow_protocol::{Epoch, Key, Value};
+use detflow_replay::Replayer;
+use std::collections::BTreeMap;
+
+/// Stretches of epochs, first and last.
+type Ranges = Vec<(Epoch, Epoch)>;
+
+/// Where an archive is re-executed to: the replica and the epochs.
+pub(crate) type Targets = Option<(usize, Vec<Epoch>)>;
+
+/// Every replica's archive holds every epoch its log dropped, readable, with the committed
+/// batches; and the epochs to re-execute one archive to (the one holding most, to the end
+/// of its last stretch but one and a third into its first: re-executing costs as much as the
+/// serial reference, whose states at those epochs the audit keeps).
+pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Targets) {
+    let mut failures = Vec::new();
+    // The replica whose archive holds most, how many epochs, and its stretches.
+    let mut replayed: Option<(usize, u64, Ranges)> = None;
+    for (r, kept) in run.archives.iter().enumerate() {
+        let (archive, dropped, not_archived) = (&kept.archive, kept.dropped, &kept.not_archived);
+        let ranges = archive.readable_ranges();
+        let excused = |e: Epoch| not_archived.iter().any(|(a, b)| *a <= e && e <= *b);
+        let held = |e: Epoch| ranges.iter().any(|(a, b)| *a <= e && e <= *b);
+        if let Some(missing) = (1..=dropped.0)
+            .map(Epoch)
+            .find(|e| !excused(*e) && !held(*e))
+        {
+            failures.push(format!(
+                "archive: replica {r}'s log dropped the epochs up to {dropped}, but no segment \
+                 of its archive that reads back holds epoch {missing} (it holds {ranges:?}, \
+                 {} unreadable segments)",
+                archive.unreadable()
+            ));
+            continue;
+        }
+        for (first, last) in &ranges {
+            let batches = match archive.batches(*first, *last, run.archive_stops_at_torn) {
+                Ok(batches) => batches,
+                Err(gap) => {
+                    failures.push(format!(
+                        "archive: replica {r}'s archive holds epochs {first}..={last}, but \
+                         reading them fails: {gap}"
+                    ));
+                    break;
+                }
+            };
+            let differs = batches
+                .iter()
+                .find(|b| run.log.get(b.epoch.0 as usize - 1) != Some(b));
+            if let Some(batch) = differs {
+                failures.push(format!(
+                    "archive: replica {r}'s archive holds another batch for epoch {} than the \
+                     one committed",
+                    batch.epoch
+                ));
+                break;
+            }
+        }
+        let held: u64 = ranges.iter().map(|(a, b)| b.0 - a.0 + 1).sum();
+        if replayed.as_ref().is_none_or(|(_, most, _)| held > *most) {
+            replayed = Some((r, held, ranges));
+        }
+    }
+    if !failures.is_empty() {
+        return (failures, None);
+    }
+    let targets = replayed.map(|(r, _, ranges)| {
+        // Compactions follow checkpoints, so a stretch ends at one: the epoch before
+        // replays most of a checkpoint interval.
+        let mut epochs: Vec<Epoch> = (ranges.last().into_iter())
+            .map(|(first, last)| Epoch(last.0.saturating_sub(1).max(first.0)))
+            .collect();
+        if let Some((first, last)) = ranges.first() {
+            epochs.push(Epoch(first.0 + (last.0 - first.0) / 3));
+        }
+        epochs.dedup();
+        (r, epochs)
+    });
+    (failures, targets)
+}
+
+/// Re-executing the archive `targets` names to each of its epochs gives the serial state
+/// after it (`serial`, by epoch).
+pub(crate) fn replays(
+    run: &Outcome,
+    targets: Targets,
+    serial: &BTreeMap<Epoch, BTreeMap<Key, Value>>,
+) -> Vec<String> {
+    let Some((r, epochs)) = targets else {
+        return Vec::new();
+    };
+    epochs
+        .into_iter()
+        .filter_map(|at| replay_to(run, r, at, serial.get(&at)?))
+        .collect()
+}
+
+/// Re-executes replica `r`'s archive to `at`, as `detflow replay` does; a failure if that
+/// is not the serial state `expected`. Nothing when the archive does not reach `at` from
+/// a start it has (the coverage check above judges what it must hold).
+fn replay_to(
+    run: &Outcome,
+    r: usize,
+    at: Epoch,
+    expected: &BTreeMap<Key, Value>,
+) -> Option<String> {
+    let archive = &run.archives[r].archive;
+    let (start, state) = run
+        .checkpoint_archive
+        .start(run.map.partitions(), at)
+        .unwrap_or_else(|| (Epoch(0), run.initial.iter().cloned().collect()));
+    let ranges = archive.readable_ranges();
+    if start < at
+        && !ranges
+            .iter()
+            .any(|(first, last)| *first <= start.next() && at <= *last)
+    {
+        return None;
+    }
+    let batches = match start < at {
+        true => match archive.batches(start.next(), at, run.archive_stops_at_torn) {
+            Ok(batches) => batches,
+            Err(gap) => {
+                return Some(format!(
+                    "archive: replaying replica {r}'s archive to epoch {at} fails: {gap}"
+                ));
+            }
+        },
+        false => Vec::new(),
+    };
+    let mut replayer = Replayer::at_checkpoint(&run.registry, run.map.clone(), start, state);
+    for batch in &batches {
+        if let Err(e) = replayer.apply(batch) {
+            return Some(format!(
+                "archive: replica {r}'s archive does not replay at epoch {}: {e}",
+                batch.epoch
+            ));
+        }
+    }
+    (replayer.state() != expected).then(|| {
+        format!(
+            "archive: replaying replica {r}'s archive to epoch {at} (from {}) ends in another \
+             state than the serial one after that epoch",
+            match start {
+                Epoch(0) => "the initial rows".to_owned(),
+                e => format!("the checkpoints after epoch {e}"),
+            }
+        )
+    })
+}
