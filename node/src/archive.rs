@@ -29,8 +29,9 @@
 //!        partition-1.ckpt
 //! ```
 //!
-//! A checkpoint file is a magic, a BLAKE3 hash of the rest, then the
-//! LZ4-compressed MessagePack of the partition number, the epoch and every row of the
+//! A checkpoint file is a magic, then LZ4-compressed MessagePack frames (the partition
+//! number and the epoch, then about 1 MiB of rows each, so that the writer never holds a
+//! whole partition), then a BLAKE3 hash of all before it; it holds every row of the
 //! partition's store (user rows and the executor's bookkeeping, except the reads outbox,
 //! which differs between replicas): the replicas of a partition write the same bytes, so
 //! the archives of several nodes may share a directory. It is written like a segment.
@@ -269,17 +270,46 @@ impl Archive {
         epoch: Epoch,
         rows: &[(Key, Value)],
     ) -> Result<CheckpointFile> {
+        let rows = rows.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+        Ok(self.write_checkpoint_from(partition, epoch, rows)?.0)
+    }
+
+    /// Writes the rows `rows` yields as partition `partition`'s checkpoint after `epoch`,
+    /// durably, a frame at a time: it holds one frame of rows
+    /// ([`format::CHECKPOINT_FRAME_BYTES`]), whatever the partition's size. The file, and
+    /// how many rows it holds.
+    pub fn write_checkpoint_from(
+        &self,
+        partition: PartitionId,
+        epoch: Epoch,
+        rows: impl Iterator<Item = Result<(Key, Value)>>,
+    ) -> Result<(CheckpointFile, u64)> {
         let dir = self
             .checkpoints_dir()
             .join(format::checkpoint_dir_name(epoch));
-        let bytes = format::encode_checkpoint(partition, epoch, rows);
-        let path = write_durably(&dir, &format::checkpoint_file_name(partition), &bytes)?;
-        Ok(CheckpointFile {
+        let name = format::checkpoint_file_name(partition);
+        let mut count = 0;
+        let (path, bytes) = write_durably_with(&dir, &name, |out| {
+            let (mut encoder, head) =
+                format::CheckpointEncoder::new(partition, epoch, format::CHECKPOINT_FRAME_BYTES);
+            out.write_all(&head)?;
+            for row in rows {
+                let (key, value) = row?;
+                if let Some(frame) = encoder.push(key, value) {
+                    out.write_all(&frame)?;
+                }
+            }
+            count = encoder.rows();
+            out.write_all(&encoder.finish())?;
+            Ok(())
+        })?;
+        let file = CheckpointFile {
             epoch,
             partition,
-            bytes: bytes.len() as u64,
+            bytes,
             path,
-        })
+        };
+        Ok((file, count))
     }
 
     /// Every checkpoint file, by epoch, then partition.
@@ -365,19 +395,55 @@ fn listing(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
 /// Writes `bytes` as `dir/name`: to a temporary name, synced, renamed, and the directory
 /// synced. The path.
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    Ok(write_durably_with(dir, name, |out| Ok(out.write_all(bytes)?))?.0)
+}
+
+/// Writes what `write` writes as `dir/name`, as [`write_durably`] does. The path and the
+/// size written.
+fn write_durably_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<(PathBuf, u64)> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     // Named for this process: nodes that share an archive may write the same file at once.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = Counted {
+        inner: std::io::BufWriter::new(file),
+        bytes: 0,
+    };
+    write(&mut out).with_context(|| format!("writing {}", tmp.display()))?;
+    let bytes = out.bytes;
+    out.inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|file| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(path)
+    Ok((path, bytes))
+}
+
+/// A writer that counts the bytes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The epoch ranges `segments` (in [`Archive::segments`] order) cover, merged.
@@ -502,6 +568,29 @@ mod tests {
         moved.partition = PartitionId(1);
         let error = archive.read_checkpoint(&moved).unwrap_err().to_string();
         assert!(error.contains("not what its name says"), "{error}");
+    }
+
+    #[test]
+    fn a_torn_checkpoint_sends_replay_to_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        for (epoch, n) in [(8, 3), (16, 5)] {
+            for p in 0..2 {
+                archive
+                    .write_checkpoint(PartitionId(p), Epoch(epoch), &rows(n))
+                    .unwrap();
+            }
+        }
+        let newest = archive.checkpoints().unwrap().pop().unwrap();
+        assert_eq!(
+            (newest.epoch, newest.partition),
+            (Epoch(16), PartitionId(1))
+        );
+        let bytes = fs::read(&newest.path).unwrap();
+        fs::write(&newest.path, &bytes[..bytes.len() / 2]).unwrap();
+        let (epoch, partitions) = archive.complete_checkpoint(2, Epoch(20)).unwrap().unwrap();
+        assert_eq!(epoch, Epoch(8));
+        assert_eq!(partitions, vec![rows(3), rows(3)]);
     }
 
     #[test]

@@ -434,20 +434,27 @@ impl CheckpointJob {
     /// Every row of the captured state, user rows and bookkeeping, except the records
     /// that differ between replicas: what a checkpoint holds. Reads the disk (blocking).
     pub fn rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
-        let mut rows = Vec::new();
-        for space in &self.spaces {
-            for guard in self.snapshot.iter(space) {
+        self.iter().collect()
+    }
+
+    /// The rows [`CheckpointJob::rows`] gives, one at a time, so that a writer need not
+    /// hold them all.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Key, Value), StorageError>> + '_ {
+        self.spaces
+            .iter()
+            .flat_map(|space| self.snapshot.iter(space))
+            .map(|guard| {
                 let (key, value) = guard
                     .into_inner()
                     .map_err(fjall_error(&self.path, "reading a checkpoint"))?;
                 let key = Key::from_bytes(key.to_vec())
                     .map_err(|e| corrupt(&self.path, "key".into(), e.to_string()))?;
-                if !differs_between_replicas(&key) {
-                    rows.push((key, value.to_vec()));
-                }
-            }
-        }
-        Ok(rows)
+                Ok((key, value.to_vec()))
+            })
+            .filter(|row| {
+                !row.as_ref()
+                    .is_ok_and(|(key, _)| differs_between_replicas(key))
+            })
     }
 }
 

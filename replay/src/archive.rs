@@ -5,8 +5,10 @@
 //!
 //! A segment is [`SEGMENT_MAGIC`], a 32-byte BLAKE3 hash of the rest, then the
 //! LZ4-compressed MessagePack of its consecutive [`LogEntry`]s; it is named by its first
-//! and last epoch ([`segment_name`]). A checkpoint file is [`CHECKPOINT_MAGIC`], a hash,
-//! then the compressed partition number, epoch and rows. A torn or altered file fails its
+//! and last epoch ([`segment_name`]). A checkpoint file is written in frames
+//! ([`CheckpointEncoder`]), so that a writer never holds a whole partition, and ends with a
+//! hash (the first format, [`CHECKPOINT_MAGIC`], a hash then the whole partition
+//! compressed, is still read). A torn or altered file fails its
 //! hash; readers then take its epochs from another segment (segments may overlap: a
 //! compaction archived but not applied before a crash is archived again, perhaps longer)
 //! and start from an older checkpoint.
@@ -99,30 +101,167 @@ pub fn decode_segment(bytes: &[u8], first: Epoch, last: Epoch) -> Result<Vec<Log
     Ok(entries)
 }
 
-/// The bytes of partition `partition`'s checkpoint of `rows` after `epoch`.
-pub fn encode_checkpoint(partition: PartitionId, epoch: Epoch, rows: &[(Key, Value)]) -> Vec<u8> {
-    seal(
-        CHECKPOINT_MAGIC,
-        &codec::encode(&(partition.0, epoch, rows)),
-    )
+/// The first bytes of a checkpoint file written in frames ([`CheckpointEncoder`]).
+pub const CHECKPOINT_FRAMED_MAGIC: &[u8; 8] = b"DFCKPT02";
+
+/// Rows a checkpoint frame gathers, in encoded bytes, before it is compressed and written:
+/// what a writer holds at a time, whatever the partition's size.
+pub const CHECKPOINT_FRAME_BYTES: usize = 1 << 20;
+
+/// Writes a checkpoint a frame at a time, so that the writer holds one frame of rows, not
+/// the partition: [`CHECKPOINT_FRAMED_MAGIC`]; frames (a 4-byte big-endian length, then
+/// LZ4-compressed MessagePack), the first holding the partition and epoch, the next ones
+/// rows; an empty frame; then the BLAKE3 hash of everything before it.
+pub struct CheckpointEncoder {
+    hasher: blake3::Hasher,
+    frame: Vec<(Key, Value)>,
+    frame_bytes: usize,
+    frame_limit: usize,
+    rows: u64,
 }
 
-/// The rows of a checkpoint file's `bytes`, checked against its hash and against the
-/// partition and epoch its name says; the error says why not.
+impl CheckpointEncoder {
+    /// A checkpoint of partition `partition` after `epoch`, with frames of about
+    /// `frame_limit` bytes of rows, and its first bytes.
+    pub fn new(partition: PartitionId, epoch: Epoch, frame_limit: usize) -> (Self, Vec<u8>) {
+        let mut encoder = CheckpointEncoder {
+            hasher: blake3::Hasher::new(),
+            frame: Vec::new(),
+            frame_bytes: 0,
+            frame_limit: frame_limit.max(1),
+            rows: 0,
+        };
+        let mut bytes = CHECKPOINT_FRAMED_MAGIC.to_vec();
+        bytes.extend(frame(&codec::encode(&(partition.0, epoch))));
+        encoder.hasher.update(&bytes);
+        (encoder, bytes)
+    }
+
+    /// Adds a row; the bytes to write next, when a frame filled.
+    pub fn push(&mut self, key: Key, value: Value) -> Option<Vec<u8>> {
+        self.frame_bytes += key.as_bytes().len() + value.len();
+        self.frame.push((key, value));
+        self.rows += 1;
+        (self.frame_bytes >= self.frame_limit).then(|| self.flush())
+    }
+
+    /// The last bytes: the rows not yet written, the empty frame and the hash.
+    pub fn finish(mut self) -> Vec<u8> {
+        let mut bytes = self.flush();
+        let end = 0u32.to_be_bytes();
+        self.hasher.update(&end);
+        bytes.extend_from_slice(&end);
+        bytes.extend_from_slice(self.hasher.finalize().as_bytes());
+        bytes
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn flush(&mut self) -> Vec<u8> {
+        if self.frame.is_empty() {
+            return Vec::new();
+        }
+        let bytes = frame(&codec::encode(&std::mem::take(&mut self.frame)));
+        self.frame_bytes = 0;
+        self.hasher.update(&bytes);
+        bytes
+    }
+}
+
+/// One frame of `raw`: its compressed length, then it compressed.
+fn frame(raw: &[u8]) -> Vec<u8> {
+    let body = lz4_flex::compress_prepend_size(raw);
+    let len = u32::try_from(body.len()).expect("a frame is far below 4 GiB");
+    let mut bytes = len.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// The bytes of partition `partition`'s checkpoint of `rows` after `epoch`, framed every
+/// `frame_limit` bytes of rows.
+pub fn encode_checkpoint(
+    partition: PartitionId,
+    epoch: Epoch,
+    rows: &[(Key, Value)],
+    frame_limit: usize,
+) -> Vec<u8> {
+    let (mut encoder, mut bytes) = CheckpointEncoder::new(partition, epoch, frame_limit);
+    for (key, value) in rows {
+        if let Some(more) = encoder.push(key.clone(), value.clone()) {
+            bytes.extend(more);
+        }
+    }
+    bytes.extend(encoder.finish());
+    bytes
+}
+
+/// The rows of a checkpoint file's `bytes` (framed, or in one piece as the first format
+/// wrote them), checked against its hash and against the partition and epoch its name
+/// says; the error says why not.
 pub fn decode_checkpoint(
     bytes: &[u8],
     partition: PartitionId,
     epoch: Epoch,
 ) -> Result<Vec<(Key, Value)>, String> {
-    let raw = open(bytes, CHECKPOINT_MAGIC, "checkpoint")?;
-    let (found, at, rows): (u32, Epoch, Vec<(Key, Value)>) =
-        codec::decode(&raw).map_err(|e| format!("does not decode: {e}"))?;
+    let (found, at, rows) = match bytes.get(..8) {
+        Some(magic) if magic == CHECKPOINT_FRAMED_MAGIC => decode_framed(bytes)?,
+        _ => {
+            let raw = open(bytes, CHECKPOINT_MAGIC, "checkpoint")?;
+            codec::decode(&raw).map_err(|e| format!("does not decode: {e}"))?
+        }
+    };
     if (PartitionId(found), at) != (partition, epoch) {
         return Err(format!(
             "it holds partition {found} after epoch {at}, not what its name says"
         ));
     }
     Ok(rows)
+}
+
+/// A framed checkpoint's partition, epoch and rows.
+fn decode_framed(bytes: &[u8]) -> Result<(u32, Epoch, Vec<(Key, Value)>), String> {
+    let Some(split) = bytes.len().checked_sub(32).filter(|n| *n >= 8) else {
+        return Err("too short for a checkpoint (torn?)".into());
+    };
+    let (content, hash) = bytes.split_at(split);
+    if blake3::hash(content).as_bytes() != hash {
+        return Err("its content does not match its hash (torn or altered)".into());
+    }
+    let mut at = 8;
+    let mut frames = Vec::new();
+    loop {
+        let len = content
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or("a frame is cut short")?;
+        at += 4;
+        if len == 0 {
+            break;
+        }
+        let body = content.get(at..at + len).ok_or("a frame is cut short")?;
+        at += len;
+        frames.push(
+            lz4_flex::decompress_size_prepended(body)
+                .map_err(|e| format!("a frame does not decompress: {e}"))?,
+        );
+    }
+    if at != content.len() {
+        return Err("bytes after its last frame".into());
+    }
+    let mut frames = frames.into_iter();
+    let header = frames.next().ok_or("no header frame")?;
+    let (partition, epoch): (u32, Epoch) =
+        codec::decode(&header).map_err(|e| format!("its header does not decode: {e}"))?;
+    let mut rows = Vec::new();
+    for raw in frames {
+        let more: Vec<(Key, Value)> =
+            codec::decode(&raw).map_err(|e| format!("a frame does not decode: {e}"))?;
+        rows.extend(more);
+    }
+    Ok((partition, epoch, rows))
 }
 
 /// The rows of a checkpoint a re-execution starts from: user rows and outboxes, not the
@@ -277,6 +416,44 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_in_frames_read_back_and_tearing_any_byte_is_seen() {
+        let rows: Vec<(Key, Value)> = (0..200u64)
+            .map(|i| (Key::table("t").u64(i), vec![i as u8; 40]))
+            .collect();
+        // Frames of about 1 KiB: twenty or so.
+        let bytes = encode_checkpoint(PartitionId(2), Epoch(9), &rows, 1_000);
+        assert_eq!(
+            decode_checkpoint(&bytes, PartitionId(2), Epoch(9)),
+            Ok(rows.clone())
+        );
+        let (mut encoder, _) = CheckpointEncoder::new(PartitionId(2), Epoch(9), 1_000);
+        let frames = rows
+            .iter()
+            .filter_map(|(k, v)| encoder.push(k.clone(), v.clone()))
+            .count();
+        assert!(frames >= 10, "{frames} frames");
+        assert_eq!(encoder.rows(), 200);
+        for cut in [
+            0,
+            7,
+            8,
+            30,
+            bytes.len() / 2,
+            bytes.len() - 33,
+            bytes.len() - 1,
+        ] {
+            let torn = decode_checkpoint(&bytes[..cut], PartitionId(2), Epoch(9));
+            assert!(torn.is_err(), "cut at {cut}");
+        }
+        let mut altered = bytes.clone();
+        altered[bytes.len() / 3] ^= 1;
+        assert!(decode_checkpoint(&altered, PartitionId(2), Epoch(9)).is_err());
+        // The first format still reads.
+        let old = seal(CHECKPOINT_MAGIC, &codec::encode(&(2u32, Epoch(9), &rows)));
+        assert_eq!(decode_checkpoint(&old, PartitionId(2), Epoch(9)), Ok(rows));
+    }
+
+    #[test]
     fn names_and_files_say_what_they_hold() {
         assert_eq!(
             parse_segment_name(&segment_name(Epoch(3), Epoch(9))),
@@ -290,7 +467,7 @@ mod tests {
         assert!(decode_segment(&bytes, Epoch(3), Epoch(8)).is_err());
         assert!(encode_segment(&[entries(1, 1), entries(3, 3)].concat()).is_err());
         let rows = vec![(Key::table("t").u64(1), b"v".to_vec())];
-        let ckpt = encode_checkpoint(PartitionId(1), Epoch(4), &rows);
+        let ckpt = encode_checkpoint(PartitionId(1), Epoch(4), &rows, CHECKPOINT_FRAME_BYTES);
         assert_eq!(decode_checkpoint(&ckpt, PartitionId(1), Epoch(4)), Ok(rows));
         assert!(decode_checkpoint(&ckpt, PartitionId(0), Epoch(4)).is_err());
         let files = [

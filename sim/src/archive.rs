@@ -9,6 +9,9 @@ use detflow_replay::archive::{self as format, Gap};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Checkpoint frames this small, so that every checkpoint of a seed has several.
+const FRAME_BYTES: usize = 512;
+
 /// What a crash during a file's write left of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CrashedWrite {
@@ -74,8 +77,10 @@ impl SimArchive {
             format::checkpoint_dir_name(epoch),
             format::checkpoint_file_name(partition)
         );
-        self.files
-            .insert(name, format::encode_checkpoint(partition, epoch, rows));
+        self.files.insert(
+            name,
+            format::encode_checkpoint(partition, epoch, rows, FRAME_BYTES),
+        );
     }
 
     /// The segments by first epoch, then last (the name order), with their bytes.

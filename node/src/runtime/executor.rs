@@ -177,12 +177,12 @@ fn start_checkpoint(
     tokio::task::spawn_blocking(move || {
         #[allow(clippy::disallowed_methods)] // how long a checkpoint takes is for the log
         let began = std::time::Instant::now();
-        let rows = job.rows()?;
-        let file = archive.write_checkpoint(partition, job.epoch(), &rows)?;
+        let rows = job.iter().map(|row| Ok(row?));
+        let (file, rows) = archive.write_checkpoint_from(partition, job.epoch(), rows)?;
         tracing::info!(
             %partition,
             epoch = job.epoch().0,
-            rows = rows.len(),
+            rows,
             bytes = file.bytes,
             ms = began.elapsed().as_millis() as u64,
             "checkpoint written"
