@@ -238,9 +238,10 @@ pub(crate) fn default_compact_every_epochs() -> u64 {
     detflow_sequencer::ReplicaConfig::new(NodeId(1), vec![NodeId(1)]).compact_every_epochs
 }
 
-/// Off until a quiet soak with checkpoints keeps its memory flat and checkpoints are
-/// written by a streaming writer (benches/README.md: +4%, +17%, +3% over the second half
-/// of 30 minutes with 8,192, after the block cache fix; +28% before it).
+/// Off: a quiet 30-minute bank soak with one every 8,192 epochs kept memory and data flat,
+/// but on TPC-C W=8 each checkpoint reads a whole large partition while the pipeline runs,
+/// and throughput fell to 99 txn/s for seconds (benches/README.md). On once a checkpoint's
+/// work is throttled or incremental.
 pub(crate) fn default_checkpoint_every_epochs() -> u64 {
     0
 }
