@@ -52,8 +52,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A partition's rows, as a checkpoint holds them.
-pub type Rows = Vec<(Key, Value)>;
+pub use detflow_replay::archive::Rows;
 
 /// One archived checkpoint file, as its name and size describe it.
 #[derive(Clone, Debug, PartialEq, Eq)]

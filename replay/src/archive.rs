@@ -101,6 +101,9 @@ pub fn decode_segment(bytes: &[u8], first: Epoch, last: Epoch) -> Result<Vec<Log
     Ok(entries)
 }
 
+/// A partition's rows, as a checkpoint holds them.
+pub type Rows = Vec<(Key, Value)>;
+
 /// The first bytes of a checkpoint file written in frames ([`CheckpointEncoder`]).
 pub const CHECKPOINT_FRAMED_MAGIC: &[u8; 8] = b"DFCKPT02";
 
@@ -222,7 +225,7 @@ pub fn decode_checkpoint(
 }
 
 /// A framed checkpoint's partition, epoch and rows.
-fn decode_framed(bytes: &[u8]) -> Result<(u32, Epoch, Vec<(Key, Value)>), String> {
+fn decode_framed(bytes: &[u8]) -> Result<(u32, Epoch, Rows), String> {
     let Some(split) = bytes.len().checked_sub(32).filter(|n| *n >= 8) else {
         return Err("too short for a checkpoint (torn?)".into());
     };
