@@ -323,16 +323,58 @@ async fn compaction(cluster: &mut Cluster) {
     // Time travel on a stopped node whose log reaches what its partitions applied: the one
     // whose replica committed most (the restarted old leader may still be catching up, and
     // its partitions got their plans from the others).
-    let node = log_starts(cluster, &status)
+    let (node, log_start, commit) = log_starts(cluster, &status)
         .await
         .into_iter()
         .max_by_key(|(_, _, commit)| *commit)
-        .map(|(id, _, _)| id)
         .expect("a node with a replica");
     let config = cluster.at(node).config_path().to_path_buf();
     let data_dir = cluster.at(node).data_dir().to_path_buf();
     cluster.stop();
     history_commands(&config, &data_dir);
+    a_torn_segment_over_the_live_log(&config, log_start, commit);
+}
+
+/// A torn segment (a disk that lied about its sync) over epochs the live log still holds,
+/// reaching past every readable segment: `archive ls --verify` names it and fails, and
+/// `replay` takes those epochs from the live log.
+fn a_torn_segment_over_the_live_log(config: &Path, log_start: u64, commit: u64) {
+    let config = config.to_str().expect("a UTF-8 path");
+    let ls = detflow(&["archive", "ls", "--config", config]);
+    let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let dir = listing
+        .strip_prefix("archive ")
+        .and_then(|l| l.split_once(": "))
+        .map(|(dir, _)| Path::new(dir).join("log"))
+        .expect("the listing names the archive");
+    // Past the commit too: an idle log may have been compacted through it.
+    let torn = dir.join(format!("{:020}-{:020}.seg", log_start + 1, commit + 10));
+    std::fs::write(&torn, b"DFLOGSG1 torn").expect("plant a torn segment");
+
+    let ls = detflow(&["archive", "ls", "--config", config, "--verify"]);
+    assert!(!ls.status.success(), "{}", text(&ls));
+    assert!(text(&ls).contains("damaged:"), "{}", text(&ls));
+
+    let at = commit.to_string();
+    let out = Path::new(config).with_file_name("replayed-past-torn");
+    let replay = detflow(&[
+        "replay",
+        "--config",
+        config,
+        "--at",
+        &at,
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout)
+            .matches("rows after epoch")
+            .count(),
+        3,
+        "{}",
+        text(&replay)
+    );
 }
 
 fn detflow(args: &[&str]) -> Output {

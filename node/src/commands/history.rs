@@ -125,7 +125,7 @@ impl History {
         };
         // The archive may reach past the live log's start (another replica archived more,
         // in a shared archive): take it as far as it goes, then the live log after it.
-        let archived_to = match &live {
+        let mut archived_to = match &live {
             Some(durable) => durable.log_start().max(archive_end(&self.archive, from)?),
             None => archive_end(&self.archive, from)?,
         };
@@ -136,10 +136,21 @@ impl History {
         };
         let mut batches = Vec::new();
         if end >= from && archived_to >= from {
-            batches = self
-                .archive
-                .batches(from, end.min(archived_to))
-                .context("reading the archive")?;
+            batches = match (self.archive.batches(from, end.min(archived_to)), &live) {
+                (Ok(batches), _) => batches,
+                // A torn segment may reach past what the readable ones hold, over epochs
+                // the live log still has (its compaction never happened): take those from
+                // the live log.
+                (Err(_), Some(durable)) if durable.log_start() < archived_to => {
+                    archived_to = durable.log_start();
+                    match archived_to >= from {
+                        true => self.archive.batches(from, end.min(archived_to)),
+                        false => Ok(Vec::new()),
+                    }
+                    .context("reading the archive")?
+                }
+                (Err(e), _) => return Err(e.context("reading the archive")),
+            };
         }
         if let Some(durable) = &live {
             for entry in &durable.log {
