@@ -168,19 +168,29 @@ impl Archive {
     /// unreadable one passed over for another holding its epochs); an error names the
     /// first epoch no readable segment holds.
     pub fn batches(&self, from: Epoch, to: Epoch) -> Result<Vec<Arc<Batch>>> {
-        let segments = self.segments()?;
-        let ranges: Vec<(Epoch, Epoch)> = segments.iter().map(|s| (s.first, s.last)).collect();
-        format::gather(&ranges, from, to, |i| {
-            self.read_segment(&segments[i])
-                .map_err(|e| format!("{e:#}"))
-        })
-        .map_err(|gap| {
-            anyhow!(
+        match self.readable_prefix(from, to)? {
+            (batches, None) => Ok(batches),
+            (_, Some(gap)) => Err(anyhow!(
                 "the archive at {} has {}: {gap}",
                 self.dir.display(),
-                describe(&segments)
-            )
-        })
+                describe(&self.segments()?)
+            )),
+        }
+    }
+
+    /// The batches of epochs `from..=to` the archive holds without a gap, and the gap
+    /// where they stop short of `to` (see [`format::gather_prefix`]).
+    pub fn readable_prefix(
+        &self,
+        from: Epoch,
+        to: Epoch,
+    ) -> Result<(Vec<Arc<Batch>>, Option<format::Gap>)> {
+        let segments = self.segments()?;
+        let ranges: Vec<(Epoch, Epoch)> = segments.iter().map(|s| (s.first, s.last)).collect();
+        Ok(format::gather_prefix(&ranges, from, to, |i| {
+            self.read_segment(&segments[i])
+                .map_err(|e| format!("{e:#}"))
+        }))
     }
 
     /// Deletes what replay after `epoch` no longer needs: with checkpoints, the segments
@@ -353,24 +363,17 @@ impl Archive {
         let files = self.checkpoints()?;
         let index: Vec<(Epoch, PartitionId)> =
             files.iter().map(|f| (f.epoch, f.partition)).collect();
-        'epochs: for epoch in format::complete_checkpoints(&index, partitions, at) {
-            let mut rows = Vec::new();
-            for p in 0..partitions {
-                let file = files
-                    .iter()
-                    .find(|f| f.epoch == epoch && f.partition.0 == p)
-                    .expect("a complete epoch has every partition's file");
-                match self.read_checkpoint(file) {
-                    Ok(file_rows) => rows.push(file_rows),
-                    Err(e) => {
-                        eprintln!("warning: {e:#}; trying an older checkpoint");
-                        continue 'epochs;
-                    }
-                }
-            }
-            return Ok(Some((epoch, rows)));
-        }
-        Ok(None)
+        let read = |epoch, partition| {
+            let file = files
+                .iter()
+                .find(|f| (f.epoch, f.partition) == (epoch, partition))
+                .expect("a complete epoch has every partition's file");
+            self.read_checkpoint(file)
+        };
+        let warn = |e: anyhow::Error| eprintln!("warning: {e:#}; trying an older checkpoint");
+        Ok(format::readable_checkpoints(
+            &index, partitions, at, read, warn,
+        ))
     }
 }
 

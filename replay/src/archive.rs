@@ -323,8 +323,22 @@ pub fn gather<E: std::fmt::Display>(
     segments: &[(Epoch, Epoch)],
     from: Epoch,
     to: Epoch,
-    mut read: impl FnMut(usize) -> Result<Vec<LogEntry>, E>,
+    read: impl FnMut(usize) -> Result<Vec<LogEntry>, E>,
 ) -> Result<Vec<Arc<Batch>>, Gap> {
+    match gather_prefix(segments, from, to, read) {
+        (batches, None) => Ok(batches),
+        (_, Some(gap)) => Err(gap),
+    }
+}
+
+/// As [`gather`], but the batches before the first gap too: what the archive holds from
+/// `from` on, read without a gap, and the gap if it stops before `to`.
+pub fn gather_prefix<E: std::fmt::Display>(
+    segments: &[(Epoch, Epoch)],
+    from: Epoch,
+    to: Epoch,
+    mut read: impl FnMut(usize) -> Result<Vec<LogEntry>, E>,
+) -> (Vec<Arc<Batch>>, Option<Gap>) {
     let mut batches = Vec::new();
     let mut next = from;
     let mut unreadable = Vec::new();
@@ -347,13 +361,38 @@ pub fn gather<E: std::fmt::Display>(
             Err(e) => unreadable.push(e.to_string()),
         }
     }
-    match next > to {
-        true => Ok(batches),
-        false => Err(Gap {
-            epoch: next,
-            unreadable,
-        }),
+    let gap = (next <= to).then_some(Gap {
+        epoch: next,
+        unreadable,
+    });
+    (batches, gap)
+}
+
+/// Where a re-execution to `at` starts: the last epoch at or before `at` at which every one
+/// of `partitions` has a checkpoint among `files` (epoch, partition) that `read` can read,
+/// and their rows by partition; an unreadable file sends it to the epoch before (`skipped`
+/// hears why). None if no epoch has a readable set.
+pub fn readable_checkpoints<E>(
+    files: &[(Epoch, PartitionId)],
+    partitions: u32,
+    at: Epoch,
+    mut read: impl FnMut(Epoch, PartitionId) -> Result<Rows, E>,
+    mut skipped: impl FnMut(E),
+) -> Option<(Epoch, Vec<Rows>)> {
+    'epochs: for epoch in complete_checkpoints(files, partitions, at) {
+        let mut rows = Vec::new();
+        for p in (0..partitions).map(PartitionId) {
+            match read(epoch, p) {
+                Ok(file_rows) => rows.push(file_rows),
+                Err(e) => {
+                    skipped(e);
+                    continue 'epochs;
+                }
+            }
+        }
+        return Some((epoch, rows));
     }
+    None
 }
 
 /// The epochs at or before `at` with a checkpoint of each of the `partitions` among

@@ -148,7 +148,7 @@ impl SimArchive {
         partitions: u32,
         at: Epoch,
     ) -> Option<(Epoch, BTreeMap<Key, Value>)> {
-        let files: Vec<((Epoch, PartitionId), &[u8])> = self
+        let files: BTreeMap<(Epoch, PartitionId), &[u8]> = self
             .files
             .range("checkpoints/".to_owned().."checkpoints0".to_owned())
             .filter_map(|(name, bytes)| {
@@ -160,21 +160,13 @@ impl SimArchive {
                 Some((key, bytes.as_slice()))
             })
             .collect();
-        let index: Vec<(Epoch, PartitionId)> = files.iter().map(|(k, _)| *k).collect();
-        'epochs: for epoch in format::complete_checkpoints(&index, partitions, at) {
-            let mut state = BTreeMap::new();
-            for ((e, p), bytes) in &files {
-                if *e != epoch || p.0 >= partitions {
-                    continue;
-                }
-                match format::decode_checkpoint(bytes, *p, *e) {
-                    Ok(rows) => state.extend(format::replay_rows(rows)),
-                    Err(_) => continue 'epochs,
-                }
-            }
-            return Some((epoch, state));
-        }
-        None
+        let index: Vec<(Epoch, PartitionId)> = files.keys().copied().collect();
+        let read = |e, p| format::decode_checkpoint(files[&(e, p)], p, e);
+        let (epoch, rows) = format::readable_checkpoints(&index, partitions, at, read, drop)?;
+        Some((
+            epoch,
+            rows.into_iter().flat_map(format::replay_rows).collect(),
+        ))
     }
 }
 

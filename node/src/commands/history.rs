@@ -123,41 +123,22 @@ impl History {
             }
             false => None,
         };
-        // The archive may reach past the live log's start (another replica archived more,
-        // in a shared archive): take it as far as it goes, then the live log after it.
-        let mut archived_to = match &live {
-            Some(durable) => durable.log_start().max(archive_end(&self.archive, from)?),
-            None => archive_end(&self.archive, from)?,
-        };
         let end = match (&live, to) {
             (_, Some(to)) => to,
             (Some(durable), None) => durable.last_epoch(),
-            (None, None) => archived_to,
+            (None, None) => archive_end(&self.archive, from)?,
         };
-        let mut batches = Vec::new();
-        if end >= from && archived_to >= from {
-            batches = match (self.archive.batches(from, end.min(archived_to)), &live) {
-                (Ok(batches), _) => batches,
-                // A torn segment may reach past what the readable ones hold, over epochs
-                // the live log still has (its compaction never happened): take those from
-                // the live log.
-                (Err(_), Some(durable)) if durable.log_start() < archived_to => {
-                    archived_to = durable.log_start();
-                    match archived_to >= from {
-                        true => self.archive.batches(from, end.min(archived_to)),
-                        false => Ok(Vec::new()),
-                    }
-                    .context("reading the archive")?
-                }
-                (Err(e), _) => return Err(e.context("reading the archive")),
-            };
-        }
+        // The archive as far as it reads without a gap (it may reach past the live log's
+        // start: another replica archived more, in a shared archive; a torn segment may
+        // stop it short of the start), then the live log after it.
+        let (mut batches, gap) = self
+            .archive
+            .readable_prefix(from, end)
+            .context("reading the archive")?;
         if let Some(durable) = &live {
-            for entry in &durable.log {
-                if entry.epoch() > end {
-                    break;
-                }
-                if entry.epoch() >= from && entry.epoch() > archived_to.min(end) {
+            for entry in durable.log.iter().take_while(|e| e.epoch() <= end) {
+                // Only the epoch that comes next: the batches stay consecutive.
+                if entry.epoch().0 == from.0 + batches.len() as u64 {
                     batches.push(entry.batch.clone());
                 }
             }
@@ -165,10 +146,11 @@ impl History {
         let reached = Epoch(from.0 - 1 + batches.len() as u64);
         if reached < end {
             bail!(
-                "the log from epoch {from} ends at epoch {reached} (archive at {}: {}; live log: \
-                 {}), not at epoch {end}",
+                "the log from epoch {from} ends at epoch {reached} (archive at {}: {}{}; live \
+                 log: {}), not at epoch {end}",
                 self.archive.dir().display(),
                 archive::describe(&self.archive.segments()?),
+                gap.map_or(String::new(), |gap| format!(", {gap}")),
                 match &live {
                     Some(d) => format!("epochs {}..={}", d.log_start().next(), d.last_epoch()),
                     None => "none here".into(),

@@ -12,14 +12,21 @@ use std::collections::BTreeMap;
 /// Stretches of epochs, first and last.
 type Ranges = Vec<(Epoch, Epoch)>;
 
-/// Where an archive is re-executed to: the replica and the epochs.
-pub(crate) type Targets = Option<(usize, Vec<Epoch>)>;
+/// Where an archive is re-executed to.
+pub(crate) struct Targets {
+    /// The replica whose archive it is.
+    replica: usize,
+    /// The stretches its readable segments hold.
+    ranges: Ranges,
+    /// The epochs.
+    pub(crate) epochs: Vec<Epoch>,
+}
 
 /// Every replica's archive holds every epoch its log dropped, readable, with the committed
 /// batches; and the epochs to re-execute one archive to (the one holding most, to the end
 /// of its last stretch but one and a third into its first: re-executing costs as much as the
 /// serial reference, whose states at those epochs the audit keeps).
-pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Targets) {
+pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Option<Targets>) {
     let mut failures = Vec::new();
     // The replica whose archive holds most, how many epochs, and its stretches.
     let mut replayed: Option<(usize, u64, Ranges)> = None;
@@ -81,7 +88,11 @@ pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Targets) {
             epochs.push(Epoch(first.0 + (last.0 - first.0) / 3));
         }
         epochs.dedup();
-        (r, epochs)
+        Targets {
+            replica: r,
+            ranges,
+            epochs,
+        }
     });
     (failures, targets)
 }
@@ -90,33 +101,32 @@ pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Targets) {
 /// after it (`serial`, by epoch).
 pub(crate) fn replays(
     run: &Outcome,
-    targets: Targets,
+    targets: Option<Targets>,
     serial: &BTreeMap<Epoch, BTreeMap<Key, Value>>,
 ) -> Vec<String> {
-    let Some((r, epochs)) = targets else {
+    let Some(targets) = targets else {
         return Vec::new();
     };
-    epochs
-        .into_iter()
-        .filter_map(|at| replay_to(run, r, at, serial.get(&at)?))
+    (targets.epochs.iter())
+        .filter_map(|at| replay_to(run, &targets, *at, serial.get(at)?))
         .collect()
 }
 
-/// Re-executes replica `r`'s archive to `at`, as `detflow replay` does; a failure if that
+/// Re-executes the archive `targets` names to `at`, as `detflow replay` does; a failure if that
 /// is not the serial state `expected`. Nothing when the archive does not reach `at` from
 /// a start it has (the coverage check above judges what it must hold).
 fn replay_to(
     run: &Outcome,
-    r: usize,
+    targets: &Targets,
     at: Epoch,
     expected: &BTreeMap<Key, Value>,
 ) -> Option<String> {
+    let (r, ranges) = (targets.replica, &targets.ranges);
     let archive = &run.archives[r].archive;
     let (start, state) = run
         .checkpoint_archive
         .start(run.map.partitions(), at)
         .unwrap_or_else(|| (Epoch(0), run.initial.iter().cloned().collect()));
-    let ranges = archive.readable_ranges();
     if start < at
         && !ranges
             .iter()

@@ -40,9 +40,7 @@ pub(crate) fn check_all(run: &Outcome) -> Verdict {
     failures.extend(partition_replicas::check(run));
     let (archive_failures, targets) = archive::contents(run);
     failures.extend(archive_failures);
-    let keep = targets
-        .as_ref()
-        .map_or(&[][..], |(_, epochs)| epochs.as_slice());
+    let keep = targets.as_ref().map_or(&[][..], |t| t.epochs.as_slice());
     let (audit_failures, serial_states) = audit::check(run, keep);
     failures.extend(audit_failures);
     failures.extend(archive::replays(run, targets, &serial_states));
