@@ -56,6 +56,7 @@ pub use snapshot::{RETENTION_BYTES_DEFAULT, RETENTION_US_DEFAULT, Retention, Ver
 pub use store::{ImageChunk, MemStore, Store, image_chunk, range_rows};
 pub use system::{
     READS_AHEAD_EPOCHS, RESULT_EPOCHS_RETAINED, differs_between_replicas, is_system_key,
+    stored_differs_between_replicas,
 };
 pub use txn::{Effects, ReadView, Txn, VALUE_BYTES_MAX_DEFAULT, WriteSet};
 pub use unwind::{PANIC_MESSAGE_BYTES_MAX, in_procedure};

@@ -48,8 +48,19 @@ fn results_key(epoch: Epoch) -> Key {
 /// outbox, see the module documentation): a checkpoint leaves it out, so that every
 /// replica's checkpoint of an epoch is the same.
 pub fn differs_between_replicas(key: &Key) -> bool {
-    key.starts_with(&Key::table(SYSTEM_TABLE).str("outbox"))
-        || key.starts_with(&Key::table(SYSTEM_TABLE).str("released"))
+    stored_differs_between_replicas(key.as_bytes())
+}
+
+/// The encodings of `("_sys", "outbox")` and `("_sys", "released")`.
+const DIFFERING_PREFIXES: [&[u8]; 2] = [b"\x02_sys\x00\x02outbox\x00", b"\x02_sys\x00\x02released\x00"];
+
+/// [`differs_between_replicas`] of a stored key's bytes, without decoding them (a
+/// checkpoint writer asks it of every row of a partition).
+pub fn stored_differs_between_replicas(key: &[u8]) -> bool {
+    // As `Key::starts_with`: a string element goes on with an escaped NUL, not a prefix.
+    DIFFERING_PREFIXES
+        .iter()
+        .any(|prefix| key.starts_with(prefix) && key.get(prefix.len()) != Some(&0xFF))
 }
 
 /// The last epoch whose reads sent to partition `to` were dropped, every replica of it
@@ -345,6 +356,19 @@ mod tests {
     use super::*;
     use crate::store::MemStore;
     use detflow_protocol::{NodeId, Position};
+
+    #[test]
+    fn the_differing_prefixes_are_the_keys_encodings() {
+        let outbox = Key::table(SYSTEM_TABLE).str("outbox");
+        let released = Key::table(SYSTEM_TABLE).str("released");
+        assert_eq!(DIFFERING_PREFIXES, [outbox.as_bytes(), released.as_bytes()]);
+        assert!(differs_between_replicas(&outbox.clone().u64(3)));
+        assert!(differs_between_replicas(&released.clone().u64(1)));
+        // A longer string that starts alike is another record.
+        assert!(!differs_between_replicas(&Key::table(SYSTEM_TABLE).str("outboxes")));
+        assert!(!differs_between_replicas(&Key::table(SYSTEM_TABLE).str("outbox\0x")));
+        assert!(!differs_between_replicas(&results_key(Epoch(4))));
+    }
 
     fn reads(epoch: u64) -> Arc<RemoteReads> {
         Arc::new(RemoteReads {

@@ -279,19 +279,23 @@ impl Archive {
         epoch: Epoch,
         rows: &[(Key, Value)],
     ) -> Result<CheckpointFile> {
-        let rows = rows.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
-        Ok(self.write_checkpoint_from(partition, epoch, rows)?.0)
+        let rows = rows.iter().map(|(k, v)| Ok((k.as_bytes(), v)));
+        Ok(self
+            .write_checkpoint_from(partition, epoch, rows, &mut Pacer::unlimited())?
+            .0)
     }
 
     /// Writes the rows `rows` yields as partition `partition`'s checkpoint after `epoch`,
     /// durably, a frame at a time: it holds one frame of rows
-    /// ([`format::CHECKPOINT_FRAME_BYTES`]), whatever the partition's size. The file, and
-    /// how many rows it holds.
-    pub fn write_checkpoint_from(
+    /// ([`format::CHECKPOINT_FRAME_BYTES`]), whatever the partition's size, reads them no
+    /// faster than `pacer` allows, and syncs the file every [`CHECKPOINT_SYNC_BYTES`] so
+    /// that the last sync is short. The file, and how many rows it holds.
+    pub fn write_checkpoint_from<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         partition: PartitionId,
         epoch: Epoch,
-        rows: impl Iterator<Item = Result<(Key, Value)>>,
+        rows: impl Iterator<Item = Result<(K, V)>>,
+        pacer: &mut Pacer,
     ) -> Result<(CheckpointFile, u64)> {
         let dir = self
             .checkpoints_dir()
@@ -302,10 +306,19 @@ impl Archive {
             let (mut encoder, head) =
                 format::CheckpointEncoder::new(partition, epoch, format::CHECKPOINT_FRAME_BYTES);
             out.write_all(&head)?;
+            let (mut raw, mut unsynced) = (0, 0);
             for row in rows {
                 let (key, value) = row?;
+                let (key, value) = (key.as_ref(), value.as_ref());
+                raw += (key.len() + value.len()) as u64;
                 if let Some(frame) = encoder.push(key, value) {
                     out.write_all(&frame)?;
+                    unsynced += frame.len() as u64;
+                    if unsynced >= CHECKPOINT_SYNC_BYTES {
+                        out.sync()?;
+                        unsynced = 0;
+                    }
+                    pacer.pace(std::mem::take(&mut raw));
                 }
             }
             count = encoder.rows();
@@ -400,12 +413,60 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     Ok(write_durably_with(dir, name, |out| Ok(out.write_all(bytes)?))?.0)
 }
 
+/// A checkpoint writer syncs its file each time it wrote this much: a sync of a whole
+/// large partition at the end would hold the disk for seconds, and every fsync of the
+/// pipeline (the log's, the stores') would wait behind it.
+pub const CHECKPOINT_SYNC_BYTES: u64 = 32 << 20;
+
+/// Keeps a writer at or below a rate, by sleeping (it runs on a blocking thread).
+pub struct Pacer {
+    bytes_per_sec: u64,
+    began: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    /// A pacer of `mib_per_sec` MiB per second; 0: no limit.
+    pub fn new(mib_per_sec: u64) -> Pacer {
+        Pacer {
+            bytes_per_sec: mib_per_sec.saturating_mul(1 << 20),
+            #[allow(clippy::disallowed_methods)] // pacing is about the wall clock
+            began: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// A pacer that never waits.
+    pub fn unlimited() -> Pacer {
+        Pacer::new(0)
+    }
+
+    /// Counts `bytes` more and sleeps until they are due at the pacer's rate.
+    pub fn pace(&mut self, bytes: u64) {
+        let wait = self.wait(bytes, self.began.elapsed());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Counts `bytes` more: how long to wait, `elapsed` after the pacer began, until
+    /// every byte counted is due.
+    fn wait(&mut self, bytes: u64, elapsed: std::time::Duration) -> std::time::Duration {
+        self.bytes += bytes;
+        if self.bytes_per_sec == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        due.saturating_sub(elapsed)
+    }
+}
+
 /// Writes what `write` writes as `dir/name`, as [`write_durably`] does. The path and the
 /// size written.
 fn write_durably_with(
     dir: &Path,
     name: &str,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+    write: impl FnOnce(&mut Counted<std::io::BufWriter<fs::File>>) -> Result<()>,
 ) -> Result<(PathBuf, u64)> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
@@ -434,6 +495,14 @@ fn write_durably_with(
 struct Counted<W> {
     inner: W,
     bytes: u64,
+}
+
+impl Counted<std::io::BufWriter<fs::File>> {
+    /// Writes out what is buffered and syncs the file's data so far.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.flush()?;
+        self.inner.get_ref().sync_data()
+    }
 }
 
 impl<W: Write> Write for Counted<W> {
@@ -593,6 +662,49 @@ mod tests {
         let (epoch, partitions) = archive.complete_checkpoint(2, Epoch(20)).unwrap().unwrap();
         assert_eq!(epoch, Epoch(8));
         assert_eq!(partitions, vec![rows(3), rows(3)]);
+    }
+
+    #[test]
+    fn the_pacer_holds_a_writer_to_its_rate() {
+        use std::time::Duration;
+        let mib = 1 << 20;
+        let mut pacer = Pacer::new(4);
+        // 2 MiB at 4 MiB/s are due 0.5 s after the start.
+        assert_eq!(pacer.wait(2 * mib, Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(
+            pacer.wait(0, Duration::from_millis(200)),
+            Duration::from_millis(300)
+        );
+        // A writer already behind its rate does not wait.
+        assert_eq!(pacer.wait(mib, Duration::from_secs(2)), Duration::ZERO);
+        // The rate holds over the whole write: 4 MiB counted are due at 1 s.
+        assert_eq!(pacer.wait(mib, Duration::from_millis(900)), Duration::from_millis(100));
+        let mut unlimited = Pacer::unlimited();
+        assert_eq!(unlimited.wait(1 << 40, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_checkpoint_larger_than_its_sync_step_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::new(dir.path());
+        // Incompressible values, so that the file passes several sync steps.
+        let mut seed = 1u64;
+        let rows: Vec<(Key, Value)> = (0..80)
+            .map(|i| {
+                let value: Vec<u8> = (0..1 << 20)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (seed >> 56) as u8
+                    })
+                    .collect();
+                (Key::table("t").u64(i), value)
+            })
+            .collect();
+        let file = archive
+            .write_checkpoint(PartitionId(0), Epoch(8), &rows)
+            .unwrap();
+        assert!(file.bytes > 2 * CHECKPOINT_SYNC_BYTES, "{} bytes", file.bytes);
+        assert_eq!(archive.read_checkpoint(&file).unwrap(), rows);
     }
 
     #[test]

@@ -403,6 +403,14 @@ pub(crate) struct BenchArgs {
     /// Also write the throughput over time (per 100 ms and per second) to this SVG file.
     #[arg(long, value_name = "FILE")]
     pub(crate) plot: Option<PathBuf>,
+    /// Embedded cluster: each partition checkpoints after every multiple of this many
+    /// epochs (0: never; default: the node's, `checkpoint_every_epochs`).
+    #[arg(long, value_name = "EPOCHS")]
+    pub(crate) checkpoint_every: Option<u64>,
+    /// Embedded cluster: how fast a checkpoint reads its partition, in MiB/s (0: no
+    /// limit; default: the node's, `checkpoint_mib_per_sec`).
+    #[arg(long, value_name = "MIB")]
+    pub(crate) checkpoint_mib_per_sec: Option<u64>,
     #[command(flatten)]
     pub(crate) tpcc: TpccArgs,
 }

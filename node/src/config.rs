@@ -12,6 +12,8 @@
 //!                                 # after every multiple of this (e.g. 8192); 0, the
 //!                                 # default, = never (then the log is compacted without
 //!                                 # waiting for checkpoints)
+//! checkpoint_mib_per_sec = 16     # how fast a checkpoint reads its partition (0: no
+//!                                 # limit); a node writes one checkpoint at a time
 //! # archive_dir = "archive"       # where dropped epochs go; default DATA_DIR/archive
 //! # archive_retain_epochs = 1000000   # keep the last N epochs there; default all
 //! # archive_retain_bytes = 10000000000 # and at most N bytes of it; default all
@@ -192,6 +194,11 @@ pub struct Config {
     /// last checkpoint every replica wrote.
     #[serde(default = "default_checkpoint_every_epochs")]
     pub checkpoint_every_epochs: u64,
+    /// How fast a checkpoint reads its partition, in MiB of rows per second (0: as fast as
+    /// it can). A node writes one checkpoint at a time, so this bounds the disk and CPU
+    /// that checkpoints take from the pipeline, per node.
+    #[serde(default = "default_checkpoint_mib_per_sec")]
+    pub checkpoint_mib_per_sec: u64,
     /// Where compacted log segments go (default: `archive` in the data directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_dir: Option<PathBuf>,
@@ -244,6 +251,11 @@ pub(crate) fn default_compact_every_epochs() -> u64 {
 /// work is throttled or incremental.
 pub(crate) fn default_checkpoint_every_epochs() -> u64 {
     0
+}
+
+/// See [`Config::checkpoint_mib_per_sec`].
+pub(crate) fn default_checkpoint_mib_per_sec() -> u64 {
+    16
 }
 
 /// A configuration that cannot be used.
@@ -465,6 +477,7 @@ mod tests {
             epoch_min_us: 200,
             compact_every_epochs: 1_024,
             checkpoint_every_epochs: 8_192,
+            checkpoint_mib_per_sec: 16,
             archive_dir: None,
             archive_retain_epochs: None,
             archive_retain_bytes: None,

@@ -99,6 +99,11 @@ impl Builder {
         self
     }
 
+    /// Replicas of each partition: as set, or two (one on a one-node cluster).
+    pub fn replicas_per_partition(&self) -> u32 {
+        self.replication.unwrap_or(self.nodes.min(2))
+    }
+
     /// Runs `r` replicas of each partition, on distinct nodes (default: 2, or 1 for a
     /// one-node cluster).
     pub fn replication(mut self, r: u32) -> Builder {
@@ -123,7 +128,7 @@ impl Builder {
         if self.partitions == 0 {
             bail!("a cluster needs at least one partition");
         }
-        let replication = self.replication.unwrap_or(self.nodes.min(2));
+        let replication = self.replicas_per_partition();
         if replication == 0 || replication > self.nodes {
             bail!(
                 "{replication} replicas per partition need as many nodes, and the cluster has {}",
@@ -192,6 +197,7 @@ impl Builder {
                 epoch_min_us: crate::config::default_epoch_min_us(),
                 compact_every_epochs: crate::config::default_compact_every_epochs(),
                 checkpoint_every_epochs: crate::config::default_checkpoint_every_epochs(),
+                checkpoint_mib_per_sec: crate::config::default_checkpoint_mib_per_sec(),
                 archive_dir: None,
                 archive_retain_epochs: None,
                 archive_retain_bytes: None,

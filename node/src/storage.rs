@@ -43,7 +43,7 @@
 //! state keeps user rows in keyspace `user`, the executor's bookkeeping (`_sys` keys) in
 //! `system`, and its applied epoch and load marker in `meta`.
 
-use detflow_executor::{Store, differs_between_replicas};
+use detflow_executor::{Store, differs_between_replicas, stored_differs_between_replicas};
 use detflow_protocol::{Epoch, Key, LogEntry, LogSnapshot, NodeId, Term, Value, codec};
 use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
 use fjall::{
@@ -435,6 +435,25 @@ impl CheckpointJob {
     /// that differ between replicas: what a checkpoint holds. Reads the disk (blocking).
     pub fn rows(&self) -> Result<Vec<(Key, Value)>, StorageError> {
         self.iter().collect()
+    }
+
+    /// The rows [`CheckpointJob::rows`] gives, one at a time and as the store holds
+    /// them (no key decoded, nothing copied), for a checkpoint writer.
+    pub fn iter_bytes(
+        &self,
+    ) -> impl Iterator<Item = Result<(fjall::Slice, fjall::Slice), StorageError>> + '_ {
+        self.spaces
+            .iter()
+            .flat_map(|space| self.snapshot.iter(space))
+            .map(|guard| {
+                guard
+                    .into_inner()
+                    .map_err(fjall_error(&self.path, "reading a checkpoint"))
+            })
+            .filter(|row| {
+                !row.as_ref()
+                    .is_ok_and(|(key, _)| stored_differs_between_replicas(key))
+            })
     }
 
     /// The rows [`CheckpointJob::rows`] gives, one at a time, so that a writer need not

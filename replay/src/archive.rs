@@ -104,21 +104,29 @@ pub fn decode_segment(bytes: &[u8], first: Epoch, last: Epoch) -> Result<Vec<Log
 /// A partition's rows, as a checkpoint holds them.
 pub type Rows = Vec<(Key, Value)>;
 
-/// The first bytes of a checkpoint file written in frames ([`CheckpointEncoder`]).
+/// The first bytes of a checkpoint file of the second format: framed, each value a
+/// MessagePack array of its bytes (still read, no longer written).
 pub const CHECKPOINT_FRAMED_MAGIC: &[u8; 8] = b"DFCKPT02";
+
+/// The first bytes of a checkpoint file written by [`CheckpointEncoder`]: framed, keys and
+/// values MessagePack binaries.
+pub const CHECKPOINT_BINARY_MAGIC: &[u8; 8] = b"DFCKPT03";
 
 /// Rows a checkpoint frame gathers, in encoded bytes, before it is compressed and written:
 /// what a writer holds at a time, whatever the partition's size.
 pub const CHECKPOINT_FRAME_BYTES: usize = 1 << 20;
 
 /// Writes a checkpoint a frame at a time, so that the writer holds one frame of rows, not
-/// the partition: [`CHECKPOINT_FRAMED_MAGIC`]; frames (a 4-byte big-endian length, then
+/// the partition: [`CHECKPOINT_BINARY_MAGIC`]; frames (a 4-byte big-endian length, then
 /// LZ4-compressed MessagePack), the first holding the partition and epoch, the next ones
-/// rows; an empty frame; then the BLAKE3 hash of everything before it.
+/// an array of rows, each a `[key, value]` pair of binaries; an empty frame; then the
+/// BLAKE3 hash of everything before it. Rows are encoded from the bytes as they come, with
+/// no copy into keys and values first: a checkpoint reads a whole partition.
 pub struct CheckpointEncoder {
     hasher: blake3::Hasher,
-    frame: Vec<(Key, Value)>,
-    frame_bytes: usize,
+    /// The frame's rows, encoded.
+    frame: Vec<u8>,
+    frame_rows: u32,
     frame_limit: usize,
     rows: u64,
 }
@@ -130,22 +138,29 @@ impl CheckpointEncoder {
         let mut encoder = CheckpointEncoder {
             hasher: blake3::Hasher::new(),
             frame: Vec::new(),
-            frame_bytes: 0,
+            frame_rows: 0,
             frame_limit: frame_limit.max(1),
             rows: 0,
         };
-        let mut bytes = CHECKPOINT_FRAMED_MAGIC.to_vec();
+        let mut bytes = CHECKPOINT_BINARY_MAGIC.to_vec();
         bytes.extend(frame(&codec::encode(&(partition.0, epoch))));
         encoder.hasher.update(&bytes);
         (encoder, bytes)
     }
 
-    /// Adds a row; the bytes to write next, when a frame filled.
-    pub fn push(&mut self, key: Key, value: Value) -> Option<Vec<u8>> {
-        self.frame_bytes += key.as_bytes().len() + value.len();
-        self.frame.push((key, value));
+    /// Adds a row (a key's bytes and its value); the bytes to write next, when a frame
+    /// filled.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+        // Pushing into a Vec cannot fail.
+        let _ = rmp::encode::write_array_len(&mut self.frame, 2);
+        for bytes in [key, value] {
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let _ = rmp::encode::write_bin_len(&mut self.frame, len);
+            self.frame.extend_from_slice(bytes);
+        }
+        self.frame_rows += 1;
         self.rows += 1;
-        (self.frame_bytes >= self.frame_limit).then(|| self.flush())
+        (self.frame.len() >= self.frame_limit).then(|| self.flush())
     }
 
     /// The last bytes: the rows not yet written, the empty frame and the hash.
@@ -164,11 +179,15 @@ impl CheckpointEncoder {
     }
 
     fn flush(&mut self) -> Vec<u8> {
-        if self.frame.is_empty() {
+        if self.frame_rows == 0 {
             return Vec::new();
         }
-        let bytes = frame(&codec::encode(&std::mem::take(&mut self.frame)));
-        self.frame_bytes = 0;
+        let mut raw = Vec::with_capacity(5 + self.frame.len());
+        let _ = rmp::encode::write_array_len(&mut raw, self.frame_rows);
+        raw.extend_from_slice(&self.frame);
+        self.frame.clear();
+        self.frame_rows = 0;
+        let bytes = frame(&raw);
         self.hasher.update(&bytes);
         bytes
     }
@@ -193,7 +212,7 @@ pub fn encode_checkpoint(
 ) -> Vec<u8> {
     let (mut encoder, mut bytes) = CheckpointEncoder::new(partition, epoch, frame_limit);
     for (key, value) in rows {
-        if let Some(more) = encoder.push(key.clone(), value.clone()) {
+        if let Some(more) = encoder.push(key.as_bytes(), value) {
             bytes.extend(more);
         }
     }
@@ -210,7 +229,8 @@ pub fn decode_checkpoint(
     epoch: Epoch,
 ) -> Result<Vec<(Key, Value)>, String> {
     let (found, at, rows) = match bytes.get(..8) {
-        Some(magic) if magic == CHECKPOINT_FRAMED_MAGIC => decode_framed(bytes)?,
+        Some(magic) if magic == CHECKPOINT_BINARY_MAGIC => decode_framed(bytes, true)?,
+        Some(magic) if magic == CHECKPOINT_FRAMED_MAGIC => decode_framed(bytes, false)?,
         _ => {
             let raw = open(bytes, CHECKPOINT_MAGIC, "checkpoint")?;
             codec::decode(&raw).map_err(|e| format!("does not decode: {e}"))?
@@ -224,8 +244,9 @@ pub fn decode_checkpoint(
     Ok(rows)
 }
 
-/// A framed checkpoint's partition, epoch and rows.
-fn decode_framed(bytes: &[u8]) -> Result<(u32, Epoch, Rows), String> {
+/// A framed checkpoint's partition, epoch and rows; `binary`: its values are MessagePack
+/// binaries (the third format), not arrays of bytes.
+fn decode_framed(bytes: &[u8], binary: bool) -> Result<(u32, Epoch, Rows), String> {
     let Some(split) = bytes.len().checked_sub(32).filter(|n| *n >= 8) else {
         return Err("too short for a checkpoint (torn?)".into());
     };
@@ -259,10 +280,16 @@ fn decode_framed(bytes: &[u8]) -> Result<(u32, Epoch, Rows), String> {
     let (partition, epoch): (u32, Epoch) =
         codec::decode(&header).map_err(|e| format!("its header does not decode: {e}"))?;
     let mut rows = Vec::new();
+    let undecodable = |e| format!("a frame does not decode: {e}");
     for raw in frames {
-        let more: Vec<(Key, Value)> =
-            codec::decode(&raw).map_err(|e| format!("a frame does not decode: {e}"))?;
-        rows.extend(more);
+        if binary {
+            let more: Vec<(Key, serde_bytes::ByteBuf)> =
+                codec::decode(&raw).map_err(undecodable)?;
+            rows.extend(more.into_iter().map(|(k, v)| (k, v.into_vec())));
+        } else {
+            let more: Vec<(Key, Value)> = codec::decode(&raw).map_err(undecodable)?;
+            rows.extend(more);
+        }
     }
     Ok((partition, epoch, rows))
 }
@@ -471,7 +498,7 @@ mod tests {
         let (mut encoder, _) = CheckpointEncoder::new(PartitionId(2), Epoch(9), 1_000);
         let frames = rows
             .iter()
-            .filter_map(|(k, v)| encoder.push(k.clone(), v.clone()))
+            .filter_map(|(k, v)| encoder.push(k.as_bytes(), v))
             .count();
         assert!(frames >= 10, "{frames} frames");
         assert_eq!(encoder.rows(), 200);
@@ -492,7 +519,17 @@ mod tests {
         assert!(decode_checkpoint(&altered, PartitionId(2), Epoch(9)).is_err());
         // The first format still reads.
         let old = seal(CHECKPOINT_MAGIC, &codec::encode(&(2u32, Epoch(9), &rows)));
-        assert_eq!(decode_checkpoint(&old, PartitionId(2), Epoch(9)), Ok(rows));
+        assert_eq!(decode_checkpoint(&old, PartitionId(2), Epoch(9)), Ok(rows.clone()));
+        // So does the second: values as arrays of bytes, in two frames of rows.
+        let mut second = CHECKPOINT_FRAMED_MAGIC.to_vec();
+        second.extend(frame(&codec::encode(&(2u32, Epoch(9)))));
+        for half in rows.chunks(100) {
+            second.extend(frame(&codec::encode(half)));
+        }
+        second.extend(0u32.to_be_bytes());
+        let hash = blake3::hash(&second);
+        second.extend(hash.as_bytes());
+        assert_eq!(decode_checkpoint(&second, PartitionId(2), Epoch(9)), Ok(rows));
     }
 
     #[test]

@@ -387,6 +387,9 @@ pub enum Input {
         /// The last epoch no executor needs any more.
         through: Epoch,
     },
+    /// The entries of this incarnation's last [`Output::ArchiveAhead`] are durably
+    /// archived: the compaction that drops them may proceed.
+    Archived,
     /// Time passed: fires the election, heartbeat and epoch timers that are due.
     Tick,
 }
@@ -421,6 +424,10 @@ pub enum Output {
     /// log (a compaction, or a snapshot installed from the leader), to the archive, durably,
     /// before that write: what the log drops must outlive it. Consecutive epochs.
     Archive(Vec<LogEntry>),
+    /// Write these committed entries to the archive, durably, in the background, then
+    /// answer [`Input::Archived`]: a compaction drops them only then, so a large archive
+    /// write never holds up the log. Consecutive epochs; one at a time per incarnation.
+    ArchiveAhead(Vec<LogEntry>),
     /// Make this write durable, after every earlier one, then answer `Persisted`.
     Persist(LogWrite),
     /// Send a message to another replica.
@@ -604,12 +611,15 @@ pub struct ReplicaBugs {
     pub snapshot_without_dedup: bool,
     /// A compaction leaves the last epoch it drops out of the archive.
     pub archive_short: bool,
+    /// A compaction drops its entries when it asks for them to be archived, without
+    /// waiting for the archive to hold them.
+    pub compact_before_archived: bool,
 }
 
 /// Each planted bug's name (as the simulator's `--bug` takes it) and its flag.
 type BugFlag = (&'static str, fn(&mut ReplicaBugs) -> &mut bool);
 
-const BUG_FLAGS: [BugFlag; 16] = [
+const BUG_FLAGS: [BugFlag; 17] = [
     ("ack-before-quorum", |b| &mut b.ack_before_quorum),
     ("forget-vote", |b| &mut b.forget_vote_on_restart),
     ("commit-uncommitted", |b| &mut b.commit_uncommitted),
@@ -628,6 +638,9 @@ const BUG_FLAGS: [BugFlag; 16] = [
     }),
     ("snapshot-without-dedup", |b| &mut b.snapshot_without_dedup),
     ("archive-short", |b| &mut b.archive_short),
+    ("compact-before-archived", |b| {
+        &mut b.compact_before_archived
+    }),
 ];
 
 impl ReplicaBugs {
@@ -754,6 +767,10 @@ pub struct Replica {
     snapshot_dedup: DedupTable,
     /// A snapshot arriving from the leader in chunks.
     incoming: Option<Incoming>,
+    /// The last epoch of the [`Output::ArchiveAhead`] not answered yet, this incarnation.
+    archiving: Option<Epoch>,
+    /// The furthest [`Input::Compact`] asked, to continue from once an archive is done.
+    compact_asked: Epoch,
     /// The entries after the snapshot: `log[i]` holds epoch `snapshot.epoch + i + 1`.
     log: Vec<LogEntry>,
     /// `LogEntry::encoded_bytes_max` of each entry of `log`, computed once at append.
@@ -814,6 +831,8 @@ impl Replica {
             snapshot,
             snapshot_dedup,
             incoming: None,
+            archiving: None,
+            compact_asked: Epoch(0),
             log: durable.log,
             entry_bytes,
             // Only committed epochs are ever compacted.
@@ -1933,16 +1952,49 @@ impl Replica {
 
     // ---- compaction and snapshots --------------------------------------------------
 
-    /// Drops the committed entries through `through` (at most the commit epoch) from the
-    /// log, keeping what they mean for de-duplication as the new snapshot. Only once it
-    /// drops at least `compact_every_epochs`.
+    /// Asks for the committed entries through `through` (at most the commit epoch) to be
+    /// archived, once they are at least `compact_every_epochs` past the log's start; the
+    /// log drops them when the archive has them ([`Replica::on_archived`]).
     fn compact(&mut self, through: Epoch, out: &mut Vec<Output>) {
+        self.compact_asked = self.compact_asked.max(through);
+        if self.archiving.is_some() {
+            return;
+        }
         let start = self.log_start();
-        let through = through.min(self.commit);
+        let through = self.compact_asked.min(self.commit);
         if through.0 < start.0.saturating_add(self.config.compact_every_epochs) {
             return;
         }
         let dropped = usize_of(through.0 - start.0);
+        let archived = dropped - usize::from(self.bugs.archive_short);
+        out.push(Output::ArchiveAhead(self.log[..archived].to_vec()));
+        self.archiving = Some(through);
+        if self.bugs.compact_before_archived {
+            self.drop_through(through, out);
+        }
+    }
+
+    /// The archive holds the entries asked for, through some epoch: drops from the log what
+    /// of them it still holds, keeping what they mean for de-duplication as the new snapshot; then
+    /// asks for the next archive if a compaction asked further meanwhile.
+    fn on_archived(&mut self, out: &mut Vec<Output>) {
+        let Some(through) = self.archiving.take() else {
+            return;
+        };
+        let start = self.log_start();
+        // An installed snapshot may have replaced these entries meanwhile.
+        if through > start {
+            // Committed when asked, and a commit never goes back.
+            assert!(through <= self.commit, "archived past the commit epoch");
+            self.drop_through(through, out);
+        }
+        self.compact(self.compact_asked, out);
+    }
+
+    /// Drops the committed entries through `through` from the log, keeping what they mean
+    /// for de-duplication as the new snapshot.
+    fn drop_through(&mut self, through: Epoch, out: &mut Vec<Output>) {
+        let dropped = usize_of(through.0 - self.log_start().0);
         for txn in self.log[..dropped].iter().flat_map(|e| &e.batch.txns) {
             self.snapshot_dedup.insert(txn.client, txn.seq);
         }
@@ -1958,10 +2010,7 @@ impl Replica {
         if self.bugs.snapshot_without_dedup {
             self.snapshot_dedup = DedupTable::default();
         }
-        let archived = dropped - usize::from(self.bugs.archive_short);
-        self.write
-            .archive
-            .extend(self.log.drain(..dropped).take(archived));
+        self.log.drain(..dropped);
         self.entry_bytes.drain(..dropped);
         self.snapshot = snapshot.clone();
         self.write.snapshot = Some(snapshot);
@@ -2357,6 +2406,7 @@ impl Machine for Replica {
             Input::Persisted { write } => self.on_persisted(now, write, out),
             Input::Submit(txn) => self.on_submit(now, txn, out),
             Input::Compact { through } => self.compact(through, out),
+            Input::Archived => self.on_archived(out),
             Input::Tick => self.on_tick(now, out),
         }
         self.flush(out);

@@ -90,6 +90,12 @@ impl Group {
                         let archived = &mut self.archived[idx(id)];
                         archived.extend(entries.iter().map(|e| e.epoch()));
                     }
+                    // Archived at once; the compaction follows the answer.
+                    Output::ArchiveAhead(entries) => {
+                        let archived = &mut self.archived[idx(id)];
+                        archived.extend(entries.iter().map(|e| e.epoch()));
+                        work.push_back((id, Input::Archived));
+                    }
                     Output::Persist(write) => {
                         if let (Some(snapshot), None) = (&write.snapshot, write.truncate_from) {
                             // A compaction: what it drops was handed to the archive first.

@@ -63,6 +63,8 @@ struct Node {
     emitted: BTreeMap<Epoch, Arc<Batch>>,
     /// The next epoch it may emit: one past the last emitted or compacted.
     next_emit: Epoch,
+    /// An archive write ahead of a compaction, answered at the next call.
+    archiving: bool,
 }
 
 /// How a forged message is placed.
@@ -130,6 +132,7 @@ impl Cluster {
                     timer_at: None,
                     emitted: BTreeMap::new(),
                     next_emit: Epoch(1),
+                    archiving: false,
                 }
             })
             .collect();
@@ -432,6 +435,9 @@ impl Cluster {
         // Executors apply everything committed at once here: each replica may compact
         // through its commit epoch.
         for id in (1..=REPLICAS).map(NodeId) {
+            if std::mem::take(&mut self.nodes[idx(id)].archiving) {
+                self.input(id, Input::Archived)?;
+            }
             let through = self.nodes[idx(id)].replica.commit_epoch();
             self.input(id, Input::Compact { through })?;
         }
@@ -479,6 +485,7 @@ impl Cluster {
                 self.schedule(at, Event::Synced(id));
             }
             Output::LeaderKnown(_) | Output::Archive(_) => {}
+            Output::ArchiveAhead(_) => self.nodes[idx(id)].archiving = true,
             Output::Compacted { through } => {
                 let node = &mut self.nodes[idx(id)];
                 if through.next() < node.next_emit {

@@ -377,6 +377,11 @@ enum Event {
         node: NodeId,
         life: u64,
     },
+    /// A replica's archive write ahead of a compaction is done.
+    Archived {
+        node: NodeId,
+        life: u64,
+    },
     Timer {
         node: NodeId,
         life: u64,
@@ -604,6 +609,12 @@ impl LogWorld {
             Event::Restart(id) => self.start(id),
             Event::Submit { to, txn } => return self.input(to, Input::Submit(txn)),
             Event::Synced { node, life } => return self.on_synced(node, life),
+            Event::Archived { node, life } => {
+                let n = &self.nodes[idx(node)];
+                if n.life == life && n.replica.is_some() {
+                    return self.input(node, Input::Archived);
+                }
+            }
             Event::Timer { node, life } => {
                 let n = &mut self.nodes[idx(node)];
                 if n.life == life && n.replica.is_some() && n.timer.fire(self.now) {
@@ -1001,8 +1012,14 @@ impl LogWorld {
                 self.send(id, to, msg);
             }
             // The log world has no gateways to tell, and keeps no archive: the full world
-            // checks archives.
+            // checks archives. An archive write ahead of a compaction only takes time.
             Output::LeaderKnown(_) | Output::Archive(_) => {}
+            Output::ArchiveAhead(_) => {
+                let delay = 50 + self.rng.below(4 * self.params.disk_delay_max_us);
+                let life = self.nodes[idx(id)].life;
+                let event = Event::Archived { node: id, life };
+                self.queue.schedule(self.now.plus_us(delay), event);
+            }
         }
         Ok(())
     }

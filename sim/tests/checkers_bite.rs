@@ -777,6 +777,35 @@ fn a_compaction_that_leaves_an_epoch_out_of_the_archive_is_caught() {
 }
 
 #[test]
+fn a_compaction_that_does_not_wait_for_its_archive_is_caught_only_with_crashes() {
+    // The archive write runs in the background; a replica that drops the entries before
+    // it completes loses them for good if it crashes in between.
+    let crashes = FaultConfig {
+        crashes: true,
+        ..FaultConfig::none()
+    };
+    let config = move |faults, seed| SimConfig {
+        faults,
+        replica_bugs: ReplicaBugs::named("compact-before-archived").expect("a replica bug"),
+        txns: 200,
+        ..SimConfig::new("bank", seed)
+    };
+    let (seed, failures) =
+        first_failure(|seed| config(crashes, seed)).expect("compact-before-archived caught");
+    println!("compact-before-archived caught at seed {seed}: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.starts_with("archive:") && f.contains("no segment of its archive")),
+        "{failures:?}"
+    );
+    assert!(
+        first_failure_within(seed + 1, |seed| config(FaultConfig::none(), seed)).is_none(),
+        "without crashes every archive write completes"
+    );
+}
+
+#[test]
 fn a_reader_that_stops_at_a_torn_segment_is_caught_only_with_torn_segments() {
     // A replica that crashes while it writes a segment may leave it torn under its final
     // name; the compaction never happened, so the next one archives the epochs again.

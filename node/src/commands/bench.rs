@@ -23,6 +23,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
     if args.nemesis.is_some() && (tpcc || !args.connect.is_empty()) {
         bail!("--nemesis needs an embedded cluster and bank, ycsb or kv");
     }
+    let checkpoint_flags = args.checkpoint_every.is_some() || args.checkpoint_mib_per_sec.is_some();
+    if checkpoint_flags && !args.connect.is_empty() {
+        bail!(
+            "--checkpoint-every and --checkpoint-mib-per-sec configure the embedded cluster; \
+             a cluster given with --connect has its own node configurations"
+        );
+    }
     let options = args.tpcc.options(&args.workload, 1);
     let partitions_default = args.partitions.unwrap_or(if tpcc {
         options.warehouses.unwrap_or(4).min(8)
@@ -41,6 +48,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
             &args.workload,
             options.clone(),
             None,
+            checkpoint_settings(&args),
         )
         .await
     };
@@ -117,6 +125,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<bool> {
         local.stop();
     }
     Ok(ok)
+}
+
+/// The embedded cluster's checkpoint settings that the command line changes.
+fn checkpoint_settings(args: &BenchArgs) -> impl Fn(&mut crate::config::Config) + 'static {
+    let (every, pace) = (args.checkpoint_every, args.checkpoint_mib_per_sec);
+    move |config| {
+        if let Some(every) = every {
+            config.checkpoint_every_epochs = every;
+        }
+        if let Some(pace) = pace {
+            config.checkpoint_mib_per_sec = pace;
+        }
+    }
 }
 
 /// Writes the throughput-over-time plot if `--plot` asked for one.

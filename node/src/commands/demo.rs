@@ -30,6 +30,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool> {
         &args.workload,
         options.clone(),
         args.keep.clone(),
+        |_| {},
     )
     .await?;
     if tpcc {

@@ -25,8 +25,8 @@ pub(super) struct Local {
 }
 
 impl Local {
-    /// Starts a cluster and waits until it is loaded and has a leader, showing TPC-C's
-    /// loading progress.
+    /// Starts a cluster, each node's configuration adjusted by `configure`, and waits until
+    /// it is loaded and has a leader, showing TPC-C's loading progress.
     pub(super) async fn start(
         replicas: u32,
         partitions: u32,
@@ -34,21 +34,25 @@ impl Local {
         workload: &str,
         options: Options,
         keep: Option<PathBuf>,
+        configure: impl Fn(&mut crate::config::Config) + 'static,
     ) -> Result<Local> {
-        let mut builder =
-            LocalCluster::builder(replicas, partitions, workload).options(options.clone());
+        let mut builder = LocalCluster::builder(replicas, partitions, workload)
+            .options(options.clone())
+            .configure(configure);
         if let Some(r) = replication {
             builder = builder.replication(r);
         }
         if let Some(dir) = keep {
             builder = builder.dir(dir);
         }
+        // Every replica of a partition loads its rows.
+        let copies = builder.replicas_per_partition();
         let mut cluster = builder.start()?;
         let began = Instant::now();
         if workload == "tpcc" {
             let tpcc = tpcc::workload(partitions, &options);
             let rows = tpcc::rows_expected(&tpcc);
-            let mut display = LoadingDisplay::new(tpcc.config().warehouses, rows, began);
+            let mut display = LoadingDisplay::new(tpcc.config().warehouses, rows, copies, began);
             // Generous: a full-size warehouse loads in seconds on a laptop.
             let within = Duration::from_secs(60 + rows / 5_000);
             cluster.wait_ready(within, |l| display.show(l)).await?;
@@ -112,6 +116,8 @@ impl Local {
 struct LoadingDisplay {
     warehouses: u32,
     rows: u64,
+    /// Replicas of each partition: each loads the partition's rows.
+    copies: u32,
     start: Instant,
     terminal: bool,
     /// When the last line was printed (seconds since `start`), and what it said without
@@ -120,10 +126,11 @@ struct LoadingDisplay {
 }
 
 impl LoadingDisplay {
-    fn new(warehouses: u32, rows: u64, start: Instant) -> LoadingDisplay {
+    fn new(warehouses: u32, rows: u64, copies: u32, start: Instant) -> LoadingDisplay {
         LoadingDisplay {
             warehouses,
             rows,
+            copies: copies.max(1),
             start,
             terminal: std::io::stderr().is_terminal(),
             shown: (f64::NEG_INFINITY, String::new()),
@@ -133,12 +140,13 @@ impl LoadingDisplay {
     /// Shows one poll's progress; the one that finds the cluster ready ends the display.
     fn show(&mut self, loading: &Loading) {
         let finished = loading.ready;
-        let warehouses = loading.warehouses_loaded;
+        // Counted over every replica, shown per copy of the data.
+        let warehouses = loading.warehouses_loaded / self.copies;
         let secs = self.start.elapsed().as_secs_f64();
         let line = format!(
             "loading {warehouses}/{} warehouses, {:.2}M of about {:.2}M rows, {secs:.0} s",
             self.warehouses,
-            loading.rows_loaded as f64 / 1e6,
+            loading.rows_loaded as f64 / 1e6 / f64::from(self.copies),
             self.rows as f64 / 1e6
         );
         if self.terminal {

@@ -150,6 +150,12 @@ pub(super) struct Checkpoints {
     pub(super) archive: Archive,
     /// The last checkpoint of this partition the archive held at start (0: none).
     pub(super) last: Epoch,
+    /// Shared by the node's partitions: one checkpoint is written at a time per node, so
+    /// partitions that reach a checkpoint epoch together take turns instead of taking
+    /// the node's cores and disk together.
+    pub(super) turn: Arc<tokio::sync::Semaphore>,
+    /// How fast a checkpoint reads its partition (MiB/s; 0: no limit).
+    pub(super) mib_per_sec: u64,
 }
 
 /// A background task's result: its value, an error to stop the node with, or its death.
@@ -167,27 +173,45 @@ enum Wake {
 }
 
 /// Writes the state `job` captured to the archive as partition `partition`'s checkpoint,
-/// on a blocking thread; its epoch once durable.
+/// on a blocking thread once it is this node's turn, at the node's pace; its epoch once
+/// durable.
 fn start_checkpoint(
     job: CheckpointJob,
     partition: detflow_protocol::PartitionId,
-    archive: &Archive,
+    checkpoints: &Checkpoints,
 ) -> tokio::task::JoinHandle<anyhow::Result<Epoch>> {
-    let archive = archive.clone();
-    tokio::task::spawn_blocking(move || {
+    let archive = checkpoints.archive.clone();
+    let turn = checkpoints.turn.clone();
+    let mib_per_sec = checkpoints.mib_per_sec;
+    tokio::spawn(async move {
         #[allow(clippy::disallowed_methods)] // how long a checkpoint takes is for the log
-        let began = std::time::Instant::now();
-        let rows = job.iter().map(|row| Ok(row?));
-        let (file, rows) = archive.write_checkpoint_from(partition, job.epoch(), rows)?;
-        tracing::info!(
-            %partition,
-            epoch = job.epoch().0,
-            rows,
-            bytes = file.bytes,
-            ms = began.elapsed().as_millis() as u64,
-            "checkpoint written"
-        );
-        Ok(job.epoch())
+        let asked = std::time::Instant::now();
+        let _turn = turn
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow::anyhow!("the node's checkpoint turns ended"))?;
+        let waited = asked.elapsed();
+        let write = tokio::task::spawn_blocking(move || {
+            #[allow(clippy::disallowed_methods)]
+            let began = std::time::Instant::now();
+            let rows = job.iter_bytes().map(|row| Ok(row?));
+            let mut pacer = crate::archive::Pacer::new(mib_per_sec);
+            let (file, rows) =
+                archive.write_checkpoint_from(partition, job.epoch(), rows, &mut pacer)?;
+            tracing::info!(
+                %partition,
+                epoch = job.epoch().0,
+                rows,
+                bytes = file.bytes,
+                waited_ms = waited.as_millis() as u64,
+                ms = began.elapsed().as_millis() as u64,
+                "checkpoint written"
+            );
+            Ok(job.epoch())
+        });
+        write
+            .await
+            .map_err(|e| anyhow::anyhow!("the checkpoint writer died: {e}"))?
     })
 }
 
@@ -397,7 +421,7 @@ pub(super) async fn executor_task(
             && let Some(checkpoints) = &checkpoints
             && checkpointing.is_none()
         {
-            checkpointing = Some(start_checkpoint(job, partition, &checkpoints.archive));
+            checkpointing = Some(start_checkpoint(job, partition, checkpoints));
         }
         let sync_now = syncing.is_none()
             && unsynced_since.is_some_and(|since| clock.now().since_us(since) >= STATE_SYNC_US);

@@ -259,6 +259,7 @@ impl Node {
                 ))
             }));
         }
+        let checkpoint_turn = Arc::new(tokio::sync::Semaphore::new(1));
         for p in &spec.partitions {
             let partition = PartitionId(*p);
             let (tx, rx) = mpsc::channel(limits.inbox_events_max);
@@ -312,6 +313,8 @@ impl Node {
                     .filter(|e| *e <= store.applied_epoch())
                     .unwrap_or(Epoch(0)),
                 archive,
+                turn: checkpoint_turn.clone(),
+                mib_per_sec: config.checkpoint_mib_per_sec,
             });
             // Rows stored under other declarations (another build of a service, another
             // workload) stop the node here, before it serves anything.

@@ -63,8 +63,17 @@ fn archive_entries(archive: &ArchiveSink, entries: &[LogEntry]) {
         return;
     };
     let (from, to) = (first.epoch(), last.epoch());
-    if let Err(e) = archive.archive.write_segment(entries) {
-        fatal(format!("cannot archive epochs {from}..={to}: {e:#}"));
+    #[allow(clippy::disallowed_methods)] // how long an archive write takes is for the log
+    let began = std::time::Instant::now();
+    match archive.archive.write_segment(entries) {
+        Ok(segment) => tracing::info!(
+            first = from.0,
+            last = to.0,
+            bytes = segment.bytes,
+            ms = began.elapsed().as_millis() as u64,
+            "epochs archived"
+        ),
+        Err(e) => fatal(format!("cannot archive epochs {from}..={to}: {e:#}")),
     }
     if archive.retention.keeps_all() {
         return;
@@ -78,6 +87,7 @@ fn archive_entries(archive: &ArchiveSink, entries: &[LogEntry]) {
 }
 
 /// Where a replica archives compacted epochs, and for how long.
+#[derive(Clone)]
 pub(super) struct ArchiveSink {
     /// The archive.
     pub(super) archive: Archive,
@@ -128,18 +138,34 @@ pub(super) async fn replica_task(
     // When this replica, leading, wrote each epoch: for the epoch commit latency.
     let mut closed_at: BTreeMap<Epoch, Instant> = BTreeMap::new();
     let mut published_drops = 0;
+    // The archive write the replica asked for ahead of a compaction, on a blocking thread.
+    let mut archiving: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let deadline = replica.next_deadline().map(|t| clock.instant(t));
+        let archived = async {
+            match archiving.as_mut() {
+                Some(job) => job.await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
             ev = inbox.recv() => match ev { Some(ev) => Some(ev), None => return },
-            _ = sleep_until(deadline) => None,
+            done = archived => {
+                archiving = None;
+                if let Err(e) = done {
+                    fatal(format!("the archive writer failed: {e}"));
+                }
+                replica.handle(clock.now(), replica::Input::Archived, &mut out);
+                None
+            }
+            _ = sleep_until(deadline) => {
+                replica.handle(clock.now(), replica::Input::Tick, &mut out);
+                None
+            }
         };
         let mut inputs = Vec::new();
-        match first {
-            Some(ev) => inputs.push(ev),
-            None => {
-                replica.handle(clock.now(), replica::Input::Tick, &mut out);
-            }
+        if let Some(ev) = first {
+            inputs.push(ev);
         }
         drain(&mut inbox, &mut inputs);
         for ev in inputs {
@@ -215,6 +241,14 @@ pub(super) async fn replica_task(
                     // Before the write that drops them, which comes next.
                     replica::Output::Archive(entries) => {
                         tokio::task::block_in_place(|| archive_entries(&archive, &entries));
+                    }
+                    // In the background: the compaction waits for `Archived`, the log not.
+                    replica::Output::ArchiveAhead(entries) => {
+                        assert!(archiving.is_none(), "one archive write at a time");
+                        let archive = archive.clone();
+                        archiving = Some(tokio::task::spawn_blocking(move || {
+                            archive_entries(&archive, &entries)
+                        }));
                     }
                     replica::Output::Persist(write) => {
                         if replica.is_leader() {

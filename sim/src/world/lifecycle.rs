@@ -145,6 +145,8 @@ impl World {
                 let node = &mut self.replicas[r as usize];
                 node.machine = None;
                 node.plans = None;
+                // An archive write in flight never finished: its temporary file is lost.
+                node.archiving = None;
                 let damage = node.disk.crash(&mut self.rng, tear);
                 if damage.torn {
                     self.counts.torn_writes += 1;

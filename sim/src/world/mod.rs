@@ -107,6 +107,11 @@ enum Event {
         incarnation: u64,
         through: Epoch,
     },
+    /// Replica `r`'s archive write ahead of a compaction is durable.
+    ReplicaArchived {
+        r: u32,
+        incarnation: u64,
+    },
     Restart(Addr),
     /// A crash aimed at a particular step of a replica (around the sync of a write that
     /// records its vote, or of entries it appended).
@@ -441,6 +446,9 @@ struct ReplicaNode {
     /// Epochs a snapshot installed from the leader replaced before this replica knew them
     /// committed: another replica's archive holds them, not necessarily its own.
     not_archived: Vec<(Epoch, Epoch)>,
+    /// The entries of an archive write ahead of a compaction, in flight: they reach the
+    /// archive when it completes, or never, if the replica crashes first.
+    archiving: Option<Vec<LogEntry>>,
 }
 
 struct ExecutorNode {
@@ -673,6 +681,7 @@ impl World {
                 disk: ReplicaDisk::default(),
                 archive: SimArchive::default(),
                 not_archived: Vec::new(),
+                archiving: None,
                 incarnation: 0,
                 timer: Timer::default(),
                 sync_scheduled: false,
@@ -958,6 +967,7 @@ impl World {
                     self.replica_input(r, replica::Input::Compact { through });
                 }
             }
+            Event::ReplicaArchived { r, incarnation } => self.on_replica_archived(r, incarnation),
             Event::Restart(addr) => self.start(addr),
             Event::StepCrash { r, incarnation } => {
                 if self.replicas[r as usize].incarnation == incarnation && !self.healed {

@@ -27,7 +27,19 @@ impl World {
             }
             match effect {
                 replica::Output::Committed(batch) => self.on_committed(r, batch),
-                replica::Output::Archive(entries) => self.archive(r, &entries),
+                replica::Output::Archive(entries) => {
+                    self.archive(r, &entries);
+                }
+                // Written in the background while the log goes on; durable when the
+                // write completes.
+                replica::Output::ArchiveAhead(entries) => {
+                    let node = &mut self.replicas[r as usize];
+                    node.archiving = Some(entries);
+                    let incarnation = node.incarnation;
+                    let delay = 1 + self.archive_rng.below(self.timing.fsync_max_us * 4);
+                    let event = Event::ReplicaArchived { r, incarnation };
+                    self.schedule(self.now.plus_us(delay), event);
+                }
                 replica::Output::Duplicate {
                     client,
                     seq,
@@ -103,11 +115,27 @@ impl World {
     /// Writes the entries replica `r`'s next write drops to its archive, as the node's
     /// replica task does before that write; or, now and then under crash faults, crashes
     /// the replica in the middle of it.
-    fn archive(&mut self, r: u32, entries: &[LogEntry]) {
+    /// Replica `r`'s archive write ahead of a compaction completes (or crashes midway).
+    pub(super) fn on_replica_archived(&mut self, r: u32, incarnation: u64) {
+        let node = &mut self.replicas[r as usize];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        let Some(entries) = node.archiving.take() else {
+            return;
+        };
+        if self.archive(r, &entries) {
+            self.replica_input(r, replica::Input::Archived);
+        }
+    }
+
+    /// Writes `entries` to replica `r`'s archive; whether it did, rather than crash
+    /// midway.
+    fn archive(&mut self, r: u32, entries: &[LogEntry]) -> bool {
         let chance = self.plan.archive_crash_chance;
         if self.healed || chance == 0.0 || !self.archive_rng.chance(chance) {
             self.replicas[r as usize].archive.write_segment(entries);
-            return;
+            return true;
         }
         let node = &mut self.replicas[r as usize];
         let left = node
@@ -119,6 +147,7 @@ impl World {
         }
         let downtime = self.rng.range(100, 10_000);
         self.crash(Addr::Replica(r), downtime);
+        false
     }
 
     pub(super) fn persist(&mut self, r: u32, write: LogWrite) {
