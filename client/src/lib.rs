@@ -464,6 +464,7 @@ impl Client {
                     return Ok(LogReply::Batches { commit, batches });
                 }
                 Ok(Message::LogReply(LogReply::NoLog)) => last = "no sequencer replica".into(),
+                Ok(Message::LogReply(LogReply::Denied(why))) => return Err(ReadError::Denied(why)),
                 Ok(Message::LogReply(reply)) => {
                     // An empty answer (behind) beats a compacted one, which beats none.
                     if !matches!(

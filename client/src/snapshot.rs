@@ -55,6 +55,9 @@ pub enum ReadError {
     /// The read is malformed or not allowed; reading again will not help.
     #[error("snapshot read refused: {0}")]
     Refused(String),
+    /// This client may not read that (reading the log takes an operator's certificate).
+    #[error("refused: {0}")]
+    Denied(String),
     /// No gateway answered within the client's attempts.
     #[error("no gateway answered the snapshot read after {attempts} attempts; last: {last}")]
     Unavailable {

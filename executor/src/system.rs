@@ -52,7 +52,10 @@ pub fn differs_between_replicas(key: &Key) -> bool {
 }
 
 /// The encodings of `("_sys", "outbox")` and `("_sys", "released")`.
-const DIFFERING_PREFIXES: [&[u8]; 2] = [b"\x02_sys\x00\x02outbox\x00", b"\x02_sys\x00\x02released\x00"];
+const DIFFERING_PREFIXES: [&[u8]; 2] = [
+    b"\x02_sys\x00\x02outbox\x00",
+    b"\x02_sys\x00\x02released\x00",
+];
 
 /// [`differs_between_replicas`] of a stored key's bytes, without decoding them (a
 /// checkpoint writer asks it of every row of a partition).
@@ -365,8 +368,12 @@ mod tests {
         assert!(differs_between_replicas(&outbox.clone().u64(3)));
         assert!(differs_between_replicas(&released.clone().u64(1)));
         // A longer string that starts alike is another record.
-        assert!(!differs_between_replicas(&Key::table(SYSTEM_TABLE).str("outboxes")));
-        assert!(!differs_between_replicas(&Key::table(SYSTEM_TABLE).str("outbox\0x")));
+        assert!(!differs_between_replicas(
+            &Key::table(SYSTEM_TABLE).str("outboxes")
+        ));
+        assert!(!differs_between_replicas(
+            &Key::table(SYSTEM_TABLE).str("outbox\0x")
+        ));
         assert!(!differs_between_replicas(&results_key(Epoch(4))));
     }
 

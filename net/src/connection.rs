@@ -157,6 +157,11 @@ impl Connection {
         self.identity.fingerprint
     }
 
+    /// Whether the peer is a client whose certificate names it an operator.
+    pub fn peer_is_operator(&self) -> bool {
+        self.identity.operator
+    }
+
     /// Everything the peer's certificate says.
     pub fn identity(&self) -> PeerIdentity {
         self.identity

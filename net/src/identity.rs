@@ -1,6 +1,6 @@
 //! Who a peer is, as its certificate says: a role, a node id for nodes, a fingerprint.
 
-use crate::{CLIENT_DNS_NAME, NODE_DNS_NAME};
+use crate::{CLIENT_DNS_NAME, NODE_DNS_NAME, OPERATOR_DNS_NAME};
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
@@ -72,6 +72,8 @@ pub struct PeerIdentity {
     /// blake3 of the leaf certificate's DER: stable for as long as the certificate is, and
     /// unforgeable without its key, so it can own sessions.
     pub fingerprint: [u8; 32],
+    /// Whether a client's certificate also names [`OPERATOR_DNS_NAME`].
+    pub operator: bool,
 }
 
 impl PeerIdentity {
@@ -85,12 +87,13 @@ impl PeerIdentity {
             .subject_alternative_name()
             .map_err(|e| RoleError::Unparsable(e.to_string()))?
             .ok_or(RoleError::NoRole)?;
-        let (mut node, mut client) = (false, false);
+        let (mut node, mut client, mut operator) = (false, false, false);
         let mut node_ids = Vec::new();
         for name in &san.value.general_names {
             if let GeneralName::DNSName(dns) = name {
                 node |= dns.eq_ignore_ascii_case(NODE_DNS_NAME);
                 client |= dns.eq_ignore_ascii_case(CLIENT_DNS_NAME);
+                operator |= dns.eq_ignore_ascii_case(OPERATOR_DNS_NAME);
                 if let Some(id) = node_id_of_dns_name(dns)? {
                     node_ids.push(id);
                 }
@@ -111,6 +114,7 @@ impl PeerIdentity {
             role,
             node_id,
             fingerprint: *blake3::hash(der).as_bytes(),
+            operator: operator && role == PeerRole::Client,
         })
     }
 

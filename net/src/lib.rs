@@ -81,6 +81,10 @@ use std::time::Duration;
 pub const NODE_DNS_NAME: &str = "node.detflow";
 /// The SAN DNS name that marks a client certificate.
 pub const CLIENT_DNS_NAME: &str = "client.detflow";
+/// The SAN DNS name that marks a client certificate as an operator's (beside
+/// [`CLIENT_DNS_NAME`]): what only operators may ask (read the whole log, ask for
+/// checkpoints) is refused to other clients.
+pub const OPERATOR_DNS_NAME: &str = "operator.detflow";
 /// The name every node's certificate answers to and clients verify.
 pub const SERVER_NAME: &str = "localhost";
 

@@ -208,6 +208,24 @@ fn identities_come_from_the_san() {
     pki.issue("client", &[CLIENT_DNS_NAME.into()]);
     let client = PeerIdentity::of_certificate(&pki.der("client")).unwrap();
     assert_eq!((client.role, client.node_id), (PeerRole::Client, None));
+    assert!(!client.operator);
+    pki.issue(
+        "operator",
+        &[CLIENT_DNS_NAME.into(), OPERATOR_DNS_NAME.into()],
+    );
+    let operator = PeerIdentity::of_certificate(&pki.der("operator")).unwrap();
+    assert_eq!((operator.role, operator.operator), (PeerRole::Client, true));
+    // Only a client is an operator: a node naming the operator is a node.
+    pki.issue(
+        "node-as-operator",
+        &[
+            NODE_DNS_NAME.into(),
+            node_dns_name(4),
+            OPERATOR_DNS_NAME.into(),
+        ],
+    );
+    let node = PeerIdentity::of_certificate(&pki.der("node-as-operator")).unwrap();
+    assert_eq!((node.role, node.operator), (PeerRole::Node, false));
     pki.issue(
         "client-as-node",
         &[CLIENT_DNS_NAME.into(), node_dns_name(3)],

@@ -30,8 +30,9 @@
 //! ```
 //!
 //! A checkpoint file is a magic, then LZ4-compressed MessagePack frames (the partition
-//! number and the epoch, then about 1 MiB of rows each, so that the writer never holds a
-//! whole partition), then a BLAKE3 hash of all before it; it holds every row of the
+//! number and the epoch, then about 1 MiB of rows each, keys and values as binaries
+//! encoded straight from the store's bytes, so that the writer never holds a whole
+//! partition), then a BLAKE3 hash of all before it; it holds every row of the
 //! partition's store (user rows and the executor's bookkeeping, except the reads outbox,
 //! which differs between replicas): the replicas of a partition write the same bytes, so
 //! the archives of several nodes may share a directory. It is written like a segment.
@@ -670,7 +671,10 @@ mod tests {
         let mib = 1 << 20;
         let mut pacer = Pacer::new(4);
         // 2 MiB at 4 MiB/s are due 0.5 s after the start.
-        assert_eq!(pacer.wait(2 * mib, Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(
+            pacer.wait(2 * mib, Duration::ZERO),
+            Duration::from_millis(500)
+        );
         assert_eq!(
             pacer.wait(0, Duration::from_millis(200)),
             Duration::from_millis(300)
@@ -678,7 +682,10 @@ mod tests {
         // A writer already behind its rate does not wait.
         assert_eq!(pacer.wait(mib, Duration::from_secs(2)), Duration::ZERO);
         // The rate holds over the whole write: 4 MiB counted are due at 1 s.
-        assert_eq!(pacer.wait(mib, Duration::from_millis(900)), Duration::from_millis(100));
+        assert_eq!(
+            pacer.wait(mib, Duration::from_millis(900)),
+            Duration::from_millis(100)
+        );
         let mut unlimited = Pacer::unlimited();
         assert_eq!(unlimited.wait(1 << 40, Duration::ZERO), Duration::ZERO);
     }
@@ -703,7 +710,11 @@ mod tests {
         let file = archive
             .write_checkpoint(PartitionId(0), Epoch(8), &rows)
             .unwrap();
-        assert!(file.bytes > 2 * CHECKPOINT_SYNC_BYTES, "{} bytes", file.bytes);
+        assert!(
+            file.bytes > 2 * CHECKPOINT_SYNC_BYTES,
+            "{} bytes",
+            file.bytes
+        );
         assert_eq!(archive.read_checkpoint(&file).unwrap(), rows);
     }
 

@@ -11,6 +11,7 @@
 //! | `node/node-1.pem`, `node/node-1.key` … `node-N.*` | node certificates: SAN DNS `localhost`, [`NODE_DNS_NAME`], `node-<id>.node.detflow`, IP 127.0.0.1 | node `id` |
 //! | `node/session.key` | 32 random bytes in hex: the key that signs client session tokens | every node (the same one) |
 //! | `client/ca.pem`, `client/client.pem`, `client/client.key` | the CA certificate and a client certificate: SAN DNS [`CLIENT_DNS_NAME`] | client machines |
+//! | `client/operator.pem`, `client/operator.key` | an operator's client certificate: SAN DNS [`CLIENT_DNS_NAME`] and [`OPERATOR_DNS_NAME`]; it may also read the whole log and ask for checkpoints | operators (`audit --connect`, `checkpoint`) |
 //!
 //! The SAN is how a server tells a node from a client, and which node
 //! (`transport::PeerIdentity`). Keys are ECDSA P-256; keys and the session key are
@@ -19,7 +20,9 @@
 //! [`issue`] adds one more certificate signed by an existing CA, e.g. for a new node, or a
 //! certificate of neither role for tests.
 
-pub use detflow_net::{CLIENT_DNS_NAME, NODE_DNS_NAME, SERVER_NAME, node_dns_name};
+pub use detflow_net::{
+    CLIENT_DNS_NAME, NODE_DNS_NAME, OPERATOR_DNS_NAME, SERVER_NAME, node_dns_name,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -32,6 +35,8 @@ use std::path::{Path, PathBuf};
 const CA_NAME: &str = "ca";
 /// The file stem of the client certificate inside a certificate folder.
 const CLIENT_NAME: &str = "client";
+/// The file stem of the operator's client certificate inside a certificate folder.
+pub const OPERATOR_NAME: &str = "operator";
 /// The folder of the CA (certificate and key) inside an output folder.
 const CA_DIR: &str = "ca";
 /// The folder of what nodes get.
@@ -104,9 +109,12 @@ pub struct CertPaths {
     pub nodes: Vec<Identity>,
     /// The client certificate, in `client_dir`.
     pub client: Identity,
+    /// The operator's client certificate, in `client_dir`.
+    pub operator: Identity,
     /// What the nodes get: `ca.pem`, their certificates, `session.key`.
     pub node_dir: PathBuf,
-    /// What client machines get: `ca.pem`, `client.pem`, `client.key`.
+    /// What client machines get: `ca.pem`, `client.pem`, `client.key` (and operators
+    /// `operator.pem`, `operator.key`).
     pub client_dir: PathBuf,
     /// The cluster's session key (64 hex digits, mode 0600), shared by every node.
     pub session_key: PathBuf,
@@ -139,7 +147,7 @@ impl CertPaths {
         let blank = "";
         [
             format!(
-                "wrote a development CA, {count} node certificate{plural} and a client certificate under {dir}:"
+                "wrote a development CA, {count} node certificate{plural}, a client and an operator certificate under {dir}:"
             ),
             format!(
                 "  {ca:width$}  the CA (ca.pem, ca.key): keep ca.key offline; it signs every certificate"
@@ -149,6 +157,9 @@ impl CertPaths {
                 "  {blank:width$}  (each node needs ca.pem, its own node-<id> pair and the shared session.key)"
             ),
             format!("  {client:width$}  for client machines: ca.pem, client.pem, client.key"),
+            format!(
+                "  {blank:width$}  and operator.pem/.key for operators only: it may read the whole log and ask for checkpoints"
+            ),
         ]
         .join("\n")
     }
@@ -159,6 +170,9 @@ impl CertPaths {
 pub enum CertKind {
     /// A client: SAN DNS [`CLIENT_DNS_NAME`], client authentication only.
     Client,
+    /// An operator's client: SAN DNS [`CLIENT_DNS_NAME`] and [`OPERATOR_DNS_NAME`],
+    /// client authentication only.
+    Operator,
     /// Neither role, with exactly these SAN DNS names, for both server and client
     /// authentication. A detflow endpoint refuses such a peer; useful in tests.
     Custom(Vec<String>),
@@ -198,7 +212,7 @@ pub fn issue(dir: &Path, name: &str, kind: CertKind) -> Result<Identity, CertErr
     let (ca, layered) = Ca::load(dir)?;
     let out = match (&kind, layered) {
         (CertKind::Node, true) => dir.join(NODE_DIR),
-        (CertKind::Client, true) => dir.join(CLIENT_DIR),
+        (CertKind::Client | CertKind::Operator, true) => dir.join(CLIENT_DIR),
         _ => dir.to_path_buf(),
     };
     if out != dir {
@@ -244,11 +258,13 @@ fn generate_all(out: &Path, nodes: u32, overwrite: bool) -> Result<CertPaths, Ce
     let session_key = node_dir.join(SESSION_KEY_FILE);
     write_file(&session_key, session_key_hex()?.as_bytes(), true)?;
     let client = ca.issue(&client_dir, CLIENT_NAME, &CertKind::Client)?;
+    let operator = ca.issue(&client_dir, OPERATOR_NAME, &CertKind::Operator)?;
     Ok(CertPaths {
         dir: out.to_path_buf(),
         ca: ca_paths,
         nodes,
         client,
+        operator,
         node_dir,
         client_dir,
         session_key,
@@ -339,6 +355,10 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let (dns_names, server): (Vec<String>, bool) = match kind {
             CertKind::Client => (vec![CLIENT_DNS_NAME.into()], false),
+            CertKind::Operator => (
+                vec![CLIENT_DNS_NAME.into(), OPERATOR_DNS_NAME.into()],
+                false,
+            ),
             CertKind::Custom(names) => (names.clone(), true),
             CertKind::Node => {
                 let id = node_id_of_name(name)?;
@@ -493,7 +513,16 @@ mod tests {
                 "session.key"
             ]
         );
-        assert_eq!(files(&client_dir), ["ca.pem", "client.key", "client.pem"]);
+        assert_eq!(
+            files(&client_dir),
+            [
+                "ca.pem",
+                "client.key",
+                "client.pem",
+                "operator.key",
+                "operator.pem"
+            ]
+        );
         assert_eq!(files(&dir.path().join("ca")), ["ca.key", "ca.pem"]);
         let ca_pem = std::fs::read(&paths.ca.cert).unwrap();
         assert_eq!(std::fs::read(node_dir.join("ca.pem")).unwrap(), ca_pem);
@@ -521,6 +550,15 @@ mod tests {
         }
         let client = identity_of(&paths.client.cert);
         assert_eq!((client.role, client.node_id), (PeerRole::Client, None));
+        assert!(
+            !client.operator,
+            "the application's certificate is no operator's"
+        );
+        let operator = identity_of(&paths.operator.cert);
+        assert_eq!(
+            (operator.role, operator.node_id, operator.operator),
+            (PeerRole::Client, None, true)
+        );
 
         // The session key: 32 random bytes in hex, private.
         let key = std::fs::read_to_string(&paths.session_key).unwrap();
@@ -536,6 +574,7 @@ mod tests {
                 &paths.session_key,
                 &paths.nodes[0].key,
                 &paths.client.key,
+                &paths.operator.key,
             ] {
                 let mode = std::fs::metadata(secret).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{}", secret.display());

@@ -597,6 +597,12 @@ impl LocalCluster {
         Ok(Tls::from_dir(&self.certs.dir, "client")?)
     }
 
+    /// The operator certificate's TLS material: it may also read the log and ask for
+    /// checkpoints.
+    pub fn operator_tls(&self) -> Result<Tls> {
+        Ok(Tls::from_dir(&self.certs.dir, crate::certs::OPERATOR_NAME)?)
+    }
+
     /// The last `lines` lines of every node's log, headed by the node and the path.
     pub fn tail_of_logs(&self, lines: usize) -> String {
         let mut out = String::new();

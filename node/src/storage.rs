@@ -655,21 +655,33 @@ impl FjallStore {
 
     /// Removes every row, the load marker and the applied epoch: what a load or a restore
     /// that a crash interrupted left, or a state a transfer replaces.
+    ///
+    /// The markers go first, then the rows in batches of [`LOAD_CHUNK_ROWS`]: a crash
+    /// partway leaves a store that says it holds nothing (which a start loads, restores or
+    /// copies again), never a loaded one with rows missing, and no batch holds a whole
+    /// large partition's removals.
     fn clear(&mut self) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        batch.remove(&self.meta, LOADED_KEY);
+        batch.remove(&self.meta, APPLIED_EPOCH_KEY);
+        fjall_op(&self.path, "clearing the store", || batch.commit())?;
         for space in [&self.user, &self.system] {
-            let mut batch = self.db.batch();
+            // The iterator reads the keyspace as it was when it began.
+            let (mut batch, mut removals) = (self.db.batch(), 0);
             for guard in space.tree.iter() {
                 let key = guard
                     .key()
                     .map_err(fjall_error(&self.path, "clearing the store"))?;
                 batch.remove(&space.tree, key);
+                removals += 1;
+                if removals == LOAD_CHUNK_ROWS {
+                    let full = std::mem::replace(&mut batch, self.db.batch());
+                    fjall_op(&self.path, "clearing the store", || full.commit())?;
+                    removals = 0;
+                }
             }
             fjall_op(&self.path, "clearing the store", || batch.commit())?;
         }
-        let mut batch = self.db.batch();
-        batch.remove(&self.meta, LOADED_KEY);
-        batch.remove(&self.meta, APPLIED_EPOCH_KEY);
-        fjall_op(&self.path, "clearing the store", || batch.commit())?;
         self.user.overlay.clear();
         self.system.overlay.clear();
         self.mirror.clear();
@@ -1475,6 +1487,60 @@ mod tests {
         assert_eq!(reopened.get(&b), None);
         assert_eq!(reopened.get(&results), Some(vec![8]));
         assert_eq!(reopened.get(&outbox), None);
+    }
+
+    #[test]
+    fn a_checkpoint_writer_reads_the_same_rows_as_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path()).unwrap();
+        let system = |name: &str| Key::table(detflow_protocol::SYSTEM_TABLE).str(name).u64(1);
+        for key in [
+            Key::table("t").u64(1),
+            system("outbox"),
+            system("released"),
+            system("results"),
+            Key::table(detflow_protocol::SYSTEM_TABLE).str("outboxes"),
+        ] {
+            store.put(key, vec![1, 2, 3]);
+        }
+        store.commit_epoch(Epoch(1));
+        store.checkpoint(Epoch(1));
+        let job = store.take_checkpoint().expect("captured");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = job
+            .rows()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect();
+        let bytes: Vec<(Vec<u8>, Vec<u8>)> = job
+            .iter_bytes()
+            .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(bytes, rows);
+        assert_eq!(
+            rows.len(),
+            3,
+            "the outbox and its release mark are left out"
+        );
+    }
+
+    #[test]
+    fn a_state_transfer_clears_a_large_store_in_batches_markers_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FjallStore::open(dir.path()).unwrap();
+        let rows = (0..2 * LOAD_CHUNK_ROWS as u64 + 7).map(|i| (Key::table("t").u64(i), vec![1]));
+        assert!(store.load(rows).unwrap());
+        store.commit_epoch(Epoch(1));
+        store.sync().unwrap();
+        store.restore_begin();
+        assert!(!store.is_loaded());
+        assert_eq!(store.applied_epoch(), Epoch(0));
+        store.sync().unwrap();
+        drop(store);
+        let reopened = FjallStore::open(dir.path()).unwrap();
+        assert!(!reopened.is_loaded());
+        assert_eq!(reopened.user.tree.iter().count(), 0, "every row is gone");
     }
 
     #[test]

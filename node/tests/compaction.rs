@@ -626,9 +626,31 @@ async fn rejoin_by_copy(cluster: &mut Cluster) {
     assert_eq!(late.status.code(), Some(1), "{}", text(&late));
     assert!(text(&late).contains("too late"), "{}", text(&late));
 
-    // A client that floods the nodes with checkpoints asked for far ahead gets a bounded
+    // A client without an operator's certificate may neither ask for checkpoints nor
+    // read the log: every replica refuses, and nothing is scheduled.
+    let plain = cluster.client(quick_policy()).await;
+    for (addr, answers) in plain.checkpoint(Epoch(at + 40_000)).await {
+        let answers = answers.unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(!answers.is_empty(), "{addr} hosts partitions");
+        for (partition, answer) in answers {
+            assert!(
+                matches!(&answer, CheckpointAnswer::Refused(why) if why.contains("operator")),
+                "{addr} partition {partition}: {answer:?}"
+            );
+        }
+    }
+    let denied = (plain.read_log(Epoch(1)).await).expect_err("a plain client reads no log");
+    assert!(denied.to_string().contains("operator"), "{denied}");
+
+    // An operator that floods the nodes with checkpoints asked for far ahead gets a bounded
     // number scheduled per replica, then refusals; the cluster goes on serving.
-    let flooder = cluster.client(quick_policy()).await;
+    let operator_tls = cluster
+        .operator_tls()
+        .expect("load the operator certificate");
+    let flooder = Client::connect(cluster.gateways(), operator_tls)
+        .await
+        .expect("start the operator's client")
+        .with_policy(quick_policy());
     let mut refused = 0;
     for k in 0..(CHECKPOINTS_ASKED_MAX as u64 + 3) {
         for (addr, answers) in flooder.checkpoint(Epoch(at + 50_000 + k)).await {

@@ -252,6 +252,8 @@ pub enum LogReply {
     },
     /// The node runs no sequencer replica.
     NoLog,
+    /// The client may not read the log (it takes an operator's certificate); why.
+    Denied(String),
 }
 
 /// Every message that travels between components. Variant names are wire tags.

@@ -735,6 +735,7 @@ fn message() -> impl Strategy<Value = Message> + Clone {
             }),
             epoch().prop_map(|log_start| LogReply::Compacted { log_start }),
             Just(LogReply::NoLog),
+            ".{0,40}".prop_map(LogReply::Denied),
         ]
         .prop_map(Message::LogReply),
         (node(), partition(), epoch()).prop_map(|(from, partition, log_start)| {

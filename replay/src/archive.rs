@@ -8,7 +8,8 @@
 //! and last epoch ([`segment_name`]). A checkpoint file is written in frames
 //! ([`CheckpointEncoder`]), so that a writer never holds a whole partition, and ends with a
 //! hash (the first format, [`CHECKPOINT_MAGIC`], a hash then the whole partition
-//! compressed, is still read). A torn or altered file fails its
+//! compressed, and the second, [`CHECKPOINT_FRAMED_MAGIC`], framed with each value an
+//! array of bytes, are still read). A torn or altered file fails its
 //! hash; readers then take its epochs from another segment (segments may overlap: a
 //! compaction archived but not applied before a crash is archived again, perhaps longer)
 //! and start from an older checkpoint.
@@ -519,7 +520,10 @@ mod tests {
         assert!(decode_checkpoint(&altered, PartitionId(2), Epoch(9)).is_err());
         // The first format still reads.
         let old = seal(CHECKPOINT_MAGIC, &codec::encode(&(2u32, Epoch(9), &rows)));
-        assert_eq!(decode_checkpoint(&old, PartitionId(2), Epoch(9)), Ok(rows.clone()));
+        assert_eq!(
+            decode_checkpoint(&old, PartitionId(2), Epoch(9)),
+            Ok(rows.clone())
+        );
         // So does the second: values as arrays of bytes, in two frames of rows.
         let mut second = CHECKPOINT_FRAMED_MAGIC.to_vec();
         second.extend(frame(&codec::encode(&(2u32, Epoch(9)))));
@@ -529,7 +533,10 @@ mod tests {
         second.extend(0u32.to_be_bytes());
         let hash = blake3::hash(&second);
         second.extend(hash.as_bytes());
-        assert_eq!(decode_checkpoint(&second, PartitionId(2), Epoch(9)), Ok(rows));
+        assert_eq!(
+            decode_checkpoint(&second, PartitionId(2), Epoch(9)),
+            Ok(rows)
+        );
     }
 
     #[test]

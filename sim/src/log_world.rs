@@ -1015,7 +1015,8 @@ impl LogWorld {
             // checks archives. An archive write ahead of a compaction only takes time.
             Output::LeaderKnown(_) | Output::Archive(_) => {}
             Output::ArchiveAhead(_) => {
-                let delay = 50 + self.rng.below(4 * self.params.disk_delay_max_us);
+                // A fixed delay: no draw, so the faults' random stream is the one it was.
+                let delay = 2 * self.params.disk_delay_max_us;
                 let life = self.nodes[idx(id)].life;
                 let event = Event::Archived { node: id, life };
                 self.queue.schedule(self.now.plus_us(delay), event);

@@ -232,6 +232,9 @@ impl Pipeline {
             match effect {
                 // No disk here: the write is durable at once, and nothing is archived.
                 replica::Output::Archive(_) => {}
+                replica::Output::ArchiveAhead(_) => {
+                    self.queue.push_back(To::Replica(replica::Input::Archived))
+                }
                 replica::Output::Persist(write) => self
                     .queue
                     .push_back(To::Replica(replica::Input::Persisted { write: write.id })),

@@ -1386,7 +1386,7 @@ fn message(rng: &mut DetRng) -> Message {
         27 => Message::Tables,
         28 => Message::TablesReply((0..rng.below(4)).map(|_| table(rng)).collect()),
         30 => Message::LogRead { from: epoch(rng) },
-        31 => Message::LogReply(match rng.below(3) {
+        31 => Message::LogReply(match rng.below(4) {
             0 => LogReply::Batches {
                 commit: epoch(rng),
                 batches: (0..rng.below(3)).map(|_| Arc::new(batch(rng))).collect(),
@@ -1394,6 +1394,7 @@ fn message(rng: &mut DetRng) -> Message {
             1 => LogReply::Compacted {
                 log_start: epoch(rng),
             },
+            2 => LogReply::Denied("reading the log takes an operator's certificate".into()),
             _ => LogReply::NoLog,
         }),
         29 => Message::Applied {

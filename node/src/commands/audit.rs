@@ -12,7 +12,7 @@ use crate::builder::NodeBuilder;
 use crate::cli::{AuditArgs, HistoryArgs};
 use crate::storage::FjallStore;
 use anyhow::{Context, Result, bail};
-use detflow_client::{Client, LogReply, Tls};
+use detflow_client::{Client, LogReply};
 use detflow_executor::{MemStore, StateDigest, Store, recorded_digests};
 use detflow_protocol::{Epoch, Key, Owner, PartitionId, Value};
 use detflow_scheduler::PartitionMap;
@@ -273,7 +273,7 @@ pub(crate) async fn run_live(args: &AuditArgs, builder: &NodeBuilder) -> Result<
         },
         builder,
     )?;
-    let client = Client::connect(args.connect.clone(), Tls::from_dir(&args.certs, "client")?)
+    let client = Client::connect(args.connect.clone(), super::operator_tls(&args.certs)?)
         .await
         .context("connecting to the cluster")?;
     let result = audit_live(&history, &client).await;
@@ -340,6 +340,7 @@ async fn audit_live(history: &History, client: &Client) -> Result<bool> {
                 crate::archive::describe(&history.archive().segments()?)
             ),
             LogReply::NoLog => bail!("no node runs a sequencer replica"),
+            LogReply::Denied(why) => bail!("the cluster refused to give its log: {why}"),
         };
         for batch in batches.iter().take_while(|b| b.epoch <= last) {
             replayer.apply(batch)?;

@@ -2,7 +2,7 @@
 
 use crate::cli::CheckpointArgs;
 use anyhow::{Result, bail};
-use detflow_client::{CheckpointAnswer, Client, Tls};
+use detflow_client::{CheckpointAnswer, Client};
 use detflow_protocol::Epoch;
 use std::collections::BTreeMap;
 
@@ -17,7 +17,7 @@ pub(crate) async fn run(args: &CheckpointArgs) -> Result<bool> {
     let connect = &args.connect;
     let client = Client::connect(
         connect.connect.clone(),
-        Tls::from_dir(&connect.certs, "client")?,
+        super::operator_tls(&connect.certs)?,
     )
     .await?;
     let at = match args.at {

@@ -15,3 +15,16 @@ pub(crate) mod nemesis;
 pub(crate) mod node;
 pub(crate) mod sql;
 pub(crate) mod status;
+
+/// The operator's TLS material under `certs` (`operator.pem`, `operator.key`, `ca.pem`):
+/// what reading the whole log and asking for checkpoints take.
+fn operator_tls(certs: &std::path::Path) -> anyhow::Result<detflow_client::Tls> {
+    use anyhow::Context;
+    detflow_client::Tls::from_dir(certs, crate::certs::OPERATOR_NAME).with_context(|| {
+        format!(
+            "reading the log and asking for checkpoints take an operator's certificate, \
+             operator.pem, which `detflow certs` writes beside client.pem (looked under {})",
+            certs.display()
+        )
+    })
+}

@@ -9,12 +9,12 @@ use crate::config::Access;
 use crate::session::SessionKey;
 use crate::transport::{Connection, FrameReader, FrameWriter};
 use detflow_executor::Registry;
-use detflow_protocol::NodeId;
 use detflow_protocol::message::{
     Call, CheckpointAnswer, ClientRequest, LogReply, Message, Rejection, Reply,
 };
 use detflow_protocol::snapshot::{SnapshotError, SnapshotRead, SnapshotReply};
 use detflow_protocol::stream::{Offset, StreamReply};
+use detflow_protocol::{NodeId, PartitionId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -39,14 +39,32 @@ pub(super) struct ClientService {
     pub(super) registry: Arc<Registry>,
 }
 
+/// Who a client is, as its certificate says.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// Its certificate's fingerprint: it owns the sessions it opens.
+    fingerprint: [u8; 32],
+    /// Whether its certificate names it an operator.
+    operator: bool,
+}
+
+/// Why a client that is no operator may not read the log or ask for checkpoints.
+const OPERATORS_ONLY: &str = "reading the log and asking for checkpoints take an operator's \
+    certificate (operator.pem, which `detflow certs` writes beside client.pem)";
+
 pub(super) async fn serve_client(conn: Connection, service: Arc<ClientService>) {
     let fingerprint = conn.peer_fingerprint();
+    let operator = conn.peer_is_operator();
     loop {
         let (writer, reader) = match conn.accept_bi().await {
             Ok(stream) => stream,
             Err(_) => return,
         };
-        tokio::spawn(serve_stream(writer, reader, service.clone(), fingerprint));
+        let peer = Peer {
+            fingerprint,
+            operator,
+        };
+        tokio::spawn(serve_stream(writer, reader, service.clone(), peer));
     }
 }
 
@@ -58,7 +76,7 @@ async fn serve_stream(
     writer: FrameWriter,
     mut reader: FrameReader,
     service: Arc<ClientService>,
-    fingerprint: [u8; 32],
+    peer: Peer,
 ) {
     let (answers, ready) = mpsc::unbounded_channel::<(Message, OwnedSemaphorePermit)>();
     let write = tokio::spawn(write_answers(writer, ready));
@@ -94,7 +112,7 @@ async fn serve_stream(
         };
         let (service, answers) = (service.clone(), answers.clone());
         tokio::spawn(async move {
-            let answer = service.answer(request, &fingerprint).await;
+            let answer = service.answer(request, &peer).await;
             let _ = answers.send((answer, permit));
         });
     }
@@ -139,7 +157,8 @@ async fn write_answers(
 
 impl ClientService {
     /// The answer to one client request.
-    async fn answer(&self, request: ClientRequest, fingerprint: &[u8; 32]) -> Message {
+    async fn answer(&self, request: ClientRequest, peer: &Peer) -> Message {
+        let fingerprint = &peer.fingerprint;
         let (client, seq, reply) = match request {
             ClientRequest::OpenSession => {
                 let (client, token) = self.sessions.issue(fingerprint);
@@ -149,7 +168,19 @@ impl ClientService {
                 return Message::StatusReply(status(&self.stats, self.me, self.clock));
             }
             ClientRequest::Tables => return Message::TablesReply(self.registry.tables()),
+            // The log holds every client's calls and arguments; checkpoints cost the
+            // whole cluster's disk: operators only.
+            ClientRequest::LogRead { .. } if !peer.operator => {
+                return Message::LogReply(LogReply::Denied(OPERATORS_ONLY.into()));
+            }
             ClientRequest::LogRead { from } => return Message::LogReply(self.read_log(from).await),
+            ClientRequest::Checkpoint { .. } if !peer.operator => {
+                let denied =
+                    |p: &PartitionId| (*p, CheckpointAnswer::Refused(OPERATORS_ONLY.into()));
+                return Message::CheckpointReply(
+                    self.router.executors.keys().map(denied).collect(),
+                );
+            }
             ClientRequest::Checkpoint { at } => {
                 return Message::CheckpointReply(self.checkpoint(at).await);
             }
