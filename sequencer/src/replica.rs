@@ -1974,9 +1974,9 @@ impl Replica {
         }
     }
 
-    /// The archive holds the entries asked for, through some epoch: drops from the log what
-    /// of them it still holds, keeping what they mean for de-duplication as the new snapshot; then
-    /// asks for the next archive if a compaction asked further meanwhile.
+    /// The archive holds the entries asked for: drops from the log what of them it still
+    /// holds, keeping what they mean for de-duplication as the new snapshot; then asks for
+    /// the next archive if a compaction asked further meanwhile.
     fn on_archived(&mut self, out: &mut Vec<Output>) {
         let Some(through) = self.archiving.take() else {
             return;
