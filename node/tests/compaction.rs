@@ -501,7 +501,12 @@ fn a_node_that_lost_its_data_directory_copies_its_partitions_from_their_other_re
     runtime().block_on(async {
         let mut cluster = common::cluster::builder(3, 3, "bank")
             .replication(2)
-            .configure(|c| c.compact_every_epochs = COMPACT_EVERY_EPOCHS)
+            .configure(|c| {
+                c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
+                // Without checkpoints the log compacts as soon as every replica applied,
+                // and nothing in the archive could restore the partitions: they must copy.
+                c.checkpoint_every_epochs = 0;
+            })
             .start()
             .expect("start the cluster");
         with_budget(Duration::from_secs(120), rejoin_by_copy(&mut cluster)).await;
