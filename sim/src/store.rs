@@ -107,6 +107,18 @@ impl Store for SimStore {
         self.mem.scan_from(prefix, from, limit)
     }
 
+    // The memory store's range read: the default copies the whole prefix per chunk, which
+    // made every snapshot scan quadratic (a ycsb seed took 2.6 s instead of 0.1 s).
+    fn scan_range(
+        &self,
+        prefix: &Key,
+        from: std::ops::Bound<&Key>,
+        to: Option<&Key>,
+        limit: usize,
+    ) -> Vec<(Key, Value)> {
+        self.mem.scan_range(prefix, from, to, limit)
+    }
+
     fn put(&mut self, key: Key, value: Value) {
         self.epoch_writes.push((key.clone(), Some(value.clone())));
         self.mem.put(key, value);
