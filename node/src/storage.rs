@@ -459,21 +459,12 @@ impl CheckpointJob {
     /// The rows [`CheckpointJob::rows`] gives, one at a time, so that a writer need not
     /// hold them all.
     pub fn iter(&self) -> impl Iterator<Item = Result<(Key, Value), StorageError>> + '_ {
-        self.spaces
-            .iter()
-            .flat_map(|space| self.snapshot.iter(space))
-            .map(|guard| {
-                let (key, value) = guard
-                    .into_inner()
-                    .map_err(fjall_error(&self.path, "reading a checkpoint"))?;
-                let key = Key::from_bytes(key.to_vec())
-                    .map_err(|e| corrupt(&self.path, "key".into(), e.to_string()))?;
-                Ok((key, value.to_vec()))
-            })
-            .filter(|row| {
-                !row.as_ref()
-                    .is_ok_and(|(key, _)| differs_between_replicas(key))
-            })
+        self.iter_bytes().map(|row| {
+            let (key, value) = row?;
+            let key = Key::from_bytes(key.to_vec())
+                .map_err(|e| corrupt(&self.path, "key".into(), e.to_string()))?;
+            Ok((key, value.to_vec()))
+        })
     }
 }
 
