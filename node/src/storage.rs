@@ -43,7 +43,7 @@
 //! state keeps user rows in keyspace `user`, the executor's bookkeeping (`_sys` keys) in
 //! `system`, and its applied epoch and load marker in `meta`.
 
-use detflow_executor::{Store, differs_between_replicas, stored_differs_between_replicas};
+use detflow_executor::{Store, stored_differs_between_replicas};
 use detflow_protocol::{Epoch, Key, LogEntry, LogSnapshot, NodeId, Term, Value, codec};
 use detflow_sequencer::replica::{Durable, DurableError, LogWrite};
 use fjall::{
