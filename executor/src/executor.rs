@@ -1515,7 +1515,7 @@ impl<S: Store> Executor<S> {
     }
 
     /// This partition's answer to a snapshot read, now.
-    fn snapshot_part(&self, at: PartAt, op: &PartOp) -> SnapshotPart {
+    fn snapshot_part(&mut self, at: PartAt, op: &PartOp) -> SnapshotPart {
         let applied = self.applied_epoch();
         let oldest = self.versions.oldest();
         let (epoch, wanted) = match at {
@@ -1547,7 +1547,7 @@ impl<S: Store> Executor<S> {
         }
     }
 
-    fn read_snapshot(&self, epoch: Epoch, op: &PartOp) -> Result<PartRows, SnapshotError> {
+    fn read_snapshot(&mut self, epoch: Epoch, op: &PartOp) -> Result<PartRows, SnapshotError> {
         match op {
             PartOp::Epoch => Ok(PartRows::Nothing),
             PartOp::Get(keys) => {
