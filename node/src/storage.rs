@@ -857,11 +857,9 @@ impl FjallStore {
         Ok(value.map(|v| v.to_vec()))
     }
 
-    /// Every row of `space` under `prefix`, ascending: fjall's rows merged with the
-    /// overlay, which wins on equal keys and hides deleted ones.
-    /// The first `limit` rows under `prefix`, merging the epoch overlay over the tree.
-    /// At most `limit` rows under `prefix` from `from` on (the committed tree under the
-    /// epoch's pending writes).
+    /// At most `limit` rows of `space` under `prefix` from `from` on, ascending: fjall's
+    /// rows merged with the epoch's pending writes, which win on equal keys and hide
+    /// deleted ones.
     fn try_scan(
         &self,
         space: &Space,
