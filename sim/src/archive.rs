@@ -72,15 +72,36 @@ impl SimArchive {
         epoch: Epoch,
         rows: &[(Key, Value)],
     ) {
-        let name = format!(
-            "checkpoints/{}/{}",
-            format::checkpoint_dir_name(epoch),
-            format::checkpoint_file_name(partition)
-        );
-        self.files.insert(
-            name,
-            format::encode_checkpoint(partition, epoch, rows, FRAME_BYTES),
-        );
+        let (name, bytes) = checkpoint_file(partition, epoch, rows);
+        self.files.insert(name, bytes);
+    }
+
+    /// Writes a checkpoint as [`SimArchive::write_checkpoint`] does, interrupted by a
+    /// crash: what the crash left, drawn from `rng`.
+    pub(crate) fn write_checkpoint_crashing(
+        &mut self,
+        partition: PartitionId,
+        epoch: Epoch,
+        rows: &[(Key, Value)],
+        rng: &mut DetRng,
+    ) -> CrashedWrite {
+        let (name, bytes) = checkpoint_file(partition, epoch, rows);
+        let left = *rng.pick(&[
+            CrashedWrite::Absent,
+            CrashedWrite::Torn,
+            CrashedWrite::Whole,
+        ]);
+        match left {
+            CrashedWrite::Absent => {}
+            CrashedWrite::Torn => {
+                let cut = rng.below(bytes.len() as u64) as usize;
+                self.files.insert(name, bytes[..cut].to_vec());
+            }
+            CrashedWrite::Whole => {
+                self.files.insert(name, bytes);
+            }
+        }
+        left
     }
 
     /// The segments by first epoch, then last (the name order), with their bytes.
@@ -142,11 +163,13 @@ impl SimArchive {
 
     /// Where a re-execution to `at` starts, as `detflow replay` picks it: the last epoch at
     /// or before `at` with a readable checkpoint of every one of `partitions`, and the
-    /// state then; none without one.
+    /// state then; none without one. With `torn_as_empty` (a planted bug), a checkpoint
+    /// that does not read back counts as a partition without rows.
     pub(crate) fn start(
         &self,
         partitions: u32,
         at: Epoch,
+        torn_as_empty: bool,
     ) -> Option<(Epoch, BTreeMap<Key, Value>)> {
         let files: BTreeMap<(Epoch, PartitionId), &[u8]> = self
             .files
@@ -161,13 +184,33 @@ impl SimArchive {
             })
             .collect();
         let index: Vec<(Epoch, PartitionId)> = files.keys().copied().collect();
-        let read = |e, p| format::decode_checkpoint(files[&(e, p)], p, e);
+        let read = |e, p| match format::decode_checkpoint(files[&(e, p)], p, e) {
+            Err(_) if torn_as_empty => Ok(Default::default()),
+            read => read,
+        };
         let (epoch, rows) = format::readable_checkpoints(&index, partitions, at, read, drop)?;
         Some((
             epoch,
             rows.into_iter().flat_map(format::replay_rows).collect(),
         ))
     }
+}
+
+/// A checkpoint's path and bytes.
+fn checkpoint_file(
+    partition: PartitionId,
+    epoch: Epoch,
+    rows: &[(Key, Value)],
+) -> (String, Vec<u8>) {
+    let name = format!(
+        "checkpoints/{}/{}",
+        format::checkpoint_dir_name(epoch),
+        format::checkpoint_file_name(partition)
+    );
+    (
+        name,
+        format::encode_checkpoint(partition, epoch, rows, FRAME_BYTES),
+    )
 }
 
 /// A segment's path and bytes; none for no entries.

@@ -236,10 +236,12 @@ pub struct FaultCounts {
     pub disks_lost: u64,
     /// Partition replicas rebuilt by copying another replica's state.
     pub state_transfers: u64,
-    /// Replicas crashed in the middle of an archive write.
+    /// Replicas crashed in the middle of an archive write (a segment or a checkpoint).
     pub archive_crashes: u64,
     /// Of those, the ones that left a torn segment under its final name.
     pub torn_segments: u64,
+    /// Of those, the ones that left a torn checkpoint under its final name.
+    pub torn_checkpoints: u64,
 }
 
 impl FaultCounts {
@@ -257,6 +259,7 @@ impl FaultCounts {
         self.state_transfers += other.state_transfers;
         self.archive_crashes += other.archive_crashes;
         self.torn_segments += other.torn_segments;
+        self.torn_checkpoints += other.torn_checkpoints;
     }
 }
 
@@ -265,7 +268,7 @@ impl fmt::Display for FaultCounts {
         write!(
             f,
             "faults: crashes={} restarts={} partitions={} resets={} torn_writes={} duplicates={} delay_spikes={} silent_drops={} disks_lost={} \
-             state_transfers={} archive_crashes={} torn_segments={}",
+             state_transfers={} archive_crashes={} torn_segments={} torn_checkpoints={}",
             self.crashes,
             self.restarts,
             self.partitions,
@@ -277,7 +280,8 @@ impl fmt::Display for FaultCounts {
             self.disks_lost,
             self.state_transfers,
             self.archive_crashes,
-            self.torn_segments
+            self.torn_segments,
+            self.torn_checkpoints
         )
     }
 }

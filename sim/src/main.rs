@@ -149,6 +149,8 @@ enum Bug {
     ArchiveShort,
     /// The archive reader stops at the first segment that does not read back.
     ArchiveStopsAtTorn,
+    /// The archive reader takes a checkpoint that does not read back as an empty partition.
+    CheckpointTornAsEmpty,
 }
 
 impl Bug {
@@ -162,6 +164,7 @@ impl Bug {
             Bug::TransferResumesLate => "transfer-resumes-late",
             Bug::ArchiveShort => "archive-short",
             Bug::ArchiveStopsAtTorn => "archive-stops-at-torn",
+            Bug::CheckpointTornAsEmpty => "checkpoint-torn-as-empty",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -361,6 +364,7 @@ fn run(args: RunArgs) -> Result<bool> {
                 compact_past_slowest: matches!(args.bug, Some(Bug::CompactPastSlowest)),
             },
             archive_stops_at_torn: matches!(args.bug, Some(Bug::ArchiveStopsAtTorn)),
+            checkpoint_torn_as_empty: matches!(args.bug, Some(Bug::CheckpointTornAsEmpty)),
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;

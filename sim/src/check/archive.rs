@@ -125,7 +125,7 @@ fn replay_to(
     let archive = &run.archives[r].archive;
     let (start, state) = run
         .checkpoint_archive
-        .start(run.map.partitions(), at)
+        .start(run.map.partitions(), at, run.checkpoint_torn_as_empty)
         .unwrap_or_else(|| (Epoch(0), run.initial.iter().cloned().collect()));
     if start < at
         && !ranges

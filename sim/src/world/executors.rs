@@ -1,6 +1,7 @@
 //! Driving the partition executors and their simulated stores.
 
 use super::*;
+use crate::archive::CrashedWrite;
 
 impl World {
     pub(super) fn executor_message(&mut self, p: u32, from: Addr, msg: Msg) {
@@ -386,12 +387,44 @@ impl World {
             Some(_) => {}
             None => {
                 // Replicas write the same bytes under the same name: one file serves all.
-                self.checkpoint_archive
-                    .write_checkpoint(id.partition, epoch, &rows);
-                self.checkpoints.insert((id.partition, epoch), (id, rows));
+                if !self.write_checkpoint(p, epoch, rows) {
+                    return;
+                }
             }
         }
         self.executor_input(p, detflow_executor::Input::Checkpointed { epoch });
+    }
+
+    /// Writes executor `p`'s checkpoint after `epoch` to the archive; whether it did,
+    /// rather than crash midway (leaving no file, a whole one or a torn one, which the
+    /// executor never hears of: its last checkpoint stays the one before).
+    fn write_checkpoint(&mut self, p: u32, epoch: Epoch, rows: Vec<(Key, Value)>) -> bool {
+        let id = self.executors[p as usize].id;
+        let chance = self.plan.archive_crash_chance;
+        if self.healed || chance == 0.0 || !self.archive_rng.chance(chance) {
+            self.checkpoint_archive
+                .write_checkpoint(id.partition, epoch, &rows);
+            self.checkpoints.insert((id.partition, epoch), (id, rows));
+            return true;
+        }
+        let left = self.checkpoint_archive.write_checkpoint_crashing(
+            id.partition,
+            epoch,
+            &rows,
+            &mut self.archive_rng,
+        );
+        self.counts.archive_crashes += 1;
+        match left {
+            CrashedWrite::Torn => self.counts.torn_checkpoints += 1,
+            // Renamed before the crash: it is in the archive, readable.
+            CrashedWrite::Whole => {
+                self.checkpoints.insert((id.partition, epoch), (id, rows));
+            }
+            CrashedWrite::Absent => {}
+        }
+        let downtime = self.rng.range(100, 10_000);
+        self.crash(Addr::Executor(p), downtime);
+        false
     }
 
     /// A replica compacted its log through `through`: every partition must have a

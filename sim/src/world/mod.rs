@@ -205,6 +205,10 @@ pub struct SimConfig {
     /// Planted archive-reader bug (checker tests only): reading stops at the first
     /// segment that does not read back instead of passing over it.
     pub archive_stops_at_torn: bool,
+    /// Planted archive-reader bug (checker tests only): a checkpoint that does not read
+    /// back counts as a partition without rows, instead of sending the re-execution to an
+    /// earlier complete set.
+    pub checkpoint_torn_as_empty: bool,
 }
 
 impl SimConfig {
@@ -246,6 +250,7 @@ impl SimConfig {
             session_bugs: SessionBugs::default(),
             gateway_bugs: detflow_gateway::GatewayBugs::default(),
             archive_stops_at_torn: false,
+            checkpoint_torn_as_empty: false,
         }
     }
 }
@@ -352,6 +357,7 @@ pub(crate) struct Outcome {
     /// The archive reader stops at the first segment that does not read back (a planted
     /// bug).
     pub(crate) archive_stops_at_torn: bool,
+    pub(crate) checkpoint_torn_as_empty: bool,
 }
 
 /// A replica's archive at the end of a run, and what it must hold.
@@ -924,6 +930,7 @@ impl World {
             archives,
             checkpoint_archive: self.checkpoint_archive,
             archive_stops_at_torn: self.config.archive_stops_at_torn,
+            checkpoint_torn_as_empty: self.config.checkpoint_torn_as_empty,
         }
     }
 
