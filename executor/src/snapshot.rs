@@ -85,8 +85,6 @@ struct Applied {
     /// (a key may repeat, and its first entry counts), sorted by key with one entry per
     /// key once the epoch is applied.
     unfolded: Vec<(Key, Option<Value>)>,
-    /// Whether `unfolded` is sorted and has one entry per key.
-    sorted: bool,
 }
 
 impl Applied {
@@ -96,13 +94,13 @@ impl Applied {
             at,
             keys: Vec::new(),
             unfolded: Vec::new(),
-            sorted: true,
         }
     }
 
-    /// This epoch's unfolded before-image of `key`, if it has one.
-    fn unfolded_image(&self, key: &Key) -> Option<&Option<Value>> {
-        match self.sorted {
+    /// This epoch's unfolded before-image of `key`, if it has one; `applied` says whether
+    /// the epoch is, and so whether its list is sorted.
+    fn unfolded_image(&self, key: &Key, applied: bool) -> Option<&Option<Value>> {
+        match applied {
             true => (self.unfolded)
                 .binary_search_by(|(k, _)| k.cmp(key))
                 .ok()
@@ -196,7 +194,6 @@ impl Versions {
         self.versions += 1;
         let last = self.epochs.back_mut().expect("just pushed");
         last.unfolded.push((key.clone(), before));
-        last.sorted = false;
     }
 
     /// Epoch `epoch` is wholly applied, at `now`: it becomes readable, and epochs that left
@@ -208,22 +205,17 @@ impl Versions {
             _ => self.epochs.push_back(Applied::new(epoch, now)),
         }
         let last = self.epochs.back_mut().expect("just pushed");
-        if !last.sorted {
-            // A stable sort keeps each key's first write of the epoch first.
-            last.unfolded.sort_by(|a, b| a.0.cmp(&b.0));
-            let before = std::mem::take(&mut last.unfolded);
-            let mut kept: Vec<(Key, Option<Value>)> = Vec::with_capacity(before.len());
-            for (key, value) in before {
-                if kept.last().is_some_and(|(k, _)| *k == key) {
-                    self.bytes -= version_bytes(&key, &value);
-                    self.versions -= 1;
-                } else {
-                    kept.push((key, value));
-                }
+        // A stable sort keeps each key's first write of the epoch first, and `dedup_by`
+        // keeps the first of equal neighbours.
+        last.unfolded.sort_by(|a, b| a.0.cmp(&b.0));
+        last.unfolded.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                self.bytes -= version_bytes(&later.0, &later.1);
+                self.versions -= 1;
             }
-            last.unfolded = kept;
-            last.sorted = true;
-        }
+            same
+        });
         self.reclaim(now);
     }
 
@@ -301,7 +293,6 @@ impl Versions {
                 chain.push_back((applied.epoch, value));
                 applied.keys.push(key);
             }
-            applied.sorted = true;
         }
     }
 
@@ -332,7 +323,7 @@ impl Versions {
         }
         (self.epochs.iter())
             .filter(|a| a.epoch > at && !a.unfolded.is_empty())
-            .find_map(|a| a.unfolded_image(key))
+            .find_map(|a| a.unfolded_image(key, a.epoch <= self.applied))
     }
 
     /// The rows of `range` after key `after` as they were after epoch `at`, ascending, at

@@ -47,6 +47,11 @@ impl SimArchive {
         let Some((name, bytes)) = segment_file(entries) else {
             return CrashedWrite::Absent;
         };
+        self.write_crashing(name, bytes, rng)
+    }
+
+    /// Writes file `name` interrupted by a crash: what the crash left, drawn from `rng`.
+    fn write_crashing(&mut self, name: String, bytes: Vec<u8>, rng: &mut DetRng) -> CrashedWrite {
         let left = *rng.pick(&[
             CrashedWrite::Absent,
             CrashedWrite::Torn,
@@ -86,22 +91,7 @@ impl SimArchive {
         rng: &mut DetRng,
     ) -> CrashedWrite {
         let (name, bytes) = checkpoint_file(partition, epoch, rows);
-        let left = *rng.pick(&[
-            CrashedWrite::Absent,
-            CrashedWrite::Torn,
-            CrashedWrite::Whole,
-        ]);
-        match left {
-            CrashedWrite::Absent => {}
-            CrashedWrite::Torn => {
-                let cut = rng.below(bytes.len() as u64) as usize;
-                self.files.insert(name, bytes[..cut].to_vec());
-            }
-            CrashedWrite::Whole => {
-                self.files.insert(name, bytes);
-            }
-        }
-        left
+        self.write_crashing(name, bytes, rng)
     }
 
     /// The segments by first epoch, then last (the name order), with their bytes.

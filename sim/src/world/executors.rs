@@ -400,8 +400,7 @@ impl World {
     /// executor never hears of: its last checkpoint stays the one before).
     fn write_checkpoint(&mut self, p: u32, epoch: Epoch, rows: Vec<(Key, Value)>) -> bool {
         let id = self.executors[p as usize].id;
-        let chance = self.plan.archive_crash_chance;
-        if self.healed || chance == 0.0 || !self.archive_rng.chance(chance) {
+        if !self.archive_write_crashes() {
             self.checkpoint_archive
                 .write_checkpoint(id.partition, epoch, &rows);
             self.checkpoints.insert((id.partition, epoch), (id, rows));
@@ -413,7 +412,6 @@ impl World {
             &rows,
             &mut self.archive_rng,
         );
-        self.counts.archive_crashes += 1;
         match left {
             CrashedWrite::Torn => self.counts.torn_checkpoints += 1,
             // Renamed before the crash: it is in the archive, readable.
@@ -422,8 +420,7 @@ impl World {
             }
             CrashedWrite::Absent => {}
         }
-        let downtime = self.rng.range(100, 10_000);
-        self.crash(Addr::Executor(p), downtime);
+        self.crash_in_archive_write(Addr::Executor(p));
         false
     }
 

@@ -132,8 +132,7 @@ impl World {
     /// Writes `entries` to replica `r`'s archive; whether it did, rather than crash
     /// midway.
     fn archive(&mut self, r: u32, entries: &[LogEntry]) -> bool {
-        let chance = self.plan.archive_crash_chance;
-        if self.healed || chance == 0.0 || !self.archive_rng.chance(chance) {
+        if !self.archive_write_crashes() {
             self.replicas[r as usize].archive.write_segment(entries);
             return true;
         }
@@ -141,13 +140,24 @@ impl World {
         let left = node
             .archive
             .write_segment_crashing(entries, &mut self.archive_rng);
-        self.counts.archive_crashes += 1;
         if left == crate::archive::CrashedWrite::Torn {
             self.counts.torn_segments += 1;
         }
-        let downtime = self.rng.range(100, 10_000);
-        self.crash(Addr::Replica(r), downtime);
+        self.crash_in_archive_write(Addr::Replica(r));
         false
+    }
+
+    /// Whether the archive write about to happen is interrupted by a crash.
+    pub(super) fn archive_write_crashes(&mut self) -> bool {
+        let chance = self.plan.archive_crash_chance;
+        !self.healed && chance > 0.0 && self.archive_rng.chance(chance)
+    }
+
+    /// Crashes `addr` in the middle of an archive write.
+    pub(super) fn crash_in_archive_write(&mut self, addr: Addr) {
+        self.counts.archive_crashes += 1;
+        let downtime = self.rng.range(100, 10_000);
+        self.crash(addr, downtime);
     }
 
     pub(super) fn persist(&mut self, r: u32, write: LogWrite) {
