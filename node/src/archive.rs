@@ -43,7 +43,8 @@
 //! epoch, moved back to the last checkpoint at or before it, and the checkpoints before
 //! that one, so that what remains replays on its own. [`Retention`] picks that epoch from
 //! the node's limits: the last `archive_retain_epochs` epochs, `archive_retain_bytes`
-//! bytes, files younger than `archive_retain_secs` (each if set; the strictest wins).
+//! bytes (4 GiB unless set), files younger than `archive_retain_secs` (each if set; the
+//! strictest wins).
 
 use anyhow::{Context, Result, anyhow, bail};
 use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value};

@@ -15,7 +15,7 @@
 //!                                 # limit); a node writes one checkpoint at a time
 //! # archive_dir = "archive"       # where dropped epochs go; default DATA_DIR/archive
 //! # archive_retain_epochs = 1000000   # keep the last N epochs there; default all
-//! # archive_retain_bytes = 10000000000 # and at most N bytes of it; default all
+//! # archive_retain_bytes = 4294967296 # and at most N bytes of it; default 4 GiB, 0 = all
 //! # archive_retain_secs = 604800      # and what was written in the last N s; default all
 //! # TPC-C sizing (workload = "tpcc" only; every node of a cluster must agree):
 //! # warehouses = 8                # default: one per partition; at least one per partition
@@ -204,9 +204,10 @@ pub struct Config {
     /// Keep only the segments holding the last this many epochs (default: keep all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_retain_epochs: Option<u64>,
-    /// Keep at most this many bytes of segments and checkpoints (default: keep all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive_retain_bytes: Option<u64>,
+    /// Keep at most this many bytes of segments and checkpoints (default 4 GiB, so that a
+    /// node's disk stays bounded; 0: no byte limit).
+    #[serde(default = "default_archive_retain_bytes")]
+    pub archive_retain_bytes: u64,
     /// Keep only what was archived in the last this many seconds (default: keep all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_retain_secs: Option<u64>,
@@ -256,6 +257,13 @@ pub(crate) fn default_checkpoint_every_epochs() -> u64 {
 /// See [`Config::checkpoint_mib_per_sec`].
 pub(crate) fn default_checkpoint_mib_per_sec() -> u64 {
     16
+}
+
+/// 4 GiB: the archive sits in the data directory by default, and a data directory must not
+/// grow without bound. It holds about 15 minutes of TPC-C W=8 at full load (checkpoints
+/// included) and hours of bank.
+pub(crate) fn default_archive_retain_bytes() -> u64 {
+    4 << 30
 }
 
 /// A configuration that cannot be used.
@@ -459,6 +467,15 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("archive"))
     }
+
+    /// How much of the archive to keep, from the `archive_retain_*` settings.
+    pub fn archive_retention(&self) -> crate::archive::Retention {
+        crate::archive::Retention {
+            epochs: self.archive_retain_epochs,
+            bytes: (self.archive_retain_bytes > 0).then_some(self.archive_retain_bytes),
+            secs: self.archive_retain_secs,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -480,7 +497,7 @@ mod tests {
             checkpoint_mib_per_sec: 16,
             archive_dir: None,
             archive_retain_epochs: None,
-            archive_retain_bytes: None,
+            archive_retain_bytes: default_archive_retain_bytes(),
             archive_retain_secs: None,
             metrics_listen: None,
             tls: TlsPaths {
@@ -509,6 +526,25 @@ mod tests {
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
         assert!(c.validate().is_ok());
         assert_eq!(c.partitions(), 2);
+    }
+
+    #[test]
+    fn the_archive_is_bounded_by_default_and_unbounded_on_request() {
+        let mut text = config().to_toml();
+        text = text
+            .lines()
+            .filter(|l| !l.starts_with("archive_retain_bytes"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let unset: Config = toml::from_str(&text).unwrap();
+        assert_eq!(unset.archive_retention().bytes, Some(4 << 30));
+        assert_eq!(unset.archive_retention().epochs, None);
+        let all: Config = toml::from_str(&text.replace(
+            "compact_every_epochs",
+            "archive_retain_bytes = 0\ncompact_every_epochs",
+        ))
+        .unwrap();
+        assert!(all.archive_retention().keeps_all());
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Builder {
                 checkpoint_mib_per_sec: crate::config::default_checkpoint_mib_per_sec(),
                 archive_dir: None,
                 archive_retain_epochs: None,
-                archive_retain_bytes: None,
+                archive_retain_bytes: crate::config::default_archive_retain_bytes(),
                 archive_retain_secs: None,
                 metrics_listen: metrics,
                 tls: TlsPaths {

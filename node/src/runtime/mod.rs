@@ -247,11 +247,7 @@ impl Node {
             let executors = placement.executors().collect();
             let archive = replica::ArchiveSink {
                 archive: crate::archive::Archive::new(&config.archive_dir()),
-                retention: crate::archive::Retention {
-                    epochs: config.archive_retain_epochs,
-                    bytes: config.archive_retain_bytes,
-                    secs: config.archive_retain_secs,
-                },
+                retention: config.archive_retention(),
             };
             starts.push(Box::new(move |router| {
                 Box::pin(replica::replica_task(
