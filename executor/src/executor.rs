@@ -1401,19 +1401,24 @@ impl<S: Store> Executor<S> {
             self.bug_skipped_in = Some(self.next_epoch);
             return;
         }
-        if !is_system_key(&key) {
-            let old = self.store.get(&key);
-            // Planted bug `digest_ignores_deletes`.
-            if !(self.bugs.digest_ignores_deletes && value.is_none()) {
-                self.running_digest()
-                    .replace(&key, old.as_ref(), value.as_ref());
+        if is_system_key(&key) {
+            match value {
+                Some(v) => self.store.put(key, v),
+                None => self.store.delete(&key),
             }
-            self.versions.before_write(self.next_epoch, &key, || old);
+            return;
         }
-        match value {
-            Some(v) => self.store.put(key, v),
-            None => self.store.delete(&key),
+        // Planted bug `digest_ignores_deletes`.
+        let digested = !(self.bugs.digest_ignores_deletes && value.is_none());
+        if digested {
+            // Before the store changes: the first use computes the digest from it.
+            self.running_digest().replace(&key, None, value.as_ref());
         }
+        let old = self.store.replace(key.clone(), value);
+        if digested {
+            self.running_digest().replace(&key, old.as_ref(), None);
+        }
+        self.versions.before_write(self.next_epoch, key, old);
     }
 
     /// The digest of the user rows as they stand: the one recorded with the last applied

@@ -179,21 +179,15 @@ impl Versions {
     }
 
     /// Keeps `key`'s value before its first write in `epoch` (the epoch in progress):
-    /// `current` gives the value before this write, and only the epoch's first counts.
-    pub(crate) fn before_write(
-        &mut self,
-        epoch: Epoch,
-        key: &Key,
-        current: impl FnOnce() -> Option<Value>,
-    ) {
+    /// `before` is the value before this write, and only the epoch's first counts.
+    pub(crate) fn before_write(&mut self, epoch: Epoch, key: Key, before: Option<Value>) {
         if self.epochs.back().is_none_or(|a| a.epoch != epoch) {
             self.epochs.push_back(Applied::new(epoch, Time::ZERO));
         }
-        let before = current();
-        self.bytes += version_bytes(key, &before);
+        self.bytes += version_bytes(&key, &before);
         self.versions += 1;
         let last = self.epochs.back_mut().expect("just pushed");
-        last.unfolded.push((key.clone(), before));
+        last.unfolded.push((key, before));
     }
 
     /// Epoch `epoch` is wholly applied, at `now`: it becomes readable, and epochs that left
@@ -435,7 +429,7 @@ mod tests {
     ) {
         for (key, value) in writes {
             let key = k(*key);
-            v.before_write(Epoch(epoch), &key, || store.get(&key));
+            v.before_write(Epoch(epoch), key.clone(), store.get(&key));
             match value {
                 Some(b) => store.put(key, vec![*b]),
                 None => store.delete(&key),
@@ -478,7 +472,7 @@ mod tests {
             &[(2, None), (1, Some(3)), (1, Some(4))],
         );
         // Epoch 4 in progress: its first write is kept, so epoch 3 still reads as it was.
-        v.before_write(Epoch(4), &k(3), || store.get(&k(3)));
+        v.before_write(Epoch(4), k(3), store.get(&k(3)));
         store.delete(&k(3));
         for limit in [1, 2, 10] {
             assert_eq!(all(&mut v, &store, 0, limit), vec![]);
@@ -554,7 +548,7 @@ mod tests {
                     0 => None,
                     _ => Some(next(250) as u8),
                 };
-                v.before_write(Epoch(e), &k(key), || store.get(&k(key)));
+                v.before_write(Epoch(e), k(key), store.get(&k(key)));
                 match value {
                     Some(b) => store.put(k(key), vec![b]),
                     None => store.delete(&k(key)),

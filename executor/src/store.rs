@@ -47,6 +47,16 @@ pub trait Store {
     fn put(&mut self, key: Key, value: Value);
     /// Removes `key`.
     fn delete(&mut self, key: &Key);
+    /// Sets `key` to `value`, or removes it if `None`, and returns what it held: one
+    /// lookup where a `get` and a `put` take two, and the old value moved, not copied.
+    fn replace(&mut self, key: Key, value: Option<Value>) -> Option<Value> {
+        let old = self.get(&key);
+        match value {
+            Some(v) => self.put(key, v),
+            None => self.delete(&key),
+        }
+        old
+    }
     /// Marks every write so far as the effect of the log up to and including `epoch`.
     fn commit_epoch(&mut self, epoch: Epoch);
     /// The last epoch passed to `commit_epoch` (0 before any).
@@ -218,6 +228,14 @@ impl Store for MemStore {
 
     fn delete(&mut self, key: &Key) {
         self.space_mut(key).remove(key);
+    }
+
+    fn replace(&mut self, key: Key, value: Option<Value>) -> Option<Value> {
+        let space = self.space_mut(&key);
+        match value {
+            Some(v) => space.insert(key, v),
+            None => space.remove(&key),
+        }
     }
 
     fn commit_epoch(&mut self, epoch: Epoch) {

@@ -1004,6 +1004,20 @@ impl Store for FjallStore {
         self.space_mut(key).overlay.insert(key.clone(), None);
     }
 
+    fn replace(&mut self, key: Key, value: Option<Value>) -> Option<Value> {
+        if key.is_system() {
+            let old = self.get(&key);
+            self.space_mut(&key).overlay.insert(key, value);
+            return old;
+        }
+        let old = match &value {
+            Some(v) => self.mirror.insert(key.clone(), v.clone()),
+            None => self.mirror.remove(&key),
+        };
+        self.space_mut(&key).overlay.insert(key, value);
+        old
+    }
+
     fn commit_epoch(&mut self, epoch: Epoch) {
         assert!(epoch > self.applied, "epochs commit in increasing order");
         // Set first: a failed commit may have reached the journal partly.
@@ -1433,6 +1447,37 @@ mod tests {
         }
         let err = LogStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+
+    /// `replace` answers what `get` would have, and leaves what `put`/`delete` would, for
+    /// user rows (the mirror) and bookkeeping (fjall under the epoch's pending writes),
+    /// across a commit and a reopen.
+    #[test]
+    fn replace_returns_the_old_value_and_writes_like_put_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = Key::table("t").u64(1);
+        let system = Key::table(detflow_protocol::SYSTEM_TABLE)
+            .str("results")
+            .u64(1);
+        {
+            let mut store = FjallStore::open(dir.path()).unwrap();
+            for key in [&user, &system] {
+                assert_eq!(store.replace(key.clone(), Some(vec![1])), None);
+                assert_eq!(store.replace(key.clone(), Some(vec![2])), Some(vec![1]));
+            }
+            store.commit_epoch(Epoch(1));
+            for key in [&user, &system] {
+                assert_eq!(store.replace(key.clone(), None), Some(vec![2]));
+                assert_eq!(store.get(key), None);
+                assert_eq!(store.replace(key.clone(), Some(vec![3])), None);
+            }
+            store.commit_epoch(Epoch(2));
+            assert_eq!(store.replace(user.clone(), None), Some(vec![3]));
+            store.commit_epoch(Epoch(3));
+        }
+        let reopened = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get(&user), None);
+        assert_eq!(reopened.get(&system), Some(vec![3]));
     }
 
     /// A checkpoint is the state after its epoch, whatever the store does after it, less

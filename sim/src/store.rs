@@ -129,6 +129,11 @@ impl Store for SimStore {
         self.mem.delete(key);
     }
 
+    fn replace(&mut self, key: Key, value: Option<Value>) -> Option<Value> {
+        self.epoch_writes.push((key.clone(), value.clone()));
+        self.mem.replace(key, value)
+    }
+
     fn commit_epoch(&mut self, epoch: Epoch) {
         let writes = std::mem::take(&mut self.epoch_writes);
         self.disk.append(&codec::encode(&(epoch, &writes)));

@@ -36,6 +36,10 @@ const REPLICA: NodeId = NodeId(1);
 /// closes at the first) before the run counts as stuck.
 const TICKS_AT_END_MAX: usize = 1_000;
 
+/// The node's allocator, so that both sides pay what they would pay in `detflow`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "engine-overhead",
