@@ -40,7 +40,8 @@
 //! back.
 //!
 //! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
-//! epoch, moved back to the last checkpoint at or before it, and the checkpoints before
+//! epoch, moved back to the last complete checkpoint at or before it (every partition's
+//! file, each reading back), and the checkpoints before
 //! that one, so that what remains replays on its own. [`Retention`] picks that epoch from
 //! the node's limits: the last `archive_retain_epochs` epochs, `archive_retain_bytes`
 //! bytes (4 GiB unless set), files younger than `archive_retain_secs` (each if set; the
@@ -49,10 +50,11 @@
 use anyhow::{Context, Result, anyhow, bail};
 use detflow_protocol::{Batch, Epoch, Key, LogEntry, PartitionId, Value};
 use detflow_replay::archive::{self as format, segment_name};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use detflow_replay::archive::Rows;
 
@@ -105,6 +107,9 @@ impl Retention {
 #[derive(Clone, Debug)]
 pub struct Archive {
     dir: PathBuf,
+    /// Checkpoint files this handle has read back whole, by epoch and partition: files are
+    /// immutable, so retention checks each once.
+    verified: Arc<Mutex<BTreeSet<(Epoch, PartitionId)>>>,
 }
 
 impl Archive {
@@ -112,6 +117,7 @@ impl Archive {
     pub fn new(dir: &Path) -> Archive {
         Archive {
             dir: dir.to_path_buf(),
+            verified: Arc::default(),
         }
     }
 
@@ -196,15 +202,19 @@ impl Archive {
     }
 
     /// Deletes what replay after `epoch` no longer needs: with checkpoints, the segments
-    /// that end at or before the last checkpoint at or before `epoch` and the checkpoints
-    /// before it (nothing if none is that old); without, the segments that end at or
-    /// before `epoch`. How many files it deleted.
-    pub fn retain_after(&self, epoch: Epoch) -> Result<usize> {
+    /// that end at or before the last complete checkpoint at or before `epoch` (one that
+    /// every one of `partitions` has, each file reading back) and the checkpoints before
+    /// it (nothing if none is that old); without, the segments that end at or before
+    /// `epoch`. How many files it deleted.
+    ///
+    /// An incomplete newer set (a partition that skipped it or crashed writing it) keeps
+    /// the older complete one and the log after it: what remains always replays.
+    pub fn retain_after(&self, epoch: Epoch, partitions: u32) -> Result<usize> {
         let checkpoints = self.checkpoints()?;
         let cut = match checkpoints.is_empty() {
             true => epoch,
-            false => match checkpoints.iter().rev().find(|c| c.epoch <= epoch) {
-                Some(kept) => kept.epoch,
+            false => match self.newest_sound_checkpoint(&checkpoints, partitions, epoch)? {
+                Some(kept) => kept,
                 None => return Ok(0),
             },
         };
@@ -226,11 +236,46 @@ impl Archive {
         Ok(deleted)
     }
 
-    /// Applies `retention` to an archive whose last epoch is `last`, at wall-clock time
-    /// `now`; how many files it deleted.
+    /// The newest epoch at or before `at` at which every one of `partitions` has a
+    /// checkpoint among `files` that reads back (its hash checked, streamed).
+    fn newest_sound_checkpoint(
+        &self,
+        files: &[CheckpointFile],
+        partitions: u32,
+        at: Epoch,
+    ) -> Result<Option<Epoch>> {
+        let index: Vec<(Epoch, PartitionId)> =
+            files.iter().map(|f| (f.epoch, f.partition)).collect();
+        'epochs: for epoch in format::complete_checkpoints(&index, partitions, at) {
+            for file in files
+                .iter()
+                .filter(|f| f.epoch == epoch && f.partition.0 < partitions)
+            {
+                let key = (file.epoch, file.partition);
+                if self.verified.lock().expect("not poisoned").contains(&key) {
+                    continue;
+                }
+                if !checkpoint_reads_back(file)? {
+                    tracing::warn!(
+                        file = %file.path.display(),
+                        "an archived checkpoint does not read back (torn or altered); \
+                         retention keeps the checkpoint before it"
+                    );
+                    continue 'epochs;
+                }
+                self.verified.lock().expect("not poisoned").insert(key);
+            }
+            return Ok(Some(epoch));
+        }
+        Ok(None)
+    }
+
+    /// Applies `retention` to an archive of `partitions` partitions whose last epoch is
+    /// `last`, at wall-clock time `now`; how many files it deleted.
     pub fn retain(
         &self,
         retention: &Retention,
+        partitions: u32,
         last: Epoch,
         now: std::time::SystemTime,
     ) -> Result<usize> {
@@ -266,7 +311,7 @@ impl Archive {
         }
         match cut {
             Epoch(0) => Ok(0),
-            cut => self.retain_after(cut),
+            cut => self.retain_after(cut, partitions),
         }
     }
 
@@ -390,6 +435,43 @@ impl Archive {
             &index, partitions, at, read, warn,
         ))
     }
+}
+
+/// Whether a checkpoint file's content matches its hash. The framed formats keep the hash
+/// of everything before it in their last 32 bytes, checked while streaming the file; the
+/// first format is decoded whole.
+fn checkpoint_reads_back(file: &CheckpointFile) -> Result<bool> {
+    use std::io::Read;
+    let path = &file.path;
+    let mut reader = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 8];
+    if reader.read_exact(&mut magic).is_err() {
+        return Ok(false);
+    }
+    if magic != *format::CHECKPOINT_BINARY_MAGIC && magic != *format::CHECKPOINT_FRAMED_MAGIC {
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(format::decode_checkpoint(&bytes, file.partition, file.epoch).is_ok());
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&magic);
+    // The last 32 bytes read so far are held back: they may be the hash.
+    let mut tail: Vec<u8> = Vec::with_capacity(32);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut chunk)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        if tail.len() > 32 {
+            let hashed = tail.len() - 32;
+            hasher.update(&tail[..hashed]);
+            tail.drain(..hashed);
+        }
+    }
+    Ok(tail.len() == 32 && hasher.finalize().as_bytes()[..] == tail[..])
 }
 
 /// The entries of `dir` with their names; none if it does not exist.
@@ -590,7 +672,7 @@ mod tests {
         assert!(gap.contains("holds epoch 21"), "{gap}");
         assert!(gap.contains("torn or altered"), "{gap}");
         assert!(gap.contains("epochs 1..=20, 31..=40"), "{gap}");
-        assert_eq!(archive.retain_after(Epoch(14)).unwrap(), 2);
+        assert_eq!(archive.retain_after(Epoch(14), 1).unwrap(), 2);
         assert_eq!(
             describe(&archive.segments().unwrap()),
             "epochs 15..=20, 31..=40"
@@ -625,16 +707,22 @@ mod tests {
         assert_eq!((epoch, files.len()), (Epoch(8), 2));
         assert_eq!(archive.complete_checkpoint(2, Epoch(7)).unwrap(), None);
 
-        // Keeping epochs after 25 keeps the checkpoint at 16 and every segment after it.
-        assert_eq!(archive.retain_after(Epoch(25)).unwrap(), 3);
+        let left = |archive: &Archive| -> Vec<(u64, u32)> {
+            let files = archive.checkpoints().unwrap();
+            files.iter().map(|c| (c.epoch.0, c.partition.0)).collect()
+        };
+        // Keeping epochs after 25 keeps the last complete checkpoint (8, not 16, which
+        // partition 1 lacks) and every segment after it: what is left replays.
+        assert_eq!(archive.retain_after(Epoch(25), 2).unwrap(), 0);
+        assert_eq!(describe(&archive.segments().unwrap()), "epochs 1..=30");
+        assert_eq!(left(&archive), [(8, 0), (8, 1), (16, 0)]);
+        // Once 16 is complete, it is the one kept.
+        archive
+            .write_checkpoint(PartitionId(1), Epoch(16), &rows(5))
+            .unwrap();
+        assert_eq!(archive.retain_after(Epoch(25), 2).unwrap(), 3);
         assert_eq!(describe(&archive.segments().unwrap()), "epochs 11..=30");
-        let left: Vec<u64> = archive
-            .checkpoints()
-            .unwrap()
-            .iter()
-            .map(|c| c.epoch.0)
-            .collect();
-        assert_eq!(left, [16]);
+        assert_eq!(left(&archive), [(16, 0), (16, 1)]);
 
         // A checkpoint named for another partition than it holds is refused.
         let mut moved = file.clone();
@@ -664,6 +752,23 @@ mod tests {
         let (epoch, partitions) = archive.complete_checkpoint(2, Epoch(20)).unwrap().unwrap();
         assert_eq!(epoch, Epoch(8));
         assert_eq!(partitions, vec![rows(3), rows(3)]);
+        // Retention keeps the set replay starts from, not the torn one's.
+        assert_eq!(archive.retain_after(Epoch(20), 2).unwrap(), 0);
+        assert_eq!(archive.checkpoints().unwrap().len(), 4);
+        // A whole file reads back, streamed; a torn one, an empty one and one altered
+        // under a valid length do not.
+        let whole = archive.checkpoints().unwrap()[0].clone();
+        assert!(checkpoint_reads_back(&whole).unwrap());
+        assert!(!checkpoint_reads_back(&newest).unwrap());
+        fs::write(&newest.path, b"").unwrap();
+        assert!(!checkpoint_reads_back(&newest).unwrap());
+        let mut altered = bytes.clone();
+        altered[bytes.len() / 2] ^= 1;
+        fs::write(&newest.path, &altered).unwrap();
+        assert!(!checkpoint_reads_back(&newest).unwrap());
+        fs::write(&newest.path, &bytes).unwrap();
+        assert!(checkpoint_reads_back(&newest).unwrap());
+        assert_eq!(archive.retain_after(Epoch(20), 2).unwrap(), 2);
     }
 
     #[test]
@@ -739,7 +844,7 @@ mod tests {
         // Nothing set, or limits that hold: nothing goes.
         assert_eq!(
             archive
-                .retain(&Retention::default(), Epoch(40), now)
+                .retain(&Retention::default(), 1, Epoch(40), now)
                 .unwrap(),
             0
         );
@@ -748,13 +853,13 @@ mod tests {
             bytes: Some(1 << 30),
             secs: Some(3_600),
         };
-        assert_eq!(archive.retain(&roomy, Epoch(40), now).unwrap(), 0);
+        assert_eq!(archive.retain(&roomy, 1, Epoch(40), now).unwrap(), 0);
         // By size: the oldest segments go until the rest fits.
         let two = Retention {
             bytes: Some(sizes[2] + sizes[3]),
             ..Retention::default()
         };
-        assert_eq!(archive.retain(&two, Epoch(40), now).unwrap(), 2);
+        assert_eq!(archive.retain(&two, 1, Epoch(40), now).unwrap(), 2);
         assert_eq!(left(&archive), "epochs 21..=40");
         // By age: a segment written over an hour ago goes.
         let old = archive.segments().unwrap()[0].path.clone();
@@ -769,15 +874,15 @@ mod tests {
             secs: Some(3_600),
             ..Retention::default()
         };
-        assert_eq!(archive.retain(&hour, Epoch(40), now).unwrap(), 1);
+        assert_eq!(archive.retain(&hour, 1, Epoch(40), now).unwrap(), 1);
         assert_eq!(left(&archive), "epochs 31..=40");
         // By epochs, the strictest of the three.
         let five = Retention {
             epochs: Some(5),
             ..roomy
         };
-        assert_eq!(archive.retain(&five, Epoch(40), now).unwrap(), 0);
-        assert_eq!(archive.retain(&five, Epoch(45), now).unwrap(), 1);
+        assert_eq!(archive.retain(&five, 1, Epoch(40), now).unwrap(), 0);
+        assert_eq!(archive.retain(&five, 1, Epoch(45), now).unwrap(), 1);
         assert_eq!(left(&archive), "no epochs");
     }
 

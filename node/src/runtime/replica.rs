@@ -81,7 +81,10 @@ fn archive_entries(archive: &ArchiveSink, entries: &[LogEntry]) {
     // Age is measured by the files' times, on the wall clock.
     #[allow(clippy::disallowed_methods)]
     let now = std::time::SystemTime::now();
-    if let Err(e) = archive.archive.retain(&archive.retention, to, now) {
+    if let Err(e) = archive
+        .archive
+        .retain(&archive.retention, archive.partitions, to, now)
+    {
         fatal(format!("cannot apply the archive's retention: {e:#}"));
     }
 }
@@ -93,6 +96,8 @@ pub(super) struct ArchiveSink {
     pub(super) archive: Archive,
     /// How much of it to keep.
     pub(super) retention: crate::archive::Retention,
+    /// The cluster's partitions: a checkpoint retention keeps must have them all.
+    pub(super) partitions: u32,
 }
 
 /// A log read answers with batches of about this many bytes at most (at least one), far
