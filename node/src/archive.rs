@@ -237,7 +237,8 @@ impl Archive {
     }
 
     /// The newest epoch at or before `at` at which every one of `partitions` has a
-    /// checkpoint among `files` that reads back (its hash checked, streamed).
+    /// checkpoint among `files` that reads back (its hash checked, streamed):
+    /// [`format::retention_cut`], the simulator's rule too.
     fn newest_sound_checkpoint(
         &self,
         files: &[CheckpointFile],
@@ -246,28 +247,42 @@ impl Archive {
     ) -> Result<Option<Epoch>> {
         let index: Vec<(Epoch, PartitionId)> =
             files.iter().map(|f| (f.epoch, f.partition)).collect();
-        'epochs: for epoch in format::complete_checkpoints(&index, partitions, at) {
-            for file in files
+        let mut failed = None;
+        let cut = format::retention_cut(&index, partitions, at, |epoch, partition| {
+            let key = (epoch, partition);
+            if failed.is_some() {
+                return false;
+            }
+            if self.verified.lock().expect("not poisoned").contains(&key) {
+                return true;
+            }
+            let file = files
                 .iter()
-                .filter(|f| f.epoch == epoch && f.partition.0 < partitions)
-            {
-                let key = (file.epoch, file.partition);
-                if self.verified.lock().expect("not poisoned").contains(&key) {
-                    continue;
+                .find(|f| (f.epoch, f.partition) == key)
+                .expect("a complete epoch has every partition's file");
+            match checkpoint_reads_back(file) {
+                Ok(true) => {
+                    self.verified.lock().expect("not poisoned").insert(key);
+                    true
                 }
-                if !checkpoint_reads_back(file)? {
+                Ok(false) => {
                     tracing::warn!(
                         file = %file.path.display(),
                         "an archived checkpoint does not read back (torn or altered); \
                          retention keeps the checkpoint before it"
                     );
-                    continue 'epochs;
+                    false
                 }
-                self.verified.lock().expect("not poisoned").insert(key);
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
             }
-            return Ok(Some(epoch));
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(cut),
         }
-        Ok(None)
     }
 
     /// Applies `retention` to an archive of `partitions` partitions whose last epoch is

@@ -423,6 +423,22 @@ pub fn readable_checkpoints<E>(
     None
 }
 
+/// Where an archive's retention may cut when its limits let go of everything through `at`:
+/// the last epoch at or before `at` at which every one of `partitions` has a checkpoint
+/// among `files` (epoch, partition) that `reads_back`, so that what is kept (that set and
+/// the log after it) replays on its own. None: nothing may go. An archive without any
+/// checkpoint is cut at `at` by its owner, and then replays only from its first segment.
+pub fn retention_cut(
+    files: &[(Epoch, PartitionId)],
+    partitions: u32,
+    at: Epoch,
+    mut reads_back: impl FnMut(Epoch, PartitionId) -> bool,
+) -> Option<Epoch> {
+    complete_checkpoints(files, partitions, at)
+        .into_iter()
+        .find(|epoch| (0..partitions).all(|p| reads_back(*epoch, PartitionId(p))))
+}
+
 /// The epochs at or before `at` with a checkpoint of each of the `partitions` among
 /// `files` (epoch, partition), newest first: where a re-execution to `at` may start, in
 /// the order to try them (an unreadable file sends it to the next).

@@ -161,18 +161,7 @@ impl SimArchive {
         at: Epoch,
         torn_as_empty: bool,
     ) -> Option<(Epoch, BTreeMap<Key, Value>)> {
-        let files: BTreeMap<(Epoch, PartitionId), &[u8]> = self
-            .files
-            .range("checkpoints/".to_owned().."checkpoints0".to_owned())
-            .filter_map(|(name, bytes)| {
-                let (dir, file) = name.strip_prefix("checkpoints/")?.split_once('/')?;
-                let key = (
-                    format::parse_checkpoint_dir_name(dir)?,
-                    format::parse_checkpoint_file_name(file)?,
-                );
-                Some((key, bytes.as_slice()))
-            })
-            .collect();
+        let files = self.checkpoint_files();
         let index: Vec<(Epoch, PartitionId)> = files.keys().copied().collect();
         let read = |e, p| match format::decode_checkpoint(files[&(e, p)], p, e) {
             Err(_) if torn_as_empty => Ok(Default::default()),
@@ -186,19 +175,100 @@ impl SimArchive {
     }
 }
 
+impl SimArchive {
+    /// The checkpoint files by epoch and partition, with their bytes.
+    fn checkpoint_files(&self) -> BTreeMap<(Epoch, PartitionId), &[u8]> {
+        self.files
+            .range("checkpoints/".to_owned().."checkpoints0".to_owned())
+            .filter_map(|(name, bytes)| {
+                let (dir, file) = name.strip_prefix("checkpoints/")?.split_once('/')?;
+                let key = (
+                    format::parse_checkpoint_dir_name(dir)?,
+                    format::parse_checkpoint_file_name(file)?,
+                );
+                Some((key, bytes.as_slice()))
+            })
+            .collect()
+    }
+
+    /// Where the node's retention cuts when its limits let go of everything through `at`,
+    /// by [`format::retention_cut`]; with `any_checkpoint` (a planted bug), at the last
+    /// checkpoint file at or before `at`, complete or not, as the node once did.
+    pub(crate) fn retention_cut(
+        &self,
+        partitions: u32,
+        at: Epoch,
+        any_checkpoint: bool,
+    ) -> Option<Epoch> {
+        let files = self.checkpoint_files();
+        let index: Vec<(Epoch, PartitionId)> = files.keys().copied().collect();
+        if any_checkpoint {
+            return index.iter().rev().map(|(e, _)| *e).find(|e| *e <= at);
+        }
+        format::retention_cut(&index, partitions, at, |e, p| {
+            format::decode_checkpoint(files[&(e, p)], p, e).is_ok()
+        })
+    }
+
+    /// Whether it holds any checkpoint file.
+    pub(crate) fn has_checkpoints(&self) -> bool {
+        !self.checkpoint_files().is_empty()
+    }
+
+    /// Of `partitions`, how many have a checkpoint file after `epoch`, and how many of
+    /// those read back.
+    pub(crate) fn checkpoints_at(&self, partitions: u32, epoch: Epoch) -> (u32, u32) {
+        let files = self.checkpoint_files();
+        let mut present = 0;
+        let mut readable = 0;
+        for p in (0..partitions).map(PartitionId) {
+            if let Some(bytes) = files.get(&(epoch, p)) {
+                present += 1;
+                readable += u32::from(format::decode_checkpoint(bytes, p, epoch).is_ok());
+            }
+        }
+        (present, readable)
+    }
+
+    /// Deletes the segments that end at or before `cut`, as the node's retention does.
+    pub(crate) fn drop_segments_through(&mut self, cut: Epoch) {
+        let gone: Vec<String> = (self.segments().into_iter())
+            .filter(|((_, last), _)| *last <= cut)
+            .map(|((first, last), _)| format!("log/{}", format::segment_name(first, last)))
+            .collect();
+        for name in gone {
+            self.files.remove(&name);
+        }
+    }
+
+    /// Deletes the checkpoints of epochs before `cut`, as the node's retention does.
+    pub(crate) fn drop_checkpoints_before(&mut self, cut: Epoch) {
+        let gone: Vec<(Epoch, PartitionId)> = (self.checkpoint_files().into_keys())
+            .filter(|(epoch, _)| *epoch < cut)
+            .collect();
+        for (epoch, partition) in gone {
+            self.files.remove(&checkpoint_name(partition, epoch));
+        }
+    }
+}
+
+/// A checkpoint file's path.
+fn checkpoint_name(partition: PartitionId, epoch: Epoch) -> String {
+    format!(
+        "checkpoints/{}/{}",
+        format::checkpoint_dir_name(epoch),
+        format::checkpoint_file_name(partition)
+    )
+}
+
 /// A checkpoint's path and bytes.
 fn checkpoint_file(
     partition: PartitionId,
     epoch: Epoch,
     rows: &[(Key, Value)],
 ) -> (String, Vec<u8>) {
-    let name = format!(
-        "checkpoints/{}/{}",
-        format::checkpoint_dir_name(epoch),
-        format::checkpoint_file_name(partition)
-    );
     (
-        name,
+        checkpoint_name(partition, epoch),
         format::encode_checkpoint(partition, epoch, rows, FRAME_BYTES),
     )
 }

@@ -95,6 +95,8 @@ pub struct SeedReport {
     pub snapshot_misses: u64,
     /// Log compactions and snapshots installed from a leader, over all replicas.
     pub log_compactions: (u64, u64),
+    /// Times archive retention deleted files, over all replicas.
+    pub archive_cuts: u64,
 }
 
 impl SeedReport {
@@ -130,6 +132,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
                 snapshot_reads: (0, 0),
                 snapshot_misses: 0,
                 log_compactions: (0, 0),
+                archive_cuts: 0,
             });
         }
     };
@@ -156,6 +159,7 @@ pub fn run_seed(config: &SimConfig) -> Result<SeedReport, SetupError> {
         }),
         snapshot_misses: run.snapshot_readers.iter().map(|r| r.misses).sum(),
         log_compactions: run.log_compactions,
+        archive_cuts: run.archive_cuts,
     })
 }
 

@@ -151,6 +151,8 @@ enum Bug {
     ArchiveStopsAtTorn,
     /// The archive reader takes a checkpoint that does not read back as an empty partition.
     CheckpointTornAsEmpty,
+    /// Archive retention cuts at the last checkpoint file within its limit, complete or not.
+    RetentionCutsAtAnyCheckpoint,
 }
 
 impl Bug {
@@ -165,6 +167,7 @@ impl Bug {
             Bug::ArchiveShort => "archive-short",
             Bug::ArchiveStopsAtTorn => "archive-stops-at-torn",
             Bug::CheckpointTornAsEmpty => "checkpoint-torn-as-empty",
+            Bug::RetentionCutsAtAnyCheckpoint => "retention-cuts-at-any-checkpoint",
             Bug::WriteOutsidePartition => "write-outside-partition",
             Bug::ReplayFromWrongEpoch => "replay-from-wrong-epoch",
             Bug::AckBeforeQuorum => "ack-before-quorum",
@@ -343,6 +346,7 @@ fn run(args: RunArgs) -> Result<bool> {
     let mut totals = [0u64; 4]; // calls, committed, aborted, epochs
     let mut snapshots = (0u64, 0u64, 0u64);
     let mut compactions = (0u64, 0u64);
+    let mut archive_cuts = 0u64;
     let mut last_digest = None;
     let progress_every = (count / 20).max(1);
     // Progress goes to a terminal only; logs and CI get the summary.
@@ -365,6 +369,10 @@ fn run(args: RunArgs) -> Result<bool> {
             },
             archive_stops_at_torn: matches!(args.bug, Some(Bug::ArchiveStopsAtTorn)),
             checkpoint_torn_as_empty: matches!(args.bug, Some(Bug::CheckpointTornAsEmpty)),
+            retention_cuts_at_any_checkpoint: matches!(
+                args.bug,
+                Some(Bug::RetentionCutsAtAnyCheckpoint)
+            ),
             ..SimConfig::new(args.workload.name(), seed)
         };
         let mut report = run_seed(&config)?;
@@ -383,6 +391,7 @@ fn run(args: RunArgs) -> Result<bool> {
         snapshots.2 += report.snapshot_misses;
         compactions.0 += report.log_compactions.0;
         compactions.1 += report.log_compactions.1;
+        archive_cuts += report.archive_cuts;
         for (total, n) in totals.iter_mut().zip([
             report.calls,
             report.committed,
@@ -429,7 +438,8 @@ fn run(args: RunArgs) -> Result<bool> {
         snapshots.0, snapshots.1, snapshots.2
     );
     println!(
-        "log compactions: {} ({} snapshots installed from a leader)",
+        "log compactions: {} ({} snapshots installed from a leader); archive retention cuts: \
+         {archive_cuts}",
         compactions.0, compactions.1
     );
     if fault_config.any() {

@@ -871,3 +871,31 @@ fn a_reader_that_takes_a_torn_checkpoint_as_empty_is_caught_only_with_torn_check
         },
     );
 }
+
+#[test]
+fn retention_that_cuts_at_an_incomplete_checkpoint_is_caught() {
+    // Partitions checkpoint on their own, so the newest checkpoint within retention's limit
+    // may be one only some partitions have written. Cutting there deletes the last set
+    // replay could start from, and the log before it.
+    let config = |bug: bool| {
+        move |seed| SimConfig {
+            retention_cuts_at_any_checkpoint: bug,
+            faults: FaultConfig::all(),
+            txns: 200,
+            ..SimConfig::new("bank", seed)
+        }
+    };
+    let (seed, failures) =
+        first_failure(config(true)).expect("retention-cuts-at-any-checkpoint caught");
+    println!("retention-cuts-at-any-checkpoint caught at seed {seed}: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.starts_with("archive: retention cut the archive after epoch")),
+        "{failures:?}"
+    );
+    assert!(
+        first_failure_within(seed + 1, config(false)).is_none(),
+        "the seeds pass with the node's rule"
+    );
+}

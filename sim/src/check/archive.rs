@@ -2,7 +2,9 @@
 //! archive that reads back (torn segments passed over), holding the committed batch; and
 //! re-executing from an archive, as `detflow replay --at E` does (from the last complete
 //! checkpoint at or before E, then the archived epochs), gives the serial state after E
-//! (checked for the archive holding most, at two epochs).
+//! (checked for the archive holding most, at two epochs). Retention (the node's rule, in
+//! seeds that keep a limited number of epochs) may delete what precedes its cut, never
+//! more, and cuts only where every partition's checkpoint reads back.
 
 use crate::world::Outcome;
 use detflow_protocol::{Epoch, Key, Value};
@@ -35,15 +37,18 @@ pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Option<Targets>) {
         let ranges = archive.readable_ranges();
         let excused = |e: Epoch| not_archived.iter().any(|(a, b)| *a <= e && e <= *b);
         let held = |e: Epoch| ranges.iter().any(|(a, b)| *a <= e && e <= *b);
-        if let Some(missing) = (1..=dropped.0)
+        // Retention may have deleted the epochs through its cut.
+        let kept_from = kept.retained_after.0 + 1;
+        if let Some(missing) = (kept_from..=dropped.0)
             .map(Epoch)
             .find(|e| !excused(*e) && !held(*e))
         {
             failures.push(format!(
                 "archive: replica {r}'s log dropped the epochs up to {dropped}, but no segment \
                  of its archive that reads back holds epoch {missing} (it holds {ranges:?}, \
-                 {} unreadable segments)",
-                archive.unreadable()
+                 {} unreadable segments; retention cut after epoch {})",
+                archive.unreadable(),
+                kept.retained_after
             ));
             continue;
         }
@@ -75,6 +80,7 @@ pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Option<Targets>) {
             replayed = Some((r, held, ranges));
         }
     }
+    failures.extend(retention_cut_replays(run));
     if !failures.is_empty() {
         return (failures, None);
     }
@@ -95,6 +101,26 @@ pub(crate) fn contents(run: &Outcome) -> (Vec<String>, Option<Targets>) {
         }
     });
     (failures, targets)
+}
+
+/// Retention cuts where replay can start: the checkpoints before the highest cut are gone,
+/// so at that cut every partition has a checkpoint that reads back (or, in an archive
+/// that had no checkpoints when it was cut, none has). Whole checkpoint files are never
+/// written again, so what read back at the cut still does.
+fn retention_cut_replays(run: &Outcome) -> Option<String> {
+    let floor = run.archives.iter().map(|a| a.retained_after).max()?;
+    if floor == Epoch(0) {
+        return None;
+    }
+    let partitions = run.map.partitions();
+    let (present, readable) = run.checkpoint_archive.checkpoints_at(partitions, floor);
+    (present > 0 && (present < partitions || readable < present)).then(|| {
+        format!(
+            "archive: retention cut the archive after epoch {floor}, where {present} of \
+             {partitions} partitions have a checkpoint ({readable} reading back): the \
+             checkpoints and log before it are gone, and replay cannot start there"
+        )
+    })
 }
 
 /// Re-executing the archive `targets` names to each of its epochs gives the serial state

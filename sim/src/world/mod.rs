@@ -209,6 +209,14 @@ pub struct SimConfig {
     /// back counts as a partition without rows, instead of sending the re-execution to an
     /// earlier complete set.
     pub checkpoint_torn_as_empty: bool,
+    /// The archives keep the last this many epochs, as a node's `archive_retain_epochs`
+    /// (cut where the node cuts); none: everything. By default one seed in three keeps 36
+    /// epochs, one 72 (three and six checkpoint intervals), one everything.
+    pub archive_retain_epochs: Option<u64>,
+    /// Planted retention bug (checker tests only): retention cuts at the last checkpoint
+    /// file within its limit, whether every partition has one there that reads back or
+    /// not, as the node once did.
+    pub retention_cuts_at_any_checkpoint: bool,
 }
 
 impl SimConfig {
@@ -251,6 +259,8 @@ impl SimConfig {
             gateway_bugs: detflow_gateway::GatewayBugs::default(),
             archive_stops_at_torn: false,
             checkpoint_torn_as_empty: false,
+            archive_retain_epochs: [None, Some(36), Some(72)][(seed % 3) as usize],
+            retention_cuts_at_any_checkpoint: false,
         }
     }
 }
@@ -350,6 +360,8 @@ pub(crate) struct Outcome {
     pub(crate) faults: FaultCounts,
     /// Log compactions and snapshots installed from a leader, over all replicas.
     pub(crate) log_compactions: (u64, u64),
+    /// Times archive retention cut an archive.
+    pub(crate) archive_cuts: u64,
     /// Each replica's archive, by replica.
     pub(crate) archives: Vec<ReplicaArchive>,
     /// The checkpoint files the executors wrote.
@@ -368,6 +380,8 @@ pub(crate) struct ReplicaArchive {
     pub(crate) dropped: Epoch,
     /// Epochs it may lack (see [`ReplicaNode::not_archived`]).
     pub(crate) not_archived: Vec<(Epoch, Epoch)>,
+    /// Where retention last cut it: the epochs through this one may be gone.
+    pub(crate) retained_after: Epoch,
 }
 
 /// Why a run could not start.
@@ -452,6 +466,8 @@ struct ReplicaNode {
     /// Epochs a snapshot installed from the leader replaced before this replica knew them
     /// committed: another replica's archive holds them, not necessarily its own.
     not_archived: Vec<(Epoch, Epoch)>,
+    /// Where retention last cut its archive.
+    retained_after: Epoch,
     /// The entries of an archive write ahead of a compaction, in flight: they reach the
     /// archive when it completes, or never, if the replica crashes first.
     archiving: Option<Vec<LogEntry>>,
@@ -540,6 +556,8 @@ pub(crate) struct World {
     online_failures: Vec<String>,
     /// Log compactions and snapshots installed, counted as they happen.
     log_compactions: (u64, u64),
+    /// Times archive retention cut an archive.
+    archive_cuts: u64,
     /// Per partition and epoch, each replica's state digest after it, in the order they
     /// applied it; each must equal the first, and the log's re-execution (the audit).
     digests: EpochDigests,
@@ -687,6 +705,7 @@ impl World {
                 disk: ReplicaDisk::default(),
                 archive: SimArchive::default(),
                 not_archived: Vec::new(),
+                retained_after: Epoch(0),
                 archiving: None,
                 incarnation: 0,
                 timer: Timer::default(),
@@ -766,6 +785,7 @@ impl World {
             raft: RaftSafety::default(),
             online_failures: Vec::new(),
             log_compactions: (0, 0),
+            archive_cuts: 0,
             digests: BTreeMap::new(),
             diverged: BTreeSet::new(),
             checkpoints: BTreeMap::new(),
@@ -872,6 +892,7 @@ impl World {
                 archive: r.archive.clone(),
                 dropped: r.disk.synced().log_start(),
                 not_archived: r.not_archived.clone(),
+                retained_after: r.retained_after,
             })
             .collect();
         let executor_epochs = self
@@ -927,6 +948,7 @@ impl World {
             events: self.events,
             faults: self.counts,
             log_compactions: self.log_compactions,
+            archive_cuts: self.archive_cuts,
             archives,
             checkpoint_archive: self.checkpoint_archive,
             archive_stops_at_torn: self.config.archive_stops_at_torn,

@@ -134,6 +134,9 @@ impl World {
     fn archive(&mut self, r: u32, entries: &[LogEntry]) -> bool {
         if !self.archive_write_crashes() {
             self.replicas[r as usize].archive.write_segment(entries);
+            if let Some(last) = entries.last() {
+                self.apply_retention(r, last.epoch());
+            }
             return true;
         }
         let node = &mut self.replicas[r as usize];
@@ -145,6 +148,41 @@ impl World {
         }
         self.crash_in_archive_write(Addr::Replica(r));
         false
+    }
+
+    /// Applies the archive's retention after replica `r` archived through `last`, as the
+    /// node does after each compaction: its segments that end at or before the cut go, and
+    /// the checkpoints before it.
+    fn apply_retention(&mut self, r: u32, last: Epoch) {
+        let Some(keep) = self.config.archive_retain_epochs else {
+            return;
+        };
+        let at = Epoch(last.0.saturating_sub(keep));
+        if at == Epoch(0) {
+            return;
+        }
+        let checkpoints = &self.checkpoint_archive;
+        let cut = match checkpoints.has_checkpoints() {
+            // Without checkpoints the node cuts at the limit: replay then starts at the
+            // first segment kept.
+            false => Some(at),
+            true => checkpoints.retention_cut(
+                self.map.partitions(),
+                at,
+                self.config.retention_cuts_at_any_checkpoint,
+            ),
+        };
+        let Some(cut) = cut else {
+            return;
+        };
+        if cut <= self.replicas[r as usize].retained_after {
+            return;
+        }
+        self.archive_cuts += 1;
+        let node = &mut self.replicas[r as usize];
+        node.archive.drop_segments_through(cut);
+        node.retained_after = node.retained_after.max(cut);
+        self.checkpoint_archive.drop_checkpoints_before(cut);
     }
 
     /// Whether the archive write about to happen is interrupted by a crash.
