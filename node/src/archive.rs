@@ -40,8 +40,8 @@
 //! back.
 //!
 //! Retention: [`Archive::retain_after`] deletes the segments that end at or before an
-//! epoch, moved back to the last complete checkpoint at or before it (every partition's
-//! file, each reading back), and the checkpoints before
+//! epoch, moved back to the last complete checkpoint at or before it (a file of every
+//! partition the archive serves, each reading back), and the checkpoints before
 //! that one, so that what remains replays on its own. [`Retention`] picks that epoch from
 //! the node's limits: the last `archive_retain_epochs` epochs, `archive_retain_bytes`
 //! bytes (4 GiB unless set), files younger than `archive_retain_secs` (each if set; the
@@ -203,17 +203,18 @@ impl Archive {
 
     /// Deletes what replay after `epoch` no longer needs: with checkpoints, the segments
     /// that end at or before the last complete checkpoint at or before `epoch` (one that
-    /// every one of `partitions` has, each file reading back) and the checkpoints before
-    /// it (nothing if none is that old); without, the segments that end at or before
-    /// `epoch`. How many files it deleted.
+    /// every partition the archive serves has, each file reading back: see
+    /// [`format::retention_cut`]; `hosted` are the node's) and the checkpoints before it
+    /// (nothing if none is that old); without, the segments that end at or before `epoch`.
+    /// How many files it deleted.
     ///
     /// An incomplete newer set (a partition that skipped it or crashed writing it) keeps
     /// the older complete one and the log after it: what remains always replays.
-    pub fn retain_after(&self, epoch: Epoch, partitions: u32) -> Result<usize> {
+    pub fn retain_after(&self, epoch: Epoch, hosted: &[PartitionId]) -> Result<usize> {
         let checkpoints = self.checkpoints()?;
         let cut = match checkpoints.is_empty() {
             true => epoch,
-            false => match self.newest_sound_checkpoint(&checkpoints, partitions, epoch)? {
+            false => match self.newest_sound_checkpoint(&checkpoints, hosted, epoch)? {
                 Some(kept) => kept,
                 None => return Ok(0),
             },
@@ -236,19 +237,19 @@ impl Archive {
         Ok(deleted)
     }
 
-    /// The newest epoch at or before `at` at which every one of `partitions` has a
-    /// checkpoint among `files` that reads back (its hash checked, streamed):
+    /// The newest epoch at or before `at` at which every partition the archive serves has
+    /// a checkpoint among `files` that reads back (its hash checked, streamed):
     /// [`format::retention_cut`], the simulator's rule too.
     fn newest_sound_checkpoint(
         &self,
         files: &[CheckpointFile],
-        partitions: u32,
+        hosted: &[PartitionId],
         at: Epoch,
     ) -> Result<Option<Epoch>> {
         let index: Vec<(Epoch, PartitionId)> =
             files.iter().map(|f| (f.epoch, f.partition)).collect();
         let mut failed = None;
-        let cut = format::retention_cut(&index, partitions, at, |epoch, partition| {
+        let cut = format::retention_cut(&index, hosted, at, |epoch, partition| {
             let key = (epoch, partition);
             if failed.is_some() {
                 return false;
@@ -285,12 +286,12 @@ impl Archive {
         }
     }
 
-    /// Applies `retention` to an archive of `partitions` partitions whose last epoch is
+    /// Applies `retention` to the archive of a node hosting `hosted`, whose last epoch is
     /// `last`, at wall-clock time `now`; how many files it deleted.
     pub fn retain(
         &self,
         retention: &Retention,
-        partitions: u32,
+        hosted: &[PartitionId],
         last: Epoch,
         now: std::time::SystemTime,
     ) -> Result<usize> {
@@ -326,7 +327,7 @@ impl Archive {
         }
         match cut {
             Epoch(0) => Ok(0),
-            cut => self.retain_after(cut, partitions),
+            cut => self.retain_after(cut, hosted),
         }
     }
 
@@ -687,7 +688,10 @@ mod tests {
         assert!(gap.contains("holds epoch 21"), "{gap}");
         assert!(gap.contains("torn or altered"), "{gap}");
         assert!(gap.contains("epochs 1..=20, 31..=40"), "{gap}");
-        assert_eq!(archive.retain_after(Epoch(14), 1).unwrap(), 2);
+        assert_eq!(
+            archive.retain_after(Epoch(14), &[PartitionId(0)]).unwrap(),
+            2
+        );
         assert_eq!(
             describe(&archive.segments().unwrap()),
             "epochs 15..=20, 31..=40"
@@ -728,14 +732,24 @@ mod tests {
         };
         // Keeping epochs after 25 keeps the last complete checkpoint (8, not 16, which
         // partition 1 lacks) and every segment after it: what is left replays.
-        assert_eq!(archive.retain_after(Epoch(25), 2).unwrap(), 0);
+        assert_eq!(
+            archive
+                .retain_after(Epoch(25), &[PartitionId(0), PartitionId(1)])
+                .unwrap(),
+            0
+        );
         assert_eq!(describe(&archive.segments().unwrap()), "epochs 1..=30");
         assert_eq!(left(&archive), [(8, 0), (8, 1), (16, 0)]);
         // Once 16 is complete, it is the one kept.
         archive
             .write_checkpoint(PartitionId(1), Epoch(16), &rows(5))
             .unwrap();
-        assert_eq!(archive.retain_after(Epoch(25), 2).unwrap(), 3);
+        assert_eq!(
+            archive
+                .retain_after(Epoch(25), &[PartitionId(0), PartitionId(1)])
+                .unwrap(),
+            3
+        );
         assert_eq!(describe(&archive.segments().unwrap()), "epochs 11..=30");
         assert_eq!(left(&archive), [(16, 0), (16, 1)]);
 
@@ -768,7 +782,12 @@ mod tests {
         assert_eq!(epoch, Epoch(8));
         assert_eq!(partitions, vec![rows(3), rows(3)]);
         // Retention keeps the set replay starts from, not the torn one's.
-        assert_eq!(archive.retain_after(Epoch(20), 2).unwrap(), 0);
+        assert_eq!(
+            archive
+                .retain_after(Epoch(20), &[PartitionId(0), PartitionId(1)])
+                .unwrap(),
+            0
+        );
         assert_eq!(archive.checkpoints().unwrap().len(), 4);
         // A whole file reads back, streamed; a torn one, an empty one and one altered
         // under a valid length do not.
@@ -783,7 +802,12 @@ mod tests {
         assert!(!checkpoint_reads_back(&newest).unwrap());
         fs::write(&newest.path, &bytes).unwrap();
         assert!(checkpoint_reads_back(&newest).unwrap());
-        assert_eq!(archive.retain_after(Epoch(20), 2).unwrap(), 2);
+        assert_eq!(
+            archive
+                .retain_after(Epoch(20), &[PartitionId(0), PartitionId(1)])
+                .unwrap(),
+            2
+        );
     }
 
     #[test]
@@ -859,7 +883,7 @@ mod tests {
         // Nothing set, or limits that hold: nothing goes.
         assert_eq!(
             archive
-                .retain(&Retention::default(), 1, Epoch(40), now)
+                .retain(&Retention::default(), &[PartitionId(0)], Epoch(40), now)
                 .unwrap(),
             0
         );
@@ -868,13 +892,23 @@ mod tests {
             bytes: Some(1 << 30),
             secs: Some(3_600),
         };
-        assert_eq!(archive.retain(&roomy, 1, Epoch(40), now).unwrap(), 0);
+        assert_eq!(
+            archive
+                .retain(&roomy, &[PartitionId(0)], Epoch(40), now)
+                .unwrap(),
+            0
+        );
         // By size: the oldest segments go until the rest fits.
         let two = Retention {
             bytes: Some(sizes[2] + sizes[3]),
             ..Retention::default()
         };
-        assert_eq!(archive.retain(&two, 1, Epoch(40), now).unwrap(), 2);
+        assert_eq!(
+            archive
+                .retain(&two, &[PartitionId(0)], Epoch(40), now)
+                .unwrap(),
+            2
+        );
         assert_eq!(left(&archive), "epochs 21..=40");
         // By age: a segment written over an hour ago goes.
         let old = archive.segments().unwrap()[0].path.clone();
@@ -889,15 +923,30 @@ mod tests {
             secs: Some(3_600),
             ..Retention::default()
         };
-        assert_eq!(archive.retain(&hour, 1, Epoch(40), now).unwrap(), 1);
+        assert_eq!(
+            archive
+                .retain(&hour, &[PartitionId(0)], Epoch(40), now)
+                .unwrap(),
+            1
+        );
         assert_eq!(left(&archive), "epochs 31..=40");
         // By epochs, the strictest of the three.
         let five = Retention {
             epochs: Some(5),
             ..roomy
         };
-        assert_eq!(archive.retain(&five, 1, Epoch(40), now).unwrap(), 0);
-        assert_eq!(archive.retain(&five, 1, Epoch(45), now).unwrap(), 1);
+        assert_eq!(
+            archive
+                .retain(&five, &[PartitionId(0)], Epoch(40), now)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            archive
+                .retain(&five, &[PartitionId(0)], Epoch(45), now)
+                .unwrap(),
+            1
+        );
         assert_eq!(left(&archive), "no epochs");
     }
 

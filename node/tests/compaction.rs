@@ -20,6 +20,10 @@
 //! replicas agree. Then `detflow checkpoint` asks for a checkpoint on demand (every node
 //! writes one of each of its partitions after the same epoch), and a flood of such requests
 //! is bounded.
+//!
+//! Third, retention: with a small `archive_retain_bytes`, each node's own archive lets its
+//! old segments and checkpoints go and keeps, from its oldest checkpoint on, a checkpoint
+//! of every partition it hosts and the log after it.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -691,4 +695,115 @@ async fn rejoin_by_copy(cluster: &mut Cluster) {
         })
         .await
         .expect("the cluster serves");
+}
+
+/// Retention bounds each node's own archive (the default, in its data directory, which
+/// holds only its partitions' checkpoints): under load with a small byte limit, old
+/// segments and checkpoints go, and what stays starts at a checkpoint of every partition
+/// the node hosts, with the log after it.
+#[test]
+fn retention_bounds_a_nodes_own_archive_and_keeps_a_set_to_restore_from() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut cluster = common::cluster::builder(3, 3, "bank")
+            .replication(1)
+            .configure(|c| {
+                c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
+                c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
+                c.archive_retain_bytes = 16 << 10;
+            })
+            .start()
+            .expect("start the cluster");
+        with_budget(Duration::from_secs(120), retention(&mut cluster)).await;
+    });
+}
+
+/// Checkpoint sets by epoch, with their partitions.
+type CheckpointSets = Vec<(u64, Vec<u32>)>;
+/// Segments, first and last epoch.
+type Segments = Vec<(u64, u64)>;
+
+/// A node's archive: its checkpoints and segments.
+fn archive_of(data_dir: &Path) -> (CheckpointSets, Segments) {
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let archive = data_dir.join("archive");
+    let checkpoints = names(&archive.join("checkpoints"))
+        .into_iter()
+        .filter_map(|epoch| {
+            let files = names(&archive.join("checkpoints").join(&epoch));
+            let partitions = files
+                .iter()
+                .filter_map(|f| {
+                    f.strip_prefix("partition-")?
+                        .strip_suffix(".ckpt")?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            Some((epoch.parse().ok()?, partitions))
+        })
+        .collect();
+    let segments = names(&archive.join("log"))
+        .into_iter()
+        .filter_map(|name| {
+            let (first, last) = name.strip_suffix(".seg")?.split_once('-')?;
+            Some((first.parse().ok()?, last.parse().ok()?))
+        })
+        .collect();
+    (checkpoints, segments)
+}
+
+async fn retention(cluster: &mut Cluster) {
+    let began = Instant::now();
+    let status = cluster.client(quick_policy()).await;
+    let deposits = Deposits::start(cluster).await;
+    // Until every node's archive has let its first segments go.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let trimmed = cluster.ids().iter().all(|id| {
+            let (_, segments) = archive_of(cluster.at(*id).data_dir());
+            segments.first().is_some_and(|(first, _)| *first > 1)
+        });
+        if trimmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never deleted a segment ({} deposits)",
+            deposits.answered()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    deposits.stop_and_check(cluster, &status, began).await;
+    for id in cluster.ids() {
+        let node = cluster.at(id);
+        let (checkpoints, segments) = archive_of(node.data_dir());
+        let mut hosted: Vec<u32> = node.partitions().to_vec();
+        hosted.sort_unstable();
+        // The oldest checkpoint kept is the cut: every partition the node hosts has one
+        // there, and every segment kept ends after it.
+        let (cut, partitions) = checkpoints.first().expect("a checkpoint set is kept");
+        assert_eq!(partitions, &hosted, "node {id}: the set at epoch {cut}");
+        assert!(
+            segments.iter().all(|(_, last)| last > cut),
+            "node {id}: segments {segments:?} kept before the cut at {cut}"
+        );
+        println!(
+            "node {id}: archive from the checkpoints after epoch {cut} ({} sets), segments \
+             {:?}..{:?}",
+            checkpoints.len(),
+            segments.first(),
+            segments.last()
+        );
+    }
 }

@@ -424,19 +424,32 @@ pub fn readable_checkpoints<E>(
 }
 
 /// Where an archive's retention may cut when its limits let go of everything through `at`:
-/// the last epoch at or before `at` at which every one of `partitions` has a checkpoint
-/// among `files` (epoch, partition) that `reads_back`, so that what is kept (that set and
-/// the log after it) replays on its own. None: nothing may go. An archive without any
-/// checkpoint is cut at `at` by its owner, and then replays only from its first segment.
+/// the last epoch at or before `at` at which each partition the archive must serve has a
+/// checkpoint among `files` (epoch, partition) that `reads_back`, so that what is kept
+/// (that set and the log after it) replays on its own. None: nothing may go.
+///
+/// The partitions it must serve are `hosted` (those its node restores from it) and every
+/// partition with a checkpoint in it: a node's own archive holds its partitions only, an
+/// archive the cluster shares holds them all. An archive without any checkpoint is cut at
+/// `at` by its owner, and then replays only from its first segment.
 pub fn retention_cut(
     files: &[(Epoch, PartitionId)],
-    partitions: u32,
+    hosted: &[PartitionId],
     at: Epoch,
     mut reads_back: impl FnMut(Epoch, PartitionId) -> bool,
 ) -> Option<Epoch> {
-    complete_checkpoints(files, partitions, at)
-        .into_iter()
-        .find(|epoch| (0..partitions).all(|p| reads_back(*epoch, PartitionId(p))))
+    let mut required: std::collections::BTreeSet<PartitionId> = hosted.iter().copied().collect();
+    required.extend(files.iter().map(|(_, p)| *p));
+    let mut by_epoch: std::collections::BTreeMap<Epoch, Vec<PartitionId>> = Default::default();
+    for (epoch, partition) in files.iter().filter(|(e, _)| *e <= at) {
+        by_epoch.entry(*epoch).or_default().push(*partition);
+    }
+    by_epoch.into_iter().rev().find_map(|(epoch, mut held)| {
+        held.sort_unstable();
+        held.dedup();
+        let complete = required.iter().all(|p| held.binary_search(p).is_ok());
+        (complete && required.iter().all(|p| reads_back(epoch, *p))).then_some(epoch)
+    })
 }
 
 /// The epochs at or before `at` with a checkpoint of each of the `partitions` among
@@ -466,6 +479,43 @@ pub fn complete_checkpoints(
 mod tests {
     use super::*;
     use detflow_protocol::{LOG_FORMAT_VERSION, Term};
+
+    /// Retention cuts where every partition the archive serves has a checkpoint that reads
+    /// back: a node's own archive serves its partitions, a shared one every partition
+    /// seen in it.
+    #[test]
+    fn retention_cuts_at_the_last_set_the_archive_can_replay_from() {
+        let (p0, p1) = (PartitionId(0), PartitionId(1));
+        let files = |list: &[(u64, u32)]| -> Vec<(Epoch, PartitionId)> {
+            list.iter()
+                .map(|(e, p)| (Epoch(*e), PartitionId(*p)))
+                .collect()
+        };
+        let all = |_, _| true;
+        // A node's own archive: its partition only.
+        let own = files(&[(8, 0), (16, 0), (24, 0)]);
+        assert_eq!(retention_cut(&own, &[p0], Epoch(20), all), Some(Epoch(16)));
+        assert_eq!(retention_cut(&own, &[p0], Epoch(7), all), None);
+        // A node hosting two partitions needs both; the newest set lacks one.
+        let two = files(&[(8, 0), (8, 1), (16, 0)]);
+        assert_eq!(
+            retention_cut(&two, &[p0, p1], Epoch(20), all),
+            Some(Epoch(8))
+        );
+        // A shared archive: the other node's partition counts once it has written there.
+        assert_eq!(retention_cut(&two, &[p0], Epoch(20), all), Some(Epoch(8)));
+        // A file that does not read back sends the cut to the set before.
+        let torn = |e: Epoch, p: PartitionId| (e, p) != (Epoch(16), p1);
+        let both = files(&[(8, 0), (8, 1), (16, 0), (16, 1)]);
+        assert_eq!(
+            retention_cut(&both, &[p0, p1], Epoch(20), all),
+            Some(Epoch(16))
+        );
+        assert_eq!(
+            retention_cut(&both, &[p0, p1], Epoch(20), torn),
+            Some(Epoch(8))
+        );
+    }
 
     fn entries(first: u64, last: u64) -> Vec<LogEntry> {
         (first..=last)

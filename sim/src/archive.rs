@@ -192,7 +192,8 @@ impl SimArchive {
     }
 
     /// Where the node's retention cuts when its limits let go of everything through `at`,
-    /// by [`format::retention_cut`]; with `any_checkpoint` (a planted bug), at the last
+    /// by [`format::retention_cut`] for an archive every host shares (so each of the
+    /// `partitions`); with `any_checkpoint` (a planted bug), at the last
     /// checkpoint file at or before `at`, complete or not, as the node once did.
     pub(crate) fn retention_cut(
         &self,
@@ -205,7 +206,8 @@ impl SimArchive {
         if any_checkpoint {
             return index.iter().rev().map(|(e, _)| *e).find(|e| *e <= at);
         }
-        format::retention_cut(&index, partitions, at, |e, p| {
+        let all: Vec<PartitionId> = (0..partitions).map(PartitionId).collect();
+        format::retention_cut(&index, &all, at, |e, p| {
             format::decode_checkpoint(files[&(e, p)], p, e).is_ok()
         })
     }

@@ -248,7 +248,7 @@ impl Node {
             let archive = replica::ArchiveSink {
                 archive: crate::archive::Archive::new(&config.archive_dir()),
                 retention: config.archive_retention(),
-                partitions: config.partitions(),
+                hosted: placement.hosted_on(me).collect(),
             };
             starts.push(Box::new(move |router| {
                 Box::pin(replica::replica_task(

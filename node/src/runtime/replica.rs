@@ -83,7 +83,7 @@ fn archive_entries(archive: &ArchiveSink, entries: &[LogEntry]) {
     let now = std::time::SystemTime::now();
     if let Err(e) = archive
         .archive
-        .retain(&archive.retention, archive.partitions, to, now)
+        .retain(&archive.retention, &archive.hosted, to, now)
     {
         fatal(format!("cannot apply the archive's retention: {e:#}"));
     }
@@ -96,8 +96,9 @@ pub(super) struct ArchiveSink {
     pub(super) archive: Archive,
     /// How much of it to keep.
     pub(super) retention: crate::archive::Retention,
-    /// The cluster's partitions: a checkpoint retention keeps must have them all.
-    pub(super) partitions: u32,
+    /// The node's partitions: retention keeps a checkpoint of each of them (and of every
+    /// other partition whose checkpoints the archive holds, when the cluster shares it).
+    pub(super) hosted: Vec<detflow_protocol::PartitionId>,
 }
 
 /// A log read answers with batches of about this many bytes at most (at least one), far
