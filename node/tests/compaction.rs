@@ -15,7 +15,7 @@
 //! its partition stores and its own archive) rejoins a running cluster under load, its
 //! replica through a snapshot from the leader, each of its partitions by copying the state
 //! of the partition's other replica, since the log compacted away the epochs they lacked
-//! and the peers dropped the reads they had sent them. Checkpoints are off (the default),
+//! and the peers dropped the reads they had sent them. Checkpoints are off in this test,
 //! so nothing else could rebuild them. Every deposit is counted once and every partition's
 //! replicas agree. Then `detflow checkpoint` asks for a checkpoint on demand (every node
 //! writes one of each of its partitions after the same epoch), and a flood of such requests
