@@ -23,7 +23,8 @@
 //!
 //! Third, retention: with a small `archive_retain_bytes`, each node's own archive lets its
 //! old segments and checkpoints go and keeps, from its oldest checkpoint on, a checkpoint
-//! of every partition it hosts and the log after it.
+//! of every partition it hosts and the log after it; a node without a sequencer replica
+//! trims its checkpoints too.
 
 // The tests own the clock.
 #![allow(clippy::disallowed_methods)]
@@ -700,17 +701,19 @@ async fn rejoin_by_copy(cluster: &mut Cluster) {
 /// Retention bounds each node's own archive (the default, in its data directory, which
 /// holds only its partitions' checkpoints): under load with a small byte limit, old
 /// segments and checkpoints go, and what stays starts at a checkpoint of every partition
-/// the node hosts, with the log after it.
+/// the node hosts, with the log after it. Node 4 hosts a partition but no sequencer
+/// replica, so it archives no segments and applies retention after its checkpoints.
 #[test]
 fn retention_bounds_a_nodes_own_archive_and_keeps_a_set_to_restore_from() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut cluster = common::cluster::builder(3, 3, "bank")
+        let mut cluster = common::cluster::builder(4, 4, "bank")
             .replication(1)
             .configure(|c| {
                 c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
                 c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
                 c.archive_retain_bytes = 16 << 10;
+                c.cluster[3].replica = false;
             })
             .start()
             .expect("start the cluster");
@@ -767,19 +770,25 @@ async fn retention(cluster: &mut Cluster) {
     let began = Instant::now();
     let status = cluster.client(quick_policy()).await;
     let deposits = Deposits::start(cluster).await;
-    // Until every node's archive has let its first segments go.
+    // Until every node's archive has let its first segments (or, without a replica, its
+    // first checkpoints) go.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let trimmed = cluster.ids().iter().all(|id| {
-            let (_, segments) = archive_of(cluster.at(*id).data_dir());
-            segments.first().is_some_and(|(first, _)| *first > 1)
+            let (checkpoints, segments) = archive_of(cluster.at(*id).data_dir());
+            match *id {
+                4 => checkpoints
+                    .first()
+                    .is_some_and(|(epoch, _)| *epoch > CHECKPOINT_EVERY_EPOCHS),
+                _ => segments.first().is_some_and(|(first, _)| *first > 1),
+            }
         });
         if trimmed {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "retention never deleted a segment ({} deposits)",
+            "retention never trimmed every node's archive ({} deposits)",
             deposits.answered()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -798,6 +807,12 @@ async fn retention(cluster: &mut Cluster) {
             segments.iter().all(|(_, last)| last > cut),
             "node {id}: segments {segments:?} kept before the cut at {cut}"
         );
+        if id == 4 {
+            assert!(
+                segments.is_empty(),
+                "node 4 has no log to archive: {segments:?}"
+            );
+        }
         println!(
             "node {id}: archive from the checkpoints after epoch {cut} ({} sets), segments \
              {:?}..{:?}",

@@ -156,6 +156,13 @@ pub(super) struct Checkpoints {
     pub(super) turn: Arc<tokio::sync::Semaphore>,
     /// How fast a checkpoint reads its partition (MiB/s; 0: no limit).
     pub(super) mib_per_sec: u64,
+    /// On a node without a sequencer replica (whose compactions apply the archive's
+    /// retention elsewhere): the retention to apply after each checkpoint, and the node's
+    /// partitions.
+    pub(super) retention: Option<(
+        crate::archive::Retention,
+        Vec<detflow_protocol::PartitionId>,
+    )>,
 }
 
 /// A background task's result: its value, an error to stop the node with, or its death.
@@ -183,6 +190,7 @@ fn start_checkpoint(
     let archive = checkpoints.archive.clone();
     let turn = checkpoints.turn.clone();
     let mib_per_sec = checkpoints.mib_per_sec;
+    let retention = checkpoints.retention.clone();
     tokio::spawn(async move {
         #[allow(clippy::disallowed_methods)] // how long a checkpoint takes is for the log
         let asked = std::time::Instant::now();
@@ -207,6 +215,14 @@ fn start_checkpoint(
                 ms = began.elapsed().as_millis() as u64,
                 "checkpoint written"
             );
+            if let Some((retention, hosted)) = retention.filter(|(r, _)| !r.keeps_all()) {
+                // Age is measured by the files' times, on the wall clock.
+                #[allow(clippy::disallowed_methods)]
+                let now = std::time::SystemTime::now();
+                archive
+                    .retain(&retention, &hosted, job.epoch(), now)
+                    .map_err(|e| e.context("applying the archive's retention"))?;
+            }
             Ok(job.epoch())
         });
         write

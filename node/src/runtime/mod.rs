@@ -312,6 +312,12 @@ impl Node {
                 archive,
                 turn: checkpoint_turn.clone(),
                 mib_per_sec: config.checkpoint_mib_per_sec,
+                retention: (!spec.replica).then(|| {
+                    (
+                        config.archive_retention(),
+                        placement.hosted_on(me).collect(),
+                    )
+                }),
             });
             // Rows stored under other declarations (another build of a service, another
             // workload) stop the node here, before it serves anything.
