@@ -49,6 +49,12 @@ use std::time::{Duration, Instant};
 const COMPACT_EVERY_EPOCHS: u64 = 64;
 /// Frequent checkpoints, which the compactions wait for.
 const CHECKPOINT_EVERY_EPOCHS: u64 = 50;
+/// Small compactions after frequent checkpoints, so that a short run compacts often.
+fn compact_often(c: &mut detflow_node::config::Config) {
+    c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
+    c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
+}
+
 /// Concurrent depositing sessions.
 const SESSIONS: u64 = 4;
 
@@ -59,8 +65,7 @@ fn the_log_compacts_under_load_and_a_wiped_replica_rejoins_through_a_snapshot() 
         let mut cluster = common::cluster::builder(3, 3, "bank")
             .replication(2)
             .configure(|c| {
-                c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
-                c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
+                compact_often(c);
                 let cluster_dir = c
                     .data_dir
                     .parent()
@@ -710,8 +715,7 @@ fn retention_bounds_a_nodes_own_archive_and_keeps_a_set_to_restore_from() {
         let mut cluster = common::cluster::builder(4, 4, "bank")
             .replication(1)
             .configure(|c| {
-                c.compact_every_epochs = COMPACT_EVERY_EPOCHS;
-                c.checkpoint_every_epochs = CHECKPOINT_EVERY_EPOCHS;
+                compact_often(c);
                 c.archive_retain_bytes = 16 << 10;
                 c.cluster[3].replica = false;
             })
